@@ -1,0 +1,119 @@
+"""Devices: sandboxes and computers, each one labelled container with the security defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import errors, models
+from engine.ports import Clock, DeviceSpec, SandboxBackend
+from engine.settings import Settings
+from engine.store import Store, new_id
+
+SIZES = {
+    models.TargetKind.sandbox: {"cpus": 1.0, "memory_mb": 512, "pids_limit": 256},
+    models.TargetKind.computer: {"cpus": 2.0, "memory_mb": 2048, "pids_limit": 1024},
+}
+PREFIX = {models.TargetKind.sandbox: "sbx", models.TargetKind.computer: "cmp"}
+
+
+class DeviceService:
+    def __init__(self, store: Store, backend: SandboxBackend, clock: Clock, settings: Settings) -> None:
+        self.store = store
+        self.backend = backend
+        self.clock = clock
+        self.settings = settings
+
+    def spec(self, req: models.DeviceCreate, *, device_id: str | None = None, run_id: str | None = None) -> DeviceSpec:
+        size = SIZES[req.kind]
+        return DeviceSpec(
+            device_id=device_id or new_id(PREFIX[req.kind]),
+            kind=req.kind.value,
+            image=req.image or self.settings.image,
+            cpus=req.cpus or size["cpus"],
+            memory_mb=req.memory_mb or size["memory_mb"],
+            pids_limit=req.pids_limit or size["pids_limit"],
+            network=req.network,
+            env=req.env or {},
+            ephemeral=run_id is not None,
+            run_id=run_id,
+        )
+
+    def row(self, spec: DeviceSpec, req: models.DeviceCreate) -> dict[str, Any]:
+        now = self.clock.now()
+        return {
+            "id": spec.device_id, "kind": spec.kind, "name": req.name, "image": spec.image, "cpus": spec.cpus,
+            "memory_mb": spec.memory_mb, "pids_limit": spec.pids_limit, "network": spec.network,
+            "env": spec.env, "metadata": req.metadata, "ephemeral": spec.ephemeral, "run_id": spec.run_id,
+            "created_at": now, "updated_at": now,
+        }
+
+    async def create(self, req: models.DeviceCreate) -> models.Device:
+        """Create the container first, then its row: a crash in between leaves a labelled container
+        with no row, which the reconciler removes; a failed create leaves nothing."""
+        spec = self.spec(req)
+        state = await self.backend.create(spec)
+        try:
+            async with self.store.write(self.clock.now()) as tx:
+                await tx.insert_device(self.row(spec, req))
+        except BaseException:
+            await self.backend.remove(state.device_id)
+            raise
+        return await self.get(spec.device_id)
+
+    async def get(self, device_id: str) -> models.Device:
+        row = await self.store.device(device_id)
+        if row is None:
+            raise errors.NotFound("sandbox", device_id)
+        state = await self.backend.inspect(device_id)
+        status = models.DeviceStatus.missing if state is None else (
+            models.DeviceStatus.running if state.running else models.DeviceStatus.stopped)
+        return _device(row, status)
+
+    async def list(self) -> models.DeviceList:
+        live = {s.device_id: s for s in await self.backend.list_owned()}
+        out = []
+        for row in await self.store.devices():
+            s = live.get(row["id"])
+            status = models.DeviceStatus.missing if s is None else (
+                models.DeviceStatus.running if s.running else models.DeviceStatus.stopped)
+            out.append(_device(row, status))
+        return models.DeviceList(data=out)
+
+    async def delete(self, device_id: str) -> models.Device:
+        device = await self.get(device_id)
+        if device.ephemeral:
+            raise errors.InvalidTransition(
+                f"{device_id} is the ephemeral sandbox of run {device.run_id}; it is removed when the run ends",
+                suggested_command=f"agentdock runs cancel {device.run_id}",
+            )
+        active = await self.store.active_runs_on(device_id)
+        if active:
+            raise errors.Conflict(
+                f"{device_id} has {len(active)} active run(s); cancel them before deleting it",
+                suggested_command=f"agentdock runs cancel {active[0]}",
+                evidence={"active_runs": active},
+            )
+        async with self.store.write(self.clock.now()) as tx:
+            await tx.delete_device(device_id)
+        await self.backend.remove(device_id)
+        return device.model_copy(update={"status": models.DeviceStatus.missing})
+
+    async def reconcile(self) -> list[str]:
+        """Remove labelled containers whose device row is gone or deleted (a crash mid-create or mid-delete).
+        Ephemeral containers are the run service's to settle."""
+        removed = []
+        rows = {r["id"] for r in await self.store.devices(include_ephemeral=True)}
+        for state in await self.backend.list_owned():
+            if not state.ephemeral and state.device_id not in rows:
+                await self.backend.remove(state.device_id)
+                removed.append(state.device_id)
+        return removed
+
+
+def _device(row: dict[str, Any], status: models.DeviceStatus) -> models.Device:
+    return models.Device(
+        id=row["id"], kind=row["kind"], name=row["name"], image=row["image"], status=status, cpus=row["cpus"],
+        memory_mb=row["memory_mb"], pids_limit=row["pids_limit"], network=row["network"],
+        ephemeral=row["ephemeral"], run_id=row["run_id"], metadata=row["metadata"],
+        created_at=row["created_at"], updated_at=row["updated_at"],
+    )

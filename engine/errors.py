@@ -1,0 +1,143 @@
+"""The engine's error tree and the seeds' `diagnostic` shape every caller sees.
+
+    EngineError
+    ├── InvalidInput        (400) the request is malformed; nothing was changed
+    ├── NotFound            (404) no such record
+    ├── Conflict            (409) the request clashes with existing state (idempotency, state)
+    │   └── InvalidTransition
+    ├── PermissionDenied    (403)
+    ├── LimitExceeded       (429/413) a bound was hit
+    └── SandboxUnavailable  (503) Docker or the container cannot serve the request
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Diagnostic(BaseModel):
+    """A structured error: what went wrong and what to do next (seed 002's `diagnostic`)."""
+
+    code: str
+    """Stable machine-readable code, e.g. `invalid_input`, `not_found`."""
+    category: str
+    """Broad class: `input`, `state`, `permission`, `limit`, `backend`, `internal`."""
+    severity: str = "error"
+    title: str
+    """One-line summary."""
+    message: str
+    """What was wrong and what to do about it."""
+    suggested_command: str | None = None
+    """A command or call that would help, when one exists."""
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    """Facts behind the error: the field, the value's kind, the limit."""
+    id: str = Field(default_factory=lambda: "diag_" + secrets.token_hex(6))
+    """Identifies this occurrence in the daemon's log."""
+
+
+class EngineError(Exception):
+    """Root of every error the engine raises on purpose."""
+
+    code = "engine_error"
+    category = "internal"
+    title = "Request failed"
+    http_status = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        suggested_command: str | None = None,
+        evidence: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.suggested_command = suggested_command
+        self.evidence = evidence or {}
+
+    def diagnostic(self) -> Diagnostic:
+        return Diagnostic(
+            code=self.code,
+            category=self.category,
+            title=self.title,
+            message=self.message,
+            suggested_command=self.suggested_command,
+            evidence=self.evidence,
+        )
+
+
+class InvalidInput(EngineError):
+    code = "invalid_input"
+    category = "input"
+    title = "Invalid request"
+    http_status = 400
+
+    def __init__(self, field: str, message: str, **kw: Any) -> None:
+        evidence = {"field": field, **kw.pop("evidence", {})}
+        super().__init__(f"{field}: {message}", evidence=evidence, **kw)
+        self.field = field
+
+
+class NotFound(EngineError):
+    code = "not_found"
+    category = "state"
+    title = "Not found"
+    http_status = 404
+
+    def __init__(self, kind: str, id: str, **kw: Any) -> None:
+        kw.setdefault("suggested_command", f"agentdock {kind_command(kind)} list")
+        super().__init__(f"no {kind} with id {id!r}", evidence={"kind": kind, "id": id}, **kw)
+        self.kind = kind
+        self.id = id
+
+
+class Conflict(EngineError):
+    code = "conflict"
+    category = "state"
+    title = "Conflict"
+    http_status = 409
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+    title = "Not allowed in the record's current state"
+
+
+class PermissionDenied(EngineError):
+    code = "permission_denied"
+    category = "permission"
+    title = "Permission denied"
+    http_status = 403
+
+
+class LimitExceeded(EngineError):
+    code = "limit_exceeded"
+    category = "limit"
+    title = "Limit exceeded"
+    http_status = 413
+
+
+class SandboxUnavailable(EngineError):
+    code = "sandbox_unavailable"
+    category = "backend"
+    title = "Sandbox backend unavailable"
+    http_status = 503
+
+
+def kind_command(kind: str) -> str:
+    return {"run": "runs", "agent_run": "runs", "sandbox": "sandbox", "computer": "sandbox"}.get(kind, kind)
+
+
+def internal(exc: BaseException) -> Diagnostic:
+    """The generic diagnostic for an unexpected exception: an id to find it in the log, no internals."""
+    return Diagnostic(
+        code="internal_error",
+        category="internal",
+        title="Internal error",
+        message="agentdock hit an unexpected error; the daemon log has the details under this diagnostic id.",
+        suggested_command="agentdock daemon status",
+        evidence={"type": type(exc).__name__},
+    )

@@ -1,0 +1,377 @@
+"""Records and request bodies, with the seeds' field names. Inputs forbid unknown fields."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from engine import errors
+
+WORKSPACE = "/workspace"
+MAX_PROMPT_BYTES = 100_000
+MAX_COMMAND_BYTES = 16_384
+MAX_METADATA_BYTES = 65_536
+MAX_TIMEOUT_SECONDS = 86_400
+DEFAULT_TIMEOUT_SECONDS = 1_800
+MAX_ENV_VARS = 64
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+class RunStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RunStatus.succeeded, RunStatus.failed, RunStatus.canceled)
+
+
+class TargetKind(StrEnum):
+    sandbox = "sandbox"
+    computer = "computer"
+
+
+class Provider(StrEnum):
+    osa = "osa"
+    codex = "codex"
+    claude = "claude"
+    claude_code = "claude-code"
+    pi = "pi"
+    hermes = "hermes"
+    custom = "custom"
+
+
+class DeviceStatus(StrEnum):
+    running = "running"
+    stopped = "stopped"
+    missing = "missing"
+
+
+class Input(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], data: Any) -> M:
+    """Validate a request body, turning the first problem into an `InvalidInput` naming the field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise errors.InvalidInput("body", "must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(sorted(model.model_fields))
+            raise errors.InvalidInput(field, f"unknown field; known fields are: {known}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise errors.InvalidInput(field, msg) from None
+
+
+def _check_env(env: dict[str, str] | None) -> dict[str, str] | None:
+    if env is None:
+        return None
+    if len(env) > MAX_ENV_VARS:
+        raise ValueError(f"at most {MAX_ENV_VARS} variables")
+    for name in env:
+        if not ENV_NAME.match(name):
+            raise ValueError(f"{name!r} is not a valid variable name")
+        if name.startswith("AGENTDOCK_"):
+            raise ValueError(f"{name!r}: the AGENTDOCK_ prefix is reserved")
+    return env
+
+
+def _check_metadata(metadata: Any) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise ValueError("must be a JSON object, e.g. {\"task_id\": \"t1\"}")
+    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes of JSON")
+    paths = metadata.get("artifact_paths")
+    if paths is not None:
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths) or len(paths) > 32:
+            raise ValueError("artifact_paths must be a list of at most 32 paths")
+        for p in paths:
+            workspace_path(p, "artifact_paths")
+    return metadata
+
+
+def workspace_path(path: str, what: str = "path") -> str:
+    """Resolve `path` against /workspace and refuse anything that escapes it."""
+    if not path or "\x00" in path:
+        raise ValueError(f"{what}: a path inside {WORKSPACE} is required")
+    resolved = posixpath.normpath(posixpath.join(WORKSPACE, path))
+    if resolved != WORKSPACE and not resolved.startswith(WORKSPACE + "/"):
+        raise ValueError(f"{what}: {path!r} escapes {WORKSPACE}; use a path inside it")
+    return resolved
+
+
+# ---------------------------------------------------------------- devices
+
+
+class DeviceCreate(Input):
+    """Create a sandbox (small, disposable) or a computer (larger, with a persistent home volume)."""
+
+    kind: TargetKind = TargetKind.sandbox
+    """`sandbox` or `computer`."""
+    name: str | None = Field(default=None, max_length=100)
+    """A label for people."""
+    image: str | None = Field(default=None, max_length=200)
+    """Docker image; defaults to the daemon's configured image."""
+    cpus: float | None = Field(default=None, gt=0, le=16)
+    """CPU limit in cores (default 1 for a sandbox, 2 for a computer)."""
+    memory_mb: int | None = Field(default=None, ge=32, le=65_536)
+    """Memory limit in MiB (default 512 for a sandbox, 2048 for a computer)."""
+    pids_limit: int | None = Field(default=None, ge=16, le=32_768)
+    """Most processes at once (default 256 for a sandbox, 1024 for a computer)."""
+    network: bool = False
+    """Give the device a network. Off by default."""
+    env: dict[str, str] | None = None
+    """Environment for every run in the device."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Your own ids and labels."""
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_env(v)
+
+
+class Device(Record):
+    id: str
+    kind: TargetKind
+    name: str | None
+    image: str
+    status: DeviceStatus
+    cpus: float
+    memory_mb: int
+    pids_limit: int
+    network: bool
+    ephemeral: bool
+    """Created for one run and removed after it."""
+    run_id: str | None
+    """For an ephemeral device, the run it serves."""
+    metadata: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+
+
+class DeviceList(Record):
+    data: list[Device]
+
+
+# ---------------------------------------------------------------- runs
+
+
+class RunCreate(Input):
+    """Send a prompt through a runtime into a sandbox or computer (seed: Agent Runs)."""
+
+    prompt: str = Field(min_length=1)
+    """Natural-language task to run."""
+    target_id: str | None = None
+    """Sandbox or computer id. Omit all targets for a fresh ephemeral sandbox removed after the run."""
+    target_kind: TargetKind | None = None
+    """Target family; inferred from `sandbox_id`/`computer_id` or the device."""
+    sandbox_id: str | None = None
+    """Shortcut for `target_id` with a sandbox target."""
+    computer_id: str | None = None
+    """Shortcut for `target_id` with a computer target."""
+    provider: Provider | None = None
+    """osa, codex, claude, claude-code, pi, hermes or custom (default: custom when `command` is set, else claude-code)."""
+    command: str | None = None
+    """Runtime command for the custom provider, run with `sh -c`; the prompt is on stdin and in AGENTDOCK_PROMPT."""
+    model: str | None = Field(default=None, max_length=200)
+    """Provider-specific model override."""
+    cwd: str = WORKSPACE
+    """Working directory inside /workspace."""
+    timeout: int = DEFAULT_TIMEOUT_SECONDS
+    """Run timeout in seconds (1 to 86400)."""
+    metadata: Any = None
+    """Product ids, labels; `artifact_paths` lists files under /workspace to copy out when the run ends."""
+    env: dict[str, str] | None = None
+    """Extra environment for this run; overrides the device's."""
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    """The same key with the same body returns the same run."""
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be blank")
+        if len(v.encode()) > MAX_PROMPT_BYTES or "\x00" in v:
+            raise ValueError(f"must be at most {MAX_PROMPT_BYTES} bytes with no NUL characters")
+        return v
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or len(v.encode()) > MAX_COMMAND_BYTES or "\x00" in v):
+            raise ValueError(f"must be a non-empty shell command of at most {MAX_COMMAND_BYTES} bytes")
+        return v
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, v: str) -> str:
+        return workspace_path(v, "cwd")
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: int) -> int:
+        if not 1 <= v <= MAX_TIMEOUT_SECONDS:
+            raise ValueError(f"must be between 1 and {MAX_TIMEOUT_SECONDS} seconds")
+        return v
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, v: Any) -> dict[str, Any]:
+        return _check_metadata(v)
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_env(v)
+
+    @model_validator(mode="after")
+    def _target_and_provider(self) -> RunCreate:
+        given = [(k, v) for k, v in (("target_id", self.target_id), ("sandbox_id", self.sandbox_id),
+                                     ("computer_id", self.computer_id)) if v]
+        if len(given) > 1:
+            raise ValueError("give one of target_id, sandbox_id or computer_id, not several")
+        if self.target_kind and not given:
+            raise ValueError("target_kind needs target_id")
+        if self.provider is None:
+            self.provider = Provider.custom if self.command else Provider.claude_code
+        if self.provider is Provider.custom and not self.command:
+            raise ValueError("command: the custom provider needs `command` (the runtime command to run)")
+        return self
+
+    def target(self) -> tuple[TargetKind | None, str | None]:
+        if self.sandbox_id:
+            return TargetKind.sandbox, self.sandbox_id
+        if self.computer_id:
+            return TargetKind.computer, self.computer_id
+        return self.target_kind, self.target_id
+
+    def fingerprint(self) -> str:
+        """What makes two requests 'the same body' for idempotency."""
+        body = self.model_dump(mode="json", exclude={"idempotency_key"})
+        return json.dumps(body, sort_keys=True)
+
+
+class Run(Record):
+    id: str
+    target_kind: TargetKind
+    target_id: str
+    provider: Provider
+    prompt: str
+    command: str | None
+    model: str | None
+    cwd: str
+    timeout: int
+    metadata: dict[str, Any]
+    env_keys: list[str]
+    """Names of the run-level environment variables (values are not echoed)."""
+    status: RunStatus
+    output: str
+    """Stdout for custom runtimes; the agent's final answer for structured ones."""
+    stderr: str
+    output_truncated: bool
+    stderr_truncated: bool
+    exit_code: int | None
+    failure_kind: str | None
+    """Why a run failed or was canceled: nonzero_exit, timeout, canceled, runtime_not_found, sandbox_lost, process_lost, backend_error."""
+    error: str | None
+    """Human-readable reason for failure_kind."""
+    ephemeral: bool
+    agent_run_group_id: str | None = None
+    orchestration_role: str | None = None
+    parent_agent_run_id: str | None = None
+    profile_id: str | None = None
+    idempotency_key: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RunList(Record):
+    data: list[Run]
+    next_cursor: str | None
+    """Pass as `cursor` for the next page; null at the end."""
+
+
+class RunListQuery(Input):
+    target_id: str | None = None
+    status: RunStatus | None = None
+    limit: int = Field(default=20, ge=1, le=200)
+    cursor: str | None = None
+
+
+class RunEvent(Record):
+    id: str
+    agent_run_id: str
+    agent_run_group_id: str | None
+    sequence: int
+    """1..n per run, without gaps."""
+    type: str
+    message: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+class RunEventList(Record):
+    data: list[RunEvent]
+    run_status: RunStatus
+    """The run's status when this page was read; stop polling once it is terminal and `data` is empty."""
+    next_after: int
+    """Pass as `after` to get the events that follow."""
+
+
+class EventsQuery(Input):
+    after: int = Field(default=0, ge=0)
+    """Only events with sequence greater than this."""
+    limit: int = Field(default=500, ge=1, le=1000)
+    wait: float = Field(default=0, ge=0, le=60)
+    """Seconds to wait for a new event when there is none (long-poll)."""
+
+
+class Artifact(Record):
+    agent_run_id: str
+    path: str
+    """Path inside the device, under /workspace."""
+    size: int
+    sha256: str
+    created_at: datetime
+
+
+class ArtifactList(Record):
+    data: list[Artifact]
+
+
+class ArtifactMissing(Record):
+    path: str
+    reason: str
+
+
+RunEventType = Literal[
+    "run_queued", "run_started", "output", "stderr", "command_started", "command_finished",
+    "message", "tool_use", "artifact_exported", "run_finished",
+]

@@ -1,0 +1,41 @@
+"""Configuration: one settings object read from AGENTDOCK_* environment variables (and CLI flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AGENTDOCK_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".agentdock")
+    """State directory: the database, sockets, artifacts, logs."""
+    image: str = "agentdock-full:latest"
+    """Image for devices that name none (build it with `agentdock image build`)."""
+    output_cap_bytes: int = 1_048_576
+    """How much of a run's output and of its stderr is kept; the rest is cut and flagged."""
+    artifact_max_bytes: int = 10_485_760
+    """Largest file copied out of a device as an artifact."""
+    cancel_grace_seconds: float = 5.0
+    """Between TERM and KILL when a run is canceled or times out."""
+    flush_interval_seconds: float = 0.1
+    """Output is coalesced into events at most this often..."""
+    flush_bytes: int = 16_384
+    """...or whenever this much is pending."""
+    docker_threads: int = 16
+    """Bound on concurrent blocking Docker API calls."""
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "agentdock.db"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def control_socket(self) -> Path:
+        return self.home / "control.sock"
