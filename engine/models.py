@@ -57,11 +57,11 @@ class DeviceStatus(StrEnum):
 
 
 class Input(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class Record(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -82,6 +82,9 @@ def parse(model: type[M], data: Any) -> M:
             known = ", ".join(sorted(model.model_fields))
             raise errors.InvalidInput(field, f"unknown field; known fields are: {known}") from None
         msg = err["msg"].removeprefix("Value error, ")
+        head, sep, rest = msg.partition(": ")
+        if field == "body" and sep and head.isidentifier():
+            field, msg = head, rest  # a model-level check that names its field
         raise errors.InvalidInput(field, msg) from None
 
 
@@ -117,10 +120,10 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
 def workspace_path(path: str, what: str = "path") -> str:
     """Resolve `path` against /workspace and refuse anything that escapes it."""
     if not path or "\x00" in path:
-        raise ValueError(f"{what}: a path inside {WORKSPACE} is required")
+        raise ValueError(f"a path inside {WORKSPACE} is required")
     resolved = posixpath.normpath(posixpath.join(WORKSPACE, path))
     if resolved != WORKSPACE and not resolved.startswith(WORKSPACE + "/"):
-        raise ValueError(f"{what}: {path!r} escapes {WORKSPACE}; use a path inside it")
+        raise ValueError(f"{path!r} escapes {WORKSPACE}; use a path inside it")
     return resolved
 
 
@@ -254,9 +257,9 @@ class RunCreate(Input):
         given = [(k, v) for k, v in (("target_id", self.target_id), ("sandbox_id", self.sandbox_id),
                                      ("computer_id", self.computer_id)) if v]
         if len(given) > 1:
-            raise ValueError("give one of target_id, sandbox_id or computer_id, not several")
+            raise ValueError("target_id: give one of target_id, sandbox_id or computer_id, not several")
         if self.target_kind and not given:
-            raise ValueError("target_kind needs target_id")
+            raise ValueError("target_id: target_kind needs target_id")
         if self.provider is None:
             self.provider = Provider.custom if self.command else Provider.claude_code
         if self.provider is Provider.custom and not self.command:

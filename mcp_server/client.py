@@ -1,0 +1,107 @@
+"""A client of the daemon's HTTP API over its control socket; what `serve` (MCP) and the CLI use.
+
+The daemon's diagnostics come back as `RemoteError`, an `EngineError` carrying the daemon's
+diagnostic, so the MCP layer maps them the same way as local errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from engine import errors, models
+from engine.settings import Settings
+
+
+class RemoteError(errors.EngineError):
+    def __init__(self, diagnostic: errors.Diagnostic, status: int) -> None:
+        super().__init__(diagnostic.message)
+        self.remote = diagnostic
+        self.http_status = status
+
+    def diagnostic(self) -> errors.Diagnostic:
+        return self.remote
+
+
+class DaemonUnavailable(errors.SandboxUnavailable):
+    code = "daemon_unavailable"
+    title = "The agentdock daemon is not running"
+
+
+class DaemonClient:
+    def __init__(self, settings: Settings, *, timeout: float = 120) -> None:
+        self.settings = settings
+        self._http = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=str(settings.control_socket)),
+            base_url="http://agentdock", timeout=timeout,
+        )
+
+    async def __aenter__(self) -> DaemonClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._http.aclose()
+
+    async def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
+                      headers: dict[str, str] | None = None, timeout: float | None = None) -> Any:
+        params = {k: v for k, v in (params or {}).items() if v is not None}
+        try:
+            resp = await self._http.request(method, "/api/v1" + path, json=json, params=params, headers=headers,
+                                            timeout=timeout or httpx.USE_CLIENT_DEFAULT)
+        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
+            raise DaemonUnavailable(
+                f"cannot reach the daemon at {self.settings.control_socket} ({exc.__class__.__name__})",
+                suggested_command="agentdock daemon start") from exc
+        if resp.headers.get("content-type", "").startswith("application/json"):
+            payload = resp.json()
+        else:
+            payload = resp.content
+        if resp.status_code >= 400:
+            diag = payload.get("diagnostic") if isinstance(payload, dict) else None
+            if diag is None:
+                diag = errors.internal(RuntimeError(resp.text[:200])).model_dump()
+            raise RemoteError(errors.Diagnostic.model_validate(diag), resp.status_code)
+        return payload
+
+    async def health(self) -> dict[str, Any]:
+        return (await self.request("GET", "/health", timeout=5))["data"]
+
+    # devices
+    async def create_device(self, body: dict[str, Any]) -> models.Device:
+        return models.Device.model_validate((await self.request("POST", "/sandboxes", json=body))["data"])
+
+    async def list_devices(self) -> models.DeviceList:
+        return models.DeviceList.model_validate(await self.request("GET", "/sandboxes"))
+
+    async def get_device(self, device_id: str) -> models.Device:
+        return models.Device.model_validate((await self.request("GET", f"/sandboxes/{device_id}"))["data"])
+
+    async def delete_device(self, device_id: str) -> models.Device:
+        return models.Device.model_validate((await self.request("DELETE", f"/sandboxes/{device_id}"))["data"])
+
+    # runs
+    async def create_run(self, body: dict[str, Any], *, wait: float = 0) -> models.Run:
+        payload = await self.request("POST", "/agent-runs", json=body, params={"wait": wait or None},
+                                     timeout=wait + 60)
+        return models.Run.model_validate(payload["data"])
+
+    async def get_run(self, run_id: str) -> models.Run:
+        return models.Run.model_validate((await self.request("GET", f"/agent-runs/{run_id}"))["data"])
+
+    async def list_runs(self, **params: Any) -> models.RunList:
+        return models.RunList.model_validate(await self.request("GET", "/agent-runs", params=params))
+
+    async def cancel_run(self, run_id: str) -> models.Run:
+        return models.Run.model_validate((await self.request("POST", f"/agent-runs/{run_id}/cancel"))["data"])
+
+    async def run_events(self, run_id: str, *, after: int = 0, limit: int = 500, wait: float = 0) -> models.RunEventList:
+        payload = await self.request("GET", f"/agent-runs/{run_id}/events",
+                                     params={"after": after, "limit": limit, "wait": wait or None}, timeout=wait + 30)
+        return models.RunEventList.model_validate(payload)
+
+    async def artifacts(self, run_id: str) -> models.ArtifactList:
+        return models.ArtifactList.model_validate(await self.request("GET", f"/agent-runs/{run_id}/artifacts"))
+
+    async def artifact_content(self, run_id: str, path: str) -> bytes:
+        return await self.request("GET", f"/agent-runs/{run_id}/artifacts/content", params={"path": path})

@@ -1,0 +1,194 @@
+"""The daemon: the only writer of the database, owner of the Docker client and the run supervisors,
+serving HTTP on `control.sock` (mode 0600). One per home, enforced by a lock file."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import anyio
+import httpx
+import uvicorn
+
+from engine import errors, ports
+from engine.devices import DeviceService
+from engine.runs import RunService
+from engine.settings import Settings
+from engine.store import Store
+from mcp_server.http import create_app
+from runtimes import harness
+from runtimes.docker_backend import DockerBackend
+
+log = logging.getLogger("agentdock.daemon")
+
+
+class AlreadyRunning(errors.Conflict):
+    code = "daemon_already_running"
+    title = "A daemon is already running for this home"
+
+
+def pid_path(settings: Settings) -> Path:
+    return settings.home / "daemon.pid"
+
+
+def log_path(settings: Settings) -> Path:
+    return settings.home / "daemon.log"
+
+
+def hold_lock(settings: Settings) -> IO[str]:
+    """Take the home's daemon lock (held for the process's life) and record our pid in it."""
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    f = open(pid_path(settings), "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise AlreadyRunning(f"a daemon is already running for {settings.home} (pid {pid})",
+                             suggested_command="agentdock daemon status") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def running_pid(settings: Settings) -> int | None:
+    """The pid of the daemon holding this home's lock, or None."""
+    try:
+        f = open(pid_path(settings))
+    except FileNotFoundError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = f.read().strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return None
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, but SIGTERM/SIGINT just ask it to exit (no re-raise after shutdown)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        def stop(*_: object) -> None:
+            self.should_exit = True
+
+        old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT."""
+    lock = hold_lock(settings)
+    os.umask(0o077)
+    try:
+        async with Store(settings.db_path) as store:
+            backend = DockerBackend(settings.home, threads=settings.docker_threads)
+            clock = ports.SystemClock()
+            devices = DeviceService(store, backend, clock, settings)
+            runs = RunService(store, backend, devices, harness.get, clock, settings)
+            async with anyio.create_task_group() as tg:
+                await tg.start(runs.serve)
+                sock = settings.control_socket
+                sock.unlink(missing_ok=True)
+                config = uvicorn.Config(create_app(devices, runs), uds=str(sock), log_level="warning",
+                                        lifespan="off", access_log=False, timeout_graceful_shutdown=3)
+                server = _Server(config)
+                tg.start_soon(_chmod_when_bound, server, sock)
+                log.info("daemon %s serving on %s", os.getpid(), sock)
+                await server.serve()
+                tg.cancel_scope.cancel()
+    finally:
+        settings.control_socket.unlink(missing_ok=True)
+        lock.close()
+
+
+async def _chmod_when_bound(server: uvicorn.Server, sock: Path) -> None:
+    while not server.started:
+        await anyio.sleep(0.01)
+    os.chmod(sock, 0o600)
+
+
+def healthy(settings: Settings, timeout: float = 2) -> bool:
+    try:
+        transport = httpx.HTTPTransport(uds=str(settings.control_socket))
+        with httpx.Client(transport=transport, base_url="http://agentdock", timeout=timeout) as c:
+            return c.get("/api/v1/health").status_code == 200
+    except (httpx.HTTPError, OSError):
+        return False
+
+
+def start(settings: Settings, *, wait: float = 30) -> int:
+    """Start a daemon in the background for this home; returns its pid. Refuses if one runs."""
+    pid = running_pid(settings)
+    if pid is not None:
+        raise AlreadyRunning(f"a daemon is already running for {settings.home} (pid {pid})",
+                             suggested_command="agentdock daemon status")
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    logfile = open(log_path(settings), "ab")
+    env = {**os.environ, "AGENTDOCK_HOME": str(settings.home)}
+    proc = subprocess.Popen([sys.executable, "-m", "mcp_server.cli", "daemon", "run"], env=env,
+                            stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile, start_new_session=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if healthy(settings, timeout=1):
+            return proc.pid
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    tail = log_path(settings).read_text(errors="replace")[-1500:]
+    raise errors.SandboxUnavailable(f"the daemon did not come up; its log ends with:\n{tail}",
+                                    suggested_command=f"cat {log_path(settings)}")
+
+
+def ensure(settings: Settings) -> None:
+    """Make sure a daemon serves this home, starting one if none runs."""
+    if healthy(settings):
+        return
+    try:
+        start(settings)
+    except AlreadyRunning:  # another client started it a moment ago
+        deadline = time.monotonic() + 30
+        while not healthy(settings):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def stop(settings: Settings, *, grace: float = 15) -> int | None:
+    """Stop the home's daemon (TERM, then KILL after the grace). Returns the pid it stopped."""
+    pid = running_pid(settings)
+    if pid is None or pid <= 0:
+        return None
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while running_pid(settings) is not None:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+            break
+        time.sleep(0.05)
+    return pid
+
+
+def configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
