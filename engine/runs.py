@@ -251,6 +251,8 @@ class RunService:
         row = await self.store.run(run_id)
         if row is None or row["status"] in TERMINAL:
             return
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]  # the follower's task group wraps what the backend raised
         kind = "sandbox_lost" if isinstance(exc, errors.SandboxUnavailable) else "backend_error"
         now = self.clock.now()
         async with self.store.write(now) as tx:
@@ -445,7 +447,7 @@ class _Supervision:
         status, kind, error = self._classify(exit_, row)
         exported = await self._export_artifacts(row)
         now = svc.clock.now()
-        code = exit_.exit_code if exit_ is not None and not exit_.lost else None
+        code = exit_.exit_code if exit_ is not None and kind != "process_lost" else None
         async with svc.store.write(now) as tx:
             await tx.append_events(self.run_id, exported)
             await tx.update_run(self.run_id, status=status, exit_code=code, failure_kind=kind, error=error,

@@ -170,6 +170,12 @@ class DockerBackend:
             return
         if state is None:
             raise errors.SandboxUnavailable(f"the container of {launch.device_id} is gone")
+        if state.running and state.ephemeral:
+            # Re-attaching to an ephemeral run after a restart: its main process is the first wrapper,
+            # which stops the container when the run ends; wait for that, then read the files.
+            await anyio.to_thread.run_sync(functools.partial(_translated, self.api.wait, name),
+                                           limiter=self._streams, abandon_on_cancel=True)
+            state = state.model_copy(update={"running": False})
         if not state.running:
             yield_from = await self.collect(launch.device_id, launch.run_id)
             if yield_from is None or yield_from.exit_code is None:

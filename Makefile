@@ -1,0 +1,27 @@
+# agentdock developer entry points. `make test` is what CI runs (.ci/run).
+PY := .venv/bin/python
+IMAGES := agentdock-small:latest agentdock-full:latest agentdock-full-base:latest
+
+.PHONY: setup test demo bench clean-images
+
+setup:
+	bash scripts/setup.sh
+
+# pytest exits 5 when it collected no tests: that is a failure too.
+test: setup
+	@rc=0; $(PY) -m pytest -q || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
+	exit $$rc
+
+demo: setup
+	$(PY) -m mcp_server.demo
+
+bench: setup
+	$(PY) bench/run_latency.py
+
+# Removes the images only; the debootstrap rootfs cache under $$AGENTDOCK_HOME/cache
+# stays, so the next build of the full image takes seconds, not a minute.
+clean-images:
+	@for img in $(IMAGES); do \
+	  if docker image inspect $$img >/dev/null 2>&1; then docker rmi -f $$img; fi; \
+	done

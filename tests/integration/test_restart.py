@@ -1,0 +1,135 @@
+"""Runs outlive the daemon: kill -9 it mid-run, restart, and every run ends correctly."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import anyio
+import docker
+import pytest
+
+from engine import models
+from mcp_server import daemon as daemon_mod
+from mcp_server.client import DaemonClient
+from tests.conftest import Daemon, owned_containers
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+RUNS_DIR = "/tmp/.agentdock/runs"
+
+
+async def kill_daemon(d: Daemon) -> None:
+    pid = d.pid()
+    assert pid and pid > 0
+    os.kill(pid, signal.SIGKILL)
+    with anyio.fail_after(10):
+        while d.pid() is not None:  # the lock is released when the process dies
+            await anyio.sleep(0.05)
+
+
+async def wait_for_event(client: DaemonClient, run_id: str, type_: str) -> None:
+    after = 0
+    with anyio.fail_after(30):
+        while True:
+            page = await client.run_events(run_id, after=after, wait=5)
+            if any(e.type == type_ for e in page.data):
+                return
+            after = page.next_after
+
+
+async def wait_in_container(device_id: str, run_id: str, name: str) -> None:
+    """Wait until the run's process has written `name` in its run directory (it does so without us)."""
+    container = docker.from_env().containers.get(f"agentdock-{device_id}")
+    with anyio.fail_after(30):
+        while container.exec_run(["test", "-e", f"{RUNS_DIR}/{run_id}/{name}"]).exit_code != 0:
+            await anyio.sleep(0.1)
+
+
+async def settled(d: Daemon, run_id: str) -> models.Run:
+    async with DaemonClient(d.settings) as client:
+        with anyio.fail_after(60):
+            run = await client.get_run(run_id)
+            while not run.status.terminal:
+                await client.run_events(run_id, after=0, limit=1, wait=5)
+                run = await client.get_run(run_id)
+        return run
+
+
+async def test_run_that_finishes_while_the_daemon_is_down_ends_succeeded_after_restart(daemon: Daemon) -> None:
+    async with DaemonClient(daemon.settings) as client:
+        device = await client.create_device({})
+        run = await client.create_run({"sandbox_id": device.id, "prompt": "p",
+                                       "command": "echo before; sleep 1; echo after; exit 0"})
+        await wait_for_event(client, run.id, "output")
+    await kill_daemon(daemon)
+    await wait_in_container(device.id, run.id, "exit")
+    daemon.start()
+    run = await settled(daemon, run.id)
+    assert (run.status, run.exit_code, run.output) == ("succeeded", 0, "before\nafter\n")
+
+
+async def test_run_still_going_across_a_restart_finishes_normally_without_repeating_output(daemon: Daemon) -> None:
+    async with DaemonClient(daemon.settings) as client:
+        device = await client.create_device({})
+        run = await client.create_run({"sandbox_id": device.id, "prompt": "p",
+                                       "command": "echo one; sleep 2; echo two >&2; echo three"})
+        await wait_for_event(client, run.id, "output")
+    await kill_daemon(daemon)
+    daemon.start()
+    run = await settled(daemon, run.id)
+    assert (run.status, run.output, run.stderr) == ("succeeded", "one\nthree\n", "two\n")
+    async with DaemonClient(daemon.settings) as client:
+        events = (await client.run_events(run.id)).data
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert "".join(e.payload["text"] for e in events if e.type == "output") == "one\nthree\n"
+    assert [e.type for e in events].count("run_started") == 1
+
+
+async def test_ephemeral_run_across_a_restart_finishes_and_its_container_is_removed(daemon: Daemon) -> None:
+    async with DaemonClient(daemon.settings) as client:
+        run = await client.create_run({"prompt": "p", "command": "echo start; sleep 2; echo end"})
+        await wait_for_event(client, run.id, "output")
+    await kill_daemon(daemon)
+    daemon.start()
+    run = await settled(daemon, run.id)
+    assert (run.status, run.output) == ("succeeded", "start\nend\n")
+    # The end is committed before the container is removed (the reverse could re-run it after a crash).
+    with anyio.fail_after(15):
+        while owned_containers(daemon.settings.home):
+            await anyio.sleep(0.1)
+
+
+async def test_run_whose_container_vanished_while_the_daemon_was_down_fails_with_sandbox_lost(daemon: Daemon) -> None:
+    async with DaemonClient(daemon.settings) as client:
+        device = await client.create_device({})
+        run = await client.create_run({"sandbox_id": device.id, "prompt": "p", "command": "sleep 1000"})
+        await wait_for_event(client, run.id, "run_started")
+    await kill_daemon(daemon)
+    docker.from_env().containers.get(f"agentdock-{device.id}").remove(force=True)
+    daemon.start()
+    run = await settled(daemon, run.id)
+    assert (run.status, run.failure_kind) == ("failed", "sandbox_lost")
+
+
+async def test_run_whose_process_died_with_its_container_fails_with_process_lost(daemon: Daemon) -> None:
+    async with DaemonClient(daemon.settings) as client:
+        device = await client.create_device({})
+        run = await client.create_run({"sandbox_id": device.id, "prompt": "p", "command": "sleep 1000"})
+        await wait_for_event(client, run.id, "run_started")
+        await wait_in_container(device.id, run.id, "pid")
+    await kill_daemon(daemon)
+    docker.from_env().containers.get(f"agentdock-{device.id}").restart(timeout=1)
+    daemon.start()
+    run = await settled(daemon, run.id)
+    assert (run.status, run.failure_kind, run.exit_code) == ("failed", "process_lost", None)
+
+
+async def test_labelled_container_without_a_device_row_is_removed_on_start(daemon: Daemon) -> None:
+    home = str(daemon.settings.home)
+    stray = docker.from_env().containers.create(
+        "agentdock-small:latest", ["sleep", "100"], name=f"agentdock-sbx_stray_{os.getpid()}",
+        labels={"agentdock.home": home, "agentdock.device_id": f"sbx_stray_{os.getpid()}",
+                "agentdock.kind": "sandbox", "agentdock.ephemeral": "0"})
+    daemon_mod.stop(daemon.settings)
+    daemon.start()
+    assert stray.id not in [c.id for c in owned_containers(daemon.settings.home)]
