@@ -219,7 +219,7 @@ def build(client: DaemonClient, toolsets: Iterable[str] | None = None) -> MCPSer
         raise errors.InvalidInput("toolsets", f"unknown toolset(s) {sorted(unknown)}; known: {sorted(TOOLSETS)}")
     names = {n for ts in wanted for n in TOOLSETS[ts]}
     server = MCPServer(
-        name="agentdock", version="0.1.0",
+        name="agentdock", version="0.1.0", log_level="WARNING",
         instructions="agentdock runs agents in Docker sandboxes and keeps every run as a durable record. "
                      "Create a sandbox with sandbox_create (or let agent_run make an ephemeral one), run prompts "
                      "with agent_run, and read results with agent_run_get / agent_run_events.",
@@ -242,4 +242,5 @@ def build(client: DaemonClient, toolsets: Iterable[str] | None = None) -> MCPSer
 
 
 async def serve_stdio(client: DaemonClient, toolsets: Iterable[str] | None = None) -> None:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     await build(client, toolsets).run_stdio_async()
