@@ -254,7 +254,9 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     conn.row_factory = aiosqlite.Row
     await conn.execute("PRAGMA busy_timeout = 5000")
     await conn.execute("PRAGMA foreign_keys = ON")
-    await conn.execute("PRAGMA synchronous = FULL")
+    # WAL + NORMAL: a commit survives a crash or kill of the daemon (what we promise); only a power
+    # loss may roll back the last commits. FULL would fsync every commit for that extra case.
+    await conn.execute("PRAGMA synchronous = NORMAL")
     return conn
 
 

@@ -154,6 +154,16 @@ class DockerBackend:
         command = ["sh", "-c", WRAPPER, "agentdock-run", *launch.argv]
         env = self._wrapper_env(launch)
         name = container_name(launch.device_id)
+        if launch.ephemeral is None:
+            # The common case, a running device: exec straight away; look closer only if refused.
+            try:
+                exec_id = (await self._call(self.api.exec_create, name, command, environment=env))["Id"]
+            except (errors.NotFound, errors.Conflict):
+                pass
+            else:
+                async for item in self._exec(exec_id):
+                    yield item
+                return
         state = await self.inspect(launch.device_id)
         if state is None and launch.ephemeral is not None:
             # The run is the container's main process: attach before start so nothing is missed.
@@ -188,6 +198,10 @@ class DockerBackend:
             yield Exit(exit_code=yield_from.exit_code)
             return
         exec_id = (await self._call(self.api.exec_create, name, command, environment=env))["Id"]
+        async for item in self._exec(exec_id):
+            yield item
+
+    async def _exec(self, exec_id: str) -> AsyncIterator[Chunk | Exit]:
         sock = await self._call(self.api.exec_start, exec_id, socket=True)
         try:
             async for chunk in self._frames(sock):

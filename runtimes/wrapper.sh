@@ -38,29 +38,35 @@ if mkdir "$d" 2>/dev/null; then
   fi
 fi
 
-emit() {  # emit(file, offset) -> new bytes of file from offset to its current size; prints the new size
+emit() {  # emit FILE OFFSET: write FILE's bytes from OFFSET to its current end; sets $n to that end
   n=$(($(wc -c <"$1")))
   if [ "$n" -gt "$2" ]; then tail -c +$(($2 + 1)) "$1" | head -c $((n - $2)); fi
-  echo "$n" >"$d/.emitted"
+}
+
+lost() {  # the process is gone but recorded no exit code (its container restarted, say)
+  [ -s "$d/pid" ] && [ ! -e "$d/exit" ] && ! kill -0 "$(cat "$d/pid")" 2>/dev/null
 }
 
 sp=
 trap 'kill $sp 2>/dev/null' USR1
 while :; do
+  if [ ! -e "$d/exit" ]; then
+    # Sleep, woken early by the launcher's USR1 when the process ends.
+    sleep 0.2 2>/dev/null & sp=$!
+    [ -e "$d/exit" ] || wait "$sp"
+    kill "$sp" 2>/dev/null
+  fi
   fin=0
   [ -e "$d/exit" ] && fin=1
-  emit "$d/stdout" "$so"; so=$(cat "$d/.emitted")
-  emit "$d/stderr" "$se" >&2; se=$(cat "$d/.emitted")
+  emit "$d/stdout" "$so"; so=$n
+  emit "$d/stderr" "$se" >&2; se=$n
   [ "$fin" = 1 ] && break
-  if [ -s "$d/pid" ] && ! kill -0 "$(cat "$d/pid")" 2>/dev/null && [ ! -e "$d/exit" ]; then
+  if lost; then
     sleep 1  # the launcher may be writing the exit code right now
-    if [ ! -e "$d/exit" ] && ! kill -0 "$(cat "$d/pid")" 2>/dev/null; then
+    if lost; then
       echo "agentdock: run process lost" >&2
       exit 255
     fi
   fi
-  sleep 0.2 2>/dev/null & sp=$!
-  [ -e "$d/exit" ] || wait "$sp"
-  kill "$sp" 2>/dev/null
 done
 exit "$(cat "$d/exit")"

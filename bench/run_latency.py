@@ -1,0 +1,119 @@
+"""Run latency: agentdock against raw Docker, measured in the same run. Prints figures; never pass/fail.
+
+- a trivial run in an existing sandbox through the daemon's API (create + wait for the end)
+  against a raw docker-py `exec_run` in a running container;
+- a run in a fresh ephemeral sandbox through the daemon against a raw
+  `containers.run(..., remove=True)`.
+Both sides use the same image (agentdock-small by default; AGENTDOCK_BENCH_IMAGE to change).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+import docker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine.settings import Settings  # noqa: E402
+from mcp_server import daemon  # noqa: E402
+from mcp_server.client import DaemonClient  # noqa: E402
+
+IMAGE = os.environ.get("AGENTDOCK_BENCH_IMAGE", "agentdock-small:latest")
+N_EXEC = int(os.environ.get("AGENTDOCK_BENCH_N_EXEC", "40"))
+N_EPHEMERAL = int(os.environ.get("AGENTDOCK_BENCH_N_EPHEMERAL", "15"))
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+
+
+def timed_sync(fn: Callable[[], object], n: int) -> list[float]:
+    fn()  # warm up
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+async def timed_async(fn: Callable[[], Awaitable[object]], n: int) -> list[float]:
+    await fn()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        await fn()
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
+def row(name: str, xs: list[float]) -> str:
+    return f"  {name:<44} p50 {statistics.median(xs):7.1f} ms   p95 {pct(xs, 95):7.1f} ms   (n={len(xs)})"
+
+
+async def main() -> None:
+    client = docker.from_env()
+    home = Path(tempfile.mkdtemp(prefix="adb-", dir="/tmp"))
+    os.environ["AGENTDOCK_HOME"] = str(home)
+    os.environ["AGENTDOCK_IMAGE"] = IMAGE
+    settings = Settings(home=home, image=IMAGE)
+    daemon.start(settings)
+    raw = client.containers.run(IMAGE, ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"],
+                                detach=True, init=True, network_mode="none", cap_drop=["ALL"])
+    try:
+        async with DaemonClient(settings) as api:
+            sandbox = await api.create_device({"image": IMAGE})
+
+            def raw_exec() -> None:
+                assert raw.exec_run(["sh", "-c", "echo hi"]).exit_code == 0
+
+            async def ad_exec() -> None:
+                run = await api.create_run({"sandbox_id": sandbox.id, "prompt": "bench", "command": "echo hi"},
+                                           wait=30)
+                assert run.status == "succeeded", run
+
+            def raw_run() -> None:
+                out = client.containers.run(IMAGE, ["sh", "-c", "echo hi"], remove=True, init=True,
+                                            network_mode="none", cap_drop=["ALL"])
+                assert out == b"hi\n"
+
+            async def ad_ephemeral() -> None:
+                run = await api.create_run({"prompt": "bench", "command": "echo hi"}, wait=60)
+                assert run.status == "succeeded", run
+
+            # Interleave the sides so drift on a shared machine hits both alike.
+            r_exec, a_exec, r_run, a_run = [], [], [], []
+            for _ in range(2):
+                r_exec += timed_sync(raw_exec, N_EXEC // 2)
+                a_exec += await timed_async(ad_exec, N_EXEC // 2)
+                r_run += timed_sync(raw_run, N_EPHEMERAL // 2 + 1)
+                a_run += await timed_async(ad_ephemeral, N_EPHEMERAL // 2 + 1)
+            await api.delete_device(sandbox.id)
+    finally:
+        raw.remove(force=True)
+        daemon.stop(settings)
+
+    print(f"run latency, image {IMAGE}, {os.cpu_count()} cores")
+    print("existing sandbox:")
+    print(row("raw docker-py exec_run", r_exec))
+    print(row("agentdock run (API create + wait)", a_exec))
+    print(f"  ratio p50 {statistics.median(a_exec) / statistics.median(r_exec):.2f}x   "
+          f"p95 {pct(a_exec, 95) / pct(r_exec, 95):.2f}x   (aim: within 1.5x)")
+    print("ephemeral sandbox:")
+    print(row("raw containers.run(remove=True)", r_run))
+    print(row("agentdock ephemeral run (API create + wait)", a_run))
+    print(f"  ratio p50 {statistics.median(a_run) / statistics.median(r_run):.2f}x   "
+          f"p95 {pct(a_run, 95) / pct(r_run, 95):.2f}x   (aim: within 1.2x)")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
