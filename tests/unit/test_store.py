@@ -1,0 +1,122 @@
+"""The store on real SQLite: migrations, the queries the code names, events and idempotency keys."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import anyio
+import pytest
+
+from engine import models
+from engine.store import SQL, Store, migrations
+
+pytestmark = pytest.mark.anyio
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def store(tmp_path):
+    async with Store(tmp_path / "db.sqlite") as s:
+        yield s
+
+
+def run_row(run_id: str, **kw):
+    row = {"id": run_id, "target_kind": "sandbox", "target_id": "sbx_1", "provider": "custom", "prompt": "p",
+           "command": "true", "model": None, "cwd": "/workspace", "timeout": 60, "metadata": {}, "env": {},
+           "status": "queued", "ephemeral": False, "idempotency_key": None, "request_hash": "h",
+           "created_at": NOW, "updated_at": NOW}
+    return {**row, **kw}
+
+
+async def test_migrations_bring_a_new_database_to_the_latest_version(store):
+    cur = await store._writer.execute("PRAGMA user_version")
+    assert (await cur.fetchone())[0] == migrations()[-1][0]
+
+
+async def test_every_named_query_compiles_against_the_migrated_schema(store):
+    for name, sql in SQL.items():
+        params = re.findall(r":(\w+)", sql)
+        args = {p: None for p in params} if params else (None,) * sql.count("?")
+        try:
+            await store._writer.execute(f"EXPLAIN {sql}", args)
+        except Exception as exc:  # pragma: no cover - the failure message is the point
+            pytest.fail(f"query {name!r} does not fit the schema: {exc}")
+
+
+async def test_reopening_an_existing_database_applies_nothing_twice(tmp_path):
+    async with Store(tmp_path / "db.sqlite") as s:
+        before = await s.schema()
+    async with Store(tmp_path / "db.sqlite") as s:
+        assert await s.migrate() == migrations()[-1][0]
+        assert await s.schema() == before
+
+
+async def test_migrated_schema_has_the_columns_the_run_record_needs(store):
+    cur = await store._writer.execute("SELECT name FROM pragma_table_info('agent_runs')")
+    columns = {r[0] for r in await cur.fetchall()}
+    needed = set(models.Run.model_fields) - {"env_keys"}
+    assert needed <= columns, needed - columns
+
+
+async def test_events_get_gapless_sequences_per_run_even_when_appended_concurrently(store):
+    async with store.write(NOW) as tx:
+        await tx.insert_run(run_row("run_a"))
+        await tx.insert_run(run_row("run_b"))
+
+    async def append(run_id: str) -> None:
+        for i in range(20):
+            async with store.write(NOW) as tx:
+                await tx.append_events(run_id, [("output", "", {"i": i}), ("stderr", "", {"i": i})])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(append, "run_a")
+        tg.start_soon(append, "run_b")
+        tg.start_soon(append, "run_a")
+    a = await store.events("run_a", 0, 1000)
+    assert [e["sequence"] for e in a] == list(range(1, 81))
+    assert [e["sequence"] for e in await store.events("run_b", 0, 1000)] == list(range(1, 41))
+    assert [e["sequence"] for e in await store.events("run_a", 75, 1000)] == [76, 77, 78, 79, 80]
+
+
+async def test_a_failed_transaction_leaves_nothing_behind(store):
+    with pytest.raises(RuntimeError):
+        async with store.write(NOW) as tx:
+            await tx.insert_run(run_row("run_x"))
+            await tx.append_events("run_x", [("run_queued", "", {})])
+            raise RuntimeError("boom")
+    assert await store.run("run_x") is None
+    assert await store.events("run_x", 0, 10) == []
+
+
+async def test_a_cancelled_writer_still_commits_what_it_began(store):
+    with anyio.CancelScope() as scope:
+        async with store.write(NOW) as tx:
+            scope.cancel()
+            await tx.insert_run(run_row("run_c"))
+            await anyio.sleep(0)  # a checkpoint inside the shielded transaction
+    assert (await store.run("run_c"))["id"] == "run_c"
+
+
+async def test_an_idempotency_key_can_hold_only_one_run(store):
+    async with store.write(NOW) as tx:
+        await tx.insert_run(run_row("run_1", idempotency_key="k"))
+    with pytest.raises(Exception, match="UNIQUE"):
+        async with store.write(NOW) as tx:
+            await tx.insert_run(run_row("run_2", idempotency_key="k"))
+    assert (await store.run_by_idempotency_key("k"))["id"] == "run_1"
+
+
+async def test_run_list_pages_newest_first_without_repeats(store):
+    async with store.write(NOW) as tx:
+        for i in range(7):
+            await tx.insert_run(run_row(f"run_{i}", created_at=NOW.replace(minute=i)))
+    seen, cursor = [], None
+    while True:
+        rows = await store.runs(models.RunListQuery(limit=3, cursor=cursor))
+        page = rows[:3]
+        seen += [r["id"] for r in page]
+        if len(rows) <= 3:
+            break
+        cursor = page[-1]["id"]
+    assert seen == [f"run_{i}" for i in reversed(range(7))]
