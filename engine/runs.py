@@ -51,8 +51,12 @@ class Changes:
         if ev is not None:
             ev.set()
 
-    async def wait(self, run_id: str, timeout: float) -> None:
-        ev = self._events.setdefault(run_id, anyio.Event())
+    def watch(self, run_id: str) -> anyio.Event:
+        """Take this before reading state, then wait on it: a change after the read still wakes it."""
+        return self._events.setdefault(run_id, anyio.Event())
+
+    @staticmethod
+    async def wait(ev: anyio.Event, timeout: float) -> None:
         with anyio.move_on_after(timeout):
             await ev.wait()
 
@@ -189,20 +193,24 @@ class RunService:
         """Events after `q.after`; with `q.wait`, long-poll until one arrives or the run ends."""
         deadline = self.clock.monotonic() + q.wait
         while True:
+            changed = self.changes.watch(run_id)
             run = await self.get(run_id)
             rows = await self.store.events(run_id, q.after, q.limit)
             remaining = deadline - self.clock.monotonic()
             if rows or run.status in TERMINAL or remaining <= 0:
                 break
-            await self.changes.wait(run_id, remaining)
+            await self.changes.wait(changed, remaining)
         data = [_event(r) for r in rows]
         return models.RunEventList(data=data, run_status=run.status, next_after=data[-1].sequence if data else q.after)
 
     async def wait(self, run_id: str, timeout: float) -> models.Run:
         """The run once it has ended, or as it is when `timeout` passes."""
         with anyio.move_on_after(timeout):
-            while (run := await self.get(run_id)).status not in TERMINAL:
-                await self.changes.wait(run_id, 5)
+            while True:
+                changed = self.changes.watch(run_id)
+                if (await self.get(run_id)).status in TERMINAL:
+                    break
+                await self.changes.wait(changed, 5)
         return await self.get(run_id)
 
     async def cancel(self, run_id: str) -> models.Run:
@@ -229,7 +237,11 @@ class RunService:
 
     async def artifact_bytes(self, run_id: str, path: str) -> bytes:
         await self.get(run_id)
-        row = await self.store.artifact(run_id, models.workspace_path(path) if path.startswith("/") else path)
+        try:
+            resolved = models.workspace_path(path)
+        except ValueError as exc:
+            raise errors.InvalidInput("path", str(exc)) from None
+        row = await self.store.artifact(run_id, resolved)
         if row is None:
             raise errors.NotFound("artifact", f"{run_id}:{path}", suggested_command=f"agentdock runs artifacts {run_id}")
         return (self.settings.artifacts_dir / row["stored_as"]).read_bytes()
@@ -397,8 +409,9 @@ class _Supervision:
         for ev in parsed.events:
             self.pending.append((ev.type, ev.message, ev.payload))
         if parsed.output is not None:
-            self.output = parsed.output[: self.cfg.output_cap_bytes]
-            self.truncated["stdout"] = len(parsed.output) > self.cfg.output_cap_bytes
+            data = parsed.output.encode()
+            self.output = data[: self.cfg.output_cap_bytes].decode("utf-8", "ignore")
+            self.truncated["stdout"] = len(data) > self.cfg.output_cap_bytes
 
     def _keep(self, stream: str, text: str, event_type: str) -> None:
         room = self.cfg.output_cap_bytes - self.kept[stream]

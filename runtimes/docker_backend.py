@@ -90,10 +90,15 @@ class DockerBackend:
             mounts=mounts,
             log_config=docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
         )
-        created = api.create_container(
-            spec.image, command=command, name=container_name(spec.device_id), labels=self._labels(spec),
-            environment={**spec.env, **env}, working_dir="/workspace", host_config=host_config,
-        )
+        try:
+            created = api.create_container(
+                spec.image, command=command, name=container_name(spec.device_id), labels=self._labels(spec),
+                environment={**spec.env, **env}, working_dir="/workspace", host_config=host_config,
+            )
+        except docker.errors.DockerException:
+            for m in mounts:
+                api.remove_volume(m["Source"], force=True)
+            raise
         return created["Id"]
 
     async def create(self, spec: DeviceSpec) -> DeviceState:
