@@ -89,7 +89,8 @@ class NotFound(EngineError):
 
     def __init__(self, kind: str, id: str, **kw: Any) -> None:
         kw.setdefault("suggested_command", f"agentdock {kind_command(kind)} list")
-        super().__init__(f"no {kind} with id {id!r}", evidence={"kind": kind, "id": id}, **kw)
+        evidence = {"kind": kind, "id": id, **kw.pop("evidence", {})}
+        super().__init__(f"no {kind} with id {id!r}", evidence=evidence, **kw)
         self.kind = kind
         self.id = id
 

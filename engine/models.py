@@ -95,7 +95,8 @@ def _check_env(env: dict[str, str] | None) -> dict[str, str] | None:
         raise ValueError(f"at most {MAX_ENV_VARS} variables")
     for name in env:
         if not ENV_NAME.match(name):
-            raise ValueError(f"{name!r} is not a valid variable name")
+            raise ValueError(f"{name!r} is not a valid variable name; use letters, digits and underscores, "
+                             "not starting with a digit, at most 128 characters")
         if name.startswith("AGENTDOCK_"):
             raise ValueError(f"{name!r}: the AGENTDOCK_ prefix is reserved")
     return env

@@ -132,7 +132,11 @@ class RunService:
                                           suggested_command="agentdock image build")
             kind, target_id = models.TargetKind.sandbox, spec.device_id
         else:
-            device = await self.devices.get(target_id)
+            try:
+                device = await self.devices.get(target_id)
+            except errors.NotFound:
+                field = "sandbox_id" if req.sandbox_id else "computer_id" if req.computer_id else "target_id"
+                raise errors.NotFound("sandbox", target_id, evidence={"field": field}) from None
             if kind is not None and kind != device.kind:
                 raise errors.InvalidInput("target_kind", f"{target_id} is a {device.kind.value}, not a {kind.value}")
             if device.status != models.DeviceStatus.running:
@@ -291,6 +295,9 @@ class _Supervision:
         svc, now = self.svc, self.svc.clock.now()
         row = await svc.store.run(self.run_id)
         if row is None or row["status"] in TERMINAL:
+            return
+        if row["finished_at"] is not None:  # the result was recorded before a restart: publish it
+            await self._publish()
             return
         self.row = row
         self.harness = svc.harnesses(row["provider"])
@@ -457,21 +464,33 @@ class _Supervision:
             await self._flush()
         row = await svc.store.run(self.run_id)
         assert row is not None
-        status, kind, error = self._classify(exit_, row)
+        _, kind, error = self._classify(exit_, row)
         exported = await self._export_artifacts(row)
-        now = svc.clock.now()
         code = exit_.exit_code if exit_ is not None and kind != "process_lost" else None
-        async with svc.store.write(now) as tx:
+        # Two phases: record the result (still `running`), clean up, then publish the end. A crash in
+        # between resumes at publishing, so an ephemeral run is never started again and nobody sees
+        # it ended while its sandbox is still there.
+        async with svc.store.write(svc.clock.now()) as tx:
             await tx.append_events(self.run_id, exported)
-            await tx.update_run(self.run_id, status=status, exit_code=code, failure_kind=kind, error=error,
-                                finished_at=now)
-            await tx.append_events(self.run_id, [("run_finished", f"Run {status}", {
-                "status": status, "exit_code": code, "failure_kind": kind})])
-        svc.changes.notify(self.run_id)
+            await tx.update_run(self.run_id, exit_code=code, failure_kind=kind, error=error,
+                                finished_at=svc.clock.now())
+        await self._publish()
+
+    async def _publish(self) -> None:
+        svc = self.svc
+        row = await svc.store.run(self.run_id)
+        assert row is not None
         if row["ephemeral"]:
             await svc.backend.remove(row["target_id"])
-            async with svc.store.write(svc.clock.now()) as tx:
+        kind, code = row["failure_kind"], row["exit_code"]
+        status = "succeeded" if kind is None else ("canceled" if kind == "canceled" else "failed")
+        async with svc.store.write(svc.clock.now()) as tx:
+            await tx.update_run(self.run_id, status=status)
+            await tx.append_events(self.run_id, [("run_finished", f"Run {status}", {
+                "status": status, "exit_code": code, "failure_kind": kind})])
+            if row["ephemeral"]:
                 await tx.delete_device(row["target_id"])
+        svc.changes.notify(self.run_id)
 
     def _classify(self, exit_: Exit | None, row: dict[str, Any]) -> tuple[str, str | None, str | None]:
         tail = self.stderr.rstrip()[-500:]
