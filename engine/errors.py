@@ -88,7 +88,8 @@ class NotFound(EngineError):
     http_status = 404
 
     def __init__(self, kind: str, id: str, **kw: Any) -> None:
-        kw.setdefault("suggested_command", f"agentdock {kind_command(kind)} list")
+        if kind in LIST_COMMANDS:
+            kw.setdefault("suggested_command", f"agentdock {LIST_COMMANDS[kind]} list")
         evidence = {"kind": kind, "id": id, **kw.pop("evidence", {})}
         super().__init__(f"no {kind} with id {id!r}", evidence=evidence, **kw)
         self.kind = kind
@@ -128,8 +129,8 @@ class SandboxUnavailable(EngineError):
     http_status = 503
 
 
-def kind_command(kind: str) -> str:
-    return {"run": "runs", "agent_run": "runs", "sandbox": "sandbox", "computer": "sandbox"}.get(kind, kind)
+LIST_COMMANDS = {"run": "runs", "sandbox": "sandbox", "computer": "sandbox"}
+"""Record kinds whose ids `agentdock <command> list` shows."""
 
 
 def internal(exc: BaseException) -> Diagnostic:

@@ -79,7 +79,7 @@ def parse(model: type[M], data: Any) -> M:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "body"
         if err["type"] == "extra_forbidden":
-            known = ", ".join(sorted(model.model_fields))
+            known = ", ".join(sorted(f.alias or name for name, f in model.model_fields.items()))
             raise errors.InvalidInput(field, f"unknown field; known fields are: {known}") from None
         msg = err["msg"].removeprefix("Value error, ")
         head, sep, rest = msg.partition(": ")

@@ -188,6 +188,8 @@ class RunService:
         return _run(row)
 
     async def list(self, q: models.RunListQuery) -> models.RunList:
+        if q.cursor and await self.store.run(q.cursor) is None:
+            raise errors.InvalidInput("cursor", "unknown cursor; pass the next_cursor of a previous page")
         rows = await self.store.runs(q)
         more = len(rows) > q.limit
         rows = rows[: q.limit]

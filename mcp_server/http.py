@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -156,5 +157,13 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return error_response(errors.NotFound("route", request.url.path))
 
 
+class MethodNotAllowed(errors.InvalidInput):
+    code = "method_not_allowed"
+    http_status = 405
+
+
 async def _not_allowed(request: Request, exc: Exception) -> Response:
-    return error_response(errors.InvalidInput("method", f"{request.method} is not allowed on {request.url.path}"))
+    resp = error_response(MethodNotAllowed("method", f"{request.method} is not allowed on {request.url.path}"))
+    if isinstance(exc, HTTPException) and exc.headers:
+        resp.headers.update(exc.headers)
+    return resp

@@ -7,12 +7,14 @@ the record it returns; every failure comes back as `isError` with the seeds' dia
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
@@ -212,6 +214,18 @@ def tools(client: DaemonClient) -> list[Tool]:
     ]
 
 
+@contextlib.contextmanager
+def resource_errors() -> Iterator[None]:
+    """Resource reads answer engine errors as the protocol's resource errors (not-found: -32602)."""
+    try:
+        yield
+    except errors.EngineError as exc:
+        diag = exc.diagnostic()
+        if diag.code == "not_found":
+            raise ResourceNotFoundError(diag.message) from None
+        raise ResourceError(diag.message) from None
+
+
 def build(client: DaemonClient, toolsets: Iterable[str] | None = None) -> MCPServer:
     wanted = set(toolsets or TOOLSETS)
     unknown = wanted - set(TOOLSETS)
@@ -230,13 +244,15 @@ def build(client: DaemonClient, toolsets: Iterable[str] | None = None) -> MCPSer
         @server.resource("agentdock://runs/{run_id}", name="run", mime_type="application/json",
                          description="An agent run's record.")
         async def run_resource(run_id: str) -> str:
-            return (await client.get_run(run_id)).model_dump_json()
+            with resource_errors():
+                return (await client.get_run(run_id)).model_dump_json()
 
     if "devices" in wanted:
         @server.resource("agentdock://sandboxes/{sandbox_id}", name="sandbox", mime_type="application/json",
                          description="A sandbox or computer.")
         async def sandbox_resource(sandbox_id: str) -> str:
-            return (await client.get_device(sandbox_id)).model_dump_json()
+            with resource_errors():
+                return (await client.get_device(sandbox_id)).model_dump_json()
 
     return server
 
