@@ -85,12 +85,8 @@ SMALL_PASSWD = (
 )
 SMALL_GROUP = "root:x:0:\nagent:x:1000:\n"
 
-FULL_REGISTRY_DOCKERFILE = """\
-FROM debian:bookworm-slim
-RUN apt-get update \\
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
-      python3 git ca-certificates procps \\
- && rm -rf /var/lib/apt/lists/*
+# The non-root user and workspace every full image ends with, whichever way its base was made.
+AGENT_USER_STEPS = """\
 RUN groupadd -g 1000 agent \\
  && useradd -m -u 1000 -g 1000 -d /home/agent -s /bin/bash agent \\
  && mkdir -p /workspace && chown 1000:1000 /workspace
@@ -98,6 +94,14 @@ ENV HOME=/home/agent
 WORKDIR /workspace
 USER 1000:1000
 """
+
+FULL_REGISTRY_DOCKERFILE = """\
+FROM debian:bookworm-slim
+RUN apt-get update \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
+      python3 git ca-certificates procps \\
+ && rm -rf /var/lib/apt/lists/*
+""" + AGENT_USER_STEPS
 
 FULL_BASE_CHANGES = (
     "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -106,13 +110,7 @@ FULL_BASE_CHANGES = (
 
 FULL_FALLBACK_DOCKERFILE = f"""\
 FROM {FULL_BASE_IMAGE}
-RUN groupadd -g 1000 agent \\
- && useradd -m -u 1000 -g 1000 -d /home/agent -s /bin/bash agent \\
- && mkdir -p /workspace && chown 1000:1000 /workspace
-ENV HOME=/home/agent
-WORKDIR /workspace
-USER 1000:1000
-"""
+""" + AGENT_USER_STEPS
 
 
 def _debootstrap_args(target: Path) -> list[str]:
