@@ -423,15 +423,13 @@ class _Supervision:
             self.truncated["stdout"] = len(data) > self.cfg.output_cap_bytes
 
     def _keep(self, stream: str, text: str, event_type: str) -> None:
-        room = self.cfg.output_cap_bytes - self.kept[stream]
-        if room <= 0:
-            if not self.truncated[stream]:
-                self.truncated[stream] = True
-                self.pending.append((event_type, f"{stream} cut at {self.cfg.output_cap_bytes} bytes",
-                                     {"truncated": True}))
+        """Keep text up to the cap (in bytes); once a stream is cut, keep nothing more of it."""
+        if self.truncated[stream]:
             return
         data = text.encode()
-        if len(data) > room:
+        room = self.cfg.output_cap_bytes - self.kept[stream]
+        cut = len(data) > room
+        if cut:
             text = data[:room].decode("utf-8", "ignore")
             self.truncated[stream] = True
         self.kept[stream] += len(text.encode())
@@ -439,10 +437,14 @@ class _Supervision:
             self.output += text
         else:
             self.stderr += text
-        if self.pending and self.pending[-1][0] == event_type and "text" in self.pending[-1][2]:
-            self.pending[-1][2]["text"] += text  # coalesce into the open event
-        else:
-            self.pending.append((event_type, "", {"text": text}))
+        if text:
+            if self.pending and self.pending[-1][0] == event_type and "text" in self.pending[-1][2]:
+                self.pending[-1][2]["text"] += text  # coalesce into the open event
+            else:
+                self.pending.append((event_type, "", {"text": text}))
+        if cut:
+            self.pending.append((event_type, f"{stream} cut at {self.cfg.output_cap_bytes} bytes",
+                                 {"truncated": True}))
 
     async def _flush(self) -> None:
         svc = self.svc

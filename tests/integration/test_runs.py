@@ -576,3 +576,15 @@ async def test_list_filters_by_target_and_status_and_pages_newest_first_without_
         if cursor is None:
             break
     assert filtered == [i for i, t, _ in reversed(created) if t == a.id]
+
+
+async def test_cancel_kills_a_process_tree_that_ignores_term_after_the_grace(engine):
+    device = await sandbox(engine)
+    run = await engine.runs.create(models.RunCreate(
+        sandbox_id=device.id, prompt="p",
+        command="trap '' TERM; sh -c \"trap '' TERM; sleep 1000\" & echo started; wait"))
+    await wait_for_output(engine, run.id, "started")
+    with anyio.fail_after(30):
+        run = await engine.runs.cancel(run.id)
+    assert (run.status, run.failure_kind, run.exit_code) == ("canceled", "canceled", 137)
+    assert_only_keepalive_left(device.id)
