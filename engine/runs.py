@@ -359,8 +359,9 @@ class _Supervision:
                     await cancel.wait()
                 self.timed_out = timer.cancelled_caught
             await svc.backend.signal(launch.device_id, self.run_id, "TERM")
-            await anyio.sleep(self.cfg.cancel_grace_seconds)
-            await svc.backend.signal(launch.device_id, self.run_id, "KILL")
+            while True:  # until the follower sees the end (a process that started late is caught too)
+                await anyio.sleep(self.cfg.cancel_grace_seconds)
+                await svc.backend.signal(launch.device_id, self.run_id, "KILL")
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(pump)
