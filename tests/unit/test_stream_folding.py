@@ -44,7 +44,7 @@ def feed(sup: _Supervision, parts: list[tuple[str, str]]) -> dict[str, bytes]:
     return sent
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(chunks)
 def test_kept_text_events_and_offsets_agree_for_plain_output(parts):
     sup = supervision("custom")
@@ -60,13 +60,13 @@ def test_kept_text_events_and_offsets_agree_for_plain_output(parts):
             assert kept == whole and not sup.truncated[flag]
         texts = "".join(p["text"] for t, _, p in sup.pending if t == event_type and "text" in p)
         assert texts == kept
-    # coalescing: never two adjacent text events of the same stream
-    kinds = [t for t, _, p in sup.pending if "text" in p]
-    assert all(a != b for a, b in zip(kinds, kinds[1:], strict=False))
+    # coalescing: two text events of the same stream are never next to each other
+    for (t1, _, p1), (t2, _, p2) in zip(sup.pending, sup.pending[1:], strict=False):
+        assert not (t1 == t2 and "text" in p1 and "text" in p2), sup.pending
     assert all(p["text"] for _, _, p in sup.pending if "text" in p)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, derandomize=True)
 @given(st.lists(st.text(alphabet="abc {}\"", max_size=20), max_size=20))
 def test_structured_output_advances_offsets_only_past_complete_lines(lines):
     sup = supervision("codex")
