@@ -115,8 +115,7 @@ class Tx:
         """Append events with the run's next sequence numbers; returns them."""
         seqs = []
         for type_, message, payload in events:
-            cur = await self.conn.execute(SQL["run_bump_seq"], (run_id,))
-            (seq,) = await cur.fetchone()  # type: ignore[misc]
+            ((seq,),) = await self.conn.execute_fetchall(SQL["run_bump_seq"], (run_id,))  # drained: no open statement
             await self.conn.execute(
                 SQL["event_insert"],
                 (_new_id("ev"), run_id, seq, type_, message, json.dumps(payload), ts(self.now)),
@@ -184,9 +183,11 @@ class Store:
                     await self._writer.commit()
 
     async def _all(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        """One query, executed and drained in a single step on the reader's thread. Two reads must not
+        interleave on the connection: the second would join the first's snapshot and could miss a
+        commit made in between (read-your-writes would break)."""
         assert self._reader is not None
-        cur = await self._reader.execute(sql, params)
-        return [dict(r) for r in await cur.fetchall()]
+        return [dict(r) for r in await self._reader.execute_fetchall(sql, params)]
 
     async def _one(self, sql: str, params: Any = ()) -> dict[str, Any] | None:
         rows = await self._all(sql, params)

@@ -120,3 +120,21 @@ async def test_run_list_pages_newest_first_without_repeats(store):
             break
         cursor = page[-1]["id"]
     assert seen == [f"run_{i}" for i in reversed(range(7))]
+
+
+async def test_a_read_right_after_a_write_sees_it_while_other_reads_run(store):
+    """Reads share one connection; one must never join another's older snapshot."""
+    stop = anyio.Event()
+
+    async def busy_reader() -> None:
+        while not stop.is_set():
+            await store.runs(models.RunListQuery(limit=200))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(busy_reader)
+        for i in range(150):
+            async with store.write(NOW) as tx:
+                await tx.insert_run(run_row(f"run_{i}"))
+            assert await store.run(f"run_{i}") is not None, f"run_{i} was committed but not read back"
+        stop.set()

@@ -1,0 +1,149 @@
+"""An in-memory sandbox backend for fast engine tests. It ships with the package so it stays honest.
+
+Its "processes" outlive the service that follows them, like real ones do: a test can stop the
+run service, start a new one on the same store and backend, and watch it reconcile.
+A custom command is a tiny script of space-separated steps:
+`out=TEXT` (stdout line), `err=TEXT` (stderr line), `exit=N`, `block` (run until signalled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import anyio
+
+from engine import errors
+from engine.ports import (
+    RUNTIME_NOT_FOUND_EXIT,
+    RUNTIME_NOT_FOUND_MARKER,
+    Chunk,
+    DeviceSpec,
+    DeviceState,
+    Exit,
+    RunFiles,
+    RunLaunch,
+)
+
+
+@dataclass
+class FakeProcess:
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    exit_code: int | None = None
+    changed: anyio.Event = field(default_factory=anyio.Event)
+
+    def finish(self, code: int) -> None:
+        if self.exit_code is None:
+            self.exit_code = code
+            self.wake()
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+@dataclass
+class FakeBackend:
+    """Implements `engine.ports.SandboxBackend` without Docker."""
+
+    binaries: set[str] = field(default_factory=lambda: {"sh", "claude", "codex"})
+    devices: dict[str, DeviceState] = field(default_factory=dict)
+    processes: dict[str, FakeProcess] = field(default_factory=dict)
+    files: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    ended: dict[str, int] = field(default_factory=dict)
+    """Runs told to end before their process started."""
+    starts: dict[str, int] = field(default_factory=dict)
+    """How many times each run's process was started (must never exceed one)."""
+
+    async def image_exists(self, image: str) -> bool:
+        return image != "missing:latest"
+
+    async def create(self, spec: DeviceSpec) -> DeviceState:
+        if not await self.image_exists(spec.image):
+            raise errors.InvalidInput("image", f"image {spec.image} not found")
+        state = DeviceState(device_id=spec.device_id, container_id="fake-" + spec.device_id, kind=spec.kind,
+                            running=True, ephemeral=spec.ephemeral, run_id=spec.run_id)
+        self.devices[spec.device_id] = state
+        return state
+
+    async def inspect(self, device_id: str) -> DeviceState | None:
+        return self.devices.get(device_id)
+
+    async def list_owned(self) -> list[DeviceState]:
+        return list(self.devices.values())
+
+    async def remove(self, device_id: str) -> None:
+        self.devices.pop(device_id, None)
+
+    async def follow(self, launch: RunLaunch) -> AsyncIterator[Chunk | Exit]:
+        if launch.device_id not in self.devices:
+            if launch.ephemeral is None:
+                raise errors.SandboxUnavailable(f"the container of {launch.device_id} is gone")
+            await self.create(launch.ephemeral)
+        proc = self.processes.get(launch.run_id)
+        if proc is None:
+            proc = self.processes[launch.run_id] = self._start(launch)
+        sent = {"stdout": launch.stdout_offset, "stderr": launch.stderr_offset}
+        while True:
+            changed = proc.changed
+            for stream, buf in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+                if len(buf) > sent[stream]:
+                    yield Chunk(stream=stream, data=bytes(buf[sent[stream]:]))  # type: ignore[arg-type]
+                    sent[stream] = len(buf)
+            if proc.exit_code is not None:
+                yield Exit(exit_code=proc.exit_code)
+                return
+            await changed.wait()
+
+    def _start(self, launch: RunLaunch) -> FakeProcess:
+        self.starts[launch.run_id] = self.starts.get(launch.run_id, 0) + 1
+        proc = FakeProcess()
+        if launch.require and launch.require not in self.binaries:
+            proc.stderr += f"{RUNTIME_NOT_FOUND_MARKER} '{launch.require}'\n".encode()
+            proc.finish(RUNTIME_NOT_FOUND_EXIT)
+            return proc
+        script = launch.argv[-1] if launch.argv[:2] == ["sh", "-c"] else "out=ok"
+        code, block = 0, False
+        for step in script.split():
+            key, _, value = step.partition("=")
+            if key == "out":
+                proc.stdout += value.encode() + b"\n"
+            elif key == "err":
+                proc.stderr += value.encode() + b"\n"
+            elif key == "exit":
+                code = int(value)
+            elif key == "block":
+                block = True
+        if not block:
+            proc.finish(code)
+        elif launch.run_id in self.ended:
+            proc.finish(self.ended.pop(launch.run_id))
+        return proc
+
+    def end(self, run_id: str, code: int = 0) -> None:
+        """Let a blocked process finish by itself (as if its work were done), now or once it starts."""
+        if run_id in self.processes:
+            self.processes[run_id].finish(code)
+        else:
+            self.ended[run_id] = code
+
+    async def signal(self, device_id: str, run_id: str, signal: Literal["TERM", "KILL"]) -> None:
+        proc = self.processes.get(run_id)
+        if proc is not None and device_id in self.devices:
+            proc.finish(143 if signal == "TERM" else 137)
+
+    async def collect(self, device_id: str, run_id: str) -> RunFiles | None:
+        proc = self.processes.get(run_id)
+        if proc is None:
+            return None
+        return RunFiles(stdout=bytes(proc.stdout), stderr=bytes(proc.stderr), exit_code=proc.exit_code)
+
+    async def copy_out(self, device_id: str, path: str, max_bytes: int) -> bytes:
+        data = self.files.get((device_id, path))
+        if data is None:
+            raise errors.NotFound("artifact", path)
+        if len(data) > max_bytes:
+            raise errors.LimitExceeded(f"{path} is {len(data)} bytes; artifacts are limited to {max_bytes}")
+        return data

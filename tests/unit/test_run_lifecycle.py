@@ -1,0 +1,159 @@
+"""Property: the run lifecycle keeps its invariants under any interleaving of creates, ends, cancels
+and restarts of the run service (as after a daemon crash), on real SQLite and the fake backend."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.from_thread
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from engine import errors, models, ports
+from engine.devices import DeviceService
+from engine.runs import RunService
+from engine.settings import Settings
+from engine.store import Store
+from runtimes import harness
+from runtimes.fake import FakeBackend
+
+SCRIPTS = {
+    "ok": ("out=hello err=warn exit=0", "succeeded"),
+    "fail": ("out=partial exit=3", "failed"),
+    "block": ("out=started block", None),
+}
+TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+class RunLifecycle(RuleBasedStateMachine):
+    runs = Bundle("runs")
+
+    @initialize()
+    def open(self) -> None:
+        self.home = Path(tempfile.mkdtemp(prefix="adsm-"))
+        self.settings = Settings(home=self.home, image="fake:latest", cancel_grace_seconds=0.02,
+                                 flush_interval_seconds=0.01)
+        self.portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
+        self.portal = self.portal_cm.__enter__()
+        self.store = Store(self.settings.db_path)
+        self.portal.call(self.store.open)
+        self.backend = FakeBackend()
+        self.devices = DeviceService(self.store, self.backend, ports.SystemClock(), self.settings)
+        self.device = self.portal.call(self.devices.create, models.DeviceCreate())
+        self.service: RunService | None = None
+        self.serving: concurrent.futures.Future[Any] | None = None
+        self.seen_terminal: dict[str, str] = {}
+        self.kinds: dict[str, str] = {}
+        self.start_service()
+
+    def start_service(self) -> None:
+        self.service = RunService(self.store, self.backend, self.devices, harness.get, ports.SystemClock(),
+                                  self.settings)
+        self.serving, _ = self.portal.start_task(self.service.serve)
+
+    @precondition(lambda self: self.kinds)
+    @rule()
+    def restart(self) -> None:
+        """Stop the run service mid-flight (supervisors cancelled, processes untouched) and start anew."""
+        assert self.serving is not None
+        self.serving.cancel()
+        concurrent.futures.wait([self.serving])
+        self.start_service()
+
+    @rule(target=runs, kind=st.sampled_from(sorted(SCRIPTS)), ephemeral=st.booleans())
+    def create(self, kind: str, ephemeral: bool) -> str:
+        req = models.RunCreate(prompt="p", command=SCRIPTS[kind][0],
+                               sandbox_id=None if ephemeral else self.device.id)
+        run = self.portal.call(self.service.create, req)  # type: ignore[union-attr]
+        self.kinds[run.id] = kind
+        return run.id
+
+    @rule(run_id=runs)
+    def end(self, run_id: str) -> None:
+        if self.kinds[run_id] == "block":
+            self.portal.call(self.backend.end, run_id, 0)
+
+    @rule(run_id=runs)
+    def cancel(self, run_id: str) -> None:
+        before = self.portal.call(self.store.run, run_id)
+        try:
+            run = self.portal.call(self.service.cancel, run_id)  # type: ignore[union-attr]
+        except errors.InvalidTransition:
+            assert before["status"] in ("succeeded", "failed") or self.status(run_id) in ("succeeded", "failed")
+            return
+        assert run.status in TERMINAL
+
+    @precondition(lambda self: self.kinds)
+    @rule()
+    def settle(self) -> None:
+        """Let every run end (blocked ones by themselves) and wait, bounded, until all have."""
+        for run_id, kind in self.kinds.items():
+            if kind == "block":
+                self.portal.call(self.backend.end, run_id, 0)
+        for run_id in self.kinds:
+            run = self.portal.call(self.service.wait, run_id, 10)  # type: ignore[union-attr]
+            assert run.status in TERMINAL, run
+
+    def snapshot(self, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The run and its events as of one moment: supervisors keep working while we read."""
+        while True:
+            row = self.portal.call(self.store.run, run_id)
+            events = self.portal.call(self.store.events, run_id, 0, 10_000)
+            again = self.portal.call(self.store.run, run_id)
+            if (row["status"], row["last_event_seq"]) == (again["status"], again["last_event_seq"]):
+                return row, events
+
+    def status(self, run_id: str) -> str:
+        return self.portal.call(self.store.run, run_id)["status"]
+
+    @invariant()
+    def every_run_keeps_its_invariants(self) -> None:
+        if not hasattr(self, "portal"):
+            return
+        for run_id, kind in self.kinds.items():
+            row, events = self.snapshot(run_id)
+            types = [e["type"] for e in events]
+            assert [e["sequence"] for e in events] == list(range(1, len(events) + 1)), types
+            assert types[0] == "run_queued"
+            assert self.backend.starts.get(run_id, 0) <= 1, "a run's process was started twice"
+            status = row["status"]
+            if run_id in self.seen_terminal:
+                assert status == self.seen_terminal[run_id], "a terminal status changed"
+            if status in TERMINAL:
+                self.seen_terminal[run_id] = status
+                assert types.count("run_finished") == 1 and types[-1] == "run_finished", types
+                assert row["finished_at"] is not None
+                if row["ephemeral"]:
+                    assert row["target_id"] not in self.backend.devices, "an ended ephemeral sandbox remains"
+                expected = SCRIPTS[kind][1]
+                if status != "canceled" and expected is not None:
+                    assert status == expected, (kind, status)
+                if status == "succeeded" and kind == "ok":
+                    assert (row["output"], row["stderr"], row["exit_code"]) == ("hello\n", "warn\n", 0)
+            else:
+                assert "run_finished" not in types
+
+    def teardown(self) -> None:
+        if hasattr(self, "portal"):
+            if self.kinds:  # every example ends with every run ended, whatever happened before
+                self.settle()
+                self.every_run_keeps_its_invariants()
+            if self.serving is not None:
+                self.serving.cancel()
+                concurrent.futures.wait([self.serving])
+            self.portal.call(self.store.close)
+            self.portal_cm.__exit__(None, None, None)
+            shutil.rmtree(self.home, ignore_errors=True)
+
+
+RunLifecycle.TestCase.settings = settings(
+    max_examples=25, stateful_step_count=20, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_run_lifecycle = RunLifecycle.TestCase
