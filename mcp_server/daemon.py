@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -107,24 +108,30 @@ async def serve(settings: Settings) -> None:
             runs = RunService(store, backend, devices, harness.get, clock, settings)
             async with anyio.create_task_group() as tg:
                 await tg.start(runs.serve)
-                sock = settings.control_socket
-                sock.unlink(missing_ok=True)
-                config = uvicorn.Config(create_app(devices, runs), uds=str(sock), log_level="warning",
-                                        lifespan="off", access_log=False, timeout_graceful_shutdown=3)
+                listener = bind_private(settings.control_socket)
+                config = uvicorn.Config(create_app(devices, runs), log_level="warning", lifespan="off",
+                                        access_log=False, timeout_graceful_shutdown=3)
                 server = _Server(config)
-                tg.start_soon(_chmod_when_bound, server, sock)
-                log.info("daemon %s serving on %s", os.getpid(), sock)
-                await server.serve()
+                log.info("daemon %s serving on %s", os.getpid(), settings.control_socket)
+                await server.serve(sockets=[listener])
                 tg.cancel_scope.cancel()
     finally:
         settings.control_socket.unlink(missing_ok=True)
         lock.close()
 
 
-async def _chmod_when_bound(server: uvicorn.Server, sock: Path) -> None:
-    while not server.started:
-        await anyio.sleep(0.01)
-    os.chmod(sock, 0o600)
+def bind_private(path: Path) -> socket.socket:
+    """A Unix socket that is 0600 before anyone can connect (uvicorn's own binding makes it 0666)."""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    return sock
 
 
 def healthy(settings: Settings, timeout: float = 2) -> bool:
