@@ -95,9 +95,9 @@ class RunService:
     async def reconcile(self) -> None:
         """Resume every unfinished run and remove containers nothing owns."""
         await self.devices.reconcile()
-        for row in await self.store.unfinished_runs():
-            self._supervise(row["id"])
         unfinished = {r["id"] for r in await self.store.unfinished_runs()}
+        for run_id in unfinished:
+            self._supervise(run_id)
         for state in await self.backend.list_owned():
             if state.ephemeral and state.run_id not in unfinished:
                 await self.backend.remove(state.device_id)
@@ -259,7 +259,10 @@ class RunService:
             await _Supervision(self, run_id).run()
         except Exception as exc:  # the supervisor must never take the daemon down
             log.exception("supervisor of %s failed", run_id)
-            await self._settle_on_error(run_id, exc)
+            try:
+                await self._settle_on_error(run_id, exc)
+            except Exception:
+                log.exception("could not settle %s; the next start of the daemon will", run_id)
         finally:
             self._supervised.discard(run_id)
             self._cancel.pop(run_id, None)
@@ -272,10 +275,10 @@ class RunService:
         while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]  # the follower's task group wraps what the backend raised
         kind = "sandbox_lost" if isinstance(exc, errors.SandboxUnavailable) else "backend_error"
-        now = self.clock.now()
-        async with self.store.write(now) as tx:
-            await tx.update_run(run_id, status="failed", failure_kind=kind, error=str(exc)[:2000], finished_at=now)
-            await tx.append_events(run_id, [("run_finished", f"Run failed: {kind}", {"status": "failed", "failure_kind": kind})])
+        if row["finished_at"] is None:  # a result already recorded stands; only its publishing failed
+            async with self.store.write(self.clock.now()) as tx:
+                await tx.update_run(run_id, failure_kind=kind, error=str(exc)[:2000], finished_at=self.clock.now())
+        await _Supervision(self, run_id)._publish()
 
 
 class _Supervision:
@@ -316,13 +319,10 @@ class _Supervision:
         started = row["started_at"] if not isinstance(row["started_at"], str) else _parse_ts(row["started_at"])
         deadline = started + timedelta(seconds=row["timeout"])
 
-        launch = await self._launch()
-        exit_: Exit | None = None
-        if launch is not None:
-            exit_ = await self._follow(launch, deadline)
+        exit_ = await self._follow(await self._launch(), deadline)
         await self._finish(exit_)
 
-    async def _launch(self) -> RunLaunch | None:
+    async def _launch(self) -> RunLaunch:
         row = self.row
         device = await self.svc.store.device(row["target_id"])
         if device is None:
@@ -486,7 +486,10 @@ class _Supervision:
         row = await svc.store.run(self.run_id)
         assert row is not None
         if row["ephemeral"]:
-            await svc.backend.remove(row["target_id"])
+            try:
+                await svc.backend.remove(row["target_id"])
+            except errors.EngineError:  # Docker unreachable: the reconciler removes it on the next start
+                log.warning("could not remove the ephemeral sandbox %s of %s", row["target_id"], self.run_id)
         kind, code = row["failure_kind"], row["exit_code"]
         status = "succeeded" if kind is None else ("canceled" if kind == "canceled" else "failed")
         async with svc.store.write(svc.clock.now()) as tx:

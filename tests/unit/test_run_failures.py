@@ -1,0 +1,77 @@
+"""A supervisor that fails settles its run through the same finish as any other, and never takes
+the service down."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from engine import errors, models, ports
+from engine.devices import DeviceService
+from engine.runs import RunService
+from engine.settings import Settings
+from engine.store import Store
+from runtimes import harness
+from runtimes.fake import FakeBackend
+
+pytestmark = pytest.mark.anyio
+
+
+class BrokenFollower(FakeBackend):
+    """Creates the ephemeral sandbox, then loses Docker; optionally cannot remove anything either."""
+
+    def __init__(self, *, removal_fails: bool = False) -> None:
+        super().__init__()
+        self.removal_fails = removal_fails
+
+    async def follow(self, launch: ports.RunLaunch) -> AsyncIterator[ports.Chunk | ports.Exit]:
+        if launch.ephemeral is not None:
+            await self.create(launch.ephemeral)
+        raise errors.SandboxUnavailable("Docker went away")
+        yield  # pragma: no cover - makes this an async generator
+
+    async def remove(self, device_id: str) -> None:
+        if self.removal_fails:
+            raise errors.SandboxUnavailable("Docker went away")
+        await super().remove(device_id)
+
+
+async def run_once(tmp_path, backend: FakeBackend) -> tuple[models.Run, list[str], Store]:
+    settings = Settings(home=tmp_path, image="fake:latest", cancel_grace_seconds=0.02)
+    store = Store(settings.db_path)
+    await store.open()
+    devices = DeviceService(store, backend, ports.SystemClock(), settings)
+    runs = RunService(store, backend, devices, harness.get, ports.SystemClock(), settings)
+    async with anyio.create_task_group() as tg:
+        await tg.start(runs.serve)
+        run = await runs.create(models.RunCreate(prompt="p", command="out=x"))
+        with anyio.fail_after(10):
+            run = await runs.wait(run.id, 10)
+        # the service is still up: it takes and finishes another run
+        ok = await runs.create(models.RunCreate(prompt="p", command="out=x", sandbox_id=None))
+        with anyio.fail_after(10):
+            await runs.wait(ok.id, 10)
+        events = [e["type"] for e in await store.events(run.id, 0, 100)]
+        tg.cancel_scope.cancel()
+    return run, events, store
+
+
+async def test_an_ephemeral_run_whose_follower_fails_ends_sandbox_lost_and_leaves_no_sandbox(tmp_path):
+    backend = BrokenFollower()
+    run, events, store = await run_once(tmp_path, backend)
+    assert (run.status, run.failure_kind) == ("failed", "sandbox_lost")
+    assert events.count("run_finished") == 1 and events[-1] == "run_finished"
+    assert run.target_id not in backend.devices
+    assert await store.device(run.target_id) is None
+    await store.close()
+
+
+async def test_a_failure_to_remove_the_sandbox_does_not_take_the_service_down(tmp_path):
+    backend = BrokenFollower(removal_fails=True)
+    run, events, store = await run_once(tmp_path, backend)
+    assert (run.status, run.failure_kind) == ("failed", "sandbox_lost")
+    assert events.count("run_finished") == 1
+    assert run.target_id in backend.devices  # left for the reconciler on the next start
+    await store.close()
