@@ -39,8 +39,8 @@ def error_response(exc: BaseException) -> JSONResponse:
 
 def data(value: BaseModel | dict[str, Any], status: int = 200) -> JSONResponse:
     body = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-    if isinstance(value, (models.DeviceList, models.RunList, models.RunEventList, models.ArtifactList)):
-        return JSONResponse(body, status_code=status)  # already {"data": [...], ...}
+    if isinstance(value, BaseModel) and "data" in type(value).model_fields:
+        return JSONResponse(body, status_code=status)  # a page: already {"data": [...], ...}
     return JSONResponse({"data": body}, status_code=status)
 
 
