@@ -60,6 +60,10 @@ class DeviceService:
             raise
         return await self.get(spec.device_id)
 
+    async def restart(self, device_id: str) -> None:
+        """Start a device that stopped (its main process was ended under it); its files are kept."""
+        await self.backend.start(device_id)
+
     async def get(self, device_id: str) -> models.Device:
         row = await self.store.device(device_id)
         if row is None:

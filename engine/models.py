@@ -20,7 +20,16 @@ MAX_METADATA_BYTES = 65_536
 MAX_TIMEOUT_SECONDS = 86_400
 DEFAULT_TIMEOUT_SECONDS = 1_800
 MAX_ENV_VARS = 64
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_ENV_VALUE_BYTES = 32_768
+MAX_ENV_TOTAL_BYTES = 131_072
+"""Each value, and all names and values together: they travel in the exec's environment."""
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+RESERVED_ENV = frozenset({"PATH", "IFS", "ENV", "BASH_ENV", "SHELLOPTS", "BASHOPTS", "PS4", "CDPATH"})
+"""Variables the sandbox's own machinery (the run wrapper, the shell) depends on; a run may not set them."""
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
+IMAGE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,199}")
+IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+"""Printable ASCII without spaces: the key also travels as an HTTP header."""
 
 
 class RunStatus(StrEnum):
@@ -93,13 +102,37 @@ def _check_env(env: dict[str, str] | None) -> dict[str, str] | None:
         return None
     if len(env) > MAX_ENV_VARS:
         raise ValueError(f"at most {MAX_ENV_VARS} variables")
-    for name in env:
-        if not ENV_NAME.match(name):
+    total = 0
+    for name, value in env.items():
+        if not ENV_NAME.fullmatch(name):
             raise ValueError(f"{name!r} is not a valid variable name; use letters, digits and underscores, "
                              "not starting with a digit, at most 128 characters")
         if name.startswith("AGENTDOCK_"):
             raise ValueError(f"{name!r}: the AGENTDOCK_ prefix is reserved")
+        if name in RESERVED_ENV or name.startswith("LD_"):
+            raise ValueError(f"{name!r} is reserved: the sandbox's shell and run wrapper depend on it; "
+                             "install tools under /usr/local/bin or call them by absolute path")
+        if "\x00" in value:
+            raise ValueError(f"{name}: a value may not contain NUL characters")
+        size = len(value.encode())
+        if size > MAX_ENV_VALUE_BYTES:
+            raise ValueError(f"{name}: a value may be at most {MAX_ENV_VALUE_BYTES} bytes (got {size}); "
+                             "put large inputs in a file under /workspace")
+        total += len(name) + 1 + size
+    if total > MAX_ENV_TOTAL_BYTES:
+        raise ValueError(f"at most {MAX_ENV_TOTAL_BYTES} bytes of names and values together (got {total})")
     return env
+
+
+def _check_text(value: str | None, what: str, pattern: re.Pattern[str] | None = None) -> str | None:
+    """Refuse control characters (NUL, newlines, escapes) in a short label, and anything off `pattern`."""
+    if value is None:
+        return None
+    if pattern is not None and not pattern.fullmatch(value):
+        raise ValueError(f"{value[:60]!r} is not a valid {what}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"a {what} may not contain control characters")
+    return value
 
 
 def _check_metadata(metadata: Any) -> dict[str, Any]:
@@ -107,7 +140,11 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
         return {}
     if not isinstance(metadata, dict):
         raise ValueError("must be a JSON object, e.g. {\"task_id\": \"t1\"}")
-    if len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+    try:
+        size = len(json.dumps(metadata, allow_nan=False).encode())
+    except (ValueError, RecursionError):
+        raise ValueError("must be plain JSON (no NaN or infinity, nested less deeply)") from None
+    if size > MAX_METADATA_BYTES:
         raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes of JSON")
     paths = metadata.get("artifact_paths")
     if paths is not None:
@@ -115,6 +152,8 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
             raise ValueError("artifact_paths must be a list of at most 32 paths")
         for p in paths:
             workspace_path(p, "artifact_paths")
+            if len(p) > 1024 or any(ord(c) < 32 for c in p):
+                raise ValueError("artifact_paths: each path is at most 1024 characters, without control characters")
     return metadata
 
 
@@ -151,12 +190,27 @@ class DeviceCreate(Input):
     env: dict[str, str] | None = None
     """Environment for every run in the device."""
     metadata: dict[str, Any] = Field(default_factory=dict)
-    """Your own ids and labels."""
+    """Your own ids and labels (at most 64 KiB of JSON)."""
 
     @field_validator("env")
     @classmethod
     def _env(cls, v: dict[str, str] | None) -> dict[str, str] | None:
         return _check_env(v)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return _check_text(v, "name")
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        return _check_text(v, "image reference", IMAGE_REF)
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _metadata(cls, v: Any) -> dict[str, Any]:
+        return _check_metadata(v)
 
 
 class Device(Record):
@@ -253,6 +307,16 @@ class RunCreate(Input):
     def _env(cls, v: dict[str, str] | None) -> dict[str, str] | None:
         return _check_env(v)
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        return _check_text(v, "model name", MODEL_NAME)
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _idempotency_key(cls, v: str | None) -> str | None:
+        return _check_text(v, "idempotency key (printable ASCII, no spaces)", IDEMPOTENCY_KEY)
+
     @model_validator(mode="after")
     def _target_and_provider(self) -> RunCreate:
         given = [(k, v) for k, v in (("target_id", self.target_id), ("sandbox_id", self.sandbox_id),
@@ -275,9 +339,20 @@ class RunCreate(Input):
         return self.target_kind, self.target_id
 
     def fingerprint(self) -> str:
-        """What makes two requests 'the same body' for idempotency."""
-        body = self.model_dump(mode="json", exclude={"idempotency_key"})
+        """What makes two requests 'the same body' for idempotency: the normalized request, so
+        `sandbox_id: S` and `target_id: S` (with or without `target_kind`) are the same target."""
+        body = self.model_dump(mode="json", exclude={"idempotency_key", "target_id", "target_kind", "sandbox_id",
+                                                     "computer_id"})
+        kind, target = self.target()
+        if kind is None and target is not None:
+            kind = KIND_OF_PREFIX.get(target.split("_", 1)[0])
+        body["target"] = [kind.value if kind else None, target]
+        body["env"] = self.env or {}
         return json.dumps(body, sort_keys=True)
+
+
+KIND_OF_PREFIX = {"sbx": TargetKind.sandbox, "cmp": TargetKind.computer}
+"""Device ids say their kind: sbx_... is a sandbox, cmp_... a computer."""
 
 
 class Run(Record):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +39,8 @@ class DeviceState(Port):
     running: bool
     ephemeral: bool
     run_id: str | None
+    started: bool = True
+    """False for a container created but never started (a crash between the two)."""
     labels: dict[str, str] = Field(default_factory=dict)
 
 
@@ -55,9 +58,15 @@ class RunLaunch(Port):
     env: dict[str, str]
     prompt: str
     require: str | None = None
-    """An executable that must be on PATH (the runtime's CLI); missing -> exit 127 with a marker."""
+    """An executable that must be on PATH (the runtime's CLI); missing -> `Ending.runtime_not_found`."""
     stdout_offset: int = 0
     stderr_offset: int = 0
+    stdout_cap: int = 1_048_577
+    """Bytes of stdout kept inside the device; the rest is drained and dropped."""
+    stderr_cap: int = 1_048_577
+    artifact_paths: list[str] = Field(default_factory=list)
+    """Files to copy out, as the run's own user, when the process ends (read back with `artifact`)."""
+    artifact_max_bytes: int = 10_485_760
     ephemeral: DeviceSpec | None = None
     """For an ephemeral run: the device to create, whose main process is the run."""
 
@@ -67,27 +76,34 @@ class Chunk(Port):
     data: bytes
 
 
+class Ending(StrEnum):
+    """How a run's process ended, as the backend saw it."""
+
+    exited = "exited"
+    """It exited by itself (or by a signal the run was sent) and recorded its exit code."""
+    runtime_not_found = "runtime_not_found"
+    """The runtime's executable (`RunLaunch.require`) is not in the image; nothing was started."""
+    lost = "lost"
+    """It vanished without recording an exit code (container restarted, files removed)."""
+    pids_exhausted = "pids_exhausted"
+    """It filled the device's pids limit (a fork bomb); the backend killed every process it started."""
+    sandbox_lost = "sandbox_lost"
+    """Its device stopped or disappeared under it."""
+
+
 class Exit(Port):
-    exit_code: int
-    lost: bool = False
-    """The process vanished without recording an exit code (container restarted, files removed)."""
-
-
-class RunFiles(Port):
-    """A finished run's files read back from a stopped container."""
-
-    stdout: bytes
-    stderr: bytes
     exit_code: int | None
-
-
-RUNTIME_NOT_FOUND_EXIT = 127
-RUNTIME_NOT_FOUND_MARKER = "agentdock: runtime not found:"
-LOST_MARKER = "agentdock: run process lost"
+    """The process's exit code when `ending` is `exited` or `runtime_not_found`."""
+    ending: Ending = Ending.exited
 
 
 class SandboxBackend(Protocol):
-    async def create(self, spec: DeviceSpec) -> DeviceState: ...
+    async def create(self, spec: DeviceSpec) -> DeviceState:
+        """Create and start the device; a container that does not stay up is removed and refused."""
+        ...
+    async def start(self, device_id: str) -> DeviceState:
+        """Start a stopped device again (its files intact)."""
+        ...
     async def image_exists(self, image: str) -> bool: ...
     async def inspect(self, device_id: str) -> DeviceState | None: ...
     async def list_owned(self) -> list[DeviceState]: ...
@@ -95,10 +111,18 @@ class SandboxBackend(Protocol):
     def follow(self, launch: RunLaunch) -> AsyncIterator[Chunk | Exit]:
         """Start or re-attach to a run; yields output chunks, then exactly one `Exit`."""
         ...
-    async def signal(self, device_id: str, run_id: str, signal: Literal["TERM", "KILL"]) -> None: ...
-    async def collect(self, device_id: str, run_id: str) -> RunFiles | None: ...
-    async def copy_out(self, device_id: str, path: str, max_bytes: int) -> bytes:
-        """The file's bytes; raises `errors.NotFound` or `errors.LimitExceeded`."""
+    async def signal(self, device_id: str, run_id: str, signal: Literal["TERM", "KILL"]) -> None:
+        """TERM or KILL the run's command (the wrapper survives to record its exit code)."""
+        ...
+    async def sweep(self, device_id: str, run_id: str) -> int:
+        """Kill every process the run started that is still there, even at the device's pids limit."""
+        ...
+    async def remove_run_files(self, device_id: str, run_id: str) -> None:
+        """Remove the run's files inside the device once its result is recorded."""
+        ...
+    async def artifact(self, device_id: str, run_id: str, index: int, path: str, max_bytes: int) -> bytes:
+        """The bytes of `RunLaunch.artifact_paths[index]` as the run's user copied them; raises
+        `errors.NotFound`, `errors.PermissionDenied`, `errors.InvalidInput` or `errors.LimitExceeded`."""
         ...
 
 

@@ -21,11 +21,9 @@ from anyio.abc import TaskGroup
 from engine import errors, models
 from engine.devices import DeviceService
 from engine.ports import (
-    LOST_MARKER,
-    RUNTIME_NOT_FOUND_EXIT,
-    RUNTIME_NOT_FOUND_MARKER,
     Chunk,
     Clock,
+    Ending,
     Exit,
     Harness,
     HarnessInput,
@@ -139,7 +137,9 @@ class RunService:
                 raise errors.NotFound("sandbox", target_id, evidence={"field": field}) from None
             if kind is not None and kind != device.kind:
                 raise errors.InvalidInput("target_kind", f"{target_id} is a {device.kind.value}, not a {kind.value}")
-            if device.status != models.DeviceStatus.running:
+            if device.status == models.DeviceStatus.stopped:
+                await self.devices.restart(target_id)  # it stopped under an earlier run: its files are intact
+            elif device.status != models.DeviceStatus.running:
                 raise errors.Conflict(
                     f"{target_id} is {device.status.value}; runs need a running device",
                     suggested_command="agentdock sandbox create",
@@ -334,11 +334,19 @@ class _Supervision:
                 device_id=device["id"], run_id=self.run_id)
         h = self.harness
         argv = h.argv(HarnessInput(prompt=row["prompt"], command=row["command"], model=row["model"], cwd=row["cwd"]))
+        cap = self.cfg.output_cap_bytes + 1  # one byte past the cap tells the record it was cut
         return RunLaunch(
             run_id=self.run_id, device_id=device["id"], argv=argv, cwd=row["cwd"],
             env={**device["env"], **row["env"]}, prompt=row["prompt"], require=h.binary,
-            stdout_offset=self.offsets["stdout"], stderr_offset=self.offsets["stderr"], ephemeral=spec,
+            stdout_offset=self.offsets["stdout"], stderr_offset=self.offsets["stderr"],
+            stdout_cap=self.cfg.structured_stream_cap_bytes if h.structured else cap, stderr_cap=cap,
+            artifact_paths=self._artifact_paths(row), artifact_max_bytes=self.cfg.artifact_max_bytes,
+            ephemeral=spec,
         )
+
+    @staticmethod
+    def _artifact_paths(row: dict[str, Any]) -> list[str]:
+        return [models.workspace_path(p) for p in (row["metadata"] or {}).get("artifact_paths") or []]
 
     async def _follow(self, launch: RunLaunch, deadline: Any) -> Exit | None:
         svc = self.svc
@@ -469,9 +477,11 @@ class _Supervision:
             await self._flush()
         row = await svc.store.run(self.run_id)
         assert row is not None
+        if not row["ephemeral"]:  # an ephemeral sandbox goes, with everything in it, when the run is published
+            await svc.backend.sweep(row["target_id"], self.run_id)  # whatever the run left running
         _, kind, error = self._classify(exit_, row)
         exported = await self._export_artifacts(row)
-        code = exit_.exit_code if exit_ is not None and kind != "process_lost" else None
+        code = exit_.exit_code if exit_ is not None else None
         # Two phases: record the result (still `running`), clean up, then publish the end. A crash in
         # between resumes at publishing, so an ephemeral run is never started again and nobody sees
         # it ended while its sandbox is still there.
@@ -499,33 +509,43 @@ class _Supervision:
             if row["ephemeral"]:
                 await tx.delete_device(row["target_id"])
         svc.changes.notify(self.run_id)
+        if not row["ephemeral"]:
+            # After publishing, so the waiter is not kept waiting for it; a crash in between leaves
+            # this run's (capped) files behind in the device.
+            await svc.backend.remove_run_files(row["target_id"], self.run_id)
 
     def _classify(self, exit_: Exit | None, row: dict[str, Any]) -> tuple[str, str | None, str | None]:
-        tail = self.stderr.rstrip()[-500:]
         if row["cancel_requested"] or self.svc._cancel.get(self.run_id, anyio.Event()).is_set():
             return "canceled", "canceled", "canceled by request"
         if self.timed_out:
             return "failed", "timeout", f"timed out after {row['timeout']} s"
-        if exit_ is None or exit_.lost or tail.endswith(LOST_MARKER):
+        ending = exit_.ending if exit_ is not None else Ending.lost
+        if ending is Ending.lost:
             return "failed", "process_lost", "the run's process ended without recording an exit code"
-        if exit_.exit_code == RUNTIME_NOT_FOUND_EXIT and RUNTIME_NOT_FOUND_MARKER in tail:
+        if ending is Ending.sandbox_lost:
+            return "failed", "sandbox_lost", "the run's sandbox stopped or disappeared while it ran"
+        if ending is Ending.pids_exhausted:
+            return "failed", "pids_exhausted", (
+                "the run filled its sandbox's process limit (a fork bomb?); every process it started was killed")
+        if ending is Ending.runtime_not_found:
             return "failed", "runtime_not_found", (
                 f"the {row['provider']} runtime ({self.harness.binary}) is not installed in the device's image; "
                 "use an image that has it, or provider custom with your own command")
-        if exit_.exit_code == 0:
+        if exit_.exit_code == 0:  # type: ignore[union-attr]
             return "succeeded", None, None
-        return "failed", "nonzero_exit", f"exited with code {exit_.exit_code}"
+        return "failed", "nonzero_exit", f"exited with code {exit_.exit_code}"  # type: ignore[union-attr]
 
     async def _export_artifacts(self, row: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+        """Read back the files the run's user copied out when its process ended (see RunLaunch)."""
         svc, events = self.svc, []
-        paths = (row["metadata"] or {}).get("artifact_paths") or []
-        for p in paths:
-            path = models.workspace_path(p)
+        for index, path in enumerate(self._artifact_paths(row)):
             try:
-                data = await svc.backend.copy_out(row["target_id"], path, self.cfg.artifact_max_bytes)
+                data = await svc.backend.artifact(row["target_id"], self.run_id, index, path,
+                                                  self.cfg.artifact_max_bytes)
             except errors.EngineError as exc:
                 events.append(("artifact_exported", f"Artifact {path} not exported: {exc.message}",
-                               {"path": path, "ok": False, "error": exc.code}))
+                               {"path": path, "ok": False, "error": exc.code,
+                                "diagnostic": exc.diagnostic().model_dump(mode="json")}))
                 continue
             digest = hashlib.sha256(data).hexdigest()
             stored = f"{self.run_id}/{digest}"

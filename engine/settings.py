@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     """Image for devices that name none (build it with `agentdock image build`)."""
     output_cap_bytes: int = 1_048_576
     """How much of a run's output and of its stderr is kept; the rest is cut and flagged."""
+    structured_stream_cap_bytes: int = 67_108_864
+    """How much of a structured runtime's JSON-lines stdout is kept inside the device while it runs:
+    the events and the final answer are parsed from it, so it is allowed more than `output_cap_bytes`."""
     artifact_max_bytes: int = 10_485_760
     """Largest file copied out of a device as an artifact."""
     cancel_grace_seconds: float = 5.0

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import anyio
 import httpx
@@ -45,10 +45,24 @@ def log_path(settings: Settings) -> Path:
     return settings.home / "daemon.log"
 
 
+def private_home(settings: Settings) -> Path:
+    """The home, created or tightened to 0700: it holds the database, the log and the control socket."""
+    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(settings.home, 0o700)
+    return settings.home
+
+
+def private_file(path: Path, mode: str) -> IO[Any]:
+    """Open (creating if needed) a file only its owner can read, tightening one that exists."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | (os.O_APPEND if "a" in mode else 0), 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, mode)
+
+
 def hold_lock(settings: Settings) -> IO[str]:
     """Take the home's daemon lock (held for the process's life) and record our pid in it."""
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    f = open(pid_path(settings), "a+")
+    private_home(settings)
+    f = private_file(pid_path(settings), "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -149,8 +163,8 @@ def start(settings: Settings, *, wait: float = 30) -> int:
     if pid is not None:
         raise AlreadyRunning(f"a daemon is already running for {settings.home} (pid {pid})",
                              suggested_command="agentdock daemon status")
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
-    logfile = open(log_path(settings), "ab")
+    private_home(settings)
+    logfile = private_file(log_path(settings), "ab")
     env = {**os.environ, "AGENTDOCK_HOME": str(settings.home)}
     proc = subprocess.Popen([sys.executable, "-m", "mcp_server.cli", "daemon", "run"], env=env,
                             stdin=subprocess.DEVNULL, stdout=logfile, stderr=logfile, start_new_session=True)

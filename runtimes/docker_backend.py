@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
+import signal
 import tarfile
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
@@ -22,13 +24,19 @@ import requests.exceptions
 from docker.utils.socket import frames_iter
 
 from engine import errors
-from engine.ports import Chunk, DeviceSpec, DeviceState, Exit, RunFiles, RunLaunch
+from engine.ports import Chunk, DeviceSpec, DeviceState, Ending, Exit, RunLaunch
+from runtimes import procs
 
+log = logging.getLogger("agentdock.docker")
 T = TypeVar("T")
 RUNS_DIR = "/tmp/.agentdock/runs"
 WRAPPER = resources.files("runtimes").joinpath("wrapper.sh").read_text()
-# The main process of a long-lived device: wait for TERM, do nothing else.
-KEEPALIVE = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+# The main process of a long-lived device: wait for TERM, do nothing else. It runs as KEEPER, a user
+# no run shares, so no run can signal it; `docker stop`/`rm -f` still end it.
+KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+KEEPER = "65534:65534"
+FORK_FAILED = (b"can't fork", b"Cannot fork", b"Resource temporarily unavailable")
+"""What a shell says when it cannot create a process (busybox ash, dash, bash)."""
 STREAM_IDS = {1: "stdout", 2: "stderr"}
 
 
@@ -44,6 +52,8 @@ class DockerBackend:
         self._client = client
         self._calls = anyio.CapacityLimiter(threads)
         self._streams = anyio.CapacityLimiter(1024)
+        self._image_users: dict[str, str] = {}
+        self._run_users: dict[str, str] = {}
 
     @property
     def api(self) -> docker.APIClient:
@@ -60,18 +70,27 @@ class DockerBackend:
 
     # ------------------------------------------------------------ devices
 
-    def _labels(self, spec: DeviceSpec) -> dict[str, str]:
+    def _labels(self, spec: DeviceSpec, run_user: str) -> dict[str, str]:
         labels = {
             "agentdock.device_id": spec.device_id,
             "agentdock.kind": spec.kind,
             "agentdock.home": self.home,
             "agentdock.ephemeral": "1" if spec.ephemeral else "0",
+            "agentdock.run_user": run_user,
         }
         if spec.run_id:
             labels["agentdock.run_id"] = spec.run_id
         return labels
 
-    def _create(self, spec: DeviceSpec, command: list[str], env: dict[str, str]) -> str:
+    async def _image_user(self, image: str) -> str:
+        """The user the image's USER names (runs execute as it); '' for root."""
+        if image not in self._image_users:
+            info = await self._call(self.api.inspect_image, image)
+            self._image_users[image] = (info.get("Config") or {}).get("User") or ""
+        return self._image_users[image]
+
+    def _create(self, spec: DeviceSpec, command: list[str], env: dict[str, str], *, user: str,
+                run_user: str) -> str:
         api = self.api
         mounts = []
         if spec.kind == "computer":
@@ -92,39 +111,65 @@ class DockerBackend:
         )
         try:
             created = api.create_container(
-                spec.image, command=command, name=container_name(spec.device_id), labels=self._labels(spec),
-                environment={**spec.env, **env}, working_dir="/workspace", host_config=host_config,
+                spec.image, command=command, name=container_name(spec.device_id),
+                labels=self._labels(spec, run_user), environment={**spec.env, **env}, working_dir="/workspace",
+                host_config=host_config, user=user,
             )
         except docker.errors.DockerException:
             for m in mounts:
                 api.remove_volume(m["Source"], force=True)
             raise
+        self._run_users[spec.device_id] = run_user
         return created["Id"]
 
     async def create(self, spec: DeviceSpec) -> DeviceState:
-        cid = await self._call(self._create, spec, KEEPALIVE, {})
+        # The device's main process runs as a user no run shares, so a run cannot signal it (or the
+        # init above it) and stop the sandbox for the runs after it.
+        run_user = await self._image_user(spec.image)
+        cid = await self._call(self._create, spec, KEEPALIVE, {}, user=KEEPER, run_user=run_user)
         try:
             await self._call(self.api.start, cid)
-        except errors.EngineError:
-            await self.remove(spec.device_id)
+            info = await self._call(self.api.inspect_container, cid)
+            if not info["State"]["Running"]:
+                logs = await self._call(self.api.logs, cid, tail=5)
+                raise errors.InvalidInput(
+                    "image", f"the device's container stopped right after it started (exit code "
+                    f"{info['State']['ExitCode']}): {logs.decode(errors='replace').strip()[-300:] or 'no output'}",
+                    suggested_command="agentdock image build")
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.remove(spec.device_id)
             raise
-        state = await self.inspect(spec.device_id)
-        assert state is not None
+        return _state(cid, info["Config"]["Labels"] or {}, True)
+
+    async def start(self, device_id: str) -> DeviceState:
+        await self._call(self.api.start, container_name(device_id))
+        state = await self.inspect(device_id)
+        if state is None or not state.running:
+            raise errors.SandboxUnavailable(f"{device_id} did not stay up after a restart",
+                                            suggested_command=f"agentdock sandbox rm {device_id}")
         return state
 
     async def image_exists(self, image: str) -> bool:
         try:
             await self._call(self.api.inspect_image, image)
             return True
-        except errors.NotFound:
+        except (errors.NotFound, errors.InvalidInput):
             return False
 
     async def inspect(self, device_id: str) -> DeviceState | None:
+        info = await self._inspect(container_name(device_id))
+        if info is None:
+            return None
+        labels = info["Config"]["Labels"] or {}
+        return _state(info["Id"], labels, info["State"]["Running"],
+                      started=not info["State"].get("StartedAt", "").startswith("0001-"))
+
+    async def _inspect(self, name: str) -> dict[str, Any] | None:
         try:
-            info = await self._call(self.api.inspect_container, container_name(device_id))
+            return await self._call(self.api.inspect_container, name)
         except errors.NotFound:
             return None
-        return _state(info["Id"], info["Config"]["Labels"] or {}, info["State"]["Running"])
 
     async def list_owned(self) -> list[DeviceState]:
         found = await self._call(self.api.containers, all=True, filters={"label": f"agentdock.home={self.home}"})
@@ -132,6 +177,7 @@ class DockerBackend:
 
     async def remove(self, device_id: str) -> None:
         name = container_name(device_id)
+        self._run_users.pop(device_id, None)
         try:
             await self._call(self.api.remove_container, name, force=True, v=True)
         except errors.NotFound:
@@ -141,9 +187,18 @@ class DockerBackend:
         except errors.NotFound:
             pass
 
+    async def _run_user(self, device_id: str) -> str:
+        if device_id not in self._run_users:
+            info = await self._inspect(container_name(device_id))
+            if info is None:
+                raise errors.SandboxUnavailable(f"the container of {device_id} is gone")
+            labels = info["Config"]["Labels"] or {}
+            self._run_users[device_id] = labels.get("agentdock.run_user", info["Config"].get("User") or "")
+        return self._run_users[device_id]
+
     # ------------------------------------------------------------ runs
 
-    def _wrapper_env(self, launch: RunLaunch) -> dict[str, str]:
+    def _wrapper_env(self, launch: RunLaunch, stdout_offset: int, stderr_offset: int) -> dict[str, str]:
         return {
             **launch.env,
             "AGENTDOCK_RUN_ID": launch.run_id,
@@ -151,70 +206,150 @@ class DockerBackend:
             "AGENTDOCK_CWD": launch.cwd,
             "AGENTDOCK_PROMPT": launch.prompt,
             "AGENTDOCK_REQUIRE": launch.require or "",
-            "AGENTDOCK_STDOUT_OFFSET": str(launch.stdout_offset),
-            "AGENTDOCK_STDERR_OFFSET": str(launch.stderr_offset),
+            "AGENTDOCK_STDOUT_OFFSET": str(stdout_offset),
+            "AGENTDOCK_STDERR_OFFSET": str(stderr_offset),
+            "AGENTDOCK_STDOUT_CAP": str(launch.stdout_cap),
+            "AGENTDOCK_STDERR_CAP": str(launch.stderr_cap),
+            "AGENTDOCK_ARTIFACTS": "\n".join(launch.artifact_paths),
+            "AGENTDOCK_ARTIFACT_MAX": str(launch.artifact_max_bytes),
         }
 
     async def follow(self, launch: RunLaunch) -> AsyncIterator[Chunk | Exit]:
-        command = ["sh", "-c", WRAPPER, "agentdock-run", *launch.argv]
-        env = self._wrapper_env(launch)
-        name = container_name(launch.device_id)
         if launch.ephemeral is None:
-            # The common case, a running device: exec straight away; look closer only if refused.
-            try:
-                exec_id = (await self._call(self.api.exec_create, name, command, environment=env))["Id"]
-            except (errors.NotFound, errors.Conflict):
-                pass
-            else:
-                async for item in self._exec(exec_id):
-                    yield item
-                return
-        state = await self.inspect(launch.device_id)
-        if state is None and launch.ephemeral is not None:
-            # The run is the container's main process: attach before start so nothing is missed.
-            await self._call(self._create, launch.ephemeral, command, env)
-            sock = await self._call(self.api.attach_socket, name, params={"stdout": 1, "stderr": 1, "stream": 1})
-            try:
-                await self._call(self.api.start, name)
-                async for chunk in self._frames(sock):
-                    yield chunk
-            finally:
-                sock.close()
-            result = await self._call(self.api.wait, name, timeout=30)
-            yield Exit(exit_code=result["StatusCode"])
+            async for item in self._follow_exec(launch):
+                yield item
             return
+        state = await self.inspect(launch.device_id)
+        if state is not None and not state.started:
+            # Created but never started (the daemon died in between): nothing ran, so start afresh.
+            await self.remove(launch.device_id)
+            state = None
         if state is None:
-            raise errors.SandboxUnavailable(f"the container of {launch.device_id} is gone")
-        if state.running and state.ephemeral:
+            async for item in self._run_ephemeral(launch, launch.ephemeral):
+                yield item
+            return
+        name = container_name(launch.device_id)
+        if state.running:
             # Re-attaching to an ephemeral run after a restart: its main process is the first wrapper,
             # which stops the container when the run ends; wait for that, then read the files.
             await anyio.to_thread.run_sync(functools.partial(_translated, self.api.wait, name),
                                            limiter=self._streams, abandon_on_cancel=True)
-            state = state.model_copy(update={"running": False})
-        if not state.running:
-            yield_from = await self.collect(launch.device_id, launch.run_id)
-            if yield_from is None or yield_from.exit_code is None:
-                yield Exit(exit_code=-1, lost=True)
-                return
-            if len(yield_from.stdout) > launch.stdout_offset:
-                yield Chunk(stream="stdout", data=yield_from.stdout[launch.stdout_offset:])
-            if len(yield_from.stderr) > launch.stderr_offset:
-                yield Chunk(stream="stderr", data=yield_from.stderr[launch.stderr_offset:])
-            yield Exit(exit_code=yield_from.exit_code)
-            return
-        exec_id = (await self._call(self.api.exec_create, name, command, environment=env))["Id"]
-        async for item in self._exec(exec_id):
+        async for item in self._settle_from_files(launch, launch.stdout_offset, launch.stderr_offset,
+                                                  Ending.lost):
             yield item
 
-    async def _exec(self, exec_id: str) -> AsyncIterator[Chunk | Exit]:
-        sock = await self._call(self.api.exec_start, exec_id, socket=True)
+    async def _run_ephemeral(self, launch: RunLaunch, spec: DeviceSpec) -> AsyncIterator[Chunk | Exit]:
+        """The run is the container's main process: attach before start so nothing is missed."""
+        name = container_name(spec.device_id)
+        run_user = await self._image_user(spec.image)
+        await self._call(self._create, spec, _wrapper_command(launch), self._wrapper_env(launch, 0, 0),
+                         user=run_user, run_user=run_user)
+        sock = await self._call(self.api.attach_socket, name, params={"stdout": 1, "stderr": 1, "stream": 1})
+        tail = b""
         try:
+            await self._call(self.api.start, name)
             async for chunk in self._frames(sock):
+                if chunk.stream == "stderr":
+                    tail = (tail + chunk.data)[-512:]
                 yield chunk
         finally:
             sock.close()
-        info = await self._call(self.api.exec_inspect, exec_id)
-        yield Exit(exit_code=info["ExitCode"] if info["ExitCode"] is not None else -1)
+        result = await self._call(self.api.wait, name, timeout=30)
+        ending = await self._recorded_end(name, launch.run_id, result["StatusCode"])
+        if ending is None:
+            # The wrapper, the container's main process, died before the run recorded its end; the
+            # container and every process in it went with it. Its last words say whether it could fork.
+            forked_out = any(m in tail for m in FORK_FAILED)
+            ending = Exit(exit_code=None, ending=Ending.pids_exhausted if forked_out else Ending.lost)
+        yield ending
+
+    async def _follow_exec(self, launch: RunLaunch) -> AsyncIterator[Chunk | Exit]:
+        """Follow a run in a long-lived device with the wrapper exec'd as the run's user. A wrapper
+        that dies before the run ends (killed by the run, or unable to fork at the pids limit) is
+        replaced, resuming from the bytes already passed on; at the pids limit the run is killed."""
+        name = container_name(launch.device_id)
+        offsets = {"stdout": launch.stdout_offset, "stderr": launch.stderr_offset}
+        for _ in range(3):
+            env = self._wrapper_env(launch, offsets["stdout"], offsets["stderr"])
+            try:
+                user = await self._run_user(launch.device_id)
+                exec_id = (await self._call(self.api.exec_create, name, _wrapper_command(launch),
+                                            environment=env, user=user))["Id"]
+            except (errors.NotFound, errors.Conflict, errors.SandboxUnavailable):
+                state = await self.inspect(launch.device_id)
+                if state is None or not state.running:
+                    async for item in self._settle_from_files(launch, offsets["stdout"], offsets["stderr"],
+                                                              Ending.sandbox_lost):
+                        yield item
+                    return
+                raise
+            code = -1
+            try:
+                sock = await self._call(self.api.exec_start, exec_id, socket=True)
+                try:
+                    async for chunk in self._frames(sock):
+                        offsets[chunk.stream] += len(chunk.data)
+                        yield chunk
+                finally:
+                    sock.close()
+                info = await self._call(self.api.exec_inspect, exec_id)
+                code = info["ExitCode"] if info["ExitCode"] is not None else -1
+            except errors.SandboxUnavailable:
+                pass  # the exec could not start (at the pids limit, say): look closer below
+            ending = await self._recorded_end(name, launch.run_id, code)
+            if ending is not None:
+                yield ending
+                return
+            state = await self.inspect(launch.device_id)
+            if state is None or not state.running:
+                async for item in self._settle_from_files(launch, offsets["stdout"], offsets["stderr"],
+                                                          Ending.sandbox_lost):
+                    yield item
+                return
+            cgroup = await self._cgroup(name)
+            if cgroup is not None and await anyio.to_thread.run_sync(cgroup.exhausted):
+                await self._host_kill(name, launch.run_id, signal.SIGKILL, machinery=True)
+                yield Exit(exit_code=None, ending=Ending.pids_exhausted)
+                return
+            if code == 255 or (cgroup is not None and not await anyio.to_thread.run_sync(
+                    functools.partial(procs.run_processes, cgroup, launch.run_id))):
+                # the wrapper saw the process vanish without an exit code (255), or nothing of it is left
+                yield await self._recorded_end(name, launch.run_id, -1) or Exit(exit_code=None, ending=Ending.lost)
+                return
+        yield Exit(exit_code=None, ending=Ending.lost)
+
+    async def _recorded_end(self, name: str, run_id: str, wrapper_code: int) -> Exit | None:
+        """The run's end as its launcher recorded it, or None if it recorded none (yet). A wrapper
+        exit of 0 is the run's own 0; anything else is checked against the files, without a process."""
+        if wrapper_code == 0:
+            return Exit(exit_code=0)
+        files = await self._call(self._read_files, name, f"{RUNS_DIR}/{run_id}", ("exit", "missing"))
+        exit_text = files.get("exit", b"").strip()
+        if not exit_text.lstrip(b"-").isdigit():
+            return None
+        ending = Ending.runtime_not_found if "missing" in files else Ending.exited
+        return Exit(exit_code=int(exit_text), ending=ending)
+
+    async def _settle_from_files(self, launch: RunLaunch, stdout_offset: int, stderr_offset: int,
+                                 otherwise: Ending) -> AsyncIterator[Chunk | Exit]:
+        """A run whose container stopped: pass on the output not yet seen, and its end if recorded."""
+        name = container_name(launch.device_id)
+        try:
+            await self._run_user(launch.device_id)  # the owner check needs it
+            files = await self._call(self._read_files, name, f"{RUNS_DIR}/{launch.run_id}",
+                                     ("stdout", "stderr", "exit", "missing"))
+        except (errors.NotFound, errors.SandboxUnavailable):
+            files = {}  # the container is gone with them
+        for stream, offset in (("stdout", stdout_offset), ("stderr", stderr_offset)):
+            data = files.get(stream, b"")
+            if len(data) > offset:
+                yield Chunk(stream=stream, data=data[offset:])  # type: ignore[arg-type]
+        exit_text = files.get("exit", b"").strip()
+        if exit_text.lstrip(b"-").isdigit():
+            yield Exit(exit_code=int(exit_text),
+                       ending=Ending.runtime_not_found if "missing" in files else Ending.exited)
+        else:
+            yield Exit(exit_code=None, ending=otherwise)
 
     async def _frames(self, sock: Any) -> AsyncIterator[Chunk]:
         frames = frames_iter(sock, tty=False)
@@ -226,64 +361,147 @@ class DockerBackend:
             if data and stream in STREAM_IDS:
                 yield Chunk(stream=STREAM_IDS[stream], data=data)  # type: ignore[arg-type]
 
-    async def signal(self, device_id: str, run_id: str, signal: Literal["TERM", "KILL"]) -> None:
-        script = 'p=$(cat "$1/pid" 2>/dev/null) && [ -n "$p" ] && kill -' + signal + ' -"$p" 2>/dev/null; true'
+    # ------------------------------------------------------------ signals, from inside or from the host
+
+    async def signal(self, device_id: str, run_id: str, signal_: Literal["TERM", "KILL"]) -> None:
+        """Signal the command's process group from inside; if that is impossible (no room for a
+        process at the pids limit), or for KILL, also every process of the run from the host."""
+        name = container_name(device_id)
+        sent = await self._exec_signal(device_id, run_id, signal_)
+        if signal_ == "KILL" or not sent:
+            await self._host_kill(name, run_id, getattr(signal, f"SIG{signal_}"), machinery=False)
+
+    async def _exec_signal(self, device_id: str, run_id: str, signal_: str) -> bool:
+        script = 'p=$(cat "$1/pid" 2>/dev/null) && [ -n "$p" ] && kill -' + signal_ + ' -"$p" 2>/dev/null; true'
         try:
             exec_id = (await self._call(self.api.exec_create, container_name(device_id),
-                                        ["sh", "-c", script, "agentdock-signal", f"{RUNS_DIR}/{run_id}"]))["Id"]
+                                        ["sh", "-c", script, "agentdock-signal", f"{RUNS_DIR}/{run_id}"],
+                                        user=await self._run_user(device_id)))["Id"]
+            await self._call(self.api.exec_start, exec_id)
+            return (await self._call(self.api.exec_inspect, exec_id))["ExitCode"] == 0
+        except (errors.NotFound, errors.Conflict, errors.SandboxUnavailable):
+            return False  # gone, stopped, or no room for one more process
+
+    async def sweep(self, device_id: str, run_id: str) -> int:
+        name = container_name(device_id)
+        killed = await self._host_kill(name, run_id, signal.SIGKILL, machinery=True)
+        if killed is None:  # the host cannot see the container's processes: do what can be done inside
+            await self._exec_signal(device_id, run_id, "KILL")
+            return 0
+        return killed
+
+    async def _cgroup(self, name: str) -> procs.Cgroup | None:
+        info = await self._inspect(name)
+        if info is None or not info["State"]["Running"]:
+            return None
+        return await anyio.to_thread.run_sync(procs.Cgroup.of, info["State"]["Pid"])
+
+    async def _host_kill(self, name: str, run_id: str, sig: signal.Signals, *, machinery: bool) -> int | None:
+        """Signal the run's processes from the host. SIGKILL is sent with the container frozen, so a
+        fork bomb cannot replace what is killed; repeated until none is left. None: not possible here."""
+        cgroup = await self._cgroup(name)
+        if cgroup is None:
+            return None
+        find = functools.partial(procs.run_processes, cgroup, run_id, machinery=machinery)
+        if sig != signal.SIGKILL:
+            return procs.send(await anyio.to_thread.run_sync(find), sig)
+        killed = 0
+        for _ in range(20):
+            pids = await anyio.to_thread.run_sync(find)
+            if not pids:
+                break
+            try:
+                await self._call(self.api.pause, name)
+            except errors.Conflict:
+                pass  # already paused (by us, a moment ago)
+            try:
+                killed += procs.send(await anyio.to_thread.run_sync(find), sig)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self._call(self.api.unpause, name)
+                    except errors.EngineError:
+                        log.warning("could not unpause %s", name)
+            await anyio.sleep(0.02)  # let init reap them
+        return killed
+
+    async def remove_run_files(self, device_id: str, run_id: str) -> None:
+        try:
+            exec_id = (await self._call(self.api.exec_create, container_name(device_id),
+                                        ["rm", "-rf", f"{RUNS_DIR}/{run_id}"],
+                                        user=await self._run_user(device_id)))["Id"]
             await self._call(self.api.exec_start, exec_id)
         except (errors.NotFound, errors.Conflict, errors.SandboxUnavailable):
-            pass  # the container is gone or stopped: nothing left to signal
+            log.warning("could not remove the files of %s in %s", run_id, device_id)
 
-    async def collect(self, device_id: str, run_id: str) -> RunFiles | None:
-        try:
-            files = await self._call(self._read_dir, container_name(device_id), f"{RUNS_DIR}/{run_id}")
-        except errors.NotFound:
-            return None
-        exit_text = files.get("exit", b"").strip()
-        return RunFiles(stdout=files.get("stdout", b""), stderr=files.get("stderr", b""),
-                        exit_code=int(exit_text) if exit_text.lstrip(b"-").isdigit() else None)
+    # ------------------------------------------------------------ files
 
-    def _read_dir(self, name: str, path: str) -> dict[str, bytes]:
-        stream, _ = self.api.get_archive(name, path)
-        out = {}
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            for member in tar.getmembers():
-                f = tar.extractfile(member) if member.isfile() else None
-                if f is not None:
-                    out[member.name.rsplit("/", 1)[-1]] = f.read()
+    def _read_files(self, name: str, path: str, wanted: tuple[str, ...]) -> dict[str, bytes]:
+        """Read the regular files named `wanted` in the run directory `path`. Only files owned by
+        the run's user are read: the run could have swapped any of them for a link elsewhere."""
+        out: dict[str, bytes] = {}
+        for file in wanted:
+            try:
+                out[file] = self._read_file(name, f"{path}/{file}", limit=None)
+            except (errors.NotFound, errors.PermissionDenied, errors.InvalidInput):
+                pass
         return out
 
-    async def copy_out(self, device_id: str, path: str, max_bytes: int) -> bytes:
-        return await self._call(self._copy_out, container_name(device_id), path, max_bytes)
-
-    def _copy_out(self, name: str, path: str, max_bytes: int) -> bytes:
+    def _read_file(self, name: str, path: str, limit: int | None) -> bytes:
         try:
             stream, stat = self.api.get_archive(name, path)
         except docker.errors.NotFound:
-            raise errors.NotFound("artifact", path) from None
-        if stat.get("size", 0) > max_bytes:
-            raise errors.LimitExceeded(f"{path} is {stat['size']} bytes; artifacts are limited to {max_bytes}")
+            raise errors.NotFound("file", path) from None
+        if limit is not None and stat.get("size", 0) > limit:
+            raise errors.LimitExceeded(f"{path} is {stat['size']} bytes; the limit is {limit}")
         buf = io.BytesIO()
         for part in stream:
             buf.write(part)
-            if buf.tell() > max_bytes + 1_048_576:
-                raise errors.LimitExceeded(f"{path} is larger than the {max_bytes}-byte artifact limit")
+            if limit is not None and buf.tell() > limit + 1_048_576:
+                raise errors.LimitExceeded(f"{path} is larger than the {limit}-byte limit")
         buf.seek(0)
         with tarfile.open(fileobj=buf) as tar:
             member = tar.next()
             if member is None or not member.isfile():
-                raise errors.InvalidInput("artifact_paths", f"{path} is not a regular file")
+                raise errors.InvalidInput("path", f"{path} is not a regular file")
+            owner = self._run_users.get(name.removeprefix("agentdock-"), "").split(":")[0]
+            if owner and str(member.uid) != owner and member.uname != owner:
+                raise errors.PermissionDenied(f"{path} is not the run's own file")
             f = tar.extractfile(member)
             assert f is not None
             return f.read()
 
+    async def artifact(self, device_id: str, run_id: str, index: int, path: str, max_bytes: int) -> bytes:
+        name = container_name(device_id)
+        await self._run_user(device_id)  # the owner check needs it
+        base = f"{RUNS_DIR}/{run_id}/artifacts/{index}"
+        try:
+            data = await self._call(self._read_file, name, base, max_bytes)
+        except errors.NotFound:
+            reason = (await self._call(self._read_files, name, f"{RUNS_DIR}/{run_id}/artifacts",
+                                       (f"{index}.err",))).get(f"{index}.err", b"").strip().decode(errors="replace")
+            if reason == "unreadable":
+                raise errors.PermissionDenied(
+                    f"{path} is not readable by the run's user; only what the run itself can read is exported",
+                    evidence={"field": "artifact_paths", "path": path}) from None
+            if reason == "not_a_file":
+                raise errors.InvalidInput("artifact_paths", f"{path} is not a regular file") from None
+            raise errors.NotFound("artifact", path, evidence={"field": "artifact_paths"}) from None
+        if len(data) > max_bytes:
+            raise errors.LimitExceeded(f"{path} is larger than the {max_bytes}-byte artifact limit",
+                                       evidence={"field": "artifact_paths", "path": path, "limit": max_bytes})
+        return data
 
-def _state(cid: str, labels: dict[str, str], running: bool) -> DeviceState:
+
+def _wrapper_command(launch: RunLaunch) -> list[str]:
+    return ["/bin/sh", "-c", WRAPPER, "agentdock-run", *launch.argv]
+
+
+def _state(cid: str, labels: dict[str, str], running: bool, *, started: bool = True) -> DeviceState:
     return DeviceState(
         device_id=labels.get("agentdock.device_id", ""), container_id=cid, kind=labels.get("agentdock.kind", ""),
         running=running, ephemeral=labels.get("agentdock.ephemeral") == "1",
-        run_id=labels.get("agentdock.run_id"), labels=labels,
+        run_id=labels.get("agentdock.run_id"), labels=labels, started=started,
     )
 
 

@@ -16,15 +16,15 @@ import anyio
 
 from engine import errors
 from engine.ports import (
-    RUNTIME_NOT_FOUND_EXIT,
-    RUNTIME_NOT_FOUND_MARKER,
     Chunk,
     DeviceSpec,
     DeviceState,
+    Ending,
     Exit,
-    RunFiles,
     RunLaunch,
 )
+
+RUNTIME_NOT_FOUND_EXIT = 127
 
 
 @dataclass
@@ -32,6 +32,7 @@ class FakeProcess:
     stdout: bytearray = field(default_factory=bytearray)
     stderr: bytearray = field(default_factory=bytearray)
     exit_code: int | None = None
+    ending: Ending = Ending.exited
     changed: anyio.Event = field(default_factory=anyio.Event)
 
     def finish(self, code: int) -> None:
@@ -53,6 +54,10 @@ class FakeBackend:
     processes: dict[str, FakeProcess] = field(default_factory=dict)
     files: dict[tuple[str, str], bytes] = field(default_factory=dict)
     ended: dict[str, int] = field(default_factory=dict)
+    swept: dict[str, int] = field(default_factory=dict)
+    """How many times each run's leftovers were swept."""
+    removed_files: set[str] = field(default_factory=set)
+    """Runs whose files were removed from their device."""
     """Runs told to end before their process started."""
     starts: dict[str, int] = field(default_factory=dict)
     """How many times each run's process was started (must never exceed one)."""
@@ -66,6 +71,10 @@ class FakeBackend:
         state = DeviceState(device_id=spec.device_id, container_id="fake-" + spec.device_id, kind=spec.kind,
                             running=True, ephemeral=spec.ephemeral, run_id=spec.run_id)
         self.devices[spec.device_id] = state
+        return state
+
+    async def start(self, device_id: str) -> DeviceState:
+        state = self.devices[device_id] = self.devices[device_id].model_copy(update={"running": True})
         return state
 
     async def inspect(self, device_id: str) -> DeviceState | None:
@@ -93,7 +102,7 @@ class FakeBackend:
                     yield Chunk(stream=stream, data=bytes(buf[sent[stream]:]))  # type: ignore[arg-type]
                     sent[stream] = len(buf)
             if proc.exit_code is not None:
-                yield Exit(exit_code=proc.exit_code)
+                yield Exit(exit_code=proc.exit_code, ending=proc.ending)
                 return
             await changed.wait()
 
@@ -101,7 +110,8 @@ class FakeBackend:
         self.starts[launch.run_id] = self.starts.get(launch.run_id, 0) + 1
         proc = FakeProcess()
         if launch.require and launch.require not in self.binaries:
-            proc.stderr += f"{RUNTIME_NOT_FOUND_MARKER} '{launch.require}'\n".encode()
+            proc.stderr += f"agentdock: runtime not found: '{launch.require}'\n".encode()
+            proc.ending = Ending.runtime_not_found
             proc.finish(RUNTIME_NOT_FOUND_EXIT)
             return proc
         script = launch.argv[-1] if launch.argv[:2] == ["sh", "-c"] else "out=ok"
@@ -134,13 +144,14 @@ class FakeBackend:
         if proc is not None and device_id in self.devices:
             proc.finish(143 if signal == "TERM" else 137)
 
-    async def collect(self, device_id: str, run_id: str) -> RunFiles | None:
-        proc = self.processes.get(run_id)
-        if proc is None:
-            return None
-        return RunFiles(stdout=bytes(proc.stdout), stderr=bytes(proc.stderr), exit_code=proc.exit_code)
+    async def sweep(self, device_id: str, run_id: str) -> int:
+        self.swept[run_id] = self.swept.get(run_id, 0) + 1
+        return 0
 
-    async def copy_out(self, device_id: str, path: str, max_bytes: int) -> bytes:
+    async def remove_run_files(self, device_id: str, run_id: str) -> None:
+        self.removed_files.add(run_id)
+
+    async def artifact(self, device_id: str, run_id: str, index: int, path: str, max_bytes: int) -> bytes:
         data = self.files.get((device_id, path))
         if data is None:
             raise errors.NotFound("artifact", path)

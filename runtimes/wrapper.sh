@@ -1,11 +1,17 @@
 # agentdock run wrapper: start a run's process (once) and follow its output. POSIX sh (busybox ash, dash).
 #
 # The process runs in its own session, detached from this wrapper, with stdin from the prompt and
-# stdout/stderr/exit code going to files in $AGENTDOCK_RUN_DIR. So the run outlives this wrapper
-# (and the daemon that attached to it); a later wrapper resumes following from byte offsets.
+# stdout/stderr going through pipes into capped files in $AGENTDOCK_RUN_DIR, so the run outlives
+# this wrapper (and the daemon that attached to it) and a later wrapper resumes from byte offsets.
+# The files keep at most AGENTDOCK_STDOUT_CAP / AGENTDOCK_STDERR_CAP bytes; the rest is drained
+# and dropped, so a run that prints without end cannot fill the disk.
+# When the process ends, the launcher copies the requested artifacts into $d/artifacts as the run's
+# own user (so only what that user can read is exported), then records the exit code.
 # Usage: sh -c "$(cat wrapper.sh)" agentdock-run ARGV...
 # Env: AGENTDOCK_RUN_DIR, AGENTDOCK_CWD, AGENTDOCK_PROMPT, AGENTDOCK_REQUIRE (optional),
-#      AGENTDOCK_STDOUT_OFFSET, AGENTDOCK_STDERR_OFFSET (resume points, bytes).
+#      AGENTDOCK_STDOUT_OFFSET, AGENTDOCK_STDERR_OFFSET (resume points, bytes),
+#      AGENTDOCK_STDOUT_CAP, AGENTDOCK_STDERR_CAP (bytes kept), AGENTDOCK_ARTIFACTS (one path a line),
+#      AGENTDOCK_ARTIFACT_MAX (bytes).
 d=$AGENTDOCK_RUN_DIR
 so=${AGENTDOCK_STDOUT_OFFSET:-0}
 se=${AGENTDOCK_STDERR_OFFSET:-0}
@@ -16,20 +22,53 @@ if mkdir "$d" 2>/dev/null; then
   : >"$d/stdout"; : >"$d/stderr"
   if [ -n "${AGENTDOCK_REQUIRE:-}" ] && ! command -v "$AGENTDOCK_REQUIRE" >/dev/null 2>&1; then
     echo "agentdock: runtime not found: '$AGENTDOCK_REQUIRE' is not on PATH in this image" >"$d/stderr"
+    echo "$AGENTDOCK_REQUIRE" >"$d/missing"
     echo 127 >"$d/exit"
   else
     printf '%s' "$AGENTDOCK_PROMPT" >"$d/prompt"
     # The launcher has its own session, so killing this wrapper leaves it alone; the command has
-    # its own process group (pid in $d/pid), so TERM/KILL of that group leaves the launcher
-    # alive to record the exit code.
+    # its own session and process group (pid in $d/pid), so TERM/KILL of that group leaves the
+    # launcher alive to record the exit code.
     AGENTDOCK_WRAPPER_PID=$$ setsid sh -c '
       d=$1; shift
       mkdir -p "$AGENTDOCK_CWD" 2>/dev/null
       cd "$AGENTDOCK_CWD" || { echo "agentdock: cannot enter $AGENTDOCK_CWD" >>"$d/stderr"; echo 126 >"$d/exit"; exit; }
-      setsid "$@" <"$d/prompt" >>"$d/stdout" 2>>"$d/stderr" &
+      echo $$ >"$d/launcher"
+      mkfifo "$d/out" "$d/err" || { echo "agentdock: cannot create the output pipes" >>"$d/stderr"; echo 126 >"$d/exit"; exit; }
+      capped() {  # capped N FILE: append stdin to FILE as it arrives, up to N bytes, then drop the rest
+        if dd --version >/dev/null 2>&1; then
+          # GNU dd counts a short read from a pipe as a whole block, so use an unbuffered GNU head
+          stdbuf -o0 head -c "$1" >>"$2"
+        else
+          dd bs=65536 count="$1" iflag=count_bytes oflag=append conv=notrunc of="$2" 2>/dev/null
+        fi
+        exec cat >/dev/null
+      }
+      capped "${AGENTDOCK_STDOUT_CAP:-1048577}" "$d/stdout" <"$d/out" & po=$!
+      capped "${AGENTDOCK_STDERR_CAP:-1048577}" "$d/stderr" <"$d/err" & pe=$!
+      setsid "$@" <"$d/prompt" >"$d/out" 2>"$d/err" &
       echo $! >"$d/pid"
       wait $!
-      echo $? >"$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"
+      code=$?
+      # The pipes end once every writer closed them; a process the run left behind may hold them
+      # open, so give the drain two seconds, then let the run end (the daemon kills what is left).
+      (sleep 2; kill $po $pe) >/dev/null 2>&1 &
+      wait $po $pe
+      if [ -n "${AGENTDOCK_ARTIFACTS:-}" ] && mkdir "$d/artifacts" 2>/dev/null; then
+        i=0
+        while IFS= read -r p; do
+          a="$d/artifacts/$i"
+          if [ ! -e "$p" ]; then echo missing >"$a.err"
+          elif [ ! -f "$p" ]; then echo not_a_file >"$a.err"
+          elif [ ! -r "$p" ]; then echo unreadable >"$a.err"
+          else head -c $((AGENTDOCK_ARTIFACT_MAX + 1)) "$p" >"$a" 2>/dev/null || echo unreadable >"$a.err"
+          fi
+          i=$((i + 1))
+        done <<EOF
+$AGENTDOCK_ARTIFACTS
+EOF
+      fi
+      echo $code >"$d/exit.tmp" && mv "$d/exit.tmp" "$d/exit"
       # wake the first wrapper, if it still is one (its pid may have been reused after a restart)
       case $(tr "\0" " " <"/proc/$AGENTDOCK_WRAPPER_PID/cmdline" 2>/dev/null) in
         *agentdock-run*) kill -USR1 "$AGENTDOCK_WRAPPER_PID" 2>/dev/null ;;
@@ -43,8 +82,9 @@ emit() {  # emit FILE OFFSET: write FILE's bytes from OFFSET to its current end;
   if [ "$n" -gt "$2" ]; then tail -c +$(($2 + 1)) "$1" | head -c $((n - $2)); fi
 }
 
-lost() {  # the process is gone but recorded no exit code (its container restarted, say)
-  [ -s "$d/pid" ] && [ ! -e "$d/exit" ] && ! kill -0 "$(cat "$d/pid")" 2>/dev/null
+lost() {  # the process and its launcher are gone but recorded no exit code (its container restarted, say)
+  [ -s "$d/pid" ] && [ ! -e "$d/exit" ] && ! kill -0 "$(cat "$d/pid")" 2>/dev/null &&
+    ! kill -0 "$(cat "$d/launcher" 2>/dev/null)" 2>/dev/null
 }
 
 sp=

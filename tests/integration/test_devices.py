@@ -67,8 +67,11 @@ async def test_sandbox_container_has_every_security_default_and_the_default_sand
     assert info["Mounts"] == []  # a sandbox mounts nothing at all
 
     assert info["Config"]["WorkingDir"] == "/workspace"
-    assert info["Config"]["User"] not in ("", "0", "root", "0:0")
-    assert exec_in(device.id, "id", "-u") == (0, "1000\n")
+    # The main process runs as a user no run shares (so no run can stop the sandbox); runs as the image's user.
+    assert info["Config"]["User"] == "65534:65534"
+    assert exec_in(device.id, "id", "-u") == (0, "65534\n")
+    run = await engine.runs.create(models.RunCreate(prompt="who", command="id -u", sandbox_id=device.id))
+    assert (await finish(engine, run.id)).output == "1000\n"
 
     labels = info["Config"]["Labels"]
     assert labels["agentdock.device_id"] == device.id

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,9 @@ import docker
 import pytest
 
 from engine import errors, models
+from engine.ports import HarnessInput
 from engine.settings import Settings
-from runtimes.docker_backend import RUNS_DIR
+from runtimes import harness
 from tests.conftest import FULL, SMALL
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -409,9 +411,14 @@ STRUCTURED = {
 AGENT_TYPES = {"message", "tool_use", "command_started", "command_finished"}
 
 
-def raw_stdout(device_id: str, run_id: str) -> list[dict[str, Any]]:
-    """The runtime's raw JSON lines, as the run recorded them inside the device."""
-    out = container(device_id).exec_run(["cat", f"{RUNS_DIR}/{run_id}/stdout"]).output.decode()
+async def raw_stdout(engine: Any, device_id: str, provider: str, model: str) -> list[dict[str, Any]]:
+    """The runtime's raw JSON lines for the command line its harness builds (a run's own files are
+    removed once it is settled, so this runs that command line again, as a custom command)."""
+    argv = harness.get(provider).argv(HarnessInput(prompt="write a haiku", command=None, model=model,
+                                                   cwd="/workspace"))
+    run = await engine.runs.create(models.RunCreate(sandbox_id=device_id, prompt="write a haiku",
+                                                    command=shlex.join(argv)))
+    out = (await finish(engine, run.id)).output
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -434,7 +441,7 @@ async def test_structured_runtime_succeeds_with_its_final_answer_typed_events_an
     assert started.payload["command"] == "echo hello"
     assert "hello" in finished.payload["output"]
     assert any(e.type == "message" and "Done: write a haiku" in e.payload.get("text", "") for e in events)
-    lines = raw_stdout(device.id, run.id)
+    lines = await raw_stdout(engine, device.id, provider, "test-model-7")
     echoed = [line for line in lines if line.get("subtype") == model_line or line.get("type") == model_line]
     assert [line["model"] for line in echoed] == ["test-model-7"]
 
