@@ -97,6 +97,14 @@ class Exit(Port):
     ending: Ending = Ending.exited
 
 
+class Swept(Port):
+    """What a sweep of a run's leftover processes found."""
+
+    killed: int = 0
+    pids_exhausted: bool = False
+    """The device was at its pids limit, with the run's processes in it (a fork bomb)."""
+
+
 class SandboxBackend(Protocol):
     async def create(self, spec: DeviceSpec) -> DeviceState:
         """Create and start the device; a container that does not stay up is removed and refused."""
@@ -114,7 +122,7 @@ class SandboxBackend(Protocol):
     async def signal(self, device_id: str, run_id: str, signal: Literal["TERM", "KILL"]) -> None:
         """TERM or KILL the run's command (the wrapper survives to record its exit code)."""
         ...
-    async def sweep(self, device_id: str, run_id: str) -> int:
+    async def sweep(self, device_id: str, run_id: str) -> Swept:
         """Kill every process the run started that is still there, even at the device's pids limit."""
         ...
     async def remove_run_files(self, device_id: str, run_id: str) -> None:

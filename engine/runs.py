@@ -478,7 +478,9 @@ class _Supervision:
         row = await svc.store.run(self.run_id)
         assert row is not None
         if not row["ephemeral"]:  # an ephemeral sandbox goes, with everything in it, when the run is published
-            await svc.backend.sweep(row["target_id"], self.run_id)  # whatever the run left running
+            swept = await svc.backend.sweep(row["target_id"], self.run_id)  # whatever the run left running
+            if swept.pids_exhausted and (exit_ is None or exit_.ending in (Ending.exited, Ending.lost)):
+                exit_ = Exit(exit_code=None, ending=Ending.pids_exhausted)  # a fork bomb, spent or not
         _, kind, error = self._classify(exit_, row)
         exported = await self._export_artifacts(row)
         code = exit_.exit_code if exit_ is not None else None

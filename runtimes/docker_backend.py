@@ -24,7 +24,7 @@ import requests.exceptions
 from docker.utils.socket import frames_iter
 
 from engine import errors
-from engine.ports import Chunk, DeviceSpec, DeviceState, Ending, Exit, RunLaunch
+from engine.ports import Chunk, DeviceSpec, DeviceState, Ending, Exit, RunLaunch, Swept
 from runtimes import procs
 
 log = logging.getLogger("agentdock.docker")
@@ -54,6 +54,8 @@ class DockerBackend:
         self._streams = anyio.CapacityLimiter(1024)
         self._image_users: dict[str, str] = {}
         self._run_users: dict[str, str] = {}
+        self._refusals_before: dict[str, int] = {}
+        """Per run: the device's count of refused forks when the run was first followed."""
 
     @property
     def api(self) -> docker.APIClient:
@@ -269,6 +271,10 @@ class DockerBackend:
         replaced, resuming from the bytes already passed on; at the pids limit the run is killed."""
         name = container_name(launch.device_id)
         offsets = {"stdout": launch.stdout_offset, "stderr": launch.stderr_offset}
+        if launch.run_id not in self._refusals_before and launch.stdout_offset == launch.stderr_offset == 0:
+            cgroup = await self._cgroup(name)
+            if cgroup is not None:
+                self._refusals_before[launch.run_id] = cgroup.fork_refusals()
         for _ in range(3):
             env = self._wrapper_env(launch, offsets["stdout"], offsets["stderr"])
             try:
@@ -300,8 +306,7 @@ class DockerBackend:
             if ending is not None:
                 yield ending
                 return
-            state = await self.inspect(launch.device_id)
-            if state is None or not state.running:
+            if not await self._up(name):
                 async for item in self._settle_from_files(launch, offsets["stdout"], offsets["stderr"],
                                                           Ending.sandbox_lost):
                     yield item
@@ -382,13 +387,28 @@ class DockerBackend:
         except (errors.NotFound, errors.Conflict, errors.SandboxUnavailable):
             return False  # gone, stopped, or no room for one more process
 
-    async def sweep(self, device_id: str, run_id: str) -> int:
+    async def sweep(self, device_id: str, run_id: str) -> Swept:
         name = container_name(device_id)
-        killed = await self._host_kill(name, run_id, signal.SIGKILL, machinery=True)
-        if killed is None:  # the host cannot see the container's processes: do what can be done inside
+        cgroup = await self._cgroup(name)
+        if cgroup is None:  # the host cannot see the container's processes: do what can be done inside
             await self._exec_signal(device_id, run_id, "KILL")
-            return 0
-        return killed
+            return Swept()
+        find = functools.partial(procs.run_processes, cgroup, run_id)
+        before = self._refusals_before.pop(run_id, None)
+        if before is not None:  # did the device refuse a fork while the run ran?
+            exhausted = cgroup.fork_refusals() > before
+        else:  # followed since a restart: is it at the limit now, with the run's processes in it?
+            exhausted = await anyio.to_thread.run_sync(cgroup.exhausted) and bool(await anyio.to_thread.run_sync(find))
+        killed = await self._host_kill(name, run_id, signal.SIGKILL, machinery=True)
+        return Swept(killed=killed or 0, pids_exhausted=exhausted)
+
+    async def _up(self, name: str) -> bool:
+        """Is the container running? A container being stopped has lost its main process before
+        Docker says so: where the host shows it, a dead (or zombie) main process means no."""
+        info = await self._inspect(name)
+        if info is None or not info["State"]["Running"]:
+            return False
+        return await anyio.to_thread.run_sync(procs.alive, info["State"]["Pid"])
 
     async def _cgroup(self, name: str) -> procs.Cgroup | None:
         info = await self._inspect(name)

@@ -22,6 +22,7 @@ from engine.ports import (
     Ending,
     Exit,
     RunLaunch,
+    Swept,
 )
 
 RUNTIME_NOT_FOUND_EXIT = 127
@@ -144,9 +145,9 @@ class FakeBackend:
         if proc is not None and device_id in self.devices:
             proc.finish(143 if signal == "TERM" else 137)
 
-    async def sweep(self, device_id: str, run_id: str) -> int:
+    async def sweep(self, device_id: str, run_id: str) -> Swept:
         self.swept[run_id] = self.swept.get(run_id, 0) + 1
-        return 0
+        return Swept()
 
     async def remove_run_files(self, device_id: str, run_id: str) -> None:
         self.removed_files.add(run_id)

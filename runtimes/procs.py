@@ -52,6 +52,17 @@ class Cgroup:
         except OSError:
             return []
 
+    def fork_refusals(self) -> int:
+        """How many times a process could not be created here because of the pids limit (ever)."""
+        try:
+            for line in (self.path / "pids.events").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "max":
+                    return int(value)
+        except (OSError, ValueError):
+            pass
+        return 0
+
     def exhausted(self, margin: int = 3) -> bool:
         """True when the container is at (or within `margin` of) its pids limit."""
         try:
@@ -60,6 +71,17 @@ class Cgroup:
         except (OSError, ValueError):
             return False
         return limit.isdigit() and current >= int(limit) - margin
+
+
+def alive(host_pid: int) -> bool:
+    """False when the host shows `host_pid` gone or a zombie; True when it is alive or cannot be seen."""
+    try:
+        status = Path(f"/proc/{host_pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return "\nState:\tZ" not in status
 
 
 def run_processes(cgroup: Cgroup, run_id: str, *, machinery: bool = True) -> list[int]:
