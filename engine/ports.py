@@ -41,6 +41,8 @@ class DeviceState(Port):
     run_id: str | None
     started: bool = True
     """False for a container created but never started (a crash between the two)."""
+    paused: bool = False
+    """Frozen (the backend freezes a device for a moment to kill a fork bomb; a crash then leaves it so)."""
     labels: dict[str, str] = Field(default_factory=dict)
 
 
@@ -110,7 +112,7 @@ class SandboxBackend(Protocol):
         """Create and start the device; a container that does not stay up is removed and refused."""
         ...
     async def start(self, device_id: str) -> DeviceState:
-        """Start a stopped device again (its files intact)."""
+        """Start a stopped device again (its files intact), or thaw a frozen one."""
         ...
     async def image_exists(self, image: str) -> bool: ...
     async def inspect(self, device_id: str) -> DeviceState | None: ...

@@ -93,6 +93,9 @@ class RunService:
     async def reconcile(self) -> None:
         """Resume every unfinished run and remove containers nothing owns."""
         await self.devices.reconcile()
+        for state in await self.backend.list_owned():
+            if state.paused:  # frozen by a sweep the daemon did not live to finish
+                await self.backend.start(state.device_id)
         unfinished = {r["id"] for r in await self.store.unfinished_runs()}
         for run_id in unfinished:
             self._supervise(run_id)

@@ -35,6 +35,7 @@ WRAPPER = resources.files("runtimes").joinpath("wrapper.sh").read_text()
 # no run shares, so no run can signal it; `docker stop`/`rm -f` still end it.
 KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 KEEPER = "65534:65534"
+REMOVE_DELAY_SECONDS = 1.0
 FORK_FAILED = (b"can't fork", b"Cannot fork", b"Resource temporarily unavailable")
 """What a shell says when it cannot create a process (busybox ash, dash, bash)."""
 STREAM_IDS = {1: "stdout", 2: "stderr"}
@@ -54,6 +55,9 @@ class DockerBackend:
         self._streams = anyio.CapacityLimiter(1024)
         self._image_users: dict[str, str] = {}
         self._run_users: dict[str, str] = {}
+        self._cgroups: dict[str, procs.Cgroup] = {}
+        self._to_remove: dict[str, set[str]] = {}
+        """Per device: settled runs whose files are about to be removed."""
         self._refusals_before: dict[str, int] = {}
         """Per run: the device's count of refused forks when the run was first followed."""
 
@@ -145,7 +149,11 @@ class DockerBackend:
         return _state(cid, info["Config"]["Labels"] or {}, True)
 
     async def start(self, device_id: str) -> DeviceState:
-        await self._call(self.api.start, container_name(device_id))
+        state = await self.inspect(device_id)
+        if state is not None and state.paused:
+            await self._call(self.api.unpause, container_name(device_id))
+        else:
+            await self._call(self.api.start, container_name(device_id))
         state = await self.inspect(device_id)
         if state is None or not state.running:
             raise errors.SandboxUnavailable(f"{device_id} did not stay up after a restart",
@@ -165,7 +173,8 @@ class DockerBackend:
             return None
         labels = info["Config"]["Labels"] or {}
         return _state(info["Id"], labels, info["State"]["Running"],
-                      started=not info["State"].get("StartedAt", "").startswith("0001-"))
+                      started=not info["State"].get("StartedAt", "").startswith("0001-"),
+                      paused=bool(info["State"].get("Paused")))
 
     async def _inspect(self, name: str) -> dict[str, Any] | None:
         try:
@@ -175,11 +184,13 @@ class DockerBackend:
 
     async def list_owned(self) -> list[DeviceState]:
         found = await self._call(self.api.containers, all=True, filters={"label": f"agentdock.home={self.home}"})
-        return [_state(c["Id"], c["Labels"] or {}, c["State"] == "running") for c in found]
+        return [_state(c["Id"], c["Labels"] or {}, c["State"] == "running", paused=c["State"] == "paused")
+                for c in found]
 
     async def remove(self, device_id: str) -> None:
         name = container_name(device_id)
         self._run_users.pop(device_id, None)
+        self._cgroups.pop(name, None)
         try:
             await self._call(self.api.remove_container, name, force=True, v=True)
         except errors.NotFound:
@@ -411,10 +422,17 @@ class DockerBackend:
         return await anyio.to_thread.run_sync(procs.alive, info["State"]["Pid"])
 
     async def _cgroup(self, name: str) -> procs.Cgroup | None:
+        """The running container's pids cgroup as the host sees it (None: stopped, or not visible)."""
+        cached = self._cgroups.get(name)
+        if cached is not None and cached.live():
+            return cached
         info = await self._inspect(name)
         if info is None or not info["State"]["Running"]:
             return None
-        return await anyio.to_thread.run_sync(procs.Cgroup.of, info["State"]["Pid"])
+        cgroup = await anyio.to_thread.run_sync(procs.Cgroup.of, info["State"]["Pid"])
+        if cgroup is not None:
+            self._cgroups[name] = cgroup
+        return cgroup
 
     async def _host_kill(self, name: str, run_id: str, sig: signal.Signals, *, machinery: bool) -> int | None:
         """Signal the run's processes from the host. SIGKILL is sent with the container frozen, so a
@@ -446,13 +464,21 @@ class DockerBackend:
         return killed
 
     async def remove_run_files(self, device_id: str, run_id: str) -> None:
+        """Batched per device: the first caller waits a moment, then removes what gathered meanwhile
+        in one exec, so a busy sandbox pays one `rm` for many runs."""
+        pending = self._to_remove.setdefault(device_id, set())
+        pending.add(run_id)
+        if len(pending) > 1:
+            return  # the batch's first caller removes it
+        await anyio.sleep(REMOVE_DELAY_SECONDS)
+        batch = sorted(self._to_remove.pop(device_id, set()))
         try:
             exec_id = (await self._call(self.api.exec_create, container_name(device_id),
-                                        ["rm", "-rf", f"{RUNS_DIR}/{run_id}"],
+                                        ["rm", "-rf", *(f"{RUNS_DIR}/{r}" for r in batch)],
                                         user=await self._run_user(device_id)))["Id"]
             await self._call(self.api.exec_start, exec_id)
         except (errors.NotFound, errors.Conflict, errors.SandboxUnavailable):
-            log.warning("could not remove the files of %s in %s", run_id, device_id)
+            log.warning("could not remove the files of %s in %s", ", ".join(batch), device_id)
 
     # ------------------------------------------------------------ files
 
@@ -517,11 +543,12 @@ def _wrapper_command(launch: RunLaunch) -> list[str]:
     return ["/bin/sh", "-c", WRAPPER, "agentdock-run", *launch.argv]
 
 
-def _state(cid: str, labels: dict[str, str], running: bool, *, started: bool = True) -> DeviceState:
+def _state(cid: str, labels: dict[str, str], running: bool, *, started: bool = True,
+           paused: bool = False) -> DeviceState:
     return DeviceState(
         device_id=labels.get("agentdock.device_id", ""), container_id=cid, kind=labels.get("agentdock.kind", ""),
         running=running, ephemeral=labels.get("agentdock.ephemeral") == "1",
-        run_id=labels.get("agentdock.run_id"), labels=labels, started=started,
+        run_id=labels.get("agentdock.run_id"), labels=labels, started=started, paused=paused,
     )
 
 

@@ -75,7 +75,7 @@ class FakeBackend:
         return state
 
     async def start(self, device_id: str) -> DeviceState:
-        state = self.devices[device_id] = self.devices[device_id].model_copy(update={"running": True})
+        state = self.devices[device_id] = self.devices[device_id].model_copy(update={"running": True, "paused": False})
         return state
 
     async def inspect(self, device_id: str) -> DeviceState | None:

@@ -46,6 +46,10 @@ class Cgroup:
                 return cls(candidate)
         return None
 
+    def live(self) -> bool:
+        """The cgroup exists while its container runs; Docker removes it when it stops."""
+        return (self.path / "cgroup.procs").exists()
+
     def pids(self) -> list[int]:
         try:
             return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]

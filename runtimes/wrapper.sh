@@ -35,15 +35,14 @@ if mkdir "$d" 2>/dev/null; then
       cd "$AGENTDOCK_CWD" || { echo "agentdock: cannot enter $AGENTDOCK_CWD" >>"$d/stderr"; echo 126 >"$d/exit"; exit; }
       echo $$ >"$d/launcher"
       mkfifo "$d/out" "$d/err" || { echo "agentdock: cannot create the output pipes" >>"$d/stderr"; echo 126 >"$d/exit"; exit; }
-      capped() {  # capped N FILE: append stdin to FILE as it arrives, up to N bytes, then drop the rest
-        if dd --version >/dev/null 2>&1; then
-          # GNU dd counts a short read from a pipe as a whole block, so use an unbuffered GNU head
-          stdbuf -o0 head -c "$1" >>"$2"
-        else
-          dd bs=65536 count="$1" iflag=count_bytes oflag=append conv=notrunc of="$2" 2>/dev/null
-        fi
-        exec cat >/dev/null
-      }
+      # capped N FILE: append stdin to FILE as it arrives, up to N bytes, then drop the rest. GNU dd
+      # counts a short read from a pipe as a whole block, so coreutils gets an unbuffered head.
+      if command -v stdbuf >/dev/null 2>&1; then
+        capped() { stdbuf -o0 head -c "$1" >>"$2"; exec cat >/dev/null; }
+      else
+        capped() { dd bs=65536 count="$1" iflag=count_bytes oflag=append conv=notrunc of="$2" 2>/dev/null
+                   exec cat >/dev/null; }
+      fi
       capped "${AGENTDOCK_STDOUT_CAP:-1048577}" "$d/stdout" <"$d/out" & po=$!
       capped "${AGENTDOCK_STDERR_CAP:-1048577}" "$d/stderr" <"$d/err" & pe=$!
       setsid "$@" <"$d/prompt" >"$d/out" 2>"$d/err" &
@@ -52,8 +51,9 @@ if mkdir "$d" 2>/dev/null; then
       code=$?
       # The pipes end once every writer closed them; a process the run left behind may hold them
       # open, so give the drain two seconds, then let the run end (the daemon kills what is left).
-      (sleep 2; kill $po $pe) >/dev/null 2>&1 &
+      (trap '\''kill $s; exit'\'' TERM; sleep 2 & s=$!; wait $s; kill $po $pe) >/dev/null 2>&1 & k=$!
       wait $po $pe
+      kill $k 2>/dev/null
       if [ -n "${AGENTDOCK_ARTIFACTS:-}" ] && mkdir "$d/artifacts" 2>/dev/null; then
         i=0
         while IFS= read -r p; do

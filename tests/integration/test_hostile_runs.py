@@ -326,3 +326,22 @@ async def test_one_idempotency_key_with_sandbox_id_or_target_id_is_one_run(engin
     again = await engine.runs.create(models.RunCreate(target_id=device.id, prompt="p", command="true",
                                                       idempotency_key="same-request"))
     assert again.id == first.id
+
+
+async def test_a_sandbox_left_frozen_by_a_crash_mid_sweep_is_thawed_when_the_daemon_starts(settings):
+    async with Store(settings.db_path) as store:
+        backend = DockerBackend(settings.home)
+        clock = ports.SystemClock()
+        devices = DeviceService(store, backend, clock, settings)
+        device = await devices.create(models.DeviceCreate())
+        container(device.id).pause()
+
+        runs = RunService(store, backend, devices, harness.get, clock, settings)
+        async with anyio.create_task_group() as tg:
+            await tg.start(runs.serve)
+            assert docker.from_env().api.inspect_container(f"agentdock-{device.id}")["State"]["Paused"] is False
+            run = await runs.create(models.RunCreate(sandbox_id=device.id, prompt="p", command="echo thawed"))
+            with anyio.fail_after(30):
+                run = await runs.wait(run.id, 30)
+            tg.cancel_scope.cancel()
+    assert run.output == "thawed\n"
