@@ -76,6 +76,7 @@ class InvalidInput(EngineError):
     http_status = 400
 
     def __init__(self, field: str, message: str, **kw: Any) -> None:
+        field = clip(field)
         evidence = {"field": field, **kw.pop("evidence", {})}
         super().__init__(f"{field}: {message}", evidence=evidence, **kw)
         self.field = field
@@ -127,6 +128,14 @@ class SandboxUnavailable(EngineError):
     category = "backend"
     title = "Sandbox backend unavailable"
     http_status = 503
+
+
+MAX_ECHO_CHARS = 200
+"""A caller's own text (an unknown field's name) is echoed in a diagnostic up to this many characters."""
+
+
+def clip(text: str) -> str:
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "..."
 
 
 LIST_COMMANDS = {"run": "runs", "sandbox": "sandbox", "computer": "sandbox"}

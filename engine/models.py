@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine import errors
+from engine import errors, ids
 
 WORKSPACE = "/workspace"
 MAX_PROMPT_BYTES = 100_000
@@ -30,6 +30,8 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199}")
 IMAGE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]{0,199}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
 """Printable ASCII without spaces: the key also travels as an HTTP header."""
+MAX_SEQUENCE = 2**53 - 1
+"""Bound for event sequence numbers in queries (SQLite integers stop at 2**63 - 1)."""
 
 
 class RunStatus(StrEnum):
@@ -244,13 +246,13 @@ class RunCreate(Input):
 
     prompt: str = Field(min_length=1)
     """Natural-language task to run."""
-    target_id: str | None = None
+    target_id: ids.DeviceId | None = None
     """Sandbox or computer id. Omit all targets for a fresh ephemeral sandbox removed after the run."""
     target_kind: TargetKind | None = None
     """Target family; inferred from `sandbox_id`/`computer_id` or the device."""
-    sandbox_id: str | None = None
+    sandbox_id: ids.SandboxId | None = None
     """Shortcut for `target_id` with a sandbox target."""
-    computer_id: str | None = None
+    computer_id: ids.ComputerId | None = None
     """Shortcut for `target_id` with a computer target."""
     provider: Provider | None = None
     """osa, codex, claude, claude-code, pi, hermes or custom (default: custom when `command` is set, else claude-code)."""
@@ -398,10 +400,10 @@ class RunList(Record):
 
 
 class RunListQuery(Input):
-    target_id: str | None = None
+    target_id: ids.DeviceId | None = None
     status: RunStatus | None = None
     limit: int = Field(default=20, ge=1, le=200)
-    cursor: str | None = None
+    cursor: ids.RunId | None = None
 
 
 class RunEvent(Record):
@@ -425,10 +427,10 @@ class RunEventList(Record):
 
 
 class EventsQuery(Input):
-    after: int = Field(default=0, ge=0)
+    after: int = Field(default=0, ge=0, le=MAX_SEQUENCE)
     """Only events with sequence greater than this."""
     limit: int = Field(default=500, ge=1, le=1000)
-    wait: float = Field(default=0, ge=0, le=60)
+    wait: float = Field(default=0, ge=0, le=60, allow_inf_nan=False)
     """Seconds to wait for a new event when there is none (long-poll)."""
 
 

@@ -7,10 +7,11 @@ diagnostic, so the MCP layer maps them the same way as local errors.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from engine import errors, models
+from engine import errors, ids, models
 from engine.settings import Settings
 
 
@@ -57,7 +58,7 @@ class DaemonClient:
             payload = resp.json()
         else:
             payload = resp.content
-        if resp.status_code >= 400:
+        if not resp.is_success:
             diag = payload.get("diagnostic") if isinstance(payload, dict) else None
             if diag is None:
                 diag = errors.internal(RuntimeError(resp.text[:200])).model_dump()
@@ -67,6 +68,9 @@ class DaemonClient:
     async def health(self) -> dict[str, Any]:
         return (await self.request("GET", "/health", timeout=5))["data"]
 
+    # Every id is checked by shape before it goes into a path, and escaped there: an id is one path
+    # segment, never `../other-route` or a query string.
+
     # devices
     async def create_device(self, body: dict[str, Any]) -> models.Device:
         return models.Device.model_validate((await self.request("POST", "/sandboxes", json=body))["data"])
@@ -75,10 +79,10 @@ class DaemonClient:
         return models.DeviceList.model_validate(await self.request("GET", "/sandboxes"))
 
     async def get_device(self, device_id: str) -> models.Device:
-        return models.Device.model_validate((await self.request("GET", f"/sandboxes/{device_id}"))["data"])
+        return models.Device.model_validate((await self.request("GET", _device_path(device_id)))["data"])
 
     async def delete_device(self, device_id: str) -> models.Device:
-        return models.Device.model_validate((await self.request("DELETE", f"/sandboxes/{device_id}"))["data"])
+        return models.Device.model_validate((await self.request("DELETE", _device_path(device_id)))["data"])
 
     # runs
     async def create_run(self, body: dict[str, Any], *, wait: float = 0) -> models.Run:
@@ -87,21 +91,34 @@ class DaemonClient:
         return models.Run.model_validate(payload["data"])
 
     async def get_run(self, run_id: str) -> models.Run:
-        return models.Run.model_validate((await self.request("GET", f"/agent-runs/{run_id}"))["data"])
+        return models.Run.model_validate((await self.request("GET", _run_path(run_id)))["data"])
 
     async def list_runs(self, **params: Any) -> models.RunList:
         return models.RunList.model_validate(await self.request("GET", "/agent-runs", params=params))
 
     async def cancel_run(self, run_id: str) -> models.Run:
-        return models.Run.model_validate((await self.request("POST", f"/agent-runs/{run_id}/cancel"))["data"])
+        return models.Run.model_validate((await self.request("POST", _run_path(run_id, "/cancel")))["data"])
 
     async def run_events(self, run_id: str, *, after: int = 0, limit: int = 500, wait: float = 0) -> models.RunEventList:
-        payload = await self.request("GET", f"/agent-runs/{run_id}/events",
+        payload = await self.request("GET", _run_path(run_id, "/events"),
                                      params={"after": after, "limit": limit, "wait": wait or None}, timeout=wait + 30)
         return models.RunEventList.model_validate(payload)
 
     async def artifacts(self, run_id: str) -> models.ArtifactList:
-        return models.ArtifactList.model_validate(await self.request("GET", f"/agent-runs/{run_id}/artifacts"))
+        return models.ArtifactList.model_validate(await self.request("GET", _run_path(run_id, "/artifacts")))
 
     async def artifact_content(self, run_id: str, path: str) -> bytes:
-        return await self.request("GET", f"/agent-runs/{run_id}/artifacts/content", params={"path": path})
+        return await self.request("GET", _run_path(run_id, "/artifacts/content"), params={"path": path})
+
+
+def _seg(shape: ids.Shape, value: str, field: str) -> str:
+    """`value` as one escaped path segment, once it has the shape of an id."""
+    return quote(shape.check(value, field), safe="")
+
+
+def _device_path(device_id: str) -> str:
+    return f"/sandboxes/{_seg(ids.DEVICE, device_id, 'sandbox_id')}"
+
+
+def _run_path(run_id: str, rest: str = "") -> str:
+    return f"/agent-runs/{_seg(ids.RUN, run_id, 'run_id')}{rest}"

@@ -1,30 +1,68 @@
 """The HTTP app (REST with the seeds' paths and `{"data": ...}` bodies) served by the daemon.
 
-Handlers are thin: parse, call one service method, wrap. Errors are mapped in one place.
+Handlers are thin: parse, call one service method, wrap. Errors are mapped in one place, and what a
+request carries (body size and type, JSON, query, path ids) is checked here before any handler sees it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
 from starlette.applications import Starlette
+from starlette.convertors import StringConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Message, Receive
 
-from engine import errors, models
+from engine import errors, ids, models
 from engine.devices import DeviceService
 from engine.runs import RunService
 
 log = logging.getLogger("agentdock.http")
 VERSION = "0.1.0"
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+"""Largest request body a route takes unless it says otherwise (`Endpoint.max_body`): a run's prompt
+is up to 100 KB and its env and metadata about 200 KB more."""
+MAX_JSON_DEPTH = 32
+"""Deepest nesting of objects and arrays in a body (the body itself is level 1)."""
+MAX_NUMBER_DIGITS = 64
+"""Longest integer literal in a body; every numeric field has a far smaller bound."""
+MAX_PATH_CHARS = 4096
+"""Longest artifact path a caller may name (PATH_MAX on Linux)."""
+
+
+class PayloadTooLarge(errors.LimitExceeded):
+    code = "payload_too_large"
+    title = "Request body too large"
+    http_status = 413
+
+
+class UnsupportedMediaType(errors.InvalidInput):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class MethodNotAllowed(errors.InvalidInput):
+    code = "method_not_allowed"
+    http_status = 405
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped, so a string that is not valid Unicode (a lone surrogate already in a
+    record) is still a response, not an encoding error."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 def error_response(exc: BaseException) -> JSONResponse:
@@ -34,132 +72,296 @@ def error_response(exc: BaseException) -> JSONResponse:
     else:
         diag, status = errors.internal(exc), 500
         log.error("unexpected error (diagnostic %s)", diag.id, exc_info=exc)
-    return JSONResponse({"diagnostic": diag.model_dump(mode="json"), "error": diag.message}, status_code=status)
+    return SafeJSONResponse({"diagnostic": diag.model_dump(mode="json"), "error": diag.message}, status_code=status)
 
 
 def data(value: BaseModel | dict[str, Any], status: int = 200) -> JSONResponse:
     body = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
     if isinstance(value, BaseModel) and "data" in type(value).model_fields:
-        return JSONResponse(body, status_code=status)  # a page: already {"data": [...], ...}
-    return JSONResponse({"data": body}, status_code=status)
+        return SafeJSONResponse(body, status_code=status)  # a page: already {"data": [...], ...}
+    return SafeJSONResponse({"data": body}, status_code=status)
+
+
+# ---------------------------------------------------------------- what a request carries
 
 
 async def body(request: Request) -> dict[str, Any]:
+    """The JSON object a request carries (`{"data": {...}}` or the object itself); `{}` when empty."""
     raw = await request.body()
     if not raw:
         return {}
-    try:
-        parsed = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise errors.InvalidInput("body", f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    parsed = parse_json(raw)
     if not isinstance(parsed, dict):
         raise errors.InvalidInput("body", "must be a JSON object")
-    return parsed.get("data", parsed) if set(parsed) == {"data"} else parsed
+    parsed = parsed.get("data", parsed) if set(parsed) == {"data"} else parsed
+    if not isinstance(parsed, dict):
+        raise errors.InvalidInput("data", "must be a JSON object")
+    _check_tree(parsed)
+    return parsed
 
 
-def query(request: Request, model: type[models.M]) -> models.M:
-    return models.parse(model, dict(request.query_params))
+def parse_json(raw: bytes) -> Any:
+    """Strict JSON: UTF-8, no NaN or Infinity, no number too long or too large, no key twice in one object."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise errors.InvalidInput("body", f"not valid UTF-8 (byte {exc.start}); send JSON encoded as UTF-8") from None
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_int=_int,
+                          parse_float=_float)
+    except RecursionError:
+        raise _too_deep("body") from None
+    except json.JSONDecodeError as exc:
+        raise errors.InvalidInput("body", f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise errors.InvalidInput(_printable(twice), "appears twice in one JSON object; send each field once")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise errors.InvalidInput("body", f"{name} is not JSON; send a finite number")
+
+
+def _int(literal: str) -> int:
+    if len(literal.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise errors.InvalidInput("body", f"a number has more than {MAX_NUMBER_DIGITS} digits")
+    return int(literal)
+
+
+def _float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise errors.InvalidInput("body", f"{literal[:40]} is too large for a number; send a finite number")
+    return value
+
+
+def _too_deep(field: str) -> errors.InvalidInput:
+    return errors.InvalidInput(field, f"nested more than {MAX_JSON_DEPTH} levels deep")
+
+
+def _check_tree(value: dict[str, Any]) -> None:
+    """Every string and key is valid Unicode (no lone surrogate from a `\\ud800` escape) and nothing is
+    nested too deep; walked without recursion, naming the field as pydantic would (`metadata.a.0`)."""
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    while stack:
+        item, depth, where = stack.pop()
+        if isinstance(item, str):
+            _check_text(item, where or "body")
+            continue
+        if not isinstance(item, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep(where or "body")
+        for key, child in item.items() if isinstance(item, dict) else enumerate(item):
+            name = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str):
+                _check_text(key, name)
+            stack.append((child, depth + 1, name))
+
+
+def _check_text(text: str, field: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise errors.InvalidInput(_printable(field), "is not valid Unicode (a lone surrogate such as \\ud800); "
+                                         "send text as UTF-8") from None
+
+
+def _printable(field: str) -> str:
+    """A field name fit for a diagnostic even when it is the bad key itself (`\\ud800` spelled out)."""
+    return field.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def params(request: Request, model: type[models.M]) -> models.M:
+    """The path's parameters (record ids, checked by shape) and the query string, as one `model`.
+    A parameter the route does not take, or one given twice, is refused, not silently ignored."""
+    query = request.query_params
+    for key in query:
+        if len(query.getlist(key)) > 1 or key in request.path_params:
+            raise errors.InvalidInput(key, "given more than once; send each parameter once")
+    return models.parse(model, {**dict(query), **request.path_params})
+
+
+def check_body_headers(request: Request, max_body: int) -> None:
+    """Refuse a body before reading it: too large by its Content-Length, or not JSON."""
+    length = request.headers.get("content-length")  # h11 has refused one that is not digits
+    if length is not None and (len(length) > 18 or int(length) > max_body):
+        raise _too_large(max_body)
+    has_body = (length is not None and int(length) > 0) or "transfer-encoding" in request.headers
+    if has_body and not _is_json(request.headers.get("content-type", "")):
+        raise UnsupportedMediaType("Content-Type", "a request body must be JSON; send Content-Type: application/json",
+                                   evidence={"content_type": request.headers.get("content-type", "")[:100]})
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _too_large(max_body: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"the request body is larger than {max_body} bytes; send less",
+                           evidence={"field": "body", "limit_bytes": max_body})
+
+
+def limited(receive: Receive, max_body: int) -> Receive:
+    """`receive`, counting body bytes as they stream in (chunked bodies have no Content-Length):
+    past `max_body` it raises instead of letting the body be buffered further."""
+    seen = 0
+
+    async def receive_limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > max_body:
+                raise _too_large(max_body)
+        return message
+
+    return receive_limited
 
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def guarded(fn: Handler) -> Handler:
+def guarded(fn: Handler, max_body: int = MAX_BODY_BYTES) -> Handler:
+    """The handler with its request's body bounded and typed, and every exception mapped to a diagnostic.
+    (Starlette's own body limit answers in plain text, so it is not used.)"""
+
     async def handler(request: Request) -> Response:
         try:
-            return await fn(request)
+            check_body_headers(request, max_body)
+            return await fn(Request(request.scope, limited(request.receive, max_body)))
         except Exception as exc:
             return error_response(exc)
 
     return handler
 
 
+class Endpoint(NamedTuple):
+    path: str
+    fn: Handler
+    methods: list[str]
+    max_body: int = MAX_BODY_BYTES
+    """A route that takes larger bodies (a group dispatch of many runs) raises its own bound here."""
+
+
+class IdSegment(StringConvertor):
+    """One path segment that may be empty, so `/agent-runs/` is an empty run id (an `invalid_input`
+    naming it), not a redirect to the list."""
+
+    regex = "[^/]*"
+
+
+register_url_convertor("id", IdSegment())
+
+
 def create_app(devices: DeviceService, runs: RunService, *, started: float | None = None) -> Starlette:
     started = started or time.time()
 
     async def health(request: Request) -> Response:
+        params(request, models.Input)
         return data({"status": "ok", "pid": os.getpid(), "version": VERSION, "uptime_seconds": time.time() - started})
 
     async def sandbox_create(request: Request) -> Response:
+        params(request, models.Input)
         return data(await devices.create(models.parse(models.DeviceCreate, await body(request))), 201)
 
     async def sandbox_list(request: Request) -> Response:
+        params(request, models.Input)
         return data(await devices.list())
 
     async def sandbox_get(request: Request) -> Response:
-        return data(await devices.get(request.path_params["id"]))
+        return data(await devices.get(params(request, SandboxPath).sandbox_id))
 
     async def sandbox_delete(request: Request) -> Response:
-        return data(await devices.delete(request.path_params["id"]))
+        return data(await devices.delete(params(request, SandboxPath).sandbox_id))
 
     async def run_create(request: Request) -> Response:
+        wait = params(request, WaitQuery).wait
         fields = await body(request)
-        key = request.headers.get("idempotency-key")
-        if key is not None:
+        keys = request.headers.getlist("idempotency-key")
+        if len(keys) > 1:
+            raise errors.InvalidInput("idempotency_key", "the Idempotency-Key header is given more than once")
+        if keys:
+            key = keys[0]
             if fields.get("idempotency_key") not in (None, key):
                 raise errors.InvalidInput("idempotency_key", "differs from the Idempotency-Key header; send one")
             fields["idempotency_key"] = key
-        wait = models.parse(WaitQuery, dict(request.query_params)).wait
         run = await runs.create(models.parse(models.RunCreate, fields))
         if wait:
             run = await runs.wait(run.id, wait)
         return data(run, 201)
 
     async def run_list(request: Request) -> Response:
-        return data(await runs.list(query(request, models.RunListQuery)))
+        return data(await runs.list(params(request, models.RunListQuery)))
 
     async def run_get(request: Request) -> Response:
-        return data(await runs.get(request.path_params["id"]))
+        return data(await runs.get(params(request, RunPath).run_id))
 
     async def run_cancel(request: Request) -> Response:
-        return data(await runs.cancel(request.path_params["id"]))
+        return data(await runs.cancel(params(request, RunPath).run_id))
 
     async def run_events(request: Request) -> Response:
-        return data(await runs.events(request.path_params["id"], query(request, models.EventsQuery)))
+        p = params(request, RunEventsParams)
+        return data(await runs.events(p.run_id, p))
 
     async def run_artifacts(request: Request) -> Response:
-        return data(await runs.artifacts(request.path_params["id"]))
+        return data(await runs.artifacts(params(request, RunPath).run_id))
 
     async def run_artifact_content(request: Request) -> Response:
-        path = models.parse(ArtifactQuery, dict(request.query_params)).path
-        content = await runs.artifact_bytes(request.path_params["id"], path)
+        p = params(request, ArtifactParams)
+        content = await runs.artifact_bytes(p.run_id, p.path)
         return Response(content, media_type="application/octet-stream")
 
     table = [
-        ("/api/v1/health", health, ["GET"]),
-        ("/api/v1/sandboxes", sandbox_create, ["POST"]),
-        ("/api/v1/sandboxes", sandbox_list, ["GET"]),
-        ("/api/v1/sandboxes/{id}", sandbox_get, ["GET"]),
-        ("/api/v1/sandboxes/{id}", sandbox_delete, ["DELETE"]),
-        ("/api/v1/agent-runs", run_create, ["POST"]),
-        ("/api/v1/agent-runs", run_list, ["GET"]),
-        ("/api/v1/agent-runs/{id}", run_get, ["GET"]),
-        ("/api/v1/agent-runs/{id}/cancel", run_cancel, ["POST"]),
-        ("/api/v1/agent-runs/{id}/events", run_events, ["GET"]),
-        ("/api/v1/agent-runs/{id}/artifacts", run_artifacts, ["GET"]),
-        ("/api/v1/agent-runs/{id}/artifacts/content", run_artifact_content, ["GET"]),
+        Endpoint("/api/v1/health", health, ["GET"]),
+        Endpoint("/api/v1/sandboxes", sandbox_create, ["POST"]),
+        Endpoint("/api/v1/sandboxes", sandbox_list, ["GET"]),
+        Endpoint("/api/v1/sandboxes/{sandbox_id:id}", sandbox_get, ["GET"]),
+        Endpoint("/api/v1/sandboxes/{sandbox_id:id}", sandbox_delete, ["DELETE"]),
+        Endpoint("/api/v1/agent-runs", run_create, ["POST"]),
+        Endpoint("/api/v1/agent-runs", run_list, ["GET"]),
+        Endpoint("/api/v1/agent-runs/{run_id:id}", run_get, ["GET"]),
+        Endpoint("/api/v1/agent-runs/{run_id:id}/cancel", run_cancel, ["POST"]),
+        Endpoint("/api/v1/agent-runs/{run_id:id}/events", run_events, ["GET"]),
+        Endpoint("/api/v1/agent-runs/{run_id:id}/artifacts", run_artifacts, ["GET"]),
+        Endpoint("/api/v1/agent-runs/{run_id:id}/artifacts/content", run_artifact_content, ["GET"]),
     ]
-    routes = [Route(path, guarded(fn), methods=methods) for path, fn, methods in table]
+    routes = [Route(e.path, guarded(e.fn, e.max_body), methods=e.methods) for e in table]
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+    app.router.redirect_slashes = False  # a redirect is not an answer a client of this API can act on
     return app
 
 
+class RunPath(models.Input):
+    run_id: ids.RunId
+
+
+class SandboxPath(models.Input):
+    sandbox_id: ids.DeviceId
+
+
+class RunEventsParams(models.EventsQuery):
+    run_id: ids.RunId
+
+
 class WaitQuery(models.Input):
-    wait: float = Field(default=0, ge=0, le=3600)
+    wait: float = Field(default=0, ge=0, le=3600, allow_inf_nan=False)
     """Seconds to wait for the run to end before answering (0: answer at once)."""
 
 
-class ArtifactQuery(models.Input):
-    path: str
+class ArtifactParams(RunPath):
+    path: str = Field(min_length=1, max_length=MAX_PATH_CHARS)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    return error_response(errors.NotFound("route", request.url.path))
-
-
-class MethodNotAllowed(errors.InvalidInput):
-    code = "method_not_allowed"
-    http_status = 405
+    return error_response(errors.NotFound("route", request.url.path[:200]))
 
 
 async def _not_allowed(request: Request, exc: Exception) -> Response:

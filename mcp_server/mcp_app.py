@@ -20,10 +20,13 @@ from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetad
 from mcp_types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine import errors, models
+from engine import errors, ids, models
 from mcp_server.client import DaemonClient
 
 log = logging.getLogger("agentdock.mcp")
+
+MAX_PATH_CHARS = 4096
+"""Longest artifact path a caller may name (PATH_MAX on Linux); the daemon has the same bound."""
 
 
 class _RawArgs(ArgModelBase):
@@ -39,12 +42,12 @@ class _RawArgs(ArgModelBase):
 
 
 class SandboxRef(models.Input):
-    sandbox_id: str
+    sandbox_id: ids.DeviceId
     """The sandbox or computer id (sbx_... or cmp_...)."""
 
 
 class RunRef(models.Input):
-    run_id: str
+    run_id: ids.RunId
     """The run id (run_...)."""
 
 
@@ -54,14 +57,14 @@ class AgentRunInput(models.RunCreate):
 
 
 class EventsInput(models.EventsQuery):
-    run_id: str
+    run_id: ids.RunId
     """The run id."""
 
 
 class ArtifactsInput(models.Input):
-    run_id: str
+    run_id: ids.RunId
     """The run id."""
-    path: str | None = None
+    path: str | None = Field(default=None, min_length=1, max_length=MAX_PATH_CHARS)
     """An exported path to read; omit to list the run's artifacts."""
 
 

@@ -135,21 +135,21 @@ async def test_bad_run_body_is_400_with_a_diagnostic_naming_the_field_and_create
 async def test_unknown_run_and_unknown_route_are_404_diagnostics(daemon):
     with anyio.fail_after(30):
         async with http(daemon) as client:
-            run = await client.get(f"{RUNS}/run_doesnotexist")
-            events = await client.get(f"{RUNS}/run_doesnotexist/events")
+            run = await client.get(f"{RUNS}/run_0000000000000000dead")
+            events = await client.get(f"{RUNS}/run_0000000000000000dead/events")
             route = await client.get("/api/v1/no-such-thing")
 
     diag = diagnostic(run, 404, "not_found")
-    assert diag["evidence"] == {"kind": "run", "id": "run_doesnotexist"}
-    assert diagnostic(events, 404, "not_found")["evidence"]["id"] == "run_doesnotexist"
+    assert diag["evidence"] == {"kind": "run", "id": "run_0000000000000000dead"}
+    assert diagnostic(events, 404, "not_found")["evidence"]["id"] == "run_0000000000000000dead"
     assert "/api/v1/no-such-thing" in diagnostic(route, 404, "not_found")["message"]
 
 
 async def test_diagnostics_suggest_only_commands_the_cli_has(daemon):
     with anyio.fail_after(30):
         async with http(daemon) as client:
-            responses = [await client.get(f"{RUNS}/run_doesnotexist"),
-                         await client.get(f"{SANDBOXES}/sbx_doesnotexist"),
+            responses = [await client.get(f"{RUNS}/run_0000000000000000dead"),
+                         await client.get(f"{SANDBOXES}/sbx_0000000000000000dead"),
                          await client.get("/api/v1/no-such-thing")]
 
     for resp in responses:
@@ -253,7 +253,7 @@ async def test_run_list_refuses_a_cursor_it_never_handed_out(daemon):
     with anyio.fail_after(30):
         async with http(daemon) as client:
             await client.post(RUNS, params={"wait": 30}, json={"prompt": "p", "command": "echo x"})
-            resp = await client.get(RUNS, params={"cursor": "run_doesnotexist"})
+            resp = await client.get(RUNS, params={"cursor": "run_0000000000000000dead"})
 
     diag = diagnostic(resp, 400, "invalid_input")
     assert diag["evidence"]["field"] == "cursor"
@@ -325,7 +325,7 @@ async def test_cli_bad_input_exits_nonzero_with_a_diagnostic_in_json_mode(daemon
     bad_timeout, missing = await cli_all(
         daemon, ("sandbox", "prompt", sandbox["id"], "--runtime-command", "echo hi", "--timeout", "0", "--json", "--",
                  "p"),
-        ("runs", "get", "run_doesnotexist", "--json"))
+        ("runs", "get", "run_0000000000000000dead", "--json"))
     listed = json.loads(daemon.cli("runs", "list", "--json").stdout)
 
     assert bad_timeout.returncode != 0

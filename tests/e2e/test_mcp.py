@@ -179,12 +179,12 @@ async def test_reading_an_unknown_run_resource_is_a_not_found_error_naming_the_r
     with anyio.fail_after(30):
         async with session(daemon) as client:
             with pytest.raises(MCPError) as info:
-                await client.read_resource("agentdock://runs/run_doesnotexist")
+                await client.read_resource("agentdock://runs/run_0000000000000000dead")
 
     # The SDK's contract: a handler signals a missing instance with ResourceNotFoundError (-32602 with its
     # message); anything else is treated as a crash and the client only gets a generic message.
     assert info.value.code == INVALID_PARAMS
-    assert "no run with id 'run_doesnotexist'" in info.value.message
+    assert "no run with id 'run_0000000000000000dead'" in info.value.message
 
 
 # ---------------------------------------------------------------- bad input
@@ -194,7 +194,7 @@ BAD_RUNS = [
     pytest.param({"prompt": "p", "command": "echo x", "bogus": 1}, "invalid_input", "bogus", id="unknown-field"),
     pytest.param({"command": "echo x"}, "invalid_input", "prompt", id="missing-prompt"),
     pytest.param({"prompt": "p", "provider": "custom"}, "invalid_input", "command", id="custom-without-command"),
-    pytest.param({"prompt": "p", "command": "echo x", "sandbox_id": "sbx_doesnotexist"}, "not_found", None,
+    pytest.param({"prompt": "p", "command": "echo x", "sandbox_id": "sbx_0000000000000000dead"}, "not_found", None,
                  id="unknown-sandbox"),
     pytest.param({"prompt": "p", "command": "echo x", "timeout": 0}, "invalid_input", "timeout", id="timeout-zero"),
 ]
@@ -215,7 +215,7 @@ async def test_bad_agent_run_input_is_a_tool_error_with_a_diagnostic_and_creates
             assert diag["evidence"]["field"] == field, (case.id, diag)
             assert field in diag["message"], (case.id, diag)
         else:
-            assert diag["evidence"]["id"] == "sbx_doesnotexist", (case.id, diag)
+            assert diag["evidence"]["id"] == "sbx_0000000000000000dead", (case.id, diag)
     assert runs["data"] == []
     assert devices["data"] == []
 

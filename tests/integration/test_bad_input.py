@@ -31,7 +31,7 @@ CASES: list[tuple[str, dict[str, Any], set[str], str]] = [
     ("unknown provider", ok(provider="gpt-9"), {"provider"}, r"claude-code.*custom|custom.*claude-code"),
     ("missing prompt", without("prompt", ok()), {"prompt"}, r"required"),
     ("blank prompt", ok(prompt="  \n\t "), {"prompt"}, r"blank"),
-    ("unknown target", ok(target_id="sbx_does_not_exist"), {"target_id"},
+    ("unknown target", ok(target_id="sbx_0000000000000000dead"), {"target_id"},
      r"sandbox list"),
     ("deleted target", ok(sandbox_id=DELETED), {"sandbox_id", "target_id"}, r"sandbox (list|create)"),
     ("custom without command", without("command", ok(provider="custom")), {"command"}, r"needs `command`"),
@@ -48,7 +48,7 @@ CASES: list[tuple[str, dict[str, Any], set[str], str]] = [
     ("env bad name", ok(env={"1BAD": "x"}), {"env", "env.1BAD"},
      r"letters?|digits?|underscores?|A-Za-z"),
     ("env reserved prefix", ok(env={"AGENTDOCK_TOKEN": "x"}), {"env", "env.AGENTDOCK_TOKEN"}, r"reserved"),
-    ("two targets", ok(sandbox_id="sbx_one", computer_id="cmp_other"), {"target_id", "sandbox_id", "computer_id"}, r"give one of"),
+    ("two targets", ok(sandbox_id="sbx_00000000000000000001", computer_id="cmp_00000000000000000002"), {"target_id", "sandbox_id", "computer_id"}, r"give one of"),
 ]
 
 

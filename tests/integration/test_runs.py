@@ -560,7 +560,7 @@ async def test_list_filters_by_target_and_status_and_pages_newest_first_without_
     assert await ids(status="failed") == [i for i, _, s in reversed(created) if s == "failed"]
     assert await ids(target_id=a.id, status="succeeded") == [
         i for i, t, s in reversed(created) if t == a.id and s == "succeeded"]
-    assert await ids(target_id="sbx_nothing_here") == []
+    assert await ids(target_id="sbx_0000000000000000dead") == []
 
     pages: list[list[str]] = []
     cursor = None

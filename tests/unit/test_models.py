@@ -26,7 +26,7 @@ def parse(**raw):
     ({"env": {"1BAD": "x"}}, "env"),
     ({"env": {"AGENTDOCK_X": "x"}}, "env"),
     ({"bogus": 1}, "bogus"),
-    ({"sandbox_id": "a", "computer_id": "b"}, "target_id"),
+    ({"sandbox_id": "sbx_00000000000000000001", "computer_id": "cmp_00000000000000000002"}, "target_id"),
     ({"provider": "custom", "command": None}, "command"),
 ])
 def test_bad_run_input_names_the_field(raw, field):
@@ -53,8 +53,9 @@ def test_cwd_is_resolved_inside_the_workspace():
 
 
 def test_sandbox_and_computer_ids_are_shortcuts_for_the_target():
-    assert parse(sandbox_id="sbx_1").target() == (models.TargetKind.sandbox, "sbx_1")
-    assert parse(computer_id="cmp_1").target() == (models.TargetKind.computer, "cmp_1")
+    sbx, cmp = "sbx_00000000000000000001", "cmp_00000000000000000001"
+    assert parse(sandbox_id=sbx).target() == (models.TargetKind.sandbox, sbx)
+    assert parse(computer_id=cmp).target() == (models.TargetKind.computer, cmp)
     assert parse().target() == (None, None)
 
 

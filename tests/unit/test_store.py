@@ -110,7 +110,7 @@ async def test_an_idempotency_key_can_hold_only_one_run(store):
 async def test_run_list_pages_newest_first_without_repeats(store):
     async with store.write(NOW) as tx:
         for i in range(7):
-            await tx.insert_run(run_row(f"run_{i}", created_at=NOW.replace(minute=i)))
+            await tx.insert_run(run_row(f"run_{i:020x}", created_at=NOW.replace(minute=i)))
     seen, cursor = [], None
     while True:
         rows = await store.runs(models.RunListQuery(limit=3, cursor=cursor))
@@ -119,7 +119,7 @@ async def test_run_list_pages_newest_first_without_repeats(store):
         if len(rows) <= 3:
             break
         cursor = page[-1]["id"]
-    assert seen == [f"run_{i}" for i in reversed(range(7))]
+    assert seen == [f"run_{i:020x}" for i in reversed(range(7))]
 
 
 async def test_a_read_right_after_a_write_sees_it_while_other_reads_run(store):
