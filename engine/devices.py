@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import errors, models
+from engine import errors, ids, models
 from engine.ports import Clock, DeviceSpec, SandboxBackend
 from engine.settings import Settings
 from engine.store import Store, new_id
@@ -65,6 +65,7 @@ class DeviceService:
         await self.backend.start(device_id)
 
     async def get(self, device_id: str) -> models.Device:
+        ids.DEVICE.check(device_id, "sandbox_id")  # the surfaces check it too; this is the last line
         row = await self.store.device(device_id)
         if row is None:
             raise errors.NotFound("sandbox", device_id)

@@ -107,7 +107,7 @@ def _check_env(env: dict[str, str] | None) -> dict[str, str] | None:
     total = 0
     for name, value in env.items():
         if not ENV_NAME.fullmatch(name):
-            raise ValueError(f"{name!r} is not a valid variable name; use letters, digits and underscores, "
+            raise ValueError(f"{name[:60]!r} is not a valid variable name; use letters, digits and underscores, "
                              "not starting with a digit, at most 128 characters")
         if name.startswith("AGENTDOCK_"):
             raise ValueError(f"{name!r}: the AGENTDOCK_ prefix is reserved")
@@ -430,7 +430,7 @@ class EventsQuery(Input):
     after: int = Field(default=0, ge=0, le=MAX_SEQUENCE)
     """Only events with sequence greater than this."""
     limit: int = Field(default=500, ge=1, le=1000)
-    wait: float = Field(default=0, ge=0, le=60, allow_inf_nan=False)
+    wait: float = Field(default=0, ge=0, le=50, allow_inf_nan=False)
     """Seconds to wait for a new event when there is none (long-poll)."""
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
-from engine import errors, models
+from engine import errors, ids, models
 from engine.devices import DeviceService
 from engine.ports import (
     Chunk,
@@ -185,6 +185,7 @@ class RunService:
         return _run(row)
 
     async def get(self, run_id: str) -> models.Run:
+        ids.RUN.check(run_id, "run_id")  # the surfaces check it too; this is the last line
         row = await self.store.run(run_id)
         if row is None:
             raise errors.NotFound("run", run_id)
@@ -370,9 +371,14 @@ class _Supervision:
                     await cancel.wait()
                 self.timed_out = timer.cancelled_caught
             await svc.backend.signal(launch.device_id, self.run_id, "TERM")
+            rounds = 0
             while True:  # until the follower sees the end (a process that started late is caught too)
                 await anyio.sleep(self.cfg.cancel_grace_seconds)
-                await svc.backend.signal(launch.device_id, self.run_id, "KILL")
+                rounds += 1
+                if rounds < 3:
+                    await svc.backend.signal(launch.device_id, self.run_id, "KILL")
+                else:  # the run broke its own wrapper (removed its files, say): end everything of it
+                    await svc.backend.sweep(launch.device_id, self.run_id)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(pump)

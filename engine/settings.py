@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     """Output is coalesced into events at most this often..."""
     flush_bytes: int = 16_384
     """...or whenever this much is pending."""
+    mcp_max_wait_seconds: float = Field(default=45, gt=0, le=50)
+    """The longest one MCP tool call waits (for a run's end): clients time tool calls out at about a minute."""
     docker_threads: int = 16
     """Bound on concurrent blocking Docker API calls."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,15 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(home=Path(args.home)) if args.home else Settings()
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _safe(text: str) -> str:
+    """Show control characters (terminal escapes a run printed, say) as escapes, not as commands to
+    the terminal: a run's output must not be able to rewrite the screen or the window title."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _print(value: Any, as_json: bool, columns: Sequence[str] | None = None) -> None:
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
@@ -34,7 +44,7 @@ def _print(value: Any, as_json: bool, columns: Sequence[str] | None = None) -> N
         widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c) for i, c in enumerate(columns)]
         print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
         for t in table:
-            print("  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True)))
+            print(_safe("  ".join(v.ljust(w) for v, w in zip(t, widths, strict=True))))
         if value.get("next_cursor"):
             print(f"(more: --cursor {value['next_cursor']})")
         return
@@ -45,9 +55,9 @@ def _print(value: Any, as_json: bool, columns: Sequence[str] | None = None) -> N
                 v = json.dumps(v)
             elif isinstance(v, str) and "\n" in v:
                 v = "\n" + "\n".join("    " + line for line in v.rstrip("\n").split("\n"))
-            print(f"{k.ljust(width)}  {v}")
+            print(_safe(f"{k.ljust(width)}  {v}"))
         return
-    print(value)
+    print(_safe(str(value)))
 
 
 def _fail(exc: errors.EngineError, as_json: bool) -> int:
@@ -55,7 +65,7 @@ def _fail(exc: errors.EngineError, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"diagnostic": diag.model_dump(mode="json"), "error": diag.message}, indent=2))
     else:
-        print(f"error: {diag.message}", file=sys.stderr)
+        print(_safe(f"error: {diag.message}"), file=sys.stderr)
         if diag.suggested_command:
             print(f"  try: {diag.suggested_command}", file=sys.stderr)
     return 1
@@ -200,8 +210,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
             after = args.after
             while True:
                 for ev in page.data:
-                    print(ev.model_dump_json() if args.json else f"{ev.sequence:>5}  {ev.type:<18} "
-                          f"{ev.message or json.dumps(ev.payload)[:120]}", flush=True)
+                    print(ev.model_dump_json() if args.json else _safe(f"{ev.sequence:>5}  {ev.type:<18} "
+                          f"{ev.message or json.dumps(ev.payload)[:120]}"), flush=True)
                 after = page.next_after
                 if page.run_status.terminal and not page.data:
                     return None

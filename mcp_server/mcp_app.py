@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.mcpserver.tools import Tool
@@ -154,14 +155,16 @@ def tools(client: DaemonClient) -> list[Tool]:
         if inp.async_:
             return run
         after = 0
-        while True:  # bounded: the daemon ends every run by its timeout
-            page = await client.run_events(run.id, after=after, wait=10)
-            after = page.next_after
-            if page.data:
-                last = page.data[-1]
-                await ctx.report_progress(after, None, last.message or last.type)
-            if page.run_status.terminal and not page.data:
-                return await client.get_run(run.id)
+        with anyio.move_on_after(client.settings.mcp_max_wait_seconds):  # clients give up after about a minute
+            while True:
+                page = await client.run_events(run.id, after=after, wait=10)
+                after = page.next_after
+                if page.data:
+                    last = page.data[-1]
+                    await ctx.report_progress(after, None, last.message or last.type)
+                if page.run_status.terminal and not page.data:
+                    break
+        return await client.get_run(run.id)  # still running if the wait ran out: follow it with its id
 
     async def agent_run_get(inp: RunRef, ctx: Context) -> models.Run:
         return await client.get_run(inp.run_id)
@@ -199,7 +202,8 @@ def tools(client: DaemonClient) -> list[Tool]:
                   _annotations(destructive_hint=True, idempotent_hint=True)),
         make_tool("agent_run", "Run a prompt through a runtime (claude-code, codex, custom command, ...) inside a "
                   "sandbox or computer, or a fresh ephemeral sandbox when no target is given. Waits for the end "
-                  "by default, reporting progress; with async=true returns the queued record at once. The run is "
+                  "(at most 45 s, then returns the record still running: follow it with agent_run_events or "
+                  "agent_run_get) reporting progress; with async=true returns the queued record at once. The run is "
                   "durable: it keeps going if this client exits.",
                   AgentRunInput, models.Run, agent_run, _annotations(open_world_hint=True)),
         make_tool("agent_run_get", "Get a run's record: status, output, stderr, exit code, failure_kind.",

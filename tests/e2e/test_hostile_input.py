@@ -560,3 +560,17 @@ async def test_generated_junk_at_every_mcp_tool_is_a_tool_error_with_a_diagnosti
             await anyio.to_thread.run_sync(run_examples, junk_tool_call(), 300, check)
 
     assert set(seen) == set(TOOL_INPUTS), seen
+
+
+async def test_terminal_escapes_a_run_prints_reach_the_cli_user_as_visible_escapes(daemon: Daemon):
+    async with http(daemon) as client:
+        resp = await client.post(RUNS, params={"wait": 60},
+                                 json={"prompt": "p", "command": r"printf '\033]0;pwned\007\033[2Jhi\n'"})
+        assert resp.status_code == 201, resp.text
+        run_id = resp.json()["data"]["id"]
+        assert "\x1b" in resp.json()["data"]["output"]  # the record keeps what the run printed
+
+    shown = daemon.cli("runs", "get", run_id).stdout
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert r"\x1b]0;pwned\x07" in shown
+    assert json.loads(daemon.cli("runs", "get", run_id, "--json").stdout)["output"].startswith("\x1b]0;pwned")

@@ -334,3 +334,13 @@ async def test_claude_code_run_through_mcp_gives_its_answer_and_tool_use_events(
     assert "tool_use" in types
     tool_use = next(e for e in events["data"] if e["type"] == "tool_use")
     assert "Bash" in json.dumps(tool_use)
+
+
+async def test_agent_run_returns_a_run_still_going_once_its_wait_bound_passes_and_the_run_goes_on(daemon):
+    daemon.env["AGENTDOCK_MCP_MAX_WAIT_SECONDS"] = "2"
+    async with session(daemon) as client:
+        with anyio.fail_after(30):
+            run = await call(client, "agent_run", {"prompt": "p", "command": "echo begun; sleep 1000"})
+        assert run["status"] == "running"
+        cancelled = await call(client, "agent_run_cancel", {"run_id": run["id"]})
+    assert cancelled["status"] == "canceled"

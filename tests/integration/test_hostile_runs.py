@@ -345,3 +345,12 @@ async def test_a_sandbox_left_frozen_by_a_crash_mid_sweep_is_thawed_when_the_dae
                 run = await runs.wait(run.id, 30)
             tg.cancel_scope.cancel()
     assert run.output == "thawed\n"
+
+
+async def test_a_run_that_removes_its_own_run_files_still_ends_at_its_timeout(engine):
+    device = await engine.devices.create(models.DeviceCreate())
+
+    run = await run_in(engine, device.id, 'rm -rf "$AGENTDOCK_RUN_DIR"; sleep 1000', timeout=2)
+
+    assert (run.status, run.failure_kind) == ("failed", "timeout"), run
+    assert (await run_in(engine, device.id, "echo ok")).output == "ok\n"
