@@ -35,7 +35,7 @@ WRAPPER = resources.files("runtimes").joinpath("wrapper.sh").read_text()
 # no run shares, so no run can signal it; `docker stop`/`rm -f` still end it.
 KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 KEEPER = "65534:65534"
-REMOVE_DELAY_SECONDS = 1.0
+REMOVE_DELAY_SECONDS = 5.0
 FORK_FAILED = (b"can't fork", b"Cannot fork", b"Resource temporarily unavailable")
 """What a shell says when it cannot create a process (busybox ash, dash, bash)."""
 STREAM_IDS = {1: "stdout", 2: "stderr"}
@@ -288,6 +288,7 @@ class DockerBackend:
                 self._refusals_before[launch.run_id] = cgroup.fork_refusals()
         for _ in range(3):
             env = self._wrapper_env(launch, offsets["stdout"], offsets["stderr"])
+            env["AGENTDOCK_REMOVE"] = self._take_removals(launch.device_id)
             try:
                 user = await self._run_user(launch.device_id)
                 exec_id = (await self._call(self.api.exec_create, name, _wrapper_command(launch),
@@ -464,14 +465,16 @@ class DockerBackend:
         return killed
 
     async def remove_run_files(self, device_id: str, run_id: str) -> None:
-        """Batched per device: the first caller waits a moment, then removes what gathered meanwhile
-        in one exec, so a busy sandbox pays one `rm` for many runs."""
+        """Batched per device: the next run's wrapper removes them on its way (no exec of its own);
+        if no run comes within a few seconds, the first caller removes the batch in one exec."""
         pending = self._to_remove.setdefault(device_id, set())
         pending.add(run_id)
         if len(pending) > 1:
             return  # the batch's first caller removes it
         await anyio.sleep(REMOVE_DELAY_SECONDS)
         batch = sorted(self._to_remove.pop(device_id, set()))
+        if not batch:
+            return  # a wrapper took them
         try:
             exec_id = (await self._call(self.api.exec_create, container_name(device_id),
                                         ["rm", "-rf", *(f"{RUNS_DIR}/{r}" for r in batch)],
@@ -479,6 +482,15 @@ class DockerBackend:
             await self._call(self.api.exec_start, exec_id)
         except (errors.NotFound, errors.Conflict, errors.SandboxUnavailable):
             log.warning("could not remove the files of %s in %s", ", ".join(batch), device_id)
+
+    def _take_removals(self, device_id: str) -> str:
+        """Settled runs whose files the next wrapper in this device removes (their ids are hex)."""
+        batch = self._to_remove.get(device_id)
+        if not batch:
+            return ""
+        taken = " ".join(sorted(batch))
+        batch.clear()
+        return taken
 
     # ------------------------------------------------------------ files
 

@@ -11,13 +11,15 @@
 # Env: AGENTDOCK_RUN_DIR, AGENTDOCK_CWD, AGENTDOCK_PROMPT, AGENTDOCK_REQUIRE (optional),
 #      AGENTDOCK_STDOUT_OFFSET, AGENTDOCK_STDERR_OFFSET (resume points, bytes),
 #      AGENTDOCK_STDOUT_CAP, AGENTDOCK_STDERR_CAP (bytes kept), AGENTDOCK_ARTIFACTS (one path a line),
-#      AGENTDOCK_ARTIFACT_MAX (bytes).
+#      AGENTDOCK_ARTIFACT_MAX (bytes), AGENTDOCK_REMOVE (ids of settled runs whose files to remove).
 d=$AGENTDOCK_RUN_DIR
 so=${AGENTDOCK_STDOUT_OFFSET:-0}
 se=${AGENTDOCK_STDERR_OFFSET:-0}
 command -v setsid >/dev/null 2>&1 || setsid() { "$@"; }
 
 mkdir -p "${d%/*}" 2>/dev/null
+# the files of runs settled since the last wrapper here (run ids: letters, digits, underscores)
+[ -n "${AGENTDOCK_REMOVE:-}" ] && (cd "${d%/*}" && exec rm -rf $AGENTDOCK_REMOVE) >/dev/null 2>&1 &
 if mkdir "$d" 2>/dev/null; then
   : >"$d/stdout"; : >"$d/stderr"
   if [ -n "${AGENTDOCK_REQUIRE:-}" ] && ! command -v "$AGENTDOCK_REQUIRE" >/dev/null 2>&1; then
