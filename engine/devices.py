@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine import errors, ids, models
+from engine.callers import Caller
 from engine.ports import Clock, DeviceSpec, SandboxBackend
 from engine.settings import Settings
 from engine.store import Store, new_id
@@ -38,54 +39,58 @@ class DeviceService:
             run_id=run_id,
         )
 
-    def row(self, spec: DeviceSpec, req: models.DeviceCreate) -> dict[str, Any]:
+    def row(self, caller: Caller, spec: DeviceSpec, req: models.DeviceCreate) -> dict[str, Any]:
         now = self.clock.now()
-        return {
+        return {"created_by": caller.session_id,
             "id": spec.device_id, "kind": spec.kind, "name": req.name, "image": spec.image, "cpus": spec.cpus,
             "memory_mb": spec.memory_mb, "pids_limit": spec.pids_limit, "network": spec.network,
             "env": spec.env, "metadata": req.metadata, "ephemeral": spec.ephemeral, "run_id": spec.run_id,
             "created_at": now, "updated_at": now,
         }
 
-    async def create(self, req: models.DeviceCreate) -> models.Device:
+    async def create(self, caller: Caller, req: models.DeviceCreate) -> models.Device:
         """Create the container first, then its row: a crash in between leaves a labelled container
         with no row, which the reconciler removes; a failed create leaves nothing."""
+        caller.require("devices")
         spec = self.spec(req)
         state = await self.backend.create(spec)
         try:
             async with self.store.write(self.clock.now()) as tx:
-                await tx.insert_device(self.row(spec, req))
+                await tx.insert_device(self.row(caller, spec, req))
         except BaseException:
             await self.backend.remove(state.device_id)
             raise
-        return await self.get(spec.device_id)
+        return await self.get(caller, spec.device_id)
 
-    async def restart(self, device_id: str) -> None:
+    async def restart(self, caller: Caller, device_id: str) -> None:
         """Start a device that stopped (its main process was ended under it); its files are kept."""
+        await self.get(caller, device_id)
         await self.backend.start(device_id)
 
-    async def get(self, device_id: str) -> models.Device:
+    async def get(self, caller: Caller, device_id: str) -> models.Device:
+        caller.require("devices")
         ids.DEVICE.check(device_id, "sandbox_id")  # the surfaces check it too; this is the last line
         row = await self.store.device(device_id)
-        if row is None:
+        if row is None or not caller.sees(row["created_by"]):
             raise errors.NotFound("sandbox", device_id)
         state = await self.backend.inspect(device_id)
         status = models.DeviceStatus.missing if state is None else (
             models.DeviceStatus.running if state.running else models.DeviceStatus.stopped)
         return _device(row, status)
 
-    async def list(self) -> models.DeviceList:
+    async def list(self, caller: Caller) -> models.DeviceList:
+        caller.require("devices")
         live = {s.device_id: s for s in await self.backend.list_owned()}
         out = []
-        for row in await self.store.devices():
+        for row in await self.store.devices(created_by=None if caller.is_root else caller.session_id):
             s = live.get(row["id"])
             status = models.DeviceStatus.missing if s is None else (
                 models.DeviceStatus.running if s.running else models.DeviceStatus.stopped)
             out.append(_device(row, status))
         return models.DeviceList(data=out)
 
-    async def delete(self, device_id: str) -> models.Device:
-        device = await self.get(device_id)
+    async def delete(self, caller: Caller, device_id: str) -> models.Device:
+        device = await self.get(caller, device_id)
         if device.ephemeral:
             raise errors.InvalidTransition(
                 f"{device_id} is the ephemeral sandbox of run {device.run_id}; it is removed when the run ends",

@@ -19,6 +19,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from engine import errors, ids, models
+from engine.callers import Caller
 from engine.devices import DeviceService
 from engine.ports import (
     Chunk,
@@ -114,9 +115,10 @@ class RunService:
 
     # ------------------------------------------------------------ requests
 
-    async def create(self, req: models.RunCreate) -> models.Run:
+    async def create(self, caller: Caller, req: models.RunCreate) -> models.Run:
+        caller.require("runs")
         if req.idempotency_key:
-            existing = await self._same_request(req)
+            existing = await self._same_request(caller, req)
             if existing is not None:
                 return existing
         kind, target_id = req.target()
@@ -127,21 +129,21 @@ class RunService:
         if target_id is None:
             dreq = models.DeviceCreate(kind=models.TargetKind.sandbox)
             spec = self.devices.spec(dreq, run_id=run_id)
-            device_row = self.devices.row(spec, dreq)
+            device_row = self.devices.row(caller, spec, dreq)
             if not await self.backend.image_exists(spec.image):
                 raise errors.InvalidInput("image", f"the default image {spec.image} is not built",
                                           suggested_command="agentdock image build")
             kind, target_id = models.TargetKind.sandbox, spec.device_id
         else:
             try:
-                device = await self.devices.get(target_id)
+                device = await self.devices.get(caller, target_id)
             except errors.NotFound:
                 field = "sandbox_id" if req.sandbox_id else "computer_id" if req.computer_id else "target_id"
                 raise errors.NotFound("sandbox", target_id, evidence={"field": field}) from None
             if kind is not None and kind != device.kind:
                 raise errors.InvalidInput("target_kind", f"{target_id} is a {device.kind.value}, not a {kind.value}")
             if device.status == models.DeviceStatus.stopped:
-                await self.devices.restart(target_id)  # it stopped under an earlier run: its files are intact
+                await self.devices.restart(caller, target_id)  # it stopped under an earlier run: its files are intact
             elif device.status != models.DeviceStatus.running:
                 raise errors.Conflict(
                     f"{target_id} is {device.status.value}; runs need a running device",
@@ -154,7 +156,7 @@ class RunService:
             "timeout": req.timeout, "metadata": req.metadata, "env": req.env or {},
             "status": models.RunStatus.queued.value, "ephemeral": device_row is not None,
             "idempotency_key": req.idempotency_key, "request_hash": _hash(req.fingerprint()),
-            "created_at": now, "updated_at": now,
+            "created_at": now, "updated_at": now, "created_by": caller.session_id,
         }
         try:
             async with self.store.write(now) as tx:
@@ -165,15 +167,15 @@ class RunService:
                     "provider": row["provider"], "target_id": target_id, "runtime_binary": harness.binary})])
         except Exception as exc:
             if req.idempotency_key and "UNIQUE" in str(exc):
-                existing = await self._same_request(req)
+                existing = await self._same_request(caller, req)
                 if existing is not None:
                     return existing
             raise
         self._supervise(run_id)
-        return await self.get(run_id)
+        return await self.get(caller, run_id)
 
-    async def _same_request(self, req: models.RunCreate) -> models.Run | None:
-        row = await self.store.run_by_idempotency_key(req.idempotency_key)  # type: ignore[arg-type]
+    async def _same_request(self, caller: Caller, req: models.RunCreate) -> models.Run | None:
+        row = await self.store.run_by_idempotency_key(caller.session_id, req.idempotency_key)  # type: ignore[arg-type]
         if row is None:
             return None
         if row["request_hash"] != _hash(req.fingerprint()):
@@ -184,27 +186,29 @@ class RunService:
             )
         return _run(row)
 
-    async def get(self, run_id: str) -> models.Run:
+    async def get(self, caller: Caller, run_id: str) -> models.Run:
+        caller.require("runs")
         ids.RUN.check(run_id, "run_id")  # the surfaces check it too; this is the last line
         row = await self.store.run(run_id)
-        if row is None:
+        if row is None or not caller.sees(row["created_by"]):
             raise errors.NotFound("run", run_id)
         return _run(row)
 
-    async def list(self, q: models.RunListQuery) -> models.RunList:
+    async def list(self, caller: Caller, q: models.RunListQuery) -> models.RunList:
+        caller.require("runs")
         if q.cursor and await self.store.run(q.cursor) is None:
             raise errors.InvalidInput("cursor", "unknown cursor; pass the next_cursor of a previous page")
-        rows = await self.store.runs(q)
+        rows = await self.store.runs(q, created_by=None if caller.is_root else caller.session_id)
         more = len(rows) > q.limit
         rows = rows[: q.limit]
         return models.RunList(data=[_run(r) for r in rows], next_cursor=rows[-1]["id"] if more else None)
 
-    async def events(self, run_id: str, q: models.EventsQuery) -> models.RunEventList:
+    async def events(self, caller: Caller, run_id: str, q: models.EventsQuery) -> models.RunEventList:
         """Events after `q.after`; with `q.wait`, long-poll until one arrives or the run ends."""
         deadline = self.clock.monotonic() + q.wait
         while True:
             changed = self.changes.watch(run_id)
-            run = await self.get(run_id)
+            run = await self.get(caller, run_id)
             rows = await self.store.events(run_id, q.after, q.limit)
             remaining = deadline - self.clock.monotonic()
             if rows or run.status in TERMINAL or remaining <= 0:
@@ -213,19 +217,19 @@ class RunService:
         data = [_event(r) for r in rows]
         return models.RunEventList(data=data, run_status=run.status, next_after=data[-1].sequence if data else q.after)
 
-    async def wait(self, run_id: str, timeout: float) -> models.Run:
+    async def wait(self, caller: Caller, run_id: str, timeout: float) -> models.Run:
         """The run once it has ended, or as it is when `timeout` passes."""
         with anyio.move_on_after(timeout):
             while True:
                 changed = self.changes.watch(run_id)
-                if (await self.get(run_id)).status in TERMINAL:
+                if (await self.get(caller, run_id)).status in TERMINAL:
                     break
                 await self.changes.wait(changed, 5)
-        return await self.get(run_id)
+        return await self.get(caller, run_id)
 
-    async def cancel(self, run_id: str) -> models.Run:
+    async def cancel(self, caller: Caller, run_id: str) -> models.Run:
         """Ask the run to stop (TERM, then KILL after a grace); waits, bounded, for it to settle."""
-        run = await self.get(run_id)
+        run = await self.get(caller, run_id)
         if run.status is models.RunStatus.canceled:
             return run
         if run.status in TERMINAL:
@@ -235,18 +239,18 @@ class RunService:
             await tx.update_run(run_id, cancel_requested=now)
         self._cancel.setdefault(run_id, anyio.Event()).set()
         self._supervise(run_id)
-        return await self.wait(run_id, self.settings.cancel_grace_seconds + 10)
+        return await self.wait(caller, run_id, self.settings.cancel_grace_seconds + 10)
 
-    async def artifacts(self, run_id: str) -> models.ArtifactList:
-        await self.get(run_id)
+    async def artifacts(self, caller: Caller, run_id: str) -> models.ArtifactList:
+        await self.get(caller, run_id)
         return models.ArtifactList(data=[
             models.Artifact(agent_run_id=run_id, path=a["path"], size=a["size"], sha256=a["sha256"],
                             created_at=a["created_at"])
             for a in await self.store.artifacts(run_id)
         ])
 
-    async def artifact_bytes(self, run_id: str, path: str) -> bytes:
-        await self.get(run_id)
+    async def artifact_bytes(self, caller: Caller, run_id: str, path: str) -> bytes:
+        await self.get(caller, run_id)
         try:
             resolved = models.workspace_path(path)
         except ValueError as exc:

@@ -24,28 +24,32 @@ RUN_COLUMNS = (
     "output, stderr, output_truncated, stderr_truncated, stdout_offset, stderr_offset, exit_code, "
     "failure_kind, error, ephemeral, cancel_requested, agent_run_group_id, orchestration_role, "
     "parent_agent_run_id, profile_id, idempotency_key, request_hash, last_event_seq, started_at, "
-    "finished_at, created_at, updated_at"
+    "finished_at, created_at, updated_at, created_by"
 )
 
 SQL = {
     "device_insert": (
         "INSERT INTO devices (id, kind, name, image, cpus, memory_mb, pids_limit, network, env, metadata, "
-        "ephemeral, run_id, created_at, updated_at) "
+        "ephemeral, run_id, created_at, updated_at, created_by) "
         "VALUES (:id, :kind, :name, :image, :cpus, :memory_mb, :pids_limit, :network, :env, :metadata, "
-        ":ephemeral, :run_id, :created_at, :updated_at)"
+        ":ephemeral, :run_id, :created_at, :updated_at, :created_by)"
     ),
     "device_get": "SELECT * FROM devices WHERE id = ? AND deleted_at IS NULL",
     "device_list": "SELECT * FROM devices WHERE deleted_at IS NULL AND ephemeral = 0 ORDER BY created_at, id",
+    "device_list_by_creator": (
+        "SELECT * FROM devices WHERE deleted_at IS NULL AND ephemeral = 0 AND created_by = ? ORDER BY created_at, id"
+    ),
     "device_list_live": "SELECT * FROM devices WHERE deleted_at IS NULL",
     "device_delete": "UPDATE devices SET deleted_at = :now, updated_at = :now WHERE id = :id AND deleted_at IS NULL",
     "run_insert": (
         "INSERT INTO agent_runs (id, target_kind, target_id, provider, prompt, command, model, cwd, timeout, "
-        "metadata, env, status, ephemeral, idempotency_key, request_hash, created_at, updated_at) "
+        "metadata, env, status, ephemeral, idempotency_key, request_hash, created_at, updated_at, created_by) "
         "VALUES (:id, :target_kind, :target_id, :provider, :prompt, :command, :model, :cwd, :timeout, "
-        ":metadata, :env, :status, :ephemeral, :idempotency_key, :request_hash, :created_at, :updated_at)"
+        ":metadata, :env, :status, :ephemeral, :idempotency_key, :request_hash, :created_at, :updated_at, "
+        ":created_by)"
     ),
     "run_get": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE id = ?",
-    "run_by_idempotency_key": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE idempotency_key = ?",
+    "run_by_idempotency_key": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE created_by = ? AND idempotency_key = ?",
     "runs_unfinished": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE status IN ('queued', 'running') ORDER BY created_at",
     "runs_active_on_target": "SELECT id FROM agent_runs WHERE target_id = ? AND status IN ('queued', 'running')",
     "run_bump_seq": "UPDATE agent_runs SET last_event_seq = last_event_seq + 1 WHERE id = ? RETURNING last_event_seq",
@@ -160,11 +164,20 @@ class Store:
         assert self._writer is not None
         cur = await self._writer.execute("PRAGMA user_version")
         (current,) = await cur.fetchone()  # type: ignore[misc]
-        for version, script in migrations():
-            if version <= current:
-                continue
-            await self._writer.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
-            current = version
+        # Foreign keys off while tables are rebuilt (SQLite's way to change a table), checked after.
+        await self._writer.execute("PRAGMA foreign_keys = OFF")
+        try:
+            for version, script in migrations():
+                if version <= current:
+                    continue
+                await self._writer.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
+                current = version
+            broken = await self._writer.execute_fetchall("PRAGMA foreign_key_check")
+            if broken:
+                raise RuntimeError(f"migrations left broken references: {list(broken)[:5]}")
+        finally:
+            await self._writer.execute("PRAGMA foreign_keys = ON")
         return current
 
     @asynccontextmanager
@@ -198,7 +211,9 @@ class Store:
     async def device(self, device_id: str) -> dict[str, Any] | None:
         return _decode(await self._one(SQL["device_get"], (device_id,)))
 
-    async def devices(self, *, include_ephemeral: bool = False) -> list[dict[str, Any]]:
+    async def devices(self, *, include_ephemeral: bool = False, created_by: str | None = None) -> list[dict[str, Any]]:
+        if created_by is not None:
+            return [_decode(r) for r in await self._all(SQL["device_list_by_creator"], (created_by,))]  # type: ignore[misc]
         sql = SQL["device_list_live"] if include_ephemeral else SQL["device_list"]
         return [_decode(r) for r in await self._all(sql)]  # type: ignore[misc]
 
@@ -207,8 +222,8 @@ class Store:
     async def run(self, run_id: str) -> dict[str, Any] | None:
         return _decode(await self._one(SQL["run_get"], (run_id,)))
 
-    async def run_by_idempotency_key(self, key: str) -> dict[str, Any] | None:
-        return _decode(await self._one(SQL["run_by_idempotency_key"], (key,)))
+    async def run_by_idempotency_key(self, created_by: str, key: str) -> dict[str, Any] | None:
+        return _decode(await self._one(SQL["run_by_idempotency_key"], (created_by, key)))
 
     async def unfinished_runs(self) -> list[dict[str, Any]]:
         return [_decode(r) for r in await self._all(SQL["runs_unfinished"])]  # type: ignore[misc]
@@ -216,9 +231,12 @@ class Store:
     async def active_runs_on(self, target_id: str) -> list[str]:
         return [r["id"] for r in await self._all(SQL["runs_active_on_target"], (target_id,))]
 
-    async def runs(self, q: models.RunListQuery) -> list[dict[str, Any]]:
+    async def runs(self, q: models.RunListQuery, *, created_by: str | None = None) -> list[dict[str, Any]]:
         """Newest first, keyset-paged by (created_at, id); fetches one extra row to know if more follow."""
         where, params = [], []
+        if created_by is not None:
+            where.append("created_by = ?")
+            params.append(created_by)
         if q.target_id:
             where.append("target_id = ?")
             params.append(q.target_id)

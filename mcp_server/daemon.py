@@ -16,18 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import anyio
 import httpx
 import uvicorn
 
-from engine import errors, ports
-from engine.devices import DeviceService
-from engine.runs import RunService
+from engine import errors
 from engine.settings import Settings
-from engine.store import Store
 from mcp_server.http import create_app
-from runtimes import harness
-from runtimes.docker_backend import DockerBackend
+from runtimes.wiring import docker_engine
 
 log = logging.getLogger("agentdock.daemon")
 
@@ -115,20 +110,13 @@ async def serve(settings: Settings) -> None:
     lock = hold_lock(settings)
     os.umask(0o077)
     try:
-        async with Store(settings.db_path) as store:
-            backend = DockerBackend(settings.home, threads=settings.docker_threads)
-            clock = ports.SystemClock()
-            devices = DeviceService(store, backend, clock, settings)
-            runs = RunService(store, backend, devices, harness.get, clock, settings)
-            async with anyio.create_task_group() as tg:
-                await tg.start(runs.serve)
-                listener = bind_private(settings.control_socket)
-                config = uvicorn.Config(create_app(devices, runs), log_level="warning", lifespan="off",
-                                        access_log=False, timeout_graceful_shutdown=3)
-                server = _Server(config)
-                log.info("daemon %s serving on %s", os.getpid(), settings.control_socket)
-                await server.serve(sockets=[listener])
-                tg.cancel_scope.cancel()
+        async with docker_engine(settings).running() as engine:
+            listener = bind_private(settings.control_socket)
+            config = uvicorn.Config(create_app(engine.devices, engine.runs), log_level="warning", lifespan="off",
+                                    access_log=False, timeout_graceful_shutdown=3)
+            server = _Server(config)
+            log.info("daemon %s serving on %s", os.getpid(), settings.control_socket)
+            await server.serve(sockets=[listener])
     finally:
         settings.control_socket.unlink(missing_ok=True)
         lock.close()

@@ -24,6 +24,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive
 
 from engine import errors, ids, models
+from engine.callers import ROOT
 from engine.devices import DeviceService
 from engine.runs import RunService
 
@@ -270,17 +271,17 @@ def create_app(devices: DeviceService, runs: RunService, *, started: float | Non
 
     async def sandbox_create(request: Request) -> Response:
         params(request, models.Input)
-        return data(await devices.create(models.parse(models.DeviceCreate, await body(request))), 201)
+        return data(await devices.create(ROOT, models.parse(models.DeviceCreate, await body(request))), 201)
 
     async def sandbox_list(request: Request) -> Response:
         params(request, models.Input)
-        return data(await devices.list())
+        return data(await devices.list(ROOT))
 
     async def sandbox_get(request: Request) -> Response:
-        return data(await devices.get(params(request, SandboxPath).sandbox_id))
+        return data(await devices.get(ROOT, params(request, SandboxPath).sandbox_id))
 
     async def sandbox_delete(request: Request) -> Response:
-        return data(await devices.delete(params(request, SandboxPath).sandbox_id))
+        return data(await devices.delete(ROOT, params(request, SandboxPath).sandbox_id))
 
     async def run_create(request: Request) -> Response:
         wait = params(request, WaitQuery).wait
@@ -293,30 +294,30 @@ def create_app(devices: DeviceService, runs: RunService, *, started: float | Non
             if fields.get("idempotency_key") not in (None, key):
                 raise errors.InvalidInput("idempotency_key", "differs from the Idempotency-Key header; send one")
             fields["idempotency_key"] = key
-        run = await runs.create(models.parse(models.RunCreate, fields))
+        run = await runs.create(ROOT, models.parse(models.RunCreate, fields))
         if wait:
-            run = await runs.wait(run.id, wait)
+            run = await runs.wait(ROOT, run.id, wait)
         return data(run, 201)
 
     async def run_list(request: Request) -> Response:
-        return data(await runs.list(params(request, models.RunListQuery)))
+        return data(await runs.list(ROOT, params(request, models.RunListQuery)))
 
     async def run_get(request: Request) -> Response:
-        return data(await runs.get(params(request, RunPath).run_id))
+        return data(await runs.get(ROOT, params(request, RunPath).run_id))
 
     async def run_cancel(request: Request) -> Response:
-        return data(await runs.cancel(params(request, RunPath).run_id))
+        return data(await runs.cancel(ROOT, params(request, RunPath).run_id))
 
     async def run_events(request: Request) -> Response:
         p = params(request, RunEventsParams)
-        return data(await runs.events(p.run_id, p))
+        return data(await runs.events(ROOT, p.run_id, p))
 
     async def run_artifacts(request: Request) -> Response:
-        return data(await runs.artifacts(params(request, RunPath).run_id))
+        return data(await runs.artifacts(ROOT, params(request, RunPath).run_id))
 
     async def run_artifact_content(request: Request) -> Response:
         p = params(request, ArtifactParams)
-        content = await runs.artifact_bytes(p.run_id, p.path)
+        content = await runs.artifact_bytes(ROOT, p.run_id, p.path)
         return Response(content, media_type="application/octet-stream")
 
     table = [

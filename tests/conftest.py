@@ -10,18 +10,13 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 import docker
 import pytest
 
-from engine import ports
-from engine.devices import DeviceService
-from engine.runs import RunService
+from engine.app import Engine
 from engine.settings import Settings
-from engine.store import Store
 from mcp_server import daemon as daemon_mod
-from runtimes import harness
-from runtimes.docker_backend import DockerBackend
+from runtimes.wiring import docker_engine
 
 SMALL = "agentdock-small:latest"
 FULL = "agentdock-full:latest"
@@ -60,27 +55,11 @@ def owned_containers(home: Path) -> list[docker.models.containers.Container]:
     return docker.from_env().containers.list(all=True, filters={"label": f"agentdock.home={home}"})
 
 
-@dataclass
-class Engine:
-    settings: Settings
-    store: Store
-    backend: DockerBackend
-    devices: DeviceService
-    runs: RunService
-
-
 @pytest.fixture
 async def engine(settings: Settings) -> AsyncIterator[Engine]:
-    """The engine's services on real SQLite and the real Docker engine, supervisors running."""
-    async with Store(settings.db_path) as store:
-        backend = DockerBackend(settings.home)
-        clock = ports.SystemClock()
-        devices = DeviceService(store, backend, clock, settings)
-        runs = RunService(store, backend, devices, harness.get, clock, settings)
-        async with anyio.create_task_group() as tg:
-            await tg.start(runs.serve)
-            yield Engine(settings, store, backend, devices, runs)
-            tg.cancel_scope.cancel()
+    """The engine on real SQLite and the real Docker engine, built by the composition root, running."""
+    async with docker_engine(settings).running() as running:
+        yield running
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from engine import errors, models
+from engine.callers import ROOT
 from tests.conftest import owned_containers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -64,14 +65,14 @@ def fill(value: Any, ids: dict[str, str]) -> Any:
 async def test_bad_run_request_is_refused_with_a_diagnostic_and_creates_nothing(engine, home, raw, fields, hint):
     ids = {}
     if DELETED in raw.values():
-        gone = await engine.devices.create(models.DeviceCreate())
-        await engine.devices.delete(gone.id)
+        gone = await engine.devices.create(ROOT, models.DeviceCreate())
+        await engine.devices.delete(ROOT, gone.id)
         ids[DELETED] = gone.id
     raw = fill(raw, ids)
     containers_before = sorted(c.id for c in owned_containers(home))
 
     with pytest.raises(errors.EngineError) as caught:
-        await engine.runs.create(models.parse(models.RunCreate, raw))
+        await engine.runs.create(ROOT, models.parse(models.RunCreate, raw))
 
     diagnostic = caught.value.diagnostic()
     assert diagnostic.evidence.get("field") in fields, diagnostic

@@ -12,6 +12,7 @@ import docker.errors
 import pytest
 
 from engine import errors, models
+from engine.callers import ROOT
 from tests.conftest import SMALL, owned_containers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -34,7 +35,7 @@ def volumes_of(home: Path) -> list[str]:
 
 async def finish(engine: Any, run_id: str, timeout: float = 30) -> models.Run:
     with anyio.fail_after(timeout):
-        run = await engine.runs.wait(run_id, timeout + 5)
+        run = await engine.runs.wait(ROOT, run_id, timeout + 5)
     assert run.status.terminal, run
     return run
 
@@ -43,7 +44,7 @@ async def finish(engine: Any, run_id: str, timeout: float = 30) -> models.Run:
 
 
 async def test_sandbox_container_has_every_security_default_and_the_default_sandbox_size(engine, home):
-    device = await engine.devices.create(models.DeviceCreate(name="secure"))
+    device = await engine.devices.create(ROOT, models.DeviceCreate(name="secure"))
     info = inspect(device.id)
     host = info["HostConfig"]
 
@@ -70,7 +71,7 @@ async def test_sandbox_container_has_every_security_default_and_the_default_sand
     # The main process runs as a user no run shares (so no run can stop the sandbox); runs as the image's user.
     assert info["Config"]["User"] == "65534:65534"
     assert exec_in(device.id, "id", "-u") == (0, "65534\n")
-    run = await engine.runs.create(models.RunCreate(prompt="who", command="id -u", sandbox_id=device.id))
+    run = await engine.runs.create(ROOT, models.RunCreate(prompt="who", command="id -u", sandbox_id=device.id))
     assert (await finish(engine, run.id)).output == "1000\n"
 
     labels = info["Config"]["Labels"]
@@ -82,13 +83,13 @@ async def test_sandbox_container_has_every_security_default_and_the_default_sand
 
 
 async def test_network_true_gives_the_device_a_bridge_network(engine):
-    device = await engine.devices.create(models.DeviceCreate(network=True))
+    device = await engine.devices.create(ROOT, models.DeviceCreate(network=True))
     assert inspect(device.id)["HostConfig"]["NetworkMode"] == "bridge"
     assert device.network is True
 
 
 async def test_requested_cpus_memory_and_pids_limit_are_applied_to_the_container(engine):
-    device = await engine.devices.create(models.DeviceCreate(cpus=0.5, memory_mb=64, pids_limit=32))
+    device = await engine.devices.create(ROOT, models.DeviceCreate(cpus=0.5, memory_mb=64, pids_limit=32))
     host = inspect(device.id)["HostConfig"]
     assert host["NanoCpus"] == 500_000_000
     assert host["Memory"] == 64 * MiB
@@ -100,7 +101,7 @@ async def test_requested_cpus_memory_and_pids_limit_are_applied_to_the_container
 async def test_pids_limit_stops_a_process_from_forking_past_it(engine):
     """Forked through `docker exec` rather than a run: a run's own wrapper shares the pid budget, so
     exhausting it from a run would make the wrapper's forks fail at random."""
-    device = await engine.devices.create(models.DeviceCreate(pids_limit=16))
+    device = await engine.devices.create(ROOT, models.DeviceCreate(pids_limit=16))
     script = (
         "( for i in $(seq 40); do sleep 60 & echo $! >>/tmp/pids; done ) 2>/tmp/err; "
         "n=0; while read p; do kill $p; n=$((n+1)); done </tmp/pids; echo started=$n; cat /tmp/err"
@@ -116,7 +117,7 @@ async def test_pids_limit_stops_a_process_from_forking_past_it(engine):
 
 
 async def test_computer_gets_larger_defaults_and_a_workspace_volume_removed_with_it(engine, home):
-    device = await engine.devices.create(models.DeviceCreate(kind=models.TargetKind.computer))
+    device = await engine.devices.create(ROOT, models.DeviceCreate(kind=models.TargetKind.computer))
     assert device.id.startswith("cmp_")
     assert (device.kind, device.cpus, device.memory_mb, device.pids_limit) == ("computer", 2.0, 2048, 1024)
     info = inspect(device.id)
@@ -129,12 +130,12 @@ async def test_computer_gets_larger_defaults_and_a_workspace_volume_removed_with
     assert volume in volumes_of(home)
 
     # the volume is usable by the image's non-root user
-    run = await engine.runs.create(models.RunCreate(computer_id=device.id, prompt="p",
+    run = await engine.runs.create(ROOT, models.RunCreate(computer_id=device.id, prompt="p",
                                                     command="echo kept >/workspace/f && cat /workspace/f"))
     run = await finish(engine, run.id)
     assert (run.status, run.output, run.target_kind) == ("succeeded", "kept\n", "computer")
 
-    await engine.devices.delete(device.id)
+    await engine.devices.delete(ROOT, device.id)
     with pytest.raises(docker.errors.NotFound):
         docker.from_env().volumes.get(volume)
     assert owned_containers(home) == []
@@ -144,18 +145,18 @@ async def test_computer_gets_larger_defaults_and_a_workspace_volume_removed_with
 
 
 async def test_get_and_list_report_stopped_then_missing_as_the_container_changes(engine):
-    device = await engine.devices.create(models.DeviceCreate())
-    other = await engine.devices.create(models.DeviceCreate())
+    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    other = await engine.devices.create(ROOT, models.DeviceCreate())
     container = docker.from_env().containers.get(f"agentdock-{device.id}")
 
     container.stop(timeout=5)
-    assert (await engine.devices.get(device.id)).status is models.DeviceStatus.stopped
-    listed = {d.id: d.status for d in (await engine.devices.list()).data}
+    assert (await engine.devices.get(ROOT, device.id)).status is models.DeviceStatus.stopped
+    listed = {d.id: d.status for d in (await engine.devices.list(ROOT)).data}
     assert listed == {device.id: models.DeviceStatus.stopped, other.id: models.DeviceStatus.running}
 
     container.remove(force=True)
-    assert (await engine.devices.get(device.id)).status is models.DeviceStatus.missing
-    listed = {d.id: d.status for d in (await engine.devices.list()).data}
+    assert (await engine.devices.get(ROOT, device.id)).status is models.DeviceStatus.missing
+    listed = {d.id: d.status for d in (await engine.devices.list(ROOT)).data}
     assert listed == {device.id: models.DeviceStatus.missing, other.id: models.DeviceStatus.running}
 
 
@@ -163,39 +164,39 @@ async def test_get_and_list_report_stopped_then_missing_as_the_container_changes
 
 
 async def test_delete_removes_the_container_and_the_row(engine, home):
-    device = await engine.devices.create(models.DeviceCreate())
-    keep = await engine.devices.create(models.DeviceCreate())
+    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    keep = await engine.devices.create(ROOT, models.DeviceCreate())
 
-    deleted = await engine.devices.delete(device.id)
+    deleted = await engine.devices.delete(ROOT, device.id)
 
     assert deleted.id == device.id
     with pytest.raises(errors.NotFound):
-        await engine.devices.get(device.id)
+        await engine.devices.get(ROOT, device.id)
     with pytest.raises(docker.errors.NotFound):
         docker.from_env().containers.get(f"agentdock-{device.id}")
-    assert [d.id for d in (await engine.devices.list()).data] == [keep.id]
+    assert [d.id for d in (await engine.devices.list(ROOT)).data] == [keep.id]
     assert [c.labels["agentdock.device_id"] for c in owned_containers(home)] == [keep.id]
 
 
 async def test_delete_while_a_run_is_active_is_refused_and_changes_nothing(engine, home):
-    device = await engine.devices.create(models.DeviceCreate())
-    run = await engine.runs.create(models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
+    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
 
     with pytest.raises(errors.Conflict) as caught:
-        await engine.devices.delete(device.id)
+        await engine.devices.delete(ROOT, device.id)
 
     assert run.id in caught.value.diagnostic().evidence["active_runs"]
     assert "cancel" in caught.value.message
-    still = await engine.devices.get(device.id)
+    still = await engine.devices.get(ROOT, device.id)
     assert still.status is models.DeviceStatus.running
     assert [c.labels["agentdock.device_id"] for c in owned_containers(home)] == [device.id]
-    assert not (await engine.runs.get(run.id)).status.terminal
+    assert not (await engine.runs.get(ROOT, run.id)).status.terminal
 
-    canceled = await engine.runs.cancel(run.id)
+    canceled = await engine.runs.cancel(ROOT, run.id)
     assert canceled.status is models.RunStatus.canceled
-    await engine.devices.delete(device.id)  # allowed once nothing runs there
+    await engine.devices.delete(ROOT, device.id)  # allowed once nothing runs there
     with pytest.raises(errors.NotFound):
-        await engine.devices.get(device.id)
+        await engine.devices.get(ROOT, device.id)
 
 
 # ---------------------------------------------------------------- bad image
@@ -206,12 +207,12 @@ async def test_creating_with_a_missing_image_names_image_and_leaves_nothing(engi
     missing = f"agentdock-no-such-image-{secrets.token_hex(4)}:latest"
 
     with pytest.raises(errors.InvalidInput) as caught:
-        await engine.devices.create(models.DeviceCreate(kind=kind, image=missing))
+        await engine.devices.create(ROOT, models.DeviceCreate(kind=kind, image=missing))
 
     assert caught.value.diagnostic().evidence["field"] == "image"
     assert "build" in caught.value.message or caught.value.suggested_command
     assert await engine.store.devices(include_ephemeral=True) == []
-    assert (await engine.devices.list()).data == []
+    assert (await engine.devices.list(ROOT)).data == []
     assert owned_containers(home) == []
     assert volumes_of(home) == []
 
@@ -221,7 +222,7 @@ async def test_creating_with_a_missing_image_names_image_and_leaves_nothing(engi
 
 async def test_reconcile_removes_a_labelled_container_without_a_row_and_spares_other_homes(engine, home):
     client = docker.from_env()
-    kept = await engine.devices.create(models.DeviceCreate())
+    kept = await engine.devices.create(ROOT, models.DeviceCreate())
     orphan_id = f"sbx_x{secrets.token_hex(6)}"
     foreign_id = f"sbx_x{secrets.token_hex(6)}"
     other_home = f"/tmp/ad-other-{secrets.token_hex(4)}"
@@ -241,6 +242,6 @@ async def test_reconcile_removes_a_labelled_container_without_a_row_and_spares_o
         with pytest.raises(docker.errors.NotFound):
             client.containers.get(orphan.id)
         assert client.containers.get(foreign.id).labels["agentdock.home"] == other_home
-        assert (await engine.devices.get(kept.id)).status is models.DeviceStatus.running
+        assert (await engine.devices.get(ROOT, kept.id)).status is models.DeviceStatus.running
     finally:
         foreign.remove(force=True)

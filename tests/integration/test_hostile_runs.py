@@ -17,12 +17,11 @@ import httpx
 import pytest
 
 from engine import models, ports
-from engine.devices import DeviceService
-from engine.runs import RunService
-from engine.store import Store
+from engine.callers import ROOT
 from mcp_server import daemon as daemon_mod
 from runtimes import harness, procs
 from runtimes.docker_backend import RUNS_DIR, DockerBackend, _wrapper_command
+from runtimes.wiring import docker_engine
 from tests.conftest import FULL, Daemon, Engine, owned_containers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -33,13 +32,13 @@ MEMORY_BOMB = 'x=aaaaaaaaaaaaaaaa; while :; do x="$x$x"; done'
 
 async def finish(engine: Engine, run_id: str, timeout: float = 60) -> models.Run:
     with anyio.fail_after(timeout):
-        run = await engine.runs.wait(run_id, timeout + 5)
+        run = await engine.runs.wait(ROOT, run_id, timeout + 5)
     assert run.status.terminal, run
     return run
 
 
 async def run_in(engine: Engine, device_id: str, command: str, **kw: Any) -> models.Run:
-    run = await engine.runs.create(models.RunCreate(sandbox_id=device_id, prompt="p", command=command, **kw))
+    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device_id, prompt="p", command=command, **kw))
     return await finish(engine, run.id)
 
 
@@ -65,7 +64,7 @@ async def eventually(check: Callable[[], bool], timeout: float = 20) -> None:
 
 
 async def test_fork_bomb_ends_pids_exhausted_with_every_process_killed_and_the_next_run_succeeds(engine):
-    device = await engine.devices.create(models.DeviceCreate(pids_limit=64))
+    device = await engine.devices.create(ROOT, models.DeviceCreate(pids_limit=64))
     baseline = pids_in(device.id)
 
     run = await run_in(engine, device.id, FORK_BOMB, timeout=120)
@@ -75,11 +74,11 @@ async def test_fork_bomb_ends_pids_exhausted_with_every_process_killed_and_the_n
     assert pids_in(device.id) <= baseline  # nothing of the bomb is left
     after = await run_in(engine, device.id, "echo still here")
     assert (after.status, after.output) == ("succeeded", "still here\n")
-    assert (await engine.devices.get(device.id)).status is models.DeviceStatus.running
+    assert (await engine.devices.get(ROOT, device.id)).status is models.DeviceStatus.running
 
 
 async def test_processes_a_run_leaves_behind_are_killed_when_it_ends(engine):
-    device = await engine.devices.create(models.DeviceCreate())
+    device = await engine.devices.create(ROOT, models.DeviceCreate())
     baseline = pids_in(device.id)
 
     run = await run_in(engine, device.id, "sleep 1000 & setsid sleep 1001 & echo left")
@@ -92,21 +91,21 @@ async def test_processes_a_run_leaves_behind_are_killed_when_it_ends(engine):
 
 
 async def test_a_run_cannot_stop_its_sandbox_by_signalling_init(engine):
-    device = await engine.devices.create(models.DeviceCreate())
+    device = await engine.devices.create(ROOT, models.DeviceCreate())
     await run_in(engine, device.id, "echo kept > /workspace/mark")
 
     run = await run_in(engine, device.id, "kill -TERM 1; kill -KILL 1; kill -TERM -1; kill -USR1 1; sleep 0.5")
 
     assert run.status == "failed" and run.failure_kind in ("nonzero_exit", "process_lost"), run
-    assert (await engine.devices.get(device.id)).status is models.DeviceStatus.running
+    assert (await engine.devices.get(ROOT, device.id)).status is models.DeviceStatus.running
     after = await run_in(engine, device.id, "cat /workspace/mark")
     assert (after.status, after.output) == ("succeeded", "kept\n")
 
 
 async def test_a_run_whose_sandbox_stops_under_it_ends_sandbox_lost_and_the_next_run_starts_it_again(engine):
-    device = await engine.devices.create(models.DeviceCreate())
+    device = await engine.devices.create(ROOT, models.DeviceCreate())
     await run_in(engine, device.id, "echo kept > /workspace/mark")
-    run = await engine.runs.create(models.RunCreate(sandbox_id=device.id, prompt="p",
+    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p",
                                                     command="echo started; sleep 1000"))
     await eventually(lambda: container(device.id).exec_run(["test", "-s", f"{RUNS_DIR}/{run.id}/pid"]).exit_code == 0)
 
@@ -114,10 +113,10 @@ async def test_a_run_whose_sandbox_stops_under_it_ends_sandbox_lost_and_the_next
 
     run = await finish(engine, run.id)
     assert (run.status, run.failure_kind) == ("failed", "sandbox_lost"), run
-    assert (await engine.devices.get(device.id)).status is models.DeviceStatus.stopped
+    assert (await engine.devices.get(ROOT, device.id)).status is models.DeviceStatus.stopped
     after = await run_in(engine, device.id, "cat /workspace/mark")
     assert (after.status, after.output) == ("succeeded", "kept\n")
-    assert (await engine.devices.get(device.id)).status is models.DeviceStatus.running
+    assert (await engine.devices.get(ROOT, device.id)).status is models.DeviceStatus.running
 
 
 # ---------------------------------------------------------------- output without end
@@ -129,8 +128,8 @@ def settings(settings):
 
 
 async def test_output_without_end_keeps_only_the_cap_inside_the_sandbox_and_the_files_go_once_settled(engine):
-    device = await engine.devices.create(models.DeviceCreate())
-    run = await engine.runs.create(models.RunCreate(
+    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    run = await engine.runs.create(ROOT, models.RunCreate(
         sandbox_id=device.id, prompt="p",
         command="head -c 20000000 /dev/zero | tr '\\0' a; head -c 5000000 /dev/zero >&2; echo printed > /workspace/done; "
                 "sleep 1000"))
@@ -141,7 +140,7 @@ async def test_output_without_end_keeps_only_the_cap_inside_the_sandbox_and_the_
     kept_out, kept_err = (int(n) for n in sizes.output.split())
     assert kept_out == kept_err == 65_537  # the cap, and one byte to know it was cut
 
-    run = await engine.runs.cancel(run.id)
+    run = await engine.runs.cancel(ROOT, run.id)
     assert run.output_truncated and len(run.output) == 65_536 and run.stderr_truncated
     await eventually(lambda: container(device.id).exec_run(["test", "-e", f"{RUNS_DIR}/{run.id}"]).exit_code != 0)
 
@@ -150,13 +149,13 @@ async def test_output_without_end_keeps_only_the_cap_inside_the_sandbox_and_the_
 
 
 async def test_artifact_export_refuses_what_the_run_cannot_read_even_through_a_symlinked_directory(engine):
-    device = await engine.devices.create(models.DeviceCreate(image=FULL))
+    device = await engine.devices.create(ROOT, models.DeviceCreate(image=FULL))
     run = await run_in(engine, device.id, "ln -s /etc /workspace/etclink; echo mine > /workspace/mine.txt",
                        metadata={"artifact_paths": ["/workspace/etclink/shadow", "/workspace/etclink/hostname",
                                                     "/workspace/mine.txt", "/workspace/etclink"]})
 
     assert run.status == "succeeded", run
-    events = {e.payload["path"]: e.payload for e in (await engine.runs.events(run.id, models.EventsQuery())).data
+    events = {e.payload["path"]: e.payload for e in (await engine.runs.events(ROOT, run.id, models.EventsQuery())).data
               if e.type == "artifact_exported"}
     shadow = events["/workspace/etclink/shadow"]
     assert shadow["ok"] is False and shadow["error"] == "permission_denied"
@@ -164,22 +163,22 @@ async def test_artifact_export_refuses_what_the_run_cannot_read_even_through_a_s
     assert events["/workspace/etclink"]["ok"] is False and events["/workspace/etclink"]["error"] == "invalid_input"
     assert events["/workspace/etclink/hostname"]["ok"] is True  # the run may read it, so it may export it
     assert events["/workspace/mine.txt"]["ok"] is True
-    exported = {a.path for a in (await engine.runs.artifacts(run.id)).data}
+    exported = {a.path for a in (await engine.runs.artifacts(ROOT, run.id)).data}
     assert exported == {"/workspace/etclink/hostname", "/workspace/mine.txt"}
     for stored in engine.settings.artifacts_dir.rglob("*"):
         assert not stored.is_file() or b"root:" not in stored.read_bytes()
 
 
 async def test_a_run_that_plants_a_link_where_its_artifacts_are_copied_exports_nothing_it_could_not_read(engine):
-    device = await engine.devices.create(models.DeviceCreate(image=FULL))
+    device = await engine.devices.create(ROOT, models.DeviceCreate(image=FULL))
     plant = ('mkdir -p "$AGENTDOCK_RUN_DIR/artifacts" && ln -s /etc/shadow "$AGENTDOCK_RUN_DIR/artifacts/0" && '
              'ln -s /etc/shadow "$AGENTDOCK_RUN_DIR/exit"; echo > /workspace/a.txt')
     run = await run_in(engine, device.id, plant, metadata={"artifact_paths": ["/workspace/a.txt"]})
 
-    events = [e.payload for e in (await engine.runs.events(run.id, models.EventsQuery())).data
+    events = [e.payload for e in (await engine.runs.events(ROOT, run.id, models.EventsQuery())).data
               if e.type == "artifact_exported"]
     assert [(e["path"], e["ok"]) for e in events] == [("/workspace/a.txt", False)]
-    assert (await engine.runs.artifacts(run.id)).data == []
+    assert (await engine.runs.artifacts(ROOT, run.id)).data == []
 
 
 # ---------------------------------------------------------------- a crash between create and start
@@ -202,29 +201,19 @@ class CrashAfterCreate(DockerBackend):
 
 
 async def test_an_ephemeral_run_whose_container_was_created_but_never_started_runs_once_after_a_restart(settings):
-    async with Store(settings.db_path) as store:
-        created = anyio.Event()
-        clock = ports.SystemClock()
-        crashing = CrashAfterCreate(settings.home, created)
-        runs = RunService(store, crashing, DeviceService(store, crashing, clock, settings), harness.get, clock,
-                          settings)
-        async with anyio.create_task_group() as tg:
-            await tg.start(runs.serve)
-            run = await runs.create(models.RunCreate(prompt="p", command="echo once"))
-            with anyio.fail_after(30):
-                await created.wait()
-            tg.cancel_scope.cancel()  # the daemon dies here
-        [state] = owned_containers(settings.home)
-        assert state.status == "created"
+    created = anyio.Event()
+    crashing = Engine(settings, backend=CrashAfterCreate(settings.home, created), harnesses=harness.get)
+    async with crashing.running():
+        run = await crashing.runs.create(ROOT, models.RunCreate(prompt="p", command="echo once"))
+        with anyio.fail_after(30):
+            await created.wait()
+    # the daemon died here, between creating the container and starting it
+    [state] = owned_containers(settings.home)
+    assert state.status == "created"
 
-        backend = DockerBackend(settings.home)
-        runs = RunService(store, backend, DeviceService(store, backend, clock, settings), harness.get, clock,
-                          settings)
-        async with anyio.create_task_group() as tg:
-            await tg.start(runs.serve)
-            with anyio.fail_after(60):
-                run = await runs.wait(run.id, 60)
-            tg.cancel_scope.cancel()
+    async with docker_engine(settings).running() as engine:
+        with anyio.fail_after(60):
+            run = await engine.runs.wait(ROOT, run.id, 60)
     assert (run.status, run.output, run.failure_kind) == ("succeeded", "once\n", None), run
     assert owned_containers(settings.home) == []
 
@@ -283,9 +272,9 @@ async def test_a_device_whose_container_does_not_stay_up_is_not_kept_and_says_wh
                                                   tag=image.split(":")[1])
     try:
         with pytest.raises(Exception) as caught:
-            await engine.devices.create(models.DeviceCreate(image=image))
+            await engine.devices.create(ROOT, models.DeviceCreate(image=image))
         assert getattr(caught.value, "code", None) in ("invalid_input", "sandbox_unavailable"), caught.value
-        assert (await engine.devices.list()).data == []
+        assert (await engine.devices.list(ROOT)).data == []
         assert owned_containers(home) == []
     finally:
         docker.from_env().images.remove(image, force=True)
@@ -320,35 +309,29 @@ async def test_ten_ephemeral_runs_acknowledged_just_before_a_kill_9_each_run_exa
 
 
 async def test_one_idempotency_key_with_sandbox_id_or_target_id_is_one_run(engine):
-    device = await engine.devices.create(models.DeviceCreate())
-    first = await engine.runs.create(models.RunCreate(sandbox_id=device.id, prompt="p", command="true",
+    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    first = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="true",
                                                       idempotency_key="same-request"))
-    again = await engine.runs.create(models.RunCreate(target_id=device.id, prompt="p", command="true",
+    again = await engine.runs.create(ROOT, models.RunCreate(target_id=device.id, prompt="p", command="true",
                                                       idempotency_key="same-request"))
     assert again.id == first.id
 
 
 async def test_a_sandbox_left_frozen_by_a_crash_mid_sweep_is_thawed_when_the_daemon_starts(settings):
-    async with Store(settings.db_path) as store:
-        backend = DockerBackend(settings.home)
-        clock = ports.SystemClock()
-        devices = DeviceService(store, backend, clock, settings)
-        device = await devices.create(models.DeviceCreate())
-        container(device.id).pause()
+    async with docker_engine(settings).running() as engine:
+        device = await engine.devices.create(ROOT, models.DeviceCreate())
+    container(device.id).pause()
 
-        runs = RunService(store, backend, devices, harness.get, clock, settings)
-        async with anyio.create_task_group() as tg:
-            await tg.start(runs.serve)
-            assert docker.from_env().api.inspect_container(f"agentdock-{device.id}")["State"]["Paused"] is False
-            run = await runs.create(models.RunCreate(sandbox_id=device.id, prompt="p", command="echo thawed"))
-            with anyio.fail_after(30):
-                run = await runs.wait(run.id, 30)
-            tg.cancel_scope.cancel()
+    async with docker_engine(settings).running() as engine:
+        assert docker.from_env().api.inspect_container(f"agentdock-{device.id}")["State"]["Paused"] is False
+        run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="echo thawed"))
+        with anyio.fail_after(30):
+            run = await engine.runs.wait(ROOT, run.id, 30)
     assert run.output == "thawed\n"
 
 
 async def test_a_run_that_removes_its_own_run_files_still_ends_at_its_timeout(engine):
-    device = await engine.devices.create(models.DeviceCreate())
+    device = await engine.devices.create(ROOT, models.DeviceCreate())
 
     run = await run_in(engine, device.id, 'rm -rf "$AGENTDOCK_RUN_DIR"; sleep 1000', timeout=2)
 

@@ -4,15 +4,15 @@ the service down."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import pytest
 
 from engine import errors, models, ports
-from engine.devices import DeviceService
-from engine.runs import RunService
+from engine.app import Engine
 from engine.settings import Settings
-from engine.store import Store
+from engine.callers import ROOT
 from runtimes import harness
 from runtimes.fake import FakeBackend
 
@@ -38,40 +38,35 @@ class BrokenFollower(FakeBackend):
         await super().remove(device_id)
 
 
-async def run_once(tmp_path, backend: FakeBackend) -> tuple[models.Run, list[str], Store]:
+async def run_once(tmp_path, backend: FakeBackend) -> tuple[models.Run, list[str], dict[str, Any] | None]:
     settings = Settings(home=tmp_path, image="fake:latest", cancel_grace_seconds=0.02)
-    store = Store(settings.db_path)
-    await store.open()
-    devices = DeviceService(store, backend, ports.SystemClock(), settings)
-    runs = RunService(store, backend, devices, harness.get, ports.SystemClock(), settings)
-    async with anyio.create_task_group() as tg:
-        await tg.start(runs.serve)
-        run = await runs.create(models.RunCreate(prompt="p", command="out=x"))
+    engine = Engine(settings, backend=backend, harnesses=harness.get)
+    async with engine.running():
+        runs, store = engine.runs, engine.store
+        run = await runs.create(ROOT, models.RunCreate(prompt="p", command="out=x"))
         with anyio.fail_after(10):
-            run = await runs.wait(run.id, 10)
+            run = await runs.wait(ROOT, run.id, 10)
         # the service is still up: it takes and finishes another run
-        ok = await runs.create(models.RunCreate(prompt="p", command="out=x", sandbox_id=None))
+        ok = await runs.create(ROOT, models.RunCreate(prompt="p", command="out=x", sandbox_id=None))
         with anyio.fail_after(10):
-            await runs.wait(ok.id, 10)
+            await runs.wait(ROOT, ok.id, 10)
         events = [e["type"] for e in await store.events(run.id, 0, 100)]
-        tg.cancel_scope.cancel()
-    return run, events, store
+        device = await store.device(run.target_id)
+    return run, events, device
 
 
 async def test_an_ephemeral_run_whose_follower_fails_ends_sandbox_lost_and_leaves_no_sandbox(tmp_path):
     backend = BrokenFollower()
-    run, events, store = await run_once(tmp_path, backend)
+    run, events, device = await run_once(tmp_path, backend)
     assert (run.status, run.failure_kind) == ("failed", "sandbox_lost")
     assert events.count("run_finished") == 1 and events[-1] == "run_finished"
     assert run.target_id not in backend.devices
-    assert await store.device(run.target_id) is None
-    await store.close()
+    assert device is None
 
 
 async def test_a_failure_to_remove_the_sandbox_does_not_take_the_service_down(tmp_path):
     backend = BrokenFollower(removal_fails=True)
-    run, events, store = await run_once(tmp_path, backend)
+    run, events, device = await run_once(tmp_path, backend)
     assert (run.status, run.failure_kind) == ("failed", "sandbox_lost")
     assert events.count("run_finished") == 1
     assert run.target_id in backend.devices  # left for the reconciler on the next start
-    await store.close()

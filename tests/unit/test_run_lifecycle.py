@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine import errors, models, ports
-from engine.devices import DeviceService
+from engine import errors, models
+from engine.app import Engine
+from engine.callers import ROOT
 from engine.runs import RunService
 from engine.settings import Settings
 from engine.store import Store
@@ -41,21 +42,28 @@ class RunLifecycle(RuleBasedStateMachine):
                                  flush_interval_seconds=0.01)
         self.portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
         self.portal = self.portal_cm.__enter__()
-        self.store = Store(self.settings.db_path)
-        self.portal.call(self.store.open)
         self.backend = FakeBackend()
-        self.devices = DeviceService(self.store, self.backend, ports.SystemClock(), self.settings)
-        self.device = self.portal.call(self.devices.create, models.DeviceCreate())
-        self.service: RunService | None = None
+        self.engine: Engine | None = None
         self.serving: concurrent.futures.Future[Any] | None = None
         self.seen_terminal: dict[str, str] = {}
         self.kinds: dict[str, str] = {}
         self.start_service()
+        self.device = self.portal.call(self.engine.devices.create, ROOT, models.DeviceCreate())  # type: ignore[union-attr]
 
     def start_service(self) -> None:
-        self.service = RunService(self.store, self.backend, self.devices, harness.get, ports.SystemClock(),
-                                  self.settings)
-        self.serving, _ = self.portal.start_task(self.service.serve)
+        """A new engine on the same database and backend: what a daemon restart is."""
+        self.engine = Engine(self.settings, backend=self.backend, harnesses=harness.get)
+        self.serving, _ = self.portal.start_task(self.engine.serve)
+
+    @property
+    def store(self) -> Store:
+        assert self.engine is not None
+        return self.engine.store
+
+    @property
+    def service(self) -> RunService:
+        assert self.engine is not None
+        return self.engine.runs
 
     @precondition(lambda self: self.kinds)
     @rule()
@@ -70,7 +78,7 @@ class RunLifecycle(RuleBasedStateMachine):
     def create(self, kind: str, ephemeral: bool) -> str:
         req = models.RunCreate(prompt="p", command=SCRIPTS[kind][0],
                                sandbox_id=None if ephemeral else self.device.id)
-        run = self.portal.call(self.service.create, req)  # type: ignore[union-attr]
+        run = self.portal.call(self.service.create, ROOT, req)  # type: ignore[union-attr]
         self.kinds[run.id] = kind
         return run.id
 
@@ -83,7 +91,7 @@ class RunLifecycle(RuleBasedStateMachine):
     def cancel(self, run_id: str) -> None:
         before = self.portal.call(self.store.run, run_id)
         try:
-            run = self.portal.call(self.service.cancel, run_id)  # type: ignore[union-attr]
+            run = self.portal.call(self.service.cancel, ROOT, run_id)  # type: ignore[union-attr]
         except errors.InvalidTransition:
             assert before["status"] in ("succeeded", "failed") or self.status(run_id) in ("succeeded", "failed")
             return
@@ -97,7 +105,7 @@ class RunLifecycle(RuleBasedStateMachine):
             if kind == "block":
                 self.portal.call(self.backend.end, run_id, 0)
         for run_id in self.kinds:
-            run = self.portal.call(self.service.wait, run_id, 10)  # type: ignore[union-attr]
+            run = self.portal.call(self.service.wait, ROOT, run_id, 10)  # type: ignore[union-attr]
             assert run.status in TERMINAL, run
 
     def snapshot(self, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -147,7 +155,6 @@ class RunLifecycle(RuleBasedStateMachine):
             if self.serving is not None:
                 self.serving.cancel()
                 concurrent.futures.wait([self.serving])
-            self.portal.call(self.store.close)
             self.portal_cm.__exit__(None, None, None)
             shutil.rmtree(self.home, ignore_errors=True)
 

@@ -25,7 +25,7 @@ def run_row(run_id: str, **kw):
     row = {"id": run_id, "target_kind": "sandbox", "target_id": "sbx_1", "provider": "custom", "prompt": "p",
            "command": "true", "model": None, "cwd": "/workspace", "timeout": 60, "metadata": {}, "env": {},
            "status": "queued", "ephemeral": False, "idempotency_key": None, "request_hash": "h",
-           "created_at": NOW, "updated_at": NOW}
+           "created_at": NOW, "updated_at": NOW, "created_by": "ses_root"}
     return {**row, **kw}
 
 
@@ -98,13 +98,16 @@ async def test_a_cancelled_writer_still_commits_what_it_began(store):
     assert (await store.run("run_c"))["id"] == "run_c"
 
 
-async def test_an_idempotency_key_can_hold_only_one_run(store):
+async def test_an_idempotency_key_holds_one_run_per_caller_and_each_caller_has_its_own(store):
     async with store.write(NOW) as tx:
         await tx.insert_run(run_row("run_1", idempotency_key="k"))
     with pytest.raises(Exception, match="UNIQUE"):
         async with store.write(NOW) as tx:
             await tx.insert_run(run_row("run_2", idempotency_key="k"))
-    assert (await store.run_by_idempotency_key("k"))["id"] == "run_1"
+    async with store.write(NOW) as tx:
+        await tx.insert_run(run_row("run_3", idempotency_key="k", created_by="ses_other"))
+    assert (await store.run_by_idempotency_key("ses_root", "k"))["id"] == "run_1"
+    assert (await store.run_by_idempotency_key("ses_other", "k"))["id"] == "run_3"
 
 
 async def test_run_list_pages_newest_first_without_repeats(store):
@@ -138,3 +141,26 @@ async def test_a_read_right_after_a_write_sees_it_while_other_reads_run(store):
                 await tx.insert_run(run_row(f"run_{i}"))
             assert await store.run(f"run_{i}") is not None, f"run_{i} was committed but not read back"
         stop.set()
+
+
+async def test_migrating_a_version_1_database_keeps_its_runs_and_events_and_scopes_their_keys(tmp_path):
+    import aiosqlite
+
+    path = tmp_path / "old.sqlite"
+    (version, script), *_ = migrations()
+    async with aiosqlite.connect(path) as db:
+        await db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
+        await db.execute("INSERT INTO agent_runs (id, target_kind, target_id, provider, prompt, cwd, timeout, status, "
+                         "idempotency_key, created_at, updated_at) VALUES ('run_old', 'sandbox', 'sbx_1', 'custom', "
+                         "'p', '/workspace', 60, 'succeeded', 'k', 'x', 'x')")
+        await db.execute("INSERT INTO run_events (id, run_id, sequence, type, created_at) "
+                         "VALUES ('ev_1', 'run_old', 1, 'run_queued', 'x')")
+        await db.commit()
+
+    async with Store(path) as s:
+        row = await s.run("run_old")
+        assert (row["status"], row["created_by"]) == ("succeeded", "ses_root")
+        assert [e["type"] for e in await s.events("run_old", 0, 10)] == ["run_queued"]
+        assert (await s.run_by_idempotency_key("ses_root", "k"))["id"] == "run_old"
+        fks = await s._writer.execute_fetchall("PRAGMA foreign_keys")
+        assert list(fks)[0][0] == 1

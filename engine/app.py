@@ -1,0 +1,47 @@
+"""The composition root: one place builds the engine from settings, a sandbox backend, the runtime
+harnesses and a clock, and runs its background services in one task group. The daemon, the
+tests, the demo and the benchmarks all build it here; swap the backend, keep the rest."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+import anyio.abc
+
+from engine.devices import DeviceService
+from engine.ports import Clock, Harness, SandboxBackend, SystemClock
+from engine.runs import RunService
+from engine.settings import Settings
+from engine.store import Store
+
+
+class Engine:
+    """The services over one store and one backend. Use `async with engine.running():`."""
+
+    def __init__(self, settings: Settings, *, backend: SandboxBackend, harnesses: Callable[[str], Harness],
+                 clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.clock = clock or SystemClock()
+        self.store = Store(settings.db_path)
+        self.devices = DeviceService(self.store, backend, self.clock, settings)
+        self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings)
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:
+        """`running()` as a task: ready once every service is, then until cancelled."""
+        async with self.running():
+            task_status.started(self)
+            await anyio.sleep_forever()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Engine]:
+        """Open the store, reconcile, start every background service (each reports ready before the
+        next starts), and stop them all on the way out."""
+        async with self.store, anyio.create_task_group() as tg:
+            await tg.start(self.runs.serve)
+            try:
+                yield self
+            finally:
+                tg.cancel_scope.cancel()

@@ -1,0 +1,42 @@
+"""Who is asking. Every service method takes the caller first and checks, in the service, what it
+may do; the surfaces only say who the caller is (`control.sock` and `agentdock serve`: the root
+session, the local user)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from engine import errors
+
+TOOLSETS = ("devices", "runs", "groups", "agent", "soul", "channels", "tasks", "profiles")
+"""The areas a permission policy names."""
+
+
+class Caller(BaseModel):
+    """A session and what it may touch."""
+
+    model_config = ConfigDict(frozen=True)
+
+    session_id: str
+    toolsets: frozenset[str] | None = None
+    """The areas this caller may use; None for the root session, which may use all."""
+
+    @property
+    def is_root(self) -> bool:
+        return self.toolsets is None
+
+    def require(self, toolset: str) -> None:
+        """Refuse, naming the area, unless this caller may use `toolset`."""
+        if self.toolsets is not None and toolset not in self.toolsets:
+            raise errors.PermissionDenied(
+                f"session {self.session_id} may not use {toolset}; its permissions name "
+                f"{', '.join(sorted(self.toolsets)) or 'nothing'}",
+                evidence={"toolset": toolset, "session_id": self.session_id})
+
+    def sees(self, created_by: str) -> bool:
+        """Whether a record created by `created_by` is visible to this caller."""
+        return self.is_root or created_by == self.session_id
+
+
+ROOT = Caller(session_id="ses_root")
+"""The local user: `control.sock` and `agentdock serve` act as it."""

@@ -1,0 +1,66 @@
+"""Callers: every service method takes one; a session sees what it created and uses what it may."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from engine import errors, models
+from engine.app import Engine
+from engine.callers import ROOT, Caller
+from engine.settings import Settings
+from runtimes import harness
+from runtimes.fake import FakeBackend
+
+pytestmark = pytest.mark.anyio
+AGENT = Caller(session_id="ses_agent", toolsets=frozenset({"runs", "devices"}))
+OTHER = Caller(session_id="ses_other", toolsets=frozenset({"runs", "devices"}))
+
+
+@pytest.fixture
+async def engine(tmp_path):
+    settings = Settings(home=tmp_path, image="fake:latest", cancel_grace_seconds=0.02)
+    async with Engine(settings, backend=FakeBackend(), harnesses=harness.get).running() as running:
+        yield running
+
+
+async def finished(engine: Engine, caller: Caller, run_id: str) -> models.Run:
+    with anyio.fail_after(10):
+        return await engine.runs.wait(caller, run_id, 10)
+
+
+async def test_records_remember_their_creator_and_a_session_sees_only_its_own(engine):
+    mine = await engine.runs.create(AGENT, models.RunCreate(prompt="p", command="out=x"))
+    theirs = await engine.runs.create(OTHER, models.RunCreate(prompt="p", command="out=y"))
+    await finished(engine, AGENT, mine.id)
+
+    assert [r.id for r in (await engine.runs.list(AGENT, models.RunListQuery())).data] == [mine.id]
+    with pytest.raises(errors.NotFound):
+        await engine.runs.get(AGENT, theirs.id)
+    assert {r.id for r in (await engine.runs.list(ROOT, models.RunListQuery())).data} == {mine.id, theirs.id}
+    row = await engine.store.run(mine.id)
+    assert row["created_by"] == "ses_agent"
+
+
+async def test_idempotency_keys_are_scoped_to_the_caller(engine):
+    req = models.RunCreate(prompt="p", command="out=x", idempotency_key="job-1")
+    a = await engine.runs.create(AGENT, req)
+    again = await engine.runs.create(AGENT, req)
+    b = await engine.runs.create(OTHER, req)
+    assert again.id == a.id
+    assert b.id != a.id
+
+
+async def test_a_caller_without_the_runs_toolset_is_refused_naming_it_and_nothing_is_written(engine):
+    devices_only = Caller(session_id="ses_dev", toolsets=frozenset({"devices"}))
+    with pytest.raises(errors.PermissionDenied) as info:
+        await engine.runs.create(devices_only, models.RunCreate(prompt="p", command="out=x"))
+    assert info.value.evidence["toolset"] == "runs"
+    assert (await engine.runs.list(ROOT, models.RunListQuery())).data == []
+
+
+async def test_a_session_cannot_target_a_device_it_did_not_create(engine):
+    device = await engine.devices.create(OTHER, models.DeviceCreate())
+    with pytest.raises(errors.NotFound):
+        await engine.runs.create(AGENT, models.RunCreate(prompt="p", command="out=x", sandbox_id=device.id))
+    assert [d.id for d in (await engine.devices.list(AGENT)).data] == []
