@@ -10,11 +10,14 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.abc
 
+from engine.admission import Admission
+from engine.clock import SystemClock
 from engine.devices import DeviceService
-from engine.ports import Clock, Harness, SandboxBackend, SystemClock
+from engine.ports import Clock, Harness, SandboxBackend
 from engine.runs import RunService
 from engine.settings import Settings
 from engine.store import Store
+from engine.topics import Topics
 
 
 class Engine:
@@ -25,9 +28,11 @@ class Engine:
         self.settings = settings
         self.backend = backend
         self.clock = clock or SystemClock()
-        self.store = Store(settings.db_path)
+        self.topics = Topics()
+        self.store = Store(settings.db_path, self.topics)
         self.devices = DeviceService(self.store, backend, self.clock, settings)
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings)
+        self.admission = Admission(self.store, self.runs, settings.max_active_runs)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:
         """`running()` as a task: ready once every service is, then until cancelled."""
@@ -41,6 +46,7 @@ class Engine:
         next starts), and stop them all on the way out."""
         async with self.store, anyio.create_task_group() as tg:
             await tg.start(self.runs.serve)
+            await tg.start(self.admission.serve)
             try:
                 yield self
             finally:

@@ -71,22 +71,22 @@ class DeviceService:
         caller.require("devices")
         ids.DEVICE.check(device_id, "sandbox_id")  # the surfaces check it too; this is the last line
         row = await self.store.device(device_id)
-        if row is None or not caller.sees(row["created_by"]):
+        if row is None or not caller.sees(row.created_by):
             raise errors.NotFound("sandbox", device_id)
         state = await self.backend.inspect(device_id)
         status = models.DeviceStatus.missing if state is None else (
             models.DeviceStatus.running if state.running else models.DeviceStatus.stopped)
-        return _device(row, status)
+        return row.record(status)
 
     async def list(self, caller: Caller) -> models.DeviceList:
         caller.require("devices")
         live = {s.device_id: s for s in await self.backend.list_owned()}
         out = []
         for row in await self.store.devices(created_by=None if caller.is_root else caller.session_id):
-            s = live.get(row["id"])
+            s = live.get(row.id)
             status = models.DeviceStatus.missing if s is None else (
                 models.DeviceStatus.running if s.running else models.DeviceStatus.stopped)
-            out.append(_device(row, status))
+            out.append(row.record(status))
         return models.DeviceList(data=out)
 
     async def delete(self, caller: Caller, device_id: str) -> models.Device:
@@ -112,18 +112,9 @@ class DeviceService:
         """Remove labelled containers whose device row is gone or deleted (a crash mid-create or mid-delete).
         Ephemeral containers are the run service's to settle."""
         removed = []
-        rows = {r["id"] for r in await self.store.devices(include_ephemeral=True)}
+        rows = {r.id for r in await self.store.devices(include_ephemeral=True)}
         for state in await self.backend.list_owned():
             if not state.ephemeral and state.device_id not in rows:
                 await self.backend.remove(state.device_id)
                 removed.append(state.device_id)
         return removed
-
-
-def _device(row: dict[str, Any], status: models.DeviceStatus) -> models.Device:
-    return models.Device(
-        id=row["id"], kind=row["kind"], name=row["name"], image=row["image"], status=status, cpus=row["cpus"],
-        memory_mb=row["memory_mb"], pids_limit=row["pids_limit"], network=row["network"],
-        ephemeral=row["ephemeral"], run_id=row["run_id"], metadata=row["metadata"],
-        created_at=row["created_at"], updated_at=row["updated_at"],
-    )

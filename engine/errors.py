@@ -7,7 +7,8 @@
     │   └── InvalidTransition
     ├── PermissionDenied    (403)
     ├── LimitExceeded       (429/413) a bound was hit
-    └── SandboxUnavailable  (503) Docker or the container cannot serve the request
+    ├── SandboxUnavailable  (503) Docker or the container cannot serve the request
+    └── Busy                (503) the database is busy; retry
 """
 
 from __future__ import annotations
@@ -136,6 +137,13 @@ MAX_ECHO_CHARS = 200
 
 def clip(text: str) -> str:
     return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "..."
+
+
+class Busy(EngineError):
+    code = "busy"
+    category = "backend"
+    title = "Busy"
+    http_status = 503
 
 
 LIST_COMMANDS = {"run": "runs", "sandbox": "sandbox", "computer": "sandbox"}

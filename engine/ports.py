@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
+import anyio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, Protocol
 
@@ -171,13 +171,11 @@ class Harness(Protocol):
 
 
 class Clock(Protocol):
+    """Where the engine's time comes from (`engine.clock.SystemClock`, `engine.clock.FakeClock`)."""
+
     def now(self) -> datetime: ...
     def monotonic(self) -> float: ...
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-    def monotonic(self) -> float:
-        return time.monotonic()
+    async def sleep(self, seconds: float) -> None: ...
+    async def wait(self, event: anyio.Event, timeout: float) -> bool:
+        """Wait for `event` at most `timeout` seconds; True if it was set."""
+        ...

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -30,6 +31,8 @@ class Settings(BaseSettings):
     """...or whenever this much is pending."""
     mcp_max_wait_seconds: float = Field(default=45, gt=0, le=50)
     """The longest one MCP tool call waits (for a run's end): clients time tool calls out at about a minute."""
+    max_active_runs: int = Field(default_factory=lambda: min(64, 8 * (os.cpu_count() or 2)), ge=1, le=10_000)
+    """Daemon-wide cap on runs started and not yet settled; the rest wait `queued`, in creation order."""
     docker_threads: int = 16
     """Bound on concurrent blocking Docker API calls."""
 

@@ -1,12 +1,16 @@
 """The SQLite store: one writer connection (WAL, BEGIN IMMEDIATE, serialized), one reader, named SQL.
 
 Every state change goes through `Store.write()`, which holds the writer for one transaction and
-shields it from cancellation, so a cancelled caller never leaves a half-known state.
+shields it from cancellation, so a cancelled caller never leaves a half-known state. A transaction
+notes the topics it touches; they are published to their waiters once it has committed. Reads
+return typed records (`engine.records`); driver errors become the engine's (`Conflict`, `Busy`).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -17,13 +21,20 @@ from typing import Any
 import aiosqlite
 import anyio
 
-from engine import models
+from engine import errors, models, topics
+from engine.records import ArtifactRow, DeviceRow, EventRow, RunRow
 
+_KEPT = (
+    "{t}.output || COALESCE((SELECT group_concat(text, '') FROM (SELECT text FROM output_chunks c "
+    "WHERE c.run_id = {t}.id AND c.stream = 'stdout' ORDER BY c.seq)), '') AS output, "
+    "{t}.stderr || COALESCE((SELECT group_concat(text, '') FROM (SELECT text FROM output_chunks c "
+    "WHERE c.run_id = {t}.id AND c.stream = 'stderr' ORDER BY c.seq)), '') AS stderr"
+)
 RUN_COLUMNS = (
-    "id, target_kind, target_id, provider, prompt, command, model, cwd, timeout, metadata, env, status, "
-    "output, stderr, output_truncated, stderr_truncated, stdout_offset, stderr_offset, exit_code, "
-    "failure_kind, error, ephemeral, cancel_requested, agent_run_group_id, orchestration_role, "
-    "parent_agent_run_id, profile_id, idempotency_key, request_hash, last_event_seq, started_at, "
+    "agent_runs.id, target_kind, target_id, provider, prompt, command, model, cwd, timeout, metadata, env, "
+    "status, " + _KEPT.format(t="agent_runs") + ", output_truncated, stderr_truncated, stdout_offset, "
+    "stderr_offset, exit_code, failure_kind, error, ephemeral, cancel_requested, agent_run_group_id, "
+    "orchestration_role, parent_agent_run_id, profile_id, idempotency_key, request_hash, started_at, "
     "finished_at, created_at, updated_at, created_by"
 )
 
@@ -50,18 +61,34 @@ SQL = {
     ),
     "run_get": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE id = ?",
     "run_by_idempotency_key": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE created_by = ? AND idempotency_key = ?",
-    "runs_unfinished": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE status IN ('queued', 'running') ORDER BY created_at",
+    "runs_unfinished": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE status IN ('queued', 'running') ORDER BY rowid",
+    "runs_queued": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE status = 'queued' ORDER BY rowid LIMIT ?",
     "runs_active_on_target": "SELECT id FROM agent_runs WHERE target_id = ? AND status IN ('queued', 'running')",
-    "run_bump_seq": "UPDATE agent_runs SET last_event_seq = last_event_seq + 1 WHERE id = ? RETURNING last_event_seq",
+    "stream_next": (
+        "INSERT INTO streams (name, last_sequence) VALUES (?, 1) "
+        "ON CONFLICT (name) DO UPDATE SET last_sequence = last_sequence + 1 RETURNING last_sequence"
+    ),
     "event_insert": (
-        "INSERT INTO run_events (id, run_id, sequence, type, message, payload, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO events (id, run_id, group_id, type, message, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
     ),
-    "events_after": (
-        "SELECT e.id, e.run_id, r.agent_run_group_id, e.sequence, e.type, e.message, e.payload, e.created_at "
-        "FROM run_events e JOIN agent_runs r ON r.id = e.run_id "
-        "WHERE e.run_id = ? AND e.sequence > ? ORDER BY e.sequence LIMIT ?"
+    "stream_event_insert": "INSERT INTO stream_events (stream, sequence, event_id) VALUES (?, ?, ?)",
+    "stream_after": (
+        "SELECT e.id, e.run_id, e.group_id, s.sequence, e.type, e.message, e.payload, e.created_at "
+        "FROM stream_events s JOIN events e ON e.id = s.event_id "
+        "WHERE s.stream = ? AND s.sequence > ? ORDER BY s.sequence LIMIT ?"
     ),
+    "chunk_insert": (
+        "INSERT INTO output_chunks (run_id, stream, seq, text) VALUES (:run_id, :stream, "
+        "(SELECT COALESCE(MAX(seq), 0) + 1 FROM output_chunks WHERE run_id = :run_id AND stream = :stream), :text)"
+    ),
+    "chunks_fold": (
+        "UPDATE agent_runs SET "
+        "output = output || COALESCE((SELECT group_concat(text, '') FROM (SELECT text FROM output_chunks "
+        "WHERE run_id = :id AND stream = 'stdout' ORDER BY seq)), ''), "
+        "stderr = stderr || COALESCE((SELECT group_concat(text, '') FROM (SELECT text FROM output_chunks "
+        "WHERE run_id = :id AND stream = 'stderr' ORDER BY seq)), '') WHERE id = :id"
+    ),
+    "chunks_delete": "DELETE FROM output_chunks WHERE run_id = ?",
     "artifact_upsert": (
         "INSERT OR REPLACE INTO artifacts (run_id, path, size, sha256, stored_as, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?)"
@@ -82,6 +109,10 @@ def ts(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(10)}"
+
+
 def migrations() -> list[tuple[int, str]]:
     """The numbered migrations shipped in engine/migrations, in order."""
     found = []
@@ -91,12 +122,20 @@ def migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
+Draft = tuple[str, str, dict[str, Any]]
+"""An event to append: type, message, payload."""
+
+
 class Tx:
-    """One open write transaction."""
+    """One open write transaction; `touched` are the topics to wake once it commits."""
 
     def __init__(self, conn: aiosqlite.Connection, now: datetime) -> None:
         self.conn = conn
         self.now = now
+        self.touched: set[str] = set()
+
+    def touch(self, topic: str) -> None:
+        self.touched.add(topic)
 
     async def insert_device(self, row: dict[str, Any]) -> None:
         await self.conn.execute(SQL["device_insert"], _encode(row))
@@ -106,25 +145,60 @@ class Tx:
 
     async def insert_run(self, row: dict[str, Any]) -> None:
         await self.conn.execute(SQL["run_insert"], _encode(row))
+        self.touch(topics.ADMISSION)
 
     async def update_run(self, run_id: str, **fields: Any) -> None:
+        await self._update_run(run_id, None, fields)
+
+    async def transition_run(self, run_id: str, expected: Iterable[models.RunStatus], **fields: Any) -> bool:
+        """Compare-and-set: update the run only if its status is one of `expected`; says whether it did."""
+        return await self._update_run(run_id, [s.value for s in expected], fields)
+
+    async def _update_run(self, run_id: str, expected: list[str] | None, fields: dict[str, Any]) -> bool:
         bad = set(fields) - RUN_UPDATABLE
         if bad:
             raise ValueError(f"not updatable: {bad}")
         fields["updated_at"] = self.now
         sets = ", ".join(f"{k} = :{k}" for k in fields)
-        await self.conn.execute(f"UPDATE agent_runs SET {sets} WHERE id = :id", _encode({**fields, "id": run_id}))
+        sql, params = f"UPDATE agent_runs SET {sets} WHERE id = :id", {**fields, "id": run_id}
+        if expected is not None:
+            sql += " AND status IN (" + ", ".join(f":expected_{i}" for i in range(len(expected))) + ")"
+            params.update({f"expected_{i}": s for i, s in enumerate(expected)})
+        cur = await self.conn.execute(sql, _encode(params))
+        applied = cur.rowcount == 1
+        if applied:
+            self.touch(topics.run(run_id))
+            if "status" in fields:
+                self.touch(topics.ADMISSION)
+        return applied
 
-    async def append_events(self, run_id: str, events: Iterable[tuple[str, str, dict[str, Any]]]) -> list[int]:
-        """Append events with the run's next sequence numbers; returns them."""
+    async def append_output(self, run_id: str, stream: str, text: str) -> None:
+        """Keep more of a run's stdout or stderr: one new chunk, not a rewrite of what is kept."""
+        if text:
+            await self.conn.execute(SQL["chunk_insert"], {"run_id": run_id, "stream": stream, "text": text})
+
+    async def fold_output(self, run_id: str) -> None:
+        """Move a run's chunks into its record (once, when its result is recorded)."""
+        await self.conn.execute(SQL["chunks_fold"], {"id": run_id})
+        await self.conn.execute(SQL["chunks_delete"], (run_id,))
+
+    async def append_events(self, run_id: str | None, events: Iterable[Draft], *,
+                            group_id: str | None = None) -> list[int]:
+        """Append events to the run's stream and, when it has one, its group's: each stream gets its
+        next gapless sequence in this transaction. Returns the run-stream sequences."""
+        streams = ([topics.run(run_id)] if run_id else []) + ([topics.group(group_id)] if group_id else [])
         seqs = []
         for type_, message, payload in events:
-            ((seq,),) = await self.conn.execute_fetchall(SQL["run_bump_seq"], (run_id,))  # drained: no open statement
-            await self.conn.execute(
-                SQL["event_insert"],
-                (_new_id("ev"), run_id, seq, type_, message, json.dumps(payload), ts(self.now)),
-            )
-            seqs.append(seq)
+            event_id = new_id("ev")
+            await self.conn.execute(SQL["event_insert"], (event_id, run_id, group_id, type_, message,
+                                                          json.dumps(payload), ts(self.now)))
+            for i, stream in enumerate(streams):
+                ((seq,),) = await self.conn.execute_fetchall(SQL["stream_next"], (stream,))
+                await self.conn.execute(SQL["stream_event_insert"], (stream, seq, event_id))
+                if i == 0:
+                    seqs.append(seq)
+        for stream in streams:
+            self.touch(stream)
         return seqs
 
     async def upsert_artifact(self, run_id: str, path: str, size: int, sha256: str, stored_as: str) -> None:
@@ -132,8 +206,9 @@ class Tx:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, notifier: topics.Topics | None = None) -> None:
         self.path = path
+        self.topics = notifier or topics.Topics()
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
@@ -182,18 +257,26 @@ class Store:
 
     @asynccontextmanager
     async def write(self, now: datetime) -> AsyncIterator[Tx]:
-        """One serialized write transaction, shielded from cancellation once begun."""
+        """One serialized write transaction, shielded from cancellation once begun; its topics are
+        published after it commits."""
         assert self._writer is not None
         async with self._lock:
             with anyio.CancelScope(shield=True):
-                await self._writer.execute("BEGIN IMMEDIATE")
                 try:
-                    yield Tx(self._writer, now)
-                except BaseException:
+                    await self._writer.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    raise _translated(exc) from exc
+                tx = Tx(self._writer, now)
+                try:
+                    yield tx
+                except BaseException as exc:
                     await self._writer.rollback()
+                    if isinstance(exc, sqlite3.Error):
+                        raise _translated(exc) from exc
                     raise
                 else:
                     await self._writer.commit()
+        self.topics.publish(tx.touched)
 
     async def _all(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
         """One query, executed and drained in a single step on the reader's thread. Two reads must not
@@ -208,30 +291,38 @@ class Store:
 
     # ------------------------------------------------------------ devices
 
-    async def device(self, device_id: str) -> dict[str, Any] | None:
-        return _decode(await self._one(SQL["device_get"], (device_id,)))
+    async def device(self, device_id: str) -> DeviceRow | None:
+        row = await self._one(SQL["device_get"], (device_id,))
+        return DeviceRow.model_validate(row) if row else None
 
-    async def devices(self, *, include_ephemeral: bool = False, created_by: str | None = None) -> list[dict[str, Any]]:
+    async def devices(self, *, include_ephemeral: bool = False, created_by: str | None = None) -> list[DeviceRow]:
         if created_by is not None:
-            return [_decode(r) for r in await self._all(SQL["device_list_by_creator"], (created_by,))]  # type: ignore[misc]
-        sql = SQL["device_list_live"] if include_ephemeral else SQL["device_list"]
-        return [_decode(r) for r in await self._all(sql)]  # type: ignore[misc]
+            rows = await self._all(SQL["device_list_by_creator"], (created_by,))
+        else:
+            rows = await self._all(SQL["device_list_live"] if include_ephemeral else SQL["device_list"])
+        return [DeviceRow.model_validate(r) for r in rows]
 
     # ------------------------------------------------------------ runs
 
-    async def run(self, run_id: str) -> dict[str, Any] | None:
-        return _decode(await self._one(SQL["run_get"], (run_id,)))
+    async def run(self, run_id: str) -> RunRow | None:
+        row = await self._one(SQL["run_get"], (run_id,))
+        return RunRow.model_validate(row) if row else None
 
-    async def run_by_idempotency_key(self, created_by: str, key: str) -> dict[str, Any] | None:
-        return _decode(await self._one(SQL["run_by_idempotency_key"], (created_by, key)))
+    async def run_by_idempotency_key(self, created_by: str, key: str) -> RunRow | None:
+        row = await self._one(SQL["run_by_idempotency_key"], (created_by, key))
+        return RunRow.model_validate(row) if row else None
 
-    async def unfinished_runs(self) -> list[dict[str, Any]]:
-        return [_decode(r) for r in await self._all(SQL["runs_unfinished"])]  # type: ignore[misc]
+    async def unfinished_runs(self) -> list[RunRow]:
+        return [RunRow.model_validate(r) for r in await self._all(SQL["runs_unfinished"])]
+
+    async def queued_runs(self, limit: int) -> list[RunRow]:
+        """The oldest queued runs, in the order they were created."""
+        return [RunRow.model_validate(r) for r in await self._all(SQL["runs_queued"], (limit,))]
 
     async def active_runs_on(self, target_id: str) -> list[str]:
         return [r["id"] for r in await self._all(SQL["runs_active_on_target"], (target_id,))]
 
-    async def runs(self, q: models.RunListQuery, *, created_by: str | None = None) -> list[dict[str, Any]]:
+    async def runs(self, q: models.RunListQuery, *, created_by: str | None = None) -> list[RunRow]:
         """Newest first, keyset-paged by (created_at, id); fetches one extra row to know if more follow."""
         where, params = [], []
         if created_by is not None:
@@ -251,16 +342,18 @@ class Store:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
         params.append(q.limit + 1)
-        return [_decode(r) for r in await self._all(sql, params)]  # type: ignore[misc]
+        return [RunRow.model_validate(r) for r in await self._all(sql, params)]
 
-    async def events(self, run_id: str, after: int, limit: int) -> list[dict[str, Any]]:
-        return [_decode(r) for r in await self._all(SQL["events_after"], (run_id, after, limit))]  # type: ignore[misc]
+    async def events(self, stream: str, after: int, limit: int) -> list[EventRow]:
+        """A stream's events after a sequence number (`topics.run(id)`, `topics.group(id)`)."""
+        return [EventRow.model_validate(r) for r in await self._all(SQL["stream_after"], (stream, after, limit))]
 
-    async def artifacts(self, run_id: str) -> list[dict[str, Any]]:
-        return await self._all(SQL["artifacts_of_run"], (run_id,))
+    async def artifacts(self, run_id: str) -> list[ArtifactRow]:
+        return [ArtifactRow.model_validate(r) for r in await self._all(SQL["artifacts_of_run"], (run_id,))]
 
-    async def artifact(self, run_id: str, path: str) -> dict[str, Any] | None:
-        return await self._one(SQL["artifact_get"], (run_id, path))
+    async def artifact(self, run_id: str, path: str) -> ArtifactRow | None:
+        row = await self._one(SQL["artifact_get"], (run_id, path))
+        return ArtifactRow.model_validate(row) if row else None
 
     async def schema(self) -> dict[str, str]:
         """Name -> normalized SQL of every table and index (for the migration test)."""
@@ -279,8 +372,17 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     return conn
 
 
+def _translated(exc: sqlite3.Error) -> errors.EngineError:
+    """The driver's errors in the engine's terms, once, here."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in text:
+        return errors.Conflict(f"already exists ({text})", evidence={"constraint": text})
+    if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+        return errors.Busy(f"the database is busy ({text}); retry", suggested_command="agentdock daemon status")
+    return errors.EngineError(f"database error: {text}")
+
+
 _JSON_COLUMNS = ("env", "metadata", "payload")
-_BOOL_COLUMNS = ("network", "ephemeral", "output_truncated", "stderr_truncated")
 
 
 def _encode(row: dict[str, Any]) -> dict[str, Any]:
@@ -294,24 +396,3 @@ def _encode(row: dict[str, Any]) -> dict[str, Any]:
             v = int(v)
         out[k] = v
     return out
-
-
-def _decode(row: dict[str, Any] | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    for k in _JSON_COLUMNS:
-        if k in row and isinstance(row[k], str):
-            row[k] = json.loads(row[k])
-    for k in _BOOL_COLUMNS:
-        if k in row and row[k] is not None:
-            row[k] = bool(row[k])
-    return row
-
-
-def _new_id(prefix: str) -> str:
-    import secrets
-
-    return f"{prefix}_{secrets.token_hex(10)}"
-
-
-new_id = _new_id

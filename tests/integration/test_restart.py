@@ -133,3 +133,25 @@ async def test_labelled_container_without_a_device_row_is_removed_on_start(daemo
     daemon_mod.stop(daemon.settings)
     daemon.start()
     assert stray.id not in [c.id for c in owned_containers(daemon.settings.home)]
+
+
+async def test_runs_queued_behind_the_cap_survive_a_kill_9_and_start_in_order_after_it(daemon: Daemon, monkeypatch):
+    monkeypatch.setenv("AGENTDOCK_MAX_ACTIVE_RUNS", "1")
+    daemon_mod.stop(daemon.settings)
+    daemon.start()
+    async with DaemonClient(daemon.settings) as client:
+        device = await client.create_device({})
+        blocker = await client.create_run({"sandbox_id": device.id, "prompt": "p", "command": "sleep 1000"})
+        await wait_for_event(client, blocker.id, "run_started")
+        queued = [await client.create_run({"sandbox_id": device.id, "prompt": "p", "command": f"echo {i}"})
+                  for i in range(2)]
+        assert [(await client.get_run(r.id)).status for r in queued] == ["queued", "queued"]
+    await kill_daemon(daemon)
+    daemon.start()
+
+    async with DaemonClient(daemon.settings) as client:
+        assert [(await client.get_run(r.id)).status for r in queued] == ["queued", "queued"]
+        assert (await client.cancel_run(blocker.id)).status == "canceled"
+    ended = [await settled(daemon, r.id) for r in queued]
+    assert [(r.status, r.output) for r in ended] == [("succeeded", "0\n"), ("succeeded", "1\n")]
+    assert ended[0].started_at < ended[1].started_at

@@ -160,26 +160,26 @@ async def test_a_long_poll_that_reads_just_before_the_run_ends_still_returns_whe
     device = await sandbox(engine)
     run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="echo done"))
     notified = [anyio.Event()]
-    real_notify, real_events = engine.runs.changes.notify, engine.store.events
+    real_publish, real_events = engine.topics.publish, engine.store.events
 
-    def notify(run_id: str) -> None:
-        real_notify(run_id)
+    def publish(touched: Any) -> None:
+        real_publish(touched)
         notified[0].set()
 
     held = []
 
-    async def events_read_then_held_until_the_run_ends(run_id: str, after: int, limit: int) -> Any:
-        rows = await real_events(run_id, after, limit)
+    async def events_read_then_held_until_the_run_ends(stream: str, after: int, limit: int) -> Any:
+        rows = await real_events(stream, after, limit)
         if not held:  # the first read only: hand back its (now stale) answer after the run has ended
             held.append(rows)
             while True:
                 notified[0] = anyio.Event()
-                if models.RunStatus((await engine.store.run(run_id))["status"]).terminal:
+                if (await engine.store.run(run.id)).status.terminal:
                     break
                 await notified[0].wait()
         return rows
 
-    engine.runs.changes.notify = notify
+    engine.topics.publish = publish
     engine.store.events = events_read_then_held_until_the_run_ends
     with anyio.fail_after(3):
         page = await engine.runs.events(ROOT, run.id, models.EventsQuery(after=10_000, wait=30))
@@ -482,7 +482,7 @@ async def test_same_idempotency_key_and_body_returns_the_same_run(engine):
     second = await engine.runs.create(ROOT, models.parse(models.RunCreate, dict(body)))
 
     assert second.id == first.id
-    assert [r["id"] for r in await engine.store.runs(models.RunListQuery())] == [first.id]
+    assert [r.id for r in await engine.store.runs(models.RunListQuery())] == [first.id]
     run = await finish(engine, first.id)
     assert run.output == "once\n"
 
@@ -497,7 +497,7 @@ async def test_same_idempotency_key_with_a_different_body_is_a_conflict_naming_t
 
     assert caught.value.diagnostic().evidence["run_id"] == first.id
     assert first.id in caught.value.message
-    assert [r["id"] for r in await engine.store.runs(models.RunListQuery())] == [first.id]
+    assert [r.id for r in await engine.store.runs(models.RunListQuery())] == [first.id]
 
 
 async def test_concurrent_creates_with_one_idempotency_key_make_one_run(engine, home):
@@ -515,7 +515,7 @@ async def test_concurrent_creates_with_one_idempotency_key_make_one_run(engine, 
                 tg.start_soon(create)
 
     assert len(got) == 5 and len(set(got)) == 1
-    assert [r["id"] for r in await engine.store.runs(models.RunListQuery())] == got[:1]
+    assert [r.id for r in await engine.store.runs(models.RunListQuery())] == got[:1]
     await finish(engine, got[0])
     assert len(await all_events(engine, got[0])) > 0
     assert [e.type for e in await all_events(engine, got[0])].count("run_queued") == 1
@@ -533,8 +533,8 @@ async def test_concurrent_ephemeral_creates_with_one_idempotency_key_make_one_ru
                 tg.start_soon(create)
 
     assert len({r.id for r in got}) == 1 and len({r.target_id for r in got}) == 1
-    assert [r["id"] for r in await engine.store.runs(models.RunListQuery())] == [got[0].id]
-    assert [d["id"] for d in await engine.store.devices(include_ephemeral=True)] == [got[0].target_id]
+    assert [r.id for r in await engine.store.runs(models.RunListQuery())] == [got[0].id]
+    assert [d.id for d in await engine.store.devices(include_ephemeral=True)] == [got[0].target_id]
     run = await finish(engine, got[0].id)
     assert run.status is models.RunStatus.succeeded
 

@@ -39,7 +39,7 @@ async def test_records_remember_their_creator_and_a_session_sees_only_its_own(en
         await engine.runs.get(AGENT, theirs.id)
     assert {r.id for r in (await engine.runs.list(ROOT, models.RunListQuery())).data} == {mine.id, theirs.id}
     row = await engine.store.run(mine.id)
-    assert row["created_by"] == "ses_agent"
+    assert row.created_by == "ses_agent"
 
 
 async def test_idempotency_keys_are_scoped_to_the_caller(engine):

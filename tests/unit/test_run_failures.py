@@ -50,7 +50,7 @@ async def run_once(tmp_path, backend: FakeBackend) -> tuple[models.Run, list[str
         ok = await runs.create(ROOT, models.RunCreate(prompt="p", command="out=x", sandbox_id=None))
         with anyio.fail_after(10):
             await runs.wait(ROOT, ok.id, 10)
-        events = [e["type"] for e in await store.events(run.id, 0, 100)]
+        events = [e.type for e in await store.events(f"run:{run.id}", 0, 100)]
         device = await store.device(run.target_id)
     return run, events, device
 

@@ -17,6 +17,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 
 from engine import errors, models
 from engine.app import Engine
+from engine.clock import FakeClock
 from engine.callers import ROOT
 from engine.runs import RunService
 from engine.settings import Settings
@@ -28,7 +29,10 @@ SCRIPTS = {
     "ok": ("out=hello err=warn exit=0", "succeeded"),
     "fail": ("out=partial exit=3", "failed"),
     "block": ("out=started block", None),
+    "slow": ("out=started block", None),
 }
+TIMEOUTS = {"slow": 20}
+"""A `slow` run outlives its timeout once 30 s of fake time pass: it ends `timeout`, or sooner by cancel or settle."""
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 
@@ -43,6 +47,8 @@ class RunLifecycle(RuleBasedStateMachine):
         self.portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
         self.portal = self.portal_cm.__enter__()
         self.backend = FakeBackend()
+        self.clock = FakeClock()
+        """Time moves only when the `pass_time` rule says so: timeouts and flushes are driven, not waited for."""
         self.engine: Engine | None = None
         self.serving: concurrent.futures.Future[Any] | None = None
         self.seen_terminal: dict[str, str] = {}
@@ -52,7 +58,7 @@ class RunLifecycle(RuleBasedStateMachine):
 
     def start_service(self) -> None:
         """A new engine on the same database and backend: what a daemon restart is."""
-        self.engine = Engine(self.settings, backend=self.backend, harnesses=harness.get)
+        self.engine = Engine(self.settings, backend=self.backend, harnesses=harness.get, clock=self.clock)
         self.serving, _ = self.portal.start_task(self.engine.serve)
 
     @property
@@ -65,6 +71,13 @@ class RunLifecycle(RuleBasedStateMachine):
         assert self.engine is not None
         return self.engine.runs
 
+    @rule(seconds=st.sampled_from([0.05, 1, 30]))
+    def pass_time(self, seconds: float) -> None:
+        self.portal.call(self._advance, seconds)
+
+    async def _advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
     @precondition(lambda self: self.kinds)
     @rule()
     def restart(self) -> None:
@@ -76,7 +89,7 @@ class RunLifecycle(RuleBasedStateMachine):
 
     @rule(target=runs, kind=st.sampled_from(sorted(SCRIPTS)), ephemeral=st.booleans())
     def create(self, kind: str, ephemeral: bool) -> str:
-        req = models.RunCreate(prompt="p", command=SCRIPTS[kind][0],
+        req = models.RunCreate(prompt="p", command=SCRIPTS[kind][0], timeout=TIMEOUTS.get(kind, 1800),
                                sandbox_id=None if ephemeral else self.device.id)
         run = self.portal.call(self.service.create, ROOT, req)  # type: ignore[union-attr]
         self.kinds[run.id] = kind
@@ -93,7 +106,7 @@ class RunLifecycle(RuleBasedStateMachine):
         try:
             run = self.portal.call(self.service.cancel, ROOT, run_id)  # type: ignore[union-attr]
         except errors.InvalidTransition:
-            assert before["status"] in ("succeeded", "failed") or self.status(run_id) in ("succeeded", "failed")
+            assert before.status in ("succeeded", "failed") or self.status(run_id) in ("succeeded", "failed")
             return
         assert run.status in TERMINAL
 
@@ -102,23 +115,27 @@ class RunLifecycle(RuleBasedStateMachine):
     def settle(self) -> None:
         """Let every run end (blocked ones by themselves) and wait, bounded, until all have."""
         for run_id, kind in self.kinds.items():
-            if kind == "block":
+            if kind in ("block", "slow"):
                 self.portal.call(self.backend.end, run_id, 0)
         for run_id in self.kinds:
-            run = self.portal.call(self.service.wait, ROOT, run_id, 10)  # type: ignore[union-attr]
+            run = self.portal.call(self._settled, run_id)
             assert run.status in TERMINAL, run
+
+    async def _settled(self, run_id: str) -> models.Run:
+        with anyio.fail_after(10):  # real time: a run that never ends fails the example
+            return await self.service.wait(ROOT, run_id, 3600)
 
     def snapshot(self, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The run and its events as of one moment: supervisors keep working while we read."""
         while True:
             row = self.portal.call(self.store.run, run_id)
-            events = self.portal.call(self.store.events, run_id, 0, 10_000)
+            events = self.portal.call(self.store.events, f"run:{run_id}", 0, 10_000)
             again = self.portal.call(self.store.run, run_id)
-            if (row["status"], row["last_event_seq"]) == (again["status"], again["last_event_seq"]):
+            if (row.status, row.updated_at) == (again.status, again.updated_at) and len(events) == len(self.portal.call(self.store.events, f"run:{run_id}", 0, 10_000)):
                 return row, events
 
     def status(self, run_id: str) -> str:
-        return self.portal.call(self.store.run, run_id)["status"]
+        return self.portal.call(self.store.run, run_id).status
 
     @invariant()
     def every_run_keeps_its_invariants(self) -> None:
@@ -126,24 +143,26 @@ class RunLifecycle(RuleBasedStateMachine):
             return
         for run_id, kind in self.kinds.items():
             row, events = self.snapshot(run_id)
-            types = [e["type"] for e in events]
-            assert [e["sequence"] for e in events] == list(range(1, len(events) + 1)), types
+            types = [e.type for e in events]
+            assert [e.sequence for e in events] == list(range(1, len(events) + 1)), types
             assert types[0] == "run_queued"
             assert self.backend.starts.get(run_id, 0) <= 1, "a run's process was started twice"
-            status = row["status"]
+            status = row.status
             if run_id in self.seen_terminal:
                 assert status == self.seen_terminal[run_id], "a terminal status changed"
             if status in TERMINAL:
                 self.seen_terminal[run_id] = status
                 assert types.count("run_finished") == 1 and types[-1] == "run_finished", types
-                assert row["finished_at"] is not None
-                if row["ephemeral"]:
-                    assert row["target_id"] not in self.backend.devices, "an ended ephemeral sandbox remains"
+                assert row.finished_at is not None
+                if row.ephemeral:
+                    assert row.target_id not in self.backend.devices, "an ended ephemeral sandbox remains"
                 expected = SCRIPTS[kind][1]
                 if status != "canceled" and expected is not None:
                     assert status == expected, (kind, status)
+                if kind == "slow" and status == "failed":
+                    assert row.failure_kind == "timeout", row
                 if status == "succeeded" and kind == "ok":
-                    assert (row["output"], row["stderr"], row["exit_code"]) == ("hello\n", "warn\n", 0)
+                    assert (row.output, row.stderr, row.exit_code) == ("hello\n", "warn\n", 0)
             else:
                 assert "run_finished" not in types
 

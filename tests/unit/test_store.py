@@ -73,10 +73,10 @@ async def test_events_get_gapless_sequences_per_run_even_when_appended_concurren
         tg.start_soon(append, "run_a")
         tg.start_soon(append, "run_b")
         tg.start_soon(append, "run_a")
-    a = await store.events("run_a", 0, 1000)
-    assert [e["sequence"] for e in a] == list(range(1, 81))
-    assert [e["sequence"] for e in await store.events("run_b", 0, 1000)] == list(range(1, 41))
-    assert [e["sequence"] for e in await store.events("run_a", 75, 1000)] == [76, 77, 78, 79, 80]
+    a = await store.events("run:run_a", 0, 1000)
+    assert [e.sequence for e in a] == list(range(1, 81))
+    assert [e.sequence for e in await store.events("run:run_b", 0, 1000)] == list(range(1, 41))
+    assert [e.sequence for e in await store.events("run:run_a", 75, 1000)] == [76, 77, 78, 79, 80]
 
 
 async def test_a_failed_transaction_leaves_nothing_behind(store):
@@ -86,7 +86,7 @@ async def test_a_failed_transaction_leaves_nothing_behind(store):
             await tx.append_events("run_x", [("run_queued", "", {})])
             raise RuntimeError("boom")
     assert await store.run("run_x") is None
-    assert await store.events("run_x", 0, 10) == []
+    assert await store.events("run:run_x", 0, 10) == []
 
 
 async def test_a_cancelled_writer_still_commits_what_it_began(store):
@@ -95,7 +95,7 @@ async def test_a_cancelled_writer_still_commits_what_it_began(store):
             scope.cancel()
             await tx.insert_run(run_row("run_c"))
             await anyio.sleep(0)  # a checkpoint inside the shielded transaction
-    assert (await store.run("run_c"))["id"] == "run_c"
+    assert (await store.run("run_c")).id == "run_c"
 
 
 async def test_an_idempotency_key_holds_one_run_per_caller_and_each_caller_has_its_own(store):
@@ -106,8 +106,8 @@ async def test_an_idempotency_key_holds_one_run_per_caller_and_each_caller_has_i
             await tx.insert_run(run_row("run_2", idempotency_key="k"))
     async with store.write(NOW) as tx:
         await tx.insert_run(run_row("run_3", idempotency_key="k", created_by="ses_other"))
-    assert (await store.run_by_idempotency_key("ses_root", "k"))["id"] == "run_1"
-    assert (await store.run_by_idempotency_key("ses_other", "k"))["id"] == "run_3"
+    assert (await store.run_by_idempotency_key("ses_root", "k")).id == "run_1"
+    assert (await store.run_by_idempotency_key("ses_other", "k")).id == "run_3"
 
 
 async def test_run_list_pages_newest_first_without_repeats(store):
@@ -118,10 +118,10 @@ async def test_run_list_pages_newest_first_without_repeats(store):
     while True:
         rows = await store.runs(models.RunListQuery(limit=3, cursor=cursor))
         page = rows[:3]
-        seen += [r["id"] for r in page]
+        seen += [r.id for r in page]
         if len(rows) <= 3:
             break
-        cursor = page[-1]["id"]
+        cursor = page[-1].id
     assert seen == [f"run_{i:020x}" for i in reversed(range(7))]
 
 
@@ -152,15 +152,15 @@ async def test_migrating_a_version_1_database_keeps_its_runs_and_events_and_scop
         await db.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
         await db.execute("INSERT INTO agent_runs (id, target_kind, target_id, provider, prompt, cwd, timeout, status, "
                          "idempotency_key, created_at, updated_at) VALUES ('run_old', 'sandbox', 'sbx_1', 'custom', "
-                         "'p', '/workspace', 60, 'succeeded', 'k', 'x', 'x')")
+                         "'p', '/workspace', 60, 'succeeded', 'k', '2026-01-01T00:00:00.000000Z', '2026-01-01T00:00:00.000000Z')")
         await db.execute("INSERT INTO run_events (id, run_id, sequence, type, created_at) "
-                         "VALUES ('ev_1', 'run_old', 1, 'run_queued', 'x')")
+                         "VALUES ('ev_1', 'run_old', 1, 'run_queued', '2026-01-01T00:00:00.000000Z')")
         await db.commit()
 
     async with Store(path) as s:
         row = await s.run("run_old")
-        assert (row["status"], row["created_by"]) == ("succeeded", "ses_root")
-        assert [e["type"] for e in await s.events("run_old", 0, 10)] == ["run_queued"]
-        assert (await s.run_by_idempotency_key("ses_root", "k"))["id"] == "run_old"
+        assert (row.status, row.created_by) == ("succeeded", "ses_root")
+        assert [e.type for e in await s.events("run:run_old", 0, 10)] == ["run_queued"]
+        assert (await s.run_by_idempotency_key("ses_root", "k")).id == "run_old"
         fks = await s._writer.execute_fetchall("PRAGMA foreign_keys")
         assert list(fks)[0][0] == 1

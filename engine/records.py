@@ -1,0 +1,130 @@
+"""The store's typed records: one frozen model per table row, decoded once (JSON, booleans, times),
+and their mapping to the records callers see (`models.Run`, `models.Device`, `models.RunEvent`)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from engine import models
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json(cls, value: Any, info: Any) -> Any:
+        if info.field_name in ("metadata", "env", "payload") and isinstance(value, str):
+            return json.loads(value)
+        return value
+
+
+class DeviceRow(Row):
+    id: str
+    kind: models.TargetKind
+    name: str | None
+    image: str
+    cpus: float
+    memory_mb: int
+    pids_limit: int
+    network: bool
+    env: dict[str, str]
+    metadata: dict[str, Any]
+    ephemeral: bool
+    run_id: str | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+
+    def record(self, status: models.DeviceStatus) -> models.Device:
+        return models.Device(
+            id=self.id, kind=self.kind, name=self.name, image=self.image, status=status, cpus=self.cpus,
+            memory_mb=self.memory_mb, pids_limit=self.pids_limit, network=self.network, ephemeral=self.ephemeral,
+            run_id=self.run_id, metadata=self.metadata, created_at=self.created_at, updated_at=self.updated_at,
+        )
+
+
+class RunRow(Row):
+    id: str
+    target_kind: models.TargetKind
+    target_id: str
+    provider: models.Provider
+    prompt: str
+    command: str | None
+    model: str | None
+    cwd: str
+    timeout: int
+    metadata: dict[str, Any]
+    env: dict[str, str]
+    status: models.RunStatus
+    output: str
+    """What was kept of stdout (or the structured runtime's answer), pending chunks included."""
+    stderr: str
+    output_truncated: bool
+    stderr_truncated: bool
+    stdout_offset: int
+    stderr_offset: int
+    exit_code: int | None
+    failure_kind: str | None
+    error: str | None
+    ephemeral: bool
+    cancel_requested: datetime | None
+    agent_run_group_id: str | None
+    orchestration_role: str | None
+    parent_agent_run_id: str | None
+    profile_id: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    created_by: str
+
+    def record(self) -> models.Run:
+        return models.Run(
+            id=self.id, target_kind=self.target_kind, target_id=self.target_id, provider=self.provider,
+            prompt=self.prompt, command=self.command, model=self.model, cwd=self.cwd, timeout=self.timeout,
+            metadata=self.metadata, env_keys=sorted(self.env), status=self.status, output=self.output,
+            stderr=self.stderr, output_truncated=self.output_truncated, stderr_truncated=self.stderr_truncated,
+            exit_code=self.exit_code, failure_kind=self.failure_kind, error=self.error, ephemeral=self.ephemeral,
+            agent_run_group_id=self.agent_run_group_id, orchestration_role=self.orchestration_role,
+            parent_agent_run_id=self.parent_agent_run_id, profile_id=self.profile_id,
+            idempotency_key=self.idempotency_key, started_at=self.started_at, finished_at=self.finished_at,
+            created_at=self.created_at, updated_at=self.updated_at,
+        )
+
+
+class EventRow(Row):
+    id: str
+    run_id: str | None
+    group_id: str | None
+    sequence: int
+    """The event's place in the stream it was read from."""
+    type: str
+    message: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+    def run_event(self) -> models.RunEvent:
+        return models.RunEvent(
+            id=self.id, agent_run_id=self.run_id or "", agent_run_group_id=self.group_id, sequence=self.sequence,
+            type=self.type, message=self.message, payload=self.payload, created_at=self.created_at,
+        )
+
+
+class ArtifactRow(Row):
+    run_id: str
+    path: str
+    size: int
+    sha256: str
+    stored_as: str
+    created_at: datetime
+
+    def record(self) -> models.Artifact:
+        return models.Artifact(agent_run_id=self.run_id, path=self.path, size=self.size, sha256=self.sha256,
+                               created_at=self.created_at)

@@ -1,0 +1,275 @@
+"""Supervision: following one admitted run to its end.
+
+A run's process lives in its device and records its own output and end there, so a supervisor is
+only a follower: it marks the run started, launches (or re-attaches to) the process, folds its
+output into events, enforces the timeout and cancel on the injected clock, and settles the run in
+two phases: record the result, clean up, then publish the end. A crash between the phases resumes
+at publishing, so a process is never started twice and nobody sees a run ended while its
+ephemeral sandbox is still there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from contextlib import aclosing
+from datetime import datetime, timedelta
+from typing import Any
+
+import anyio
+
+from engine import errors, models
+from engine.output import OutputFolder
+from engine.ports import Clock, DeviceSpec, Ending, Exit, Harness, HarnessInput, RunLaunch, SandboxBackend
+from engine.records import RunRow
+from engine.settings import Settings
+from engine.store import Draft, Store
+
+log = logging.getLogger("agentdock.runs")
+
+TERMINAL = {models.RunStatus.succeeded, models.RunStatus.failed, models.RunStatus.canceled}
+
+
+class Supervision:
+    """One pass of following a run to its end, with its collaborators passed in."""
+
+    def __init__(self, run_id: str, *, store: Store, backend: SandboxBackend, harnesses: Callable[[str], Harness],
+                 ephemeral_spec: Callable[[str, str, str], DeviceSpec], clock: Clock, settings: Settings,
+                 cancel: anyio.Event) -> None:
+        self.run_id = run_id
+        self.store = store
+        self.backend = backend
+        self.harnesses = harnesses
+        self.ephemeral_spec = ephemeral_spec
+        """(device_id, image, run_id) -> the spec of the run's ephemeral sandbox."""
+        self.clock = clock
+        self.cfg = settings
+        self.cancel = cancel
+        self.timed_out = False
+
+    async def run(self) -> None:
+        """Follow the run to its end; a failure of Docker or of this code settles it instead."""
+        try:
+            await self._run()
+        except Exception as exc:  # a supervisor must never take the daemon down
+            log.exception("supervisor of %s failed", self.run_id)
+            try:
+                await self._settle_on_error(exc)
+            except Exception:
+                log.exception("could not settle %s; the next start of the daemon will", self.run_id)
+
+    async def _run(self) -> None:
+        row = await self.store.run(self.run_id)
+        if row is None or row.status in TERMINAL:
+            return
+        if row.finished_at is not None:  # the result was recorded before a restart: publish it
+            await self._publish()
+            return
+        if row.status is models.RunStatus.queued:
+            now = self.clock.now()
+            async with self.store.write(now) as tx:
+                if not await tx.transition_run(self.run_id, [models.RunStatus.queued], status="running",
+                                               started_at=now):
+                    return  # canceled before it was started
+                await tx.append_events(self.run_id, [("run_started", "Run started", {"target_id": row.target_id})],
+                                       group_id=row.agent_run_group_id)
+            row = await self.store.run(self.run_id)
+            assert row is not None
+        self.row = row
+        self.harness = self.harnesses(row.provider.value)
+        self.folder = OutputFolder.resuming(
+            self.harness, self.cfg.output_cap_bytes,
+            offsets={"stdout": row.stdout_offset, "stderr": row.stderr_offset},
+            kept={"stdout": "" if self.harness.structured else row.output, "stderr": row.stderr},
+            truncated={"stdout": row.output_truncated, "stderr": row.stderr_truncated})
+        assert row.started_at is not None
+        exit_ = await self._follow(await self._launch(), row.started_at + timedelta(seconds=row.timeout))
+        await self._finish(exit_)
+
+    async def _launch(self) -> RunLaunch:
+        row = self.row
+        device = await self.store.device(row.target_id)
+        if device is None:
+            raise errors.SandboxUnavailable(f"device {row.target_id} no longer exists")
+        spec = self.ephemeral_spec(device.id, device.image, self.run_id) if row.ephemeral else None
+        h = self.harness
+        argv = h.argv(HarnessInput(prompt=row.prompt, command=row.command, model=row.model, cwd=row.cwd))
+        cap = self.cfg.output_cap_bytes + 1  # one byte past the cap tells the record it was cut
+        return RunLaunch(
+            run_id=self.run_id, device_id=device.id, argv=argv, cwd=row.cwd,
+            env={**device.env, **row.env}, prompt=row.prompt, require=h.binary,
+            stdout_offset=row.stdout_offset, stderr_offset=row.stderr_offset,
+            stdout_cap=self.cfg.structured_stream_cap_bytes if h.structured else cap, stderr_cap=cap,
+            artifact_paths=artifact_paths(row), artifact_max_bytes=self.cfg.artifact_max_bytes,
+            ephemeral=spec,
+        )
+
+    async def _follow(self, launch: RunLaunch, deadline: datetime) -> Exit | None:
+        """Pass the process's output to the folder until it ends, flushing it as events by size or
+        every flush interval; the watchdog ends the process at the deadline or on cancel."""
+        exit_: Exit | None = None
+        flushing = anyio.Lock()
+
+        async def flush() -> None:
+            async with flushing:
+                if self.folder.has_pending:
+                    await self._flush()
+
+        async def flusher() -> None:
+            while True:
+                await self.clock.sleep(self.cfg.flush_interval_seconds)
+                await flush()
+
+        async def watchdog() -> None:
+            """On cancel or at the deadline: TERM the process group, then KILL after the grace."""
+            if not self.row.cancel_requested:
+                remaining = (deadline - self.clock.now()).total_seconds()
+                self.timed_out = not await self.clock.wait(self.cancel, remaining)
+            await self.backend.signal(launch.device_id, self.run_id, "TERM")
+            rounds = 0
+            while True:  # until the follower sees the end (a process that started late is caught too)
+                await self.clock.sleep(self.cfg.cancel_grace_seconds)
+                rounds += 1
+                if rounds < 3:
+                    await self.backend.signal(launch.device_id, self.run_id, "KILL")
+                else:  # the run broke its own wrapper (removed its files, say): end everything of it
+                    await self.backend.sweep(launch.device_id, self.run_id)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(watchdog)
+            tg.start_soon(flusher)
+            async with aclosing(self.backend.follow(launch)) as stream:  # type: ignore[type-var]
+                async for item in stream:
+                    if isinstance(item, Exit):
+                        exit_ = item
+                        break
+                    self.folder.take(item)
+                    if self.folder.pending_bytes >= self.cfg.flush_bytes:
+                        await flush()
+            tg.cancel_scope.cancel()
+        return exit_
+
+    async def _flush(self) -> None:
+        folded = self.folder.drain()
+        fields: dict[str, Any] = {"stdout_offset": folded.offsets["stdout"], "stderr_offset": folded.offsets["stderr"],
+                                  "output_truncated": folded.truncated["stdout"],
+                                  "stderr_truncated": folded.truncated["stderr"]}
+        if folded.answer is not None:
+            fields["output"] = folded.answer
+        async with self.store.write(self.clock.now()) as tx:
+            await tx.append_events(self.run_id, folded.events, group_id=self.row.agent_run_group_id)
+            for stream, text in folded.kept.items():
+                await tx.append_output(self.run_id, stream, text)
+            await tx.update_run(self.run_id, **fields)
+
+    async def _finish(self, exit_: Exit | None) -> None:
+        self.folder.end()
+        if self.folder.has_pending:
+            await self._flush()
+        row = await self.store.run(self.run_id)
+        assert row is not None
+        if not row.ephemeral:  # an ephemeral sandbox goes, with everything in it, when the run is published
+            swept = await self.backend.sweep(row.target_id, self.run_id)  # whatever the run left running
+            if swept.pids_exhausted and (exit_ is None or exit_.ending in (Ending.exited, Ending.lost)):
+                exit_ = Exit(exit_code=None, ending=Ending.pids_exhausted)  # a fork bomb, spent or not
+        kind, error = self._classify(exit_, row)
+        exported = await self._export_artifacts(row)
+        code = exit_.exit_code if exit_ is not None else None
+        async with self.store.write(self.clock.now()) as tx:
+            await tx.append_events(self.run_id, exported, group_id=row.agent_run_group_id)
+            await tx.fold_output(self.run_id)
+            await tx.update_run(self.run_id, exit_code=code, failure_kind=kind, error=error,
+                                finished_at=self.clock.now())
+        await self._publish()
+
+    async def _publish(self) -> None:
+        row = await self.store.run(self.run_id)
+        assert row is not None
+        if row.ephemeral:
+            try:
+                await self.backend.remove(row.target_id)
+            except errors.EngineError:  # Docker unreachable: the reconciler removes it on the next start
+                log.warning("could not remove the ephemeral sandbox %s of %s", row.target_id, self.run_id)
+        status = status_of(row.failure_kind)
+        async with self.store.write(self.clock.now()) as tx:
+            await tx.fold_output(self.run_id)
+            if not await tx.transition_run(self.run_id, [models.RunStatus.running, models.RunStatus.queued],
+                                           status=status):
+                return  # someone else published it
+            await tx.append_events(self.run_id, [("run_finished", f"Run {status}", {
+                "status": status, "exit_code": row.exit_code, "failure_kind": row.failure_kind})],
+                group_id=row.agent_run_group_id)
+            if row.ephemeral:
+                await tx.delete_device(row.target_id)
+        if not row.ephemeral:
+            # After publishing, so the waiter is not kept waiting for it.
+            await self.backend.remove_run_files(row.target_id, self.run_id)
+
+    async def _settle_on_error(self, exc: Exception) -> None:
+        row = await self.store.run(self.run_id)
+        if row is None or row.status in TERMINAL:
+            return
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]  # the follower's task group wraps what the backend raised
+        kind = "sandbox_lost" if isinstance(exc, errors.SandboxUnavailable) else "backend_error"
+        if row.finished_at is None:  # a result already recorded stands; only its publishing failed
+            async with self.store.write(self.clock.now()) as tx:
+                await tx.update_run(self.run_id, failure_kind=kind, error=str(exc)[:2000],
+                                    finished_at=self.clock.now())
+        await self._publish()
+
+    def _classify(self, exit_: Exit | None, row: RunRow) -> tuple[str | None, str | None]:
+        """The run's failure_kind and error (None, None: it succeeded)."""
+        if row.cancel_requested or self.cancel.is_set():
+            return "canceled", "canceled by request"
+        if self.timed_out:
+            return "timeout", f"timed out after {row.timeout} s"
+        ending = exit_.ending if exit_ is not None else Ending.lost
+        if ending is Ending.lost:
+            return "process_lost", "the run's process ended without recording an exit code"
+        if ending is Ending.sandbox_lost:
+            return "sandbox_lost", "the run's sandbox stopped or disappeared while it ran"
+        if ending is Ending.pids_exhausted:
+            return "pids_exhausted", (
+                "the run filled its sandbox's process limit (a fork bomb?); every process it started was killed")
+        if ending is Ending.runtime_not_found:
+            return "runtime_not_found", (
+                f"the {row.provider.value} runtime ({self.harness.binary}) is not installed in the device's image; "
+                "use an image that has it, or provider custom with your own command")
+        assert exit_ is not None
+        if exit_.exit_code == 0:
+            return None, None
+        return "nonzero_exit", f"exited with code {exit_.exit_code}"
+
+    async def _export_artifacts(self, row: RunRow) -> list[Draft]:
+        """Read back the files the run's user copied out when its process ended (see RunLaunch)."""
+        events: list[Draft] = []
+        for index, path in enumerate(artifact_paths(row)):
+            try:
+                data = await self.backend.artifact(row.target_id, self.run_id, index, path,
+                                                   self.cfg.artifact_max_bytes)
+            except errors.EngineError as exc:
+                events.append(("artifact_exported", f"Artifact {path} not exported: {exc.message}",
+                               {"path": path, "ok": False, "error": exc.code,
+                                "diagnostic": exc.diagnostic().model_dump(mode="json")}))
+                continue
+            digest = hashlib.sha256(data).hexdigest()
+            stored = f"{self.run_id}/{digest}"
+            target = self.cfg.artifacts_dir / stored
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            async with self.store.write(self.clock.now()) as tx:
+                await tx.upsert_artifact(self.run_id, path, len(data), digest, stored)
+            events.append(("artifact_exported", f"Exported {path}", {"path": path, "ok": True, "size": len(data),
+                                                                    "sha256": digest}))
+        return events
+
+
+def artifact_paths(row: RunRow) -> list[str]:
+    return [models.workspace_path(p) for p in (row.metadata or {}).get("artifact_paths") or []]
+
+
+def status_of(failure_kind: str | None) -> str:
+    return "succeeded" if failure_kind is None else ("canceled" if failure_kind == "canceled" else "failed")
+

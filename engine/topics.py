@@ -1,0 +1,48 @@
+"""Topics: one notifier keyed by topic (`run:<id>`, `group:<id>`, `admission`, later a channel or a
+task queue) that wakes exactly the waiters of a topic when a transaction that touched it commits.
+
+A waiter takes `watch(topic)` before it reads state and waits on it after: a commit between the
+read and the wait still wakes it, so nothing is missed and nobody polls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import anyio
+
+
+def run(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+def group(group_id: str) -> str:
+    return f"group:{group_id}"
+
+
+ADMISSION = "admission"
+"""Touched when a run is queued or an active run ends: the scheduler may admit another."""
+
+
+class Topics:
+    def __init__(self) -> None:
+        self._waiting: dict[str, anyio.Event] = {}
+
+    def watch(self, topic: str) -> anyio.Event:
+        """The event set by the next commit that touches `topic`."""
+        return self._waiting.setdefault(topic, anyio.Event())
+
+    def publish(self, topics: Iterable[str]) -> None:
+        """Wake the waiters of each topic (called by the store once a transaction has committed)."""
+        for topic in topics:
+            event = self._waiting.pop(topic, None)
+            if event is not None:
+                event.set()
+
+    @staticmethod
+    async def wait(event: anyio.Event, timeout: float) -> bool:
+        """Wait for `event` at most `timeout` seconds; True if it was set."""
+        with anyio.move_on_after(timeout):
+            await event.wait()
+            return True
+        return False
