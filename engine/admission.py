@@ -33,10 +33,10 @@ class Admission:
         if free <= 0:
             return 0
         started = 0
-        for row in await self.store.queued_runs(self.cap + free):
+        for run_id in await self.store.queued_runs(self.cap + free):
             if started == free:
                 break
-            if not self.runs.supervised(row.id):
-                self.runs.start(row.id)
+            if not self.runs.supervised(run_id):
+                self.runs.start(run_id)
                 started += 1
         return started

@@ -62,11 +62,11 @@ SQL = {
     "run_get": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE id = ?",
     "run_by_idempotency_key": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE created_by = ? AND idempotency_key = ?",
     "runs_unfinished": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE status IN ('queued', 'running') ORDER BY rowid",
-    "runs_queued": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE status = 'queued' ORDER BY rowid LIMIT ?",
+    "runs_queued": "SELECT id FROM agent_runs WHERE status = 'queued' ORDER BY rowid LIMIT ?",
     "runs_active_on_target": "SELECT id FROM agent_runs WHERE target_id = ? AND status IN ('queued', 'running')",
-    "stream_next": (
-        "INSERT INTO streams (name, last_sequence) VALUES (?, 1) "
-        "ON CONFLICT (name) DO UPDATE SET last_sequence = last_sequence + 1 RETURNING last_sequence"
+    "stream_bump": (
+        "INSERT INTO streams (name, last_sequence) VALUES (?, ?) "
+        "ON CONFLICT (name) DO UPDATE SET last_sequence = last_sequence + ? RETURNING last_sequence"
     ),
     "event_insert": (
         "INSERT INTO events (id, run_id, group_id, type, message, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -185,21 +185,26 @@ class Tx:
     async def append_events(self, run_id: str | None, events: Iterable[Draft], *,
                             group_id: str | None = None) -> list[int]:
         """Append events to the run's stream and, when it has one, its group's: each stream gets its
-        next gapless sequence in this transaction. Returns the run-stream sequences."""
+        next gapless sequences in this transaction (one counter bump per stream for the whole batch).
+        Returns the run-stream sequences."""
+        events = list(events)
+        if not events:
+            return []
         streams = ([topics.run(run_id)] if run_id else []) + ([topics.group(group_id)] if group_id else [])
-        seqs = []
-        for type_, message, payload in events:
-            event_id = new_id("ev")
-            await self.conn.execute(SQL["event_insert"], (event_id, run_id, group_id, type_, message,
-                                                          json.dumps(payload), ts(self.now)))
-            for i, stream in enumerate(streams):
-                ((seq,),) = await self.conn.execute_fetchall(SQL["stream_next"], (stream,))
-                await self.conn.execute(SQL["stream_event_insert"], (stream, seq, event_id))
-                if i == 0:
-                    seqs.append(seq)
-        for stream in streams:
+        ids = [new_id("ev") for _ in events]
+        await self.conn.executemany(SQL["event_insert"], [
+            (event_id, run_id, group_id, type_, message, json.dumps(payload), ts(self.now))
+            for event_id, (type_, message, payload) in zip(ids, events, strict=True)])
+        first_stream_seqs: list[int] = []
+        for i, stream in enumerate(streams):
+            ((last,),) = await self.conn.execute_fetchall(SQL["stream_bump"], (stream, len(events), len(events)))
+            seqs = list(range(last - len(events) + 1, last + 1))
+            await self.conn.executemany(SQL["stream_event_insert"], [
+                (stream, seq, event_id) for seq, event_id in zip(seqs, ids, strict=True)])
+            if i == 0:
+                first_stream_seqs = seqs
             self.touch(stream)
-        return seqs
+        return first_stream_seqs
 
     async def upsert_artifact(self, run_id: str, path: str, size: int, sha256: str, stored_as: str) -> None:
         await self.conn.execute(SQL["artifact_upsert"], (run_id, path, size, sha256, stored_as, ts(self.now)))
@@ -315,9 +320,9 @@ class Store:
     async def unfinished_runs(self) -> list[RunRow]:
         return [RunRow.model_validate(r) for r in await self._all(SQL["runs_unfinished"])]
 
-    async def queued_runs(self, limit: int) -> list[RunRow]:
-        """The oldest queued runs, in the order they were created."""
-        return [RunRow.model_validate(r) for r in await self._all(SQL["runs_queued"], (limit,))]
+    async def queued_runs(self, limit: int) -> list[str]:
+        """The ids of the oldest queued runs, in the order they were created."""
+        return [r["id"] for r in await self._all(SQL["runs_queued"], (limit,))]
 
     async def active_runs_on(self, target_id: str) -> list[str]:
         return [r["id"] for r in await self._all(SQL["runs_active_on_target"], (target_id,))]

@@ -24,7 +24,7 @@ from engine.output import OutputFolder
 from engine.ports import Clock, DeviceSpec, Ending, Exit, Harness, HarnessInput, RunLaunch, SandboxBackend
 from engine.records import RunRow
 from engine.settings import Settings
-from engine.store import Draft, Store
+from engine.store import Draft, Store, Tx
 
 log = logging.getLogger("agentdock.runs")
 
@@ -74,8 +74,7 @@ class Supervision:
                     return  # canceled before it was started
                 await tx.append_events(self.run_id, [("run_started", "Run started", {"target_id": row.target_id})],
                                        group_id=row.agent_run_group_id)
-            row = await self.store.run(self.run_id)
-            assert row is not None
+            row = row.model_copy(update={"status": models.RunStatus.running, "started_at": now})
         self.row = row
         self.harness = self.harnesses(row.provider.value)
         self.folder = OutputFolder.resuming(
@@ -167,8 +166,7 @@ class Supervision:
         self.folder.end()
         if self.folder.has_pending:
             await self._flush()
-        row = await self.store.run(self.run_id)
-        assert row is not None
+        row = self.row
         if not row.ephemeral:  # an ephemeral sandbox goes, with everything in it, when the run is published
             swept = await self.backend.sweep(row.target_id, self.run_id)  # whatever the run left running
             if swept.pids_exhausted and (exit_ is None or exit_.ending in (Ending.exited, Ending.lost)):
@@ -176,14 +174,37 @@ class Supervision:
         kind, error = self._classify(exit_, row)
         exported = await self._export_artifacts(row)
         code = exit_.exit_code if exit_ is not None else None
-        async with self.store.write(self.clock.now()) as tx:
-            await tx.append_events(self.run_id, exported, group_id=row.agent_run_group_id)
+        now = self.clock.now()
+        async with self.store.write(now) as tx:
             await tx.fold_output(self.run_id)
-            await tx.update_run(self.run_id, exit_code=code, failure_kind=kind, error=error,
-                                finished_at=self.clock.now())
-        await self._publish()
+            if row.ephemeral:
+                await tx.append_events(self.run_id, exported, group_id=row.agent_run_group_id)
+                await tx.update_run(self.run_id, exit_code=code, failure_kind=kind, error=error, finished_at=now)
+            else:  # nothing to clean up before the end is published: record and publish in one step
+                await self._end(tx, row, exported, code, kind, error, now)
+        if row.ephemeral:
+            # Two phases: the result is recorded (still `running`); remove the sandbox, then publish
+            # the end. A crash in between resumes at publishing, so the run never starts again.
+            await self._publish()
+        else:
+            await self.backend.remove_run_files(row.target_id, self.run_id)
+
+    async def _end(self, tx: Tx, row: RunRow, events: list[Draft], code: int | None, kind: str | None,
+                   error: str | None, now: datetime) -> bool:
+        """Publish the run's end (its result and `run_finished`) in `tx`; False if it already was."""
+        status = status_of(kind)
+        if not await tx.transition_run(self.run_id, [models.RunStatus.running, models.RunStatus.queued],
+                                       status=status, exit_code=code, failure_kind=kind, error=error,
+                                       finished_at=row.finished_at or now):
+            return False
+        await tx.append_events(self.run_id, [*events, ("run_finished", f"Run {status}", {
+            "status": status, "exit_code": code, "failure_kind": kind})], group_id=row.agent_run_group_id)
+        if row.ephemeral:
+            await tx.delete_device(row.target_id)
+        return True
 
     async def _publish(self) -> None:
+        """Publish a result already recorded: remove the ephemeral sandbox first, then the end."""
         row = await self.store.run(self.run_id)
         assert row is not None
         if row.ephemeral:
@@ -191,19 +212,10 @@ class Supervision:
                 await self.backend.remove(row.target_id)
             except errors.EngineError:  # Docker unreachable: the reconciler removes it on the next start
                 log.warning("could not remove the ephemeral sandbox %s of %s", row.target_id, self.run_id)
-        status = status_of(row.failure_kind)
         async with self.store.write(self.clock.now()) as tx:
             await tx.fold_output(self.run_id)
-            if not await tx.transition_run(self.run_id, [models.RunStatus.running, models.RunStatus.queued],
-                                           status=status):
-                return  # someone else published it
-            await tx.append_events(self.run_id, [("run_finished", f"Run {status}", {
-                "status": status, "exit_code": row.exit_code, "failure_kind": row.failure_kind})],
-                group_id=row.agent_run_group_id)
-            if row.ephemeral:
-                await tx.delete_device(row.target_id)
+            await self._end(tx, row, [], row.exit_code, row.failure_kind, row.error, self.clock.now())
         if not row.ephemeral:
-            # After publishing, so the waiter is not kept waiting for it.
             await self.backend.remove_run_files(row.target_id, self.run_id)
 
     async def _settle_on_error(self, exc: Exception) -> None:

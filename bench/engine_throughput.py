@@ -1,0 +1,112 @@
+"""Engine throughput: 1,000 runs created at once on the shipped fake backend and real SQLite, under
+daemon-wide caps of 10 and 100. Prints runs finished per second, event appends per second,
+create-to-start latency p50/p99 and peak memory, next to SQLite's own commit rate measured in the
+same run, so the ratio shows how much of the store's ceiling the engine uses. Never pass/fail.
+
+Aim (issue "Engine core"): at least 500 runs a second, create-to-start p99 under 50 ms when a slot
+is free.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiosqlite
+import anyio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from engine import models, topics  # noqa: E402
+from engine.app import Engine  # noqa: E402
+from engine.callers import ROOT  # noqa: E402
+from engine.settings import Settings  # noqa: E402
+from runtimes import harness  # noqa: E402
+from runtimes.fake import FakeBackend  # noqa: E402
+
+N_RUNS = int(os.environ.get("AGENTDOCK_BENCH_RUNS", "1000"))
+CAPS = [int(c) for c in os.environ.get("AGENTDOCK_BENCH_CAPS", "10,100").split(",")]
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+
+
+async def sqlite_commit_rate(path: Path, n: int = 2000) -> float:
+    """Small transactions a second on the same pragmas as the store (WAL, synchronous=NORMAL)."""
+    async with aiosqlite.connect(path, isolation_level=None) as db:
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        start = time.perf_counter()
+        for i in range(n):
+            await db.execute("BEGIN IMMEDIATE")
+            await db.execute("INSERT INTO t (v) VALUES (?)", (f"row {i}",))
+            await db.commit()
+        return n / (time.perf_counter() - start)
+
+
+async def burst(cap: int, home: Path) -> dict[str, float]:
+    settings = Settings(home=home, image="fake:latest", max_active_runs=cap, flush_interval_seconds=0.05)
+    backend = FakeBackend()
+    async with Engine(settings, backend=backend, harnesses=harness.get).running() as engine:
+        start = time.perf_counter()
+        runs: list[models.Run] = []
+
+        async def create(i: int) -> None:
+            runs.append(await engine.runs.create(ROOT, models.RunCreate(prompt="p", command=f"out=line{i} err=w")))
+
+        async with anyio.create_task_group() as tg:  # all at once
+            for i in range(N_RUNS):
+                tg.start_soon(create, i)
+        created = time.perf_counter()
+        runs.sort(key=lambda r: r.created_at)
+        last = runs[-1].id
+        with anyio.fail_after(600):
+            for run in runs:  # wait for each on its topic (no polling)
+                await engine.runs.wait(ROOT, run.id, 600)
+        finished = time.perf_counter()
+        rows = [await engine.store.run(r.id) for r in runs]
+        events = 0
+        for r in runs:
+            events += len(await engine.store.events(topics.run(r.id), 0, 10_000))
+    assert all(r is not None and r.status is models.RunStatus.succeeded for r in rows), last
+    waits = [(r.started_at - r.created_at).total_seconds() * 1000 for r in rows if r and r.started_at]
+    # "when a slot is free": the first `cap` runs found a free slot when created
+    free = waits[:cap]
+    return {
+        "runs_per_s": N_RUNS / (finished - start),
+        "create_per_s": N_RUNS / (created - start),
+        "events_per_s": events / (finished - start),
+        "events": events,
+        "start_p50": pct(free, 50), "start_p99": pct(free, 99),
+        "queued_p50": pct(waits, 50), "queued_p99": pct(waits, 99),
+    }
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="ad-bench-") as tmp:
+        commits = await sqlite_commit_rate(Path(tmp) / "raw.sqlite")
+        print(f"engine throughput: {N_RUNS} runs created at once, fake backend, real SQLite")
+        print(f"  SQLite alone: {commits:,.0f} commits/s (one-row transactions, WAL, synchronous=NORMAL)")
+        for cap in CAPS:
+            r = await burst(cap, Path(tmp) / f"cap{cap}")
+            print(f"  cap {cap:>4}: {r['runs_per_s']:7.0f} runs/s finished   {r['events_per_s']:7.0f} events/s "
+                  f"({r['events']} events)   creates {r['create_per_s']:6.0f}/s")
+            print(f"             create-to-start with a free slot p50 {r['start_p50']:6.1f} ms  p99 "
+                  f"{r['start_p99']:6.1f} ms;  behind the cap p50 {r['queued_p50']:7.0f} ms  p99 "
+                  f"{r['queued_p99']:7.0f} ms")
+            print(f"             runs/s vs SQLite commits/s: {r['runs_per_s'] / commits:.3f} "
+                  f"(each run commits about {commits / r['runs_per_s']:.1f} transactions' worth)")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"  peak memory (max RSS of this process): {peak:.0f} MiB")
+        print("  aim: >= 500 runs/s; create-to-start p99 < 50 ms when a slot is free")
+
+
+if __name__ == "__main__":
+    anyio.run(main)
