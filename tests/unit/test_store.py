@@ -164,3 +164,25 @@ async def test_migrating_a_version_1_database_keeps_its_runs_and_events_and_scop
         assert (await s.run_by_idempotency_key("ses_root", "k")).id == "run_old"
         fks = await s._writer.execute_fetchall("PRAGMA foreign_keys")
         assert list(fks)[0][0] == 1
+
+
+async def test_an_event_in_a_run_and_its_group_gets_a_gapless_sequence_in_each_stream(store):
+    async with store.write(NOW) as tx:
+        await tx.insert_run(run_row("run_a"))
+        await tx.insert_run(run_row("run_b"))
+
+    async def append(run_id: str) -> None:
+        for i in range(10):
+            async with store.write(NOW) as tx:
+                await tx.append_events(run_id, [("output", "", {"i": i}), ("stderr", "", {"i": i})], group_id="grp_1")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(append, "run_a")
+        tg.start_soon(append, "run_b")
+    group = await store.events("group:grp_1", 0, 1000)
+    assert [e.sequence for e in group] == list(range(1, 41))
+    for run_id in ("run_a", "run_b"):
+        own = await store.events(f"run:{run_id}", 0, 1000)
+        assert [e.sequence for e in own] == list(range(1, 21))
+        assert {e.id for e in own} <= {e.id for e in group}  # one event, two streams
+        assert all(e.group_id == "grp_1" and e.run_id == run_id for e in own)
