@@ -48,7 +48,10 @@ def _result(value: BaseModel) -> CallToolResult:
 
 
 def error_result(exc: BaseException) -> CallToolResult:
-    """The one mapping from exceptions to an MCP tool error."""
+    """The one mapping from exceptions to an MCP tool error. A task group's group of one error (a tool
+    that waits while it reports progress) is that error."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
     if isinstance(exc, errors.EngineError):
         diag = exc.diagnostic()
     else:

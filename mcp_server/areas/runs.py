@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -99,12 +100,13 @@ async def pages(api: AgentDockAPI, run_id: str, after: int = 0,
 async def wait_reporting(api: AgentDockAPI, run_id: str, timeout: float, ctx: Context) -> models.Run:
     """The run once it has ended (or as it is when `timeout` passes), sending a progress notification
     for each page of its events meanwhile. The end is waited for on the server; the events only feed
-    the notifications, and stop with the wait."""
+    the notifications, and stop with the wait (or at their first error: the wait reports errors)."""
 
     async def report() -> None:
-        async for page in pages(api, run_id):
-            last = page.data[-1]
-            await ctx.report_progress(page.next_after, None, last.message or last.type)
+        with contextlib.suppress(errors.EngineError):
+            async for page in pages(api, run_id):
+                last = page.data[-1]
+                await ctx.report_progress(page.next_after, None, last.message or last.type)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(report)
