@@ -22,6 +22,7 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from engine import models  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from mcp_server import daemon  # noqa: E402
 from mcp_server.client import DaemonClient  # noqa: E402
@@ -71,13 +72,13 @@ async def main() -> None:
                                 detach=True, init=True, network_mode="none", cap_drop=["ALL"])
     try:
         async with DaemonClient(settings) as api:
-            sandbox = await api.create_device({"image": IMAGE})
+            sandbox = await api.create_device(models.DeviceCreate(image=IMAGE))
 
             def raw_exec() -> None:
                 assert raw.exec_run(["sh", "-c", "echo hi"]).exit_code == 0
 
             async def ad_exec() -> None:
-                run = await api.create_run({"sandbox_id": sandbox.id, "prompt": "bench", "command": "echo hi"},
+                run = await api.create_run(models.RunCreate(sandbox_id=sandbox.id, prompt="bench", command="echo hi"),
                                            wait=30)
                 assert run.status == "succeeded", run
 
@@ -87,7 +88,7 @@ async def main() -> None:
                 assert out == b"hi\n"
 
             async def ad_ephemeral() -> None:
-                run = await api.create_run({"prompt": "bench", "command": "echo hi"}, wait=60)
+                run = await api.create_run(models.RunCreate(prompt="bench", command="echo hi"), wait=60)
                 assert run.status == "succeeded", run
 
             # Interleave the sides so drift on a shared machine hits both alike.

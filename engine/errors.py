@@ -8,7 +8,8 @@
     ├── PermissionDenied    (403)
     ├── LimitExceeded       (429/413) a bound was hit
     ├── SandboxUnavailable  (503) Docker or the container cannot serve the request
-    └── Busy                (503) the database is busy; retry
+    ├── Busy                (503) the database is busy; retry
+    └── ImageBuildFailed    (500) a sandbox image could not be built (a step, a tool or the network failed)
 """
 
 from __future__ import annotations
@@ -129,6 +130,13 @@ class SandboxUnavailable(EngineError):
     category = "backend"
     title = "Sandbox backend unavailable"
     http_status = 503
+
+
+class ImageBuildFailed(EngineError):
+    code = "image_build_failed"
+    category = "backend"
+    title = "Image build failed"
+    http_status = 500
 
 
 MAX_ECHO_CHARS = 200

@@ -1,4 +1,4 @@
-"""A client of the daemon's HTTP API over its control socket; what `serve` (MCP) and the CLI use.
+"""`AgentDockAPI` over the daemon's HTTP API on its control socket; what `serve` (MCP) and the CLI use.
 
 The daemon's diagnostics come back as `RemoteError`, an `EngineError` carrying the daemon's
 diagnostic, so the MCP layer maps them the same way as local errors.
@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from pydantic import BaseModel
 
 from engine import errors, ids, models
 from engine.settings import Settings
@@ -72,8 +73,9 @@ class DaemonClient:
     # segment, never `../other-route` or a query string.
 
     # devices
-    async def create_device(self, body: dict[str, Any]) -> models.Device:
-        return models.Device.model_validate((await self.request("POST", "/sandboxes", json=body))["data"])
+    async def create_device(self, req: models.DeviceCreate) -> models.Device:
+        payload = await self.request("POST", "/sandboxes", json=_body(req))
+        return models.Device.model_validate(payload["data"])
 
     async def list_devices(self) -> models.DeviceList:
         return models.DeviceList.model_validate(await self.request("GET", "/sandboxes"))
@@ -85,23 +87,27 @@ class DaemonClient:
         return models.Device.model_validate((await self.request("DELETE", _device_path(device_id)))["data"])
 
     # runs
-    async def create_run(self, body: dict[str, Any], *, wait: float = 0) -> models.Run:
-        payload = await self.request("POST", "/agent-runs", json=body, params={"wait": wait or None},
+    async def create_run(self, req: models.RunCreate, *, wait: float = 0) -> models.Run:
+        payload = await self.request("POST", "/agent-runs", json=_body(req), params={"wait": wait or None},
                                      timeout=wait + 60)
         return models.Run.model_validate(payload["data"])
 
     async def get_run(self, run_id: str) -> models.Run:
         return models.Run.model_validate((await self.request("GET", _run_path(run_id)))["data"])
 
-    async def list_runs(self, **params: Any) -> models.RunList:
-        return models.RunList.model_validate(await self.request("GET", "/agent-runs", params=params))
+    async def wait_run(self, run_id: str, timeout: float) -> models.Run:
+        payload = await self.request("GET", _run_path(run_id), params={"wait": timeout or None}, timeout=timeout + 30)
+        return models.Run.model_validate(payload["data"])
+
+    async def list_runs(self, q: models.RunListQuery) -> models.RunList:
+        return models.RunList.model_validate(await self.request("GET", "/agent-runs", params=_query(q)))
 
     async def cancel_run(self, run_id: str) -> models.Run:
         return models.Run.model_validate((await self.request("POST", _run_path(run_id, "/cancel")))["data"])
 
-    async def run_events(self, run_id: str, *, after: int = 0, limit: int = 500, wait: float = 0) -> models.RunEventList:
-        payload = await self.request("GET", _run_path(run_id, "/events"),
-                                     params={"after": after, "limit": limit, "wait": wait or None}, timeout=wait + 30)
+    async def run_events(self, run_id: str, q: models.EventsQuery | None = None) -> models.RunEventList:
+        q = q or models.EventsQuery()
+        payload = await self.request("GET", _run_path(run_id, "/events"), params=_query(q), timeout=q.wait + 30)
         return models.RunEventList.model_validate(payload)
 
     async def artifacts(self, run_id: str) -> models.ArtifactList:
@@ -109,6 +115,16 @@ class DaemonClient:
 
     async def artifact_content(self, run_id: str, path: str) -> bytes:
         return await self.request("GET", _run_path(run_id, "/artifacts/content"), params={"path": path})
+
+
+def _body(req: BaseModel) -> dict[str, Any]:
+    """A request model as the JSON body the daemon parses back into the same model."""
+    return req.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _query(q: BaseModel) -> dict[str, Any]:
+    """A query model as query parameters: only what differs from the route's defaults."""
+    return q.model_dump(mode="json", exclude_defaults=True)
 
 
 def _seg(shape: ids.Shape, value: str, field: str) -> str:

@@ -21,7 +21,7 @@ import uvicorn
 
 from engine import errors
 from engine.settings import Settings
-from mcp_server.http import create_app
+from mcp_server import areas, http
 from runtimes.wiring import docker_engine
 
 log = logging.getLogger("agentdock.daemon")
@@ -112,7 +112,7 @@ async def serve(settings: Settings) -> None:
     try:
         async with docker_engine(settings).running() as engine:
             listener = bind_private(settings.control_socket)
-            config = uvicorn.Config(create_app(engine.devices, engine.runs), log_level="warning", lifespan="off",
+            config = uvicorn.Config(http.create_app(areas.endpoints(engine)), log_level="warning", lifespan="off",
                                     access_log=False, timeout_graceful_shutdown=3)
             server = _Server(config)
             log.info("daemon %s serving on %s", os.getpid(), settings.control_socket)

@@ -1,7 +1,8 @@
-"""The HTTP app (REST with the seeds' paths and `{"data": ...}` bodies) served by the daemon.
+"""The HTTP machinery (REST with the seeds' paths and `{"data": ...}` bodies) the daemon serves.
 
-Handlers are thin: parse, call one service method, wrap. Errors are mapped in one place, and what a
-request carries (body size and type, JSON, query, path ids) is checked here before any handler sees it.
+The routes themselves live with their areas (`mcp_server.areas`); this module holds what they share:
+what a request carries (body size and type, strict JSON, query, path ids) is checked here before any
+handler sees it, and every error is mapped here, once, to the seeds' `{"diagnostic", "error"}` body.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, NamedTuple
 
 from pydantic import BaseModel, Field
@@ -23,10 +24,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive
 
-from engine import errors, ids, models
-from engine.callers import ROOT
-from engine.devices import DeviceService
-from engine.runs import RunService
+from engine import errors, models
+from engine.callers import ROOT, Caller
 
 log = logging.getLogger("agentdock.http")
 VERSION = "0.1.0"
@@ -40,6 +39,8 @@ MAX_NUMBER_DIGITS = 64
 """Longest integer literal in a body; every numeric field has a far smaller bound."""
 MAX_PATH_CHARS = 4096
 """Longest artifact path a caller may name (PATH_MAX on Linux)."""
+MAX_WAIT_SECONDS = 3600
+"""Longest a request may ask to wait for a run's end (`?wait=S`); a client waiting longer asks again."""
 
 
 class PayloadTooLarge(errors.LimitExceeded):
@@ -227,17 +228,27 @@ def limited(receive: Receive, max_body: int) -> Receive:
     return receive_limited
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request, Caller], Awaitable[Response]]
+"""A route's handler: the request (body bounded, JSON checked on reading) and who is asking."""
+Authenticate = Callable[[Request], Awaitable[Caller]]
+"""Who is asking, from the request (a socket's owner, a session's bearer token)."""
 
 
-def guarded(fn: Handler, max_body: int = MAX_BODY_BYTES) -> Handler:
-    """The handler with its request's body bounded and typed, and every exception mapped to a diagnostic.
-    (Starlette's own body limit answers in plain text, so it is not used.)"""
+async def local_user(request: Request) -> Caller:
+    """`control.sock` is the local user's (mode 0600): every request on it is the root session."""
+    return ROOT
+
+
+def guarded(fn: Handler, max_body: int = MAX_BODY_BYTES, authenticate: Authenticate = local_user,
+            ) -> Callable[[Request], Awaitable[Response]]:
+    """The handler with its request's body bounded and typed, its caller known, and every exception
+    mapped to a diagnostic. (Starlette's own body limit answers in plain text, so it is not used.)"""
 
     async def handler(request: Request) -> Response:
         try:
             check_body_headers(request, max_body)
-            return await fn(Request(request.scope, limited(request.receive, max_body)))
+            caller = await authenticate(request)
+            return await fn(Request(request.scope, limited(request.receive, max_body)), caller)
         except Exception as exc:
             return error_response(exc)
 
@@ -262,103 +273,25 @@ class IdSegment(StringConvertor):
 register_url_convertor("id", IdSegment())
 
 
-def create_app(devices: DeviceService, runs: RunService, *, started: float | None = None) -> Starlette:
-    started = started or time.time()
-
-    async def health(request: Request) -> Response:
-        params(request, models.Input)
-        return data({"status": "ok", "pid": os.getpid(), "version": VERSION, "uptime_seconds": time.time() - started})
-
-    async def sandbox_create(request: Request) -> Response:
-        params(request, models.Input)
-        return data(await devices.create(ROOT, models.parse(models.DeviceCreate, await body(request))), 201)
-
-    async def sandbox_list(request: Request) -> Response:
-        params(request, models.Input)
-        return data(await devices.list(ROOT))
-
-    async def sandbox_get(request: Request) -> Response:
-        return data(await devices.get(ROOT, params(request, SandboxPath).sandbox_id))
-
-    async def sandbox_delete(request: Request) -> Response:
-        return data(await devices.delete(ROOT, params(request, SandboxPath).sandbox_id))
-
-    async def run_create(request: Request) -> Response:
-        wait = params(request, WaitQuery).wait
-        fields = await body(request)
-        keys = request.headers.getlist("idempotency-key")
-        if len(keys) > 1:
-            raise errors.InvalidInput("idempotency_key", "the Idempotency-Key header is given more than once")
-        if keys:
-            key = keys[0]
-            if fields.get("idempotency_key") not in (None, key):
-                raise errors.InvalidInput("idempotency_key", "differs from the Idempotency-Key header; send one")
-            fields["idempotency_key"] = key
-        run = await runs.create(ROOT, models.parse(models.RunCreate, fields))
-        if wait:
-            run = await runs.wait(ROOT, run.id, wait)
-        return data(run, 201)
-
-    async def run_list(request: Request) -> Response:
-        return data(await runs.list(ROOT, params(request, models.RunListQuery)))
-
-    async def run_get(request: Request) -> Response:
-        return data(await runs.get(ROOT, params(request, RunPath).run_id))
-
-    async def run_cancel(request: Request) -> Response:
-        return data(await runs.cancel(ROOT, params(request, RunPath).run_id))
-
-    async def run_events(request: Request) -> Response:
-        p = params(request, RunEventsParams)
-        return data(await runs.events(ROOT, p.run_id, p))
-
-    async def run_artifacts(request: Request) -> Response:
-        return data(await runs.artifacts(ROOT, params(request, RunPath).run_id))
-
-    async def run_artifact_content(request: Request) -> Response:
-        p = params(request, ArtifactParams)
-        content = await runs.artifact_bytes(ROOT, p.run_id, p.path)
-        return Response(content, media_type="application/octet-stream")
-
-    table = [
-        Endpoint("/api/v1/health", health, ["GET"]),
-        Endpoint("/api/v1/sandboxes", sandbox_create, ["POST"]),
-        Endpoint("/api/v1/sandboxes", sandbox_list, ["GET"]),
-        Endpoint("/api/v1/sandboxes/{sandbox_id:id}", sandbox_get, ["GET"]),
-        Endpoint("/api/v1/sandboxes/{sandbox_id:id}", sandbox_delete, ["DELETE"]),
-        Endpoint("/api/v1/agent-runs", run_create, ["POST"]),
-        Endpoint("/api/v1/agent-runs", run_list, ["GET"]),
-        Endpoint("/api/v1/agent-runs/{run_id:id}", run_get, ["GET"]),
-        Endpoint("/api/v1/agent-runs/{run_id:id}/cancel", run_cancel, ["POST"]),
-        Endpoint("/api/v1/agent-runs/{run_id:id}/events", run_events, ["GET"]),
-        Endpoint("/api/v1/agent-runs/{run_id:id}/artifacts", run_artifacts, ["GET"]),
-        Endpoint("/api/v1/agent-runs/{run_id:id}/artifacts/content", run_artifact_content, ["GET"]),
-    ]
-    routes = [Route(e.path, guarded(e.fn, e.max_body), methods=e.methods) for e in table]
-    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
-    app.router.redirect_slashes = False  # a redirect is not an answer a client of this API can act on
-    return app
-
-
-class RunPath(models.Input):
-    run_id: ids.RunId
-
-
-class SandboxPath(models.Input):
-    sandbox_id: ids.DeviceId
-
-
-class RunEventsParams(models.EventsQuery):
-    run_id: ids.RunId
-
-
 class WaitQuery(models.Input):
-    wait: float = Field(default=0, ge=0, le=3600, allow_inf_nan=False)
+    wait: float = Field(default=0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
     """Seconds to wait for the run to end before answering (0: answer at once)."""
 
 
-class ArtifactParams(RunPath):
-    path: str = Field(min_length=1, max_length=MAX_PATH_CHARS)
+def create_app(endpoints: Iterable[Endpoint], *, authenticate: Authenticate = local_user,
+               started: float | None = None) -> Starlette:
+    """The app serving `endpoints` (the areas' routes) and the health route, every one guarded."""
+    started = started or time.time()
+
+    async def health(request: Request, caller: Caller) -> Response:
+        params(request, models.Input)
+        return data({"status": "ok", "pid": os.getpid(), "version": VERSION, "uptime_seconds": time.time() - started})
+
+    table = [Endpoint("/api/v1/health", health, ["GET"]), *endpoints]
+    routes = [Route(e.path, guarded(e.fn, e.max_body, authenticate), methods=e.methods) for e in table]
+    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+    app.router.redirect_slashes = False  # a redirect is not an answer a client of this API can act on
+    return app
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -35,6 +35,8 @@ from typing import Any, Callable, Iterable, Iterator
 import docker
 import docker.errors
 
+from engine import errors
+
 SMALL_IMAGE = "agentdock-small:latest"
 FULL_IMAGE = "agentdock-full:latest"
 FULL_BASE_IMAGE = "agentdock-full-base:latest"
@@ -55,8 +57,9 @@ _BUILD_TIMEOUT = 1800  # seconds, for the docker API client
 Log = Callable[[str], None]
 
 
-class ImageBuildError(RuntimeError):
-    """An image could not be built; the message says why and what to do."""
+class ImageBuildError(errors.ImageBuildFailed):
+    """An image could not be built; the message says why, `suggested_command` what to do. Every other
+    failure of a build (docker-py, a subprocess, the file system) is translated into one by `build()`."""
 
 
 # --------------------------------------------------------------------------- #
@@ -152,7 +155,8 @@ def _client() -> docker.APIClient:
         client.ping()
     except docker.errors.DockerException as exc:
         raise ImageBuildError(
-            f"cannot reach the Docker engine ({exc}); start it (scripts/setup.sh does)"
+            f"cannot reach the Docker engine ({exc}); start it (scripts/setup.sh does)",
+            suggested_command="docker info",
         ) from exc
     return client.api
 
@@ -230,16 +234,19 @@ def _stream_build(
             if "error" in chunk or "errorDetail" in chunk:
                 msg = chunk.get("error") or (chunk.get("errorDetail") or {}).get("message", "")
                 raise ImageBuildError(
-                    f"building {tag} failed: {str(msg).strip()}\n" + "".join(tail[-20:])
+                    f"building {tag} failed: {str(msg).strip()}\n" + "".join(tail[-20:]),
+                    suggested_command="agentdock image build --force",
                 )
             line = chunk.get("stream")
             if line:
                 tail.append(line)
                 yield line.rstrip("\n")
     except docker.errors.APIError as exc:
-        raise ImageBuildError(f"building {tag} failed: {exc}\n" + "".join(tail[-20:])) from exc
+        raise ImageBuildError(f"building {tag} failed: {exc}\n" + "".join(tail[-20:]),
+                              suggested_command="docker info") from exc
     if _image_label(api, tag) is None:
-        raise ImageBuildError(f"building {tag} produced no image:\n" + "".join(tail[-20:]))
+        raise ImageBuildError(f"building {tag} produced no image:\n" + "".join(tail[-20:]),
+                              suggested_command="agentdock image build --force")
 
 
 def _run_build(api: docker.APIClient, context: io.BytesIO, tag: str, labels: dict[str, str], log: Log) -> None:
@@ -275,13 +282,13 @@ def _small_inputs() -> tuple[str, dict[str, tuple[bytes, int]]]:
     if not BUSYBOX_PATH.is_file():
         raise ImageBuildError(
             f"{BUSYBOX_PATH} is missing; the small image needs a static busybox: "
-            "run `apt-get install busybox-static`"
+            "run `apt-get install busybox-static`", suggested_command="apt-get install busybox-static"
         )
     busybox = BUSYBOX_PATH.read_bytes()
     if not _is_static_elf(busybox):
         raise ImageBuildError(
             f"{BUSYBOX_PATH} is dynamically linked and cannot run in a FROM-scratch image: "
-            "run `apt-get install busybox-static`"
+            "run `apt-get install busybox-static`", suggested_command="apt-get install busybox-static"
         )
     files: dict[str, tuple[bytes, int]] = {
         "busybox": (busybox, 0o755),
@@ -362,10 +369,11 @@ def _ensure_rootfs(log: Log) -> Path:
     if shutil.which("debootstrap") is None:
         raise ImageBuildError(
             "debootstrap is missing; the offline build of the full image needs it: "
-            "run `apt-get install debootstrap`"
+            "run `apt-get install debootstrap`", suggested_command="apt-get install debootstrap"
         )
     if os.geteuid() != 0:
-        raise ImageBuildError("debootstrap must run as root to build the full image rootfs")
+        raise ImageBuildError("debootstrap must run as root to build the full image rootfs",
+                              suggested_command="sudo agentdock image build --full")
     if target.exists():
         log(f"images: removing incomplete or outdated rootfs at {target}")
         shutil.rmtree(target)
@@ -402,7 +410,9 @@ def _ensure_rootfs(log: Log) -> Path:
         rc = proc.wait()
     if rc != 0:
         raise ImageBuildError(
-            f"debootstrap failed (exit {rc}; full log in {logfile}):\n" + "\n".join(tail)
+            f"debootstrap failed (exit {rc}; full log in {logfile}; it needs {DEBIAN_MIRROR} "
+            "unless its cache is complete):\n" + "\n".join(tail),
+            suggested_command=f"cat {logfile}",
         )
     # apt caches are not needed in the image
     for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
@@ -423,7 +433,8 @@ def _import_base(api: docker.APIClient, force: bool, log: Log) -> None:
         return
     root = _ensure_rootfs(log)
     if shutil.which("docker") is None:
-        raise ImageBuildError("the docker CLI is missing (needed for `docker import`): apt-get install docker.io")
+        raise ImageBuildError("the docker CLI is missing (needed for `docker import`): apt-get install docker.io",
+                              suggested_command="apt-get install docker.io")
     t0 = time.monotonic()
     log(f"images: importing {root} as {FULL_BASE_IMAGE}")
     cmd = ["docker", "import"]
@@ -442,7 +453,8 @@ def _import_base(api: docker.APIClient, force: bool, log: Log) -> None:
     if tar_rc != 0 or imp.returncode != 0:
         raise ImageBuildError(
             f"importing the rootfs failed (tar exit {tar_rc}, docker import exit {imp.returncode}):\n"
-            f"{tar_err.strip()}\n{imp.stderr.strip()}"
+            f"{tar_err.strip()}\n{imp.stderr.strip()}",
+            suggested_command="agentdock image build --full --force",
         )
     log(f"images: imported {FULL_BASE_IMAGE} in {time.monotonic() - t0:.1f}s")
 
@@ -477,16 +489,29 @@ def build(
     force: bool = False,
     log: Callable[[str], None] = print,
 ) -> list[str]:
-    """Build (or find up to date) the named images; return their tags."""
+    """Build (or find up to date) the named images; return their tags. Every failure is an
+    `errors.ImageBuildFailed` (or `InvalidInput` for an unknown name) saying what to do."""
     names = list(which)
     unknown = [n for n in names if n not in _BUILDERS]
     if unknown:
-        raise ValueError(f"unknown image(s) {unknown}; choose from {sorted(_BUILDERS)}")
-    api = _client()
+        raise errors.InvalidInput("images", f"unknown image(s) {unknown}; choose from {sorted(_BUILDERS)}")
     try:
-        return [_BUILDERS[n](api, force, log) for n in names]
-    finally:
-        api.close()
+        api = _client()
+        try:
+            return [_BUILDERS[n](api, force, log) for n in names]
+        finally:
+            api.close()
+    except errors.EngineError:
+        raise
+    except docker.errors.DockerException as exc:
+        raise ImageBuildError(f"the Docker engine failed a step of the build: {exc}",
+                              suggested_command="docker info", evidence={"type": type(exc).__name__}) from exc
+    except subprocess.SubprocessError as exc:
+        raise ImageBuildError(f"a build command failed: {exc}", suggested_command="agentdock image build --force",
+                              evidence={"type": type(exc).__name__}) from exc
+    except OSError as exc:  # a tool that will not start, the disk, the Docker socket (requests' errors too)
+        raise ImageBuildError(f"a build step could not run: {exc}", suggested_command="docker info",
+                              evidence={"type": type(exc).__name__}) from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,8 +525,10 @@ def main(argv: list[str] | None = None) -> int:
     which = args.which or ("small", "full")
     try:
         tags = build(which, force=args.force, log=lambda s: print(s, flush=True))
-    except ImageBuildError as exc:
+    except errors.EngineError as exc:
         print(f"images: error: {exc}", file=sys.stderr)
+        if exc.suggested_command:
+            print(f"images:   try: {exc.suggested_command}", file=sys.stderr)
         return 1
     print("images: ready: " + " ".join(tags), flush=True)
     return 0

@@ -186,6 +186,28 @@ async def test_create_with_wait_answers_with_the_finished_run(daemon):
     assert run["finished_at"] is not None
 
 
+async def test_get_with_wait_answers_once_the_run_has_ended_or_as_it_is_when_the_wait_passes(daemon):
+    with anyio.fail_after(60):
+        async with http(daemon) as client:
+            sid = await new_sandbox(client)
+            quick = (await client.post(RUNS, json={"sandbox_id": sid, "prompt": "p",
+                                                   "command": "sleep 0.5; echo waited"})).json()["data"]
+            ended = await client.get(f"{RUNS}/{quick['id']}", params={"wait": 30})
+            endless = (await client.post(RUNS, json={"sandbox_id": sid, "prompt": "p",
+                                                     "command": "sleep 1000"})).json()["data"]
+            with anyio.fail_after(10):
+                bounded = await client.get(f"{RUNS}/{endless['id']}", params={"wait": 1})
+            too_long = await client.get(f"{RUNS}/{endless['id']}", params={"wait": 3601})
+            canceled = await client.post(f"{RUNS}/{endless['id']}/cancel")
+
+    assert quick["status"] in ("queued", "running")
+    assert ended.status_code == 200, ended.text
+    assert (ended.json()["data"]["status"], ended.json()["data"]["output"]) == ("succeeded", "waited\n")
+    assert bounded.status_code == 200 and bounded.json()["data"]["status"] == "running"
+    assert diagnostic(too_long, 400, "invalid_input")["evidence"]["field"] == "wait"
+    assert canceled.json()["data"]["status"] == "canceled"
+
+
 async def test_events_long_poll_returns_only_events_after_the_cursor(daemon):
     with anyio.fail_after(60):
         async with http(daemon) as client:

@@ -298,7 +298,7 @@ async def test_ten_ephemeral_runs_acknowledged_just_before_a_kill_9_each_run_exa
     from tests.integration.test_restart import kill_daemon, settled
 
     async with DaemonClient(daemon.settings) as client:
-        runs = [await client.create_run({"prompt": "p", "command": f"echo run {i}"}) for i in range(10)]
+        runs = [await client.create_run(models.RunCreate(prompt="p", command=f"echo run {i}")) for i in range(10)]
     await kill_daemon(daemon)
     daemon.start()
 

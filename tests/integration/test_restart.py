@@ -31,7 +31,7 @@ async def wait_for_event(client: DaemonClient, run_id: str, type_: str) -> None:
     after = 0
     with anyio.fail_after(30):
         while True:
-            page = await client.run_events(run_id, after=after, wait=5)
+            page = await client.run_events(run_id, models.EventsQuery(after=after, wait=5))
             if any(e.type == type_ for e in page.data):
                 return
             after = page.next_after
@@ -48,18 +48,14 @@ async def wait_in_container(device_id: str, run_id: str, name: str) -> None:
 async def settled(d: Daemon, run_id: str) -> models.Run:
     async with DaemonClient(d.settings) as client:
         with anyio.fail_after(60):
-            run = await client.get_run(run_id)
-            while not run.status.terminal:
-                await client.run_events(run_id, after=0, limit=1, wait=5)
-                run = await client.get_run(run_id)
-        return run
+            return await client.wait_run(run_id, 55)
 
 
 async def test_run_that_finishes_while_the_daemon_is_down_ends_succeeded_after_restart(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.create_device({})
-        run = await client.create_run({"sandbox_id": device.id, "prompt": "p",
-                                       "command": "echo before; sleep 1; echo after; exit 0"})
+        device = await client.create_device(models.DeviceCreate())
+        run = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p",
+                                                       command="echo before; sleep 1; echo after; exit 0"))
         await wait_for_event(client, run.id, "output")
     await kill_daemon(daemon)
     await wait_in_container(device.id, run.id, "exit")
@@ -70,9 +66,9 @@ async def test_run_that_finishes_while_the_daemon_is_down_ends_succeeded_after_r
 
 async def test_run_still_going_across_a_restart_finishes_normally_without_repeating_output(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.create_device({})
-        run = await client.create_run({"sandbox_id": device.id, "prompt": "p",
-                                       "command": "echo one; sleep 2; echo two >&2; echo three"})
+        device = await client.create_device(models.DeviceCreate())
+        run = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p",
+                                                       command="echo one; sleep 2; echo two >&2; echo three"))
         await wait_for_event(client, run.id, "output")
     await kill_daemon(daemon)
     daemon.start()
@@ -87,7 +83,7 @@ async def test_run_still_going_across_a_restart_finishes_normally_without_repeat
 
 async def test_ephemeral_run_across_a_restart_finishes_and_its_container_is_removed(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        run = await client.create_run({"prompt": "p", "command": "echo start; sleep 2; echo end"})
+        run = await client.create_run(models.RunCreate(prompt="p", command="echo start; sleep 2; echo end"))
         await wait_for_event(client, run.id, "output")
     await kill_daemon(daemon)
     daemon.start()
@@ -101,8 +97,8 @@ async def test_ephemeral_run_across_a_restart_finishes_and_its_container_is_remo
 
 async def test_run_whose_container_vanished_while_the_daemon_was_down_fails_with_sandbox_lost(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.create_device({})
-        run = await client.create_run({"sandbox_id": device.id, "prompt": "p", "command": "sleep 1000"})
+        device = await client.create_device(models.DeviceCreate())
+        run = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
         await wait_for_event(client, run.id, "run_started")
     await kill_daemon(daemon)
     docker.from_env().containers.get(f"agentdock-{device.id}").remove(force=True)
@@ -113,8 +109,8 @@ async def test_run_whose_container_vanished_while_the_daemon_was_down_fails_with
 
 async def test_run_whose_process_died_with_its_container_fails_with_process_lost(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.create_device({})
-        run = await client.create_run({"sandbox_id": device.id, "prompt": "p", "command": "sleep 1000"})
+        device = await client.create_device(models.DeviceCreate())
+        run = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
         await wait_for_event(client, run.id, "run_started")
         await wait_in_container(device.id, run.id, "pid")
     await kill_daemon(daemon)

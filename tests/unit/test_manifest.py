@@ -85,8 +85,9 @@ def test_manifest_targets_linux_and_the_python_the_package_requires(manifest, py
 @pytest.mark.anyio
 async def test_manifest_tools_are_exactly_the_tools_the_server_registers(manifest, tmp_path):
     # The daemon client is never used: listing tools does not reach the daemon.
-    async with DaemonClient(Settings(home=tmp_path)) as daemon_client:
-        server = mcp_app.build(daemon_client)
+    settings = Settings(home=tmp_path)
+    async with DaemonClient(settings) as daemon_client:
+        server = mcp_app.build(daemon_client, settings)
         with anyio.fail_after(10):
             async with Client(server) as client:
                 registered = {t.name: t for t in (await client.list_tools()).tools}

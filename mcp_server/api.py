@@ -1,0 +1,93 @@
+"""The one interface the MCP tools and the CLI speak (`AgentDockAPI`), and its in-process implementation.
+
+Two implementations: `client.DaemonClient` (HTTP over `control.sock`, what `agentdock serve` and the
+CLI use) and `InProcessAPI` here (an `Engine` and a `Caller` in this process: the tests, and later a
+daemon serving MCP over streamable HTTP itself). Both take and return the engine's models and raise
+engine errors, so a tool cannot tell which one it talks to.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from engine import models
+from engine.app import Engine
+from engine.callers import Caller
+
+
+class AgentDockAPI(Protocol):
+    """What the surfaces may ask of agentdock, as one caller. Every id is checked by shape."""
+
+    # devices
+    async def create_device(self, req: models.DeviceCreate) -> models.Device: ...
+
+    async def list_devices(self) -> models.DeviceList: ...
+
+    async def get_device(self, device_id: str) -> models.Device: ...
+
+    async def delete_device(self, device_id: str) -> models.Device: ...
+
+    # runs
+    async def create_run(self, req: models.RunCreate) -> models.Run: ...
+
+    async def get_run(self, run_id: str) -> models.Run: ...
+
+    async def wait_run(self, run_id: str, timeout: float) -> models.Run:
+        """The run once it has ended, or as it is when `timeout` seconds pass (waited for on the server)."""
+        ...
+
+    async def list_runs(self, q: models.RunListQuery) -> models.RunList: ...
+
+    async def cancel_run(self, run_id: str) -> models.Run: ...
+
+    async def run_events(self, run_id: str, q: models.EventsQuery | None = None) -> models.RunEventList:
+        """Events after `q.after`; with `q.wait`, long-polls until one arrives or the run ends."""
+        ...
+
+    async def artifacts(self, run_id: str) -> models.ArtifactList: ...
+
+    async def artifact_content(self, run_id: str, path: str) -> bytes: ...
+
+
+class InProcessAPI:
+    """`AgentDockAPI` over an engine running in this process, acting as `caller`."""
+
+    def __init__(self, engine: Engine, caller: Caller) -> None:
+        self.engine = engine
+        self.caller = caller
+
+    async def create_device(self, req: models.DeviceCreate) -> models.Device:
+        return await self.engine.devices.create(self.caller, req)
+
+    async def list_devices(self) -> models.DeviceList:
+        return await self.engine.devices.list(self.caller)
+
+    async def get_device(self, device_id: str) -> models.Device:
+        return await self.engine.devices.get(self.caller, device_id)
+
+    async def delete_device(self, device_id: str) -> models.Device:
+        return await self.engine.devices.delete(self.caller, device_id)
+
+    async def create_run(self, req: models.RunCreate) -> models.Run:
+        return await self.engine.runs.create(self.caller, req)
+
+    async def get_run(self, run_id: str) -> models.Run:
+        return await self.engine.runs.get(self.caller, run_id)
+
+    async def wait_run(self, run_id: str, timeout: float) -> models.Run:
+        return await self.engine.runs.wait(self.caller, run_id, timeout)
+
+    async def list_runs(self, q: models.RunListQuery) -> models.RunList:
+        return await self.engine.runs.list(self.caller, q)
+
+    async def cancel_run(self, run_id: str) -> models.Run:
+        return await self.engine.runs.cancel(self.caller, run_id)
+
+    async def run_events(self, run_id: str, q: models.EventsQuery | None = None) -> models.RunEventList:
+        return await self.engine.runs.events(self.caller, run_id, q or models.EventsQuery())
+
+    async def artifacts(self, run_id: str) -> models.ArtifactList:
+        return await self.engine.runs.artifacts(self.caller, run_id)
+
+    async def artifact_content(self, run_id: str, path: str) -> bytes:
+        return await self.engine.runs.artifact_bytes(self.caller, run_id, path)

@@ -1,0 +1,104 @@
+"""What the areas' MCP tools share: the tool factory, annotations, and the one mapping of errors.
+
+Each tool's input schema is its input model (unknown fields refused), its output schema the record it
+returns; every failure comes back as `isError` with the seeds' diagnostic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, NamedTuple
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
+from mcp.server.mcpserver.tools import Tool
+from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, ConfigDict
+
+from engine import errors, models
+
+log = logging.getLogger("agentdock.mcp")
+
+
+class _RawArgs(ArgModelBase):
+    """Hands the raw arguments to the tool, which validates them itself into a diagnostic."""
+
+    model_config = ConfigDict(extra="allow")
+
+    def model_dump_one_level(self) -> dict[str, Any]:
+        return {"args": dict(self.model_extra or {})}
+
+
+READ = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+
+
+def annotations(**kw: bool) -> ToolAnnotations:
+    """Honest hints for a tool that changes something: nothing is claimed unless said."""
+    base = {"read_only_hint": False, "destructive_hint": False, "idempotent_hint": False, "open_world_hint": False}
+    return ToolAnnotations(**{**base, **kw})
+
+
+def _result(value: BaseModel) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=value.model_dump_json())],
+                          structured_content=value.model_dump(mode="json"))
+
+
+def error_result(exc: BaseException) -> CallToolResult:
+    """The one mapping from exceptions to an MCP tool error. A task group's group of one error (a tool
+    that waits while it reports progress) is that error."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, errors.EngineError):
+        diag = exc.diagnostic()
+    else:
+        diag = errors.internal(exc)
+        log.error("unexpected error in a tool (diagnostic %s)", diag.id, exc_info=exc)
+    body = {"diagnostic": diag.model_dump(mode="json"), "error": diag.message}
+    return CallToolResult(is_error=True, content=[TextContent(type="text", text=json.dumps(body))],
+                          structured_content=body)
+
+
+Handler = Callable[[Any, Context], Awaitable[BaseModel]]
+
+
+def make_tool(name: str, description: str, input_model: type[models.Input], output_model: type[BaseModel],
+              handler: Handler, annotations: ToolAnnotations) -> Tool:
+    async def fn(args: dict[str, Any], ctx: Context) -> CallToolResult:
+        try:
+            return _result(await handler(models.parse(input_model, args), ctx))
+        except Exception as exc:
+            return error_result(exc)
+
+    return Tool(
+        fn=fn, name=name, description=description,
+        parameters=input_model.model_json_schema(by_alias=True),
+        fn_metadata=FuncMetadata(arg_model=_RawArgs, output_schema=output_model.model_json_schema(),
+                                 output_model=output_model),
+        is_async=True, context_kwarg="ctx", annotations=annotations,
+    )
+
+
+class Resource(NamedTuple):
+    """A record readable as an MCP resource (JSON): `read` takes the template's parameters by name and
+    reads under `resource_errors()`."""
+
+    uri_template: str
+    name: str
+    description: str
+    read: Callable[..., Awaitable[str]]
+
+
+@contextlib.contextmanager
+def resource_errors() -> Iterator[None]:
+    """Resource reads answer engine errors as the protocol's resource errors (not-found: -32602)."""
+    try:
+        yield
+    except errors.EngineError as exc:
+        diag = exc.diagnostic()
+        if diag.code == "not_found":
+            raise ResourceNotFoundError(diag.message) from None
+        raise ResourceError(diag.message) from None
