@@ -73,6 +73,10 @@ class OutputFolder:
             self._parse(self._line)
             self._line = b""
 
+    def rewind_partial_line(self) -> None:
+        """Following starts again from `offsets`: a structured stream's unfinished line will come again."""
+        self._line = b""
+
     @property
     def has_pending(self) -> bool:
         return bool(self.pending) or any(self._new.values()) or self._answer is not None

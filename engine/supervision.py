@@ -83,7 +83,22 @@ class Supervision:
             kept={"stdout": "" if self.harness.structured else row.output, "stderr": row.stderr},
             truncated={"stdout": row.output_truncated, "stderr": row.stderr_truncated})
         assert row.started_at is not None
-        exit_ = await self._follow(await self._launch(), row.started_at + timedelta(seconds=row.timeout))
+        deadline = row.started_at + timedelta(seconds=row.timeout)
+        for attempt in range(3):
+            try:
+                exit_ = await self._follow(await self._launch(), deadline)
+                break
+            except Exception as exc:
+                # Docker failed a call (a busy engine, say): while the device is still up, follow
+                # again from what was consumed; the process itself was never touched.
+                cause = single(exc)
+                if not isinstance(cause, errors.SandboxUnavailable) or attempt == 2:
+                    raise
+                state = await self.backend.inspect(row.target_id)
+                if state is None or not state.running:
+                    raise
+                log.warning("following %s again after: %s", self.run_id, cause.message)
+                self.folder.rewind_partial_line()
         await self._finish(exit_)
 
     async def _launch(self) -> RunLaunch:
@@ -98,7 +113,7 @@ class Supervision:
         return RunLaunch(
             run_id=self.run_id, device_id=device.id, argv=argv, cwd=row.cwd,
             env={**device.env, **row.env}, prompt=row.prompt, require=h.binary,
-            stdout_offset=row.stdout_offset, stderr_offset=row.stderr_offset,
+            stdout_offset=self.folder.offsets["stdout"], stderr_offset=self.folder.offsets["stderr"],
             stdout_cap=self.cfg.structured_stream_cap_bytes if h.structured else cap, stderr_cap=cap,
             artifact_paths=artifact_paths(row), artifact_max_bytes=self.cfg.artifact_max_bytes,
             ephemeral=spec,
@@ -222,8 +237,7 @@ class Supervision:
         row = await self.store.run(self.run_id)
         if row is None or row.status in TERMINAL:
             return
-        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-            exc = exc.exceptions[0]  # the follower's task group wraps what the backend raised
+        exc = single(exc)  # type: ignore[assignment]
         kind = "sandbox_lost" if isinstance(exc, errors.SandboxUnavailable) else "backend_error"
         if row.finished_at is None:  # a result already recorded stands; only its publishing failed
             async with self.store.write(self.clock.now()) as tx:
@@ -276,6 +290,13 @@ class Supervision:
             events.append(("artifact_exported", f"Exported {path}", {"path": path, "ok": True, "size": len(data),
                                                                     "sha256": digest}))
         return events
+
+
+def single(exc: BaseException) -> BaseException:
+    """What a task group raised, out of its group when it is the only one."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def artifact_paths(row: RunRow) -> list[str]:

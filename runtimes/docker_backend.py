@@ -451,16 +451,21 @@ class DockerBackend:
                 break
             try:
                 await self._call(self.api.pause, name)
+                paused = True
             except errors.Conflict:
-                pass  # already paused (by us, a moment ago)
+                paused = True  # already paused (by a sweep a moment ago)
+            except errors.EngineError as exc:  # a busy engine: kill without the freeze and go round again
+                log.warning("could not pause %s to kill %s: %s", name, run_id, exc.message)
+                paused = False
             try:
                 killed += procs.send(await anyio.to_thread.run_sync(find), sig)
             finally:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await self._call(self.api.unpause, name)
-                    except errors.EngineError:
-                        log.warning("could not unpause %s", name)
+                if paused:
+                    with anyio.CancelScope(shield=True):
+                        try:
+                            await self._call(self.api.unpause, name)
+                        except errors.EngineError:
+                            log.warning("could not unpause %s (the next start of the daemon will)", name)
             await anyio.sleep(0.02)  # let init reap them
         return killed
 

@@ -136,10 +136,10 @@ async def test_runs_queued_behind_the_cap_survive_a_kill_9_and_start_in_order_af
     daemon_mod.stop(daemon.settings)
     daemon.start()
     async with DaemonClient(daemon.settings) as client:
-        device = await client.create_device({})
-        blocker = await client.create_run({"sandbox_id": device.id, "prompt": "p", "command": "sleep 1000"})
+        device = await client.create_device(models.DeviceCreate())
+        blocker = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
         await wait_for_event(client, blocker.id, "run_started")
-        queued = [await client.create_run({"sandbox_id": device.id, "prompt": "p", "command": f"echo {i}"})
+        queued = [await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p", command=f"echo {i}"))
                   for i in range(2)]
         assert [(await client.get_run(r.id)).status for r in queued] == ["queued", "queued"]
     await kill_daemon(daemon)

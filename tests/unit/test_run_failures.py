@@ -70,3 +70,31 @@ async def test_a_failure_to_remove_the_sandbox_does_not_take_the_service_down(tm
     assert (run.status, run.failure_kind) == ("failed", "sandbox_lost")
     assert events.count("run_finished") == 1
     assert run.target_id in backend.devices  # left for the reconciler on the next start
+
+
+class FlakyFollower(FakeBackend):
+    """Docker fails one call while a run is followed: the first follow breaks after its first chunk."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.follows = 0
+
+    async def follow(self, launch: ports.RunLaunch) -> AsyncIterator[ports.Chunk | ports.Exit]:
+        self.follows += 1
+        async for item in super().follow(launch):
+            yield item
+            if self.follows == 1:
+                raise errors.SandboxUnavailable("Docker error: a busy engine timed out")
+
+
+async def test_a_docker_error_mid_run_is_followed_again_from_where_it_was_and_the_run_succeeds(tmp_path):
+    backend = FlakyFollower()
+    settings = Settings(home=tmp_path, image="fake:latest", cancel_grace_seconds=0.02)
+    async with Engine(settings, backend=backend, harnesses=harness.get).running() as engine:
+        device = await engine.devices.create(ROOT, models.DeviceCreate())
+        run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=one err=two out=three",
+                                                              sandbox_id=device.id))
+        with anyio.fail_after(10):
+            run = await engine.runs.wait(ROOT, run.id, 3600)
+    assert (run.status, run.output, run.stderr) == ("succeeded", "one\nthree\n", "two\n")
+    assert backend.follows == 2 and backend.starts[run.id] == 1
