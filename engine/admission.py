@@ -9,15 +9,17 @@ from typing import Any
 
 import anyio
 
-from engine import topics
+from engine import models, topics
+from engine.ports import Clock
 from engine.runs import RunService
 from engine.store import Store
 
 
 class Admission:
-    def __init__(self, store: Store, runs: RunService, cap: int) -> None:
+    def __init__(self, store: Store, runs: RunService, clock: Clock, cap: int) -> None:
         self.store = store
         self.runs = runs
+        self.clock = clock
         self.cap = cap
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
@@ -28,15 +30,22 @@ class Admission:
             await changed.wait()
 
     async def admit(self) -> int:
-        """Start as many of the oldest queued runs as there are free slots; returns how many."""
+        """Start as many of the oldest queued runs as there are free slots, marking them started in
+        one transaction (a run canceled meanwhile stays canceled); returns how many."""
         free = self.cap - self.runs.active
         if free <= 0:
             return 0
-        started = 0
-        for run_id in await self.store.queued_runs(self.cap + free):
-            if started == free:
-                break
-            if not self.runs.supervised(run_id):
-                self.runs.start(run_id)
-                started += 1
-        return started
+        picked = [q for q in await self.store.queued_runs(self.cap + free) if not self.runs.supervised(q.id)][:free]
+        if not picked:
+            return 0
+        now = self.clock.now()
+        started = []
+        async with self.store.write(now) as tx:
+            for run in picked:
+                if await tx.transition_run(run.id, [models.RunStatus.queued], status="running", started_at=now):
+                    await tx.append_events(run.id, [("run_started", "Run started", {"target_id": run.target_id})],
+                                           group_id=run.group_id)
+                    started.append(run.id)
+        for run_id in started:
+            self.runs.start(run_id)
+        return len(started)

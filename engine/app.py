@@ -32,7 +32,7 @@ class Engine:
         self.store = Store(settings.db_path, self.topics)
         self.devices = DeviceService(self.store, backend, self.clock, settings)
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings)
-        self.admission = Admission(self.store, self.runs, settings.max_active_runs)
+        self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:
         """`running()` as a task: ready once every service is, then until cancelled."""

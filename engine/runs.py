@@ -45,11 +45,14 @@ class RunService:
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Own the supervisors' task group; reconcile, then report ready."""
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            await self.reconcile()
-            task_status.started()
-            await anyio.sleep_forever()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                await self.reconcile()
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._tg = None  # shutting down: a run admitted now is resumed by the next start
 
     async def reconcile(self) -> None:
         """Resume every run that had started, and remove containers nothing owns."""
@@ -77,7 +80,8 @@ class RunService:
 
     def start(self, run_id: str) -> None:
         """Start following a run (admission calls this for a queued run; reconcile for a started one)."""
-        assert self._tg is not None, "RunService.serve() is not running"
+        if self._tg is None or self._tg.cancel_scope.cancel_called:
+            return  # not serving (or shutting down): reconcile resumes started runs on the next start
         if run_id not in self._supervised:
             self._supervised.add(run_id)
             cancel = self._cancel.setdefault(run_id, anyio.Event())

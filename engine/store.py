@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiosqlite
 import anyio
@@ -62,7 +62,9 @@ SQL = {
     "run_get": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE id = ?",
     "run_by_idempotency_key": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE created_by = ? AND idempotency_key = ?",
     "runs_unfinished": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE status IN ('queued', 'running') ORDER BY rowid",
-    "runs_queued": "SELECT id FROM agent_runs WHERE status = 'queued' ORDER BY rowid LIMIT ?",
+    "runs_queued": (
+        "SELECT id, target_id, agent_run_group_id FROM agent_runs WHERE status = 'queued' ORDER BY rowid LIMIT ?"
+    ),
     "runs_active_on_target": "SELECT id FROM agent_runs WHERE target_id = ? AND status IN ('queued', 'running')",
     "stream_bump": (
         "INSERT INTO streams (name, last_sequence) VALUES (?, ?) "
@@ -124,6 +126,14 @@ def migrations() -> list[tuple[int, str]]:
 
 Draft = tuple[str, str, dict[str, Any]]
 """An event to append: type, message, payload."""
+
+
+class Queued(NamedTuple):
+    """What admission needs of a queued run."""
+
+    id: str
+    target_id: str
+    group_id: str | None
 
 
 class Tx:
@@ -320,9 +330,10 @@ class Store:
     async def unfinished_runs(self) -> list[RunRow]:
         return [RunRow.model_validate(r) for r in await self._all(SQL["runs_unfinished"])]
 
-    async def queued_runs(self, limit: int) -> list[str]:
-        """The ids of the oldest queued runs, in the order they were created."""
-        return [r["id"] for r in await self._all(SQL["runs_queued"], (limit,))]
+    async def queued_runs(self, limit: int) -> list[Queued]:
+        """The oldest queued runs, in the order they were created."""
+        return [Queued(r["id"], r["target_id"], r["agent_run_group_id"])
+                for r in await self._all(SQL["runs_queued"], (limit,))]
 
     async def active_runs_on(self, target_id: str) -> list[str]:
         return [r["id"] for r in await self._all(SQL["runs_active_on_target"], (target_id,))]

@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 
 from engine import errors, models
-from engine.output import OutputFolder
+from engine.output import Folded, OutputFolder
 from engine.ports import Clock, DeviceSpec, Ending, Exit, Harness, HarnessInput, RunLaunch, SandboxBackend
 from engine.records import RunRow
 from engine.settings import Settings
@@ -76,6 +76,7 @@ class Supervision:
                                        group_id=row.agent_run_group_id)
             row = row.model_copy(update={"status": models.RunStatus.running, "started_at": now})
         self.row = row
+        self.chunked = bool(row.output or row.stderr)  # kept text from before a restart may be in chunks
         self.harness = self.harnesses(row.provider.value)
         self.folder = OutputFolder.resuming(
             self.harness, self.cfg.output_cap_bytes,
@@ -166,21 +167,26 @@ class Supervision:
 
     async def _flush(self) -> None:
         folded = self.folder.drain()
+        async with self.store.write(self.clock.now()) as tx:
+            await self._write(tx, folded)
+
+    async def _write(self, tx: Tx, folded: Folded) -> None:
+        """What the folder drained: its events, the newly kept text as chunks, offsets and flags."""
         fields: dict[str, Any] = {"stdout_offset": folded.offsets["stdout"], "stderr_offset": folded.offsets["stderr"],
                                   "output_truncated": folded.truncated["stdout"],
                                   "stderr_truncated": folded.truncated["stderr"]}
         if folded.answer is not None:
             fields["output"] = folded.answer
-        async with self.store.write(self.clock.now()) as tx:
-            await tx.append_events(self.run_id, folded.events, group_id=self.row.agent_run_group_id)
-            for stream, text in folded.kept.items():
+        await tx.append_events(self.run_id, folded.events, group_id=self.row.agent_run_group_id)
+        for stream, text in folded.kept.items():
+            if text:
                 await tx.append_output(self.run_id, stream, text)
-            await tx.update_run(self.run_id, **fields)
+                self.chunked = True
+        await tx.update_run(self.run_id, **fields)
 
     async def _finish(self, exit_: Exit | None) -> None:
         self.folder.end()
-        if self.folder.has_pending:
-            await self._flush()
+        last = self.folder.drain() if self.folder.has_pending else None  # written with the result
         row = self.row
         if not row.ephemeral:  # an ephemeral sandbox goes, with everything in it, when the run is published
             swept = await self.backend.sweep(row.target_id, self.run_id)  # whatever the run left running
@@ -191,7 +197,10 @@ class Supervision:
         code = exit_.exit_code if exit_ is not None else None
         now = self.clock.now()
         async with self.store.write(now) as tx:
-            await tx.fold_output(self.run_id)
+            if last is not None:
+                await self._write(tx, last)
+            if self.chunked:
+                await tx.fold_output(self.run_id)
             if row.ephemeral:
                 await tx.append_events(self.run_id, exported, group_id=row.agent_run_group_id)
                 await tx.update_run(self.run_id, exit_code=code, failure_kind=kind, error=error, finished_at=now)
