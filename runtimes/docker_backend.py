@@ -436,7 +436,8 @@ class DockerBackend:
         return cgroup
 
     async def _host_kill(self, name: str, run_id: str, sig: signal.Signals, *, machinery: bool) -> int | None:
-        """Signal the run's processes from the host. SIGKILL is sent with the container frozen, so a
+        """Signal the run's processes from the host. SIGKILL is sent plainly first; if processes are
+        still there (or the device is at its pids limit) it is sent with the container frozen, so a
         fork bomb cannot replace what is killed; repeated until none is left. None: not possible here."""
         cgroup = await self._cgroup(name)
         if cgroup is None:
@@ -445,10 +446,15 @@ class DockerBackend:
         if sig != signal.SIGKILL:
             return procs.send(await anyio.to_thread.run_sync(find), sig)
         killed = 0
-        for _ in range(20):
+        for round_ in range(20):
             pids = await anyio.to_thread.run_sync(find)
             if not pids:
                 break
+            if round_ == 0 and not await anyio.to_thread.run_sync(cgroup.exhausted):
+                # A few leftovers (a sleep, a daemon the run started): no need to freeze the device.
+                killed += procs.send(pids, sig)
+                await anyio.sleep(0.01)
+                continue
             try:
                 await self._call(self.api.pause, name)
                 paused = True

@@ -18,8 +18,6 @@ se=${AGENTDOCK_STDERR_OFFSET:-0}
 command -v setsid >/dev/null 2>&1 || setsid() { "$@"; }
 
 mkdir -p "${d%/*}" 2>/dev/null
-# the files of runs settled since the last wrapper here (run ids: letters, digits, underscores)
-[ -n "${AGENTDOCK_REMOVE:-}" ] && (cd "${d%/*}" && exec rm -rf $AGENTDOCK_REMOVE) >/dev/null 2>&1 &
 if mkdir "$d" 2>/dev/null; then
   : >"$d/stdout"; : >"$d/stderr"
   if [ -n "${AGENTDOCK_REQUIRE:-}" ] && ! command -v "$AGENTDOCK_REQUIRE" >/dev/null 2>&1; then
@@ -78,6 +76,10 @@ EOF
     ' agentdock-launcher "$d" "$@" </dev/null >/dev/null 2>&1 &
   fi
 fi
+
+# the files of runs settled since the last wrapper here (run ids: letters, digits, underscores),
+# removed while the run goes and before this wrapper follows it, so nothing of it outlives the run
+[ -n "${AGENTDOCK_REMOVE:-}" ] && (cd "${d%/*}" && exec rm -rf $AGENTDOCK_REMOVE) >/dev/null 2>&1
 
 emit() {  # emit FILE OFFSET: write FILE's bytes from OFFSET to its current end; sets $n to that end
   n=$(($(wc -c <"$1")))
