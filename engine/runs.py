@@ -88,14 +88,20 @@ class RunService:
             self._tg.start_soon(self._supervise, run_id, cancel)
 
     async def _supervise(self, run_id: str, cancel: anyio.Event) -> None:
+        supervision = Supervision(run_id, store=self.store, backend=self.backend, harnesses=self.harnesses,
+                                  ephemeral_spec=self._ephemeral_spec, clock=self.clock, settings=self.settings,
+                                  cancel=cancel)
         try:
-            await Supervision(run_id, store=self.store, backend=self.backend, harnesses=self.harnesses,
-                              ephemeral_spec=self._ephemeral_spec, clock=self.clock, settings=self.settings,
-                              cancel=cancel).run()
+            await supervision.run()
         finally:
             self._supervised.discard(run_id)
             self._cancel.pop(run_id, None)
             self.store.topics.publish([topics.ADMISSION, topics.run(run_id)])  # a slot is free
+        if supervision.leftover_files is not None:  # no longer counted as active: this may take a while
+            try:
+                await self.backend.remove_run_files(supervision.leftover_files, run_id)
+            except errors.EngineError:
+                log.warning("could not remove the files of %s", run_id)
 
     def _ephemeral_spec(self, device_id: str, image: str, run_id: str) -> DeviceSpec:
         return self.devices.spec(models.DeviceCreate(kind=models.TargetKind.sandbox, image=image),

@@ -47,6 +47,8 @@ class Supervision:
         self.cfg = settings
         self.cancel = cancel
         self.timed_out = False
+        self.leftover_files: str | None = None
+        """The device that still holds the settled run's files (see `SandboxBackend.remove_run_files`)."""
 
     async def run(self) -> None:
         """Follow the run to its end; a failure of Docker or of this code settles it instead."""
@@ -211,7 +213,7 @@ class Supervision:
             # the end. A crash in between resumes at publishing, so the run never starts again.
             await self._publish()
         else:
-            await self.backend.remove_run_files(row.target_id, self.run_id)
+            self.leftover_files = row.target_id  # removed by the caller, once this run no longer counts
 
     async def _end(self, tx: Tx, row: RunRow, events: list[Draft], code: int | None, kind: str | None,
                    error: str | None, now: datetime) -> bool:
@@ -240,7 +242,7 @@ class Supervision:
             await tx.fold_output(self.run_id)
             await self._end(tx, row, [], row.exit_code, row.failure_kind, row.error, self.clock.now())
         if not row.ephemeral:
-            await self.backend.remove_run_files(row.target_id, self.run_id)
+            self.leftover_files = row.target_id
 
     async def _settle_on_error(self, exc: Exception) -> None:
         row = await self.store.run(self.run_id)

@@ -136,3 +136,21 @@ async def test_a_run_times_out_on_the_fake_clock_without_real_waiting(tmp_path):
         ended = await settled(engine, run.id)
     assert (ended.status, ended.failure_kind) == ("failed", "timeout")
     assert ended.finished_at == datetime(2026, 1, 1, tzinfo=UTC).replace(hour=1, second=1)
+
+
+class SlowCleanup(FakeBackend):
+    """Removing a settled run's files takes (for this test) forever."""
+
+    async def remove_run_files(self, device_id: str, run_id: str) -> None:
+        await anyio.sleep_forever()
+
+
+async def test_removing_a_settled_runs_files_does_not_hold_its_slot(tmp_path):
+    backend = SlowCleanup()
+    async with Engine(settings_for(tmp_path, max_active_runs=1), backend=backend,
+                      harnesses=harness.get).running() as engine:
+        device = await engine.devices.create(ROOT, models.DeviceCreate())
+        first = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=a", sandbox_id=device.id))
+        assert (await settled(engine, first.id)).status is models.RunStatus.succeeded
+        second = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=b", sandbox_id=device.id))
+        assert (await settled(engine, second.id)).output == "b\n"
