@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine import errors
 
 
 class Settings(BaseSettings):
@@ -35,6 +37,17 @@ class Settings(BaseSettings):
     """Daemon-wide cap on runs started and not yet settled; the rest wait `queued`, in creation order."""
     docker_threads: int = 16
     """Bound on concurrent blocking Docker API calls."""
+
+    @classmethod
+    def load(cls, **overrides: object) -> Settings:
+        """Settings from the environment (and flags), a bad value refused as a diagnostic naming
+        its variable rather than a traceback."""
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            name = "AGENTDOCK_" + str(err["loc"][0]).upper() if err["loc"] else "AGENTDOCK_*"
+            raise errors.InvalidInput(name, err["msg"], suggested_command="env | grep AGENTDOCK_") from None
 
     @property
     def db_path(self) -> Path:

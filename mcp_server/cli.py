@@ -17,7 +17,7 @@ from mcp_server.client import DaemonClient
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return Settings(home=Path(args.home)) if args.home else Settings()
+    return Settings.load(home=Path(args.home)) if args.home else Settings.load()
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:

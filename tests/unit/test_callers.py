@@ -64,3 +64,15 @@ async def test_a_session_cannot_target_a_device_it_did_not_create(engine):
     with pytest.raises(errors.NotFound):
         await engine.runs.create(AGENT, models.RunCreate(prompt="p", command="out=x", sandbox_id=device.id))
     assert [d.id for d in (await engine.devices.list(AGENT)).data] == []
+
+
+def test_a_bad_setting_in_the_environment_is_a_diagnostic_naming_its_variable(monkeypatch, capsys, tmp_path):
+    from mcp_server import cli
+
+    monkeypatch.setenv("AGENTDOCK_HOME", str(tmp_path))
+    monkeypatch.setenv("AGENTDOCK_MAX_ACTIVE_RUNS", "0")
+    assert cli.main(["daemon", "status", "--json"]) == 1
+    out = capsys.readouterr()
+    body = __import__("json").loads(out.out)
+    assert body["diagnostic"]["evidence"]["field"] == "AGENTDOCK_MAX_ACTIVE_RUNS"
+    assert "Traceback" not in out.out + out.err
