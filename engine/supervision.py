@@ -170,21 +170,27 @@ class Supervision:
     async def _flush(self) -> None:
         folded = self.folder.drain()
         async with self.store.write(self.clock.now()) as tx:
-            await self._write(tx, folded)
+            fields = await self._kept(tx, folded, direct=False)
+            await tx.append_events(self.run_id, folded.events, group_id=self.row.agent_run_group_id)
+            await tx.update_run(self.run_id, **fields)
 
-    async def _write(self, tx: Tx, folded: Folded) -> None:
-        """What the folder drained: its events, the newly kept text as chunks, offsets and flags."""
+    async def _kept(self, tx: Tx, folded: Folded, *, direct: bool) -> dict[str, Any]:
+        """The record's fields for what the folder drained (offsets, flags, a new answer). Newly
+        kept text goes in as chunks, or, when nothing was chunked yet (`direct`), straight into them."""
         fields: dict[str, Any] = {"stdout_offset": folded.offsets["stdout"], "stderr_offset": folded.offsets["stderr"],
                                   "output_truncated": folded.truncated["stdout"],
                                   "stderr_truncated": folded.truncated["stderr"]}
         if folded.answer is not None:
             fields["output"] = folded.answer
-        await tx.append_events(self.run_id, folded.events, group_id=self.row.agent_run_group_id)
         for stream, text in folded.kept.items():
-            if text:
+            if not text:
+                continue
+            if direct:
+                fields["output" if stream == "stdout" else "stderr"] = text
+            else:
                 await tx.append_output(self.run_id, stream, text)
                 self.chunked = True
-        await tx.update_run(self.run_id, **fields)
+        return fields
 
     async def _finish(self, exit_: Exit | None) -> None:
         self.folder.end()
@@ -199,15 +205,19 @@ class Supervision:
         code = exit_.exit_code if exit_ is not None else None
         now = self.clock.now()
         async with self.store.write(now) as tx:
+            fields: dict[str, Any] = {}
+            events = list(exported)
             if last is not None:
-                await self._write(tx, last)
+                fields = await self._kept(tx, last, direct=not self.chunked)
+                events = [*last.events, *exported]
             if self.chunked:
                 await tx.fold_output(self.run_id)
             if row.ephemeral:
-                await tx.append_events(self.run_id, exported, group_id=row.agent_run_group_id)
-                await tx.update_run(self.run_id, exit_code=code, failure_kind=kind, error=error, finished_at=now)
+                await tx.append_events(self.run_id, events, group_id=row.agent_run_group_id)
+                await tx.update_run(self.run_id, exit_code=code, failure_kind=kind, error=error, finished_at=now,
+                                    **fields)
             else:  # nothing to clean up before the end is published: record and publish in one step
-                await self._end(tx, row, exported, code, kind, error, now)
+                await self._end(tx, row, events, code, kind, error, now, fields)
         if row.ephemeral:
             # Two phases: the result is recorded (still `running`); remove the sandbox, then publish
             # the end. A crash in between resumes at publishing, so the run never starts again.
@@ -216,12 +226,12 @@ class Supervision:
             self.leftover_files = row.target_id  # removed by the caller, once this run no longer counts
 
     async def _end(self, tx: Tx, row: RunRow, events: list[Draft], code: int | None, kind: str | None,
-                   error: str | None, now: datetime) -> bool:
+                   error: str | None, now: datetime, fields: dict[str, Any] | None = None) -> bool:
         """Publish the run's end (its result and `run_finished`) in `tx`; False if it already was."""
         status = status_of(kind)
         if not await tx.transition_run(self.run_id, [models.RunStatus.running, models.RunStatus.queued],
                                        status=status, exit_code=code, failure_kind=kind, error=error,
-                                       finished_at=row.finished_at or now):
+                                       finished_at=row.finished_at or now, **(fields or {})):
             return False
         await tx.append_events(self.run_id, [*events, ("run_finished", f"Run {status}", {
             "status": status, "exit_code": code, "failure_kind": kind})], group_id=row.agent_run_group_id)
