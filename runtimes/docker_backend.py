@@ -259,15 +259,27 @@ class DockerBackend:
                          user=run_user, run_user=run_user)
         sock = await self._call(self.api.attach_socket, name, params={"stdout": 1, "stderr": 1, "stream": 1})
         tail = b""
+        seen = {"stdout": 0, "stderr": 0}
         try:
             await self._call(self.api.start, name)
             async for chunk in self._frames(sock):
                 if chunk.stream == "stderr":
                     tail = (tail + chunk.data)[-512:]
+                seen[chunk.stream] += len(chunk.data)
                 yield chunk
         finally:
             sock.close()
         result = await self._call(self.api.wait, name, timeout=30)
+        # Docker's log of the container has everything the wrapper printed: pass on what the
+        # attached stream missed (a busy engine can drop a fast run's output from the attach).
+        for stream, flags in (("stdout", {"stdout": True, "stderr": False}),
+                              ("stderr", {"stdout": False, "stderr": True})):
+            logged = await self._call(self.api.logs, name, **flags)
+            if len(logged) > seen[stream]:
+                missed = logged[seen[stream]:]
+                if stream == "stderr":
+                    tail = (tail + missed)[-512:]
+                yield Chunk(stream=stream, data=missed)  # type: ignore[arg-type]
         ending = await self._recorded_end(name, launch.run_id, result["StatusCode"])
         if ending is None:
             # The wrapper, the container's main process, died before the run recorded its end; the
@@ -351,10 +363,12 @@ class DockerBackend:
                                  otherwise: Ending) -> AsyncIterator[Chunk | Exit]:
         """A run whose container stopped: pass on the output not yet seen, and its end if recorded."""
         name = container_name(launch.device_id)
+        run_dir = f"{RUNS_DIR}/{launch.run_id}"
         try:
             await self._run_user(launch.device_id)  # the owner check needs it
-            files = await self._call(self._read_files, name, f"{RUNS_DIR}/{launch.run_id}",
-                                     ("stdout", "stderr", "exit", "missing"))
+            files = await self._call(self._read_files, name, run_dir, ("stdout", "stderr", "exit"))
+            if files.get("exit", b"").strip() == b"127":
+                files.update(await self._call(self._read_files, name, run_dir, ("missing",)))
         except (errors.NotFound, errors.SandboxUnavailable):
             files = {}  # the container is gone with them
         for stream, offset in (("stdout", stdout_offset), ("stderr", stderr_offset)):

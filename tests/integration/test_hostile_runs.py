@@ -337,3 +337,20 @@ async def test_a_run_that_removes_its_own_run_files_still_ends_at_its_timeout(en
 
     assert (run.status, run.failure_kind) == ("failed", "timeout"), run
     assert (await run_in(engine, device.id, "echo ok")).output == "ok\n"
+
+
+class DeafAttach(DockerBackend):
+    """An attached stream that hands over nothing (what a busy engine did to a fast ephemeral run)."""
+
+    async def _frames(self, sock):  # type: ignore[override]
+        return
+        yield  # pragma: no cover
+
+
+async def test_an_ephemeral_run_whose_attached_stream_missed_its_output_still_records_all_of_it(settings):
+    engine = Engine(settings, backend=DeafAttach(settings.home), harnesses=harness.get)
+    async with engine.running():
+        run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="echo hello; echo oops >&2"))
+        with anyio.fail_after(60):
+            run = await engine.runs.wait(ROOT, run.id, 60)
+    assert (run.status, run.output, run.stderr) == ("succeeded", "hello\n", "oops\n"), run
