@@ -50,8 +50,9 @@ if mkdir "$d" 2>/dev/null; then
       wait $!
       code=$?
       # The pipes end once every writer closed them; a process the run left behind may hold them
-      # open, so give the drain two seconds, then let the run end (the daemon kills what is left).
-      (trap '\''kill $s; exit'\'' TERM; sleep 2 & s=$!; wait $s; kill $po $pe) >/dev/null 2>&1 & k=$!
+      # open, so give the drain five seconds (a loaded host can starve it), then let the run end
+      # (the daemon kills what is left).
+      (trap '\''kill $s; exit'\'' TERM; sleep 5 & s=$!; wait $s; kill $po $pe) >/dev/null 2>&1 & k=$!
       wait $po $pe
       kill $k 2>/dev/null
       if [ -n "${AGENTDOCK_ARTIFACTS:-}" ] && mkdir "$d/artifacts" 2>/dev/null; then

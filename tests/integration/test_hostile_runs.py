@@ -304,7 +304,10 @@ async def test_ten_ephemeral_runs_acknowledged_just_before_a_kill_9_each_run_exa
 
     for i, run in enumerate(runs):
         run = await settled(daemon, run.id)
-        assert (run.status, run.output, run.failure_kind) == ("succeeded", f"run {i}\n", None), run
+        if (run.status, run.output, run.failure_kind) != ("succeeded", f"run {i}\n", None):
+            async with DaemonClient(daemon.settings) as client:
+                events = (await client.run_events(run.id)).data
+            pytest.fail(f"{run!r}\nevents: {[(e.type, e.message, e.payload) for e in events]}")
     await eventually(lambda: owned_containers(daemon.settings.home) == [])
 
 
