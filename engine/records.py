@@ -15,12 +15,10 @@ from engine import models
 class Row(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    @field_validator("*", mode="before")
+    @field_validator("metadata", "env", "payload", mode="before", check_fields=False)
     @classmethod
-    def _json(cls, value: Any, info: Any) -> Any:
-        if info.field_name in ("metadata", "env", "payload") and isinstance(value, str):
-            return json.loads(value)
-        return value
+    def _json(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
 
 
 class DeviceRow(Row):

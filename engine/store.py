@@ -4,6 +4,13 @@ Every state change goes through `Store.write()`, which holds the writer for one 
 shields it from cancellation, so a cancelled caller never leaves a half-known state. A transaction
 notes the topics it touches; they are published to their waiters once it has committed. Reads
 return typed records (`engine.records`); driver errors become the engine's (`Conflict`, `Busy`).
+
+The writer runs on the event loop's own thread (`InlineConnection`): a write transaction here is a
+handful of small statements on a WAL database whose commits do not fsync, each a few microseconds,
+where a hop to a connection thread per statement costs ten times that and capped the engine at a
+few hundred runs a second. What could stall the loop is kept off it: a busy database is waited for
+with `anyio.sleep`, not SQLite's busy handler, and the WAL is checkpointed from the reader's thread.
+Reads, which may carry a run's whole output, stay on the reader's own thread (aiosqlite).
 """
 
 from __future__ import annotations
@@ -136,10 +143,75 @@ class Queued(NamedTuple):
     group_id: str | None
 
 
+BUSY_WAIT_SECONDS = 5.0
+"""How long a write waits for another process (a second daemon, a manual `sqlite3`) to let go."""
+CHECKPOINT_EVERY = 1000
+"""Commits between two WAL checkpoints (SQLite's own default, run here off the loop's thread)."""
+
+
+class InlineCursor:
+    """The part of a cursor the store uses, awaitable like aiosqlite's."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self.rowcount = cursor.rowcount
+        self._cursor = cursor
+
+    async def fetchone(self) -> Any:
+        return self._cursor.fetchone()
+
+    async def fetchall(self) -> list[Any]:
+        return self._cursor.fetchall()
+
+
+class InlineConnection:
+    """A sqlite3 connection used directly on the event loop's thread, with aiosqlite's async surface
+    (so a transaction body reads the same whichever connection it runs on)."""
+
+    def __init__(self, path: Path) -> None:
+        self.raw = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.raw.row_factory = sqlite3.Row
+
+    async def execute(self, sql: str, params: Any = ()) -> InlineCursor:
+        return InlineCursor(self.raw.execute(sql, params))
+
+    async def executemany(self, sql: str, rows: Iterable[Any]) -> InlineCursor:
+        return InlineCursor(self.raw.executemany(sql, rows))
+
+    async def execute_fetchall(self, sql: str, params: Any = ()) -> list[Any]:
+        return self.raw.execute(sql, params).fetchall()
+
+    async def executescript(self, script: str) -> None:
+        self.raw.executescript(script)
+
+    async def begin(self) -> None:
+        """BEGIN IMMEDIATE, waiting for another process's write lock without blocking the loop."""
+        delay, waited = 0.001, 0.0
+        while True:
+            try:
+                self.raw.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or waited >= BUSY_WAIT_SECONDS:
+                    raise
+            await anyio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.1)
+
+    async def commit(self) -> None:
+        self.raw.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        if self.raw.in_transaction:
+            self.raw.execute("ROLLBACK")
+
+    async def close(self) -> None:
+        self.raw.close()
+
+
 class Tx:
     """One open write transaction; `touched` are the topics to wake once it commits."""
 
-    def __init__(self, conn: aiosqlite.Connection, now: datetime) -> None:
+    def __init__(self, conn: InlineConnection, now: datetime) -> None:
         self.conn = conn
         self.now = now
         self.touched: set[str] = set()
@@ -224,16 +296,22 @@ class Store:
     def __init__(self, path: Path, notifier: topics.Topics | None = None) -> None:
         self.path = path
         self.topics = notifier or topics.Topics()
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: InlineConnection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = anyio.Lock()
+        self.commits = 0
+        """Write transactions committed since this store was opened."""
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await _connect(self.path)
-        await self._writer.execute("PRAGMA journal_mode = WAL")
+        self._writer = InlineConnection(self.path)
+        for pragma in _PRAGMAS + ("journal_mode = WAL", "wal_autocheckpoint = 0", "busy_timeout = 0"):
+            await self._writer.execute(f"PRAGMA {pragma}")
         await self.migrate()
-        self._reader = await _connect(self.path)
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        self._reader.row_factory = aiosqlite.Row
+        for pragma in _PRAGMAS + ("busy_timeout = 5000",):
+            await self._reader.execute(f"PRAGMA {pragma}")
 
     async def close(self) -> None:
         for conn in (self._reader, self._writer):
@@ -278,7 +356,7 @@ class Store:
         async with self._lock:
             with anyio.CancelScope(shield=True):
                 try:
-                    await self._writer.execute("BEGIN IMMEDIATE")
+                    await self._writer.begin()
                 except sqlite3.OperationalError as exc:
                     raise _translated(exc) from exc
                 tx = Tx(self._writer, now)
@@ -292,6 +370,14 @@ class Store:
                 else:
                     await self._writer.commit()
         self.topics.publish(tx.touched)
+        self.commits += 1
+        if self.commits % CHECKPOINT_EVERY == 0:
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL back into the database file, on the reader's thread (it may fsync)."""
+        assert self._reader is not None
+        await self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def _all(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
         """One query, executed and drained in a single step on the reader's thread. Two reads must not
@@ -377,15 +463,9 @@ class Store:
         return {r["name"]: " ".join(r["sql"].split()) for r in rows}
 
 
-async def _connect(path: Path) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, isolation_level=None)
-    conn.row_factory = aiosqlite.Row
-    await conn.execute("PRAGMA busy_timeout = 5000")
-    await conn.execute("PRAGMA foreign_keys = ON")
-    # WAL + NORMAL: a commit survives a crash or kill of the daemon (what we promise); only a power
-    # loss may roll back the last commits. FULL would fsync every commit for that extra case.
-    await conn.execute("PRAGMA synchronous = NORMAL")
-    return conn
+# WAL + synchronous NORMAL: a commit survives a crash or kill of the daemon (what we promise); only
+# a power loss may roll back the last commits. FULL would fsync every commit for that extra case.
+_PRAGMAS = ("foreign_keys = ON", "synchronous = NORMAL")
 
 
 def _translated(exc: sqlite3.Error) -> errors.EngineError:

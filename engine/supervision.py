@@ -221,7 +221,8 @@ class Supervision:
         if row.ephemeral:
             # Two phases: the result is recorded (still `running`); remove the sandbox, then publish
             # the end. A crash in between resumes at publishing, so the run never starts again.
-            await self._publish()
+            await self._publish(row.model_copy(update={"exit_code": code, "failure_kind": kind, "error": error,
+                                                       "finished_at": now}))
         else:
             self.leftover_files = row.target_id  # removed by the caller, once this run no longer counts
 
@@ -239,9 +240,10 @@ class Supervision:
             await tx.delete_device(row.target_id)
         return True
 
-    async def _publish(self) -> None:
-        """Publish a result already recorded: remove the ephemeral sandbox first, then the end."""
-        row = await self.store.run(self.run_id)
+    async def _publish(self, row: RunRow | None = None) -> None:
+        """Publish a result already recorded (`row`, when the caller has just written it): remove the
+        ephemeral sandbox first, then the end."""
+        row = row or await self.store.run(self.run_id)
         assert row is not None
         if row.ephemeral:
             try:

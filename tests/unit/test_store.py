@@ -186,3 +186,68 @@ async def test_an_event_in_a_run_and_its_group_gets_a_gapless_sequence_in_each_s
         assert [e.sequence for e in own] == list(range(1, 21))
         assert {e.id for e in own} <= {e.id for e in group}  # one event, two streams
         assert all(e.group_id == "grp_1" and e.run_id == run_id for e in own)
+
+
+async def test_a_write_waits_for_another_process_lock_without_holding_up_the_event_loop(store):
+    """The writer runs on the loop's thread, so a locked database is waited for with anyio.sleep."""
+    import sqlite3
+
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    committed = anyio.Event()
+
+    async def writer() -> None:
+        async with store.write(NOW) as tx:
+            await tx.insert_run(run_row("run_w"))
+        committed.set()
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(writer)
+            for _ in range(20):  # the loop keeps turning while the write waits
+                await anyio.sleep(0.005)
+            assert not committed.is_set()
+            other.execute("COMMIT")
+            with anyio.fail_after(10):
+                await committed.wait()
+    finally:
+        other.close()
+    assert (await store.run("run_w")).id == "run_w"
+
+
+async def test_a_write_blocked_past_the_busy_wait_is_refused_as_busy(store, monkeypatch):
+    import sqlite3
+
+    from engine import errors, store as store_module
+
+    monkeypatch.setattr(store_module, "BUSY_WAIT_SECONDS", 0.05)
+    other = sqlite3.connect(store.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(errors.Busy):
+            async with store.write(NOW) as tx:
+                await tx.insert_run(run_row("run_b"))
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert await store.run("run_b") is None
+
+
+async def test_the_wal_is_checkpointed_into_the_database_file_as_commits_go(tmp_path, monkeypatch):
+    """The writer's automatic checkpoints are off (they would run on the loop); the store runs them."""
+    import shutil
+    import sqlite3
+
+    from engine import store as store_module
+
+    monkeypatch.setattr(store_module, "CHECKPOINT_EVERY", 5)
+    async with Store(tmp_path / "db.sqlite") as s:
+        for i in range(5):
+            async with s.write(NOW) as tx:
+                await tx.insert_run(run_row(f"run_{i}"))
+        shutil.copy(tmp_path / "db.sqlite", tmp_path / "copy.sqlite")  # the main file alone, no WAL
+    copy = sqlite3.connect(tmp_path / "copy.sqlite")
+    try:
+        assert copy.execute("SELECT count(*) FROM agent_runs").fetchone()[0] == 5
+    finally:
+        copy.close()
