@@ -15,8 +15,10 @@ from engine.clock import SystemClock
 from engine.devices import DeviceService
 from engine.ports import Clock, Harness, SandboxBackend
 from engine.runs import RunService
+from engine.sessions import SessionService
 from engine.settings import Settings
 from engine.store import Store
+from engine.tokens import Tokens
 from engine.topics import Topics
 
 
@@ -31,8 +33,10 @@ class Engine:
         self.topics = Topics()
         self.store = Store(settings.db_path, self.topics)
         self.devices = DeviceService(self.store, backend, self.clock, settings)
-        self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings)
+        self.tokens = Tokens(settings.home)
+        self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs)
+        self.sessions = SessionService(self.store, self.runs, self.tokens, self.clock, settings)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:
         """`running()` as a task: ready once every service is, then until cancelled."""
@@ -47,6 +51,7 @@ class Engine:
         async with self.store, anyio.create_task_group() as tg:
             await tg.start(self.runs.serve)
             await tg.start(self.admission.serve)
+            await tg.start(self.sessions.serve)
             try:
                 yield self
             finally:

@@ -19,23 +19,28 @@ class Caller(BaseModel):
 
     session_id: str
     toolsets: frozenset[str] | None = None
-    """The areas this caller may use; None for the root session, which may use all."""
+    """The toolsets and single tool names this caller may use; None for the root session, which may
+    use all."""
+    visible: frozenset[str] = frozenset()
+    """Sessions whose records this caller sees besides its own: those spawned below it."""
 
     @property
     def is_root(self) -> bool:
         return self.toolsets is None
 
-    def require(self, toolset: str) -> None:
-        """Refuse, naming the area, unless this caller may use `toolset`."""
-        if self.toolsets is not None and toolset not in self.toolsets:
-            raise errors.PermissionDenied(
-                f"session {self.session_id} may not use {toolset}; its permissions name "
-                f"{', '.join(sorted(self.toolsets)) or 'nothing'}",
-                evidence={"toolset": toolset, "session_id": self.session_id})
+    def require(self, toolset: str, tool: str | None = None) -> None:
+        """Refuse, naming the area, unless this caller may use `toolset` (or that one `tool` of it)."""
+        if self.toolsets is None or toolset in self.toolsets or (tool is not None and tool in self.toolsets):
+            return
+        raise errors.PermissionDenied(
+            f"session {self.session_id} may not use {tool or toolset}; its permissions name "
+            f"{', '.join(sorted(self.toolsets)) or 'nothing'}",
+            evidence={"toolset": toolset, "tool": tool, "session_id": self.session_id})
 
     def sees(self, created_by: str) -> bool:
-        """Whether a record created by `created_by` is visible to this caller."""
-        return self.is_root or created_by == self.session_id
+        """Whether a record created by `created_by` is visible to this caller: its own, or of a
+        session spawned below it."""
+        return self.is_root or created_by == self.session_id or created_by in self.visible
 
 
 ROOT = Caller(session_id="ses_root")

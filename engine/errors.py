@@ -6,6 +6,7 @@
     ├── Conflict            (409) the request clashes with existing state (idempotency, state)
     │   └── InvalidTransition
     ├── PermissionDenied    (403)
+    │   └── Unauthenticated (401) no valid session token (missing, unknown, stopped or expired)
     ├── LimitExceeded       (429/413) a bound was hit
     ├── SandboxUnavailable  (503) Docker or the container cannot serve the request
     ├── Busy                (503) the database is busy; retry
@@ -116,6 +117,14 @@ class PermissionDenied(EngineError):
     category = "permission"
     title = "Permission denied"
     http_status = 403
+
+
+class Unauthenticated(PermissionDenied):
+    """No valid session token: missing, unknown, or of a session that has stopped or expired."""
+
+    code = "unauthenticated"
+    title = "Session token required"
+    http_status = 401
 
 
 class LimitExceeded(EngineError):

@@ -15,7 +15,8 @@ from engine import models
 class Row(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    @field_validator("metadata", "env", "payload", mode="before", check_fields=False)
+    @field_validator("metadata", "env", "payload", "permissions", "spawn_budget", mode="before",
+                     check_fields=False)
     @classmethod
     def _json(cls, value: Any) -> Any:
         return json.loads(value) if isinstance(value, str) else value
@@ -126,3 +127,28 @@ class ArtifactRow(Row):
     def record(self) -> models.Artifact:
         return models.Artifact(agent_run_id=self.run_id, path=self.path, size=self.size, sha256=self.sha256,
                                created_at=self.created_at)
+
+
+class SessionRow(Row):
+    id: str
+    agent_name: str
+    name: str | None
+    status: str
+    stop_reason: str | None
+    parent_session_id: str
+    root_session_id: str
+    spawn_depth: int
+    spawn_role: str | None
+    auto_stop_on_parent: bool
+    permissions: dict[str, Any]
+    spawn_budget: dict[str, Any]
+    ttl_expires_at: datetime
+    workspace_id: str
+    run_id: str | None
+    soul_snapshot_id: str | None
+    provider: str | None
+    model: str | None
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    stopped_at: datetime | None

@@ -17,21 +17,23 @@ import anyio
 from anyio.abc import TaskGroup
 
 from engine import errors, ids, models, topics
-from engine.callers import Caller
+from engine.callers import ROOT, Caller
 from engine.devices import DeviceService
 from engine.ports import Clock, DeviceSpec, Harness, SandboxBackend
 from engine.records import RunRow
 from engine.settings import Settings
 from engine.store import Store, new_id
 from engine.supervision import TERMINAL, Supervision
+from engine.tokens import Tokens
 
 log = logging.getLogger("agentdock.runs")
 
 
 class RunService:
     def __init__(self, store: Store, backend: SandboxBackend, devices: DeviceService,
-                 harnesses: Callable[[str], Harness], clock: Clock, settings: Settings) -> None:
+                 harnesses: Callable[[str], Harness], clock: Clock, settings: Settings, tokens: Tokens) -> None:
         self.store = store
+        self.tokens = tokens
         self.backend = backend
         self.devices = devices
         self.harnesses = harnesses
@@ -89,7 +91,8 @@ class RunService:
 
     async def _supervise(self, run_id: str, cancel: anyio.Event) -> None:
         supervision = Supervision(run_id, store=self.store, backend=self.backend, harnesses=self.harnesses,
-                                  ephemeral_spec=self._ephemeral_spec, clock=self.clock, settings=self.settings,
+                                  ephemeral_spec=self._ephemeral_spec, identity=self._identity, clock=self.clock,
+                                  settings=self.settings,
                                   cancel=cancel)
         try:
             await supervision.run()
@@ -102,6 +105,9 @@ class RunService:
                 await self.backend.remove_run_files(supervision.leftover_files, run_id)
             except errors.EngineError:
                 log.warning("could not remove the files of %s", run_id)
+
+    def _identity(self, row: RunRow) -> dict[str, str]:
+        return self.tokens.run_env(row.id, row.created_by, ROOT.session_id)
 
     def _ephemeral_spec(self, device_id: str, image: str, run_id: str) -> DeviceSpec:
         return self.devices.spec(models.DeviceCreate(kind=models.TargetKind.sandbox, image=image),
@@ -233,15 +239,23 @@ class RunService:
             return run
         if run.status in TERMINAL:
             raise errors.InvalidTransition(f"run {run_id} already {run.status.value}; only unfinished runs can be canceled")
-        now = self.clock.now()
-        if not self.supervised(run_id) and await self._cancel_queued(run_id):
+        if not await self.request_cancel(run_id):
             return await self.get(caller, run_id)
+        return await self.wait(caller, run_id, self.settings.cancel_grace_seconds + 10)
+
+    async def request_cancel(self, run_id: str) -> bool:
+        """Ask a run to stop without waiting: a queued one ends `canceled` now (False), a started one
+        is told to end (True) and settles once its process is gone."""
+        if not self.supervised(run_id) and await self._cancel_queued(run_id):
+            return False
+        now = self.clock.now()
         async with self.store.write(now) as tx:
-            await tx.update_run(run_id, cancel_requested=now)
+            if not await tx.transition_run(run_id, [models.RunStatus.running], cancel_requested=now):
+                return False  # it ended meanwhile
         self._cancel.setdefault(run_id, anyio.Event()).set()
         if not self.supervised(run_id):
             self.start(run_id)  # a started run whose supervisor is gone (it will see the request)
-        return await self.wait(caller, run_id, self.settings.cancel_grace_seconds + 10)
+        return True
 
     async def _cancel_queued(self, run_id: str) -> bool:
         """End a run that was never admitted: nothing was started, so nothing needs stopping."""

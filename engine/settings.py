@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     """The longest one MCP tool call waits (for a run's end): clients time tool calls out at about a minute."""
     max_active_runs: int = Field(default_factory=lambda: min(64, 8 * (os.cpu_count() or 2)), ge=1, le=10_000)
     """Daemon-wide cap on runs started and not yet settled; the rest wait `queued`, in creation order."""
+    root_agent_name: str = Field(default="user", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    """The root session's agent name (its soul is `souls/<name>.md`)."""
     docker_threads: int = 16
     """Bound on concurrent blocking Docker API calls."""
 
@@ -60,3 +62,8 @@ class Settings(BaseSettings):
     @property
     def control_socket(self) -> Path:
         return self.home / "control.sock"
+
+    @property
+    def agent_socket(self) -> Path:
+        """Served for sessions (bearer tokens only); its directory is mounted into every device."""
+        return self.home / "agent" / "agent.sock"

@@ -29,7 +29,7 @@ import aiosqlite
 import anyio
 
 from engine import errors, models, topics
-from engine.records import ArtifactRow, DeviceRow, EventRow, RunRow
+from engine.records import ArtifactRow, DeviceRow, EventRow, RunRow, SessionRow
 
 _KEPT = (
     "{t}.output || COALESCE((SELECT group_concat(text, '') FROM (SELECT text FROM output_chunks c "
@@ -104,6 +104,32 @@ SQL = {
     ),
     "artifacts_of_run": "SELECT * FROM artifacts WHERE run_id = ? ORDER BY path",
     "artifact_get": "SELECT * FROM artifacts WHERE run_id = ? AND path = ?",
+    "session_insert": (
+        "INSERT INTO sessions (id, agent_name, name, token_hash, status, parent_session_id, root_session_id, "
+        "spawn_depth, spawn_role, auto_stop_on_parent, permissions, spawn_budget, ttl_expires_at, workspace_id, "
+        "run_id, soul_snapshot_id, provider, model, created_by, created_at, updated_at) VALUES (:id, :agent_name, "
+        ":name, :token_hash, 'active', :parent_session_id, :root_session_id, :spawn_depth, :spawn_role, "
+        ":auto_stop_on_parent, :permissions, :spawn_budget, :ttl_expires_at, :workspace_id, :run_id, "
+        ":soul_snapshot_id, :provider, :model, :created_by, :created_at, :updated_at)"
+    ),
+    "session_get": "SELECT * FROM sessions WHERE id = ?",
+    "session_by_token": "SELECT * FROM sessions WHERE token_hash = ?",
+    "session_end": (
+        "UPDATE sessions SET status = :status, stop_reason = :reason, stopped_at = :now, updated_at = :now "
+        "WHERE id = :id AND status = 'active'"
+    ),
+    "session_set_run": "UPDATE sessions SET run_id = :run_id, updated_at = :now WHERE id = :id",
+    "sessions_live_children": "SELECT count(*) AS n FROM sessions WHERE parent_session_id = ? AND status = 'active'",
+    "sessions_live_in_workspace": "SELECT count(*) AS n FROM sessions WHERE workspace_id = ? AND status = 'active'",
+    "sessions_descendants": (
+        "WITH RECURSIVE below(id) AS (SELECT id FROM sessions WHERE parent_session_id = :id "
+        "UNION SELECT s.id FROM sessions s JOIN below b ON s.parent_session_id = b.id) "
+        "SELECT s.* FROM sessions s JOIN below b ON s.id = b.id ORDER BY s.spawn_depth, s.created_at"
+    ),
+    "sessions_all": "SELECT * FROM sessions ORDER BY created_at, id",
+    "sessions_next_expiry": "SELECT min(ttl_expires_at) AS at FROM sessions WHERE status = 'active'",
+    "sessions_expired": "SELECT id FROM sessions WHERE status = 'active' AND ttl_expires_at <= ? ORDER BY spawn_depth",
+    "runs_unfinished_of": "SELECT id FROM agent_runs WHERE created_by = ? AND status IN ('queued', 'running')",
 }
 
 # Columns a run update may set (a guard against building SQL from arbitrary keys).
@@ -288,6 +314,29 @@ class Tx:
             self.touch(stream)
         return first_stream_seqs
 
+    async def insert_session(self, row: dict[str, Any]) -> None:
+        await self.conn.execute(SQL["session_insert"], _encode(row))
+        self.touch(topics.SESSIONS)
+
+    async def end_session(self, session_id: str, status: str, reason: str) -> bool:
+        """Compare-and-set: stop or expire a session that is still active; says whether it did."""
+        cur = await self.conn.execute(SQL["session_end"], {"id": session_id, "status": status, "reason": reason,
+                                                           "now": ts(self.now)})
+        self.touch(topics.SESSIONS)
+        return cur.rowcount == 1
+
+    async def set_session_run(self, session_id: str, run_id: str) -> None:
+        await self.conn.execute(SQL["session_set_run"], {"id": session_id, "run_id": run_id, "now": ts(self.now)})
+
+    async def live_children(self, session_id: str) -> int:
+        """Counted inside the transaction, so two spawns cannot both take the last place."""
+        ((n,),) = await self.conn.execute_fetchall(SQL["sessions_live_children"], (session_id,))
+        return int(n)
+
+    async def live_in_workspace(self, workspace_id: str) -> int:
+        ((n,),) = await self.conn.execute_fetchall(SQL["sessions_live_in_workspace"], (workspace_id,))
+        return int(n)
+
     async def upsert_artifact(self, run_id: str, path: str, size: int, sha256: str, stored_as: str) -> None:
         await self.conn.execute(SQL["artifact_upsert"], (run_id, path, size, sha256, stored_as, ts(self.now)))
 
@@ -457,6 +506,33 @@ class Store:
         row = await self._one(SQL["artifact_get"], (run_id, path))
         return ArtifactRow.model_validate(row) if row else None
 
+    # ------------------------------------------------------------ sessions
+
+    async def session(self, session_id: str) -> SessionRow | None:
+        row = await self._one(SQL["session_get"], (session_id,))
+        return SessionRow.model_validate(row) if row else None
+
+    async def session_by_token_hash(self, token_hash: str) -> SessionRow | None:
+        row = await self._one(SQL["session_by_token"], (token_hash,))
+        return SessionRow.model_validate(row) if row else None
+
+    async def sessions(self) -> list[SessionRow]:
+        return [SessionRow.model_validate(r) for r in await self._all(SQL["sessions_all"])]
+
+    async def descendants(self, session_id: str) -> list[SessionRow]:
+        """Every session below `session_id`, shallowest first."""
+        return [SessionRow.model_validate(r) for r in await self._all(SQL["sessions_descendants"], {"id": session_id})]
+
+    async def next_session_expiry(self) -> datetime | None:
+        row = await self._one(SQL["sessions_next_expiry"])
+        return datetime.fromisoformat(row["at"]) if row and row["at"] else None
+
+    async def expired_sessions(self, now: datetime) -> list[str]:
+        return [r["id"] for r in await self._all(SQL["sessions_expired"], (ts(now),))]
+
+    async def unfinished_runs_of(self, session_id: str) -> list[str]:
+        return [r["id"] for r in await self._all(SQL["runs_unfinished_of"], (session_id,))]
+
     async def schema(self) -> dict[str, str]:
         """Name -> normalized SQL of every table and index (for the migration test)."""
         rows = await self._all("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL ORDER BY name")
@@ -478,7 +554,7 @@ def _translated(exc: sqlite3.Error) -> errors.EngineError:
     return errors.EngineError(f"database error: {text}")
 
 
-_JSON_COLUMNS = ("env", "metadata", "payload")
+_JSON_COLUMNS = ("env", "metadata", "payload", "permissions", "spawn_budget")
 
 
 def _encode(row: dict[str, Any]) -> dict[str, Any]:

@@ -35,14 +35,16 @@ class Supervision:
     """One pass of following a run to its end, with its collaborators passed in."""
 
     def __init__(self, run_id: str, *, store: Store, backend: SandboxBackend, harnesses: Callable[[str], Harness],
-                 ephemeral_spec: Callable[[str, str, str], DeviceSpec], clock: Clock, settings: Settings,
-                 cancel: anyio.Event) -> None:
+                 ephemeral_spec: Callable[[str, str, str], DeviceSpec], identity: Callable[[RunRow], dict[str, str]],
+                 clock: Clock, settings: Settings, cancel: anyio.Event) -> None:
         self.run_id = run_id
         self.store = store
         self.backend = backend
         self.harnesses = harnesses
         self.ephemeral_spec = ephemeral_spec
         """(device_id, image, run_id) -> the spec of the run's ephemeral sandbox."""
+        self.identity = identity
+        """The run's own environment: who it is and how to call back (`Tokens.run_env`)."""
         self.clock = clock
         self.cfg = settings
         self.cancel = cancel
@@ -115,7 +117,7 @@ class Supervision:
         cap = self.cfg.output_cap_bytes + 1  # one byte past the cap tells the record it was cut
         return RunLaunch(
             run_id=self.run_id, device_id=device.id, argv=argv, cwd=row.cwd,
-            env={**device.env, **row.env}, prompt=row.prompt, require=h.binary,
+            env={**device.env, **row.env, **self.identity(row)}, prompt=row.prompt, require=h.binary,
             stdout_offset=self.folder.offsets["stdout"], stderr_offset=self.folder.offsets["stderr"],
             stdout_cap=self.cfg.structured_stream_cap_bytes if h.structured else cap, stderr_cap=cap,
             artifact_paths=artifact_paths(row), artifact_max_bytes=self.cfg.artifact_max_bytes,

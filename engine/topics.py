@@ -22,6 +22,8 @@ def group(group_id: str) -> str:
 
 ADMISSION = "admission"
 """Touched when a run is queued or an active run ends: the scheduler may admit another."""
+SESSIONS = "sessions"
+"""A session was spawned, stopped or expired (the TTL reaper waits on it for a sooner expiry)."""
 
 
 class Topics:

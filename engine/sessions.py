@@ -1,0 +1,297 @@
+"""Sessions: who an agent is. The local user is the root session; every other session was spawned
+by one, with a lineage, a permission policy inside its parent's, a spawn budget and a TTL. A
+session calls in with its bearer token (`authenticate`), and stopping it (or its TTL passing)
+stops the children spawned with `auto_stop_on_parent`, all the way down, and cancels their runs.
+The TTL reaper is a background service on the injected clock."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import anyio
+from pydantic import Field
+
+from engine import errors, ids, lineage, models, topics
+from engine.callers import ROOT, Caller
+from engine.clock import SystemClock
+from engine.lineage import PermissionPolicy, SpawnBudget
+from engine.ports import Clock
+from engine.records import SessionRow
+from engine.runs import RunService
+from engine.settings import Settings
+from engine.store import Store, new_id
+from engine.tokens import Tokens
+
+log = logging.getLogger("agentdock.sessions")
+
+LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DEFAULT_WORKSPACE = "default"
+REAPER_IDLE_SECONDS = 3600.0
+"""How long the reaper sleeps when no session has a TTL pending (a new session wakes it sooner)."""
+
+
+class SessionState(StrEnum):
+    active = "active"
+    stopped = "stopped"
+    expired = "expired"
+
+
+class SpawnRequest(models.Input):
+    """Seed 002's spawn fields, plus an optional run to start the child with."""
+
+    agent_name: str = Field(pattern=lineage.AGENT_NAME.pattern)
+    """Who the child is: names its soul (`$AGENTDOCK_HOME/souls/<agent_name>.md`)."""
+    auto_stop_on_parent: bool = True
+    """Stop the child when its parent stops."""
+    permissions: PermissionPolicy | None = None
+    """What the child may use; within the parent's. Omitted: the parent's own."""
+    spawn_role: str | None = Field(default=None, pattern=LABEL)
+    ttl_seconds: int | None = Field(default=None, ge=1)
+    """The child's life; at most the spawn budget's `ttl_seconds`, and never past its parent's."""
+    workspace_id: str | None = Field(default=None, pattern=LABEL)
+    """Omitted: the parent's workspace."""
+    prompt: str | None = None
+    """Start the child as an agent run with this prompt (in a fresh sandbox unless `target_id`)."""
+    provider: models.Provider | None = None
+    command: str | None = None
+    model: str | None = None
+    target_id: str | None = None
+    timeout: int | None = None
+
+
+class Lineage(models.Record):
+    auto_stop_on_parent: bool
+    parent_session_id: str | None
+    permission_policy: PermissionPolicy
+    root_session_id: str
+    spawn_budget: SpawnBudget
+    spawn_depth: int
+    spawn_role: str | None
+    ttl_expires_at: datetime | None
+
+
+class Session(models.Record):
+    id: str
+    agent_name: str
+    name: str | None = None
+    type: str
+    """`user` for the root session (the local user), `agent` for a spawned one."""
+    state: SessionState
+    stop_reason: str | None = None
+    """`stopped` (asked), `parent_stopped`, `ttl_expired`, `spawn_failed`."""
+    workspace_id: str
+    run_id: str | None = None
+    """The agent run the session was started with."""
+    provider: str | None = None
+    model: str | None = None
+    lineage: Lineage
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    stopped_at: datetime | None = None
+
+
+class SessionList(models.Record):
+    data: list[Session]
+
+
+class Spawned(models.Record):
+    session: Session
+    lineage: Lineage
+    permissions: PermissionPolicy
+    token: str
+    """The child's bearer token, shown this once (its runs receive it as AGENTDOCK_TOKEN)."""
+    run: models.Run | None = None
+
+
+class SessionService:
+    def __init__(self, store: Store, runs: RunService, tokens: Tokens, clock: Clock | None, settings: Settings) -> None:
+        self.store = store
+        self.runs = runs
+        self.tokens = tokens
+        self.clock = clock or SystemClock()
+        self.settings = settings
+        self.root_budget = SpawnBudget()
+
+    # ------------------------------------------------------------ the TTL reaper
+
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Expire sessions as their TTLs pass (woken early when a session is spawned or stopped)."""
+        self.tokens.key  # noqa: B018 - the key file exists before any token is asked for
+        task_status.started()
+        while True:
+            changed = self.store.topics.watch(topics.SESSIONS)
+            await self.expire_due()
+            nxt = await self.store.next_session_expiry()
+            wait = REAPER_IDLE_SECONDS if nxt is None else (nxt - self.clock.now()).total_seconds()
+            await self.clock.wait(changed, wait)
+
+    async def expire_due(self) -> int:
+        due = await self.store.expired_sessions(self.clock.now())
+        for session_id in due:
+            await self._end(session_id, "expired", "ttl_expired")
+        return len(due)
+
+    # ------------------------------------------------------------ who is asking
+
+    async def authenticate(self, token: str | None) -> Caller:
+        """The caller a bearer token stands for; `Unauthenticated` if none is valid."""
+        if not token:
+            raise errors.Unauthenticated(
+                "this socket needs a session token: send `Authorization: Bearer $AGENTDOCK_TOKEN`",
+                evidence={"field": "Authorization"})
+        row = await self.store.session_by_token_hash(self.tokens.digest(token))
+        if row is None:
+            raise errors.Unauthenticated("the session token is not valid", evidence={"field": "Authorization"})
+        if row.status == "active" and row.ttl_expires_at <= self.clock.now():
+            await self._end(row.id, "expired", "ttl_expired")
+            row = await self.store.session(row.id)
+            assert row is not None
+        if row.status != "active":
+            raise errors.Unauthenticated(f"session {row.id} has {row.status} ({row.stop_reason}); its token no longer "
+                                         "works", evidence={"field": "Authorization", "session_id": row.id})
+        return await self.caller_of(row)
+
+    async def caller_of(self, row: SessionRow) -> Caller:
+        below = await self.store.descendants(row.id)
+        return Caller(session_id=row.id, toolsets=PermissionPolicy(**row.permissions).grants(),
+                      visible=frozenset(d.id for d in below))
+
+    # ------------------------------------------------------------ requests
+
+    async def me(self, caller: Caller) -> Session:
+        return await self._session_of(caller)
+
+    async def get(self, caller: Caller, session_id: str) -> Session:
+        caller.require("agent", "agent_me")
+        if session_id == ROOT.session_id and caller.is_root:
+            return self._root()
+        row = await self.store.session(session_id) if ids.SESSION.matches(session_id) else None
+        if row is None or not (caller.is_root or row.id == caller.session_id or row.id in caller.visible):
+            raise errors.NotFound("session", session_id[:64], suggested_command="agentdock sessions list")
+        return self._record(row)
+
+    async def list(self, caller: Caller) -> SessionList:
+        caller.require("agent", "agent_me")
+        if caller.is_root:
+            return SessionList(data=[self._root(), *(self._record(r) for r in await self.store.sessions())])
+        own = await self.store.session(caller.session_id)
+        below = await self.store.descendants(caller.session_id)
+        return SessionList(data=[self._record(r) for r in ([own] if own else []) + below])
+
+    async def spawn(self, caller: Caller, req: SpawnRequest) -> Spawned:
+        caller.require("agent", "agent_spawn")
+        run_req = self._run_request(req)  # refused before anything is written
+        parent = await self._session_of(caller)
+        if parent.state is not SessionState.active:
+            raise errors.Unauthenticated(f"session {parent.id} has {parent.state}")
+        policy = lineage.narrowed(parent.lineage.permission_policy,
+                                  req.permissions or parent.lineage.permission_policy)
+        budget = parent.lineage.spawn_budget
+        now = self.clock.now()
+        expires = lineage.child_expiry(now, req.ttl_seconds, budget, parent.lineage.ttl_expires_at)
+        workspace = req.workspace_id or parent.workspace_id
+        child_id = new_id("ses")
+        depth = parent.lineage.spawn_depth + 1
+        async with self.store.write(now) as tx:
+            lineage.check_room(depth=depth, children=await tx.live_children(parent.id),
+                               active_in_workspace=await tx.live_in_workspace(workspace), budget=budget)
+            await tx.insert_session({
+                "id": child_id, "agent_name": req.agent_name, "name": None,
+                "token_hash": self.tokens.digest(self.tokens.token_for(child_id)),
+                "parent_session_id": parent.id, "root_session_id": parent.lineage.root_session_id,
+                "spawn_depth": depth, "spawn_role": req.spawn_role, "auto_stop_on_parent": req.auto_stop_on_parent,
+                "permissions": policy.model_dump(), "spawn_budget": budget.model_dump(), "ttl_expires_at": expires,
+                "workspace_id": workspace, "run_id": None, "soul_snapshot_id": None,
+                "provider": run_req.provider.value if run_req and run_req.provider else None,
+                "model": run_req.model if run_req else None, "created_by": caller.session_id,
+                "created_at": now, "updated_at": now})
+        run = None
+        if run_req is not None:
+            try:
+                run = await self.runs.create(Caller(session_id=child_id, toolsets=frozenset({"runs"})), run_req)
+            except Exception:
+                await self._end(child_id, "stopped", "spawn_failed")
+                raise
+            async with self.store.write(self.clock.now()) as tx:
+                await tx.set_session_run(child_id, run.id)
+        row = await self.store.session(child_id)
+        assert row is not None
+        session = self._record(row)
+        return Spawned(session=session, lineage=session.lineage, permissions=policy,
+                       token=self.tokens.token_for(child_id), run=run)
+
+    async def stop(self, caller: Caller, session_id: str) -> Session:
+        """Stop a session (itself or one below it), the children it spawned with `auto_stop_on_parent`,
+        all the way down, and their runs. Stopping a stopped session changes nothing."""
+        caller.require("agent", "agent_stop")
+        if session_id == ROOT.session_id:
+            raise errors.InvalidInput("session_id", "the root session (the local user) cannot be stopped")
+        await self.get(caller, session_id)  # visible to the caller, or NotFound
+        await self._end(session_id, "stopped", "stopped")
+        row = await self.store.session(session_id)
+        assert row is not None
+        return self._record(row)
+
+    # ------------------------------------------------------------ helpers
+
+    async def _end(self, session_id: str, status: str, reason: str) -> None:
+        """End a session and, down the tree, every child spawned with `auto_stop_on_parent` whose
+        parent ended here; then cancel the runs of every session that ended."""
+        below = await self.store.descendants(session_id)
+        ended: list[str] = []
+        async with self.store.write(self.clock.now()) as tx:
+            if await tx.end_session(session_id, status, reason):
+                ended.append(session_id)
+            gone = {session_id}
+            for child in below:  # shallowest first, so a parent is decided before its children
+                if child.parent_session_id in gone and child.auto_stop_on_parent:
+                    gone.add(child.id)
+                    if await tx.end_session(child.id, "stopped" if status == "stopped" else status,
+                                            "parent_stopped"):
+                        ended.append(child.id)
+        for sid in ended:
+            for run_id in await self.store.unfinished_runs_of(sid):
+                try:
+                    await self.runs.request_cancel(run_id)
+                except errors.EngineError as exc:  # it ended meanwhile
+                    log.info("run %s of ended session %s: %s", run_id, sid, exc.message)
+
+    async def _session_of(self, caller: Caller) -> Session:
+        if caller.is_root:
+            return self._root()
+        row = await self.store.session(caller.session_id)
+        if row is None:
+            raise errors.Unauthenticated(f"no session {caller.session_id}")
+        return self._record(row)
+
+    def _run_request(self, req: SpawnRequest) -> models.RunCreate | None:
+        if req.prompt is None:
+            for field in ("provider", "command", "model", "target_id", "timeout"):
+                if getattr(req, field) is not None:
+                    raise errors.InvalidInput(field, "starts the child's run, so it needs a prompt too")
+            return None
+        fields = {k: getattr(req, k) for k in ("prompt", "provider", "command", "model", "target_id", "timeout")}
+        return models.parse(models.RunCreate, {k: v for k, v in fields.items() if v is not None})
+
+    def _root(self) -> Session:
+        return Session(
+            id=ROOT.session_id, agent_name=self.settings.root_agent_name, type="user", state=SessionState.active,
+            workspace_id=DEFAULT_WORKSPACE,
+            lineage=Lineage(auto_stop_on_parent=False, parent_session_id=None,
+                            permission_policy=PermissionPolicy.everything(), root_session_id=ROOT.session_id,
+                            spawn_budget=self.root_budget, spawn_depth=0, spawn_role=None, ttl_expires_at=None))
+
+    @staticmethod
+    def _record(row: SessionRow) -> Session:
+        return Session(
+            id=row.id, agent_name=row.agent_name, name=row.name, type="agent", state=SessionState(row.status),
+            stop_reason=row.stop_reason, workspace_id=row.workspace_id, run_id=row.run_id, provider=row.provider,
+            model=row.model, created_at=row.created_at, updated_at=row.updated_at, stopped_at=row.stopped_at,
+            lineage=Lineage(auto_stop_on_parent=row.auto_stop_on_parent, parent_session_id=row.parent_session_id,
+                            permission_policy=PermissionPolicy(**row.permissions), root_session_id=row.root_session_id,
+                            spawn_budget=SpawnBudget(**row.spawn_budget), spawn_depth=row.spawn_depth,
+                            spawn_role=row.spawn_role, ttl_expires_at=row.ttl_expires_at))
+

@@ -1,0 +1,226 @@
+"""Sessions and spawn on real SQLite, the shipped fake backend and the fake clock: lineage, budgets,
+permissions that only narrow, tokens, TTL expiry and the stop cascade."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from engine import errors, lineage, models, topics
+from engine.app import Engine
+from engine.callers import ROOT
+from engine.clock import FakeClock
+from engine.lineage import PermissionPolicy
+from engine.sessions import SpawnRequest
+from engine.settings import Settings
+from runtimes import harness
+from runtimes.fake import FakeBackend
+
+pytestmark = pytest.mark.anyio
+
+
+def engine_for(tmp_path, clock=None, backend=None) -> Engine:
+    return Engine(Settings(home=tmp_path, image="fake:latest", cancel_grace_seconds=0.02),
+                  backend=backend or FakeBackend(), harnesses=harness.get, clock=clock)
+
+
+async def spawn(engine: Engine, caller, **kw):
+    return await engine.sessions.spawn(caller, SpawnRequest(agent_name=kw.pop("agent_name", "worker"), **kw))
+
+
+async def test_a_spawned_child_has_its_lineage_and_a_token_that_stands_for_it(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        child = await spawn(engine, ROOT, spawn_role="reviewer", permissions=PermissionPolicy(tools=["runs"]))
+        me = await engine.sessions.me(await engine.sessions.authenticate(child.token))
+    assert me.id == child.session.id and me.type == "agent" and me.state == "active"
+    assert (me.lineage.parent_session_id, me.lineage.root_session_id, me.lineage.spawn_depth) == (
+        "ses_root", "ses_root", 1)
+    assert me.lineage.spawn_role == "reviewer" and me.lineage.permission_policy.tools == ["runs"]
+    assert child.token.startswith("adt_") and child.token not in (tmp_path / "agentdock.db").read_bytes().decode(
+        errors="replace")
+
+
+async def test_a_child_can_never_be_given_more_than_its_parent_has(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        parent = await spawn(engine, ROOT, permissions=PermissionPolicy(tools=["agent", "runs"],
+                                                                         network_channels=["team"]))
+        caller = await engine.sessions.authenticate(parent.token)
+        with pytest.raises(errors.PermissionDenied, match="permissions.tools: 'devices'"):
+            await spawn(engine, caller, permissions=PermissionPolicy(tools=["agent", "devices"]))
+        with pytest.raises(errors.PermissionDenied, match="network_channels"):
+            await spawn(engine, caller, permissions=PermissionPolicy(tools=["agent"], network_channels=["all"]))
+        narrow = await spawn(engine, caller, permissions=PermissionPolicy(tools=["agent_run_get", "agent"]))
+        assert len((await engine.sessions.list(caller)).data) == 2  # itself and the one child it has
+    assert narrow.permissions.tools == ["agent_run_get", "agent"]
+
+
+async def test_a_session_without_the_agent_toolset_cannot_spawn(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        child = await spawn(engine, ROOT, permissions=PermissionPolicy(tools=["runs"]))
+        caller = await engine.sessions.authenticate(child.token)
+        with pytest.raises(errors.PermissionDenied, match="agent_spawn"):
+            await spawn(engine, caller)
+        assert (await engine.sessions.me(caller)).id == child.session.id  # agent_me is always allowed
+        assert len(await engine.store.sessions()) == 1
+
+
+async def test_spawning_three_levels_deep_works_and_the_fourth_is_refused(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        caller = ROOT
+        for depth in (1, 2, 3):
+            child = await spawn(engine, caller)
+            assert child.lineage.spawn_depth == depth
+            caller = await engine.sessions.authenticate(child.token)
+        with pytest.raises(errors.LimitExceeded, match="max_depth"):
+            await spawn(engine, caller)
+        assert len(await engine.store.sessions()) == 3
+
+
+async def test_max_children_counts_live_children_only(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        engine.sessions.root_budget = lineage.SpawnBudget(max_children=2)
+        a = await spawn(engine, ROOT)
+        await spawn(engine, ROOT)
+        with pytest.raises(errors.LimitExceeded, match="max_children"):
+            await spawn(engine, ROOT)
+        await engine.sessions.stop(ROOT, a.session.id)
+        await spawn(engine, ROOT)
+
+
+async def test_a_token_stops_working_when_its_session_stops_and_stopping_cascades(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        parent = await spawn(engine, ROOT)
+        pc = await engine.sessions.authenticate(parent.token)
+        kept = await spawn(engine, pc, auto_stop_on_parent=True)
+        kc = await engine.sessions.authenticate(kept.token)
+        grandchild = await spawn(engine, kc)
+        loose = await spawn(engine, pc, auto_stop_on_parent=False)
+
+        await engine.sessions.stop(ROOT, parent.session.id)
+        await engine.sessions.stop(ROOT, parent.session.id)  # twice is harmless
+
+        states = {s.id: (s.state, s.stop_reason) for s in (await engine.sessions.list(ROOT)).data}
+        assert states[parent.session.id] == ("stopped", "stopped")
+        assert states[kept.session.id] == ("stopped", "parent_stopped")
+        assert states[grandchild.session.id] == ("stopped", "parent_stopped")
+        assert states[loose.session.id] == ("active", None)
+        for token in (parent.token, kept.token, grandchild.token):
+            with pytest.raises(errors.Unauthenticated):
+                await engine.sessions.authenticate(token)
+        await engine.sessions.authenticate(loose.token)
+
+
+async def test_bad_tokens_are_refused(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        for token in (None, "", "adt_" + "0" * 64, "Bearer x"):
+            with pytest.raises(errors.Unauthenticated):
+                await engine.sessions.authenticate(token)
+
+
+async def test_ttl_expiry_on_the_fake_clock_stops_the_session_and_cancels_its_run(tmp_path):
+    clock, backend = FakeClock(), FakeBackend()
+    async with engine_for(tmp_path, clock, backend).running() as engine:
+        child = await spawn(engine, ROOT, ttl_seconds=60, prompt="work", command="block")
+        assert child.run is not None
+        with anyio.fail_after(10):
+            while (await engine.runs.get(ROOT, child.run.id)).status is not models.RunStatus.running:
+                changed = engine.topics.watch(topics.run(child.run.id))
+                await changed.wait()
+        grand = await spawn(engine, await engine.sessions.authenticate(child.token), ttl_seconds=3000)
+        assert grand.lineage.ttl_expires_at == child.lineage.ttl_expires_at  # never past its parent
+        clock.advance(59)
+        await anyio.sleep(0.01)
+        assert (await engine.sessions.get(ROOT, child.session.id)).state == "active"
+        clock.advance(2)
+        with anyio.fail_after(10):
+            while (await engine.sessions.get(ROOT, child.session.id)).state == "active":
+                changed = engine.topics.watch(topics.SESSIONS)
+                await changed.wait()
+            while True:  # the cancel grace is on the fake clock too
+                run = await engine.runs.get(ROOT, child.run.id)
+                if run.status is models.RunStatus.canceled:
+                    break
+                changed = engine.topics.watch(topics.run(child.run.id))
+                clock.advance(1)
+                await clock.wait(changed, 0.5)
+        assert (await engine.sessions.get(ROOT, child.session.id)).stop_reason == "ttl_expired"
+        assert (await engine.sessions.get(ROOT, grand.session.id)).state in ("expired", "stopped")
+        with pytest.raises(errors.Unauthenticated):
+            await engine.sessions.authenticate(child.token)
+
+
+async def test_a_ttl_above_the_budget_and_bad_run_fields_are_refused_with_nothing_written(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        with pytest.raises(errors.LimitExceeded, match="ttl_seconds"):
+            await spawn(engine, ROOT, ttl_seconds=10**6)
+        with pytest.raises(errors.InvalidInput, match="command"):
+            await spawn(engine, ROOT, command="echo no prompt")
+        with pytest.raises(errors.InvalidInput):
+            await spawn(engine, ROOT, prompt="p", target_id="../etc")
+        assert await engine.store.sessions() == []
+
+
+async def test_a_session_sees_its_own_and_its_childrens_runs_and_no_others(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        a = await spawn(engine, ROOT, permissions=PermissionPolicy(tools=["agent", "runs"]))
+        b = await spawn(engine, ROOT, permissions=PermissionPolicy(tools=["agent", "runs"]))
+        ac = await engine.sessions.authenticate(a.token)
+        child = await spawn(engine, ac, prompt="p", command="out=hi")
+        ac = await engine.sessions.authenticate(a.token)  # a caller knows the sessions below it when it comes in
+        bc = await engine.sessions.authenticate(b.token)
+        assert (await engine.runs.get(ac, child.run.id)).id == child.run.id
+        with pytest.raises(errors.NotFound):
+            await engine.runs.get(bc, child.run.id)
+        with pytest.raises(errors.NotFound):
+            await engine.sessions.get(bc, a.session.id)
+
+
+@hsettings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.sampled_from(["spawn", "stop", "tick"]), st.integers(0, 20),
+                                st.lists(st.sampled_from(["agent", "runs", "devices", "agent_run_get", "tasks"]),
+                                         max_size=3, unique=True)), max_size=25))
+async def test_any_sequence_of_spawns_stops_and_time_keeps_every_budget(tmp_path_factory, steps):
+    clock = FakeClock()
+    async with engine_for(tmp_path_factory.mktemp("s"), clock).running() as engine:
+        engine.sessions.root_budget = lineage.SpawnBudget(max_children=3, max_depth=3, ttl_seconds=100)
+        tokens = {"ses_root": None}
+        for op, pick, tools in steps:
+            live = sorted(tokens)
+            who = live[pick % len(live)]
+            caller = ROOT if who == "ses_root" else None
+            if caller is None:
+                try:
+                    caller = await engine.sessions.authenticate(tokens[who])
+                except errors.Unauthenticated:
+                    continue
+            if op == "spawn":
+                try:
+                    child = await spawn(engine, caller, permissions=PermissionPolicy(tools=["agent", *tools]),
+                                        ttl_seconds=1 + pick * 5)
+                    tokens[child.session.id] = child.token
+                except (errors.PermissionDenied, errors.LimitExceeded):
+                    pass
+            elif op == "stop" and who != "ses_root":
+                await engine.sessions.stop(ROOT, who)
+            elif op == "tick":
+                clock.advance(pick)
+                await engine.sessions.expire_due()
+            rows = {r.id: r for r in await engine.store.sessions()}
+            now = clock.now()
+            for row in rows.values():
+                parent = rows.get(row.parent_session_id)
+                parent_tools = set(parent.permissions["tools"]) if parent else set(lineage.TOOLS_BY_TOOLSET)
+                for tool in row.permissions["tools"]:
+                    assert tool in parent_tools or lineage.TOOLSET_OF.get(tool) in parent_tools
+                assert row.spawn_depth <= 3
+                if row.status == "active":
+                    assert row.ttl_expires_at > now - timedelta(seconds=0), "a live session past its TTL"
+                    if parent is not None:
+                        assert parent.status == "active" or not row.auto_stop_on_parent
+                        assert row.ttl_expires_at <= parent.ttl_expires_at
+            for sid in ["ses_root", *rows]:
+                live_children = [r for r in rows.values() if r.parent_session_id == sid and r.status == "active"]
+                assert len(live_children) <= 3
