@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 import anyio
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from engine import errors, ids, lineage, models, topics
 from engine.callers import ROOT, Caller
@@ -106,6 +106,53 @@ class Spawned(models.Record):
     run: models.Run | None = None
 
 
+class MeSelf(models.Record):
+    agent_name: str
+    model: str | None
+    provider: str | None
+    session_id: str
+
+
+class Workspace(models.Record):
+    id: str
+    name: str
+    root_dir: str
+
+
+class Limits(models.Record):
+    context_section_limit: int
+    max_active_task_leases: int
+    max_children: int
+    max_spawn_depth: int
+
+
+class Capability(models.Record):
+    id: str
+    """A tool this session may call."""
+    source: str
+    """The toolset it comes from, or `always` for what every session may call."""
+    summary: str
+
+
+class Me(models.Record):
+    """Seed 002's `me`: who the caller is and what it may do. `channels` and `active_task_leases`
+    are filled by the channels and task queue (empty until they exist, never invented)."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    self_: MeSelf = Field(alias="self")
+    session: Session
+    workspace: Workspace
+    limits: Limits
+    capabilities: list[Capability]
+    channels: list[dict[str, Any]] = Field(default_factory=list)
+    active_task_leases: list[dict[str, Any]] = Field(default_factory=list)
+
+
+CONTEXT_SECTION_LIMIT = 50
+MAX_ACTIVE_TASK_LEASES = 4
+
+
 class SessionService:
     def __init__(self, store: Store, runs: RunService, tokens: Tokens, clock: Clock | None, settings: Settings) -> None:
         self.store = store
@@ -161,8 +208,23 @@ class SessionService:
 
     # ------------------------------------------------------------ requests
 
-    async def me(self, caller: Caller) -> Session:
-        return await self._session_of(caller)
+    async def me(self, caller: Caller) -> Me:
+        session = await self._session_of(caller)
+        policy = session.lineage.permission_policy
+        grants = None if caller.is_root else policy.grants()
+        caps = [Capability(id=tool, source="always" if tool in lineage.ALWAYS_ALLOWED else toolset,
+                           summary=f"{toolset} tool")
+                for toolset, tools in lineage.TOOLS_BY_TOOLSET.items() for tool in tools
+                if lineage.tool_allowed(grants, tool)]
+        budget = session.lineage.spawn_budget
+        return Me(self_=MeSelf(agent_name=session.agent_name, model=session.model, provider=session.provider,
+                               session_id=session.id),
+                  session=session, workspace=Workspace(id=session.workspace_id, name=session.workspace_id,
+                                                       root_dir=models.WORKSPACE),
+                  limits=Limits(context_section_limit=CONTEXT_SECTION_LIMIT,
+                                max_active_task_leases=MAX_ACTIVE_TASK_LEASES, max_children=budget.max_children,
+                                max_spawn_depth=budget.max_depth),
+                  capabilities=caps)
 
     async def get(self, caller: Caller, session_id: str) -> Session:
         caller.require("agent", "agent_me")
@@ -184,6 +246,8 @@ class SessionService:
     async def spawn(self, caller: Caller, req: SpawnRequest) -> Spawned:
         caller.require("agent", "agent_spawn")
         run_req = self._run_request(req)  # refused before anything is written
+        if run_req is not None:
+            caller.require("runs", "agent_run")  # starting the child as a run is running an agent
         parent = await self._session_of(caller)
         if parent.state is not SessionState.active:
             raise errors.Unauthenticated(f"session {parent.id} has {parent.state}")
@@ -211,7 +275,10 @@ class SessionService:
         run = None
         if run_req is not None:
             try:
-                run = await self.runs.create(Caller(session_id=child_id, toolsets=frozenset({"runs"})), run_req)
+                # The run is the child's; the device it targets must be one the parent sees.
+                as_child = Caller(session_id=child_id, toolsets=frozenset({"runs", "devices"}),
+                                  visible=frozenset({caller.session_id}) | caller.visible)
+                run = await self.runs.create(as_child, run_req)
             except Exception:
                 await self._end(child_id, "stopped", "spawn_failed")
                 raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from engine import models
+from engine import models, sessions
 from engine.app import Engine
 from engine.callers import Caller
 
@@ -47,6 +47,17 @@ class AgentDockAPI(Protocol):
     async def artifacts(self, run_id: str) -> models.ArtifactList: ...
 
     async def artifact_content(self, run_id: str, path: str) -> bytes: ...
+
+    # sessions
+    async def me(self) -> sessions.Me: ...
+
+    async def spawn(self, req: sessions.SpawnRequest) -> sessions.Spawned: ...
+
+    async def list_sessions(self) -> sessions.SessionList: ...
+
+    async def get_session(self, session_id: str) -> sessions.Session: ...
+
+    async def stop_session(self, session_id: str) -> sessions.Session: ...
 
 
 class InProcessAPI:
@@ -91,3 +102,18 @@ class InProcessAPI:
 
     async def artifact_content(self, run_id: str, path: str) -> bytes:
         return await self.engine.runs.artifact_bytes(self.caller, run_id, path)
+
+    async def me(self) -> sessions.Me:
+        return await self.engine.sessions.me(self.caller)
+
+    async def spawn(self, req: sessions.SpawnRequest) -> sessions.Spawned:
+        return await self.engine.sessions.spawn(self.caller, req)
+
+    async def list_sessions(self) -> sessions.SessionList:
+        return await self.engine.sessions.list(self.caller)
+
+    async def get_session(self, session_id: str) -> sessions.Session:
+        return await self.engine.sessions.get(self.caller, session_id)
+
+    async def stop_session(self, session_id: str) -> sessions.Session:
+        return await self.engine.sessions.stop(self.caller, session_id)

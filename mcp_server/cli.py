@@ -4,6 +4,7 @@ runs). Every command has --json; a failure prints its diagnostic, never a traceb
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,12 +46,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mcp_server import mcp_app
 
     settings = _settings(args)
-    daemon.ensure(settings)
+    as_session = bool(os.environ.get("AGENTDOCK_TOKEN"))
+    if not as_session:  # a session (inside a sandbox) reaches the daemon that runs it; it starts none
+        daemon.ensure(settings)
     toolsets = [t for t in args.toolsets.split(",") if t] if args.toolsets else None
 
     async def go() -> None:
         async with DaemonClient(settings) as client:
-            await mcp_app.serve_stdio(client, settings, toolsets)
+            grants = None
+            if as_session:  # the tools this session may call, and no others
+                grants = (await client.me()).session.lineage.permission_policy.grants()
+            await mcp_app.serve_stdio(client, settings, toolsets, grants)
 
     anyio.run(go)
     return 0

@@ -6,13 +6,14 @@ diagnostic, so the MCP layer maps them the same way as local errors.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 
-from engine import errors, ids, models
+from engine import errors, ids, models, sessions
 from engine.settings import Settings
 
 
@@ -32,11 +33,21 @@ class DaemonUnavailable(errors.SandboxUnavailable):
 
 
 class DaemonClient:
-    def __init__(self, settings: Settings, *, timeout: float = 120) -> None:
+    """As the local user over `control.sock`; or, given a session token (`AGENTDOCK_TOKEN` inside a
+    sandbox), as that session over the agent socket (`AGENTDOCK_SOCKET`)."""
+
+    def __init__(self, settings: Settings, *, timeout: float = 120, token: str | None = None,
+                 socket: str | None = None) -> None:
         self.settings = settings
+        token = token if token is not None else os.environ.get("AGENTDOCK_TOKEN")
+        if token:
+            self.socket = socket or os.environ.get("AGENTDOCK_SOCKET") or str(settings.agent_socket)
+            headers = {"Authorization": f"Bearer {token}"}
+        else:
+            self.socket, headers = socket or str(settings.control_socket), {}
         self._http = httpx.AsyncClient(
-            transport=httpx.AsyncHTTPTransport(uds=str(settings.control_socket)),
-            base_url="http://agentdock", timeout=timeout,
+            transport=httpx.AsyncHTTPTransport(uds=self.socket),
+            base_url="http://agentdock", timeout=timeout, headers=headers,
         )
 
     async def __aenter__(self) -> DaemonClient:
@@ -49,11 +60,12 @@ class DaemonClient:
                       headers: dict[str, str] | None = None, timeout: float | None = None) -> Any:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            resp = await self._http.request(method, "/api/v1" + path, json=json, params=params, headers=headers,
+            url = path if path.startswith("/api/") else "/api/v1" + path
+            resp = await self._http.request(method, url, json=json, params=params, headers=headers,
                                             timeout=timeout or httpx.USE_CLIENT_DEFAULT)
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
             raise DaemonUnavailable(
-                f"cannot reach the daemon at {self.settings.control_socket} ({exc.__class__.__name__})",
+                f"cannot reach the daemon at {self.socket} ({exc.__class__.__name__})",
                 suggested_command="agentdock daemon start") from exc
         if resp.headers.get("content-type", "").startswith("application/json"):
             payload = resp.json()
@@ -116,6 +128,22 @@ class DaemonClient:
     async def artifact_content(self, run_id: str, path: str) -> bytes:
         return await self.request("GET", _run_path(run_id, "/artifacts/content"), params={"path": path})
 
+    # sessions
+    async def me(self) -> sessions.Me:
+        return sessions.Me.model_validate((await self.request("GET", "/api/agent/me"))["me"])
+
+    async def spawn(self, req: sessions.SpawnRequest) -> sessions.Spawned:
+        return sessions.Spawned.model_validate((await self.request("POST", "/api/agent/spawn", json=_body(req)))["spawn"])
+
+    async def list_sessions(self) -> sessions.SessionList:
+        return sessions.SessionList.model_validate(await self.request("GET", "/sessions"))
+
+    async def get_session(self, session_id: str) -> sessions.Session:
+        return sessions.Session.model_validate((await self.request("GET", _session_path(session_id)))["data"])
+
+    async def stop_session(self, session_id: str) -> sessions.Session:
+        return sessions.Session.model_validate((await self.request("POST", _session_path(session_id, "/stop")))["data"])
+
 
 def _body(req: BaseModel) -> dict[str, Any]:
     """A request model as the JSON body the daemon parses back into the same model."""
@@ -138,3 +166,7 @@ def _device_path(device_id: str) -> str:
 
 def _run_path(run_id: str, rest: str = "") -> str:
     return f"/agent-runs/{_seg(ids.RUN, run_id, 'run_id')}{rest}"
+
+
+def _session_path(session_id: str, rest: str = "") -> str:
+    return f"/sessions/{_seg(ids.SESSION, session_id, 'session_id')}{rest}"

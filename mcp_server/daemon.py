@@ -13,9 +13,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
+import anyio
 import httpx
 import uvicorn
 
@@ -111,15 +113,43 @@ async def serve(settings: Settings) -> None:
     os.umask(0o077)
     try:
         async with docker_engine(settings).running() as engine:
-            listener = bind_private(settings.control_socket)
-            config = uvicorn.Config(http.create_app(areas.endpoints(engine)), log_level="warning", lifespan="off",
-                                    access_log=False, timeout_graceful_shutdown=3)
-            server = _Server(config)
-            log.info("daemon %s serving on %s", os.getpid(), settings.control_socket)
-            await server.serve(sockets=[listener])
+            control = _Server(_config(http.create_app(areas.endpoints(engine))))
+            agent = _Server(_config(http.create_app(areas.endpoints(engine),
+                                                    authenticate=http.bearer(engine.sessions.authenticate))))
+            control_listener = bind_private(settings.control_socket)
+            agent_listener = bind_agent_socket(settings.agent_socket)
+            log.info("daemon %s serving on %s and %s", os.getpid(), settings.control_socket, settings.agent_socket)
+            async with anyio.create_task_group() as tg:
+                async def serve_one(server: _Server, listener: socket.socket) -> None:
+                    await server.serve(sockets=[listener])
+                    control.should_exit = agent.should_exit = True  # one stops, both stop
+
+                tg.start_soon(serve_one, control, control_listener)
+                tg.start_soon(serve_one, agent, agent_listener)
     finally:
         settings.control_socket.unlink(missing_ok=True)
+        settings.agent_socket.unlink(missing_ok=True)
         lock.close()
+
+
+def _config(app: Any) -> uvicorn.Config:
+    return uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=3)
+
+
+def bind_agent_socket(path: Path) -> socket.socket:
+    """The sessions' socket: any local process may connect (its directory is mounted into every
+    device, where runs use other uids), and every request must carry a session's token."""
+    path.parent.mkdir(mode=0o755, exist_ok=True)
+    os.chmod(path.parent, 0o755)
+    client = path.parent / "agentdock-agent"  # the stdlib client a run calls it with
+    client.write_bytes(resources.files("mcp_server").joinpath("agent_client.py").read_bytes())
+    os.chmod(client, 0o755)
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    os.chmod(path, 0o666)
+    sock.listen(128)
+    return sock
 
 
 def bind_private(path: Path) -> socket.socket:

@@ -239,6 +239,16 @@ async def local_user(request: Request) -> Caller:
     return ROOT
 
 
+def bearer(authenticate_token: Callable[[str | None], Awaitable[Caller]]) -> Authenticate:
+    """`agent.sock`: every request is the session whose bearer token it carries, or refused (401)."""
+
+    async def session(request: Request) -> Caller:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        return await authenticate_token(token.strip() if scheme.lower() == "bearer" else None)
+
+    return session
+
+
 def guarded(fn: Handler, max_body: int = MAX_BODY_BYTES, authenticate: Authenticate = local_user,
             ) -> Callable[[Request], Awaitable[Response]]:
     """The handler with its request's body bounded and typed, its caller known, and every exception

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from mcp.server.mcpserver import MCPServer
 
-from engine import errors
+from engine import errors, lineage
 from engine.settings import Settings
 from mcp_server import areas
 from mcp_server.api import AgentDockAPI
@@ -27,15 +27,18 @@ INSTRUCTIONS = ("agentdock runs agents in Docker sandboxes and keeps every run a
                 "results with agent_run_get / agent_run_events.")
 
 
-def build(api: AgentDockAPI, settings: Settings, toolsets: Iterable[str] | None = None) -> MCPServer:
-    """The server with the tools and resources of `toolsets` (default: every area)."""
+def build(api: AgentDockAPI, settings: Settings, toolsets: Iterable[str] | None = None,
+          grants: frozenset[str] | None = None) -> MCPServer:
+    """The server with the tools and resources of `toolsets` (default: every area), and of those
+    only the tools a session holding `grants` may call (None: the root session, all of them)."""
     wanted = set(toolsets or TOOLSETS)
     unknown = wanted - set(TOOLSETS)
     if unknown:
         raise errors.InvalidInput("toolsets", f"unknown toolset(s) {sorted(unknown)}; known: {sorted(TOOLSETS)}")
     chosen = areas.by_toolset(wanted)
     server = MCPServer(name="agentdock", version="0.1.0", log_level="WARNING", instructions=INSTRUCTIONS,
-                       tools=[t for area in chosen for t in area.tools(api, settings)])
+                       tools=[t for area in chosen for t in area.tools(api, settings)
+                              if lineage.tool_allowed(grants, t.name)])
     for area in chosen:
         for r in area.resources(api):
             server.resource(r.uri_template, name=r.name, mime_type="application/json", description=r.description)(
@@ -43,6 +46,7 @@ def build(api: AgentDockAPI, settings: Settings, toolsets: Iterable[str] | None 
     return server
 
 
-async def serve_stdio(api: AgentDockAPI, settings: Settings, toolsets: Iterable[str] | None = None) -> None:
+async def serve_stdio(api: AgentDockAPI, settings: Settings, toolsets: Iterable[str] | None = None,
+                      grants: frozenset[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    await build(api, settings, toolsets).run_stdio_async()
+    await build(api, settings, toolsets, grants).run_stdio_async()

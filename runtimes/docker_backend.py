@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import io
 import logging
+import posixpath
 import signal
 import tarfile
 from collections.abc import AsyncIterator, Callable
@@ -25,6 +26,7 @@ from docker.utils.socket import frames_iter
 
 from engine import errors
 from engine.ports import Chunk, DeviceSpec, DeviceState, Ending, Exit, RunLaunch, Swept
+from engine.tokens import AGENT_SOCKET_IN_DEVICE
 from runtimes import procs
 
 log = logging.getLogger("agentdock.docker")
@@ -98,7 +100,12 @@ class DockerBackend:
     def _create(self, spec: DeviceSpec, command: list[str], env: dict[str, str], *, user: str,
                 run_user: str) -> str:
         api = self.api
-        mounts = []
+        # The agent socket's directory, read-only: a run calls back as its session (a token on every
+        # request). Only that directory: never control.sock, never the Docker socket.
+        agent_dir = Path(self.home) / "agent"
+        agent_dir.mkdir(mode=0o755, exist_ok=True)
+        mounts = [docker.types.Mount(posixpath.dirname(AGENT_SOCKET_IN_DEVICE), str(agent_dir), type="bind",
+                                     read_only=True)]
         if spec.kind == "computer":
             volume = f"{container_name(spec.device_id)}-home"
             api.create_volume(volume, labels={"agentdock.home": self.home, "agentdock.device_id": spec.device_id})
@@ -123,7 +130,8 @@ class DockerBackend:
             )
         except docker.errors.DockerException:
             for m in mounts:
-                api.remove_volume(m["Source"], force=True)
+                if m["Type"] == "volume":
+                    api.remove_volume(m["Source"], force=True)
             raise
         self._run_users[spec.device_id] = run_user
         return created["Id"]

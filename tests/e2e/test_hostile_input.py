@@ -21,9 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import ids, models
+from engine import ids, models, sessions
 from mcp_server import http as http_app
 from mcp_server import mcp_app
+from mcp_server.areas import agent as agent_area
 from tests.conftest import Daemon, owned_containers
 from tests.e2e.test_http import RUNS, SANDBOXES, diagnostic, http
 from tests.e2e.test_mcp import failing_call, session
@@ -44,6 +45,8 @@ async def nothing_created(daemon: Daemon, client: httpx.AsyncClient) -> None:
     assert sandboxes.status_code == 200, sandboxes.text
     assert runs.json()["data"] == []
     assert sandboxes.json()["data"] == []
+    sessions_ = await client.get("/api/v1/sessions")
+    assert [s["id"] for s in sessions_.json()["data"]] == ["ses_root"], sessions_.text
     assert owned_containers(daemon.settings.home) == []
 
 
@@ -394,6 +397,7 @@ TOOL_INPUTS: dict[str, type[models.Input]] = {
     "sandbox_delete": mcp_app.SandboxRef, "agent_run": mcp_app.AgentRunInput, "agent_run_get": mcp_app.RunRef,
     "agent_run_list": models.RunListQuery, "agent_run_cancel": mcp_app.RunRef,
     "agent_run_events": mcp_app.EventsInput, "agent_run_artifacts": mcp_app.ArtifactsInput,
+    "agent_me": models.Input, "agent_spawn": sessions.SpawnRequest, "agent_stop": agent_area.SessionRef,
 }
 
 
@@ -449,6 +453,7 @@ ID_ROUTES = [
     ("GET", "/api/v1/agent-runs/{}", ids.RUN), ("POST", "/api/v1/agent-runs/{}/cancel", ids.RUN),
     ("GET", "/api/v1/agent-runs/{}/events", ids.RUN), ("GET", "/api/v1/agent-runs/{}/artifacts", ids.RUN),
     ("GET", "/api/v1/agent-runs/{}/artifacts/content", ids.RUN),
+    ("GET", "/api/v1/sessions/{}", ids.SESSION), ("POST", "/api/v1/sessions/{}/stop", ids.SESSION),
 ]
 
 
@@ -472,7 +477,8 @@ def junk_http(draw: st.DrawFn) -> Request:
         body = json.dumps(A_VALID_RUN).encode() if method == "POST" else None
         return Request(method, template, query, JSON if body else {}, body)
     if kind == "body":
-        path, model = draw(st.sampled_from([(RUNS, models.RunCreate), (SANDBOXES, models.DeviceCreate)]))
+        path, model = draw(st.sampled_from([(RUNS, models.RunCreate), (SANDBOXES, models.DeviceCreate),
+                                            ("/api/agent/spawn", sessions.SpawnRequest)]))
         args = draw(junk_call(model))
         wrap = draw(st.booleans())
         headers = dict(JSON)

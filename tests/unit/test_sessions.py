@@ -34,7 +34,7 @@ async def spawn(engine: Engine, caller, **kw):
 async def test_a_spawned_child_has_its_lineage_and_a_token_that_stands_for_it(tmp_path):
     async with engine_for(tmp_path).running() as engine:
         child = await spawn(engine, ROOT, spawn_role="reviewer", permissions=PermissionPolicy(tools=["runs"]))
-        me = await engine.sessions.me(await engine.sessions.authenticate(child.token))
+        me = (await engine.sessions.me(await engine.sessions.authenticate(child.token))).session
     assert me.id == child.session.id and me.type == "agent" and me.state == "active"
     assert (me.lineage.parent_session_id, me.lineage.root_session_id, me.lineage.spawn_depth) == (
         "ses_root", "ses_root", 1)
@@ -63,7 +63,7 @@ async def test_a_session_without_the_agent_toolset_cannot_spawn(tmp_path):
         caller = await engine.sessions.authenticate(child.token)
         with pytest.raises(errors.PermissionDenied, match="agent_spawn"):
             await spawn(engine, caller)
-        assert (await engine.sessions.me(caller)).id == child.session.id  # agent_me is always allowed
+        assert (await engine.sessions.me(caller)).session.id == child.session.id  # agent_me is always allowed
         assert len(await engine.store.sessions()) == 1
 
 

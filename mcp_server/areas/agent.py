@@ -1,0 +1,141 @@
+"""Sessions and spawn: who the caller is (`agent_me`), spawning and stopping child sessions. Served
+on both sockets; on `agent.sock` the caller is the session whose bearer token came with the request."""
+
+from __future__ import annotations
+
+import argparse
+
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.tools import Tool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from engine import ids, models, sessions
+from engine.app import Engine
+from engine.callers import Caller
+from engine.settings import Settings
+from mcp_server import commands, mcp_tools
+from mcp_server.api import AgentDockAPI
+from mcp_server.http import Endpoint, body, data, params
+
+NAME = "agent"
+"""The toolset (`--toolsets agent`) and the permission area."""
+COLUMNS = ["id", "agent_name", "state", "stop_reason", "workspace_id", "run_id", "created_at"]
+
+
+class SessionRef(models.Input):
+    session_id: ids.SessionId
+    """The session id (ses_...)."""
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+def endpoints(engine: Engine) -> list[Endpoint]:
+    service = engine.sessions
+
+    async def me(request: Request, caller: Caller) -> Response:
+        params(request, models.Input)
+        return JSONResponse({"me": (await service.me(caller)).model_dump(mode="json")})
+
+    async def spawn(request: Request, caller: Caller) -> Response:
+        params(request, models.Input)
+        spawned = await service.spawn(caller, models.parse(sessions.SpawnRequest, await body(request)))
+        return JSONResponse({"spawn": spawned.model_dump(mode="json")}, status_code=201)
+
+    async def list_(request: Request, caller: Caller) -> Response:
+        params(request, models.Input)
+        return data(await service.list(caller))
+
+    async def get(request: Request, caller: Caller) -> Response:
+        return data(await service.get(caller, params(request, SessionRef).session_id))
+
+    async def stop(request: Request, caller: Caller) -> Response:
+        return data(await service.stop(caller, params(request, SessionRef).session_id))
+
+    return [
+        Endpoint("/api/agent/me", me, ["GET"]),
+        Endpoint("/api/agent/spawn", spawn, ["POST"]),
+        Endpoint("/api/v1/sessions", list_, ["GET"]),
+        Endpoint("/api/v1/sessions/{session_id:id}", get, ["GET"]),
+        Endpoint("/api/v1/sessions/{session_id:id}/stop", stop, ["POST"]),
+    ]
+
+
+# ---------------------------------------------------------------- MCP
+
+
+def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
+    async def agent_me(inp: models.Input, ctx: Context) -> sessions.Me:
+        return await api.me()
+
+    async def agent_spawn(inp: sessions.SpawnRequest, ctx: Context) -> sessions.Spawned:
+        return await api.spawn(inp)
+
+    async def agent_stop(inp: SessionRef, ctx: Context) -> sessions.Session:
+        return await api.stop_session(inp.session_id)
+
+    return [
+        mcp_tools.make_tool("agent_me", "Who you are: your session, lineage, permissions, limits and the tools "
+                            "you may call.", models.Input, sessions.Me, agent_me, mcp_tools.READ),
+        mcp_tools.make_tool(
+            "agent_spawn", "Spawn a child session with permissions within yours, a TTL and a role; with a prompt "
+            "it starts as an agent run in a sandbox that can call back over agent.sock. Returns its token once.",
+            sessions.SpawnRequest, sessions.Spawned, agent_spawn, mcp_tools.annotations()),
+        mcp_tools.make_tool(
+            "agent_stop", "Stop a session you spawned (or yourself), the children it spawned with "
+                          "auto_stop_on_parent, and their runs.",
+            SessionRef, sessions.Session, agent_stop, mcp_tools.annotations(destructive_hint=True,
+                                                                            idempotent_hint=True)),
+    ]
+
+
+def resources(api: AgentDockAPI) -> list[mcp_tools.Resource]:
+    return []
+
+
+# ---------------------------------------------------------------- CLI
+
+
+async def cmd_list(api: AgentDockAPI, args: argparse.Namespace) -> int:
+    commands.show(await api.list_sessions(), args.json, COLUMNS)
+    return 0
+
+
+async def cmd_get(api: AgentDockAPI, args: argparse.Namespace) -> int:
+    commands.show(await api.get_session(args.id), args.json)
+    return 0
+
+
+async def cmd_stop(api: AgentDockAPI, args: argparse.Namespace) -> int:
+    commands.show(await api.stop_session(args.id), args.json)
+    return 0
+
+
+async def cmd_spawn(api: AgentDockAPI, args: argparse.Namespace) -> int:
+    permissions = None
+    if args.tools is not None:
+        permissions = {"tools": [t for t in args.tools.split(",") if t]}
+    req = models.parse(sessions.SpawnRequest, commands.given(
+        agent_name=args.agent_name, spawn_role=args.role, ttl_seconds=args.ttl, permissions=permissions,
+        auto_stop_on_parent=False if args.no_auto_stop else None, prompt=args.prompt, command=args.command,
+        provider=args.provider, target_id=args.target))
+    commands.show(await api.spawn(req), args.json)
+    return 0
+
+
+def add_commands(cli: commands.Commands) -> None:
+    cli.group("sessions", "agent sessions: who is calling, their lineage and permissions")
+    cli.add("sessions", "list", cmd_list)
+    cli.add("sessions", "get", cmd_get).add_argument("id")
+    cli.add("sessions", "stop", cmd_stop).add_argument("id")
+    c = cli.add("sessions", "spawn", cmd_spawn, help="spawn a child session (optionally starting it as a run)")
+    c.add_argument("agent_name")
+    c.add_argument("--role")
+    c.add_argument("--ttl", type=int, help="seconds")
+    c.add_argument("--tools", help="comma-separated toolsets or tool names (default: yours)")
+    c.add_argument("--no-auto-stop", action="store_true", help="keep running when the parent stops")
+    c.add_argument("--prompt")
+    c.add_argument("--command")
+    c.add_argument("--provider")
+    c.add_argument("--target")
