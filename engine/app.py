@@ -12,6 +12,7 @@ import anyio.abc
 
 from engine.admission import Admission
 from engine.clock import SystemClock
+from engine.context import ContextService
 from engine.devices import DeviceService
 from engine.ports import Clock, Harness, SandboxBackend
 from engine.runs import RunService
@@ -37,6 +38,7 @@ class Engine:
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs)
         self.sessions = SessionService(self.store, self.runs, self.tokens, self.clock, settings)
+        self.context = ContextService(self.sessions, self.clock)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:
         """`running()` as a task: ready once every service is, then until cancelled."""

@@ -243,6 +243,10 @@ class SessionService:
         below = await self.store.descendants(caller.session_id)
         return SessionList(data=[self._record(r) for r in ([own] if own else []) + below])
 
+    async def list_all_live(self) -> list[Session]:
+        """Every live session, the root first (for rosters; not filtered by caller)."""
+        return [self._root(), *(self._record(r) for r in await self.store.sessions() if r.status == "active")]
+
     async def spawn(self, caller: Caller, req: SpawnRequest) -> Spawned:
         caller.require("agent", "agent_spawn")
         run_req = self._run_request(req)  # refused before anything is written

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from engine import models, sessions
+from engine import context, models, sessions
 from engine.app import Engine
 from engine.callers import Caller
 
@@ -52,6 +52,10 @@ class AgentDockAPI(Protocol):
     async def me(self) -> sessions.Me: ...
 
     async def spawn(self, req: sessions.SpawnRequest) -> sessions.Spawned: ...
+
+    async def context(self) -> context.Context: ...
+
+    async def coordinator_config(self, workspace: str | None = None) -> context.CoordinatorConfig: ...
 
     async def list_sessions(self) -> sessions.SessionList: ...
 
@@ -108,6 +112,12 @@ class InProcessAPI:
 
     async def spawn(self, req: sessions.SpawnRequest) -> sessions.Spawned:
         return await self.engine.sessions.spawn(self.caller, req)
+
+    async def context(self) -> context.Context:
+        return await self.engine.context.context(self.caller)
+
+    async def coordinator_config(self, workspace: str | None = None) -> context.CoordinatorConfig:
+        return await self.engine.context.coordinator_config(self.caller, workspace)
 
     async def list_sessions(self) -> sessions.SessionList:
         return await self.engine.sessions.list(self.caller)

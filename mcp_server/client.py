@@ -13,7 +13,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
-from engine import errors, ids, models, sessions
+from engine import context, errors, ids, models, sessions
 from engine.settings import Settings
 
 
@@ -134,6 +134,13 @@ class DaemonClient:
 
     async def spawn(self, req: sessions.SpawnRequest) -> sessions.Spawned:
         return sessions.Spawned.model_validate((await self.request("POST", "/api/agent/spawn", json=_body(req)))["spawn"])
+
+    async def context(self) -> context.Context:
+        return context.Context.model_validate((await self.request("GET", "/api/agent/context"))["context"])
+
+    async def coordinator_config(self, workspace: str | None = None) -> context.CoordinatorConfig:
+        payload = await self.request("GET", "/api/agent/coordinator/config", params={"workspace": workspace})
+        return context.CoordinatorConfig.model_validate(payload["coordinator"])
 
     async def list_sessions(self) -> sessions.SessionList:
         return sessions.SessionList.model_validate(await self.request("GET", "/sessions"))

@@ -46,13 +46,20 @@ if mkdir "$d" 2>/dev/null; then
       capped "${AGENTDOCK_STDOUT_CAP:-1048577}" "$d/stdout" <"$d/out" & po=$!
       capped "${AGENTDOCK_STDERR_CAP:-1048577}" "$d/stderr" <"$d/err" & pe=$!
       setsid "$@" <"$d/prompt" >"$d/out" 2>"$d/err" &
-      echo $! >"$d/pid"
-      wait $!
+      c=$!
+      echo $c >"$d/pid"
+      wait $c
       code=$?
-      # The pipes end once every writer closed them; a process the run left behind may hold them
-      # open, so give the drain five seconds (a loaded host can starve it), then let the run end
-      # (the daemon kills what is left).
-      (trap '\''kill $s; exit'\'' TERM; sleep 5 & s=$!; wait $s; kill $po $pe) >/dev/null 2>&1 & k=$!
+      # The pipes end once every writer closed them. A process the run left behind in its group may
+      # hold them open: then the drain gets five seconds before the run ends (the daemon kills what
+      # is left). With the group empty nothing should hold them, and a loaded host may just be slow
+      # to schedule the cappers: they get a minute (a process that left the group is the cost).
+      (trap '\''kill $s; exit'\'' TERM; i=0
+       while [ $i -lt 60 ]; do
+         sleep 1 & s=$!; wait $s; i=$((i + 1))
+         if [ $i -ge 5 ] && kill -0 -$c 2>/dev/null; then break; fi
+       done
+       kill $po $pe) >/dev/null 2>&1 & k=$!
       wait $po $pe
       kill $k 2>/dev/null
       if [ -n "${AGENTDOCK_ARTIFACTS:-}" ] && mkdir "$d/artifacts" 2>/dev/null; then

@@ -7,10 +7,11 @@ import argparse
 
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from engine import ids, models, sessions
+from engine import context, ids, models, sessions
 from engine.app import Engine
 from engine.callers import Caller
 from engine.settings import Settings
@@ -21,6 +22,11 @@ from mcp_server.http import Endpoint, body, data, params
 NAME = "agent"
 """The toolset (`--toolsets agent`) and the permission area."""
 COLUMNS = ["id", "agent_name", "state", "stop_reason", "workspace_id", "run_id", "created_at"]
+
+
+class CoordinatorQuery(models.Input):
+    workspace: str | None = Field(default=None, pattern=sessions.LABEL)
+    """Workspace id (default: the caller's)."""
 
 
 class SessionRef(models.Input):
@@ -37,6 +43,15 @@ def endpoints(engine: Engine) -> list[Endpoint]:
     async def me(request: Request, caller: Caller) -> Response:
         params(request, models.Input)
         return JSONResponse({"me": (await service.me(caller)).model_dump(mode="json")})
+
+    async def context_(request: Request, caller: Caller) -> Response:
+        params(request, models.Input)
+        return JSONResponse({"context": (await engine.context.context(caller)).model_dump(mode="json")})
+
+    async def coordinator(request: Request, caller: Caller) -> Response:
+        q = params(request, CoordinatorQuery)
+        cfg = await engine.context.coordinator_config(caller, q.workspace)
+        return JSONResponse({"coordinator": cfg.model_dump(mode="json")})
 
     async def spawn(request: Request, caller: Caller) -> Response:
         params(request, models.Input)
@@ -56,6 +71,8 @@ def endpoints(engine: Engine) -> list[Endpoint]:
     return [
         Endpoint("/api/agent/me", me, ["GET"]),
         Endpoint("/api/agent/spawn", spawn, ["POST"]),
+        Endpoint("/api/agent/context", context_, ["GET"]),
+        Endpoint("/api/agent/coordinator/config", coordinator, ["GET"]),
         Endpoint("/api/v1/sessions", list_, ["GET"]),
         Endpoint("/api/v1/sessions/{session_id:id}", get, ["GET"]),
         Endpoint("/api/v1/sessions/{session_id:id}/stop", stop, ["POST"]),
@@ -69,6 +86,12 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
     async def agent_me(inp: models.Input, ctx: Context) -> sessions.Me:
         return await api.me()
 
+    async def agent_context(inp: models.Input, ctx: Context) -> context.Context:
+        return await api.context()
+
+    async def coordinator_config(inp: CoordinatorQuery, ctx: Context) -> context.CoordinatorConfig:
+        return await api.coordinator_config(inp.workspace)
+
     async def agent_spawn(inp: sessions.SpawnRequest, ctx: Context) -> sessions.Spawned:
         return await api.spawn(inp)
 
@@ -78,6 +101,12 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
     return [
         mcp_tools.make_tool("agent_me", "Who you are: your session, lineage, permissions, limits and the tools "
                             "you may call.", models.Input, sessions.Me, agent_me, mcp_tools.READ),
+        mcp_tools.make_tool("agent_context", "Your context bundle: self, session, workspace, soul, coordination "
+                            "channel, inbox summary, peer roster, capabilities, task bundle, limits, provenance.",
+                            models.Input, context.Context, agent_context, mcp_tools.READ),
+        mcp_tools.make_tool("coordinator_config", "How spawning is configured for a workspace (budget, TTL) and "
+                            "where that comes from.", CoordinatorQuery, context.CoordinatorConfig,
+                            coordinator_config, mcp_tools.READ),
         mcp_tools.make_tool(
             "agent_spawn", "Spawn a child session with permissions within yours, a TTL and a role; with a prompt "
             "it starts as an agent run in a sandbox that can call back over agent.sock. Returns its token once.",

@@ -398,6 +398,7 @@ TOOL_INPUTS: dict[str, type[models.Input]] = {
     "agent_run_list": models.RunListQuery, "agent_run_cancel": mcp_app.RunRef,
     "agent_run_events": mcp_app.EventsInput, "agent_run_artifacts": mcp_app.ArtifactsInput,
     "agent_me": models.Input, "agent_spawn": sessions.SpawnRequest, "agent_stop": agent_area.SessionRef,
+    "agent_context": models.Input, "coordinator_config": agent_area.CoordinatorQuery,
 }
 
 

@@ -65,7 +65,10 @@ async def test_sandbox_container_has_every_security_default_and_the_default_sand
     assert not any("docker.sock" in (m.get("Source") or "") for m in host_mounts)
     assert not any("docker.sock" in (m.get("Source") or "") or "docker.sock" in (m.get("Destination") or "")
                    for m in info["Mounts"])
-    assert info["Mounts"] == []  # a sandbox mounts nothing at all
+    # a sandbox mounts one thing only: the agent socket's directory, read-only (never control.sock)
+    [agent_dir] = info["Mounts"]
+    assert (agent_dir["Type"], agent_dir["Destination"], agent_dir["RW"]) == ("bind", "/run/agentdock", False)
+    assert agent_dir["Source"] == str(engine.settings.agent_socket.parent)
 
     assert info["Config"]["WorkingDir"] == "/workspace"
     # The main process runs as a user no run shares (so no run can stop the sandbox); runs as the image's user.
@@ -124,7 +127,7 @@ async def test_computer_gets_larger_defaults_and_a_workspace_volume_removed_with
     host = info["HostConfig"]
     assert (host["NanoCpus"], host["Memory"], host["PidsLimit"]) == (2_000_000_000, 2048 * MiB, 1024)
     assert info["Config"]["Labels"]["agentdock.kind"] == "computer"
-    [mount] = info["Mounts"]
+    [mount] = [m for m in info["Mounts"] if m["Destination"] != "/run/agentdock"]
     assert (mount["Type"], mount["Destination"]) == ("volume", "/workspace")
     volume = mount["Name"]
     assert volume in volumes_of(home)

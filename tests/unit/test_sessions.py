@@ -224,3 +224,23 @@ async def test_any_sequence_of_spawns_stops_and_time_keeps_every_budget(tmp_path
             for sid in ["ses_root", *rows]:
                 live_children = [r for r in rows.values() if r.parent_session_id == sid and r.status == "active"]
                 assert len(live_children) <= 3
+
+
+async def test_context_names_the_sessions_around_the_caller_and_says_what_is_not_there_yet(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        a = await spawn(engine, ROOT, agent_name="alpha")
+        b = await spawn(engine, ROOT, agent_name="beta")
+        ac = await engine.sessions.authenticate(a.token)
+        c = await spawn(engine, ac, agent_name="gamma")
+        await spawn(engine, await engine.sessions.authenticate(c.token), agent_name="delta")  # not a's neighbour
+        ctx = await engine.context.context(ac)
+        small = await engine.context.context(ac, limit=2)
+        cfg = await engine.context.coordinator_config(ac)
+    assert {p.session_id for p in ctx.peer_roster.peers} == {"ses_root", b.session.id, c.session.id}
+    assert ctx.peer_roster.section.model_dump() == {"limit": 50, "returned": 3, "truncated": False}
+    assert small.peer_roster.section.model_dump() == {"limit": 2, "returned": 2, "truncated": True}
+    assert len(small.peer_roster.peers) == 2
+    assert ctx.self_.session_id == a.session.id and ctx.model_dump()["self"]["agent_name"] == "alpha"
+    assert not ctx.coordination_channel.available and not ctx.task.available
+    assert ctx.inbox_summary.items == [] and ctx.inbox_summary.section.returned == 0
+    assert (cfg.source, cfg.max_children, cfg.workspace_id) == ("default", 8, "default")

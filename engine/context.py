@@ -1,0 +1,142 @@
+"""What an agent is told about itself and its surroundings: seed 002's context bundle and its
+coordinator config. Every section comes from real records; a section whose subject does not exist
+yet (channels, the task queue) is empty and says so (`available: false`, `source`), never invented.
+Every list section carries `limit, returned, truncated`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import ConfigDict, Field
+
+from engine import models
+from engine.callers import Caller
+from engine.ports import Clock
+from engine.sessions import (CONTEXT_SECTION_LIMIT, Capability, Limits, MeSelf, Session, SessionService,
+                             Workspace)
+
+NOT_YET = "not_available: arrives with channels and the task queue"
+
+
+class Section(models.Record):
+    limit: int
+    returned: int
+    truncated: bool
+
+
+class Capabilities(models.Record):
+    capabilities: list[Capability]
+    section: Section
+
+
+class Peer(models.Record):
+    peer_id: str
+    session_id: str
+    display_name: str
+    channel_id: str | None = None
+    capabilities: list[str]
+
+
+class PeerRoster(models.Record):
+    peers: list[Peer]
+    section: Section
+
+
+class CoordinationChannel(models.Record):
+    available: bool
+    channel: dict[str, Any] | None = None
+    source: str
+
+
+class InboxSummary(models.Record):
+    items: list[dict[str, Any]]
+    section: Section
+    unread_count: int
+    source: str
+
+
+class TaskSection(models.Record):
+    available: bool
+    bundle: dict[str, Any] | None = None
+    source: str
+
+
+class Provenance(models.Record):
+    generated_at: datetime
+    source: str
+
+
+class Context(models.Record):
+    model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
+
+    self_: MeSelf = Field(alias="self")
+    session: Session
+    workspace: Workspace
+    soul: dict[str, Any] | None
+    """The session's soul as seen in context (role, tone, principles, digest, validation); None until
+    souls are read."""
+    coordination_channel: CoordinationChannel
+    inbox_summary: InboxSummary
+    peer_roster: PeerRoster
+    capabilities: Capabilities
+    task: TaskSection
+    limits: Limits
+    provenance: Provenance
+
+
+class CoordinatorConfig(models.Record):
+    agent_name: str
+    default_ttl_seconds: int
+    enabled: bool
+    max_active_sessions_per_workspace: int
+    max_children: int
+    model: str | None
+    provider: str | None
+    source: str
+    """`default`: the daemon's built-in spawn budget (no workspace sets its own yet)."""
+    workspace_id: str
+
+
+def _section(total: int, limit: int) -> Section:
+    return Section(limit=limit, returned=min(total, limit), truncated=total > limit)
+
+
+class ContextService:
+    def __init__(self, sessions: SessionService, clock: Clock) -> None:
+        self.sessions = sessions
+        self.clock = clock
+
+    async def context(self, caller: Caller, limit: int = CONTEXT_SECTION_LIMIT) -> Context:
+        caller.require("agent", "agent_context")
+        me = await self.sessions.me(caller)
+        session = me.session
+        peers = await self._peers(session)
+        caps = me.capabilities
+        return Context(
+            self_=me.self_, session=session, workspace=me.workspace, soul=None,
+            coordination_channel=CoordinationChannel(available=False, source=NOT_YET),
+            inbox_summary=InboxSummary(items=[], section=_section(0, limit), unread_count=0, source=NOT_YET),
+            peer_roster=PeerRoster(peers=peers[:limit], section=_section(len(peers), limit)),
+            capabilities=Capabilities(capabilities=caps[:limit], section=_section(len(caps), limit)),
+            task=TaskSection(available=False, source=NOT_YET),
+            limits=me.limits,
+            provenance=Provenance(generated_at=self.clock.now(), source="agentdock daemon: live records"))
+
+    async def coordinator_config(self, caller: Caller, workspace: str | None = None) -> CoordinatorConfig:
+        caller.require("agent", "coordinator_config")
+        me = await self.sessions.me(caller)
+        budget = me.session.lineage.spawn_budget
+        return CoordinatorConfig(
+            agent_name=me.session.agent_name, default_ttl_seconds=budget.ttl_seconds, enabled=True,
+            max_active_sessions_per_workspace=budget.max_active_per_workspace, max_children=budget.max_children,
+            model=me.session.model, provider=me.session.provider, source="default",
+            workspace_id=workspace or me.session.workspace_id)
+
+    async def _peers(self, session: Session) -> list[Peer]:
+        """The live sessions next to this one: its parent, its siblings and its children."""
+        near = [s for s in (await self.sessions.list_all_live()) if s.id != session.id and (
+            s.id == session.lineage.parent_session_id
+            or s.lineage.parent_session_id in (session.id, session.lineage.parent_session_id))]
+        return [Peer(peer_id=s.id, session_id=s.id, display_name=s.name or s.agent_name,
+                     capabilities=list(s.lineage.permission_policy.tools)) for s in near]
