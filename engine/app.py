@@ -16,6 +16,7 @@ from engine.devices import DeviceService
 from engine.ports import Clock, Harness, SandboxBackend
 from engine.runs import RunService
 from engine.settings import Settings
+from engine.soul_service import SoulService
 from engine.store import Store
 from engine.topics import Topics
 
@@ -33,6 +34,7 @@ class Engine:
         self.devices = DeviceService(self.store, backend, self.clock, settings)
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs)
+        self.souls = SoulService(self.store, self.clock, settings)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:
         """`running()` as a task: ready once every service is, then until cancelled."""

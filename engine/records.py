@@ -126,3 +126,16 @@ class ArtifactRow(Row):
     def record(self) -> models.Artifact:
         return models.Artifact(agent_run_id=self.run_id, path=self.path, size=self.size, sha256=self.sha256,
                                created_at=self.created_at)
+
+
+class SoulSnapshotRow(Row):
+    id: str
+    agent_name: str
+    digest: str | None
+    """None: there was no soul at spawn."""
+    content: bytes | None
+    source: str
+    source_path: str | None
+    document_modified: datetime | None
+    created_at: datetime
+    created_by: str

@@ -6,13 +6,14 @@ diagnostic, so the MCP layer maps them the same way as local errors.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 
-from engine import errors, ids, models
+from engine import errors, ids, models, souls
 from engine.settings import Settings
 
 
@@ -46,10 +47,14 @@ class DaemonClient:
         await self._http.aclose()
 
     async def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                      headers: dict[str, str] | None = None, timeout: float | None = None) -> Any:
+                      headers: dict[str, str] | None = None, timeout: float | None = None,
+                      accept: Collection[int] = ()) -> Any:
+        """`path` under /api/v1 unless it is a full /api/ path (the agent API: /api/agent/...); a status in
+        `accept` is an answer (a soul found invalid: 422), any other failure a `RemoteError`."""
         params = {k: v for k, v in (params or {}).items() if v is not None}
+        url = path if path.startswith("/api/") else "/api/v1" + path
         try:
-            resp = await self._http.request(method, "/api/v1" + path, json=json, params=params, headers=headers,
+            resp = await self._http.request(method, url, json=json, params=params, headers=headers,
                                             timeout=timeout or httpx.USE_CLIENT_DEFAULT)
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
             raise DaemonUnavailable(
@@ -59,7 +64,7 @@ class DaemonClient:
             payload = resp.json()
         else:
             payload = resp.content
-        if not resp.is_success:
+        if not resp.is_success and resp.status_code not in accept:
             diag = payload.get("diagnostic") if isinstance(payload, dict) else None
             if diag is None:
                 diag = errors.internal(RuntimeError(resp.text[:200])).model_dump()
@@ -115,6 +120,21 @@ class DaemonClient:
 
     async def artifact_content(self, run_id: str, path: str) -> bytes:
         return await self.request("GET", _run_path(run_id, "/artifacts/content"), params={"path": path})
+
+    # soul (the seed's agent API answers with the soul itself, not under "data")
+    async def get_soul(self, agent_name: str | None = None) -> souls.Soul:
+        return souls.Soul.model_validate(await self.request("GET", SOUL, params={"agent_name": agent_name}))
+
+    async def validate_soul(self, req: souls.SoulValidate) -> souls.Soul:
+        return souls.Soul.model_validate(await self.request("POST", SOUL + "/validate", json=_body(req),
+                                                            accept=(422,)))
+
+    async def import_soul(self, req: souls.SoulImport) -> souls.SoulImported:
+        return souls.SoulImported.model_validate(await self.request("POST", SOUL + "/import", json=_body(req),
+                                                                    accept=(422,)))
+
+
+SOUL = "/api/agent/soul"
 
 
 def _body(req: BaseModel) -> dict[str, Any]:
