@@ -458,8 +458,10 @@ class _Parser:
             mark = exc.problem_mark or exc.context_mark
             line, column = (mark.line + 2, mark.column + 1) if mark else (2, 1)
             problem = exc.problem or "not valid YAML"
-            context = f" ({exc.context}, line {exc.context_mark.line + 2})" if exc.context and exc.context_mark \
-                else ""
+            context = ""
+            if exc.context and exc.context_mark:
+                context = (f" ({exc.context} that starts at line {exc.context_mark.line + 2}, column "
+                           f"{exc.context_mark.column + 1})")
             self.add("yaml_error", Severity.error, f"YAML: {problem}{context}", line, column, None, Section.frontmatter)
             return
         except yaml.YAMLError as exc:
