@@ -45,6 +45,11 @@ SNAPSHOT = ids.Shape("soul snapshot", ("snap",))
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ufffe\uffff]")
 """Characters a soul may not hold: C0 and C1 controls but tab and line breaks (terminal escapes, NUL),
 and the two noncharacters YAML refuses too."""
+MAX_FLOW_DEPTH = 32
+"""Deepest `[`/`{` nesting in a frontmatter (a soul's deepest legitimate one is 1)."""
+_BRACKETS = re.compile(r"[\[\]{}]")
+_KEPT_WHILE_PARSING = 1_000
+"""Diagnostics collected at most while parsing; the first `MAX_DIAGNOSTICS` by place are reported."""
 _YAML_BREAKS = re.compile("[\r\x85\u2028\u2029]")
 """What YAML counts as a line break beside LF: blanked in the frontmatter YAML reads, so its lines are the file's."""
 _FENCE_CLOSERS = ("---", "...")
@@ -355,9 +360,14 @@ class _Parser:
         self.truncated = False
         self.seen: dict[str, int] = {}
         """Each frontmatter key given, and its line."""
+        self.omitted = 0
+        """Problems found past `_KEPT_WHILE_PARSING` (a megabyte of control characters is not a million objects)."""
 
     def add(self, code: str, severity: Severity, message: str, line: int | None, column: int | None,
             field: str | None, section: Section | None) -> None:
+        if len(self.diagnostics) >= _KEPT_WHILE_PARSING:
+            self.omitted += 1
+            return
         self.diagnostics.append(Diagnostic(code=code, severity=severity, message=message, line=line, column=column,
                                            field=field, section=section, owner_surface=self.owner,
                                            source_path=self.source_path))
@@ -368,10 +378,11 @@ class _Parser:
             return found
         kept = found[:MAX_DIAGNOSTICS - 1]
         last = kept[-1]
+        more = len(found) - len(kept) + self.omitted
         kept.append(Diagnostic(code="too_many_diagnostics", severity=Severity.error, line=last.line,
                                column=last.column, field=None, section=None, owner_surface=self.owner,
                                source_path=self.source_path,
-                               message=f"{len(found) - len(kept)} more problems after this line; fix these first"))
+                               message=f"{more} more problems after this line; fix these first"))
         return kept
 
     def run(self) -> None:
@@ -386,6 +397,9 @@ class _Parser:
         self.text = text[self.bom:]
         self.lines = _Lines(self.text)
         for m in _CONTROL.finditer(self.text):
+            if len(self.diagnostics) >= _KEPT_WHILE_PARSING:
+                self.omitted += 1 + len(_CONTROL.findall(self.text, m.end()))
+                break
             line, column = self.lines.at(m.start())
             self.add("control_character", Severity.error, f"control character U+{ord(m.group()):04X} is not "
                      "allowed (only tabs and line breaks); remove it", line, column, None, None)
@@ -452,6 +466,15 @@ class _Parser:
         self.body = body
 
     def _frontmatter(self, text: str) -> None:
+        depth = 0
+        for m in _BRACKETS.finditer(text):  # refused before YAML, which would recurse once per level
+            depth += 1 if m.group() in "[{" else -1
+            if depth > MAX_FLOW_DEPTH:
+                line = text.count("\n", 0, m.start())
+                column = m.start() - (text.rfind("\n", 0, m.start()) + 1)
+                self.add("yaml_error", Severity.error, f"YAML: lists and mappings nested more than {MAX_FLOW_DEPTH} "
+                         "levels deep", line + 2, column + 1, None, Section.frontmatter)
+                return
         try:
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:

@@ -125,9 +125,15 @@ def test_frontmatter_past_the_size_limit_is_not_parsed():
     assert found(soul) == [("soul_too_large", 2, 7, "document", E)]
 
 
-def test_deep_nesting_is_a_yaml_diagnostic_not_a_crash():
-    soul = souls.parse("---\nrole: r\ntags: " + "[" * 5000 + "]" * 5000 + "\n---\n")
-    assert [d.code for d in soul.diagnostics] == ["yaml_error"]
+@pytest.mark.parametrize("nested", ["[" * 5000 + "]" * 5000, "[a, " * 40, "{a: " * 40, "- " * 5000 + "x"])
+def test_deep_nesting_is_a_yaml_diagnostic_not_a_crash(nested):
+    soul = souls.parse("---\nrole: r\ntags: " + nested + "\n---\n")
+    assert [(d.code, d.line) for d in soul.diagnostics] == [("yaml_error", 3)]
+
+
+def test_flow_nesting_is_refused_where_it_passes_the_bound():
+    (diag,) = souls.parse("---\nrole: r\ntags: " + "[" * 40 + "\n---\n").diagnostics
+    assert (diag.code, diag.line, diag.column) == ("yaml_error", 3, 7 + souls.MAX_FLOW_DEPTH)
 
 
 def test_yaml_messages_say_where_the_unfinished_thing_started():
@@ -183,3 +189,11 @@ def test_config_provenance_digest_changes_with_the_limits():
     a = souls.parse("---\nrole: r\n---\n").config_provenance
     b = souls.parse("---\nrole: r\n---\n", limits=Limits(max_bytes=1000)).config_provenance
     assert a.digest != b.digest and a.source is souls.Source.request
+
+
+def test_a_megabyte_of_control_characters_is_a_bounded_report():
+    soul = souls.parse("---\nrole: r\n---\n" + "\x1b" * souls.MAX_SOURCE_BYTES)
+    assert len(soul.diagnostics) == souls.MAX_DIAGNOSTICS
+    assert found(soul)[0] == ("control_character", 4, 1, None, E)
+    assert soul.diagnostics[-1].code == "too_many_diagnostics"
+    assert f"{souls.MAX_SOURCE_BYTES + 2 - souls.MAX_DIAGNOSTICS + 1} more" in soul.diagnostics[-1].message
