@@ -62,8 +62,7 @@ def _agent_name(value: Any) -> Any:
     return value
 
 
-AgentName = Annotated[str, BeforeValidator(_agent_name), StringConstraints(pattern=AGENT_NAME.pattern)]
-SnapshotId = Annotated[str, StringConstraints(pattern=SNAPSHOT.pattern), BeforeValidator(SNAPSHOT.before)]
+AgentName = Annotated[str, StringConstraints(pattern=f"^{AGENT_NAME.pattern}$"), BeforeValidator(_agent_name)]
 
 
 class Status(StrEnum):
@@ -102,7 +101,7 @@ OWNER = {Source.home: "soul_file", Source.workspace: "soul_file", Source.snapsho
 """A diagnostic's `owner_surface`: what to change to fix it (the file, the content sent, or the spawn)."""
 
 
-class Diagnostic(Record):
+class SoulDiagnostic(Record):
     """One problem in a soul, placed in the original document."""
 
     code: str
@@ -187,7 +186,7 @@ class Soul(Record):
     """When the document was written (a file's modification time), snapshotted or sent."""
     limits: Limits
     config_provenance: ConfigProvenance
-    diagnostics: list[Diagnostic]
+    diagnostics: list[SoulDiagnostic]
 
 
 class SoulContext(Record):
@@ -269,7 +268,7 @@ def missing(agent_name: str, source_path: str | None, *, limits: Limits, enabled
             snapshot_id: str | None = None, created_at: datetime | None = None) -> Soul:
     """The answer when there is no soul: not an error, `present: false` and one info diagnostic."""
     where = f" at {source_path}" if source_path else ""
-    diag = Diagnostic(code="soul_missing", severity=Severity.info, line=None, column=None, field=None, section=None,
+    diag = SoulDiagnostic(code="soul_missing", severity=Severity.info, line=None, column=None, field=None, section=None,
                       owner_surface=OWNER[source], source_path=source_path,
                       message=f"no soul for {agent_name}{where}; write one (YAML frontmatter with role, then "
                               "Markdown) or convert a Claude Code agent file with `agentdock soul import FILE`")
@@ -281,7 +280,7 @@ def missing(agent_name: str, source_path: str | None, *, limits: Limits, enabled
 def unreadable(agent_name: str, source_path: str, reason: str, *, limits: Limits, enabled: bool,
                source: Source) -> Soul:
     """The answer when a soul's file is there but may not be read (a symbolic link, not a regular file)."""
-    diag = Diagnostic(code="soul_unreadable", severity=Severity.error, line=None, column=None, field=None,
+    diag = SoulDiagnostic(code="soul_unreadable", severity=Severity.error, line=None, column=None, field=None,
                       section=None, owner_surface=OWNER[source], source_path=source_path,
                       message=f"{source_path}: {reason}")
     return _soul(agent_name, source_path, limits=limits, enabled=enabled, source=source, present=True,
@@ -304,10 +303,10 @@ def parse(text: str | bytes, source_path: str | None = None, *, agent_name: str 
 
 
 def _soul(agent_name: str, source_path: str | None, *, limits: Limits, enabled: bool, source: Source, present: bool,
-          frontmatter: Frontmatter, body: str, truncated: bool, digest: str | None, diagnostics: list[Diagnostic],
+          frontmatter: Frontmatter, body: str, truncated: bool, digest: str | None, diagnostics: list[SoulDiagnostic],
           snapshot_id: str | None, created_at: datetime | None) -> Soul:
     if not enabled:
-        diagnostics = [*diagnostics, Diagnostic(
+        diagnostics = [*diagnostics, SoulDiagnostic(
             code="soul_disabled", severity=Severity.info, line=None, column=None, field=None, section=None,
             owner_surface="settings", source_path=None,
             message="souls are switched off (AGENTDOCK_SOUL_ENABLED=false): this soul is checked but not in effect")]
@@ -354,7 +353,7 @@ class _Parser:
         self.source_path = source_path
         self.limits = limits
         self.owner = owner
-        self.diagnostics: list[Diagnostic] = []
+        self.diagnostics: list[SoulDiagnostic] = []
         self.fields: dict[str, Any] = {}
         self.body = ""
         self.truncated = False
@@ -368,18 +367,18 @@ class _Parser:
         if len(self.diagnostics) >= _KEPT_WHILE_PARSING:
             self.omitted += 1
             return
-        self.diagnostics.append(Diagnostic(code=code, severity=severity, message=message, line=line, column=column,
+        self.diagnostics.append(SoulDiagnostic(code=code, severity=severity, message=message, line=line, column=column,
                                            field=field, section=section, owner_surface=self.owner,
                                            source_path=self.source_path))
 
-    def finished(self) -> list[Diagnostic]:
+    def finished(self) -> list[SoulDiagnostic]:
         found = sorted(self.diagnostics, key=lambda d: (d.line or 0, d.column or 0))
         if len(found) <= MAX_DIAGNOSTICS:
             return found
         kept = found[:MAX_DIAGNOSTICS - 1]
         last = kept[-1]
         more = len(found) - len(kept) + self.omitted
-        kept.append(Diagnostic(code="too_many_diagnostics", severity=Severity.error, line=last.line,
+        kept.append(SoulDiagnostic(code="too_many_diagnostics", severity=Severity.error, line=last.line,
                                column=last.column, field=None, section=None, owner_surface=self.owner,
                                source_path=self.source_path,
                                message=f"{more} more problems after this line; fix these first"))
