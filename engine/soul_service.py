@@ -88,7 +88,8 @@ class SoulService:
 
     async def snapshot(self, caller: Caller, agent_name: str | None = None) -> tuple[str, souls.Soul]:
         """Keep the soul `agent_name` has now (none, too, is kept) for a session spawned by `caller`: later
-        reads with the returned snapshot id see this document whatever happens to the file."""
+        reads with the returned snapshot id see this document whatever happens to the file. A step of spawn,
+        so it needs no `soul` toolset; an invalid soul is kept too (the returned soul says so)."""
         name = self._name(agent_name)
         soul, data = await self._load(name)
         snapshot_id = new_id("snap")
