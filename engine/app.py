@@ -18,6 +18,7 @@ from engine.ports import Clock, Harness, SandboxBackend
 from engine.runs import RunService
 from engine.sessions import SessionService
 from engine.settings import Settings
+from engine.soul_service import SoulService
 from engine.store import Store
 from engine.tokens import Tokens
 from engine.topics import Topics
@@ -37,8 +38,9 @@ class Engine:
         self.tokens = Tokens(settings.home)
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs)
-        self.sessions = SessionService(self.store, self.runs, self.tokens, self.clock, settings)
-        self.context = ContextService(self.sessions, self.clock)
+        self.souls = SoulService(self.store, self.clock, settings)
+        self.sessions = SessionService(self.store, self.runs, self.souls, self.tokens, self.clock, settings)
+        self.context = ContextService(self.sessions, self.souls, self.clock)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:
         """`running()` as a task: ready once every service is, then until cancelled."""

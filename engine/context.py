@@ -10,9 +10,10 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from engine import models
+from engine import models, souls
 from engine.callers import Caller
 from engine.ports import Clock
+from engine.soul_service import SoulService
 from engine.sessions import (CONTEXT_SECTION_LIMIT, Capability, Limits, MeSelf, Session, SessionService,
                              Workspace)
 
@@ -73,9 +74,8 @@ class Context(models.Record):
     self_: MeSelf = Field(alias="self")
     session: Session
     workspace: Workspace
-    soul: dict[str, Any] | None
-    """The session's soul as seen in context (role, tone, principles, digest, validation); None until
-    souls are read."""
+    soul: souls.SoulContext
+    """The caller's soul as it took it at spawn (the root: its file), cut to the context projection."""
     coordination_channel: CoordinationChannel
     inbox_summary: InboxSummary
     peer_roster: PeerRoster
@@ -103,8 +103,9 @@ def _section(total: int, limit: int) -> Section:
 
 
 class ContextService:
-    def __init__(self, sessions: SessionService, clock: Clock) -> None:
+    def __init__(self, sessions: SessionService, souls: SoulService, clock: Clock) -> None:
         self.sessions = sessions
+        self.souls = souls
         self.clock = clock
 
     async def context(self, caller: Caller, limit: int = CONTEXT_SECTION_LIMIT) -> Context:
@@ -113,8 +114,9 @@ class ContextService:
         session = me.session
         peers = await self._peers(session)
         caps = me.capabilities
+        soul = await self.souls.own(caller)
         return Context(
-            self_=me.self_, session=session, workspace=me.workspace, soul=None,
+            self_=me.self_, session=session, workspace=me.workspace, soul=souls.projection(soul),
             coordination_channel=CoordinationChannel(available=False, source=NOT_YET),
             inbox_summary=InboxSummary(items=[], section=_section(0, limit), unread_count=0, source=NOT_YET),
             peer_roster=PeerRoster(peers=peers[:limit], section=_section(len(peers), limit)),

@@ -7,7 +7,6 @@ parent's (`ttl_expires_at` never later than the parent's)."""
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -34,7 +33,6 @@ TOOLSET_OF = {tool: toolset for toolset, tools in TOOLS_BY_TOOLSET.items() for t
 ALWAYS_ALLOWED = frozenset({"agent_me"})
 """What every session may call, whatever its permissions name: who it is."""
 
-AGENT_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 Name = Annotated[str, StringConstraints(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199})$")]
 """A name in a permission list (a channel, a profile, a skill, an MCP server), or `*` for any."""
 MAX_NAMES = 64

@@ -152,3 +152,16 @@ class SessionRow(Row):
     created_at: datetime
     updated_at: datetime
     stopped_at: datetime | None
+
+
+class SoulSnapshotRow(Row):
+    id: str
+    agent_name: str
+    digest: str | None
+    """None: there was no soul at spawn."""
+    content: bytes | None
+    source: str
+    source_path: str | None
+    document_modified: datetime | None
+    created_at: datetime
+    created_by: str

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 from pydantic import ConfigDict, Field
 
-from engine import errors, ids, lineage, models, topics
+from engine import errors, ids, lineage, models, souls, topics
 from engine.callers import ROOT, Caller
 from engine.clock import SystemClock
 from engine.lineage import PermissionPolicy, SpawnBudget
@@ -22,6 +22,7 @@ from engine.ports import Clock
 from engine.records import SessionRow
 from engine.runs import RunService
 from engine.settings import Settings
+from engine.soul_service import SoulService
 from engine.store import Store, new_id
 from engine.tokens import Tokens
 
@@ -42,7 +43,7 @@ class SessionState(StrEnum):
 class SpawnRequest(models.Input):
     """Seed 002's spawn fields, plus an optional run to start the child with."""
 
-    agent_name: str = Field(pattern=lineage.AGENT_NAME.pattern)
+    agent_name: souls.AgentName
     """Who the child is: names its soul (`$AGENTDOCK_HOME/souls/<agent_name>.md`)."""
     auto_stop_on_parent: bool = True
     """Stop the child when its parent stops."""
@@ -154,9 +155,11 @@ MAX_ACTIVE_TASK_LEASES = 4
 
 
 class SessionService:
-    def __init__(self, store: Store, runs: RunService, tokens: Tokens, clock: Clock | None, settings: Settings) -> None:
+    def __init__(self, store: Store, runs: RunService, souls: SoulService, tokens: Tokens, clock: Clock | None,
+                 settings: Settings) -> None:
         self.store = store
         self.runs = runs
+        self.souls = souls
         self.tokens = tokens
         self.clock = clock or SystemClock()
         self.settings = settings
@@ -262,6 +265,7 @@ class SessionService:
         expires = lineage.child_expiry(now, req.ttl_seconds, budget, parent.lineage.ttl_expires_at)
         workspace = req.workspace_id or parent.workspace_id
         child_id = new_id("ses")
+        snapshot_id, _ = await self.souls.snapshot(caller, req.agent_name)  # the soul it has, kept as it is now
         depth = parent.lineage.spawn_depth + 1
         async with self.store.write(now) as tx:
             lineage.check_room(depth=depth, children=await tx.live_children(parent.id),
@@ -272,7 +276,7 @@ class SessionService:
                 "parent_session_id": parent.id, "root_session_id": parent.lineage.root_session_id,
                 "spawn_depth": depth, "spawn_role": req.spawn_role, "auto_stop_on_parent": req.auto_stop_on_parent,
                 "permissions": policy.model_dump(), "spawn_budget": budget.model_dump(), "ttl_expires_at": expires,
-                "workspace_id": workspace, "run_id": None, "soul_snapshot_id": None,
+                "workspace_id": workspace, "run_id": None, "soul_snapshot_id": snapshot_id,
                 "provider": run_req.provider.value if run_req and run_req.provider else None,
                 "model": run_req.model if run_req else None, "created_by": caller.session_id,
                 "created_at": now, "updated_at": now})
@@ -349,7 +353,7 @@ class SessionService:
 
     def _root(self) -> Session:
         return Session(
-            id=ROOT.session_id, agent_name=self.settings.root_agent_name, type="user", state=SessionState.active,
+            id=ROOT.session_id, agent_name=self.settings.soul_agent_name, type="user", state=SessionState.active,
             workspace_id=DEFAULT_WORKSPACE,
             lineage=Lineage(auto_stop_on_parent=False, parent_session_id=None,
                             permission_policy=PermissionPolicy.everything(), root_session_id=ROOT.session_id,

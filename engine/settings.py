@@ -35,10 +35,20 @@ class Settings(BaseSettings):
     """The longest one MCP tool call waits (for a run's end): clients time tool calls out at about a minute."""
     max_active_runs: int = Field(default_factory=lambda: min(64, 8 * (os.cpu_count() or 2)), ge=1, le=10_000)
     """Daemon-wide cap on runs started and not yet settled; the rest wait `queued`, in creation order."""
-    root_agent_name: str = Field(default="user", pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
-    """The root session's agent name (its soul is `souls/<name>.md`)."""
     docker_threads: int = 16
     """Bound on concurrent blocking Docker API calls."""
+    soul_enabled: bool = True
+    """Whether souls are in effect; off, they are still read and checked but never `active`."""
+    soul_agent_name: str = Field(default="agentdock", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    """The local user's (the root session's) agent name: its soul is `souls/<soul_agent_name>.md`."""
+    soul_max_bytes: int = Field(default=65_536, ge=1_024, le=1_048_576)
+    """Largest soul document, frontmatter and body together."""
+    soul_max_body_bytes: int = Field(default=49_152, ge=0, le=1_048_576)
+    """Largest soul body."""
+    soul_context_projection_bytes: int = Field(default=4_096, ge=0, le=1_048_576)
+    """Most of a soul (role, principles, tone) put into an agent's context bundle."""
+    soul_workspace: Path | None = None
+    """A project directory whose `.agentdock/souls/<agent_name>.md` is read before the home's."""
 
     @classmethod
     def load(cls, **overrides: object) -> Settings:
@@ -58,6 +68,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.home / "artifacts"
+
+    @property
+    def souls_dir(self) -> Path:
+        return self.home / "souls"
 
     @property
     def control_socket(self) -> Path:

@@ -29,7 +29,7 @@ import aiosqlite
 import anyio
 
 from engine import errors, models, topics
-from engine.records import ArtifactRow, DeviceRow, EventRow, RunRow, SessionRow
+from engine.records import ArtifactRow, DeviceRow, EventRow, RunRow, SessionRow, SoulSnapshotRow
 
 _KEPT = (
     "{t}.output || COALESCE((SELECT group_concat(text, '') FROM (SELECT text FROM output_chunks c "
@@ -130,6 +130,15 @@ SQL = {
     "sessions_next_expiry": "SELECT min(ttl_expires_at) AS at FROM sessions WHERE status = 'active'",
     "sessions_expired": "SELECT id FROM sessions WHERE status = 'active' AND ttl_expires_at <= ? ORDER BY spawn_depth",
     "runs_unfinished_of": "SELECT id FROM agent_runs WHERE created_by = ? AND status IN ('queued', 'running')",
+    "soul_document_insert": "INSERT OR IGNORE INTO soul_documents (digest, content, created_at) VALUES (?, ?, ?)",
+    "soul_snapshot_insert": (
+        "INSERT INTO soul_snapshots (id, agent_name, digest, source, source_path, document_modified, created_at, "
+        "created_by) VALUES (:id, :agent_name, :digest, :source, :source_path, :document_modified, :created_at, "
+        ":created_by)"
+    ),
+    "soul_snapshot_get": (
+        "SELECT s.*, d.content FROM soul_snapshots s LEFT JOIN soul_documents d ON d.digest = s.digest WHERE s.id = ?"
+    ),
 }
 
 # Columns a run update may set (a guard against building SQL from arbitrary keys).
@@ -340,6 +349,12 @@ class Tx:
     async def upsert_artifact(self, run_id: str, path: str, size: int, sha256: str, stored_as: str) -> None:
         await self.conn.execute(SQL["artifact_upsert"], (run_id, path, size, sha256, stored_as, ts(self.now)))
 
+    async def insert_soul_snapshot(self, row: dict[str, Any], content: bytes | None) -> None:
+        """A snapshot of a soul; its document stored once per digest (none when there was no soul)."""
+        if content is not None:
+            await self.conn.execute(SQL["soul_document_insert"], (row["digest"], content, ts(self.now)))
+        await self.conn.execute(SQL["soul_snapshot_insert"], _encode(row))
+
 
 class Store:
     def __init__(self, path: Path, notifier: topics.Topics | None = None) -> None:
@@ -532,6 +547,12 @@ class Store:
 
     async def unfinished_runs_of(self, session_id: str) -> list[str]:
         return [r["id"] for r in await self._all(SQL["runs_unfinished_of"], (session_id,))]
+
+    # ------------------------------------------------------------ souls
+
+    async def soul_snapshot(self, snapshot_id: str) -> SoulSnapshotRow | None:
+        row = await self._one(SQL["soul_snapshot_get"], (snapshot_id,))
+        return SoulSnapshotRow.model_validate(row) if row else None
 
     async def schema(self) -> dict[str, str]:
         """Name -> normalized SQL of every table and index (for the migration test)."""

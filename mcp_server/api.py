@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from engine import context, models, sessions
+from engine import context, models, sessions, souls
 from engine.app import Engine
 from engine.callers import Caller
 
@@ -62,6 +62,17 @@ class AgentDockAPI(Protocol):
     async def get_session(self, session_id: str) -> sessions.Session: ...
 
     async def stop_session(self, session_id: str) -> sessions.Session: ...
+
+    # soul
+    async def get_soul(self, agent_name: str | None = None) -> souls.Soul:
+        """An agent's soul (default: the caller's own); a missing one is `present: false`, not an error."""
+        ...
+
+    async def validate_soul(self, req: souls.SoulValidate) -> souls.Soul:
+        """The soul `req.content` would be, or the stored one's check; an invalid one is an answer, not an error."""
+        ...
+
+    async def import_soul(self, req: souls.SoulImport) -> souls.SoulImported: ...
 
 
 class InProcessAPI:
@@ -127,3 +138,12 @@ class InProcessAPI:
 
     async def stop_session(self, session_id: str) -> sessions.Session:
         return await self.engine.sessions.stop(self.caller, session_id)
+
+    async def get_soul(self, agent_name: str | None = None) -> souls.Soul:
+        return await self.engine.souls.get(self.caller, agent_name)
+
+    async def validate_soul(self, req: souls.SoulValidate) -> souls.Soul:
+        return await self.engine.souls.validate(self.caller, req)
+
+    async def import_soul(self, req: souls.SoulImport) -> souls.SoulImported:
+        return await self.engine.souls.import_agent(self.caller, req)

@@ -7,13 +7,14 @@ diagnostic, so the MCP layer maps them the same way as local errors.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 from pydantic import BaseModel
 
-from engine import context, errors, ids, models, sessions
+from engine import context, errors, ids, models, sessions, souls
 from engine.settings import Settings
 
 
@@ -57,10 +58,13 @@ class DaemonClient:
         await self._http.aclose()
 
     async def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None,
-                      headers: dict[str, str] | None = None, timeout: float | None = None) -> Any:
+                      headers: dict[str, str] | None = None, timeout: float | None = None,
+                      accept: Collection[int] = ()) -> Any:
+        """`path` under /api/v1 unless it is a full /api/ path (the agent API: /api/agent/...); a status in
+        `accept` is an answer (a soul found invalid: 422), any other failure a `RemoteError`."""
         params = {k: v for k, v in (params or {}).items() if v is not None}
+        url = path if path.startswith("/api/") else "/api/v1" + path
         try:
-            url = path if path.startswith("/api/") else "/api/v1" + path
             resp = await self._http.request(method, url, json=json, params=params, headers=headers,
                                             timeout=timeout or httpx.USE_CLIENT_DEFAULT)
         except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
@@ -71,7 +75,7 @@ class DaemonClient:
             payload = resp.json()
         else:
             payload = resp.content
-        if not resp.is_success:
+        if not resp.is_success and resp.status_code not in accept:
             diag = payload.get("diagnostic") if isinstance(payload, dict) else None
             if diag is None:
                 diag = errors.internal(RuntimeError(resp.text[:200])).model_dump()
@@ -150,6 +154,21 @@ class DaemonClient:
 
     async def stop_session(self, session_id: str) -> sessions.Session:
         return sessions.Session.model_validate((await self.request("POST", _session_path(session_id, "/stop")))["data"])
+
+    # soul (the seed's agent API answers with the soul itself, not under "data")
+    async def get_soul(self, agent_name: str | None = None) -> souls.Soul:
+        return souls.Soul.model_validate(await self.request("GET", SOUL, params={"agent_name": agent_name}))
+
+    async def validate_soul(self, req: souls.SoulValidate) -> souls.Soul:
+        return souls.Soul.model_validate(await self.request("POST", SOUL + "/validate", json=_body(req),
+                                                            accept=(422,)))
+
+    async def import_soul(self, req: souls.SoulImport) -> souls.SoulImported:
+        return souls.SoulImported.model_validate(await self.request("POST", SOUL + "/import", json=_body(req),
+                                                                    accept=(422,)))
+
+
+SOUL = "/api/agent/soul"
 
 
 def _body(req: BaseModel) -> dict[str, Any]:

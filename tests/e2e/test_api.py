@@ -67,6 +67,8 @@ async def scenario(client: Client) -> tuple[dict[str, Any], int]:
     out["bad_timeout"] = await failing_call(client, "agent_run", {"prompt": "p", "command": "true", "timeout": 0})
     out["sandbox_delete"] = await call(client, "sandbox_delete", {"sandbox_id": sid})
     out["sandbox_list"] = await call(client, "sandbox_list", {})
+    out["soul_validate"] = await call(client, "soul_validate", {"content": "---\nrole: 42\ntone: calm\n---\nbody\n"})
+    out["soul_bad_name"] = await failing_call(client, "soul_get", {"agent_name": "../x"})
     return out, len(progress)
 
 
@@ -93,6 +95,9 @@ async def test_the_same_tool_calls_answer_the_same_over_the_daemon_and_in_proces
         "running", "canceled")
     assert over_daemon["unknown_run"]["code"] == "not_found"
     assert over_daemon["bad_timeout"]["evidence"]["field"] == "timeout"
+    assert [(d["code"], d["line"], d["column"]) for d in over_daemon["soul_validate"]["diagnostics"]] == [
+        ("wrong_type", 2, 7), ("coerced", 3, 7)]
+    assert over_daemon["soul_bad_name"]["evidence"]["field"] == "agent_name"
     for name in over_daemon:
         assert normalized(in_process[name]) == normalized(over_daemon[name]), name
     assert daemon_progress >= 1 and local_progress >= 1

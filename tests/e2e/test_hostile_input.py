@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import ids, models, sessions
+from engine import ids, models, sessions, souls
 from mcp_server import http as http_app
 from mcp_server import mcp_app
 from mcp_server.areas import agent as agent_area
@@ -36,6 +36,9 @@ UNKNOWN_SANDBOX = "sbx_0000000000000000dead"
 JSON = {"content-type": "application/json"}
 A_VALID_RUN = {"prompt": "p", "command": "echo hi"}
 """A run in a fresh ephemeral sandbox: what a poisoned body would create if its poison went unnoticed."""
+SOUL = "/api/agent/soul"
+A_VALID_AGENT_FILE = {"content": "---\nname: planted\ndescription: d\n---\nprompt\n"}
+"""A Claude Code agent file: what a poisoned import would write as a soul if its poison went unnoticed."""
 
 
 async def nothing_created(daemon: Daemon, client: httpx.AsyncClient) -> None:
@@ -48,6 +51,8 @@ async def nothing_created(daemon: Daemon, client: httpx.AsyncClient) -> None:
     sessions_ = await client.get("/api/v1/sessions")
     assert [s["id"] for s in sessions_.json()["data"]] == ["ses_root"], sessions_.text
     assert owned_containers(daemon.settings.home) == []
+    souls_dir = daemon.settings.home / "souls"
+    assert not souls_dir.exists() or list(souls_dir.iterdir()) == []
 
 
 async def finished_run(client: httpx.AsyncClient) -> str:
@@ -123,6 +128,14 @@ MCP_CASES = [
     ("wait of NaN", "agent_run_events", {"run_id": UNKNOWN_RUN, "wait": math.nan}, "wait"),
     ("wait of 1e308", "agent_run_events", {"run_id": UNKNOWN_RUN, "wait": 1e308}, "wait"),
     ("1 MB artifact path", "agent_run_artifacts", {"run_id": UNKNOWN_RUN, "path": "p" * 1_000_000}, "path"),
+    ("agent name climbing out", "soul_get", {"agent_name": "../agentdock"}, "agent_name"),
+    ("agent name that is a path", "soul_validate", {"agent_name": "/etc/passwd"}, "agent_name"),
+    ("agent name with NUL", "soul_get", {"agent_name": "a\x00"}, "agent_name"),
+    ("1 MB agent name", "soul_get", {"agent_name": "a" * 1_000_000}, "agent_name"),
+    ("soul content past the accepted bound", "soul_validate", {"content": "x" * (souls.MAX_SOURCE_BYTES + 1)},
+     "content"),
+    ("soul content that is not text", "soul_validate", {"content": ["---"]}, "content"),
+    ("a snapshot id the tool does not take", "soul_get", {"snapshot_id": "snap_0000000000000000dead"}, "snapshot_id"),
 ]
 
 
@@ -205,6 +218,19 @@ HTTP_CASES = [
          json.dumps(A_VALID_RUN).encode(), {**JSON, "idempotency-key": ""}),
     Case("a method override header", "POST", f"{SANDBOXES}/{UNKNOWN_SANDBOX}", 405, "method_not_allowed", "method",
          headers={"x-http-method-override": "DELETE"}),
+    Case("a dot-dot agent name", "GET", SOUL, 400, "invalid_input", "agent_name", params=[("agent_name", "..")]),
+    Case("an agent name with a slash", "GET", SOUL, 400, "invalid_input", "agent_name",
+         params=[("agent_name", "a/b")]),
+    Case("an agent name given twice", "GET", SOUL, 400, "invalid_input", "agent_name",
+         params=[("agent_name", "a"), ("agent_name", "b")]),
+    Case("an import naming a path", "POST", f"{SOUL}/import", 400, "invalid_input", "name",
+         json.dumps({**A_VALID_AGENT_FILE, "name": "../../.bashrc"}).encode(), JSON),
+    Case("an import with an unknown field", "POST", f"{SOUL}/import", 400, "invalid_input", "path",
+         json.dumps({**A_VALID_AGENT_FILE, "path": "/tmp/x.md"}).encode(), JSON),
+    Case("a soul to validate past the accepted bound", "POST", f"{SOUL}/validate", 400, "invalid_input", "content",
+         json.dumps({"content": "x" * (souls.MAX_SOURCE_BYTES + 1)}).encode(), JSON),
+    Case("a soul with a lone surrogate", "POST", f"{SOUL}/validate", 400, "invalid_input", "content",
+         b'{"content": "---\\nrole: \\ud800\\n---\\n"}', JSON),
 ]
 
 
@@ -369,6 +395,12 @@ def poisons(model: type[models.Input]) -> dict[str, st.SearchStrategy[Any]]:
                                     st.sampled_from([[1], "task=1", 5]))
     if "cwd" in model.model_fields:
         out["cwd"] = st.sampled_from(["/etc", "../x", "/workspace/../etc", "\x00", ""])
+    for name in ("agent_name", "name"):
+        if name in model.model_fields and model.__module__ == souls.__name__:
+            out[name] = st.one_of(PATH_LIKE, TEXT, HUGE_TEXT).filter(lambda s: not souls.AGENT_NAME.fullmatch(s))
+    if "content" in model.model_fields:
+        out["content"] = st.one_of(st.integers(), st.lists(TEXT, max_size=2), st.booleans(),
+                                   st.just("x" * (souls.MAX_SOURCE_BYTES + 1)))
     return out
 
 
@@ -399,6 +431,7 @@ TOOL_INPUTS: dict[str, type[models.Input]] = {
     "agent_run_events": mcp_app.EventsInput, "agent_run_artifacts": mcp_app.ArtifactsInput,
     "agent_me": models.Input, "agent_spawn": sessions.SpawnRequest, "agent_stop": agent_area.SessionRef,
     "agent_context": models.Input, "coordinator_config": agent_area.CoordinatorQuery,
+    "soul_get": souls.SoulGet, "soul_validate": souls.SoulValidate,
 }
 
 
@@ -470,6 +503,7 @@ def junk_http(draw: st.DrawFn) -> Request:
         method, template, model = draw(st.sampled_from([
             ("GET", RUNS, models.RunListQuery), ("GET", SANDBOXES, models.Input), ("GET", "/api/v1/health", models.Input),
             ("GET", f"{RUNS}/{UNKNOWN_RUN}/events", models.EventsQuery), ("POST", RUNS, http_app.WaitQuery),
+            ("GET", SOUL, souls.SoulGet),
         ]))
         args = draw(junk_call(model))
         query = as_query(args)
@@ -479,7 +513,9 @@ def junk_http(draw: st.DrawFn) -> Request:
         return Request(method, template, query, JSON if body else {}, body)
     if kind == "body":
         path, model = draw(st.sampled_from([(RUNS, models.RunCreate), (SANDBOXES, models.DeviceCreate),
-                                            ("/api/agent/spawn", sessions.SpawnRequest)]))
+                                            ("/api/agent/spawn", sessions.SpawnRequest),
+                                            (f"{SOUL}/validate", souls.SoulValidate),
+                                            (f"{SOUL}/import", souls.SoulImport)]))
         args = draw(junk_call(model))
         wrap = draw(st.booleans())
         headers = dict(JSON)
@@ -489,10 +525,12 @@ def junk_http(draw: st.DrawFn) -> Request:
         content = json.dumps({"data": args} if wrap else args).encode()
         return Request("POST", path, [], headers, content)
     if kind == "raw body":
-        path, base = draw(st.sampled_from([(RUNS, A_VALID_RUN), (SANDBOXES, {})]))
+        path, base = draw(st.sampled_from([(RUNS, A_VALID_RUN), (SANDBOXES, {}),
+                                           (f"{SOUL}/import", A_VALID_AGENT_FILE)]))
         return Request("POST", path, [], dict(JSON), draw(raw_poisons(base)))
     if kind == "media type":
-        path, base = draw(st.sampled_from([(RUNS, A_VALID_RUN), (SANDBOXES, {"name": "x"})]))
+        path, base = draw(st.sampled_from([(RUNS, A_VALID_RUN), (SANDBOXES, {"name": "x"}),
+                                           (f"{SOUL}/import", A_VALID_AGENT_FILE)]))
         ctype = draw(st.sampled_from(["text/plain", "application/x-www-form-urlencoded", "multipart/form-data",
                                       "application/jsonx", "text/json", "", "application/json-seq"]))
         return Request("POST", path, [], {"content-type": ctype}, json.dumps(base).encode())

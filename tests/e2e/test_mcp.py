@@ -21,11 +21,11 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 TOOLS = {
     "sandbox_create", "sandbox_list", "sandbox_get", "sandbox_delete",
     "agent_run", "agent_run_get", "agent_run_list", "agent_run_cancel", "agent_run_events", "agent_run_artifacts",
-    "agent_me", "agent_spawn", "agent_stop", "agent_context", "coordinator_config",
+    "agent_me", "agent_spawn", "agent_stop", "agent_context", "coordinator_config", "soul_get", "soul_validate",
 }
 DEVICE_TOOLS = {"sandbox_create", "sandbox_list", "sandbox_get", "sandbox_delete"}
 READ_ONLY = {"sandbox_list", "sandbox_get", "agent_run_get", "agent_run_list", "agent_run_events",
-             "agent_run_artifacts", "agent_me", "agent_context", "coordinator_config"}
+             "agent_run_artifacts", "agent_me", "agent_context", "coordinator_config", "soul_get", "soul_validate"}
 DESTRUCTIVE = {"sandbox_delete", "agent_run_cancel", "agent_stop"}
 TERMINAL = {"succeeded", "failed", "canceled"}
 

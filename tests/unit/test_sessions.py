@@ -244,3 +244,20 @@ async def test_context_names_the_sessions_around_the_caller_and_says_what_is_not
     assert not ctx.coordination_channel.available and not ctx.task.available
     assert ctx.inbox_summary.items == [] and ctx.inbox_summary.section.returned == 0
     assert (cfg.source, cfg.max_children, cfg.workspace_id) == ("default", 8, "default")
+
+
+async def test_a_spawned_session_keeps_the_soul_it_had_at_spawn(tmp_path):
+    (tmp_path / "souls").mkdir()
+    soul_file = tmp_path / "souls" / "reviewer.md"
+    soul_file.write_text("---\nrole: Reviews pull requests\ntone: [terse]\n---\nRead the diff first.\n")
+    async with engine_for(tmp_path).running() as engine:
+        child = await spawn(engine, ROOT, agent_name="reviewer", permissions=PermissionPolicy(tools=["agent", "soul"]))
+        soul_file.write_text("---\nrole: Something else entirely\n---\nchanged\n")
+        caller = await engine.sessions.authenticate(child.token)
+        own = await engine.souls.get(caller)
+        ctx = await engine.context.context(caller)
+        now = await engine.souls.get(ROOT, "reviewer")
+    assert (own.frontmatter.role, own.body.strip(), own.snapshot_id is not None) == (
+        "Reviews pull requests", "Read the diff first.", True)
+    assert ctx.soul.role == "Reviews pull requests" and ctx.soul.tone == ["terse"]
+    assert now.frontmatter.role == "Something else entirely"  # the file moved on; the session did not
