@@ -38,9 +38,11 @@ class Commands:
             self._groups[name] = parser.add_subparsers(dest="action", required=True)
         return self._groups[name]
 
-    def add(self, group: str, name: str, call: Command, help: str | None = None) -> argparse.ArgumentParser:
-        """A subcommand of `group` that runs `call`; add its arguments to what this returns."""
-        parser = self._groups[group].add_parser(name, parents=[self._common], help=help)
+    def add(self, group: str | None, name: str, call: Command, help: str | None = None) -> argparse.ArgumentParser:
+        """A subcommand of `group` (None: a top-level command) that runs `call`; add its arguments to
+        what this returns."""
+        parent = self._sub if group is None else self._groups[group]
+        parser = parent.add_parser(name, parents=[self._common], help=help)
         parser.set_defaults(call=call)
         return parser
 

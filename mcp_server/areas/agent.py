@@ -147,7 +147,7 @@ async def cmd_spawn(api: AgentDockAPI, args: argparse.Namespace) -> int:
         permissions = {"tools": [t for t in args.tools.split(",") if t]}
     req = models.parse(sessions.SpawnRequest, commands.given(
         agent_name=args.agent_name, spawn_role=args.role, ttl_seconds=args.ttl, permissions=permissions,
-        auto_stop_on_parent=False if args.no_auto_stop else None, prompt=args.prompt, command=args.command,
+        auto_stop_on_parent=False if args.no_auto_stop else None, prompt=args.run_prompt, command=args.command,
         provider=args.provider, target_id=args.target))
     commands.show(await api.spawn(req), args.json)
     return 0
@@ -158,13 +158,17 @@ def add_commands(cli: commands.Commands) -> None:
     cli.add("sessions", "list", cmd_list)
     cli.add("sessions", "get", cmd_get).add_argument("id")
     cli.add("sessions", "stop", cmd_stop).add_argument("id")
-    c = cli.add("sessions", "spawn", cmd_spawn, help="spawn a child session (optionally starting it as a run)")
+    for group in ("sessions", None):  # `agentdock sessions spawn` and `agentdock spawn`
+        _spawn_arguments(cli.add(group, "spawn", cmd_spawn, help="spawn a child session (optionally as a run)"))
+
+
+def _spawn_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("agent_name")
     c.add_argument("--role")
     c.add_argument("--ttl", type=int, help="seconds")
     c.add_argument("--tools", help="comma-separated toolsets or tool names (default: yours)")
     c.add_argument("--no-auto-stop", action="store_true", help="keep running when the parent stops")
-    c.add_argument("--prompt")
+    c.add_argument("--prompt", dest="run_prompt", help="start the child as an agent run with this prompt")
     c.add_argument("--command")
     c.add_argument("--provider")
     c.add_argument("--target")

@@ -151,3 +151,38 @@ async def test_agentdock_serve_with_a_token_lists_only_the_tools_the_session_may
             me = await client.call_tool("agent_me", {})
     assert names == {"agent_run_get", "agent_me"}
     assert not me.is_error and me.structured_content["session"]["id"] == child["session"]["id"]
+
+
+async def test_a_short_real_ttl_ends_the_session_and_cancels_its_run(daemon: Daemon):
+    async with control(daemon) as root:
+        child = await spawn(root, ttl_seconds=3, prompt="p", command="sleep 300")
+        run = await ended(root, child["run"]["id"])
+        session = (await root.get(f"/api/v1/sessions/{child['session']['id']}")).json()["data"]
+    assert (run["status"], run["failure_kind"]) == ("canceled", "canceled"), run
+    assert (session["state"], session["stop_reason"]) == ("expired", "ttl_expired")
+    async with agent(daemon, child["token"]) as c:
+        assert (await c.get("/api/agent/me")).status_code == 401
+
+
+def test_the_cli_spawns_lists_and_stops_sessions_and_refuses_a_wider_child(daemon: Daemon):
+    spawned = json.loads(daemon.cli("spawn", "helper", "--tools", "agent,runs", "--role", "scout", "--json").stdout)
+    sid = spawned["session"]["id"]
+    assert spawned["lineage"]["spawn_role"] == "scout" and spawned["token"].startswith("adt_")
+    listed = json.loads(daemon.cli("sessions", "list", "--json").stdout)["data"]
+    assert [s["id"] for s in listed] == ["ses_root", sid]
+    table = daemon.cli("sessions", "list").stdout
+    assert sid in table and "helper" in table
+
+    as_child = {**daemon.env, "AGENTDOCK_TOKEN": spawned["token"]}
+    import subprocess
+
+    from tests.conftest import AGENTDOCK
+    wider = subprocess.run([AGENTDOCK, "spawn", "deeper", "--tools", "devices", "--json"], env=as_child,
+                           capture_output=True, text=True, timeout=60)
+    assert wider.returncode == 1 and "Traceback" not in wider.stderr
+    assert json.loads(wider.stdout)["diagnostic"]["code"] == "permission_denied"
+
+    stopped = json.loads(daemon.cli("sessions", "stop", sid, "--json").stdout)
+    assert (stopped["state"], stopped["stop_reason"]) == ("stopped", "stopped")
+    bad = daemon.cli("sessions", "get", "../sandboxes", "--json", check=False)
+    assert bad.returncode == 1 and json.loads(bad.stdout)["diagnostic"]["evidence"]["field"] == "session_id"
