@@ -16,17 +16,11 @@ import httpx
 import pytest
 
 from tests.conftest import FULL, Daemon
+from tests.e2e.test_http import http as control
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 AGENT = "python3 /run/agentdock/agentdock-agent"
-
-
-@asynccontextmanager
-async def control(daemon: Daemon) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.AsyncHTTPTransport(uds=str(daemon.settings.control_socket))
-    async with httpx.AsyncClient(transport=transport, base_url="http://agentdock", timeout=90) as client:
-        yield client
 
 
 @asynccontextmanager

@@ -357,3 +357,15 @@ async def test_an_ephemeral_run_whose_attached_stream_missed_its_output_still_re
         with anyio.fail_after(60):
             run = await engine.runs.wait(ROOT, run.id, 60)
     assert (run.status, run.output, run.stderr) == ("succeeded", "hello\n", "oops\n"), run
+
+
+async def test_a_run_in_a_sandbox_whose_attached_stream_missed_its_output_still_records_all_of_it(settings):
+    """A loaded Docker engine can end an exec's stream before the last of its output: the run's
+    files are the record, and what the stream missed is read from them."""
+    engine = Engine(settings, backend=DeafAttach(settings.home), harnesses=harness.get)
+    async with engine.running():
+        device = await engine.devices.create(ROOT, models.DeviceCreate())
+        run = await run_in(engine, device.id, "echo hello; echo oops >&2; exit 3")
+        quiet = await run_in(engine, device.id, "true")
+    assert (run.status, run.exit_code, run.output, run.stderr) == ("failed", 3, "hello\n", "oops\n"), run
+    assert (quiet.status, quiet.output, quiet.stderr) == ("succeeded", "", ""), quiet
