@@ -57,14 +57,25 @@ class FakeClock:
     async def wait(self, event: anyio.Event, timeout: float) -> bool:
         if event.is_set():
             return True
-        async with anyio.create_task_group() as tg:
-            async def timer() -> None:
-                await self.sleep(timeout)
-                tg.cancel_scope.cancel()
+        # The deadline counts from the call, not from when a timer task first runs: time advanced in
+        # between must not push it later.
+        woken = anyio.Event()
+        entry = (self._elapsed + max(timeout, 0), next(self._order), woken)
+        heapq.heappush(self._sleepers, entry)
+        self._poke()
+        try:
+            async with anyio.create_task_group() as tg:
+                async def timer() -> None:
+                    await woken.wait()
+                    tg.cancel_scope.cancel()
 
-            tg.start_soon(timer)
-            await event.wait()
-            tg.cancel_scope.cancel()
+                tg.start_soon(timer)
+                await event.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            if not woken.is_set():
+                self._sleepers.remove(entry)
+                heapq.heapify(self._sleepers)
         return event.is_set()
 
     def advance(self, seconds: float) -> None:

@@ -43,6 +43,11 @@ FORK_FAILED = (b"can't fork", b"Cannot fork", b"Resource temporarily unavailable
 STREAM_IDS = {1: "stdout", 2: "stderr"}
 
 
+MAX_STREAM_CUTS = 200
+"""How often a run's attached stream may end early (the wrapper still running) and be followed
+again before the wrapper is treated as gone."""
+
+
 def container_name(device_id: str) -> str:
     return f"agentdock-{device_id}"
 
@@ -143,12 +148,21 @@ class DockerBackend:
         cid = await self._call(self._create, spec, KEEPALIVE, {}, user=KEEPER, run_user=run_user)
         try:
             await self._call(self.api.start, cid)
+            # Up means a shell answers in it (runs are started with one): a container whose main
+            # process fails right after start may still look running for a moment.
+            try:
+                probe = (await self._call(self.api.exec_create, cid, ["/bin/sh", "-c", ":"], user=KEEPER))["Id"]
+                await self._call(self.api.exec_start, probe)
+                answered = (await self._call(self.api.exec_inspect, probe))["ExitCode"] == 0
+            except (errors.Conflict, errors.SandboxUnavailable, errors.NotFound):
+                answered = False
             info = await self._call(self.api.inspect_container, cid)
-            if not info["State"]["Running"]:
+            if not answered or not info["State"]["Running"]:
                 logs = await self._call(self.api.logs, cid, tail=5)
                 raise errors.InvalidInput(
-                    "image", f"the device's container stopped right after it started (exit code "
-                    f"{info['State']['ExitCode']}): {logs.decode(errors='replace').strip()[-300:] or 'no output'}",
+                    "image", f"the device's container did not stay up with a shell (running: "
+                    f"{info['State']['Running']}, exit code {info['State']['ExitCode']}): "
+                    f"{logs.decode(errors='replace').strip()[-300:] or 'no output'}",
                     suggested_command="agentdock image build")
         except BaseException:
             with anyio.CancelScope(shield=True):
@@ -237,7 +251,14 @@ class DockerBackend:
 
     async def follow(self, launch: RunLaunch) -> AsyncIterator[Chunk | Exit]:
         if launch.ephemeral is None:
+            offsets = {"stdout": launch.stdout_offset, "stderr": launch.stderr_offset}
             async for item in self._follow_exec(launch):
+                if isinstance(item, Exit):
+                    async for chunk in self._missed(container_name(launch.device_id), launch.run_id, offsets):
+                        yield chunk
+                    yield item
+                    return
+                offsets[item.stream] += len(item.data)
                 yield item
             return
         state = await self.inspect(launch.device_id)
@@ -306,7 +327,8 @@ class DockerBackend:
             cgroup = await self._cgroup(name)
             if cgroup is not None:
                 self._refusals_before[launch.run_id] = cgroup.fork_refusals()
-        for _ in range(3):
+        failures = cuts = 0
+        while failures < 3:
             env = self._wrapper_env(launch, offsets["stdout"], offsets["stderr"])
             env["AGENTDOCK_REMOVE"] = self._take_removals(launch.device_id)
             try:
@@ -321,7 +343,7 @@ class DockerBackend:
                         yield item
                     return
                 raise
-            code = -1
+            code, running = -1, False
             try:
                 sock = await self._call(self.api.exec_start, exec_id, socket=True)
                 try:
@@ -332,12 +354,22 @@ class DockerBackend:
                     sock.close()
                 info = await self._call(self.api.exec_inspect, exec_id)
                 code = info["ExitCode"] if info["ExitCode"] is not None else -1
+                running = bool(info.get("Running"))
             except errors.SandboxUnavailable:
                 pass  # the exec could not start (at the pids limit, say): look closer below
+            if running and cuts < MAX_STREAM_CUTS:
+                # The stream ended while the wrapper still runs: a loaded Docker engine cut it. The
+                # run's end, if recorded, is in its files; else follow again, a little later, from the
+                # bytes already passed on (that wrapper goes on alone).
+                ending = await self._recorded_end(name, launch.run_id, -1)
+                if ending is not None:
+                    yield ending
+                    return
+                cuts += 1
+                await anyio.sleep(min(0.05 * cuts, 1.0))
+                continue
             ending = await self._recorded_end(name, launch.run_id, code)
             if ending is not None:
-                async for chunk in self._missed(name, launch.run_id, offsets):
-                    yield chunk
                 yield ending
                 return
             if not await self._up(name):
@@ -355,6 +387,7 @@ class DockerBackend:
                 # the wrapper saw the process vanish without an exit code (255), or nothing of it is left
                 yield await self._recorded_end(name, launch.run_id, -1) or Exit(exit_code=None, ending=Ending.lost)
                 return
+            failures += 1
         yield Exit(exit_code=None, ending=Ending.lost)
 
     async def _missed(self, name: str, run_id: str, offsets: dict[str, int]) -> AsyncIterator[Chunk]:
@@ -368,9 +401,12 @@ class DockerBackend:
         async def stat(stream: str) -> None:
             sizes[stream] = await self._call(self._file_size, name, f"{run_dir}/{stream}")
 
-        async with anyio.create_task_group() as tg:
-            for stream in ("stdout", "stderr"):
-                tg.start_soon(stat, stream)
+        try:
+            async with anyio.create_task_group() as tg:
+                for stream in ("stdout", "stderr"):
+                    tg.start_soon(stat, stream)
+        except Exception:  # noqa: BLE001 - the container is gone with its files: nothing more to read
+            return
         for stream in ("stdout", "stderr"):
             size = sizes[stream]
             if size is not None and size > offsets[stream]:

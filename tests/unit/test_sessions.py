@@ -27,6 +27,16 @@ def engine_for(tmp_path, clock=None, backend=None) -> Engine:
                   backend=backend or FakeBackend(), harnesses=harness.get, clock=clock)
 
 
+async def until(engine: Engine, topic: str, read, done) -> None:
+    """Wait for `done(await read())`, woken by commits on `topic` (watched before each read)."""
+    with anyio.fail_after(10):
+        while True:
+            changed = engine.topics.watch(topic)
+            if done(await read()):
+                return
+            await changed.wait()
+
+
 async def spawn(engine: Engine, caller, **kw):
     return await engine.sessions.spawn(caller, SpawnRequest(agent_name=kw.pop("agent_name", "worker"), **kw))
 
@@ -125,27 +135,18 @@ async def test_ttl_expiry_on_the_fake_clock_stops_the_session_and_cancels_its_ru
     async with engine_for(tmp_path, clock, backend).running() as engine:
         child = await spawn(engine, ROOT, ttl_seconds=60, prompt="work", command="block")
         assert child.run is not None
-        with anyio.fail_after(10):
-            while (await engine.runs.get(ROOT, child.run.id)).status is not models.RunStatus.running:
-                changed = engine.topics.watch(topics.run(child.run.id))
-                await changed.wait()
+        await until(engine, topics.run(child.run.id),
+                    lambda: engine.runs.get(ROOT, child.run.id), lambda r: r.status is models.RunStatus.running)
         grand = await spawn(engine, await engine.sessions.authenticate(child.token), ttl_seconds=3000)
         assert grand.lineage.ttl_expires_at == child.lineage.ttl_expires_at  # never past its parent
         clock.advance(59)
         await anyio.sleep(0.01)
         assert (await engine.sessions.get(ROOT, child.session.id)).state == "active"
         clock.advance(2)
-        with anyio.fail_after(10):
-            while (await engine.sessions.get(ROOT, child.session.id)).state == "active":
-                changed = engine.topics.watch(topics.SESSIONS)
-                await changed.wait()
-            while True:  # the cancel grace is on the fake clock too
-                run = await engine.runs.get(ROOT, child.run.id)
-                if run.status is models.RunStatus.canceled:
-                    break
-                changed = engine.topics.watch(topics.run(child.run.id))
-                clock.advance(1)
-                await clock.wait(changed, 0.5)
+        await until(engine, topics.SESSIONS,
+                    lambda: engine.sessions.get(ROOT, child.session.id), lambda s: s.state != "active")
+        await until(engine, topics.run(child.run.id),  # TERM ends the fake process at once
+                    lambda: engine.runs.get(ROOT, child.run.id), lambda r: r.status is models.RunStatus.canceled)
         assert (await engine.sessions.get(ROOT, child.session.id)).stop_reason == "ttl_expired"
         assert (await engine.sessions.get(ROOT, grand.session.id)).state in ("expired", "stopped")
         with pytest.raises(errors.Unauthenticated):
