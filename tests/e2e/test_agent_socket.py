@@ -49,7 +49,10 @@ async def test_a_spawned_child_in_a_real_sandbox_calls_back_as_itself_over_agent
     async with control(daemon) as root:
         sandbox = (await root.post("/api/v1/sandboxes", json={"image": FULL})).json()["data"]
         script = (f"{AGENT} me; echo ---; ls -a /run/agentdock; echo ---; "
-                  f"AGENTDOCK_TOKEN= {AGENT} me || echo refused-without-token")
+                  f"AGENTDOCK_TOKEN= {AGENT} me || echo refused-without-token; "
+                  f"{AGENT} POST /api/agent/spawn '{{\"agent_name\": \"w\", \"permissions\": {{\"tools\": [\"devices\"]}}}}'"
+                  f" || echo refused-wider-child; "
+                  f"{AGENT} GET /api/v1/sandboxes || echo refused-devices")
         child = await spawn(root, spawn_role="reader", permissions={"tools": ["agent", "runs"]},
                             prompt="p", command=script, target_id=sandbox["id"])
         run = await ended(root, child["run"]["id"])
@@ -65,6 +68,8 @@ async def test_a_spawned_child_in_a_real_sandbox_calls_back_as_itself_over_agent
     assert "sandbox_create" not in {c["id"] for c in me["capabilities"]}
     assert set(listing.split()) == {".", "..", "agent.sock", "agentdock-agent"}  # no control.sock in there
     assert "refused-without-token" in last and "unauthenticated" in run["stderr"]
+    assert "refused-wider-child" in last and "permissions.tools: 'devices'" in run["stderr"]
+    assert "refused-devices" in last and "permission_denied" in run["stderr"]
     assert child["token"] not in run["output"] + run["stderr"]
 
 
@@ -138,6 +143,7 @@ async def test_agentdock_serve_with_a_token_lists_only_the_tools_the_session_may
 
     async with control(daemon) as root:
         child = await spawn(root, permissions={"tools": ["agent_run_get"]})
+        spawner = await spawn(root, permissions={"tools": ["agent"]})
     env = {**daemon.env, "AGENTDOCK_TOKEN": child["token"]}
     with anyio.fail_after(60):
         async with Client(StdioServerParameters(command=AGENTDOCK, args=["serve"], env=env)) as client:
@@ -145,6 +151,14 @@ async def test_agentdock_serve_with_a_token_lists_only_the_tools_the_session_may
             me = await client.call_tool("agent_me", {})
     assert names == {"agent_run_get", "agent_me"}
     assert not me.is_error and me.structured_content["session"]["id"] == child["session"]["id"]
+
+    env = {**daemon.env, "AGENTDOCK_TOKEN": spawner["token"]}
+    with anyio.fail_after(60):
+        async with Client(StdioServerParameters(command=AGENTDOCK, args=["serve"], env=env)) as client:
+            wider = await client.call_tool("agent_spawn", {"agent_name": "w", "permissions": {"tools": ["runs"]}})
+            own = await client.call_tool("agent_spawn", {"agent_name": "w", "ttl_seconds": 60})
+    assert wider.is_error and wider.structured_content["diagnostic"]["code"] == "permission_denied"
+    assert not own.is_error and own.structured_content["lineage"]["parent_session_id"] == spawner["session"]["id"]
 
 
 async def test_a_short_real_ttl_ends_the_session_and_cancels_its_run(daemon: Daemon):
