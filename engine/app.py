@@ -15,6 +15,7 @@ from engine.clock import SystemClock
 from engine.devices import DeviceService
 from engine.ports import Clock, Harness, SandboxBackend
 from engine.runs import RunService
+from engine.secrets import SecretStore
 from engine.settings import Settings
 from engine.store import Store
 from engine.topics import Topics
@@ -31,7 +32,8 @@ class Engine:
         self.topics = Topics()
         self.store = Store(settings.db_path, self.topics)
         self.devices = DeviceService(self.store, backend, self.clock, settings)
-        self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings)
+        self.secrets = SecretStore(settings.secrets_dir)
+        self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.secrets)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -268,8 +268,23 @@ class RunCreate(Input):
     """Product ids, labels; `artifact_paths` lists files under /workspace to copy out when the run ends."""
     env: dict[str, str] | None = None
     """Extra environment for this run; overrides the device's."""
+    secrets: list[str] | None = None
+    """Names of stored secrets (`agentdock secrets set NAME`) this run needs: each reaches the run's
+    process as an environment variable of that name, and nowhere else; its value is masked in output."""
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     """The same key with the same body returns the same run."""
+
+    @field_validator("secrets", mode="before")
+    @classmethod
+    def _secrets(cls, v: Any) -> list[str] | None:
+        from engine import secrets  # the names' rules live with the secrets
+
+        if v is None:
+            return None
+        try:
+            return secrets.check_names(v)
+        except errors.InvalidInput as exc:
+            raise ValueError(exc.message.split(": ", 1)[1]) from None
 
     @field_validator("prompt")
     @classmethod
@@ -350,6 +365,7 @@ class RunCreate(Input):
             kind = KIND_OF_PREFIX.get(target.split("_", 1)[0])
         body["target"] = [kind.value if kind else None, target]
         body["env"] = self.env or {}
+        body["secrets"] = self.secrets or []
         return json.dumps(body, sort_keys=True)
 
 
@@ -370,6 +386,8 @@ class Run(Record):
     metadata: dict[str, Any]
     env_keys: list[str]
     """Names of the run-level environment variables (values are not echoed)."""
+    secrets: list[str] = Field(default_factory=list)
+    """Names of the secrets the run was given (never their values)."""
     status: RunStatus
     output: str
     """Stdout for custom runtimes; the agent's final answer for structured ones."""
@@ -378,7 +396,7 @@ class Run(Record):
     stderr_truncated: bool
     exit_code: int | None
     failure_kind: str | None
-    """Why a run failed or was canceled: nonzero_exit, timeout, canceled, runtime_not_found, sandbox_lost, process_lost, backend_error."""
+    """Why a run failed or was canceled: nonzero_exit, timeout, canceled, runtime_not_found, auth_required, secret_missing, pids_exhausted, sandbox_lost, process_lost, backend_error."""
     error: str | None
     """Human-readable reason for failure_kind."""
     ephemeral: bool

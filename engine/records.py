@@ -18,7 +18,7 @@ class Row(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _json(cls, value: Any, info: Any) -> Any:
-        if info.field_name in ("metadata", "env", "payload") and isinstance(value, str):
+        if info.field_name in ("metadata", "env", "payload", "secrets") and isinstance(value, str):
             return json.loads(value)
         return value
 
@@ -60,6 +60,8 @@ class RunRow(Row):
     timeout: int
     metadata: dict[str, Any]
     env: dict[str, str]
+    secrets: list[str] = []
+    """The names of the secrets the run asked for (values live only under the home's secrets/)."""
     status: models.RunStatus
     output: str
     """What was kept of stdout (or the structured runtime's answer), pending chunks included."""
@@ -89,7 +91,7 @@ class RunRow(Row):
         return models.Run(
             id=self.id, target_kind=self.target_kind, target_id=self.target_id, provider=self.provider,
             prompt=self.prompt, command=self.command, model=self.model, cwd=self.cwd, timeout=self.timeout,
-            metadata=self.metadata, env_keys=sorted(self.env), status=self.status, output=self.output,
+            metadata=self.metadata, env_keys=sorted(self.env), secrets=list(self.secrets), status=self.status, output=self.output,
             stderr=self.stderr, output_truncated=self.output_truncated, stderr_truncated=self.stderr_truncated,
             exit_code=self.exit_code, failure_kind=self.failure_kind, error=self.error, ephemeral=self.ephemeral,
             agent_run_group_id=self.agent_run_group_id, orchestration_role=self.orchestration_role,

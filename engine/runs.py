@@ -17,6 +17,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from engine import errors, ids, models, topics
+from engine.secrets import SecretStore
 from engine.callers import Caller
 from engine.devices import DeviceService
 from engine.ports import Clock, DeviceSpec, Harness, SandboxBackend
@@ -30,8 +31,10 @@ log = logging.getLogger("agentdock.runs")
 
 class RunService:
     def __init__(self, store: Store, backend: SandboxBackend, devices: DeviceService,
-                 harnesses: Callable[[str], Harness], clock: Clock, settings: Settings) -> None:
+                 harnesses: Callable[[str], Harness], clock: Clock, settings: Settings,
+                 secrets: SecretStore | None = None) -> None:
         self.store = store
+        self.secrets = secrets or SecretStore(settings.secrets_dir)
         self.backend = backend
         self.devices = devices
         self.harnesses = harnesses
@@ -90,7 +93,7 @@ class RunService:
     async def _supervise(self, run_id: str, cancel: anyio.Event) -> None:
         supervision = Supervision(run_id, store=self.store, backend=self.backend, harnesses=self.harnesses,
                                   ephemeral_spec=self._ephemeral_spec, clock=self.clock, settings=self.settings,
-                                  cancel=cancel)
+                                  cancel=cancel, secrets=self.secrets)
         try:
             await supervision.run()
         finally:
@@ -117,6 +120,7 @@ class RunService:
                 return existing
         kind, target_id = req.target()
         harness = self.harnesses(req.provider.value)  # type: ignore[union-attr]
+        self.secrets.require(req.secrets or [])  # a missing one fails the create, naming it; nothing is written
         now = self.clock.now()
         run_id = new_id("run")
         device_row = None
@@ -147,7 +151,7 @@ class RunService:
         row = {
             "id": run_id, "target_kind": kind.value, "target_id": target_id, "provider": req.provider.value,  # type: ignore[union-attr]
             "prompt": req.prompt, "command": req.command, "model": req.model, "cwd": req.cwd,
-            "timeout": req.timeout, "metadata": req.metadata, "env": req.env or {},
+            "timeout": req.timeout, "metadata": req.metadata, "env": req.env or {}, "secrets": req.secrets or [],
             "status": models.RunStatus.queued.value, "ephemeral": device_row is not None,
             "idempotency_key": req.idempotency_key, "request_hash": _hash(req.fingerprint()),
             "created_at": now, "updated_at": now, "created_by": caller.session_id,
