@@ -7,11 +7,11 @@ import posixpath
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine import errors, ids
+from engine import errors, ids, secrets
 
 WORKSPACE = "/workspace"
 MAX_PROMPT_BYTES = 100_000
@@ -65,6 +65,10 @@ class DeviceStatus(StrEnum):
     running = "running"
     stopped = "stopped"
     missing = "missing"
+
+
+SecretName = Annotated[str, AfterValidator(lambda v: _secret_name(v))]
+"""The name of a stored secret (`agentdock secrets set NAME`); it becomes the run's environment variable."""
 
 
 class Input(BaseModel):
@@ -268,23 +272,21 @@ class RunCreate(Input):
     """Product ids, labels; `artifact_paths` lists files under /workspace to copy out when the run ends."""
     env: dict[str, str] | None = None
     """Extra environment for this run; overrides the device's."""
-    secrets: list[str] | None = None
+    secrets: list[SecretName] | None = None
     """Names of stored secrets (`agentdock secrets set NAME`) this run needs: each reaches the run's
     process as an environment variable of that name, and nowhere else; its value is masked in output."""
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     """The same key with the same body returns the same run."""
 
-    @field_validator("secrets", mode="before")
+    @field_validator("secrets")
     @classmethod
-    def _secrets(cls, v: Any) -> list[str] | None:
-        from engine import secrets  # the names' rules live with the secrets
-
-        if v is None:
-            return None
-        try:
-            return secrets.check_names(v)
-        except errors.InvalidInput as exc:
-            raise ValueError(exc.message.split(": ", 1)[1]) from None
+    def _secrets(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if len(v) > secrets.MAX_PER_RUN:
+                raise ValueError(f"at most {secrets.MAX_PER_RUN} secrets")
+            if len(set(v)) != len(v):
+                raise ValueError("a secret is named twice")
+        return v
 
     @field_validator("prompt")
     @classmethod
@@ -367,6 +369,13 @@ class RunCreate(Input):
         body["env"] = self.env or {}
         body["secrets"] = self.secrets or []
         return json.dumps(body, sort_keys=True)
+
+
+def _secret_name(v: str) -> str:
+    try:
+        return secrets.check_name(v)
+    except errors.InvalidInput as exc:
+        raise ValueError(exc.message.split(": ", 1)[1]) from None
 
 
 KIND_OF_PREFIX = {"sbx": TargetKind.sandbox, "cmp": TargetKind.computer}
