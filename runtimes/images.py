@@ -493,8 +493,8 @@ def _agents_dockerfile(names: list[str], binaries: dict[str, str]) -> str:
         checks.append({"pi": f"{clis.OPT}/pi/node/node --version",
                        "hermes": f"PYTHONPATH={clis.OPT}/hermes/lib python3 -c 'import hermes_cli.main'"}
                       .get(n, f"HOME=/tmp {b} --version"))
-    lines.append("RUN chmod -R a+rX " + clis.OPT + " && chmod 0755 " + " ".join(
-        f"/usr/local/bin/{binaries[n]}" for n in names) + " && " + " && ".join(checks))
+    # modes are set in the context (a chmod here would copy every file into one more layer)
+    lines.append("RUN " + " && ".join(checks))
     lines.append("USER 1000:1000")
     return "\n".join(lines) + "\n"
 
@@ -503,10 +503,19 @@ def _agents_context(path: Path, dockerfile: str, trees: dict[str, Path], launche
     with tarfile.open(path, "w") as tar:
         _add_bytes(tar, "Dockerfile", dockerfile.encode())
         for name, root in trees.items():
-            tar.add(root, arcname=f"rt/{name}")
+            tar.add(root, arcname=f"rt/{name}", filter=_world_readable)
         _add_dir(tar, "bin")
         for binary, text in launchers.items():
             _add_bytes(tar, f"bin/{binary}", text.encode(), 0o755)
+
+
+def _world_readable(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Owned by root, readable (and, where executable or a directory, enterable) by the run's user."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    exec_bits = 0o111 if info.isdir() or info.mode & 0o100 else 0
+    info.mode = (info.mode & 0o755) | 0o444 | exec_bits
+    return info
 
 
 def runtime_versions(labels: dict[str, str]) -> dict[str, str]:
