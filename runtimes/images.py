@@ -492,9 +492,12 @@ def _agents_dockerfile(names: list[str], binaries: dict[str, str]) -> str:
         b = binaries[n]
         checks.append({"pi": f"{clis.OPT}/pi/node/node --version",
                        "hermes": f"PYTHONPATH={clis.OPT}/hermes/lib python3 -c 'import hermes_cli.main'"}
-                      .get(n, f"HOME=/tmp {b} --version"))
-    # modes are set in the context (a chmod here would copy every file into one more layer)
-    lines.append("RUN " + " && ".join(checks))
+                      .get(n, f"{b} --version"))
+    # Modes are set in the context (a chmod here would copy every file into one more layer). The checks
+    # run with a throwaway HOME: a CLI that creates its state directory on start must not leave it
+    # behind owned by root in the run user's home.
+    lines.append("RUN export HOME=/tmp/agentdock-build-home && " + " && ".join(checks)
+                 + " && rm -rf /tmp/agentdock-build-home")
     lines.append("USER 1000:1000")
     return "\n".join(lines) + "\n"
 
@@ -529,21 +532,23 @@ def _build_agents(api: docker.APIClient, names: list[str], force: bool, log: Log
     base = _image_label(api, FULL_IMAGE) or ""
     versions = {n: clis.CATALOG[n].version for n in names}
     node = clis.host_node()[1] if "pi" in names else ""
-    digest = _sha256(RECIPE_VERSION, base, json.dumps(versions), node)
+    binaries = {n: clis.CATALOG[n].binary for n in names}
+    dockerfile = _agents_dockerfile(names, binaries)
+    launchers_src = Path(clis.__file__).read_text()  # how each CLI is fetched and launched
+    digest = _sha256(RECIPE_VERSION, base, json.dumps(versions), node, dockerfile, launchers_src)
     if not force and _image_label(api, AGENTS_IMAGE) == digest:
         log(f"images: {AGENTS_IMAGE} is up to date ({', '.join(f'{n} {v}' for n, v in versions.items())})")
         return AGENTS_IMAGE
     t0 = time.monotonic()
-    trees, launchers, binaries = {}, {}, {}
+    trees, launchers = {}, {}
     for n in names:
-        trees[n], launchers[clis.CATALOG[n].binary] = clis.prepare(n, log)
-        binaries[n] = clis.CATALOG[n].binary
+        trees[n], launchers[binaries[n]] = clis.prepare(n, log)
     labels = {INPUTS_LABEL: digest, RUNTIMES_LABEL: ",".join(f"{n}={v}" for n, v in versions.items())}
     if node:
         labels["agentdock.node"] = node
     ctx_path = clis.cache_dir() / "runtimes" / "context.tar"
     log(f"images: building {AGENTS_IMAGE} with {', '.join(names)}")
-    _agents_context(ctx_path, _agents_dockerfile(names, binaries), trees, launchers)
+    _agents_context(ctx_path, dockerfile, trees, launchers)
     try:
         with open(ctx_path, "rb") as ctx:
             _run_build(api, ctx, AGENTS_IMAGE, labels, log)  # type: ignore[arg-type]
