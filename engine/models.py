@@ -346,6 +346,10 @@ class RunCreate(Input):
             raise ValueError("target_id: target_kind needs target_id")
         if self.provider is None:
             self.provider = Provider.custom if self.command else Provider.claude_code
+        for i, name in enumerate(self.secrets or []):
+            if name in (self.env or {}):
+                raise ValueError(f"secrets: {name!r} is also given in env; a secret reaches the run as the variable "
+                                 "of its name, so give it once")
         if self.provider is Provider.custom and not self.command:
             raise ValueError("command: the custom provider needs `command` (the runtime command to run)")
         return self

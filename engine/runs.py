@@ -120,7 +120,9 @@ class RunService:
                 return existing
         kind, target_id = req.target()
         harness = self.harnesses(req.provider.value)  # type: ignore[union-attr]
-        self.secrets.require(req.secrets or [])  # a missing one fails the create, naming it; nothing is written
+        if req.secrets:
+            caller.require("secrets")  # a run given a secret can print it in any disguise: only the trusted name them
+            self.secrets.require(req.secrets)  # a missing one fails the create, naming it; nothing is written
         now = self.clock.now()
         run_id = new_id("run")
         device_row = None

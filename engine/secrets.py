@@ -117,6 +117,7 @@ class SecretStore:
         text = normalize(value)
         self._ensure_dir()
         tmp = self.dir / f".{name}.{os.getpid()}.tmp"
+        tmp.unlink(missing_ok=True)  # left by a set that died here with the same pid
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(fd, "wb") as f:

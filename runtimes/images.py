@@ -311,9 +311,18 @@ def _small_inputs() -> tuple[str, dict[str, tuple[bytes, int]]]:
     return digest, files
 
 
+def small_tag() -> str:
+    """The small image's tag for these inputs (`agentdock-small:<digest>`): stable while the fakes are,
+    so checkouts with different fakes on one Docker engine do not take `latest` from each other's tests."""
+    return f"{SMALL_IMAGE.split(':')[0]}:{_small_inputs()[0][:16]}"
+
+
 def _build_small(api: docker.APIClient, force: bool, log: Log) -> str:
     digest, files = _small_inputs()
+    pinned = f"{SMALL_IMAGE.split(':')[0]}:{digest[:16]}"
     if not force and _image_label(api, SMALL_IMAGE) == digest:
+        if _image_label(api, pinned) != digest:
+            api.tag(SMALL_IMAGE, pinned.split(":")[0], pinned.split(":")[1])
         log(f"images: {SMALL_IMAGE} is up to date")
         return SMALL_IMAGE
     t0 = time.monotonic()
@@ -325,6 +334,7 @@ def _build_small(api: docker.APIClient, force: bool, log: Log) -> str:
               "rootfs/workspace", "rootfs/usr", "rootfs/usr/local", "rootfs/usr/local/bin"),
     )
     _run_build(api, ctx, SMALL_IMAGE, {INPUTS_LABEL: digest}, log)
+    api.tag(SMALL_IMAGE, pinned.split(":")[0], pinned.split(":")[1])
     log(f"images: built {SMALL_IMAGE} in {time.monotonic() - t0:.1f}s")
     return SMALL_IMAGE
 

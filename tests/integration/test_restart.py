@@ -12,7 +12,7 @@ import pytest
 from engine import models
 from mcp_server import daemon as daemon_mod
 from mcp_server.client import DaemonClient
-from tests.conftest import Daemon, owned_containers
+from tests.conftest import SMALL, Daemon, owned_containers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 RUNS_DIR = "/tmp/.agentdock/runs"
@@ -123,7 +123,7 @@ async def test_run_whose_process_died_with_its_container_fails_with_process_lost
 async def test_labelled_container_without_a_device_row_is_removed_on_start(daemon: Daemon) -> None:
     home = str(daemon.settings.home)
     stray = docker.from_env().containers.create(
-        "agentdock-small:latest", ["sleep", "100"], name=f"agentdock-sbx_stray_{os.getpid()}",
+        SMALL, ["sleep", "100"], name=f"agentdock-sbx_stray_{os.getpid()}",
         labels={"agentdock.home": home, "agentdock.device_id": f"sbx_stray_{os.getpid()}",
                 "agentdock.kind": "sandbox", "agentdock.ephemeral": "0"})
     daemon_mod.stop(daemon.settings)

@@ -84,3 +84,9 @@ def test_a_value_split_across_chunks_anywhere_is_still_masked(cuts: list[int], b
     out = "".join(m.stream("stdout", p) for p in pieces) + m.flush("stdout")
     assert VALUE not in out
     assert out == text.replace(VALUE, MASK)
+
+
+def test_a_secret_also_given_in_env_is_refused_naming_secrets() -> None:
+    with pytest.raises(errors.InvalidInput) as caught:
+        models.parse(models.RunCreate, {"prompt": "p", "secrets": ["A_KEY"], "env": {"A_KEY": "x"}})
+    assert caught.value.field == "secrets"
