@@ -153,10 +153,12 @@ class SecretStore:
                     f"{field}.{i}", f"no secret named {name!r}; set it first (value on stdin)",
                     suggested_command=f"agentdock secrets set {name}", evidence={"secret": name})
 
-    def environment(self, names: list[str]) -> dict[str, str]:
-        """The named secrets' values, by name, for a run's process; `InvalidInput` if one is gone."""
-        self.require(names)
-        return {name: self._path(name).read_text() for name in names}
+    def environment(self, names: list[str], *, missing_ok: bool = False) -> dict[str, str]:
+        """The named secrets' values, by name, for a run's process; `InvalidInput` if one is gone
+        (with `missing_ok`, those still set)."""
+        if not missing_ok:
+            self.require(names)
+        return {name: path.read_text() for name in names if (path := self._path(name)).is_file()}
 
     @staticmethod
     def _info(name: str, path: Path) -> SecretInfo:

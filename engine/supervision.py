@@ -71,6 +71,7 @@ class Supervision:
         if row.finished_at is not None:  # the result was recorded before a restart: publish it
             await self._publish()
             return
+        resumed = row.status is not models.RunStatus.queued  # after a restart: its process was likely started
         if row.status is models.RunStatus.queued:
             now = self.clock.now()
             async with self.store.write(now) as tx:
@@ -89,7 +90,9 @@ class Supervision:
             kept={"stdout": "" if self.harness.structured else row.output, "stderr": row.stderr},
             truncated={"stdout": row.output_truncated, "stderr": row.stderr_truncated})
         if row.secrets:  # resolved now, not at create: the values never sit in the record or a queue
-            self.secret_env = self.secrets.environment(row.secrets)
+            # A fresh start fails (`secret_missing`) when one was removed since the create; a run resumed
+            # after a restart keeps going (its process already has them) with what is still there to mask.
+            self.secret_env = self.secrets.environment(row.secrets, missing_ok=resumed)
             self.folder.mask = Masker(list(self.secret_env.values()))
         assert row.started_at is not None
         deadline = row.started_at + timedelta(seconds=row.timeout)
