@@ -43,6 +43,8 @@ class RunService:
         self._tg: TaskGroup | None = None
         self._cancel: dict[str, anyio.Event] = {}
         self._supervised: set[str] = set()
+        self._resumed: set[str] = set()
+        """Runs that had started before this daemon did (their process may already run)."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -66,6 +68,7 @@ class RunService:
         unfinished = {r.id: r for r in await self.store.unfinished_runs()}
         for run in unfinished.values():
             if run.status is models.RunStatus.running:
+                self._resumed.add(run.id)
                 self.start(run.id)
         for state in await self.backend.list_owned():
             if state.ephemeral and state.run_id not in unfinished:
@@ -93,7 +96,8 @@ class RunService:
     async def _supervise(self, run_id: str, cancel: anyio.Event) -> None:
         supervision = Supervision(run_id, store=self.store, backend=self.backend, harnesses=self.harnesses,
                                   ephemeral_spec=self._ephemeral_spec, clock=self.clock, settings=self.settings,
-                                  cancel=cancel, secrets=self.secrets)
+                                  cancel=cancel, secrets=self.secrets, resumed=run_id in self._resumed)
+        self._resumed.discard(run_id)
         try:
             await supervision.run()
         finally:

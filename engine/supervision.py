@@ -37,10 +37,12 @@ class Supervision:
 
     def __init__(self, run_id: str, *, store: Store, backend: SandboxBackend, harnesses: Callable[[str], Harness],
                  ephemeral_spec: Callable[[str, str, str], DeviceSpec], clock: Clock, settings: Settings,
-                 cancel: anyio.Event, secrets: SecretStore | None = None) -> None:
+                 cancel: anyio.Event, secrets: SecretStore | None = None, resumed: bool = False) -> None:
         self.run_id = run_id
         self.secrets = secrets or SecretStore(settings.secrets_dir)
         self.secret_env: dict[str, str] = {}
+        self.resumed = resumed
+        """Followed again after a restart: its process may have been started by the daemon before."""
         self.store = store
         self.backend = backend
         self.harnesses = harnesses
@@ -71,7 +73,6 @@ class Supervision:
         if row.finished_at is not None:  # the result was recorded before a restart: publish it
             await self._publish()
             return
-        resumed = row.status is not models.RunStatus.queued  # after a restart: its process was likely started
         if row.status is models.RunStatus.queued:
             now = self.clock.now()
             async with self.store.write(now) as tx:
@@ -92,7 +93,7 @@ class Supervision:
         if row.secrets:  # resolved now, not at create: the values never sit in the record or a queue
             # A fresh start fails (`secret_missing`) when one was removed since the create; a run resumed
             # after a restart keeps going (its process already has them) with what is still there to mask.
-            self.secret_env = self.secrets.environment(row.secrets, missing_ok=resumed)
+            self.secret_env = self.secrets.environment(row.secrets, missing_ok=self.resumed)
             self.folder.mask = Masker(list(self.secret_env.values()))
         assert row.started_at is not None
         deadline = row.started_at + timedelta(seconds=row.timeout)
