@@ -91,9 +91,9 @@ class Supervision:
             kept={"stdout": "" if self.harness.structured else row.output, "stderr": row.stderr},
             truncated={"stdout": row.output_truncated, "stderr": row.stderr_truncated})
         if row.secrets:  # resolved now, not at create: the values never sit in the record or a queue
-            # A fresh start fails (`secret_missing`) when one was removed since the create; a run resumed
-            # after a restart keeps going (its process already has them) with what is still there to mask.
-            self.secret_env = self.secrets.environment(row.secrets, missing_ok=self.resumed)
+            # One removed since the create fails the run (`secret_missing`), also one resumed after a
+            # restart: without the value its output could not be masked (its process is stopped then).
+            self.secret_env = self.secrets.environment(row.secrets)
             self.folder.mask = Masker(list(self.secret_env.values()))
         assert row.started_at is not None
         deadline = row.started_at + timedelta(seconds=row.timeout)
@@ -273,7 +273,12 @@ class Supervision:
         exc = single(exc)  # type: ignore[assignment]
         kind = "sandbox_lost" if isinstance(exc, errors.SandboxUnavailable) else "backend_error"
         if isinstance(exc, errors.InvalidInput) and exc.field.startswith("secrets"):
-            kind = "secret_missing"  # removed between the run's create and its start
+            kind = "secret_missing"  # removed since the run's create
+            if self.resumed and not row.ephemeral:  # its process may run, unmasked: stop it (an ephemeral
+                try:                                # sandbox goes with everything in it when published)
+                    await self.backend.sweep(row.target_id, self.run_id)
+                except errors.EngineError:
+                    log.warning("could not stop %s after its secret was removed", self.run_id)
         if row.finished_at is None:  # a result already recorded stands; only its publishing failed
             async with self.store.write(self.clock.now()) as tx:
                 await tx.update_run(self.run_id, failure_kind=kind, error=str(exc)[:2000],
