@@ -8,10 +8,9 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
-
-import subprocess
 
 import anyio
 import docker
