@@ -47,10 +47,13 @@ def everything_on_disk(home: Path) -> bytes:
 
 
 def container_of(home: Path, run_id: str) -> Any:
-    for c in owned_containers(home):
-        if c.labels.get("agentdock.run_id") == run_id:
-            return c
-    return None
+    """The run's ephemeral container, once it is there (docker-py's list reads each container again,
+    so one removed in between, a create the backend refused and retried, say, is just not there yet)."""
+    try:
+        found = docker.from_env().api.containers(all=True, filters={"label": f"agentdock.run_id={run_id}"})
+        return docker.from_env().containers.get(found[0]["Id"]) if found else None
+    except docker.errors.NotFound:
+        return None
 
 
 async def wait_for(predicate: Any, what: str) -> Any:
