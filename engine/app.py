@@ -17,6 +17,7 @@ from engine.devices import DeviceService
 from engine.ports import Clock, Harness, SandboxBackend
 from engine.runs import RunService
 from engine.sessions import SessionService
+from engine.secrets import SecretStore
 from engine.settings import Settings
 from engine.soul_service import SoulService
 from engine.store import Store
@@ -36,7 +37,9 @@ class Engine:
         self.store = Store(settings.db_path, self.topics)
         self.devices = DeviceService(self.store, backend, self.clock, settings)
         self.tokens = Tokens(settings.home)
-        self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens)
+        self.secrets = SecretStore(settings.secrets_dir)
+        self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens,
+                               self.secrets)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs)
         self.souls = SoulService(self.store, self.clock, settings)
         self.sessions = SessionService(self.store, self.runs, self.souls, self.tokens, self.clock, settings)

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from engine import errors
 
-TOOLSETS = ("devices", "runs", "groups", "agent", "soul", "channels", "tasks", "profiles")
+TOOLSETS = ("devices", "runs", "groups", "agent", "soul", "channels", "tasks", "profiles", "secrets")
 """The areas a permission policy names."""
 
 

@@ -27,6 +27,7 @@ TOOLS_BY_TOOLSET: dict[str, tuple[str, ...]] = {
     "tasks": ("task_create", "task_get", "task_list", "task_claim_next", "task_heartbeat", "task_complete",
               "task_fail", "task_release"),
     "profiles": ("profile_create", "profile_get", "profile_list", "profile_update", "profile_delete"),
+    "secrets": (),  # no tools: naming secrets for a run (their values never leave the local CLI)
 }
 """Every tool a permission may name, by the toolset that holds it."""
 TOOLSET_OF = {tool: toolset for toolset, tools in TOOLS_BY_TOOLSET.items() for tool in tools}

@@ -7,11 +7,11 @@ import posixpath
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engine import errors, ids
+from engine import errors, ids, secrets
 
 WORKSPACE = "/workspace"
 MAX_PROMPT_BYTES = 100_000
@@ -65,6 +65,10 @@ class DeviceStatus(StrEnum):
     running = "running"
     stopped = "stopped"
     missing = "missing"
+
+
+SecretName = Annotated[str, AfterValidator(lambda v: _secret_name(v))]
+"""The name of a stored secret (`agentdock secrets set NAME`); it becomes the run's environment variable."""
 
 
 class Input(BaseModel):
@@ -268,8 +272,21 @@ class RunCreate(Input):
     """Product ids, labels; `artifact_paths` lists files under /workspace to copy out when the run ends."""
     env: dict[str, str] | None = None
     """Extra environment for this run; overrides the device's."""
+    secrets: list[SecretName] | None = None
+    """Names of stored secrets (`agentdock secrets set NAME`) this run needs: each reaches the run's
+    process as an environment variable of that name, and nowhere else; its value is masked in output."""
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     """The same key with the same body returns the same run."""
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if len(v) > secrets.MAX_PER_RUN:
+                raise ValueError(f"at most {secrets.MAX_PER_RUN} secrets")
+            if len(set(v)) != len(v):
+                raise ValueError("a secret is named twice")
+        return v
 
     @field_validator("prompt")
     @classmethod
@@ -329,6 +346,10 @@ class RunCreate(Input):
             raise ValueError("target_id: target_kind needs target_id")
         if self.provider is None:
             self.provider = Provider.custom if self.command else Provider.claude_code
+        for i, name in enumerate(self.secrets or []):
+            if name in (self.env or {}):
+                raise ValueError(f"secrets: {name!r} is also given in env; a secret reaches the run as the variable "
+                                 "of its name, so give it once")
         if self.provider is Provider.custom and not self.command:
             raise ValueError("command: the custom provider needs `command` (the runtime command to run)")
         return self
@@ -350,7 +371,15 @@ class RunCreate(Input):
             kind = KIND_OF_PREFIX.get(target.split("_", 1)[0])
         body["target"] = [kind.value if kind else None, target]
         body["env"] = self.env or {}
+        body["secrets"] = self.secrets or []
         return json.dumps(body, sort_keys=True)
+
+
+def _secret_name(v: str) -> str:
+    try:
+        return secrets.check_name(v)
+    except errors.InvalidInput as exc:
+        raise ValueError(exc.message.split(": ", 1)[1]) from None
 
 
 KIND_OF_PREFIX = {"sbx": TargetKind.sandbox, "cmp": TargetKind.computer}
@@ -370,6 +399,8 @@ class Run(Record):
     metadata: dict[str, Any]
     env_keys: list[str]
     """Names of the run-level environment variables (values are not echoed)."""
+    secrets: list[str] = Field(default_factory=list)
+    """Names of the secrets the run was given (never their values)."""
     status: RunStatus
     output: str
     """Stdout for custom runtimes; the agent's final answer for structured ones."""
@@ -378,7 +409,7 @@ class Run(Record):
     stderr_truncated: bool
     exit_code: int | None
     failure_kind: str | None
-    """Why a run failed or was canceled: nonzero_exit, timeout, canceled, runtime_not_found, sandbox_lost, process_lost, backend_error."""
+    """Why a run failed or was canceled: nonzero_exit, timeout, canceled, runtime_not_found, auth_required, secret_missing, pids_exhausted, sandbox_lost, process_lost, backend_error."""
     error: str | None
     """Human-readable reason for failure_kind."""
     ephemeral: bool

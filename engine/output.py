@@ -12,9 +12,12 @@ import codecs
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.ports import Chunk, Harness
+from engine.ports import Chunk, Failure, Harness
+from engine.secrets import Masker
 
 Draft = tuple[str, str, dict[str, Any]]
+STDERR_TAIL_CHARS = 4096
+"""How much of the end of stderr the runtime's adapter reads to classify a failure."""
 
 
 @dataclass
@@ -40,6 +43,12 @@ class OutputFolder:
     pending: list[Draft] = field(default_factory=list)
     pending_bytes: int = 0
     """Raw bytes taken since the last drain: the supervisor flushes when this grows."""
+    mask: Masker | None = None
+    """The run's secret values, masked out of every kept text, event and answer before they are written."""
+    failure: Failure | None = None
+    """The last failure the runtime's stream reported (an authentication error, say)."""
+    stderr_tail: str = ""
+    """The end of stderr as it came (masked), for the adapter to classify a failure."""
 
     def __post_init__(self) -> None:
         self._decoders = {s: codecs.getincrementaldecoder("utf-8")("replace") for s in ("stdout", "stderr")}
@@ -64,14 +73,28 @@ class OutputFolder:
                 self._parse(line)
             return
         self.offsets[chunk.stream] += len(chunk.data)
-        self._keep(chunk.stream, self._decoders[chunk.stream].decode(chunk.data))
+        text = self._decoders[chunk.stream].decode(chunk.data)
+        if self.mask:
+            text = self.mask.stream(chunk.stream, text)
+        self._kept_text(chunk.stream, text)
+
+    def _kept_text(self, stream: str, text: str) -> None:
+        if stream == "stderr":
+            self.stderr_tail = (self.stderr_tail + text)[-STDERR_TAIL_CHARS:]
+        self._keep(stream, text)
 
     def end(self) -> None:
-        """The stream is over: a last line without a newline still counts."""
+        """The stream is over: a last line without a newline still counts, and text held back by the
+        masker (the possible start of a secret) is let go."""
         if self._line:
             self.offsets["stdout"] += len(self._line)
             self._parse(self._line)
             self._line = b""
+        if self.mask:
+            for stream in ("stdout", "stderr"):
+                held = self.mask.flush(stream)
+                if held:
+                    self._kept_text(stream, held)
 
     def rewind_partial_line(self) -> None:
         """Following starts again from `offsets`: a structured stream's unfinished line will come again."""
@@ -92,11 +115,19 @@ class OutputFolder:
         text = line.decode("utf-8", "replace").rstrip("\r")
         if not text.strip():
             return
+        mask = self.mask
+        if mask:
+            text = mask.line(text)
         parsed = self.harness.parse_line(text)
         for ev in parsed.events:
-            self.pending.append((ev.type, ev.message, ev.payload))
+            if mask:  # a value the runtime decoded from an escape in the line
+                self.pending.append((ev.type, mask.line(ev.message), mask.value(ev.payload)))  # type: ignore[arg-type]
+            else:
+                self.pending.append((ev.type, ev.message, ev.payload))
+        if parsed.failure is not None:
+            self.failure = parsed.failure
         if parsed.output is not None:
-            data = parsed.output.encode()
+            data = (mask.line(parsed.output) if mask else parsed.output).encode()
             self._answer = data[: self.cap].decode("utf-8", "ignore")
             self.truncated["stdout"] = len(data) > self.cap
 

@@ -59,6 +59,9 @@ class RunLaunch(Port):
     cwd: str
     env: dict[str, str]
     prompt: str
+    secret_env: dict[str, str] = Field(default_factory=dict, repr=False)
+    """The values of the secrets the run names, by name: given to the run's process only (the exec's
+    environment), never to the container's configuration, a label or a log line."""
     require: str | None = None
     """An executable that must be on PATH (the runtime's CLI); missing -> `Ending.runtime_not_found`."""
     stdout_offset: int = 0
@@ -144,10 +147,21 @@ class EventDraft(Port):
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
+class Failure(Port):
+    """Why a runtime failed, as its adapter reads it (a missing credential, say)."""
+
+    kind: str
+    """The run's `failure_kind`, e.g. `auth_required`."""
+    message: str
+    """What went wrong and what to do: which secret to set."""
+
+
 class Parsed(Port):
     events: list[EventDraft] = Field(default_factory=list)
     output: str | None = None
     """The agent's answer so far, when this line changes it."""
+    failure: Failure | None = None
+    """Set when this line says how the run failed (an authentication error, say)."""
 
 
 class HarnessInput(Port):
@@ -168,6 +182,10 @@ class Harness(Protocol):
 
     def argv(self, run: HarnessInput) -> list[str]: ...
     def parse_line(self, line: str) -> Parsed: ...
+    def classify(self, exit_code: int | None, stderr_tail: str, hint: Failure | None) -> Failure | None:
+        """Why a run that exited non-zero failed, when the runtime said so (its stderr's last lines,
+        or a `Parsed.failure` its stream gave); None: an ordinary `nonzero_exit`."""
+        ...
 
 
 class Clock(Protocol):

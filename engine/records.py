@@ -15,7 +15,7 @@ from engine import models
 class Row(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    @field_validator("metadata", "env", "payload", "permissions", "spawn_budget", mode="before",
+    @field_validator("metadata", "env", "payload", "secrets", "permissions", "spawn_budget", mode="before",
                      check_fields=False)
     @classmethod
     def _json(cls, value: Any) -> Any:
@@ -59,6 +59,8 @@ class RunRow(Row):
     timeout: int
     metadata: dict[str, Any]
     env: dict[str, str]
+    secrets: list[str] = []
+    """The names of the secrets the run asked for (values live only under the home's secrets/)."""
     status: models.RunStatus
     output: str
     """What was kept of stdout (or the structured runtime's answer), pending chunks included."""
@@ -88,7 +90,7 @@ class RunRow(Row):
         return models.Run(
             id=self.id, target_kind=self.target_kind, target_id=self.target_id, provider=self.provider,
             prompt=self.prompt, command=self.command, model=self.model, cwd=self.cwd, timeout=self.timeout,
-            metadata=self.metadata, env_keys=sorted(self.env), status=self.status, output=self.output,
+            metadata=self.metadata, env_keys=sorted(self.env), secrets=list(self.secrets), status=self.status, output=self.output,
             stderr=self.stderr, output_truncated=self.output_truncated, stderr_truncated=self.stderr_truncated,
             exit_code=self.exit_code, failure_kind=self.failure_kind, error=self.error, ephemeral=self.ephemeral,
             agent_run_group_id=self.agent_run_group_id, orchestration_role=self.orchestration_role,

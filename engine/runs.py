@@ -18,6 +18,7 @@ from anyio.abc import TaskGroup
 
 from engine import errors, ids, models, topics
 from engine.callers import ROOT, Caller
+from engine.secrets import SecretStore
 from engine.devices import DeviceService
 from engine.ports import Clock, DeviceSpec, Harness, SandboxBackend
 from engine.records import RunRow
@@ -31,9 +32,11 @@ log = logging.getLogger("agentdock.runs")
 
 class RunService:
     def __init__(self, store: Store, backend: SandboxBackend, devices: DeviceService,
-                 harnesses: Callable[[str], Harness], clock: Clock, settings: Settings, tokens: Tokens) -> None:
+                 harnesses: Callable[[str], Harness], clock: Clock, settings: Settings, tokens: Tokens,
+                 secrets: SecretStore | None = None) -> None:
         self.store = store
         self.tokens = tokens
+        self.secrets = secrets or SecretStore(settings.secrets_dir)
         self.backend = backend
         self.devices = devices
         self.harnesses = harnesses
@@ -42,6 +45,8 @@ class RunService:
         self._tg: TaskGroup | None = None
         self._cancel: dict[str, anyio.Event] = {}
         self._supervised: set[str] = set()
+        self._resumed: set[str] = set()
+        """Runs that had started before this daemon did (their process may already run)."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -65,6 +70,7 @@ class RunService:
         unfinished = {r.id: r for r in await self.store.unfinished_runs()}
         for run in unfinished.values():
             if run.status is models.RunStatus.running:
+                self._resumed.add(run.id)
                 self.start(run.id)
         for state in await self.backend.list_owned():
             if state.ephemeral and state.run_id not in unfinished:
@@ -92,8 +98,9 @@ class RunService:
     async def _supervise(self, run_id: str, cancel: anyio.Event) -> None:
         supervision = Supervision(run_id, store=self.store, backend=self.backend, harnesses=self.harnesses,
                                   ephemeral_spec=self._ephemeral_spec, identity=self._identity, clock=self.clock,
-                                  settings=self.settings,
-                                  cancel=cancel)
+                                  settings=self.settings, cancel=cancel, secrets=self.secrets,
+                                  resumed=run_id in self._resumed)
+        self._resumed.discard(run_id)
         try:
             await supervision.run()
         finally:
@@ -123,6 +130,9 @@ class RunService:
                 return existing
         kind, target_id = req.target()
         harness = self.harnesses(req.provider.value)  # type: ignore[union-attr]
+        if req.secrets:
+            caller.require("secrets")  # a run given a secret can print it in any disguise: only the trusted name them
+            self.secrets.require(req.secrets)  # a missing one fails the create, naming it; nothing is written
         now = self.clock.now()
         run_id = new_id("run")
         device_row = None
@@ -153,7 +163,7 @@ class RunService:
         row = {
             "id": run_id, "target_kind": kind.value, "target_id": target_id, "provider": req.provider.value,  # type: ignore[union-attr]
             "prompt": req.prompt, "command": req.command, "model": req.model, "cwd": req.cwd,
-            "timeout": req.timeout, "metadata": req.metadata, "env": req.env or {},
+            "timeout": req.timeout, "metadata": req.metadata, "env": req.env or {}, "secrets": req.secrets or [],
             "status": models.RunStatus.queued.value, "ephemeral": device_row is not None,
             "idempotency_key": req.idempotency_key, "request_hash": _hash(req.fingerprint()),
             "created_at": now, "updated_at": now, "created_by": caller.session_id,

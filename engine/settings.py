@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     """Most of a soul (role, principles, tone) put into an agent's context bundle."""
     soul_workspace: Path | None = None
     """A project directory whose `.agentdock/souls/<agent_name>.md` is read before the home's."""
+    osa_command: str | None = Field(default=None, min_length=1, max_length=16_384)
+    """The `osa` runtime's command template (its invocation is not public): run with `sh -c`, the prompt on
+    stdin and in AGENTDOCK_PROMPT, the model as `$1`. Unset: `osa` with the prompt on stdin."""
+    image_runtimes: str = ""
+    """The real agent CLIs `agentdock image build` puts in the agents image when `--runtimes` is not given
+    (comma-separated: claude-code,codex,pi,hermes); empty: no agents image."""
 
     @classmethod
     def load(cls, **overrides: object) -> Settings:
@@ -64,6 +70,10 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.home / "agentdock.db"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.home / "secrets"
 
     @property
     def artifacts_dir(self) -> Path:

@@ -38,7 +38,7 @@ _KEPT = (
     "WHERE c.run_id = {t}.id AND c.stream = 'stderr' ORDER BY c.seq)), '') AS stderr"
 )
 RUN_COLUMNS = (
-    "agent_runs.id, target_kind, target_id, provider, prompt, command, model, cwd, timeout, metadata, env, "
+    "agent_runs.id, target_kind, target_id, provider, prompt, command, model, cwd, timeout, metadata, env, secrets, "
     "status, " + _KEPT.format(t="agent_runs") + ", output_truncated, stderr_truncated, stdout_offset, "
     "stderr_offset, exit_code, failure_kind, error, ephemeral, cancel_requested, agent_run_group_id, "
     "orchestration_role, parent_agent_run_id, profile_id, idempotency_key, request_hash, started_at, "
@@ -61,9 +61,9 @@ SQL = {
     "device_delete": "UPDATE devices SET deleted_at = :now, updated_at = :now WHERE id = :id AND deleted_at IS NULL",
     "run_insert": (
         "INSERT INTO agent_runs (id, target_kind, target_id, provider, prompt, command, model, cwd, timeout, "
-        "metadata, env, status, ephemeral, idempotency_key, request_hash, created_at, updated_at, created_by) "
+        "metadata, env, secrets, status, ephemeral, idempotency_key, request_hash, created_at, updated_at, created_by) "
         "VALUES (:id, :target_kind, :target_id, :provider, :prompt, :command, :model, :cwd, :timeout, "
-        ":metadata, :env, :status, :ephemeral, :idempotency_key, :request_hash, :created_at, :updated_at, "
+        ":metadata, :env, :secrets, :status, :ephemeral, :idempotency_key, :request_hash, :created_at, :updated_at, "
         ":created_by)"
     ),
     "run_get": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE id = ?",
@@ -261,7 +261,7 @@ class Tx:
         await self.conn.execute(SQL["device_delete"], {"id": device_id, "now": ts(self.now)})
 
     async def insert_run(self, row: dict[str, Any]) -> None:
-        await self.conn.execute(SQL["run_insert"], _encode(row))
+        await self.conn.execute(SQL["run_insert"], _encode({"secrets": [], **row}))
         self.touch(topics.ADMISSION)
 
     async def update_run(self, run_id: str, **fields: Any) -> None:
@@ -575,7 +575,7 @@ def _translated(exc: sqlite3.Error) -> errors.EngineError:
     return errors.EngineError(f"database error: {text}")
 
 
-_JSON_COLUMNS = ("env", "metadata", "payload", "permissions", "spawn_budget")
+_JSON_COLUMNS = ("env", "metadata", "payload", "secrets", "permissions", "spawn_budget")
 
 
 def _encode(row: dict[str, Any]) -> dict[str, Any]:

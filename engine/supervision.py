@@ -23,6 +23,7 @@ from engine import errors, models
 from engine.output import Folded, OutputFolder
 from engine.ports import Clock, DeviceSpec, Ending, Exit, Harness, HarnessInput, RunLaunch, SandboxBackend
 from engine.records import RunRow
+from engine.secrets import Masker, SecretStore
 from engine.settings import Settings
 from engine.store import Draft, Store, Tx
 
@@ -36,8 +37,13 @@ class Supervision:
 
     def __init__(self, run_id: str, *, store: Store, backend: SandboxBackend, harnesses: Callable[[str], Harness],
                  ephemeral_spec: Callable[[str, str, str], DeviceSpec], identity: Callable[[RunRow], dict[str, str]],
-                 clock: Clock, settings: Settings, cancel: anyio.Event) -> None:
+                 clock: Clock, settings: Settings, cancel: anyio.Event, secrets: SecretStore | None = None,
+                 resumed: bool = False) -> None:
         self.run_id = run_id
+        self.secrets = secrets or SecretStore(settings.secrets_dir)
+        self.secret_env: dict[str, str] = {}
+        self.resumed = resumed
+        """Followed again after a restart: its process may have been started by the daemon before."""
         self.store = store
         self.backend = backend
         self.harnesses = harnesses
@@ -87,6 +93,11 @@ class Supervision:
             offsets={"stdout": row.stdout_offset, "stderr": row.stderr_offset},
             kept={"stdout": "" if self.harness.structured else row.output, "stderr": row.stderr},
             truncated={"stdout": row.output_truncated, "stderr": row.stderr_truncated})
+        if row.secrets:  # resolved now, not at create: the values never sit in the record or a queue
+            # One removed since the create fails the run (`secret_missing`), also one resumed after a
+            # restart: without the value its output could not be masked (its process is stopped then).
+            self.secret_env = self.secrets.environment(row.secrets)
+            self.folder.mask = Masker(list(self.secret_env.values()))
         assert row.started_at is not None
         deadline = row.started_at + timedelta(seconds=row.timeout)
         for attempt in range(3):
@@ -118,6 +129,7 @@ class Supervision:
         return RunLaunch(
             run_id=self.run_id, device_id=device.id, argv=argv, cwd=row.cwd,
             env={**device.env, **row.env, **self.identity(row)}, prompt=row.prompt, require=h.binary,
+            secret_env=self.secret_env,
             stdout_offset=self.folder.offsets["stdout"], stderr_offset=self.folder.offsets["stderr"],
             stdout_cap=self.cfg.structured_stream_cap_bytes if h.structured else cap, stderr_cap=cap,
             artifact_paths=artifact_paths(row), artifact_max_bytes=self.cfg.artifact_max_bytes,
@@ -203,6 +215,8 @@ class Supervision:
             if swept.pids_exhausted and (exit_ is None or exit_.ending in (Ending.exited, Ending.lost)):
                 exit_ = Exit(exit_code=None, ending=Ending.pids_exhausted)  # a fork bomb, spent or not
         kind, error = self._classify(exit_, row)
+        if error and self.folder.mask:  # an adapter's message may quote what the runtime said
+            error = self.folder.mask.line(error)
         exported = await self._export_artifacts(row)
         code = exit_.exit_code if exit_ is not None else None
         now = self.clock.now()
@@ -264,6 +278,13 @@ class Supervision:
             return
         exc = single(exc)  # type: ignore[assignment]
         kind = "sandbox_lost" if isinstance(exc, errors.SandboxUnavailable) else "backend_error"
+        if isinstance(exc, errors.InvalidInput) and exc.field.startswith("secrets"):
+            kind = "secret_missing"  # removed since the run's create
+            if self.resumed and not row.ephemeral:  # its process may run, unmasked: stop it (an ephemeral
+                try:                                # sandbox goes with everything in it when published)
+                    await self.backend.sweep(row.target_id, self.run_id)
+                except errors.EngineError:
+                    log.warning("could not stop %s after its secret was removed", self.run_id)
         if row.finished_at is None:  # a result already recorded stands; only its publishing failed
             async with self.store.write(self.clock.now()) as tx:
                 await tx.update_run(self.run_id, failure_kind=kind, error=str(exc)[:2000],
@@ -287,10 +308,16 @@ class Supervision:
         if ending is Ending.runtime_not_found:
             return "runtime_not_found", (
                 f"the {row.provider.value} runtime ({self.harness.binary}) is not installed in the device's image; "
-                "use an image that has it, or provider custom with your own command")
+                f"build an image with it (`agentdock image build --runtimes {row.provider.value}` makes "
+                "agentdock-agents:latest) and run in a sandbox of that image, or use provider custom with your "
+                "own command")
         assert exit_ is not None
         if exit_.exit_code == 0:
             return None, None
+        classify = getattr(self.harness, "classify", None)
+        failure = classify(exit_.exit_code, self.folder.stderr_tail, self.folder.failure) if classify else None
+        if failure is not None:
+            return failure.kind, failure.message
         return "nonzero_exit", f"exited with code {exit_.exit_code}"
 
     async def _export_artifacts(self, row: RunRow) -> list[Draft]:

@@ -15,6 +15,7 @@ from engine import errors
 from engine.settings import Settings
 from mcp_server import areas, commands, daemon
 from mcp_server.client import DaemonClient
+from runtimes import adapters
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -65,10 +66,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_image(args: argparse.Namespace) -> int:
     from runtimes import images
 
+    from runtimes import clis
+
     which = ["small", "full"] if args.all or not (args.small or args.full) else (
         ["small"] if args.small else []) + (["full"] if args.full else [])
-    built = images.build(which, force=args.force, log=(lambda m: None) if args.json else print)
+    named = args.runtimes if args.runtimes is not None else _settings(args).image_runtimes
+    wanted = clis.parse(named) if named else []
+    if args.runtimes is not None and not (args.small or args.full or args.all):
+        which = []  # `--runtimes` alone: the agents image (and the full image it is built on)
+    built = images.build(which, force=args.force, log=(lambda m: None) if args.json else print, runtimes=wanted)
     commands.show({"images": built}, args.json)
+    return 0
+
+
+def cmd_runtimes(args: argparse.Namespace) -> int:
+    """The runtime catalog, and which real CLIs an image holds (at which versions)."""
+    from runtimes import clis, images
+
+    held = images.inspect_runtimes(args.image)
+    rows = []
+    for name, adapter in adapters.DEFAULT.items():
+        cli = clis.CATALOG.get(clis.ALIASES.get(name, name))
+        rows.append({
+            "runtime": name, "binary": adapter.binary or "(your command)",
+            "package": f"{cli.package}@{cli.version}" if cli else "-",
+            "secrets": ",".join(getattr(adapter, "secrets", ())) or "-",
+            "in_image": (held or {}).get(cli.runtime, "no") if cli else "-",
+        })
+    commands.show({"image": args.image, "image_exists": held is not None, "data": rows}, args.json,
+                  ["runtime", "binary", "package", "secrets", "in_image"])
+    if not args.json:
+        print(f"image {args.image}: " + ("not built (agentdock image build --runtimes claude-code,codex,pi,hermes)"
+                                         if held is None else ", ".join(f"{k} {v}" for k, v in held.items()) or
+                                         "no agent CLIs"))
     return 0
 
 
@@ -105,7 +135,13 @@ def parser() -> argparse.ArgumentParser:
     i.add_argument("--full", action="store_true")
     i.add_argument("--all", action="store_true")
     i.add_argument("--force", action="store_true")
+    i.add_argument("--runtimes", help="real agent CLIs for the agents image (agentdock-agents:latest), comma-"
+                                      "separated: claude-code,codex,pi,hermes (default: $AGENTDOCK_IMAGE_RUNTIMES)")
     i.set_defaults(fn=cmd_image)
+
+    r = sub.add_parser("runtimes", parents=[common], help="the runtime catalog, and the CLIs an image holds")
+    r.add_argument("--image", default="agentdock-agents:latest")
+    r.set_defaults(fn=cmd_runtimes)
 
     cli = commands.Commands(sub, common)
     for area in areas.AREAS:

@@ -38,6 +38,14 @@ class Commands:
             self._groups[name] = parser.add_subparsers(dest="action", required=True)
         return self._groups[name]
 
+    def local(self, group: str, name: str, fn: Callable[[argparse.Namespace], int],
+              help: str | None = None) -> argparse.ArgumentParser:
+        """A subcommand of `group` that runs `fn(args)` in this process, without the daemon (secrets:
+        their values never cross a socket)."""
+        parser = self._groups[group].add_parser(name, parents=[self._common], help=help)
+        parser.set_defaults(fn=fn)
+        return parser
+
     def add(self, group: str | None, name: str, call: Command, help: str | None = None) -> argparse.ArgumentParser:
         """A subcommand of `group` (None: a top-level command) that runs `call`; add its arguments to
         what this returns."""

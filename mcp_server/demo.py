@@ -2,7 +2,11 @@
 
 Launches `agentdock serve` over stdio (which starts the daemon on the embedded SQLite default),
 creates a sandbox, runs a few agent runs in it (one fails, one exports an artifact, one asks for
-a runtime the image lacks), one in an ephemeral sandbox, and prints what came back.
+a runtime the image lacks), one in an ephemeral sandbox, and prints what came back. Then a
+claude-code run through the real CLI (the agents image, built on demand from packages cached under
+the home): without a key it ends `auth_required` saying which secret to set; with the secret
+ANTHROPIC_API_KEY set (`agentdock secrets set ANTHROPIC_API_KEY`, or ANTHROPIC_API_KEY in the
+demo's environment, which the demo stores as that secret) it gives Claude's real answer.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from typing import Any
 
@@ -104,11 +109,50 @@ async def main() -> int:
         await call(client, "sandbox_delete", {"sandbox_id": sid})
         print(f"   sandbox {sid} deleted. The daemon keeps running: `agentdock daemon stop` stops it.")
 
+        real = await real_claude(client, exe)
+
     expected = (ok.get("status"), failing.get("status"), artifact.get("status"), missing.get("failure_kind"),
-                ephemeral.get("status"), "diagnostic" in bad)
-    healthy = expected == ("succeeded", "failed", "succeeded", "runtime_not_found", "succeeded", True)
+                ephemeral.get("status"), "diagnostic" in bad, real)
+    healthy = expected == ("succeeded", "failed", "succeeded", "runtime_not_found", "succeeded", True, True)
     print("\ndemo:", "everything came back as expected" if healthy else f"UNEXPECTED {expected}")
     return 0 if healthy else 1
+
+
+async def real_claude(client: Client, exe: str) -> bool:
+    """claude-code through the real CLI: `auth_required` without a key, a real answer with the secret."""
+    from runtimes import clis, images
+
+    print("\n== the real Claude Code CLI (agentdock image build --runtimes claude-code)")
+    held = await anyio.to_thread.run_sync(images.inspect_runtimes, images.AGENTS_IMAGE)
+    if (held or {}).get("claude-code") == clis.CATALOG["claude-code"].version:
+        print(f"  {images.AGENTS_IMAGE} holds claude-code {held['claude-code']}")  # type: ignore[index]
+    else:
+        await anyio.to_thread.run_sync(lambda: images.build([], runtimes=["claude-code"],
+                                                            log=lambda m: print("  " + m)))
+    listed = json.loads(subprocess.run([exe, "secrets", "list", "--json"], capture_output=True, text=True,
+                                       timeout=60).stdout)
+    have = any(s["name"] == "ANTHROPIC_API_KEY" for s in listed["data"])
+    if not have and os.environ.get("ANTHROPIC_API_KEY"):
+        print("  storing $ANTHROPIC_API_KEY as the secret ANTHROPIC_API_KEY (value on stdin)")
+        subprocess.run([exe, "secrets", "set", "ANTHROPIC_API_KEY"], input=os.environ["ANTHROPIC_API_KEY"],
+                       text=True, capture_output=True, timeout=60, check=True)
+        have = True
+    box = await call(client, "sandbox_create", {"name": "claude", "image": images.AGENTS_IMAGE, "network": have})
+    prompt = "Reply with one short sentence: what is 6 times 7?"
+    keyless = await call(client, "agent_run", {"sandbox_id": box["id"], "provider": "claude-code", "prompt": prompt})
+    show("agent_run (claude-code, real CLI, no secret given)", keyless, RUN_KEYS)
+    answered: dict[str, Any] = {}
+    if have:
+        answered = await call(client, "agent_run", {"sandbox_id": box["id"], "provider": "claude-code",
+                                                    "prompt": prompt, "secrets": ["ANTHROPIC_API_KEY"]})
+        while answered.get("status") in ("queued", "running"):
+            answered = await call(client, "agent_run_get", {"run_id": answered["id"]})
+        show("agent_run (claude-code, real CLI, secrets: [ANTHROPIC_API_KEY])", answered, RUN_KEYS)
+    else:
+        print("  (no ANTHROPIC_API_KEY secret: `agentdock secrets set ANTHROPIC_API_KEY < keyfile`, then "
+              "`make demo` again for a real answer)")
+    await call(client, "sandbox_delete", {"sandbox_id": box["id"]})
+    return keyless.get("failure_kind") == "auth_required" and (not have or answered.get("status") == "succeeded")
 
 
 if __name__ == "__main__":

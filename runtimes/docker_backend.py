@@ -234,8 +234,11 @@ class DockerBackend:
     # ------------------------------------------------------------ runs
 
     def _wrapper_env(self, launch: RunLaunch, stdout_offset: int, stderr_offset: int) -> dict[str, str]:
+        """The exec's environment. Secrets go only here, in an exec's environment, never into a
+        container's configuration (which `docker inspect` shows): see `_follow_ephemeral_exec`."""
         return {
             **launch.env,
+            **launch.secret_env,
             "AGENTDOCK_RUN_ID": launch.run_id,
             "AGENTDOCK_RUN_DIR": f"{RUNS_DIR}/{launch.run_id}",
             "AGENTDOCK_CWD": launch.cwd,
@@ -261,6 +264,10 @@ class DockerBackend:
                 offsets[item.stream] += len(item.data)
                 yield item
             return
+        if launch.secret_env or await self._keeps_alive(launch.device_id):
+            async for item in self._follow_ephemeral_exec(launch, launch.ephemeral):
+                yield item
+            return
         state = await self.inspect(launch.device_id)
         if state is not None and not state.started:
             # Created but never started (the daemon died in between): nothing ran, so start afresh.
@@ -278,6 +285,29 @@ class DockerBackend:
                                            limiter=self._streams, abandon_on_cancel=True)
         async for item in self._settle_from_files(launch, launch.stdout_offset, launch.stderr_offset,
                                                   Ending.lost):
+            yield item
+
+    async def _keeps_alive(self, device_id: str) -> bool:
+        """Whether an ephemeral run's container was made a device (its main process the keepalive)."""
+        info = await self._inspect(container_name(device_id))
+        return info is not None and (info.get("Config") or {}).get("Cmd") == KEEPALIVE
+
+    async def _follow_ephemeral_exec(self, launch: RunLaunch, spec: DeviceSpec) -> AsyncIterator[Chunk | Exit]:
+        """An ephemeral run given secrets: its container is made like any device (the keepalive its main
+        process, nothing of the run in its configuration) and the run exec'd in it, so the secrets are
+        in the exec's environment only."""
+        state = await self.inspect(launch.device_id)
+        if state is not None and not state.started:
+            await self.remove(launch.device_id)
+            state = None
+        if state is None:
+            await self.create(spec)
+        elif not state.running:
+            async for item in self._settle_from_files(launch, launch.stdout_offset, launch.stderr_offset,
+                                                      Ending.sandbox_lost):
+                yield item
+            return
+        async for item in self._follow_exec(launch):
             yield item
 
     async def _run_ephemeral(self, launch: RunLaunch, spec: DeviceSpec) -> AsyncIterator[Chunk | Exit]:

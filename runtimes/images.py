@@ -36,9 +36,14 @@ import docker
 import docker.errors
 
 from engine import errors
+from runtimes import clis
 
 SMALL_IMAGE = "agentdock-small:latest"
 FULL_IMAGE = "agentdock-full:latest"
+AGENTS_IMAGE = "agentdock-agents:latest"
+"""The full image plus the real agent CLIs (`build(..., runtimes=[...])`, see `runtimes.clis`)."""
+RUNTIMES_LABEL = "agentdock.runtimes"
+"""On the agents image: `claude-code=2.1.332,codex=0.171.0`: which CLIs it holds, at which versions."""
 FULL_BASE_IMAGE = "agentdock-full-base:latest"
 
 INPUTS_LABEL = "agentdock.inputs"
@@ -306,9 +311,18 @@ def _small_inputs() -> tuple[str, dict[str, tuple[bytes, int]]]:
     return digest, files
 
 
+def small_tag() -> str:
+    """The small image's tag for these inputs (`agentdock-small:<digest>`): stable while the fakes are,
+    so checkouts with different fakes on one Docker engine do not take `latest` from each other's tests."""
+    return f"{SMALL_IMAGE.split(':')[0]}:{_small_inputs()[0][:16]}"
+
+
 def _build_small(api: docker.APIClient, force: bool, log: Log) -> str:
     digest, files = _small_inputs()
+    pinned = f"{SMALL_IMAGE.split(':')[0]}:{digest[:16]}"
     if not force and _image_label(api, SMALL_IMAGE) == digest:
+        if _image_label(api, pinned) != digest:
+            api.tag(SMALL_IMAGE, pinned.split(":")[0], pinned.split(":")[1])
         log(f"images: {SMALL_IMAGE} is up to date")
         return SMALL_IMAGE
     t0 = time.monotonic()
@@ -320,6 +334,7 @@ def _build_small(api: docker.APIClient, force: bool, log: Log) -> str:
               "rootfs/workspace", "rootfs/usr", "rootfs/usr/local", "rootfs/usr/local/bin"),
     )
     _run_build(api, ctx, SMALL_IMAGE, {INPUTS_LABEL: digest}, log)
+    api.tag(SMALL_IMAGE, pinned.split(":")[0], pinned.split(":")[1])
     log(f"images: built {SMALL_IMAGE} in {time.monotonic() - t0:.1f}s")
     return SMALL_IMAGE
 
@@ -474,6 +489,99 @@ def _build_full(api: docker.APIClient, force: bool, log: Log) -> str:
 
 
 # --------------------------------------------------------------------------- #
+# Agents image: the full image plus real agent CLIs, fetched on the host
+# --------------------------------------------------------------------------- #
+
+
+def _agents_dockerfile(names: list[str], binaries: dict[str, str]) -> str:
+    lines = [f"FROM {FULL_IMAGE}", "USER 0:0"]
+    lines += [f"COPY rt/{n}/ {clis.OPT}/{n}/" for n in names]
+    lines.append("COPY bin/ /usr/local/bin/")
+    checks = []
+    for n in names:
+        b = binaries[n]
+        checks.append({"pi": f"{clis.OPT}/pi/node/node --version",
+                       "hermes": f"PYTHONPATH={clis.OPT}/hermes/lib python3 -c 'import hermes_cli.main'"}
+                      .get(n, f"{b} --version"))
+    # Modes are set in the context (a chmod here would copy every file into one more layer). The checks
+    # run with a throwaway HOME: a CLI that creates its state directory on start must not leave it
+    # behind owned by root in the run user's home.
+    lines.append("RUN export HOME=/tmp/agentdock-build-home && " + " && ".join(checks)
+                 + " && rm -rf /tmp/agentdock-build-home")
+    lines.append("USER 1000:1000")
+    return "\n".join(lines) + "\n"
+
+
+def _agents_context(path: Path, dockerfile: str, trees: dict[str, Path], launchers: dict[str, str]) -> None:
+    with tarfile.open(path, "w") as tar:
+        _add_bytes(tar, "Dockerfile", dockerfile.encode())
+        for name, root in trees.items():
+            tar.add(root, arcname=f"rt/{name}", filter=_world_readable)
+        _add_dir(tar, "bin")
+        for binary, text in launchers.items():
+            _add_bytes(tar, f"bin/{binary}", text.encode(), 0o755)
+
+
+def _world_readable(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Owned by root, readable (and, where executable or a directory, enterable) by the run's user."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    exec_bits = 0o111 if info.isdir() or info.mode & 0o100 else 0
+    info.mode = (info.mode & 0o755) | 0o444 | exec_bits
+    return info
+
+
+def runtime_versions(labels: dict[str, str]) -> dict[str, str]:
+    """An image's agent CLIs and their versions, from its labels."""
+    text = labels.get(RUNTIMES_LABEL) or ""
+    return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+
+
+def _build_agents(api: docker.APIClient, names: list[str], force: bool, log: Log) -> str:
+    _build_full(api, False, log)
+    base = _image_label(api, FULL_IMAGE) or ""
+    versions = {n: clis.CATALOG[n].version for n in names}
+    node = clis.host_node()[1] if "pi" in names else ""
+    binaries = {n: clis.CATALOG[n].binary for n in names}
+    dockerfile = _agents_dockerfile(names, binaries)
+    launchers_src = Path(clis.__file__).read_text()  # how each CLI is fetched and launched
+    digest = _sha256(RECIPE_VERSION, base, json.dumps(versions), node, dockerfile, launchers_src)
+    if not force and _image_label(api, AGENTS_IMAGE) == digest:
+        log(f"images: {AGENTS_IMAGE} is up to date ({', '.join(f'{n} {v}' for n, v in versions.items())})")
+        return AGENTS_IMAGE
+    t0 = time.monotonic()
+    trees, launchers = {}, {}
+    for n in names:
+        trees[n], launchers[binaries[n]] = clis.prepare(n, log)
+    labels = {INPUTS_LABEL: digest, RUNTIMES_LABEL: ",".join(f"{n}={v}" for n, v in versions.items())}
+    if node:
+        labels["agentdock.node"] = node
+    ctx_path = clis.cache_dir() / "runtimes" / "context.tar"
+    log(f"images: building {AGENTS_IMAGE} with {', '.join(names)}")
+    _agents_context(ctx_path, dockerfile, trees, launchers)
+    try:
+        with open(ctx_path, "rb") as ctx:
+            _run_build(api, ctx, AGENTS_IMAGE, labels, log)  # type: ignore[arg-type]
+    finally:
+        ctx_path.unlink(missing_ok=True)
+    log(f"images: built {AGENTS_IMAGE} in {time.monotonic() - t0:.1f}s")
+    return AGENTS_IMAGE
+
+
+def inspect_runtimes(tag: str) -> dict[str, str] | None:
+    """The agent CLIs an image holds (name -> version); None when there is no such image."""
+    api = _client()
+    try:
+        try:
+            info = api.inspect_image(tag)
+        except docker.errors.ImageNotFound:
+            return None
+        return runtime_versions((info.get("Config") or {}).get("Labels") or {})
+    finally:
+        api.close()
+
+
+# --------------------------------------------------------------------------- #
 # Public API
 # --------------------------------------------------------------------------- #
 
@@ -488,17 +596,23 @@ def build(
     *,
     force: bool = False,
     log: Callable[[str], None] = print,
+    runtimes: list[str] | None = None,
 ) -> list[str]:
-    """Build (or find up to date) the named images; return their tags. Every failure is an
-    `errors.ImageBuildFailed` (or `InvalidInput` for an unknown name) saying what to do."""
+    """Build (or find up to date) the named images, and with `runtimes` the agents image holding those
+    real CLIs; return their tags. Every failure is an `errors.ImageBuildFailed` (or `InvalidInput` for
+    an unknown name) saying what to do."""
     names = list(which)
     unknown = [n for n in names if n not in _BUILDERS]
     if unknown:
         raise errors.InvalidInput("images", f"unknown image(s) {unknown}; choose from {sorted(_BUILDERS)}")
+    wanted = clis.parse(runtimes) if runtimes else []
     try:
         api = _client()
         try:
-            return [_BUILDERS[n](api, force, log) for n in names]
+            built = [_BUILDERS[n](api, force, log) for n in names]
+            if wanted:
+                built.append(_build_agents(api, wanted, force, log))
+            return built
         finally:
             api.close()
     except errors.EngineError:

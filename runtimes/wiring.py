@@ -5,10 +5,10 @@ from __future__ import annotations
 from engine.app import Engine
 from engine.ports import Clock
 from engine.settings import Settings
-from runtimes import harness
+from runtimes import adapters
 from runtimes.docker_backend import DockerBackend
 
 
 def docker_engine(settings: Settings, *, clock: Clock | None = None) -> Engine:
     return Engine(settings, backend=DockerBackend(settings.home, threads=settings.docker_threads),
-                  harnesses=harness.get, clock=clock)
+                  harnesses=adapters.resolver(settings), clock=clock)

@@ -16,9 +16,11 @@ import pytest
 from engine.app import Engine
 from engine.settings import Settings
 from mcp_server import daemon as daemon_mod
+from runtimes import images
 from runtimes.wiring import docker_engine
 
-SMALL = "agentdock-small:latest"
+SMALL = images.small_tag()
+"""agentdock-small for this checkout's fakes (`latest` may be another checkout's on a shared engine)."""
 FULL = "agentdock-full:latest"
 ROOT = Path(__file__).resolve().parent.parent
 AGENTDOCK = str(ROOT / ".venv" / "bin" / "agentdock")

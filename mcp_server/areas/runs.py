@@ -256,7 +256,7 @@ async def cmd_prompt(api: AgentDockAPI, args: argparse.Namespace) -> int:
     fields = commands.given(
         target_id=args.id, provider=args.provider, cwd=args.cwd, timeout=args.timeout, model=args.model,
         command=args.runtime_command, prompt=" ".join(args.prompt), env=commands.env_pairs(args.env),
-        idempotency_key=args.idempotency_key)
+        secrets=args.secret, idempotency_key=args.idempotency_key)
     if args.metadata:
         try:
             fields["metadata"] = json.loads(args.metadata)
@@ -315,6 +315,7 @@ def add_commands(cli: commands.Commands) -> None:
     pr.add_argument("--model")
     pr.add_argument("--runtime-command")
     pr.add_argument("--env", action="append", metavar="NAME=VALUE")
+    pr.add_argument("--secret", action="append", metavar="NAME", help="a stored secret the run needs (repeatable)")
     pr.add_argument("--metadata", help="JSON object")
     pr.add_argument("--idempotency-key")
     pr.add_argument("--async", dest="async_", action="store_true", help="return at once")

@@ -48,3 +48,14 @@ def test_offline_full_image_build_without_debootstrap_says_to_install_it(tmp_pat
     assert (diag["code"], diag["suggested_command"]) == ("image_build_failed", "apt-get install debootstrap")
     assert diag["message"].startswith("debootstrap is missing")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
+def test_image_build_with_an_unknown_runtime_names_the_field_and_builds_nothing(tmp_path: Path):
+    env = {"AGENTDOCK_HOME": str(tmp_path), "AGENTDOCK_CACHE": str(tmp_path / "cache")}
+    result = image_build(env, "--runtimes", "claude-code,nope", "--json")
+
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    diag = json.loads(result.stdout)["diagnostic"]
+    assert (diag["code"], diag["evidence"]["field"]) == ("invalid_input", "runtimes")
+    assert "'nope'" in diag["message"] and "claude-code, codex, pi, hermes" in diag["message"]
+    assert not (tmp_path / "cache").exists()

@@ -12,7 +12,7 @@ import pytest
 from engine import models
 from mcp_server import daemon as daemon_mod
 from mcp_server.client import DaemonClient
-from tests.conftest import Daemon, owned_containers
+from tests.conftest import SMALL, Daemon, owned_containers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 RUNS_DIR = "/tmp/.agentdock/runs"
@@ -123,7 +123,7 @@ async def test_run_whose_process_died_with_its_container_fails_with_process_lost
 async def test_labelled_container_without_a_device_row_is_removed_on_start(daemon: Daemon) -> None:
     home = str(daemon.settings.home)
     stray = docker.from_env().containers.create(
-        "agentdock-small:latest", ["sleep", "100"], name=f"agentdock-sbx_stray_{os.getpid()}",
+        SMALL, ["sleep", "100"], name=f"agentdock-sbx_stray_{os.getpid()}",
         labels={"agentdock.home": home, "agentdock.device_id": f"sbx_stray_{os.getpid()}",
                 "agentdock.kind": "sandbox", "agentdock.ephemeral": "0"})
     daemon_mod.stop(daemon.settings)
@@ -151,3 +151,21 @@ async def test_runs_queued_behind_the_cap_survive_a_kill_9_and_start_in_order_af
     ended = [await settled(daemon, r.id) for r in queued]
     assert [(r.status, r.output) for r in ended] == [("succeeded", "0\n"), ("succeeded", "1\n")]
     assert ended[0].started_at < ended[1].started_at
+
+
+async def test_an_ephemeral_run_given_a_secret_survives_a_restart_and_stays_masked(daemon: Daemon) -> None:
+    from engine.secrets import SecretStore
+
+    value = "restart-secret-" + os.urandom(8).hex()
+    SecretStore(daemon.settings.secrets_dir).set("TOKEN", value.encode())
+    async with DaemonClient(daemon.settings) as client:
+        run = await client.create_run(models.RunCreate(prompt="p", secrets=["TOKEN"],
+                                                       command='echo "a=$TOKEN"; sleep 2; echo "b=$TOKEN"'))
+        await wait_for_event(client, run.id, "output")
+    container = next(c for c in owned_containers(daemon.settings.home) if c.labels.get("agentdock.run_id") == run.id)
+    assert value not in str(container.attrs["Config"])  # exec'd in a keepalive container, not its main process
+    await kill_daemon(daemon)
+    daemon.start()
+    run = await settled(daemon, run.id)
+    assert (run.status, run.output) == ("succeeded", "a=********\nb=********\n"), run
+    assert owned_containers(daemon.settings.home) == []

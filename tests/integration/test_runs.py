@@ -410,6 +410,8 @@ STRUCTURED = {
     "codex": (["command_started", "command_finished", "message"], "thread.started"),
 }
 AGENT_TYPES = {"message", "tool_use", "command_started", "command_finished"}
+KEYS = {"codex": {"CODEX_API_KEY": "fake-key-for-the-fake-cli"}}
+"""Codex's command line checks for a credential before it starts the CLI (see runtimes/adapters/codex.py)."""
 
 
 async def raw_stdout(engine: Any, device_id: str, provider: str, model: str) -> list[dict[str, Any]]:
@@ -418,7 +420,7 @@ async def raw_stdout(engine: Any, device_id: str, provider: str, model: str) -> 
     argv = harness.get(provider).argv(HarnessInput(prompt="write a haiku", command=None, model=model,
                                                    cwd="/workspace"))
     run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device_id, prompt="write a haiku",
-                                                    command=shlex.join(argv)))
+                                                    command=shlex.join(argv), env=KEYS.get(provider)))
     out = (await finish(engine, run.id)).output
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
@@ -427,7 +429,8 @@ async def raw_stdout(engine: Any, device_id: str, provider: str, model: str) -> 
 async def test_structured_runtime_succeeds_with_its_final_answer_typed_events_and_the_model(engine, provider):
     device = await sandbox(engine)
     run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="write a haiku",
-                                                    provider=provider, model="test-model-7"))
+                                                    provider=provider, model="test-model-7",
+                                                    env=KEYS.get(provider)))
     run = await finish(engine, run.id)
 
     assert (run.status, run.exit_code, run.failure_kind) == ("succeeded", 0, None), run
@@ -451,7 +454,7 @@ async def test_structured_runtime_succeeds_with_its_final_answer_typed_events_an
 async def test_structured_runtime_reporting_failure_fails_the_run_with_nonzero_exit(engine, provider):
     device = await sandbox(engine)
     run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="please FAIL now",
-                                                    provider=provider))
+                                                    provider=provider, env=KEYS.get(provider)))
     run = await finish(engine, run.id)
 
     assert (run.status, run.failure_kind, run.exit_code) == ("failed", "nonzero_exit", 1)
@@ -468,7 +471,7 @@ async def test_a_runtime_missing_from_the_image_fails_at_once_with_runtime_not_f
 
     assert (run.status, run.failure_kind) == ("failed", "runtime_not_found"), run
     assert run.error is not None
-    assert "not installed" in run.error and "use an image that has it" in run.error
+    assert "not installed" in run.error and f"agentdock image build --runtimes {provider}" in run.error
     assert "custom" in run.error  # the other way out: bring your own command
 
 

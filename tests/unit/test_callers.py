@@ -76,3 +76,13 @@ def test_a_bad_setting_in_the_environment_is_a_diagnostic_naming_its_variable(mo
     body = __import__("json").loads(out.out)
     assert body["diagnostic"]["evidence"]["field"] == "AGENTDOCK_MAX_ACTIVE_RUNS"
     assert "Traceback" not in out.out + out.err
+
+
+async def test_only_a_caller_whose_permissions_name_secrets_may_give_a_run_secrets(engine):
+    engine.secrets.set("SOME_KEY", b"a-long-enough-value")
+    with pytest.raises(errors.PermissionDenied):
+        await engine.runs.create(AGENT, models.RunCreate(prompt="p", command="out=x", secrets=["SOME_KEY"]))
+    assert (await engine.runs.list(ROOT, models.RunListQuery())).data == []
+    trusted = Caller(session_id="ses_trusted", toolsets=frozenset({"runs", "secrets"}))
+    run = await engine.runs.create(trusted, models.RunCreate(prompt="p", command="out=x", secrets=["SOME_KEY"]))
+    assert run.secrets == ["SOME_KEY"]

@@ -35,6 +35,8 @@ def fold(h: Harness, lines: list[str]) -> tuple[list[EventDraft], str | None]:
 def run_fake(h: Harness, prompt: str, *, model: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the harness's own argv against the fake CLI of the same name, prompt on stdin."""
     argv = h.argv(run_input(prompt, model=model))
+    if argv[:2] == ["sh", "-c"]:  # behind the adapter's credential check: what it execs
+        argv = argv[4:]
     assert h.binary is not None and argv[0] == h.binary
     shell = [SH, "sh"] if SH.endswith("busybox") else [SH]
     return subprocess.run(
@@ -86,22 +88,36 @@ def test_claude_argv_passes_the_model_flag_when_a_model_is_set() -> None:
     assert argv == ["claude", "-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions", "--model", "opus"]
 
 
-def test_codex_argv_is_exec_json_reading_the_prompt_from_stdin() -> None:
+def test_codex_argv_is_exec_json_reading_the_prompt_from_stdin_behind_a_credential_check() -> None:
     h = get("codex")
     assert h.binary == "codex" and h.structured is True
-    assert h.argv(run_input("secret prompt")) == ["codex", "exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "-"]
+    argv = h.argv(run_input("secret prompt"))
+    assert argv[:2] == ["sh", "-c"] and "CODEX_API_KEY" in argv[2] and "secret prompt" not in argv
+    assert argv[4:] == ["codex", "exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "-"]
 
 
 def test_codex_argv_passes_the_model_flag_before_the_stdin_marker() -> None:
-    argv = get("codex").argv(run_input(model="gpt-5-codex"))
+    argv = get("codex").argv(run_input(model="gpt-5-codex"))[4:]
     assert argv == ["codex", "exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "--model", "gpt-5-codex", "-"]
 
 
-@pytest.mark.parametrize("name", ["osa", "pi", "hermes"])
-def test_generic_adapters_run_the_runtime_binary_with_plain_stdout(name: str) -> None:
-    h = get(name)
-    assert h.binary == name and h.structured is False
-    assert h.argv(run_input(model="m")) == [name]
+def test_osa_without_a_template_runs_its_binary_with_the_prompt_on_stdin() -> None:
+    h = get("osa")
+    assert h.binary == "osa" and h.structured is False
+    assert h.argv(run_input(model="m")) == ["osa"]
+
+
+def test_pi_argv_is_print_mode_json_reading_the_prompt_from_stdin() -> None:
+    h = get("pi")
+    assert h.binary == "pi" and h.structured is True
+    assert h.argv(run_input("do not put me on the command line", model="anthropic/claude-sonnet-4-5")) == [
+        "pi", "-p", "--mode", "json", "--no-session", "--model", "anthropic/claude-sonnet-4-5"]
+
+
+def test_hermes_argv_is_one_shot_with_the_prompt_as_one_option_value() -> None:
+    h = get("hermes")
+    assert h.binary == "hermes" and h.structured is False
+    assert h.argv(run_input("--version please", model="m")) == ["hermes", "--oneshot=--version please", "--model", "m"]
 
 
 # --- the fake CLIs, end to end ----------------------------------------------------------------
