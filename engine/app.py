@@ -13,6 +13,7 @@ import anyio.abc
 from engine.admission import Admission
 from engine.clock import SystemClock
 from engine.devices import DeviceService
+from engine.groups import GroupService
 from engine.ports import Clock, Harness, SandboxBackend
 from engine.runs import RunService
 from engine.settings import Settings
@@ -32,7 +33,8 @@ class Engine:
         self.store = Store(settings.db_path, self.topics)
         self.devices = DeviceService(self.store, backend, self.clock, settings)
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings)
-        self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs)
+        self.groups = GroupService(self.store, self.runs, self.clock, settings)
+        self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:
         """`running()` as a task: ready once every service is, then until cancelled."""

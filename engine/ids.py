@@ -56,6 +56,8 @@ RUN = Shape("run", ("run",))
 SANDBOX = Shape("sandbox", ("sbx",))
 COMPUTER = Shape("computer", ("cmp",))
 DEVICE = Shape("sandbox or computer", ("sbx", "cmp"))
+GROUP = Shape("agent run group", ("grp",))
+ENTRY = Shape("group entry", ("agre",))
 
 
 RunId = Annotated[str, StringConstraints(pattern=RUN.pattern), BeforeValidator(RUN.before)]
@@ -63,3 +65,4 @@ SandboxId = Annotated[str, StringConstraints(pattern=SANDBOX.pattern), BeforeVal
 ComputerId = Annotated[str, StringConstraints(pattern=COMPUTER.pattern), BeforeValidator(COMPUTER.before)]
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE.pattern), BeforeValidator(DEVICE.before)]
 """A sandbox or a computer: `sbx_...` or `cmp_...`."""
+GroupId = Annotated[str, StringConstraints(pattern=GROUP.pattern), BeforeValidator(GROUP.before)]
