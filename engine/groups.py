@@ -182,6 +182,16 @@ class GroupService:
                 dispatch_id = existing
         return await self._answer(caller, group_id, dispatch_id, 0 if req.async_ else wait, with_results=not req.async_)
 
+    async def dispatch_status(self, caller: Caller, group_id: str, dispatch_id: str, wait: float = 0,
+                              ) -> gm.DispatchResult:
+        """An earlier dispatch's entries and results once all have ended, or as they are when `wait` passes."""
+        await self._row(caller, group_id)
+        ids.DISPATCH.check(dispatch_id, "dispatch_id")
+        row = await self.store.dispatch(dispatch_id)
+        if row is None or row.group_id != group_id or not caller.sees(row.created_by):
+            raise errors.NotFound("dispatch", dispatch_id)
+        return await self._answer(caller, group_id, dispatch_id, wait, with_results=True)
+
     async def _same_dispatch(self, caller: Caller, key: str, group_id: str, fingerprint: str) -> str | None:
         row = await self.store.dispatch_by_idempotency_key(caller.session_id, key)
         if row is None:

@@ -58,6 +58,7 @@ COMPUTER = Shape("computer", ("cmp",))
 DEVICE = Shape("sandbox or computer", ("sbx", "cmp"))
 GROUP = Shape("agent run group", ("grp",))
 ENTRY = Shape("group entry", ("agre",))
+DISPATCH = Shape("group dispatch", ("gdsp",))
 
 
 RunId = Annotated[str, StringConstraints(pattern=RUN.pattern), BeforeValidator(RUN.before)]
@@ -66,3 +67,4 @@ ComputerId = Annotated[str, StringConstraints(pattern=COMPUTER.pattern), BeforeV
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE.pattern), BeforeValidator(DEVICE.before)]
 """A sandbox or a computer: `sbx_...` or `cmp_...`."""
 GroupId = Annotated[str, StringConstraints(pattern=GROUP.pattern), BeforeValidator(GROUP.before)]
+DispatchId = Annotated[str, StringConstraints(pattern=DISPATCH.pattern), BeforeValidator(DISPATCH.before)]

@@ -95,7 +95,7 @@ async def test_manifest_tools_are_exactly_the_tools_the_server_registers(manifes
     listed = [t["name"] for t in manifest["tools"]]
     assert len(listed) == len(set(listed)), "a tool is listed twice"
     assert set(listed) == set(registered)
-    assert len(listed) == 10
+    assert len(listed) == 17
     for tool in manifest["tools"]:
         assert set(tool) == {"name", "description"}
         assert tool["description"].strip(), tool["name"]
