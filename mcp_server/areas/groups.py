@@ -213,7 +213,7 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
         return await api.list_groups(inp)
 
     async def group_runs(inp: RunsInput, ctx: Context) -> gm.GroupRunList:
-        return await api.group_runs(inp.group_id, inp)
+        return await api.group_runs(inp.group_id, gm.GroupRunsQuery.model_validate(inp.model_dump(exclude={"group_id"})))
 
     async def group_events(inp: EventsInput, ctx: Context) -> gm.GroupEventList:
         q = gm.GroupEventsQuery(after_sequence=inp.after_sequence, limit=inp.limit, wait=min(inp.wait, max_wait))

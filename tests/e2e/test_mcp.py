@@ -21,11 +21,12 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 TOOLS = {
     "sandbox_create", "sandbox_list", "sandbox_get", "sandbox_delete",
     "agent_run", "agent_run_get", "agent_run_list", "agent_run_cancel", "agent_run_events", "agent_run_artifacts",
+    "group_create", "group_dispatch", "group_get", "group_list", "group_runs", "group_events", "group_cancel",
 }
 DEVICE_TOOLS = {"sandbox_create", "sandbox_list", "sandbox_get", "sandbox_delete"}
 READ_ONLY = {"sandbox_list", "sandbox_get", "agent_run_get", "agent_run_list", "agent_run_events",
-             "agent_run_artifacts"}
-DESTRUCTIVE = {"sandbox_delete", "agent_run_cancel"}
+             "agent_run_artifacts", "group_get", "group_list", "group_runs", "group_events"}
+DESTRUCTIVE = {"sandbox_delete", "agent_run_cancel", "group_cancel"}
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 
@@ -78,7 +79,7 @@ async def wait_for_end(client: Client, run_id: str, seconds: float = 30) -> dict
 # ---------------------------------------------------------------- tool catalog
 
 
-async def test_list_tools_gives_the_ten_tools_with_schemas_and_honest_annotations(daemon):
+async def test_list_tools_gives_every_tool_with_schemas_and_honest_annotations(daemon):
     with anyio.fail_after(30):
         async with session(daemon) as client:
             listed = (await client.list_tools()).tools
