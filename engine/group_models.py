@@ -157,6 +157,11 @@ class GroupListQuery(Input):
     cursor: ids.GroupId | None = None
     """The `next_cursor` of the previous page."""
 
+    @field_validator("workspace_id", "project_id")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        return _check_text(v, "id (letters, digits and ._:@/-)", LABEL)
+
 
 class GroupEventsQuery(Input):
     after_sequence: int = Field(default=0, ge=0, le=MAX_SEQUENCE)

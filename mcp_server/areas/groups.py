@@ -36,8 +36,9 @@ from mcp_server.http import MAX_WAIT_SECONDS, Endpoint, WaitQuery, body, data, p
 NAME = "groups"
 """The toolset (`--toolsets groups`) and the permission area."""
 COLUMNS = ["id", "status", "name", "concurrency_limit", "status_message", "created_at"]
-MAX_DISPATCH_BODY = 128 * 1024 * 1024
-"""A manifest of 1,000 items, each up to a run's own bound."""
+MAX_DISPATCH_BODY = 32 * 1024 * 1024
+"""A manifest of 1,000 items of about 32 KiB each (prompts, env, metadata): a body past this is refused before
+it is read, so one request cannot make the daemon parse hundreds of megabytes of JSON."""
 SSE_POLL_SECONDS = 30
 """One server-side wait of the SSE stream for the next event (heartbeats go out meanwhile)."""
 PROGRESS_SECONDS = 10
