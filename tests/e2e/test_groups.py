@@ -277,3 +277,31 @@ async def test_cli_creates_dispatches_shows_streams_and_cancels_a_group(daemon: 
     other = json.loads(daemon.cli("agent-run-groups", "create", "--json").stdout)["id"]
     canceled = json.loads(daemon.cli("agent-run-groups", "cancel", other, "--json").stdout)
     assert canceled["status"] == "canceled"
+
+
+async def test_a_synchronous_dispatch_not_done_within_the_mcp_bound_returns_what_it_has_and_a_handle(daemon: Daemon):
+    quick = Daemon(daemon.settings, {**daemon.env, "AGENTDOCK_MCP_MAX_WAIT_SECONDS": "1"})
+    args = {"runs": [{"prompt": "p", "command": "true"}, {"prompt": "p", "command": "sleep 1000"}],
+            "idempotency_key": "slow-1"}
+    with anyio.fail_after(90):
+        async with session(quick) as client:
+            group = await call(client, "group_create", {"concurrency_limit": 2})
+            first = await call(client, "group_dispatch", {"group_id": group["id"], **args})
+            again = await call(client, "group_dispatch", {"group_id": group["id"], **args})
+            canceled = await call(client, "group_cancel", {"group_id": group["id"]})
+
+    assert not first["done"] and first["next_after_sequence"] >= 2
+    assert len(first["entries"]) == 2 and len(first["results"]) <= 1
+    assert again["dispatch_id"] == first["dispatch_id"] and not again["done"]
+    assert [e["id"] for e in again["entries"]] == [e["id"] for e in first["entries"]]
+    assert canceled["status"] == "canceled" and canceled["entry_counts"]["total"] == 2
+
+
+async def test_a_dispatch_body_past_its_bound_is_413_before_it_is_read(daemon: Daemon):
+    async with http(daemon) as client:
+        gid = (await new_group(client))["id"]
+    from tests.e2e.test_hostile_input import raw_exchange
+    request = (f"POST {GROUPS}/{gid}/dispatch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {32 * 1024 * 1024 + 1}\r\n\r\n{{}}").encode()
+    status, body = raw_exchange(daemon, request)
+    assert (status, body["diagnostic"]["code"]) == (413, "payload_too_large")
