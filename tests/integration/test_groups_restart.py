@@ -1,6 +1,7 @@
 """A group survives kill -9 of the daemon: 100 entries at concurrency 5, the daemon killed mid-group and one
-child's container killed while it is down; after a restart every entry ends exactly once, the lost run is
-failed and its entry retried, nothing is orphaned, and the group's stream has no gap or duplicate."""
+child's sandbox restarted while it is down (its process dies with it); after a restart every entry ends
+exactly once, the lost run is failed and its entry retried, nothing is orphaned, and the group's stream
+has no gap or duplicate."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 ENTRIES = 100
 LIMIT = 5
+ONCE = "if [ -e /workspace/once ]; then echo again; else touch /workspace/once; sleep 1000; fi"
+"""Blocks on its first attempt only: the sandbox's /workspace remembers it was tried."""
 
 
 async def count_finished(client: DaemonClient, group_id: str, at_least: int) -> None:
@@ -35,21 +38,19 @@ async def count_finished(client: DaemonClient, group_id: str, at_least: int) -> 
 async def test_kill_9_mid_group_every_entry_ends_once_the_lost_run_is_retried_and_nothing_is_orphaned(
         daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
+        device = await client.create_device(models.DeviceCreate())
         group = await client.create_group(gm.GroupCreate(name="crash", concurrency_limit=LIMIT,
                                                          expected_runs=ENTRIES))
         req = gm.DispatchRequest.model_validate({"async": True, "runs": [
-            {"prompt": f"item {i}", "command": "sleep 0.3; echo done"} for i in range(ENTRIES)]})
+            {"prompt": "first", "command": ONCE, "sandbox_id": device.id},
+            *[{"prompt": f"item {i}", "command": "sleep 0.3; echo done"} for i in range(1, ENTRIES)]]})
         queued = await client.dispatch_group(group.id, req)
         assert len(queued.entries) == ENTRIES
         await count_finished(client, group.id, 10)
+        blocked = (await client.group_runs(group.id, gm.GroupRunsQuery(limit=1))).data[0]
+        assert (blocked.status, blocked.attempts, blocked.run_status) == ("running", 1, "running")
     await kill_daemon(daemon)
-
-    running = docker.from_env().containers.list(filters={"label": [f"agentdock.home={daemon.settings.home}",
-                                                                   "agentdock.ephemeral=1"]})
-    assert running, "children were running when the daemon died"
-    victim = running[0]
-    victim_device = victim.labels["agentdock.device_id"]
-    victim.kill()  # its process dies with it while nobody watches: a lost run
+    docker.from_env().containers.get(f"agentdock-{device.id}").restart(timeout=1)  # the run's process dies
 
     daemon.start()
     async with DaemonClient(daemon.settings) as client:
@@ -73,14 +74,15 @@ async def test_kill_9_mid_group_every_entry_ends_once_the_lost_run_is_retried_an
     assert len(finished) == ENTRIES and set(finished.values()) == {1}, "an entry ended twice or never"
     started = Counter(e.payload["entry_id"] for e in events if e.type == "entry_started")
     assert all(started[e.entry_id] == e.attempts for e in entries)
-    assert [r.target_id for r in lost] == [victim_device]  # the lost run is failed...
-    assert lost[0].failure_kind == "process_lost"
+    assert [(r.id, r.failure_kind) for r in lost] == [(blocked.run_id, "process_lost")]  # the lost run failed...
     retried = [e for e in entries if e.attempts == 2]
-    assert len(retried) == 1 and retried[0].run_id != lost[0].id  # ...and its entry got a new attempt
+    assert [e.index for e in retried] == [0] and retried[0].run_id != blocked.run_id  # ...its entry, retried,
+    assert runs[0].output == "again\n"  # ran again and succeeded
     assert final.counts.total == ENTRIES + 1 and final.counts.failed == 1
     # never more than the limit at once, from the recorded start and end times of every child
     spans = [(r.started_at, r.finished_at) for r in [*runs, *lost]]
     assert all(s is not None and f is not None for s, f in spans)
     for start, _ in spans:
         assert sum(1 for s, f in spans if s <= start < f) <= LIMIT
-    assert owned_containers(daemon.settings.home) == []  # no container orphaned
+    # no container orphaned: only the sandbox the first item used remains
+    assert [c.labels["agentdock.device_id"] for c in owned_containers(daemon.settings.home)] == [device.id]
