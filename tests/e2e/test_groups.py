@@ -84,13 +84,19 @@ async def test_group_dispatch_over_mcp_waits_reporting_progress_and_returns_each
 
 
 async def test_group_events_over_mcp_long_polls_and_the_commit_of_a_new_event_wakes_it(daemon: Daemon):
+    progress: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append((value, total, message))
+
     with anyio.fail_after(90):
         async with session(daemon) as client, http(daemon) as web:
             group = await call(client, "group_create", {"concurrency_limit": 1, "expected_runs": 1})
             got: list[dict[str, Any]] = []
 
             async def read() -> None:  # waits 40 s unless an event comes
-                got.append(await call(client, "group_events", {"group_id": group["id"], "wait": 40}))
+                got.append(await call(client, "group_events", {"group_id": group["id"], "wait": 40},
+                                      progress_callback=on_progress))
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(read)
@@ -104,6 +110,7 @@ async def test_group_events_over_mcp_long_polls_and_the_commit_of_a_new_event_wa
             diag = await failing_call(client, "group_events", {"group_id": group["id"], "after_sequence": 10_000})
 
     assert got[0]["data"][0]["type"] == "entry_queued" and got[0]["is_active"]
+    assert progress and progress[-1][0] == got[0]["next_after_sequence"]  # the wake was reported
     assert queued["results"] == [] and [e["status"] for e in queued["entries"]] in (["queued"], ["running"])
     events = page["data"]
     assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
@@ -190,6 +197,11 @@ async def test_events_json_replays_from_a_cursor_and_refuses_a_cursor_or_wait_be
         tail = (await client.get(f"{GROUPS}/{gid}/events", params={"after_sequence": 2, "limit": 2})).json()
         beyond = await client.get(f"{GROUPS}/{gid}/events", params={"after_sequence": 10_000})
         too_long = await client.get(f"{GROUPS}/{gid}/events", params={"wait": 51})
+        bare = (await client.get(f"{GROUPS}/{gid}/runs")).json()["data"]
+        full = (await client.get(f"{GROUPS}/{gid}/runs", params={"include_input": "true",
+                                                                 "include_output": "true"})).json()["data"]
+    assert bare[0]["input"] is None and bare[0]["output"] is None
+    assert (full[0]["input"]["command"], full[0]["output"]["output"]) == ("echo a", "a\n")
     assert [e["sequence"] for e in tail["data"]] == [3, 4] and tail["next_after_sequence"] == 4
     assert tail["data"] == everything["data"][2:4]
     assert diagnostic(beyond, 400, "invalid_input")["evidence"]["field"] == "after_sequence"

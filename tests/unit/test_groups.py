@@ -117,6 +117,19 @@ async def test_synchronous_dispatch_returns_each_item_ok_or_its_diagnostic_and_a
         assert result.group.status == "failed" and result.group.entry_counts.failed == 2
 
 
+async def test_an_unknown_parent_run_fails_its_entry_alone_and_a_known_one_is_recorded(tmp_path):
+    async with engine_on(tmp_path, FakeBackend()) as engine:
+        parent = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=parent"))
+        group = await engine.groups.create(ROOT, gm.GroupCreate(concurrency_limit=2))
+        req = gm.DispatchRequest.model_validate({"runs": [
+            {"prompt": "p", "command": "out=a", "parent_agent_run_id": parent.id},
+            {"prompt": "p", "command": "out=b", "parent_agent_run_id": "run_0000000000000000dead"}]})
+        result = await engine.groups.dispatch(ROOT, group.id, req, wait=10)
+        by_index = {r.index: r for r in result.results}
+        assert by_index[0].ok and by_index[0].run.parent_agent_run_id == parent.id
+        assert by_index[1].diagnostic.evidence["field"] == "parent_agent_run_id" and by_index[1].run is None
+
+
 async def test_a_synchronous_dispatch_not_done_in_time_answers_what_it_has_and_the_same_key_waits_again(tmp_path):
     backend = FakeBackend()
     async with engine_on(tmp_path, backend) as engine:
