@@ -452,6 +452,10 @@ def _run_diagnostic(run: RunRow) -> errors.Diagnostic | None:
 def _result(e: EntryRow, run: RunRow | None) -> gm.DispatchResultItem:
     diag = errors.Diagnostic.model_validate(e.diagnostic) if e.diagnostic else (
         _run_diagnostic(run) if run is not None else None)
+    if diag is None and e.status == "canceled":  # canceled while queued: it never got a run
+        diag = errors.Diagnostic(code="canceled", category="state", title="Canceled",
+                                 message="the group was canceled before this item started",
+                                 evidence={"entry_id": e.id})
     return gm.DispatchResultItem(index=e.item_index, entry_id=e.id, ok=e.status == "succeeded",
                                  run=run.record() if run is not None else None, diagnostic=diag)
 

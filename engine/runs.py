@@ -26,6 +26,8 @@ from engine.store import Store, Tx, new_id
 from engine.supervision import TERMINAL, Supervision
 
 log = logging.getLogger("agentdock.runs")
+IMAGE_CHECK_SECONDS = 30
+"""How long an image seen built is taken as still built (a removed one then fails its run at launch)."""
 
 
 class Prepared(NamedTuple):
@@ -49,6 +51,8 @@ class RunService:
         self._tg: TaskGroup | None = None
         self._cancel: dict[str, anyio.Event] = {}
         self._supervised: set[str] = set()
+        self._images_built: dict[str, float] = {}
+        """Images seen built, and when (monotonic): a fan-out of ephemeral runs asks Docker once, not per run."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -148,7 +152,7 @@ class RunService:
             dreq = models.DeviceCreate(kind=models.TargetKind.sandbox)
             spec = self.devices.spec(dreq, run_id=run_id)
             device_row = self.devices.row(caller, spec, dreq)
-            if not await self.backend.image_exists(spec.image):
+            if not await self._image_built(spec.image):
                 raise errors.InvalidInput("image", f"the default image {spec.image} is not built",
                                           suggested_command="agentdock image build")
             kind, target_id = models.TargetKind.sandbox, spec.device_id
@@ -177,6 +181,15 @@ class RunService:
             "created_at": now, "updated_at": now, "created_by": caller.session_id,
         }
         return Prepared(run_id, row, device_row, harness.binary)
+
+    async def _image_built(self, image: str) -> bool:
+        seen = self._images_built.get(image)
+        if seen is not None and self.clock.monotonic() - seen < IMAGE_CHECK_SECONDS:
+            return True
+        if not await self.backend.image_exists(image):
+            return False
+        self._images_built[image] = self.clock.monotonic()
+        return True
 
     async def record(self, tx: Tx, prepared: Prepared, group_id: str | None = None) -> None:
         """Write a prepared run `queued` (and its ephemeral sandbox's record) with its first event."""

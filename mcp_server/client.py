@@ -134,7 +134,7 @@ class DaemonClient:
 
     async def dispatch_group(self, group_id: str, req: gm.DispatchRequest, wait: float = 0) -> gm.DispatchResult:
         payload = await self.request("POST", _group_path(group_id, "/dispatch"), json=_body(req),
-                                     params={"wait": wait or None}, timeout=wait + 120)
+                                     params={"wait": None if req.async_ else wait}, timeout=wait + 120)
         return gm.DispatchResult.model_validate(payload["data"])
 
     async def wait_dispatch(self, group_id: str, dispatch_id: str, timeout: float) -> gm.DispatchResult:

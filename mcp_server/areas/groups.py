@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
+from pydantic import Field
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
@@ -52,6 +53,11 @@ class GroupRef(models.Input):
 
 class GroupWait(GroupRef, WaitQuery):
     pass
+
+
+class DispatchQuery(GroupRef):
+    wait: float | None = Field(default=None, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
+    """Seconds a synchronous dispatch waits for its children (default 3,600); `async` dispatches do not wait."""
 
 
 class DispatchInput(gm.DispatchRequest):
@@ -99,10 +105,11 @@ def endpoints(engine: Engine) -> list[Endpoint]:
         return data(await (groups.wait(caller, p.group_id, p.wait) if p.wait else groups.get(caller, p.group_id)))
 
     async def dispatch(request: Request, caller: Caller) -> Response:
-        p = params(request, GroupWait)
+        p = params(request, DispatchQuery)
         fields = with_idempotency_key(request, await body(request))
         req = models.parse(gm.DispatchRequest, fields)
-        return data(await groups.dispatch(caller, p.group_id, req, wait=p.wait or MAX_WAIT_SECONDS), 201)
+        wait = MAX_WAIT_SECONDS if p.wait is None else p.wait
+        return data(await groups.dispatch(caller, p.group_id, req, wait=wait), 201)
 
     async def dispatch_status(request: Request, caller: Caller) -> Response:
         p = params(request, DispatchRef)
