@@ -57,8 +57,10 @@ def raw_fanout(client: docker.DockerClient, c: int) -> float:
     return time.perf_counter() - t
 
 
-async def agentdock_fanout(api: DaemonClient, c: int, n: int = N) -> tuple[float, list[float], list[float], int]:
-    """Wall time from dispatch to the group's end; wake latencies, per-event latencies; peak concurrency."""
+async def agentdock_fanout(api: DaemonClient, c: int, n: int = N,
+                           ) -> tuple[float, list[float], list[float], int, dict[str, float]]:
+    """Wall time from dispatch to the group's end; wake latencies, per-event latencies; peak concurrency;
+    where each child's time went (medians, ms)."""
     group = await api.create_group(gm.GroupCreate(name=f"bench-{c}", concurrency_limit=c, expected_runs=n))
     req = gm.DispatchRequest.model_validate({"async": True, "runs": [{"prompt": "bench", "command": COMMAND}] * n})
     woken: list[float] = []
@@ -86,7 +88,12 @@ async def agentdock_fanout(api: DaemonClient, c: int, n: int = N) -> tuple[float
     runs = [await api.get_run(r.run_id) for r in (await api.group_runs(group.id, gm.GroupRunsQuery(limit=1000))).data]
     spans = [(r.started_at, r.finished_at) for r in runs]
     peak = max(sum(1 for s, f in spans if s <= start < f) for start, _ in spans)  # type: ignore[operator]
-    return wall, woken, every, peak
+    phases = {  # created (claimed) -> started (admitted) -> result recorded -> end published (sandbox removed)
+        "claimed to started": statistics.median((r.started_at - r.created_at).total_seconds() for r in runs),
+        "started to result": statistics.median((r.finished_at - r.started_at).total_seconds() for r in runs),
+        "result to end published": statistics.median((r.updated_at - r.finished_at).total_seconds() for r in runs),
+    }
+    return wall, woken, every, peak, {k: v * 1000 for k, v in phases.items()}
 
 
 async def main() -> None:
@@ -107,15 +114,15 @@ async def main() -> None:
         async with DaemonClient(settings, timeout=900) as api:
             for c in CONCURRENCY:
                 raw = await anyio.to_thread.run_sync(raw_fanout, client, c)
-                ad, woken, every, peak = await agentdock_fanout(api, c)
-                results.append((c, raw, ad, woken, every, peak))
-            _, quiet, _, _ = await agentdock_fanout(api, 1, 20)  # the same path with the host mostly idle
+                ad, woken, every, peak, phases = await agentdock_fanout(api, c)
+                results.append((c, raw, ad, woken, every, peak, phases))
+            _, quiet, _, _, _ = await agentdock_fanout(api, 1, 20)  # the same path with the host mostly idle
     finally:
         daemon.stop(settings)
 
     print(f"group fan-out: {N} runs, each in a fresh sandbox ({COMMAND!r}), image {IMAGE}, {os.cpu_count()} cores")
     print(f"one raw containers.run(remove=True): median {one * 1000:.0f} ms")
-    for c, raw, ad, woken, every, peak in results:
+    for c, raw, ad, woken, every, peak, phases in results:
         ideal = math.ceil(N / c) * one
         print(f"concurrency {c}:")
         print(f"  ideal (ceil(N/c) x one run)          {ideal:6.1f} s")
@@ -126,6 +133,7 @@ async def main() -> None:
               f"p99 {pct(woken, 99):.1f} ms  (n={len(woken)} wakes; aim p99 < 50 ms)")
         print(f"  every event, written to read:          p50 {statistics.median(every):.1f} ms  "
               f"p99 {pct(every, 99):.1f} ms  (n={len(every)})")
+        print("  a child's time, medians: " + ", ".join(f"{k} {v:.0f} ms" for k, v in phases.items()))
     print(f"event delivery with one child at a time (host mostly idle): p50 {statistics.median(quiet):.1f} ms  "
           f"p99 {pct(quiet, 99):.1f} ms  (n={len(quiet)} wakes)")
 
