@@ -263,9 +263,11 @@ class GroupService:
         deadline = self.clock.monotonic() + q.wait
         while True:
             changed = self.store.topics.watch(stream)
+            # The status first: a group seen ended has committed its last event (group_finished) with that
+            # status, so the read after it has every event. The other order could see no events, then
+            # the end committed in between, and tell the reader to stop with two events unread.
+            status = gm.GroupStatus((await self._row(caller, group_id)).status)
             rows = await self.store.events(stream, q.after_sequence, q.limit)
-            group = await self._row(caller, group_id)
-            status = gm.GroupStatus(group.status)
             remaining = deadline - self.clock.monotonic()
             if rows or status.terminal or remaining <= 0:
                 break
