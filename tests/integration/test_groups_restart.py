@@ -77,7 +77,9 @@ async def test_kill_9_mid_group_every_entry_ends_once_the_lost_run_is_retried_an
     assert [(r.id, r.failure_kind) for r in lost] == [(blocked.run_id, "process_lost")]  # the lost run failed...
     retried = [e for e in entries if e.attempts == 2]
     assert [e.index for e in retried] == [0] and retried[0].run_id != blocked.run_id  # ...its entry, retried,
-    assert runs[0].output == "again\n"  # ran again and succeeded
+    # ...ran again and succeeded: the first attempt's branch sleeps 1000 s, only the second's can end. (Not
+    # checked by its output: a loaded host can lose an exec'd run's output here, fixed on main since.)
+    assert (runs[0].id, runs[0].status) == (retried[0].run_id, "succeeded")
     assert final.counts.total == ENTRIES + 1 and final.counts.failed == 1
     # never more than the limit at once, from the recorded start and end times of every child
     spans = [(r.started_at, r.finished_at) for r in [*runs, *lost]]
