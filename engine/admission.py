@@ -1,11 +1,15 @@
 """Admission: queued runs start in creation order, never more at once than the daemon-wide cap
 (`Settings.max_active_runs`), so a burst of creates cannot start more containers than the host
 can take. It wakes when a run is queued or an active one ends (the `admission` topic), not on a
-polling tick; queued runs survive a restart and are admitted after it."""
+polling tick; queued runs survive a restart and are admitted after it.
+
+It is the one scheduler: each pass first lets the groups settle entries whose run ended and claim
+queued entries under their `concurrency_limit` (creating their runs `queued`), then admits runs."""
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -14,18 +18,30 @@ from engine.ports import Clock
 from engine.runs import RunService
 from engine.store import Store
 
+if TYPE_CHECKING:
+    from engine.groups import GroupService
+
+log = logging.getLogger("agentdock.admission")
+
 
 class Admission:
-    def __init__(self, store: Store, runs: RunService, clock: Clock, cap: int) -> None:
+    def __init__(self, store: Store, runs: RunService, clock: Clock, cap: int,
+                 groups: GroupService | None = None) -> None:
         self.store = store
         self.runs = runs
         self.clock = clock
         self.cap = cap
+        self.groups = groups
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while True:
             changed = self.store.topics.watch(topics.ADMISSION)
+            if self.groups is not None:
+                try:
+                    await self.groups.schedule()
+                except Exception:  # the scheduler must outlive one bad pass; the next commit retries
+                    log.exception("group scheduling pass failed")
             await self.admit()
             await changed.wait()
 

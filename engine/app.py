@@ -14,6 +14,7 @@ from engine.admission import Admission
 from engine.clock import SystemClock
 from engine.context import ContextService
 from engine.devices import DeviceService
+from engine.groups import GroupService
 from engine.ports import Clock, Harness, SandboxBackend
 from engine.runs import RunService
 from engine.sessions import SessionService
@@ -40,7 +41,8 @@ class Engine:
         self.secrets = SecretStore(settings.secrets_dir)
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens,
                                self.secrets)
-        self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs)
+        self.groups = GroupService(self.store, self.runs, self.clock, settings)
+        self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups)
         self.souls = SoulService(self.store, self.clock, settings)
         self.sessions = SessionService(self.store, self.runs, self.souls, self.tokens, self.clock, settings)
         self.context = ContextService(self.sessions, self.souls, self.clock)

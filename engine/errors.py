@@ -163,7 +163,7 @@ class Busy(EngineError):
     http_status = 503
 
 
-LIST_COMMANDS = {"run": "runs", "sandbox": "sandbox", "computer": "sandbox"}
+LIST_COMMANDS = {"run": "runs", "sandbox": "sandbox", "computer": "sandbox", "group": "agent-run-groups"}
 """Record kinds whose ids `agentdock <command> list` shows."""
 
 

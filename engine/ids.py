@@ -57,6 +57,9 @@ SANDBOX = Shape("sandbox", ("sbx",))
 COMPUTER = Shape("computer", ("cmp",))
 DEVICE = Shape("sandbox or computer", ("sbx", "cmp"))
 SESSION = Shape("session", ("ses",))
+GROUP = Shape("agent run group", ("grp",))
+ENTRY = Shape("group entry", ("agre",))
+DISPATCH = Shape("group dispatch", ("gdsp",))
 
 
 RunId = Annotated[str, StringConstraints(pattern=RUN.pattern), BeforeValidator(RUN.before)]
@@ -65,3 +68,5 @@ ComputerId = Annotated[str, StringConstraints(pattern=COMPUTER.pattern), BeforeV
 DeviceId = Annotated[str, StringConstraints(pattern=DEVICE.pattern), BeforeValidator(DEVICE.before)]
 """A sandbox or a computer: `sbx_...` or `cmp_...`."""
 SessionId = Annotated[str, StringConstraints(pattern=SESSION.pattern), BeforeValidator(SESSION.before)]
+GroupId = Annotated[str, StringConstraints(pattern=GROUP.pattern), BeforeValidator(GROUP.before)]
+DispatchId = Annotated[str, StringConstraints(pattern=DISPATCH.pattern), BeforeValidator(DISPATCH.before)]

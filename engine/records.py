@@ -167,3 +167,53 @@ class SoulSnapshotRow(Row):
     document_modified: datetime | None
     created_at: datetime
     created_by: str
+
+
+class GroupRow(Row):
+    id: str
+    name: str | None
+    workspace_id: str | None
+    project_id: str | None
+    concurrency_limit: int
+    expected_runs: int | None
+    metadata: dict[str, Any]
+    status: str
+    cancel_requested: datetime | None
+    idempotency_key: str | None
+    request_hash: str | None
+    finished_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    created_by: str
+
+
+class EntryRow(Row):
+    id: str
+    group_id: str
+    dispatch_id: str
+    position: int
+    item_index: int
+    status: str
+    attempts: int
+    run_id: str | None
+    request: dict[str, Any]
+    diagnostic: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+    @field_validator("request", "diagnostic", mode="before")
+    @classmethod
+    def _decode(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+
+class DispatchRow(Row):
+    id: str
+    group_id: str
+    first_index: int
+    count: int
+    is_async: bool
+    idempotency_key: str | None
+    request_hash: str
+    created_at: datetime
+    created_by: str

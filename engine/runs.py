@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 from anyio.abc import TaskGroup
@@ -23,11 +23,22 @@ from engine.devices import DeviceService
 from engine.ports import Clock, DeviceSpec, Harness, SandboxBackend
 from engine.records import RunRow
 from engine.settings import Settings
-from engine.store import Store, new_id
+from engine.store import Store, Tx, new_id
 from engine.supervision import TERMINAL, Supervision
 from engine.tokens import Tokens
 
 log = logging.getLogger("agentdock.runs")
+IMAGE_CHECK_SECONDS = 30
+"""How long an image seen built is taken as still built (a removed one then fails its run at launch)."""
+
+
+class Prepared(NamedTuple):
+    """A run request checked and made into records, not yet written (`RunService.record`)."""
+
+    run_id: str
+    row: dict[str, Any]
+    device_row: dict[str, Any] | None
+    binary: str
 
 
 class RunService:
@@ -47,6 +58,8 @@ class RunService:
         self._supervised: set[str] = set()
         self._resumed: set[str] = set()
         """Runs that had started before this daemon did (their process may already run)."""
+        self._images_built: dict[str, float] = {}
+        """Images seen built, and when (monotonic): a fan-out of ephemeral runs asks Docker once, not per run."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -128,6 +141,21 @@ class RunService:
             existing = await self._same_request(caller, req)
             if existing is not None:
                 return existing
+        prepared = await self.prepare(caller, req)
+        try:
+            async with self.store.write(self.clock.now()) as tx:
+                await self.record(tx, prepared)
+        except errors.Conflict:
+            if req.idempotency_key:  # the same key, created by a concurrent request a moment ago
+                existing = await self._same_request(caller, req)
+                if existing is not None:
+                    return existing
+            raise
+        return await self.get(caller, prepared.run_id)  # queued: admission starts it when a slot is free
+
+    async def prepare(self, caller: Caller, req: models.RunCreate) -> Prepared:
+        """Check a run request against the world (its target, the image) and build its records, writing
+        nothing: `record()` writes them, in the caller's transaction (a group's claim writes many)."""
         kind, target_id = req.target()
         harness = self.harnesses(req.provider.value)  # type: ignore[union-attr]
         if req.secrets:
@@ -140,7 +168,7 @@ class RunService:
             dreq = models.DeviceCreate(kind=models.TargetKind.sandbox)
             spec = self.devices.spec(dreq, run_id=run_id)
             device_row = self.devices.row(caller, spec, dreq)
-            if not await self.backend.image_exists(spec.image):
+            if not await self._image_built(spec.image):
                 raise errors.InvalidInput("image", f"the default image {spec.image} is not built",
                                           suggested_command="agentdock image build")
             kind, target_id = models.TargetKind.sandbox, spec.device_id
@@ -168,20 +196,26 @@ class RunService:
             "idempotency_key": req.idempotency_key, "request_hash": _hash(req.fingerprint()),
             "created_at": now, "updated_at": now, "created_by": caller.session_id,
         }
-        try:
-            async with self.store.write(now) as tx:
-                if device_row is not None:
-                    await tx.insert_device(device_row)
-                await tx.insert_run(row)
-                await tx.append_events(run_id, [("run_queued", "Run queued", {
-                    "provider": row["provider"], "target_id": target_id, "runtime_binary": harness.binary})])
-        except errors.Conflict:
-            if req.idempotency_key:  # the same key, created by a concurrent request a moment ago
-                existing = await self._same_request(caller, req)
-                if existing is not None:
-                    return existing
-            raise
-        return await self.get(caller, run_id)  # queued: admission starts it when a slot is free
+        return Prepared(run_id, row, device_row, harness.binary)
+
+    async def _image_built(self, image: str) -> bool:
+        seen = self._images_built.get(image)
+        if seen is not None and self.clock.monotonic() - seen < IMAGE_CHECK_SECONDS:
+            return True
+        if not await self.backend.image_exists(image):
+            return False
+        self._images_built[image] = self.clock.monotonic()
+        return True
+
+    async def record(self, tx: Tx, prepared: Prepared, group_id: str | None = None) -> None:
+        """Write a prepared run `queued` (and its ephemeral sandbox's record) with its first event."""
+        row = prepared.row
+        if prepared.device_row is not None:
+            await tx.insert_device(prepared.device_row)
+        await tx.insert_run(row)
+        await tx.append_events(prepared.run_id, [("run_queued", "Run queued", {
+            "provider": row["provider"], "target_id": row["target_id"], "runtime_binary": prepared.binary})],
+            group_id=group_id)
 
     async def _same_request(self, caller: Caller, req: models.RunCreate) -> models.Run | None:
         row = await self.store.run_by_idempotency_key(caller.session_id, req.idempotency_key)  # type: ignore[arg-type]

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     """The longest one MCP tool call waits (for a run's end): clients time tool calls out at about a minute."""
     max_active_runs: int = Field(default_factory=lambda: min(64, 8 * (os.cpu_count() or 2)), ge=1, le=10_000)
     """Daemon-wide cap on runs started and not yet settled; the rest wait `queued`, in creation order."""
+    group_entry_max_attempts: int = Field(default=3, ge=1, le=100)
+    """Child runs a group entry may get: a run lost with its sandbox or process is retried until then."""
+    sse_heartbeat_seconds: float = Field(default=15, gt=0, le=300)
+    """Between heartbeat comments on an SSE stream of group events that is waiting for the next one."""
     docker_threads: int = 16
     """Bound on concurrent blocking Docker API calls."""
     soul_enabled: bool = True

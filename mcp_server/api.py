@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from engine import context, models, sessions, souls
+from engine import group_models as gm
 from engine.app import Engine
 from engine.callers import Caller
 
@@ -73,6 +74,33 @@ class AgentDockAPI(Protocol):
         ...
 
     async def import_soul(self, req: souls.SoulImport) -> souls.SoulImported: ...
+
+    # groups
+    async def create_group(self, req: gm.GroupCreate) -> gm.Group: ...
+
+    async def get_group(self, group_id: str) -> gm.Group: ...
+
+    async def wait_group(self, group_id: str, timeout: float) -> gm.Group:
+        """The group once it has ended, or as it is when `timeout` seconds pass."""
+        ...
+
+    async def list_groups(self, q: gm.GroupListQuery) -> gm.GroupList: ...
+
+    async def dispatch_group(self, group_id: str, req: gm.DispatchRequest, wait: float = 0) -> gm.DispatchResult:
+        """Queue the manifest's entries; unless `req.async_`, wait up to `wait` s for them to end."""
+        ...
+
+    async def wait_dispatch(self, group_id: str, dispatch_id: str, timeout: float) -> gm.DispatchResult:
+        """An earlier dispatch once all its entries have ended, or as it is when `timeout` passes."""
+        ...
+
+    async def group_runs(self, group_id: str, q: gm.GroupRunsQuery) -> gm.GroupRunList: ...
+
+    async def group_events(self, group_id: str, q: gm.GroupEventsQuery | None = None) -> gm.GroupEventList:
+        """Events after `q.after_sequence`; with `q.wait`, long-polls until one arrives or the group ends."""
+        ...
+
+    async def cancel_group(self, group_id: str) -> gm.Group: ...
 
 
 class InProcessAPI:
@@ -147,3 +175,30 @@ class InProcessAPI:
 
     async def import_soul(self, req: souls.SoulImport) -> souls.SoulImported:
         return await self.engine.souls.import_agent(self.caller, req)
+
+    async def create_group(self, req: gm.GroupCreate) -> gm.Group:
+        return await self.engine.groups.create(self.caller, req)
+
+    async def get_group(self, group_id: str) -> gm.Group:
+        return await self.engine.groups.get(self.caller, group_id)
+
+    async def wait_group(self, group_id: str, timeout: float) -> gm.Group:
+        return await self.engine.groups.wait(self.caller, group_id, timeout)
+
+    async def list_groups(self, q: gm.GroupListQuery) -> gm.GroupList:
+        return await self.engine.groups.list(self.caller, q)
+
+    async def dispatch_group(self, group_id: str, req: gm.DispatchRequest, wait: float = 0) -> gm.DispatchResult:
+        return await self.engine.groups.dispatch(self.caller, group_id, req, wait)
+
+    async def wait_dispatch(self, group_id: str, dispatch_id: str, timeout: float) -> gm.DispatchResult:
+        return await self.engine.groups.dispatch_status(self.caller, group_id, dispatch_id, timeout)
+
+    async def group_runs(self, group_id: str, q: gm.GroupRunsQuery) -> gm.GroupRunList:
+        return await self.engine.groups.group_runs(self.caller, group_id, q)
+
+    async def group_events(self, group_id: str, q: gm.GroupEventsQuery | None = None) -> gm.GroupEventList:
+        return await self.engine.groups.events(self.caller, group_id, q or gm.GroupEventsQuery())
+
+    async def cancel_group(self, group_id: str) -> gm.Group:
+        return await self.engine.groups.cancel(self.caller, group_id)

@@ -15,6 +15,7 @@ import httpx
 from pydantic import BaseModel
 
 from engine import context, errors, ids, models, sessions, souls
+from engine import group_models as gm
 from engine.settings import Settings
 
 
@@ -132,6 +133,43 @@ class DaemonClient:
     async def artifact_content(self, run_id: str, path: str) -> bytes:
         return await self.request("GET", _run_path(run_id, "/artifacts/content"), params={"path": path})
 
+    # groups
+    async def create_group(self, req: gm.GroupCreate) -> gm.Group:
+        return gm.Group.model_validate((await self.request("POST", "/agent-run-groups", json=_body(req)))["data"])
+
+    async def get_group(self, group_id: str) -> gm.Group:
+        return gm.Group.model_validate((await self.request("GET", _group_path(group_id)))["data"])
+
+    async def wait_group(self, group_id: str, timeout: float) -> gm.Group:
+        payload = await self.request("GET", _group_path(group_id), params={"wait": timeout or None},
+                                     timeout=timeout + 30)
+        return gm.Group.model_validate(payload["data"])
+
+    async def list_groups(self, q: gm.GroupListQuery) -> gm.GroupList:
+        return gm.GroupList.model_validate(await self.request("GET", "/agent-run-groups", params=_query(q)))
+
+    async def dispatch_group(self, group_id: str, req: gm.DispatchRequest, wait: float = 0) -> gm.DispatchResult:
+        payload = await self.request("POST", _group_path(group_id, "/dispatch"), json=_body(req),
+                                     params={"wait": None if req.async_ else wait}, timeout=wait + 120)
+        return gm.DispatchResult.model_validate(payload["data"])
+
+    async def wait_dispatch(self, group_id: str, dispatch_id: str, timeout: float) -> gm.DispatchResult:
+        path = _group_path(group_id, f"/dispatches/{_seg(ids.DISPATCH, dispatch_id, 'dispatch_id')}")
+        payload = await self.request("GET", path, params={"wait": timeout or None}, timeout=timeout + 30)
+        return gm.DispatchResult.model_validate(payload["data"])
+
+    async def group_runs(self, group_id: str, q: gm.GroupRunsQuery) -> gm.GroupRunList:
+        return gm.GroupRunList.model_validate(
+            await self.request("GET", _group_path(group_id, "/runs"), params=_query(q)))
+
+    async def group_events(self, group_id: str, q: gm.GroupEventsQuery | None = None) -> gm.GroupEventList:
+        q = q or gm.GroupEventsQuery()
+        payload = await self.request("GET", _group_path(group_id, "/events"), params=_query(q), timeout=q.wait + 30)
+        return gm.GroupEventList.model_validate(payload)
+
+    async def cancel_group(self, group_id: str) -> gm.Group:
+        return gm.Group.model_validate((await self.request("POST", _group_path(group_id, "/cancel")))["data"])
+
     # sessions
     async def me(self) -> sessions.Me:
         return sessions.Me.model_validate((await self.request("GET", "/api/agent/me"))["me"])
@@ -196,3 +234,7 @@ def _run_path(run_id: str, rest: str = "") -> str:
 
 def _session_path(session_id: str, rest: str = "") -> str:
     return f"/sessions/{_seg(ids.SESSION, session_id, 'session_id')}{rest}"
+
+
+def _group_path(group_id: str, rest: str = "") -> str:
+    return f"/agent-run-groups/{_seg(ids.GROUP, group_id, 'group_id')}{rest}"

@@ -140,6 +140,12 @@ class FakeBackend:
         else:
             self.ended[run_id] = code
 
+    def lose(self, run_id: str) -> None:
+        """End a started process as if it died with its container (no exit code recorded): `process_lost`."""
+        proc = self.processes[run_id]
+        proc.ending = Ending.lost
+        proc.finish(-1)
+
     async def signal(self, device_id: str, run_id: str, signal: Literal["TERM", "KILL"]) -> None:
         proc = self.processes.get(run_id)
         if proc is not None and device_id in self.devices:

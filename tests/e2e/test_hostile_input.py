@@ -21,10 +21,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine import group_models as gm
 from engine import ids, models, sessions, souls
 from mcp_server import http as http_app
 from mcp_server import mcp_app
 from mcp_server.areas import agent as agent_area
+from mcp_server.areas import groups as group_area
 from tests.conftest import Daemon, owned_containers
 from tests.e2e.test_http import RUNS, SANDBOXES, diagnostic, http
 from tests.e2e.test_mcp import failing_call, session
@@ -33,6 +35,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 UNKNOWN_RUN = "run_0000000000000000dead"
 UNKNOWN_SANDBOX = "sbx_0000000000000000dead"
+UNKNOWN_GROUP = "grp_0000000000000000dead"
+GROUPS = "/api/v1/agent-run-groups"
 JSON = {"content-type": "application/json"}
 A_VALID_RUN = {"prompt": "p", "command": "echo hi"}
 """A run in a fresh ephemeral sandbox: what a poisoned body would create if its poison went unnoticed."""
@@ -44,12 +48,15 @@ A_VALID_AGENT_FILE = {"content": "---\nname: planted\ndescription: d\n---\npromp
 async def nothing_created(daemon: Daemon, client: httpx.AsyncClient) -> None:
     runs = await client.get(RUNS, params={"limit": 200})
     sandboxes = await client.get(SANDBOXES)
+    groups = await client.get(GROUPS)
     assert runs.status_code == 200, runs.text
     assert sandboxes.status_code == 200, sandboxes.text
+    assert groups.status_code == 200, groups.text
     assert runs.json()["data"] == []
     assert sandboxes.json()["data"] == []
     sessions_ = await client.get("/api/v1/sessions")
     assert [s["id"] for s in sessions_.json()["data"]] == ["ses_root"], sessions_.text
+    assert groups.json()["data"] == []
     assert owned_containers(daemon.settings.home) == []
     souls_dir = daemon.settings.home / "souls"
     assert not souls_dir.exists() or list(souls_dir.iterdir()) == []
@@ -331,7 +338,8 @@ PATH_LIKE = st.sampled_from([
     "RUN_0123456789ABCDEF0123", f"{UNKNOWN_RUN}\n", f"{UNKNOWN_RUN}/cancel", f"{UNKNOWN_SANDBOX}?x=1",
     f"{UNKNOWN_RUN}#", f" {UNKNOWN_RUN}", "run_g123456789abcdef0123", "sbx_０１２３４５６７８９abcdef0123",
 ])
-HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
+HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40).map(str.strip)
+"""Header values as a client can send them (h11 refuses leading or trailing spaces on the sending side)."""
 HUGE_TEXT = st.builds(lambda piece, n: piece * n, st.sampled_from(["a", "\x00", "é", "😀", "../", "%"]),
                       st.sampled_from([300, 5_000, 100_000]))
 SCALARS = st.one_of(
@@ -401,6 +409,24 @@ def poisons(model: type[models.Input]) -> dict[str, st.SearchStrategy[Any]]:
     if "content" in model.model_fields:
         out["content"] = st.one_of(st.integers(), st.lists(TEXT, max_size=2), st.booleans(),
                                    st.just("x" * (souls.MAX_SOURCE_BYTES + 1)))
+    group_fields = {"group_id": not_an_id(ids.GROUP), "dispatch_id": not_an_id(ids.DISPATCH),
+                    "concurrency_limit": numbers_outside(1, 16, integer=True),
+                    "expected_runs": numbers_outside(0, gm.MAX_EXPECTED_RUNS, integer=True),
+                    "after_sequence": numbers_outside(0, models.MAX_SEQUENCE, integer=True),
+                    "runs": st.one_of(st.sampled_from([[], "runs", None, 5, {"prompt": "p"}, [None], [[]]]),
+                                      st.just([{"prompt": "p", "command": "true"}] * 1001)),
+                    "workspace_id": st.sampled_from(["a b", "", "\x00", "x" * 201, "../x", 5]),
+                    "project_id": st.sampled_from(["a b", "", "\n", "x" * 201, [1]]),
+                    "include_input": st.sampled_from(["maybe", 2, [1], {}]),
+                    "include_output": st.sampled_from(["perhaps", -1, [True]]),
+                    "status": st.one_of(TEXT, PATH_LIKE).filter(lambda v: v not in set(gm.GroupStatus))}
+    if model in (gm.GroupListQuery,):
+        group_fields["cursor"] = not_an_id(ids.GROUP)
+    if issubclass(model, gm.GroupRunsQuery):
+        group_fields["cursor"] = numbers_outside(0, models.MAX_SEQUENCE, integer=True)
+    for name, strategy in group_fields.items():
+        if name in model.model_fields:
+            out[name] = strategy
     return out
 
 
@@ -432,6 +458,9 @@ TOOL_INPUTS: dict[str, type[models.Input]] = {
     "agent_me": models.Input, "agent_spawn": sessions.SpawnRequest, "agent_stop": agent_area.SessionRef,
     "agent_context": models.Input, "coordinator_config": agent_area.CoordinatorQuery,
     "soul_get": souls.SoulGet, "soul_validate": souls.SoulValidate,
+    "group_create": gm.GroupCreate, "group_dispatch": group_area.DispatchInput, "group_get": group_area.GroupRef,
+    "group_list": gm.GroupListQuery, "group_runs": group_area.RunsInput, "group_events": group_area.EventsInput,
+    "group_cancel": group_area.GroupRef,
 }
 
 
@@ -488,6 +517,10 @@ ID_ROUTES = [
     ("GET", "/api/v1/agent-runs/{}/events", ids.RUN), ("GET", "/api/v1/agent-runs/{}/artifacts", ids.RUN),
     ("GET", "/api/v1/agent-runs/{}/artifacts/content", ids.RUN),
     ("GET", "/api/v1/sessions/{}", ids.SESSION), ("POST", "/api/v1/sessions/{}/stop", ids.SESSION),
+    ("GET", GROUPS + "/{}", ids.GROUP), ("POST", GROUPS + "/{}/dispatch", ids.GROUP),
+    ("GET", GROUPS + "/{}/events", ids.GROUP), ("GET", GROUPS + "/{}/runs", ids.GROUP),
+    ("POST", GROUPS + "/{}/cancel", ids.GROUP),
+    ("GET", GROUPS + f"/{UNKNOWN_GROUP}/dispatches/{{}}", ids.DISPATCH),
 ]
 
 
@@ -504,6 +537,9 @@ def junk_http(draw: st.DrawFn) -> Request:
             ("GET", RUNS, models.RunListQuery), ("GET", SANDBOXES, models.Input), ("GET", "/api/v1/health", models.Input),
             ("GET", f"{RUNS}/{UNKNOWN_RUN}/events", models.EventsQuery), ("POST", RUNS, http_app.WaitQuery),
             ("GET", SOUL, souls.SoulGet),
+            ("GET", GROUPS, gm.GroupListQuery), ("GET", f"{GROUPS}/{UNKNOWN_GROUP}/events", gm.GroupEventsQuery),
+            ("GET", f"{GROUPS}/{UNKNOWN_GROUP}/runs", gm.GroupRunsQuery), ("GET", f"{GROUPS}/{UNKNOWN_GROUP}",
+                                                                             http_app.WaitQuery),
         ]))
         args = draw(junk_call(model))
         query = as_query(args)
@@ -515,12 +551,14 @@ def junk_http(draw: st.DrawFn) -> Request:
         path, model = draw(st.sampled_from([(RUNS, models.RunCreate), (SANDBOXES, models.DeviceCreate),
                                             ("/api/agent/spawn", sessions.SpawnRequest),
                                             (f"{SOUL}/validate", souls.SoulValidate),
-                                            (f"{SOUL}/import", souls.SoulImport)]))
+                                            (f"{SOUL}/import", souls.SoulImport),
+                                            (GROUPS, gm.GroupCreate),
+                                            (f"{GROUPS}/{UNKNOWN_GROUP}/dispatch", gm.DispatchRequest)]))
         args = draw(junk_call(model))
         wrap = draw(st.booleans())
         headers = dict(JSON)
         key = draw(st.one_of(st.none(), st.sampled_from(["", "k" * 201]), HEADER_TEXT))
-        if key is not None and path == RUNS:
+        if key is not None and path in (RUNS, GROUPS):
             headers["idempotency-key"] = key
         content = json.dumps({"data": args} if wrap else args).encode()
         return Request("POST", path, [], headers, content)

@@ -22,11 +22,13 @@ TOOLS = {
     "sandbox_create", "sandbox_list", "sandbox_get", "sandbox_delete",
     "agent_run", "agent_run_get", "agent_run_list", "agent_run_cancel", "agent_run_events", "agent_run_artifacts",
     "agent_me", "agent_spawn", "agent_stop", "agent_context", "coordinator_config", "soul_get", "soul_validate",
+    "group_create", "group_dispatch", "group_get", "group_list", "group_runs", "group_events", "group_cancel",
 }
 DEVICE_TOOLS = {"sandbox_create", "sandbox_list", "sandbox_get", "sandbox_delete"}
 READ_ONLY = {"sandbox_list", "sandbox_get", "agent_run_get", "agent_run_list", "agent_run_events",
-             "agent_run_artifacts", "agent_me", "agent_context", "coordinator_config", "soul_get", "soul_validate"}
-DESTRUCTIVE = {"sandbox_delete", "agent_run_cancel", "agent_stop"}
+             "agent_run_artifacts", "agent_me", "agent_context", "coordinator_config", "soul_get", "soul_validate",
+             "group_get", "group_list", "group_runs", "group_events"}
+DESTRUCTIVE = {"sandbox_delete", "agent_run_cancel", "agent_stop", "group_cancel"}
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 

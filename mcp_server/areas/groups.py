@@ -1,0 +1,404 @@
+"""Agent run groups: their HTTP routes (JSON and SSE), MCP tools, resource and CLI commands.
+
+Waiting happens on the server (`engine.groups`): a dispatch's end (`/dispatches/{id}?wait=S`), a
+group's end (`/{id}?wait=S`), the next event (`/events?wait=S`, or SSE with `?stream=true`). An MCP
+call never waits longer than `mcp_max_wait_seconds`; a synchronous `group_dispatch` not done by then
+answers with what it has, its `dispatch_id` and the group's event cursor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.tools import Tool
+from pydantic import Field
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import Response
+
+from engine import errors, ids, models
+from engine import group_models as gm
+from engine.app import Engine
+from engine.callers import Caller
+from engine.settings import Settings
+from mcp_server import commands, live, mcp_tools
+from mcp_server.api import AgentDockAPI
+from mcp_server.areas.runs import with_idempotency_key
+from mcp_server.http import MAX_WAIT_SECONDS, Endpoint, WaitQuery, body, data, params
+
+NAME = "groups"
+"""The toolset (`--toolsets groups`) and the permission area."""
+COLUMNS = ["id", "status", "name", "concurrency_limit", "status_message", "created_at"]
+MAX_DISPATCH_BODY = 32 * 1024 * 1024
+"""A manifest of 1,000 items of about 32 KiB each (prompts, env, metadata): a body past this is refused before
+it is read, so one request cannot make the daemon parse hundreds of megabytes of JSON."""
+SSE_POLL_SECONDS = 30
+"""One server-side wait of the SSE stream for the next event (heartbeats go out meanwhile)."""
+PROGRESS_SECONDS = 10
+"""Between progress notifications while an MCP call waits with nothing new to report."""
+
+
+class GroupRef(models.Input):
+    group_id: ids.GroupId
+    """The group id (grp_...)."""
+
+
+class GroupWait(GroupRef, WaitQuery):
+    pass
+
+
+class DispatchQuery(GroupRef):
+    wait: float | None = Field(default=None, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
+    """Seconds a synchronous dispatch waits for its children (default 3,600); `async` dispatches do not wait."""
+
+
+class DispatchInput(gm.DispatchRequest):
+    group_id: ids.GroupId
+    """The group to dispatch into."""
+
+
+class DispatchRef(GroupRef, WaitQuery):
+    dispatch_id: ids.DispatchId
+    """The dispatch id (gdsp_...) a dispatch answered with."""
+
+
+class EventsInput(gm.GroupEventsQuery):
+    group_id: ids.GroupId
+    """The group id."""
+
+
+class HttpEventsQuery(EventsInput):
+    stream: bool = False
+    """Server-sent events: replay from the cursor, then live; closed once the group has ended."""
+
+
+class RunsInput(gm.GroupRunsQuery):
+    group_id: ids.GroupId
+    """The group id."""
+
+
+# ---------------------------------------------------------------- HTTP
+
+
+def endpoints(engine: Engine) -> list[Endpoint]:
+    groups = engine.groups
+    heartbeat = engine.settings.sse_heartbeat_seconds
+
+    async def create(request: Request, caller: Caller) -> Response:
+        params(request, models.Input)
+        fields = with_idempotency_key(request, await body(request))
+        return data(await groups.create(caller, models.parse(gm.GroupCreate, fields)), 201)
+
+    async def list_(request: Request, caller: Caller) -> Response:
+        return data(await groups.list(caller, params(request, gm.GroupListQuery)))
+
+    async def get(request: Request, caller: Caller) -> Response:
+        p = params(request, GroupWait)
+        return data(await (groups.wait(caller, p.group_id, p.wait) if p.wait else groups.get(caller, p.group_id)))
+
+    async def dispatch(request: Request, caller: Caller) -> Response:
+        p = params(request, DispatchQuery)
+        fields = with_idempotency_key(request, await body(request))
+        req = models.parse(gm.DispatchRequest, fields)
+        wait = MAX_WAIT_SECONDS if p.wait is None else p.wait
+        return data(await groups.dispatch(caller, p.group_id, req, wait=wait), 201)
+
+    async def dispatch_status(request: Request, caller: Caller) -> Response:
+        p = params(request, DispatchRef)
+        return data(await groups.dispatch_status(caller, p.group_id, p.dispatch_id, p.wait))
+
+    async def runs(request: Request, caller: Caller) -> Response:
+        p = params(request, RunsInput)
+        return data(await groups.group_runs(caller, p.group_id, p))
+
+    async def events(request: Request, caller: Caller) -> Response:
+        p = params(request, HttpEventsQuery)
+        if not p.stream:
+            return data(await groups.events(caller, p.group_id, p))
+        after = _last_event_id(request, p.after_sequence)
+        first = await groups.events(caller, p.group_id, gm.GroupEventsQuery(after_sequence=after, limit=p.limit))
+        return EventSourceResponse(_sse(groups, caller, p.group_id, first, p.limit), ping=heartbeat)
+
+    async def cancel(request: Request, caller: Caller) -> Response:
+        return data(await groups.cancel(caller, params(request, GroupRef).group_id))
+
+    base = "/api/v1/agent-run-groups"
+    return [
+        Endpoint(base, create, ["POST"]),
+        Endpoint(base, list_, ["GET"]),
+        Endpoint(base + "/{group_id:id}", get, ["GET"]),
+        Endpoint(base + "/{group_id:id}/dispatch", dispatch, ["POST"], MAX_DISPATCH_BODY),
+        Endpoint(base + "/{group_id:id}/dispatches/{dispatch_id:id}", dispatch_status, ["GET"]),
+        Endpoint(base + "/{group_id:id}/runs", runs, ["GET"]),
+        Endpoint(base + "/{group_id:id}/events", events, ["GET"]),
+        Endpoint(base + "/{group_id:id}/cancel", cancel, ["POST"]),
+    ]
+
+
+def _last_event_id(request: Request, after: int) -> int:
+    """Where an SSE client resumes: its `Last-Event-ID` (the last sequence it saw) over the query's cursor."""
+    given = request.headers.getlist("last-event-id")
+    if not given:
+        return after
+    if len(given) > 1 or not given[0].isdigit() or len(given[0]) > 16 or int(given[0]) > models.MAX_SEQUENCE:
+        raise errors.InvalidInput("Last-Event-ID", "must be one event sequence number (digits) this stream sent")
+    return int(given[0])
+
+
+async def _sse(groups: Any, caller: Caller, group_id: str, page: gm.GroupEventList,
+               limit: int) -> AsyncIterator[ServerSentEvent]:
+    """Replay, then follow live: each event with its group sequence as its id; closed once the group has
+    ended and every event was sent. (Heartbeat comments come from the response while this waits.)"""
+    try:
+        while True:
+            for ev in page.data:
+                yield ServerSentEvent(data=ev.model_dump_json(), id=str(ev.sequence))
+            if not page.data and not page.is_active:
+                return
+            page = await groups.events(caller, group_id, gm.GroupEventsQuery(
+                after_sequence=page.next_after_sequence, limit=limit, wait=SSE_POLL_SECONDS))
+    except errors.EngineError as exc:
+        diag = exc.diagnostic()
+        yield ServerSentEvent(data=json.dumps({"diagnostic": diag.model_dump(mode="json"), "error": diag.message}),
+                              event="error")
+
+
+# ---------------------------------------------------------------- MCP
+
+
+async def _ticking(ctx: Context, message: str, progress: float) -> None:
+    """Progress notifications while a call waits with nothing new (clients may reset their timeout)."""
+    while True:
+        await anyio.sleep(PROGRESS_SECONDS)
+        await ctx.report_progress(progress, None, message)
+
+
+def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
+    max_wait = settings.mcp_max_wait_seconds
+
+    async def group_create(inp: gm.GroupCreate, ctx: Context) -> gm.Group:
+        return await api.create_group(inp)
+
+    async def group_dispatch(inp: DispatchInput, ctx: Context) -> gm.DispatchResult:
+        req = gm.DispatchRequest.model_validate(inp.model_dump(by_alias=True, exclude={"group_id", "async_"})
+                                                | {"async": True})
+        queued = await api.dispatch_group(inp.group_id, req)
+        if inp.async_:
+            return queued
+        mine = {e.id for e in queued.entries}
+
+        async def report() -> None:
+            ended, cursor = 0, queued.next_after_sequence
+            with contextlib.suppress(errors.EngineError):
+                while True:
+                    page = await api.group_events(inp.group_id, gm.GroupEventsQuery(
+                        after_sequence=cursor, wait=min(max_wait, PROGRESS_SECONDS)))
+                    cursor = page.next_after_sequence
+                    ended += sum(1 for e in page.data if e.type == "entry_finished" and e.payload.get("entry_id") in mine)
+                    last = page.data[-1].message if page.data else "waiting for the group's children"
+                    await ctx.report_progress(ended, len(mine), last)
+                    if not page.is_active and not page.data:
+                        return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(report)
+            result = await api.wait_dispatch(inp.group_id, queued.dispatch_id, max_wait)
+            tg.cancel_scope.cancel()
+        return result
+
+    async def group_get(inp: GroupRef, ctx: Context) -> gm.Group:
+        return await api.get_group(inp.group_id)
+
+    async def group_list(inp: gm.GroupListQuery, ctx: Context) -> gm.GroupList:
+        return await api.list_groups(inp)
+
+    async def group_runs(inp: RunsInput, ctx: Context) -> gm.GroupRunList:
+        return await api.group_runs(inp.group_id, gm.GroupRunsQuery.model_validate(inp.model_dump(exclude={"group_id"})))
+
+    async def group_events(inp: EventsInput, ctx: Context) -> gm.GroupEventList:
+        q = gm.GroupEventsQuery(after_sequence=inp.after_sequence, limit=inp.limit, wait=min(inp.wait, max_wait))
+        if not q.wait:
+            return await api.group_events(inp.group_id, q)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_ticking, ctx, f"waiting for events after {q.after_sequence}", q.after_sequence)
+            page = await api.group_events(inp.group_id, q)
+            tg.cancel_scope.cancel()
+        if page.data:
+            await ctx.report_progress(page.next_after_sequence, None, page.data[-1].message or page.data[-1].type)
+        return page
+
+    async def group_cancel(inp: GroupRef, ctx: Context) -> gm.Group:
+        return await api.cancel_group(inp.group_id)
+
+    read, change = mcp_tools.READ, mcp_tools.annotations
+    return [
+        mcp_tools.make_tool(
+            "group_create", "Create an agent run group: many related runs under one concurrency_limit, one event "
+            "stream for all of them. Set expected_runs to keep it open across several dispatches.",
+            gm.GroupCreate, gm.Group, group_create, change()),
+        mcp_tools.make_tool(
+            "group_dispatch", "Dispatch a manifest (runs: 1 to 1,000 agent runs, each with optional "
+            "orchestration_role and parent_agent_run_id, in a device or a fresh ephemeral sandbox) into a group. "
+            f"Waits for the children (at most {int(max_wait)} s, reporting progress; then returns what has ended, "
+            "done=false, and a cursor for group_events; repeat with the same idempotency_key to wait again); "
+            "async=true returns the queued entries at once. An item that cannot run (unknown target) fails as its "
+            "own entry.", DispatchInput, gm.DispatchResult, group_dispatch, change(open_world_hint=True)),
+        mcp_tools.make_tool("group_get", "Get a group: status, counts, entry_counts, is_active, status_message.",
+                            GroupRef, gm.Group, group_get, read),
+        mcp_tools.make_tool("group_list", "List groups, newest first, filtered by status, workspace_id or "
+                            "project_id, paged by cursor.", gm.GroupListQuery, gm.GroupList, group_list, read),
+        mcp_tools.make_tool("group_runs", "A group's entries in order with their latest runs; include_input and "
+                            "include_output add each run's prompt and output.", RunsInput, gm.GroupRunList,
+                            group_runs, read),
+        mcp_tools.make_tool(
+            "group_events", "One stream for the whole group: every child's events and the group's own (entry "
+            "queued/started/finished, group finished), one gapless sequence. Pass the last sequence you saw as "
+            f"after_sequence; wait (at most {int(max_wait)} s here) long-polls for the next.", EventsInput,
+            gm.GroupEventList, group_events, read),
+        mcp_tools.make_tool("group_cancel", "Cancel a group: queued entries end canceled without starting, running "
+                            "children are canceled (processes killed); returns the group.", GroupRef, gm.Group,
+                            group_cancel, change(destructive_hint=True, idempotent_hint=True)),
+    ]
+
+
+def resources(api: AgentDockAPI) -> list[mcp_tools.Resource]:
+    async def group(group_id: str) -> str:
+        with mcp_tools.resource_errors():
+            return (await api.get_group(group_id)).model_dump_json()
+
+    return [mcp_tools.Resource("agentdock://groups/{group_id}", "group", "An agent run group.", group)]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def _json_arg(text: str, field: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise errors.InvalidInput(field, f"not valid JSON: {exc.msg}") from None
+
+
+async def cmd_create(api: AgentDockAPI, args: argparse.Namespace) -> int:
+    fields = commands.given(name=args.name, workspace_id=args.workspace, project_id=args.project,
+                            concurrency_limit=args.concurrency, expected_runs=args.expected_runs,
+                            idempotency_key=args.idempotency_key)
+    if args.metadata:
+        fields["metadata"] = _json_arg(args.metadata, "metadata")
+    commands.show(await api.create_group(models.parse(gm.GroupCreate, fields)), args.json)
+    return 0
+
+
+async def cmd_list(api: AgentDockAPI, args: argparse.Namespace) -> int:
+    q = models.parse(gm.GroupListQuery, commands.given(status=args.status, limit=args.limit, cursor=args.cursor))
+    commands.show(await api.list_groups(q), args.json, COLUMNS)
+    return 0
+
+
+async def cmd_dispatch(api: AgentDockAPI, args: argparse.Namespace) -> int:
+    items = [_json_arg(r, "runs") for r in args.run or []]
+    if args.manifest:
+        text = sys.stdin.read() if args.manifest == "-" else Path(args.manifest).read_text()
+        manifest = _json_arg(text, "manifest")
+        items += manifest.get("runs", manifest) if isinstance(manifest, dict) else manifest
+    req = models.parse(gm.DispatchRequest, commands.given(runs=items, idempotency_key=args.idempotency_key)
+                       | {"async": True})
+    result = await api.dispatch_group(args.id, req)
+    while not args.async_ and not result.done:
+        result = await api.wait_dispatch(args.id, result.dispatch_id, MAX_WAIT_SECONDS)
+    if args.json:
+        commands.show(result, True)
+    else:
+        commands.show(result.group, False)
+        for r in result.results:
+            what = r.run.status.value if r.run else (r.diagnostic.message if r.diagnostic else "")
+            print(commands.safe(f"  [{r.index}] {'ok' if r.ok else 'FAILED'}  {r.run.id if r.run else '-'}  {what}"))
+        if args.async_:
+            print(f"queued {len(result.entries)} entries (dispatch {result.dispatch_id})")
+    return 0 if args.async_ or all(r.ok for r in result.results) else 1
+
+
+async def cmd_show(api: AgentDockAPI, args: argparse.Namespace) -> int:
+    if args.watch:
+        group = await live.watch(api, args.id, as_json=args.json)
+    else:
+        group = await api.get_group(args.id)
+        if not args.runs:
+            commands.show(group, args.json)
+    if args.runs:
+        runs = await _all_runs(api, args.id)
+        if args.json:
+            commands.show({"group": group.model_dump(mode="json"), "runs": runs}, True)
+        else:
+            if not args.watch:
+                commands.show(group, False)
+            commands.show({"data": runs}, False, ["index", "status", "attempts", "orchestration_role", "run_id",
+                                                  "run_status", "failure_kind"])
+    return 0
+
+
+async def _all_runs(api: AgentDockAPI, group_id: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = await api.group_runs(group_id, gm.GroupRunsQuery(limit=1000, cursor=cursor))
+        out += [r.model_dump(mode="json") for r in page.data]
+        if page.next_cursor is None:
+            return out
+        cursor = page.next_cursor
+
+
+async def cmd_events(api: AgentDockAPI, args: argparse.Namespace) -> int:
+    q = models.parse(gm.GroupEventsQuery, {"after_sequence": args.after, "limit": args.limit})
+    if args.stream:
+        await live.stream(api, args.id, q, as_json=args.json)
+        return 0
+    commands.show(await api.group_events(args.id, q), args.json,
+                  ["sequence", "type", "agent_run_id", "message", "created_at"])
+    return 0
+
+
+async def cmd_cancel(api: AgentDockAPI, args: argparse.Namespace) -> int:
+    commands.show(await api.cancel_group(args.id), args.json)
+    return 0
+
+
+def add_commands(cli: commands.Commands) -> None:
+    cli.group("agent-run-groups", "agent run groups: many runs under one concurrency limit")
+    cr = cli.add("agent-run-groups", "create", cmd_create)
+    cr.add_argument("--name")
+    cr.add_argument("--workspace")
+    cr.add_argument("--project")
+    cr.add_argument("--concurrency", type=int)
+    cr.add_argument("--expected-runs", type=int)
+    cr.add_argument("--metadata", help="JSON object")
+    cr.add_argument("--idempotency-key")
+    ls = cli.add("agent-run-groups", "list", cmd_list)
+    ls.add_argument("--status")
+    ls.add_argument("--limit", type=int)
+    ls.add_argument("--cursor")
+    dp = cli.add("agent-run-groups", "dispatch", cmd_dispatch, help="dispatch child runs into a group")
+    dp.add_argument("id")
+    dp.add_argument("--run", action="append", metavar="JSON", help="one manifest item (repeatable)")
+    dp.add_argument("--manifest", metavar="FILE", help='a JSON file ({"runs": [...]} or [...]); - for stdin')
+    dp.add_argument("--idempotency-key")
+    dp.add_argument("--async", dest="async_", action="store_true", help="return the queued entries at once")
+    sh = cli.add("agent-run-groups", "show", cmd_show)
+    sh.add_argument("id")
+    sh.add_argument("--runs", action="store_true", help="also list its entries and runs")
+    sh.add_argument("--watch", action="store_true", help="follow it live until it ends")
+    ev = cli.add("agent-run-groups", "events", cmd_events)
+    ev.add_argument("id")
+    ev.add_argument("--after", type=int, default=0, help="the last sequence already seen")
+    ev.add_argument("--limit", type=int, default=500, help="events per page")
+    ev.add_argument("--stream", action="store_true", help="follow live until the group ends")
+    cli.add("agent-run-groups", "cancel", cmd_cancel).add_argument("id")
+

@@ -1,0 +1,88 @@
+"""Following a group at a terminal: `agent-run-groups show --watch` and `events --stream`.
+
+In a terminal, a live `rich` display: a progress bar of the group's entries by status and its latest
+events. Elsewhere (a pipe, a file, CI), plain lines, one per event (JSON lines with `--json`). Both
+are fed by the server-side long-poll of the group's events, so a new event shows at once.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import deque
+from collections.abc import AsyncIterator
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+from rich.text import Text
+
+from engine import group_models as gm
+from mcp_server import commands
+from mcp_server.api import AgentDockAPI
+
+POLL_SECONDS = 30
+LATEST = 8
+"""Events shown under the progress bar."""
+
+
+async def pages(api: AgentDockAPI, group_id: str, q: gm.GroupEventsQuery) -> AsyncIterator[gm.GroupEventList]:
+    """The group's events page by page as they come, until it has ended and every event was read."""
+    while True:
+        page = await api.group_events(group_id, q)
+        yield page
+        if not page.data and not page.is_active:
+            return
+        q = gm.GroupEventsQuery(after_sequence=page.next_after_sequence, limit=q.limit, wait=POLL_SECONDS)
+
+
+def line(ev: gm.GroupEvent) -> str:
+    who = ev.agent_run_id or "group"
+    return commands.safe(f"{ev.sequence:>6}  {ev.type:<16} {who:<24} {ev.message or json.dumps(ev.payload)[:120]}")
+
+
+def _view(group: gm.Group, latest: deque[str]) -> Group:
+    c = group.entry_counts
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                   TextColumn("{task.completed}/{task.total} ended"), expand=False)
+    ended = c.succeeded + c.failed + c.canceled
+    bar.add_task(group.name or group.id, total=max(c.total, group.expected_runs or 0, 1), completed=ended)
+    counts = Text.assemble(("queued ", "dim"), str(c.queued), ("  running ", "cyan"), str(c.running),
+                           ("  succeeded ", "green"), str(c.succeeded), ("  failed ", "red"), str(c.failed),
+                           ("  canceled ", "yellow"), str(c.canceled), f"   {group.status.value}")
+    events = Table.grid()
+    for text in latest:
+        events.add_row(Text(text, overflow="ellipsis", no_wrap=True))
+    return Group(bar, counts, events)
+
+
+async def watch(api: AgentDockAPI, group_id: str, *, as_json: bool = False,
+                q: gm.GroupEventsQuery | None = None, show_events: bool = False) -> gm.Group:
+    """Follow the group until it has ended; returns its final record."""
+    group = await api.get_group(group_id)
+    q = q or gm.GroupEventsQuery()
+    if sys.stdout.isatty() and not as_json:
+        latest: deque[str] = deque(maxlen=LATEST)
+        console = Console()
+        with Live(_view(group, latest), console=console, refresh_per_second=8) as live:
+            async for page in pages(api, group_id, q):
+                latest.extend(line(ev) for ev in page.data)
+                group = await api.get_group(group_id)
+                live.update(_view(group, latest))
+        return group
+    status = None
+    async for page in pages(api, group_id, q):
+        for ev in page.data:
+            if show_events or as_json:
+                print(ev.model_dump_json() if as_json else line(ev), flush=True)
+        group = await api.get_group(group_id)
+        if not as_json and not show_events and group.status_message != status:
+            status = group.status_message
+            print(commands.safe(f"{group.id}  {group.status.value}  {status}"), flush=True)
+    return group
+
+
+async def stream(api: AgentDockAPI, group_id: str, q: gm.GroupEventsQuery, *, as_json: bool = False) -> None:
+    """`events --stream`: every event from the cursor on, live, until the group has ended."""
+    await watch(api, group_id, as_json=as_json, q=q, show_events=True)
