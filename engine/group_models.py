@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import model_validator, Field, field_validator
 
 from engine import errors, ids, models
 from engine.models import IDEMPOTENCY_KEY, MAX_SEQUENCE, Input, Record, _check_metadata, _check_text
@@ -85,6 +85,16 @@ class GroupCreate(Input):
     """Your own ids and labels (at most 64 KiB of JSON)."""
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     """The same key with the same body returns the same group."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_given_as_numbers(cls, data: Any) -> Any:
+        """A number field is a number or absent: JSON has no NaN, and a client serializing one sends null."""
+        if isinstance(data, dict):
+            for field in ("concurrency_limit", "expected_runs"):
+                if field in data and data[field] is None:
+                    raise ValueError(f"{field}: must be a whole number; leave it out for the default")
+        return data
 
     @field_validator("name")
     @classmethod
