@@ -49,7 +49,8 @@ class GroupEntries(RuleBasedStateMachine):
         self.serving: concurrent.futures.Future[Any] | None = None
         self.start_service()
         self.group = self.portal.call(self.engine.groups.create, ROOT,
-                                      gm.GroupCreate(concurrency_limit=LIMIT, expected_runs=expected))
+                                      gm.GroupCreate(concurrency_limit=LIMIT,
+                                                     **({} if expected is None else {"expected_runs": expected})))
         self.seen: dict[str, tuple[str, int]] = {}
         self.dispatched = 0
         self.group_ended: str | None = None
