@@ -223,8 +223,12 @@ SQL.update({
     "task_list": "SELECT * FROM tasks WHERE (:ws IS NULL OR workspace_id = :ws) AND (:status IS NULL OR "
                  "status = :status) ORDER BY created_at DESC, rowid DESC LIMIT :limit",
     "task_next_claimable": (
+        "SELECT id FROM tasks WHERE status = 'queued' AND workspace_id = :ws AND paused = 0 AND available_at <= :now "
+        "ORDER BY priority DESC, created_at, rowid LIMIT 1"
+    ),
+    "task_next_claimable_anywhere": (
         "SELECT id FROM tasks WHERE status = 'queued' AND paused = 0 AND available_at <= :now "
-        "AND (:ws IS NULL OR workspace_id = :ws) ORDER BY priority DESC, created_at, rowid LIMIT 1"
+        "ORDER BY priority DESC, created_at, rowid LIMIT 1"
     ),
     "task_next_available": (
         "SELECT min(available_at) AS at FROM tasks WHERE status = 'queued' AND paused = 0 "
@@ -620,7 +624,8 @@ class Tx:
         return TaskRunRow.model_validate(dict(rows[0])) if rows else None
 
     async def next_claimable_task(self, workspace_id: str | None) -> str | None:
-        rows = await self.conn.execute_fetchall(SQL["task_next_claimable"], {"now": ts(self.now), "ws": workspace_id})
+        sql = SQL["task_next_claimable_anywhere" if workspace_id is None else "task_next_claimable"]
+        rows = await self.conn.execute_fetchall(sql, {"now": ts(self.now), "ws": workspace_id})
         return rows[0][0] if rows else None
 
     async def leases_held(self, session_id: str) -> int:

@@ -204,7 +204,7 @@ class LeaseResult(models.Record):
 
 
 def actor(session_id: str, root_id: str = "ses_root") -> Actor:
-    return Actor(kind="human" if session_id == root_id else "agent", ref=session_id)
+    return Actor.model_construct(kind="human" if session_id == root_id else "agent", ref=session_id)
 
 
 class TaskRunRow(Row):
@@ -224,15 +224,18 @@ class TaskRunRow(Row):
     result: str | None
     previous_run_id: str | None
 
+    # Records are built from rows already validated: `model_construct` skips validating them twice
+    # (a claim+complete pair builds six of them; validation was a fifth of its time).
+
     def record(self) -> TaskRun:
-        return TaskRun(
+        return TaskRun.model_construct(
             id=self.id, task_id=self.task_id, attempt=self.attempt, status=self.status, session_id=self.session_id,
             claimed_by=actor(self.session_id), claim_token_hash=self.claim_token_hash, claimed_at=self.claimed_at,
             heartbeat_at=self.heartbeat_at, lease_until=self.lease_until, ended_at=self.ended_at, error=self.error,
             failure_kind=self.failure_kind, result=_json(self.result), previous_run_id=self.previous_run_id)
 
     def lease(self) -> Lease:
-        return Lease(claim_token_hash=self.claim_token_hash, claimed_by=actor(self.session_id),
+        return Lease.model_construct(claim_token_hash=self.claim_token_hash, claimed_by=actor(self.session_id),
                      heartbeat_at=self.heartbeat_at, lease_until=self.lease_until, run_id=self.id,
                      session_id=self.session_id, status=self.status, task_id=self.task_id)
 
@@ -262,7 +265,7 @@ class TaskRow(Row):
     finished_at: datetime | None
 
     def record(self, runs: list[TaskRunRow] | None = None) -> Task:
-        return Task(
+        return Task.model_construct(
             id=self.id, title=self.title, identifier=self.identifier, priority=self.priority, payload=self.payload,
             max_attempts=self.max_attempts, attempts=self.attempts, failures=self.failures,
             workspace_id=self.workspace_id, scope=self.scope, status=self.status, paused=self.paused,

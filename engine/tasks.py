@@ -43,6 +43,11 @@ class TaskService:
         self.clock = clock or SystemClock()
         self.settings = settings
         self.max_active_leases = max_active_leases
+        self._workspaces: dict[str, str] = {}
+        """A session's workspace, which never changes, read once."""
+        self._reaper_wake = anyio.Event()
+        self._reaper_due: datetime | None = None
+        """When the reaper will next look (None while it is looking): only a lease ending sooner wakes it."""
 
     # ------------------------------------------------------------ the lease reaper
 
@@ -50,11 +55,18 @@ class TaskService:
         """Return expired leases to the queue as they pass (woken early by any change to the queue)."""
         task_status.started()
         while True:
-            changed = self.store.topics.watch(topics.TASKS)
+            self._reaper_wake, self._reaper_due = anyio.Event(), None
             await self.reap_due()
             nxt = await self.store.next_lease_expiry()
-            wait = REAPER_IDLE_SECONDS if nxt is None else (nxt - self.clock.now()).total_seconds()
-            await self.clock.wait(changed, wait)
+            now = self.clock.now()
+            self._reaper_due = nxt or now + timedelta(seconds=REAPER_IDLE_SECONDS)
+            await self.clock.wait(self._reaper_wake, (self._reaper_due - now).total_seconds())
+
+    def _lease_granted(self, lease_until: datetime) -> None:
+        """Wake the reaper if this new lease ends before it would next look (every claim would be
+        two reads for it otherwise; a heartbeat or an end never makes the next expiry sooner)."""
+        if self._reaper_due is None or lease_until < self._reaper_due:
+            self._reaper_wake.set()
 
     async def reap_due(self) -> int:
         """Expire every lease that has passed; returns how many were."""
@@ -147,6 +159,7 @@ class TaskService:
                                 {"session_id": caller.session_id, "attempt": attempt})
             task, run = await tx.task(task_id), await tx.task_run(run_id)
         assert task is not None and run is not None
+        self._lease_granted(run.lease_until)
         return tm.Claim(lease=run.lease(), run=run.record(), task=task.record(), claim_token=token)
 
     async def heartbeat(self, caller: Caller, req: tm.Heartbeat) -> tm.LeaseResult:
@@ -262,7 +275,8 @@ class TaskService:
         """The workspace a session's tasks live in; None for the local user (every workspace)."""
         if caller.is_root:
             return None
-        ws = await self.store.session_workspace(caller.session_id)
+        ws = self._workspaces.get(caller.session_id) or await self.store.session_workspace(caller.session_id)
         if ws is None:
             raise errors.Unauthenticated(f"no session {caller.session_id}")
+        self._workspaces[caller.session_id] = ws
         return ws

@@ -28,6 +28,7 @@ CREATE TABLE tasks (
 );
 CREATE UNIQUE INDEX tasks_by_identifier ON tasks (workspace_id, identifier) WHERE identifier IS NOT NULL;
 CREATE INDEX tasks_claimable ON tasks (workspace_id, priority DESC, created_at) WHERE status = 'queued';
+CREATE INDEX tasks_claimable_anywhere ON tasks (priority DESC, created_at) WHERE status = 'queued';
 CREATE TABLE task_runs (
     id               TEXT PRIMARY KEY,
     task_id          TEXT NOT NULL REFERENCES tasks (id),
