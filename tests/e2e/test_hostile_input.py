@@ -662,8 +662,12 @@ async def test_generated_junk_at_every_mcp_tool_is_a_tool_error_with_a_diagnosti
             seen[tool] = seen.get(tool, 0) + 1
             await nothing_created(daemon, client)
 
-        with anyio.fail_after(120):
+        with anyio.fail_after(240):
             await anyio.to_thread.run_sync(run_examples, junk_tool_call(), 300, check)
+            # One draw over 32 tools can leave a few out: each of those gets its own examples.
+            for tool in sorted(set(TOOL_INPUTS) - set(seen)):
+                await anyio.to_thread.run_sync(
+                    run_examples, junk_call(TOOL_INPUTS[tool]).map(lambda a, t=tool: (t, a)), 10, check)
 
     assert set(seen) == set(TOOL_INPUTS), seen
 
