@@ -45,9 +45,10 @@ class Engine:
         self.groups = GroupService(self.store, self.runs, self.clock, settings)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups)
         self.souls = SoulService(self.store, self.clock, settings)
-        self.sessions = SessionService(self.store, self.runs, self.souls, self.tokens, self.clock, settings)
-        self.context = ContextService(self.sessions, self.souls, self.clock)
         self.tasks = TaskService(self.store, self.clock, settings, max_active_leases=MAX_ACTIVE_TASK_LEASES)
+        self.sessions = SessionService(self.store, self.runs, self.souls, self.tokens, self.clock, settings,
+                                       leases=self.tasks.active_leases)
+        self.context = ContextService(self.sessions, self.souls, self.clock)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:
         """`running()` as a task: ready once every service is, then until cancelled."""

@@ -64,6 +64,8 @@ async def test_a_session_holds_at_most_max_active_task_leases(tmp_path):
         for i in range(MAX_ACTIVE_TASK_LEASES + 1):
             await create(engine, title=f"t{i}")
         claims = [await claim(engine, worker) for _ in range(MAX_ACTIVE_TASK_LEASES)]
+        me = await engine.sessions.me(worker)
+        assert [lease["run_id"] for lease in me.active_task_leases] == [c.run.id for c in claims]
         with pytest.raises(errors.LimitExceeded, match="max_active_task_leases"):
             await engine.tasks.claim_next(worker, tm.ClaimNext())
         await engine.tasks.complete(worker, tm.Complete(**holding(claims[0])))
