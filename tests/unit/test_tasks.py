@@ -153,36 +153,40 @@ async def test_a_heartbeat_extends_the_lease_so_the_reaper_leaves_it(tmp_path):
     assert done.task.status == "completed"
 
 
+# The two waiter tests open only the store (no background service sleeps on the clock), so the one
+# sleeper is the waiter: its wait is known to have begun before time moves or a task is queued.
+
+
 async def test_a_claim_waiter_is_woken_by_a_creates_commit(tmp_path):
     clock = FakeClock()
-    async with engine_for(tmp_path, clock).running() as engine:
+    engine = engine_for(tmp_path, clock)
+    async with engine.store:
         got: list[tm.ClaimResult] = []
 
         async def waiter() -> None:
             got.append(await engine.tasks.claim_next(ROOT, tm.ClaimNext(wait_seconds=30)))
 
-        async with anyio.create_task_group() as tg:
-            with anyio.fail_after(10):
-                sleepers = clock.sleepers
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
                 tg.start_soon(waiter)
-                await clock.until_sleepers(sleepers + 1)  # the waiter found nothing and waits
+                await clock.until_sleepers(1)  # the waiter found nothing and waits
                 task = await create(engine)
     assert got[0].claim is not None and got[0].claim.task.id == task.id
 
 
 async def test_a_claim_wait_ends_empty_when_its_time_passes(tmp_path):
     clock = FakeClock()
-    async with engine_for(tmp_path, clock).running() as engine:
+    engine = engine_for(tmp_path, clock)
+    async with engine.store:
         got: list[tm.ClaimResult] = []
 
         async def waiter() -> None:
             got.append(await engine.tasks.claim_next(ROOT, tm.ClaimNext(wait_seconds=5)))
 
-        async with anyio.create_task_group() as tg:
-            with anyio.fail_after(10):
-                sleepers = clock.sleepers
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
                 tg.start_soon(waiter)
-                await clock.until_sleepers(sleepers + 1)
+                await clock.until_sleepers(1)
                 clock.advance(5)
     assert got == [tm.ClaimResult(claim=None)]
 
