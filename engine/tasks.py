@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -32,8 +32,6 @@ from engine.tokens import Tokens
 
 log = logging.getLogger("agentdock.tasks")
 
-REAPER_IDLE_SECONDS = 3600.0
-"""How long the reaper sleeps when no lease is held (a claim or heartbeat wakes it sooner)."""
 CLAIM_TOKEN_PREFIX = "tct_"
 
 
@@ -58,9 +56,12 @@ class TaskService:
             self._reaper_wake, self._reaper_due = anyio.Event(), None
             await self.reap_due()
             nxt = await self.store.next_lease_expiry()
-            now = self.clock.now()
-            self._reaper_due = nxt or now + timedelta(seconds=REAPER_IDLE_SECONDS)
-            await self.clock.wait(self._reaper_wake, (self._reaper_due - now).total_seconds())
+            if nxt is None:  # no lease held: only a claim gives it work (no sleeper on the clock meanwhile)
+                self._reaper_due = datetime.max.replace(tzinfo=UTC)
+                await self._reaper_wake.wait()
+                continue
+            self._reaper_due = nxt
+            await self.clock.wait(self._reaper_wake, (nxt - self.clock.now()).total_seconds())
 
     def _lease_granted(self, lease_until: datetime) -> None:
         """Wake the reaper if this new lease ends before it would next look (every claim would be
