@@ -21,6 +21,7 @@ bench: setup
 	$(PY) bench/engine_throughput.py
 	$(PY) bench/agent_socket.py
 	$(PY) bench/group_fanout.py
+	$(PY) bench/queue.py
 
 # Removes the images only; the debootstrap rootfs cache under $$AGENTDOCK_HOME/cache
 # stays, so the next build of the full image takes seconds, not a minute.

@@ -17,11 +17,12 @@ from engine.devices import DeviceService
 from engine.groups import GroupService
 from engine.ports import Clock, Harness, SandboxBackend
 from engine.runs import RunService
-from engine.sessions import SessionService
+from engine.sessions import MAX_ACTIVE_TASK_LEASES, SessionService
 from engine.secrets import SecretStore
 from engine.settings import Settings
 from engine.soul_service import SoulService
 from engine.store import Store
+from engine.tasks import TaskService
 from engine.tokens import Tokens
 from engine.topics import Topics
 
@@ -44,7 +45,9 @@ class Engine:
         self.groups = GroupService(self.store, self.runs, self.clock, settings)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups)
         self.souls = SoulService(self.store, self.clock, settings)
-        self.sessions = SessionService(self.store, self.runs, self.souls, self.tokens, self.clock, settings)
+        self.tasks = TaskService(self.store, self.clock, settings, max_active_leases=MAX_ACTIVE_TASK_LEASES)
+        self.sessions = SessionService(self.store, self.runs, self.souls, self.tokens, self.clock, settings,
+                                       leases=self.tasks.active_leases)
         self.context = ContextService(self.sessions, self.souls, self.clock)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -61,6 +64,7 @@ class Engine:
             await tg.start(self.runs.serve)
             await tg.start(self.admission.serve)
             await tg.start(self.sessions.serve)
+            await tg.start(self.tasks.serve)
             try:
                 yield self
             finally:

@@ -60,6 +60,8 @@ SESSION = Shape("session", ("ses",))
 GROUP = Shape("agent run group", ("grp",))
 ENTRY = Shape("group entry", ("agre",))
 DISPATCH = Shape("group dispatch", ("gdsp",))
+TASK = Shape("task", ("tsk",))
+TASK_RUN = Shape("task run", ("trun",))
 
 
 RunId = Annotated[str, StringConstraints(pattern=RUN.pattern), BeforeValidator(RUN.before)]
@@ -70,3 +72,5 @@ DeviceId = Annotated[str, StringConstraints(pattern=DEVICE.pattern), BeforeValid
 SessionId = Annotated[str, StringConstraints(pattern=SESSION.pattern), BeforeValidator(SESSION.before)]
 GroupId = Annotated[str, StringConstraints(pattern=GROUP.pattern), BeforeValidator(GROUP.before)]
 DispatchId = Annotated[str, StringConstraints(pattern=DISPATCH.pattern), BeforeValidator(DISPATCH.before)]
+TaskId = Annotated[str, StringConstraints(pattern=TASK.pattern), BeforeValidator(TASK.before)]
+TaskRunId = Annotated[str, StringConstraints(pattern=TASK_RUN.pattern), BeforeValidator(TASK_RUN.before)]

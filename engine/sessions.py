@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 from enum import StrEnum
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -156,8 +157,10 @@ MAX_ACTIVE_TASK_LEASES = 4
 
 class SessionService:
     def __init__(self, store: Store, runs: RunService, souls: SoulService, tokens: Tokens, clock: Clock | None,
-                 settings: Settings) -> None:
+                 settings: Settings, *, leases: Callable[[Caller], Awaitable[list[Any]]] | None = None) -> None:
         self.store = store
+        self.leases = leases
+        """The caller's live task leases (the task queue's), for `me`."""
         self.runs = runs
         self.souls = souls
         self.tokens = tokens
@@ -227,7 +230,9 @@ class SessionService:
                   limits=Limits(context_section_limit=CONTEXT_SECTION_LIMIT,
                                 max_active_task_leases=MAX_ACTIVE_TASK_LEASES, max_children=budget.max_children,
                                 max_spawn_depth=budget.max_depth),
-                  capabilities=caps)
+                  capabilities=caps,
+                  active_task_leases=[lease.model_dump(mode="json") for lease in await self.leases(caller)]
+                  if self.leases else [])
 
     async def get(self, caller: Caller, session_id: str) -> Session:
         caller.require("agent", "agent_me")

@@ -48,3 +48,6 @@ class Topics:
             await event.wait()
             return True
         return False
+TASKS = "tasks"
+"""A task was created, claimed, released, failed, completed or its lease changed (claim waiters and the
+lease reaper wait on it)."""

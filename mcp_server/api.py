@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from engine import context, models, sessions, souls
+from engine import task_models as tm
 from engine import group_models as gm
 from engine.app import Engine
 from engine.callers import Caller
@@ -101,6 +102,26 @@ class AgentDockAPI(Protocol):
         ...
 
     async def cancel_group(self, group_id: str) -> gm.Group: ...
+
+
+    # tasks
+    async def create_task(self, req: tm.TaskCreate) -> tm.Task: ...
+
+    async def get_task(self, task_id: str) -> tm.Task: ...
+
+    async def list_tasks(self, q: tm.TaskListQuery) -> tm.TaskList: ...
+
+    async def claim_task(self, req: tm.ClaimNext) -> tm.ClaimResult:
+        """The next claimable task with a lease and its claim token (waited for up to `req.wait_seconds`)."""
+        ...
+
+    async def heartbeat_task(self, req: tm.Heartbeat) -> tm.LeaseResult: ...
+
+    async def complete_task(self, req: tm.Complete) -> tm.LeaseResult: ...
+
+    async def fail_task(self, req: tm.Fail) -> tm.LeaseResult: ...
+
+    async def release_task(self, req: tm.Holding) -> tm.LeaseResult: ...
 
 
 class InProcessAPI:
@@ -202,3 +223,27 @@ class InProcessAPI:
 
     async def cancel_group(self, group_id: str) -> gm.Group:
         return await self.engine.groups.cancel(self.caller, group_id)
+
+    async def create_task(self, req: tm.TaskCreate) -> tm.Task:
+        return await self.engine.tasks.create(self.caller, req)
+
+    async def get_task(self, task_id: str) -> tm.Task:
+        return await self.engine.tasks.get(self.caller, task_id)
+
+    async def list_tasks(self, q: tm.TaskListQuery) -> tm.TaskList:
+        return await self.engine.tasks.list(self.caller, q)
+
+    async def claim_task(self, req: tm.ClaimNext) -> tm.ClaimResult:
+        return await self.engine.tasks.claim_next(self.caller, req)
+
+    async def heartbeat_task(self, req: tm.Heartbeat) -> tm.LeaseResult:
+        return await self.engine.tasks.heartbeat(self.caller, req)
+
+    async def complete_task(self, req: tm.Complete) -> tm.LeaseResult:
+        return await self.engine.tasks.complete(self.caller, req)
+
+    async def fail_task(self, req: tm.Fail) -> tm.LeaseResult:
+        return await self.engine.tasks.fail(self.caller, req)
+
+    async def release_task(self, req: tm.Holding) -> tm.LeaseResult:
+        return await self.engine.tasks.release(self.caller, req)

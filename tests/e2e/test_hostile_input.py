@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from engine import group_models as gm
 from engine import ids, models, sessions, souls
+from engine import task_models as tm
 from mcp_server import http as http_app
 from mcp_server import mcp_app
 from mcp_server.areas import agent as agent_area
@@ -57,6 +58,8 @@ async def nothing_created(daemon: Daemon, client: httpx.AsyncClient) -> None:
     sessions_ = await client.get("/api/v1/sessions")
     assert [s["id"] for s in sessions_.json()["data"]] == ["ses_root"], sessions_.text
     assert groups.json()["data"] == []
+    tasks = await client.get("/api/v1/tasks")
+    assert tasks.status_code == 200 and tasks.json()["data"] == [], tasks.text
     assert owned_containers(daemon.settings.home) == []
     souls_dir = daemon.settings.home / "souls"
     assert not souls_dir.exists() or list(souls_dir.iterdir()) == []
@@ -427,6 +430,18 @@ def poisons(model: type[models.Input]) -> dict[str, st.SearchStrategy[Any]]:
     for name, strategy in group_fields.items():
         if name in model.model_fields:
             out[name] = strategy
+    if model.__module__ == tm.__name__:
+        task_fields = {"task_id": not_an_id(ids.TASK), "run_id": not_an_id(ids.TASK_RUN),
+                       "priority": numbers_outside(0, 1_000_000, integer=True),
+                       "max_attempts": numbers_outside(1, 100, integer=True),
+                       "lease_seconds": numbers_outside(1, tm.MAX_LEASE_SECONDS, integer=False),
+                       "wait_seconds": numbers_outside(0, 45, integer=False),
+                       "title": st.sampled_from(["", 5, None, ["t"], "x" * 501]),
+                       "claim_token": st.sampled_from(["", 5, None, "x" * 201]),
+                       "error": st.sampled_from(["", 5, None, "x" * 10_001]),
+                       "status": st.one_of(TEXT, PATH_LIKE).filter(lambda v: v not in set(tm.TaskStatus)),
+                       "payload": st.sampled_from([[1], "p", 5, None])}
+        out.update({name: strategy for name, strategy in task_fields.items() if name in model.model_fields})
     return out
 
 
@@ -461,6 +476,9 @@ TOOL_INPUTS: dict[str, type[models.Input]] = {
     "group_create": gm.GroupCreate, "group_dispatch": group_area.DispatchInput, "group_get": group_area.GroupRef,
     "group_list": gm.GroupListQuery, "group_runs": group_area.RunsInput, "group_events": group_area.EventsInput,
     "group_cancel": group_area.GroupRef,
+    "task_create": tm.TaskCreate, "task_get": tm.TaskRef, "task_list": tm.TaskListQuery,
+    "task_claim_next": tm.ClaimNext, "task_heartbeat": tm.Heartbeat, "task_complete": tm.Complete,
+    "task_fail": tm.Fail, "task_release": tm.Holding,
 }
 
 
@@ -521,6 +539,9 @@ ID_ROUTES = [
     ("GET", GROUPS + "/{}/events", ids.GROUP), ("GET", GROUPS + "/{}/runs", ids.GROUP),
     ("POST", GROUPS + "/{}/cancel", ids.GROUP),
     ("GET", GROUPS + f"/{UNKNOWN_GROUP}/dispatches/{{}}", ids.DISPATCH),
+    ("GET", "/api/v1/tasks/{}", ids.TASK), ("POST", "/api/agent/tasks/{}/heartbeat", ids.TASK_RUN),
+    ("POST", "/api/agent/tasks/{}/complete", ids.TASK_RUN), ("POST", "/api/agent/tasks/{}/fail", ids.TASK_RUN),
+    ("POST", "/api/agent/tasks/{}/release", ids.TASK_RUN),
 ]
 
 
@@ -536,7 +557,7 @@ def junk_http(draw: st.DrawFn) -> Request:
         method, template, model = draw(st.sampled_from([
             ("GET", RUNS, models.RunListQuery), ("GET", SANDBOXES, models.Input), ("GET", "/api/v1/health", models.Input),
             ("GET", f"{RUNS}/{UNKNOWN_RUN}/events", models.EventsQuery), ("POST", RUNS, http_app.WaitQuery),
-            ("GET", SOUL, souls.SoulGet),
+            ("GET", SOUL, souls.SoulGet), ("GET", "/api/v1/tasks", tm.TaskListQuery),
             ("GET", GROUPS, gm.GroupListQuery), ("GET", f"{GROUPS}/{UNKNOWN_GROUP}/events", gm.GroupEventsQuery),
             ("GET", f"{GROUPS}/{UNKNOWN_GROUP}/runs", gm.GroupRunsQuery), ("GET", f"{GROUPS}/{UNKNOWN_GROUP}",
                                                                              http_app.WaitQuery),
@@ -553,7 +574,9 @@ def junk_http(draw: st.DrawFn) -> Request:
                                             (f"{SOUL}/validate", souls.SoulValidate),
                                             (f"{SOUL}/import", souls.SoulImport),
                                             (GROUPS, gm.GroupCreate),
-                                            (f"{GROUPS}/{UNKNOWN_GROUP}/dispatch", gm.DispatchRequest)]))
+                                            (f"{GROUPS}/{UNKNOWN_GROUP}/dispatch", gm.DispatchRequest),
+                                            ("/api/v1/tasks", tm.TaskCreate),
+                                            ("/api/agent/tasks/claim-next", tm.ClaimNext)]))
         args = draw(junk_call(model))
         wrap = draw(st.booleans())
         headers = dict(JSON)

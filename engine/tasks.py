@@ -1,0 +1,283 @@
+"""The leased task queue (issue 9). A session claims the highest-priority, oldest claimable task of
+its workspace and holds it as a task run with a lease (`lease_until`) and a claim token returned
+once (stored only as its SHA-256). Only the current holder's token heartbeats, completes, fails or
+releases the run: each is one compare-and-set on the run's status, token and live lease, so a holder
+whose lease expired (and whose task may be claimed again) changes nothing and is told why.
+
+The lease reaper (`serve`) returns expired leases to the queue as a new attempt after a backoff
+(min(2**n, 60) s after the n-th failed attempt, on the injected clock); after `max_attempts` failed
+or expired attempts the task ends `failed` with its `failure_kind`. Every change is committed with
+its event, in one transaction.
+
+Who sees what: a task belongs to a workspace (its creator's unless the local user names another).
+The local user sees and may claim every task; a spawned session those of its own workspace."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import anyio
+
+from engine import errors, ids, topics
+from engine import task_models as tm
+from engine.callers import Caller
+from engine.clock import SystemClock
+from engine.ports import Clock
+from engine.settings import Settings
+from engine.store import Store, new_id
+from engine.tokens import Tokens
+
+log = logging.getLogger("agentdock.tasks")
+
+CLAIM_TOKEN_PREFIX = "tct_"
+
+
+class TaskService:
+    def __init__(self, store: Store, clock: Clock | None, settings: Settings, *, max_active_leases: int) -> None:
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.settings = settings
+        self.max_active_leases = max_active_leases
+        self._workspaces: dict[str, str] = {}
+        """A session's workspace, which never changes, read once."""
+        self._reaper_wake = anyio.Event()
+        self._reaper_due: datetime | None = None
+        """When the reaper will next look (None while it is looking): only a lease ending sooner wakes it."""
+
+    # ------------------------------------------------------------ the lease reaper
+
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Return expired leases to the queue as they pass (woken early by any change to the queue)."""
+        task_status.started()
+        while True:
+            self._reaper_wake, self._reaper_due = anyio.Event(), None
+            await self.reap_due()
+            nxt = await self.store.next_lease_expiry()
+            if nxt is None:  # no lease held: only a claim gives it work (no sleeper on the clock meanwhile)
+                self._reaper_due = datetime.max.replace(tzinfo=UTC)
+                await self._reaper_wake.wait()
+                continue
+            self._reaper_due = nxt
+            await self.clock.wait(self._reaper_wake, (nxt - self.clock.now()).total_seconds())
+
+    def _lease_granted(self, lease_until: datetime) -> None:
+        """Wake the reaper if this new lease ends before it would next look (every claim would be
+        two reads for it otherwise; a heartbeat or an end never makes the next expiry sooner)."""
+        if self._reaper_due is None or lease_until < self._reaper_due:
+            self._reaper_wake.set()
+
+    async def reap_due(self) -> int:
+        """Expire every lease that has passed; returns how many were."""
+        reaped = 0
+        for run in await self.store.expired_task_runs(self.clock.now()):
+            now = self.clock.now()
+            async with self.store.write(now) as tx:
+                if not await tx.expire_task_run(run.id):
+                    continue  # heartbeated or ended meanwhile
+                task = await tx.task(run.task_id)
+                assert task is not None
+                await self._after_failure(tx, task, run.id, tm.FailureKind.lease_expired,
+                                          "the lease ran out without a heartbeat", now)
+                reaped += 1
+        return reaped
+
+    # ------------------------------------------------------------ requests
+
+    async def create(self, caller: Caller, req: tm.TaskCreate) -> tm.Task:
+        caller.require("tasks", "task_create")
+        own = await self._workspace_of(caller)
+        workspace = req.workspace or own or "default"
+        if own is not None and workspace != own:
+            raise errors.PermissionDenied(f"workspace: a session creates tasks in its own workspace ({own})",
+                                          evidence={"field": "workspace", "workspace": own})
+        now = self.clock.now()
+        task_id = new_id("tsk")
+        async with self.store.write(now) as tx:
+            await tx.insert_task({
+                "id": task_id, "title": req.title, "identifier": req.identifier, "priority": req.priority,
+                "payload": req.payload, "max_attempts": req.max_attempts, "workspace_id": workspace,
+                "scope": req.scope, "paused": req.paused, "available_at": now, "created_by": caller.session_id,
+                "created_at": now, "updated_at": now})
+            await tx.task_event(task_id, None, "task.created", f"task created: {req.title[:80]}",
+                                {"priority": req.priority, "max_attempts": req.max_attempts})
+            row = await tx.task(task_id)
+        assert row is not None
+        return row.record()
+
+    async def get(self, caller: Caller, task_id: str) -> tm.Task:
+        caller.require("tasks", "task_get")
+        row = await self._visible_task(caller, ids.TASK.check(task_id, "task_id"))
+        return row.record(await self.store.task_runs(row.id))
+
+    async def list(self, caller: Caller, q: tm.TaskListQuery) -> tm.TaskList:
+        caller.require("tasks", "task_list")
+        rows = await self.store.tasks(await self._workspace_of(caller), q.status.value if q.status else None, q.limit)
+        return tm.TaskList(data=[r.record() for r in rows])
+
+    async def claim_next(self, caller: Caller, req: tm.ClaimNext) -> tm.ClaimResult:
+        """Claim the highest-priority, oldest claimable task; with `wait_seconds`, wait (bounded) for one."""
+        caller.require("tasks", "task_claim_next")
+        bound = self.settings.mcp_max_wait_seconds
+        if req.wait_seconds > bound:
+            raise errors.InvalidInput("wait_seconds", f"at most {bound:g} seconds; claim again to wait longer",
+                                      evidence={"limit": bound})
+        workspace = await self._workspace_of(caller)
+        deadline = self.clock.monotonic() + req.wait_seconds
+        while True:
+            changed = self.store.topics.watch(topics.TASKS)
+            claim = await self._claim_once(caller, workspace, req.lease_seconds)
+            left = deadline - self.clock.monotonic()
+            if claim is not None or left <= 0:
+                return tm.ClaimResult(claim=claim)
+            nxt = await self.store.next_task_available(workspace)
+            if nxt is not None:  # a task in backoff becomes claimable without any commit
+                left = min(left, max((nxt - self.clock.now()).total_seconds(), 0.001))
+            await self.clock.wait(changed, left)
+
+    async def _claim_once(self, caller: Caller, workspace: str | None, lease_seconds: float) -> tm.Claim | None:
+        token = CLAIM_TOKEN_PREFIX + secrets.token_hex(24)
+        run_id = new_id("trun")
+        now = self.clock.now()
+        async with self.store.write(now) as tx:
+            held = await tx.leases_held(caller.session_id)
+            if held >= self.max_active_leases:
+                raise errors.LimitExceeded(
+                    f"max_active_task_leases: this session already holds {held} task leases; complete, fail or "
+                    f"release one first", evidence={"field": "max_active_task_leases",
+                                                    "limit": self.max_active_leases})
+            task_id = await tx.next_claimable_task(workspace)
+            if task_id is None:
+                return None
+            attempt = await tx.claim_task(task_id, {
+                "id": run_id, "session_id": caller.session_id, "claim_token_hash": Tokens.digest(token),
+                "lease_seconds": lease_seconds, "lease_until": now + timedelta(seconds=lease_seconds)})
+            if attempt is None:  # unreachable under the one writer; kept so a claim is never invented
+                return None
+            await tx.task_event(task_id, run_id, "task.claimed", f"claimed by {caller.session_id} (attempt {attempt})",
+                                {"session_id": caller.session_id, "attempt": attempt})
+            task, run = await tx.task(task_id), await tx.task_run(run_id)
+        assert task is not None and run is not None
+        self._lease_granted(run.lease_until)
+        return tm.Claim(lease=run.lease(), run=run.record(), task=task.record(), claim_token=token)
+
+    async def heartbeat(self, caller: Caller, req: tm.Heartbeat) -> tm.LeaseResult:
+        caller.require("tasks", "task_heartbeat")
+        now = self.clock.now()
+        async with self.store.write(now) as tx:
+            run = await self._held(tx, caller, req)
+            seconds = req.lease_seconds or run.lease_seconds
+            if not await tx.heartbeat_task_run(run.id, Tokens.digest(req.claim_token), caller.session_id, seconds,
+                                               now + timedelta(seconds=seconds)):
+                raise errors.Conflict("run_id: the lease changed meanwhile; claim again")
+            await tx.task_event(run.task_id, run.id, "task.heartbeat", "lease extended", {"lease_seconds": seconds})
+            return await self._answer(tx, run.id)
+
+    async def complete(self, caller: Caller, req: tm.Complete) -> tm.LeaseResult:
+        caller.require("tasks", "task_complete")
+        now = self.clock.now()
+        async with self.store.write(now) as tx:
+            run = await self._end(tx, caller, req, tm.TaskRunStatus.completed, result=req.result)
+            if not await tx.finish_task(run.task_id, run.id, tm.TaskStatus.completed, result=req.result):
+                raise errors.Conflict("run_id: the task is no longer held by this run")
+            await tx.task_event(run.task_id, run.id, "task.completed", f"completed (attempt {run.attempt})", {})
+            return await self._answer(tx, run.id)
+
+    async def fail(self, caller: Caller, req: tm.Fail) -> tm.LeaseResult:
+        caller.require("tasks", "task_fail")
+        now = self.clock.now()
+        async with self.store.write(now) as tx:
+            run = await self._end(tx, caller, req, tm.TaskRunStatus.failed, error=req.error,
+                                  failure_kind=tm.FailureKind.error)
+            task = await tx.task(run.task_id)
+            assert task is not None
+            await self._after_failure(tx, task, run.id, tm.FailureKind.error, req.error, now)
+            return await self._answer(tx, run.id)
+
+    async def release(self, caller: Caller, req: tm.Holding) -> tm.LeaseResult:
+        """Give the task back at once; a release does not count against max_attempts."""
+        caller.require("tasks", "task_release")
+        now = self.clock.now()
+        async with self.store.write(now) as tx:
+            run = await self._end(tx, caller, req, tm.TaskRunStatus.released)
+            if not await tx.requeue_task(run.task_id, run.id, failed=False, available_at=now):
+                raise errors.Conflict("run_id: the task is no longer held by this run")
+            await tx.task_event(run.task_id, run.id, "task.released", "released to the queue", {})
+            return await self._answer(tx, run.id)
+
+    async def active_leases(self, caller: Caller) -> list[tm.Lease]:
+        return [r.lease() for r in await self.store.live_task_runs_of(caller.session_id, self.clock.now())]
+
+    # ------------------------------------------------------------ helpers
+
+    async def _after_failure(self, tx: Any, task: tm.TaskRow, run_id: str, kind: tm.FailureKind, error: str,
+                             now: datetime) -> None:
+        """A failed or expired attempt: back to the queue after a backoff, or, at max_attempts, failed."""
+        failures = task.failures + 1
+        if failures >= task.max_attempts:
+            await tx.finish_task(task.id, run_id, tm.TaskStatus.failed, failed=True, failure_kind=kind, error=error)
+            await tx.task_event(task.id, run_id, "task.failed", f"failed after {failures} attempts ({kind})",
+                                {"failure_kind": kind, "failures": failures})
+            return
+        delay = tm.backoff(failures)
+        await tx.requeue_task(task.id, run_id, failed=True, available_at=now + timedelta(seconds=delay))
+        await tx.task_event(task.id, run_id, "task.retry", f"attempt failed ({kind}); claimable again in {delay:g} s",
+                            {"failure_kind": kind, "failures": failures, "backoff_seconds": delay})
+
+    async def _end(self, tx: Any, caller: Caller, req: tm.Holding, status: tm.TaskRunStatus, **fields: Any,
+                   ) -> tm.TaskRunRow:
+        run = await self._held(tx, caller, req)
+        if not await tx.end_task_run(run.id, Tokens.digest(req.claim_token), caller.session_id, status, **fields):
+            raise errors.Conflict("run_id: the lease changed meanwhile; claim again")
+        return run
+
+    async def _held(self, tx: Any, caller: Caller, req: tm.Holding) -> tm.TaskRunRow:
+        """The run, if the caller is its current holder with a live lease; else a diagnostic saying why not."""
+        run = await tx.task_run(req.run_id)
+        if run is None:
+            raise errors.NotFound("task run", req.run_id, suggested_command="agentdock tasks list")
+        if run.session_id != caller.session_id:
+            raise errors.PermissionDenied(
+                f"run_id: task run {run.id} was claimed by another session, not by you; only its holder's claim "
+                "token works", evidence={"field": "run_id"})
+        if Tokens.digest(req.claim_token) != run.claim_token_hash:
+            raise errors.PermissionDenied("claim_token: not the claim token of this task run",
+                                          evidence={"field": "claim_token", "run_id": run.id})
+        if run.status is not tm.TaskRunStatus.running:
+            task = await tx.task(run.task_id)
+            raise errors.InvalidTransition(
+                f"run_id: task run {run.id} has already ended ({run.status}); the task is {task.status}"
+                + (f", now held by run {task.current_run_id}" if task.current_run_id else ""),
+                suggested_command=f"agentdock tasks get {run.task_id}",
+                evidence={"field": "run_id", "status": run.status, "task_status": task.status,
+                          "current_run_id": task.current_run_id})
+        if run.lease_until <= tx.now:
+            raise errors.InvalidTransition(
+                f"run_id: the lease of task run {run.id} expired at {run.lease_until.isoformat()}; the task goes "
+                "back to the queue", suggested_command="agentdock tasks claim",
+                evidence={"field": "run_id", "lease_until": run.lease_until.isoformat()})
+        return run
+
+    async def _answer(self, tx: Any, run_id: str) -> tm.LeaseResult:
+        run = await tx.task_run(run_id)
+        task = await tx.task(run.task_id)
+        return tm.LeaseResult(lease=run.lease(), run=run.record(), task=task.record())
+
+    async def _visible_task(self, caller: Caller, task_id: str) -> tm.TaskRow:
+        row = await self.store.task(task_id)
+        workspace = await self._workspace_of(caller)
+        if row is None or (workspace is not None and row.workspace_id != workspace):
+            raise errors.NotFound("task", task_id, suggested_command="agentdock tasks list")
+        return row
+
+    async def _workspace_of(self, caller: Caller) -> str | None:
+        """The workspace a session's tasks live in; None for the local user (every workspace)."""
+        if caller.is_root:
+            return None
+        ws = self._workspaces.get(caller.session_id) or await self.store.session_workspace(caller.session_id)
+        if ws is None:
+            raise errors.Unauthenticated(f"no session {caller.session_id}")
+        self._workspaces[caller.session_id] = ws
+        return ws
