@@ -11,6 +11,7 @@ import anyio
 import anyio.abc
 
 from engine.admission import Admission
+from engine.channels import ChannelService
 from engine.clock import SystemClock
 from engine.context import ContextService
 from engine.devices import DeviceService
@@ -46,9 +47,10 @@ class Engine:
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups)
         self.souls = SoulService(self.store, self.clock, settings)
         self.tasks = TaskService(self.store, self.clock, settings, max_active_leases=MAX_ACTIVE_TASK_LEASES)
+        self.channels = ChannelService(self.store, self.clock, settings)
         self.sessions = SessionService(self.store, self.runs, self.souls, self.tokens, self.clock, settings,
-                                       leases=self.tasks.active_leases)
-        self.context = ContextService(self.sessions, self.souls, self.clock)
+                                       leases=self.tasks.active_leases, channels=self.channels.list_records)
+        self.context = ContextService(self.sessions, self.souls, self.channels, self.tasks, self.clock)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:
         """`running()` as a task: ready once every service is, then until cancelled."""

@@ -1,6 +1,6 @@
 """What an agent is told about itself and its surroundings: seed 002's context bundle and its
-coordinator config. Every section comes from real records; a section whose subject does not exist
-yet (channels, the task queue) is empty and says so (`available: false`, `source`), never invented.
+coordinator config. Every section comes from real records; a section with nothing to show (no
+family channel yet, no task held) says so (`available: false`, `source`), never invents one.
 Every list section carries `limit, returned, truncated`."""
 
 from __future__ import annotations
@@ -10,14 +10,17 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
+from engine import channel_models as cm
 from engine import models, souls
 from engine.callers import Caller
+from engine.channels import ChannelService
 from engine.ports import Clock
 from engine.soul_service import SoulService
+from engine.tasks import TaskService
 from engine.sessions import (CONTEXT_SECTION_LIMIT, Capability, Limits, MeSelf, Session, SessionService,
                              Workspace)
 
-NOT_YET = "not_available: arrives with channels and the task queue"
+RECENT_TASK_EVENTS = 20
 
 
 class Section(models.Record):
@@ -51,7 +54,7 @@ class CoordinationChannel(models.Record):
 
 
 class InboxSummary(models.Record):
-    items: list[dict[str, Any]]
+    items: list[cm.InboxItem]
     section: Section
     unread_count: int
     source: str
@@ -103,9 +106,12 @@ def _section(total: int, limit: int) -> Section:
 
 
 class ContextService:
-    def __init__(self, sessions: SessionService, souls: SoulService, clock: Clock) -> None:
+    def __init__(self, sessions: SessionService, souls: SoulService, channels: ChannelService, tasks: TaskService,
+                 clock: Clock) -> None:
         self.sessions = sessions
         self.souls = souls
+        self.channels = channels
+        self.tasks = tasks
         self.clock = clock
 
     async def context(self, caller: Caller, limit: int = CONTEXT_SECTION_LIMIT) -> Context:
@@ -115,13 +121,15 @@ class ContextService:
         peers = await self._peers(session)
         caps = me.capabilities
         soul = await self.souls.own(caller)
+        items, unread = await self.channels.inbox(caller, limit)
         return Context(
             self_=me.self_, session=session, workspace=me.workspace, soul=souls.projection(soul),
-            coordination_channel=CoordinationChannel(available=False, source=NOT_YET),
-            inbox_summary=InboxSummary(items=[], section=_section(0, limit), unread_count=0, source=NOT_YET),
+            coordination_channel=await self._coordination(caller, session),
+            inbox_summary=InboxSummary(items=items, section=_section(unread, limit), unread_count=unread,
+                                       source="channels: messages not yet received"),
             peer_roster=PeerRoster(peers=peers[:limit], section=_section(len(peers), limit)),
             capabilities=Capabilities(capabilities=caps[:limit], section=_section(len(caps), limit)),
-            task=TaskSection(available=False, source=NOT_YET),
+            task=await self._task(caller),
             limits=me.limits,
             provenance=Provenance(generated_at=self.clock.now(), source="agentdock daemon: live records"))
 
@@ -135,10 +143,30 @@ class ContextService:
             model=me.session.model, provider=me.session.provider, source="default",
             workspace_id=workspace or me.session.workspace_id)
 
+    async def _coordination(self, caller: Caller, session: Session) -> CoordinationChannel:
+        """Where this session coordinates: its parent's family channel (the root: its own)."""
+        owner = session.lineage.parent_session_id or session.id
+        channel = await self.channels.channel(caller, cm.channel_id(cm.family_name(owner)))
+        if channel is None:
+            return CoordinationChannel(available=False, source=f"no family channel of {owner} that you may use "
+                                       "(one is made when it spawns a child)")
+        return CoordinationChannel(available=True, channel=channel.model_dump(mode="json"),
+                                   source=f"family channel of {owner}")
+
+    async def _task(self, caller: Caller) -> TaskSection:
+        """The task the caller holds (its newest live lease), with its attempts and recent events."""
+        bundle = await self.tasks.bundle(caller, RECENT_TASK_EVENTS)
+        if bundle is None:
+            return TaskSection(available=False, source="no task held: claim one with task_claim_next")
+        return TaskSection(available=True, bundle=bundle, source="task queue: your newest live lease")
+
     async def _peers(self, session: Session) -> list[Peer]:
-        """The live sessions next to this one: its parent, its siblings and its children."""
+        """The live sessions next to this one: its parent, its siblings and its children, each with the
+        family channel this session shares with it."""
+        parent = session.lineage.parent_session_id
         near = [s for s in (await self.sessions.list_all_live()) if s.id != session.id and (
-            s.id == session.lineage.parent_session_id
-            or s.lineage.parent_session_id in (session.id, session.lineage.parent_session_id))]
+            s.id == parent or s.lineage.parent_session_id in (session.id, parent))]
         return [Peer(peer_id=s.id, session_id=s.id, display_name=s.name or s.agent_name,
+                     channel_id=cm.channel_id(cm.family_name(
+                         session.id if s.lineage.parent_session_id == session.id else parent or session.id)),
                      capabilities=list(s.lineage.permission_policy.tools)) for s in near]

@@ -62,6 +62,8 @@ ENTRY = Shape("group entry", ("agre",))
 DISPATCH = Shape("group dispatch", ("gdsp",))
 TASK = Shape("task", ("tsk",))
 TASK_RUN = Shape("task run", ("trun",))
+CHANNEL = Shape("channel", ("chn",))
+MESSAGE = Shape("message", ("msg",))
 
 
 RunId = Annotated[str, StringConstraints(pattern=RUN.pattern), BeforeValidator(RUN.before)]
@@ -74,3 +76,5 @@ GroupId = Annotated[str, StringConstraints(pattern=GROUP.pattern), BeforeValidat
 DispatchId = Annotated[str, StringConstraints(pattern=DISPATCH.pattern), BeforeValidator(DISPATCH.before)]
 TaskId = Annotated[str, StringConstraints(pattern=TASK.pattern), BeforeValidator(TASK.before)]
 TaskRunId = Annotated[str, StringConstraints(pattern=TASK_RUN.pattern), BeforeValidator(TASK_RUN.before)]
+ChannelId = Annotated[str, StringConstraints(pattern=CHANNEL.pattern), BeforeValidator(CHANNEL.before)]
+MessageId = Annotated[str, StringConstraints(pattern=MESSAGE.pattern), BeforeValidator(MESSAGE.before)]

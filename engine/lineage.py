@@ -46,7 +46,8 @@ class PermissionPolicy(models.Input):
     """Toolsets (`devices, runs, groups, agent, soul, channels, tasks, profiles`) or single tool names
     (`agent_run_get`); `agent_me` is always allowed."""
     network_channels: list[Name] = Field(default_factory=list, max_length=MAX_NAMES)
-    """Channels it may send on and receive from (`*`: any)."""
+    """Channels it may send on and receive from, by name (`family:<session id>`, `task:<task id>`) or id
+    (`*`: any). Left out of a spawn's permissions: the parent's."""
     sandbox_profiles: list[Name] = Field(default_factory=list, max_length=MAX_NAMES)
     """Runtime profiles it may start runs with (`*`: any)."""
     skills: list[Name] = Field(default_factory=list, max_length=MAX_NAMES)
@@ -107,7 +108,10 @@ def covers(parent: list[str], child: list[str], *, field: str, tools: bool = Fal
 
 
 def narrowed(parent: PermissionPolicy, asked: PermissionPolicy) -> PermissionPolicy:
-    """The child's policy: what it asked for, if all of it is within the parent's."""
+    """The child's policy: what it asked for, if all of it is within the parent's. `network_channels`
+    left out is the parent's: a child talks on its family's channel unless its parent says otherwise."""
+    if "network_channels" not in asked.model_fields_set:
+        asked = asked.model_copy(update={"network_channels": list(parent.network_channels)})
     covers(parent.tools, asked.tools, field="permissions.tools", tools=True)
     for field in ("network_channels", "sandbox_profiles", "skills", "mcp_servers"):
         covers(getattr(parent, field), getattr(asked, field), field=f"permissions.{field}")

@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from pydantic import ConfigDict, Field
 
-from engine import errors, ids, lineage, models, souls, topics
+from engine import channels, errors, ids, lineage, models, souls, topics
 from engine.callers import ROOT, Caller
 from engine.clock import SystemClock
 from engine.lineage import PermissionPolicy, SpawnBudget
@@ -137,8 +137,8 @@ class Capability(models.Record):
 
 
 class Me(models.Record):
-    """Seed 002's `me`: who the caller is and what it may do. `channels` and `active_task_leases`
-    are filled by the channels and task queue (empty until they exist, never invented)."""
+    """Seed 002's `me`: who the caller is and what it may do, the channels it may use and the task
+    leases it holds."""
 
     model_config = ConfigDict(frozen=True, populate_by_name=True, serialize_by_alias=True)
 
@@ -157,10 +157,13 @@ MAX_ACTIVE_TASK_LEASES = 4
 
 class SessionService:
     def __init__(self, store: Store, runs: RunService, souls: SoulService, tokens: Tokens, clock: Clock | None,
-                 settings: Settings, *, leases: Callable[[Caller], Awaitable[list[Any]]] | None = None) -> None:
+                 settings: Settings, *, leases: Callable[[Caller], Awaitable[list[Any]]] | None = None,
+                 channels: Callable[[Caller], Awaitable[list[Any]]] | None = None) -> None:
         self.store = store
         self.leases = leases
         """The caller's live task leases (the task queue's), for `me`."""
+        self.channels = channels
+        """The channels the caller may use, for `me`."""
         self.runs = runs
         self.souls = souls
         self.tokens = tokens
@@ -231,6 +234,7 @@ class SessionService:
                                 max_active_task_leases=MAX_ACTIVE_TASK_LEASES, max_children=budget.max_children,
                                 max_spawn_depth=budget.max_depth),
                   capabilities=caps,
+                  channels=[c.model_dump(mode="json") for c in await self.channels(caller)] if self.channels else [],
                   active_task_leases=[lease.model_dump(mode="json") for lease in await self.leases(caller)]
                   if self.leases else [])
 
@@ -285,6 +289,7 @@ class SessionService:
                 "provider": run_req.provider.value if run_req and run_req.provider else None,
                 "model": run_req.model if run_req else None, "created_by": caller.session_id,
                 "created_at": now, "updated_at": now})
+            await tx.ensure_channel(channels.family_row(parent.id, parent.workspace_id), (parent.id, child_id))
         run = None
         if run_req is not None:
             try:

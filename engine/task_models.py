@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field, JsonValue
 
-from engine import ids, models
+from engine import channel_models, ids, models
 from engine.records import Row
 
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -133,6 +133,8 @@ class TaskRun(models.Record):
     failure_kind: str | None = None
     result: JsonValue = None
     previous_run_id: str | None = None
+    coordination_channel_id: str
+    """The task's channel (`task:<task id>`): its creator and whoever claims it talk there."""
 
 
 class Task(models.Record):
@@ -194,6 +196,27 @@ class ClaimResult(models.Record):
     """None when nothing was claimable within the wait."""
 
 
+class TaskEvent(models.Record):
+    sequence: int
+    event_type: str
+    message: str
+    run_id: str | None = None
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+class TaskBundle(models.Record):
+    """Seed 002's context `task.bundle`: the task a session holds and how it got here."""
+
+    task: Task
+    current_run: TaskRun
+    prior_attempts: list[TaskRun]
+    recent_events: list[TaskEvent]
+    latest_event_seq: int
+    handoff_summary: str
+    """What the attempts before this one ended with (empty on a first attempt)."""
+
+
 class LeaseResult(models.Record):
     lease: Lease
     run: TaskRun
@@ -232,7 +255,8 @@ class TaskRunRow(Row):
             id=self.id, task_id=self.task_id, attempt=self.attempt, status=self.status, session_id=self.session_id,
             claimed_by=actor(self.session_id), claim_token_hash=self.claim_token_hash, claimed_at=self.claimed_at,
             heartbeat_at=self.heartbeat_at, lease_until=self.lease_until, ended_at=self.ended_at, error=self.error,
-            failure_kind=self.failure_kind, result=_json(self.result), previous_run_id=self.previous_run_id)
+            failure_kind=self.failure_kind, result=_json(self.result), previous_run_id=self.previous_run_id,
+            coordination_channel_id=channel_models.channel_id(channel_models.task_name(self.task_id)))
 
     def lease(self) -> Lease:
         return Lease.model_construct(claim_token_hash=self.claim_token_hash, claimed_by=actor(self.session_id),

@@ -14,6 +14,7 @@ The local user sees and may claim every task; a spawned session those of its own
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from engine import errors, ids, topics
+from engine import channels, errors, ids, topics
 from engine import task_models as tm
 from engine.callers import Caller
 from engine.clock import SystemClock
@@ -159,7 +160,9 @@ class TaskService:
             await tx.task_event(task_id, run_id, "task.claimed", f"claimed by {caller.session_id} (attempt {attempt})",
                                 {"session_id": caller.session_id, "attempt": attempt})
             task, run = await tx.task(task_id), await tx.task_run(run_id)
-        assert task is not None and run is not None
+            assert task is not None and run is not None
+            await tx.ensure_channel(channels.task_row(task.id, task.title, task.workspace_id, task.created_by),
+                                    (task.created_by, caller.session_id))
         self._lease_granted(run.lease_until)
         return tm.Claim(lease=run.lease(), run=run.record(), task=task.record(), claim_token=token)
 
@@ -206,6 +209,24 @@ class TaskService:
                 raise errors.Conflict("run_id: the task is no longer held by this run")
             await tx.task_event(run.task_id, run.id, "task.released", "released to the queue", {})
             return await self._answer(tx, run.id)
+
+    async def bundle(self, caller: Caller, recent: int) -> dict[str, Any] | None:
+        """The task the caller holds through its newest live lease, for its context (None: none held)."""
+        live = await self.store.live_task_runs_of(caller.session_id, self.clock.now())
+        if not live:
+            return None
+        current = live[-1]
+        task = await self.store.task(current.task_id)
+        assert task is not None
+        prior = [r for r in await self.store.task_runs(task.id) if r.id != current.id]
+        events = (await self.store.task_events(task.id))[-recent:]
+        handoff = "; ".join(f"attempt {r.attempt} {r.status}" + (f": {r.error}" if r.error else "") for r in prior)
+        return tm.TaskBundle(
+            task=task.record(), current_run=current.record(), prior_attempts=[r.record() for r in prior],
+            recent_events=[tm.TaskEvent(sequence=e["sequence"], event_type=e["type"], message=e["message"],
+                                        run_id=e["run_id"], payload=json.loads(e["payload"]),
+                                        created_at=e["created_at"]) for e in events],
+            latest_event_seq=task.latest_event_seq, handoff_summary=handoff).model_dump(mode="json")
 
     async def active_leases(self, caller: Caller) -> list[tm.Lease]:
         return [r.lease() for r in await self.store.live_task_runs_of(caller.session_id, self.clock.now())]

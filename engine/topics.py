@@ -20,6 +20,10 @@ def group(group_id: str) -> str:
     return f"group:{group_id}"
 
 
+def channel(channel_id: str) -> str:
+    return f"channel:{channel_id}"
+
+
 ADMISSION = "admission"
 """Touched when a run is queued or an active run ends: the scheduler may admit another."""
 SESSIONS = "sessions"

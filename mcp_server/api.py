@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from engine import channel_models as cm
 from engine import context, models, sessions, souls
 from engine import task_models as tm
 from engine import group_models as gm
@@ -122,6 +123,17 @@ class AgentDockAPI(Protocol):
     async def fail_task(self, req: tm.Fail) -> tm.LeaseResult: ...
 
     async def release_task(self, req: tm.Holding) -> tm.LeaseResult: ...
+
+    # channels
+    async def list_channels(self) -> cm.ChannelList: ...
+
+    async def send_message(self, req: cm.Send) -> cm.MessageResult: ...
+
+    async def recv_messages(self, req: cm.Recv) -> cm.Messages:
+        """What the caller has not yet received (waited for, bounded, when `req.wait`)."""
+        ...
+
+    async def reply_message(self, req: cm.Reply) -> cm.MessageResult: ...
 
 
 class InProcessAPI:
@@ -247,3 +259,15 @@ class InProcessAPI:
 
     async def release_task(self, req: tm.Holding) -> tm.LeaseResult:
         return await self.engine.tasks.release(self.caller, req)
+
+    async def list_channels(self) -> cm.ChannelList:
+        return await self.engine.channels.list(self.caller)
+
+    async def send_message(self, req: cm.Send) -> cm.MessageResult:
+        return await self.engine.channels.send(self.caller, req)
+
+    async def recv_messages(self, req: cm.Recv) -> cm.Messages:
+        return await self.engine.channels.recv(self.caller, req)
+
+    async def reply_message(self, req: cm.Reply) -> cm.MessageResult:
+        return await self.engine.channels.reply(self.caller, req)

@@ -14,6 +14,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
+from engine import channel_models as cm
 from engine import context, errors, ids, models, sessions, souls
 from engine import task_models as tm
 from engine import group_models as gm
@@ -240,13 +241,35 @@ class DaemonClient:
         body = {k: v for k, v in req.model_dump(mode="json").items() if k != "run_id" and v is not None}
         return tm.LeaseResult.model_validate(await self.request("POST", path, json=body))
 
+    # channels (seed 002's agent routes: `channels`, `message`, `messages`)
+    async def list_channels(self) -> cm.ChannelList:
+        return cm.ChannelList.model_validate(await self.request("GET", CHANNELS))
+
+    async def send_message(self, req: cm.Send) -> cm.MessageResult:
+        path = f"{CHANNELS}/{_seg(ids.CHANNEL, req.channel, 'channel')}/send"
+        body = {k: v for k, v in _body(req).items() if k != "channel"}
+        return cm.MessageResult.model_validate(await self.request("POST", path, json=body))
+
+    async def recv_messages(self, req: cm.Recv) -> cm.Messages:
+        path = f"{CHANNELS}/{_seg(ids.CHANNEL, req.channel, 'channel')}/recv"
+        query = {k: v for k, v in _query(req).items() if k != "channel"}
+        wait = req.wait_seconds if req.wait_seconds is not None else (self.settings.mcp_max_wait_seconds
+                                                                      if req.wait else 0)
+        payload = await self.request("GET", path, params=query, timeout=wait + 30)
+        return cm.Messages.model_validate(payload)
+
+    async def reply_message(self, req: cm.Reply) -> cm.MessageResult:
+        return cm.MessageResult.model_validate(await self.request("POST", CHANNELS + "/reply", json=_body(req)))
+
 
 SOUL = "/api/agent/soul"
+CHANNELS = "/api/agent/channels"
 
 
 def _body(req: BaseModel) -> dict[str, Any]:
-    """A request model as the JSON body the daemon parses back into the same model."""
-    return req.model_dump(mode="json", by_alias=True, exclude_none=True)
+    """A request model as the JSON body the daemon parses back into the same model (what was left out
+    stays left out: a spawn's omitted `network_channels` means the parent's, not none)."""
+    return req.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
 
 
 def _query(q: BaseModel) -> dict[str, Any]:

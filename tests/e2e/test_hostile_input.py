@@ -21,12 +21,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine import channel_models as cm
 from engine import group_models as gm
 from engine import ids, models, sessions, souls
 from engine import task_models as tm
 from mcp_server import http as http_app
 from mcp_server import mcp_app
 from mcp_server.areas import agent as agent_area
+from mcp_server.areas import channels as channel_area
 from mcp_server.areas import groups as group_area
 from tests.conftest import Daemon, owned_containers
 from tests.e2e.test_http import RUNS, SANDBOXES, diagnostic, http
@@ -37,6 +39,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 UNKNOWN_RUN = "run_0000000000000000dead"
 UNKNOWN_SANDBOX = "sbx_0000000000000000dead"
 UNKNOWN_GROUP = "grp_0000000000000000dead"
+UNKNOWN_CHANNEL = "chn_0000000000000000dead"
 GROUPS = "/api/v1/agent-run-groups"
 JSON = {"content-type": "application/json"}
 A_VALID_RUN = {"prompt": "p", "command": "echo hi"}
@@ -60,6 +63,8 @@ async def nothing_created(daemon: Daemon, client: httpx.AsyncClient) -> None:
     assert groups.json()["data"] == []
     tasks = await client.get("/api/v1/tasks")
     assert tasks.status_code == 200 and tasks.json()["data"] == [], tasks.text
+    channels = await client.get("/api/agent/channels")
+    assert channels.status_code == 200 and channels.json()["channels"] == [], channels.text
     assert owned_containers(daemon.settings.home) == []
     souls_dir = daemon.settings.home / "souls"
     assert not souls_dir.exists() or list(souls_dir.iterdir()) == []
@@ -442,6 +447,15 @@ def poisons(model: type[models.Input]) -> dict[str, st.SearchStrategy[Any]]:
                        "status": st.one_of(TEXT, PATH_LIKE).filter(lambda v: v not in set(tm.TaskStatus)),
                        "payload": st.sampled_from([[1], "p", 5, None])}
         out.update({name: strategy for name, strategy in task_fields.items() if name in model.model_fields})
+    if model.__module__ == cm.__name__:
+        channel_fields = {"channel": not_an_id(ids.CHANNEL), "reply_to_message_id": not_an_id(ids.MESSAGE),
+                          "body": st.just("x" * (cm.MAX_BODY_BYTES + 1)),
+                          "wait": st.sampled_from(["maybe", 2, [1], {}]),
+                          "wait_seconds": numbers_outside(0, 45, integer=False),
+                          "metadata": st.sampled_from([[1], "m", 5, {"message_kind": "shout"}, {"task_id": "../x"},
+                                                       {"correlation_id": ""}, {"extra": 1},
+                                                       {"coordination_channel_id": "chn_x"}])}
+        out.update({name: strategy for name, strategy in channel_fields.items() if name in model.model_fields})
     return out
 
 
@@ -479,6 +493,8 @@ TOOL_INPUTS: dict[str, type[models.Input]] = {
     "task_create": tm.TaskCreate, "task_get": tm.TaskRef, "task_list": tm.TaskListQuery,
     "task_claim_next": tm.ClaimNext, "task_heartbeat": tm.Heartbeat, "task_complete": tm.Complete,
     "task_fail": tm.Fail, "task_release": tm.Holding,
+    "channel_list": channel_area.ListInput, "channel_send": cm.Send, "channel_recv": cm.Recv,
+    "channel_reply": cm.Reply,
 }
 
 
@@ -542,6 +558,7 @@ ID_ROUTES = [
     ("GET", "/api/v1/tasks/{}", ids.TASK), ("POST", "/api/agent/tasks/{}/heartbeat", ids.TASK_RUN),
     ("POST", "/api/agent/tasks/{}/complete", ids.TASK_RUN), ("POST", "/api/agent/tasks/{}/fail", ids.TASK_RUN),
     ("POST", "/api/agent/tasks/{}/release", ids.TASK_RUN),
+    ("POST", "/api/agent/channels/{}/send", ids.CHANNEL), ("GET", "/api/agent/channels/{}/recv", ids.CHANNEL),
 ]
 
 
@@ -576,7 +593,9 @@ def junk_http(draw: st.DrawFn) -> Request:
                                             (GROUPS, gm.GroupCreate),
                                             (f"{GROUPS}/{UNKNOWN_GROUP}/dispatch", gm.DispatchRequest),
                                             ("/api/v1/tasks", tm.TaskCreate),
-                                            ("/api/agent/tasks/claim-next", tm.ClaimNext)]))
+                                            ("/api/agent/tasks/claim-next", tm.ClaimNext),
+                                            (f"/api/agent/channels/{UNKNOWN_CHANNEL}/send", cm.Send),
+                                            ("/api/agent/channels/reply", cm.Reply)]))
         args = draw(junk_call(model))
         wrap = draw(st.booleans())
         headers = dict(JSON)

@@ -227,7 +227,7 @@ async def test_any_sequence_of_spawns_stops_and_time_keeps_every_budget(tmp_path
                 assert len(live_children) <= 3
 
 
-async def test_context_names_the_sessions_around_the_caller_and_says_what_is_not_there_yet(tmp_path):
+async def test_context_names_the_sessions_around_the_caller_and_the_channel_it_shares_with_each(tmp_path):
     async with engine_for(tmp_path).running() as engine:
         a = await spawn(engine, ROOT, agent_name="alpha")
         b = await spawn(engine, ROOT, agent_name="beta")
@@ -242,7 +242,11 @@ async def test_context_names_the_sessions_around_the_caller_and_says_what_is_not
     assert small.peer_roster.section.model_dump() == {"limit": 2, "returned": 2, "truncated": True}
     assert len(small.peer_roster.peers) == 2
     assert ctx.self_.session_id == a.session.id and ctx.model_dump()["self"]["agent_name"] == "alpha"
-    assert not ctx.coordination_channel.available and not ctx.task.available
+    peers = {p.session_id: p.channel_id for p in ctx.peer_roster.peers}
+    assert peers["ses_root"] == peers[b.session.id] == ctx.coordination_channel.channel["id"]
+    assert ctx.coordination_channel.channel["channel"] == "family:ses_root"
+    assert peers[c.session.id] != peers[b.session.id]  # a's own family, with its child
+    assert not ctx.task.available and "task_claim_next" in ctx.task.source
     assert ctx.inbox_summary.items == [] and ctx.inbox_summary.section.returned == 0
     assert (cfg.source, cfg.max_children, cfg.workspace_id) == ("default", 8, "default")
 

@@ -1,0 +1,254 @@
+"""Channels' records and inputs (seed 002's `channel`, `message` and its `metadata`), and the store's
+rows they are read from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field, JsonValue, model_validator
+
+from engine import ids, models
+from engine.records import Row
+
+MAX_BODY_BYTES = 64 * 1024
+"""A message body, as JSON, at most this many bytes (bigger payloads belong in artifacts or a task's payload)."""
+MAX_EXT_KEYS = 32
+PREVIEW_CHARS = 200
+DEFAULT_RECV_LIMIT = 50
+MAX_RECV_LIMIT = 500
+CORRELATION = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+WORKFLOW = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+
+
+class MessageKind(StrEnum):
+    status = "status"
+    """Where the sender is (`started`, `blocked on X`)."""
+    progress = "progress"
+    """How far a piece of work has got."""
+    request = "request"
+    """Asks for something; the answer is a `reply` carrying its correlation id."""
+    reply = "reply"
+    """Answers a message (`channel_reply` sets it, addressed to that message's sender)."""
+    result = "result"
+    """What a piece of work produced."""
+    error = "error"
+    """Something went wrong."""
+    chat = "chat"
+    """Free conversation (family channels only)."""
+
+
+class ChannelKind(StrEnum):
+    family = "family"
+    """A parent and the sessions it spawned."""
+    task = "task"
+    """A task's creator and every session that claimed it."""
+
+
+ALLOWED_KINDS: dict[ChannelKind, tuple[MessageKind, ...]] = {
+    ChannelKind.family: tuple(MessageKind),
+    ChannelKind.task: (MessageKind.status, MessageKind.progress, MessageKind.request, MessageKind.reply,
+                       MessageKind.result, MessageKind.error),
+}
+"""What each kind of channel carries: a task's channel is about the task, so it has no `chat`."""
+
+
+def channel_id(name: str) -> str:
+    """A channel's id, derived from its name: whoever knows the family or task finds its channel."""
+    return "chn_" + hashlib.sha256(name.encode()).hexdigest()[:ids.HEX_DIGITS]
+
+
+def family_name(parent_session_id: str) -> str:
+    return f"family:{parent_session_id}"
+
+
+def task_name(task_id: str) -> str:
+    return f"task:{task_id}"
+
+
+# ---------------------------------------------------------------- inputs
+
+
+class Metadata(models.Input):
+    """What a message says about itself, besides its body."""
+
+    message_kind: MessageKind = MessageKind.status
+    correlation_id: str | None = Field(default=None, pattern=CORRELATION)
+    """Ties a request to its replies: set it on a request; `channel_reply` copies it (or, when the message
+    replied to has none, uses that message's id)."""
+    coordination_channel_id: ids.ChannelId | None = None
+    """The channel it is sent on (filled in; if given, it must be that channel)."""
+    run_id: ids.RunId | None = None
+    """The agent run it is about."""
+    task_id: ids.TaskId | None = None
+    """The task it is about."""
+    workflow_id: str | None = Field(default=None, pattern=WORKFLOW)
+    ext: dict[str, JsonValue] = Field(default_factory=dict, max_length=MAX_EXT_KEYS)
+    """Your own fields."""
+
+
+def _body_size(body: Any) -> Any:
+    size = len(json.dumps(body, separators=(",", ":")).encode())
+    if size > MAX_BODY_BYTES:
+        raise ValueError(f"body: {size} bytes as JSON; at most {MAX_BODY_BYTES} (put bigger data in a task "
+                         "payload or an artifact and send its id)")
+    return body
+
+
+class Send(models.Input):
+    channel: ids.ChannelId
+    """The channel id (chn_...): `channel_list` shows yours."""
+    body: JsonValue
+    """Any JSON (a string, an object, ...), at most 64 KiB."""
+    metadata: Metadata = Field(default_factory=Metadata)
+
+    @model_validator(mode="after")
+    def _check(self) -> Send:
+        _body_size(self.body)
+        return self
+
+
+class Reply(models.Input):
+    reply_to_message_id: ids.MessageId
+    """The message answered (msg_...): the reply goes to its sender, on its channel."""
+    body: JsonValue
+    metadata: Metadata = Field(default_factory=lambda: Metadata(message_kind=MessageKind.reply))
+
+    @model_validator(mode="after")
+    def _check(self) -> Reply:
+        _body_size(self.body)
+        return self
+
+
+class Recv(models.Input):
+    channel: ids.ChannelId
+    limit: int = Field(default=DEFAULT_RECV_LIMIT, ge=1, le=MAX_RECV_LIMIT)
+    """At most this many messages."""
+    wait: bool = False
+    """When nothing is waiting, wait for the next message (up to `wait_seconds`)."""
+    wait_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """How long `wait` waits (default and most: the server's bound, 45 s); giving it implies `wait`."""
+
+
+# ---------------------------------------------------------------- records
+
+
+class Channel(models.Record):
+    id: str
+    channel: str
+    """Its name: `family:<parent session id>` or `task:<task id>`."""
+    display_name: str
+    purpose: str
+    allowed_message_kinds: list[MessageKind]
+    workspace_id: str
+    run_id: str | None = None
+    task_id: str | None = None
+    workflow_id: str | None = None
+    last_activity_at: datetime
+
+
+class ChannelList(models.Record):
+    channels: list[Channel]
+
+
+class MessageMetadata(models.Record):
+    message_kind: MessageKind
+    correlation_id: str | None = None
+    coordination_channel_id: str
+    run_id: str | None = None
+    task_id: str | None = None
+    workflow_id: str | None = None
+    ext: dict[str, Any] = Field(default_factory=dict)
+
+
+class Message(models.Record):
+    message_id: str
+    channel_id: str
+    sequence: int
+    """Its place in the channel (1, 2, ...): messages are received in this order."""
+    from_session_id: str
+    to_session_id: str | None = None
+    """Only this session receives it (a reply); None: every member but the sender."""
+    reply_to_message_id: str | None = None
+    metadata: MessageMetadata
+    body: JsonValue = None
+    timestamp: datetime
+
+
+class MessageResult(models.Record):
+    message: Message
+
+
+class Messages(models.Record):
+    messages: list[Message]
+    waited: bool = False
+    """Whether this call waited for a message to arrive."""
+
+
+class InboxItem(models.Record):
+    channel_id: str
+    kind: MessageKind
+    message_id: str
+    metadata: MessageMetadata
+    preview: str
+    timestamp: datetime
+
+
+# ---------------------------------------------------------------- store rows
+
+
+class ChannelRow(Row):
+    id: str
+    channel: str
+    kind: ChannelKind
+    display_name: str
+    purpose: str
+    allowed_message_kinds: str
+    workspace_id: str
+    owner_session_id: str
+    run_id: str | None
+    task_id: str | None
+    workflow_id: str | None
+    last_sequence: int
+    last_activity_at: datetime
+    created_at: datetime
+
+    @property
+    def kinds(self) -> list[MessageKind]:
+        return [MessageKind(k) for k in json.loads(self.allowed_message_kinds)]
+
+    def record(self) -> Channel:
+        return Channel(id=self.id, channel=self.channel, display_name=self.display_name, purpose=self.purpose,
+                       allowed_message_kinds=self.kinds, workspace_id=self.workspace_id, run_id=self.run_id,
+                       task_id=self.task_id, workflow_id=self.workflow_id, last_activity_at=self.last_activity_at)
+
+
+class MessageRow(Row):
+    id: str
+    channel_id: str
+    sequence: int
+    from_session_id: str
+    to_session_id: str | None
+    message_kind: MessageKind
+    correlation_id: str | None
+    reply_to_message_id: str | None
+    metadata: dict[str, Any]
+    body: str
+    created_at: datetime
+
+    def record(self) -> Message:
+        meta = MessageMetadata(message_kind=self.message_kind, correlation_id=self.correlation_id,
+                               coordination_channel_id=self.channel_id, **self.metadata)
+        return Message(message_id=self.id, channel_id=self.channel_id, sequence=self.sequence,
+                       from_session_id=self.from_session_id, to_session_id=self.to_session_id,
+                       reply_to_message_id=self.reply_to_message_id, metadata=meta, body=json.loads(self.body),
+                       timestamp=self.created_at)
+
+    def item(self) -> InboxItem:
+        msg = self.record()
+        text = msg.body if isinstance(msg.body, str) else json.dumps(msg.body)
+        return InboxItem(channel_id=self.channel_id, kind=self.message_kind, message_id=self.id,
+                         metadata=msg.metadata, preview=text[:PREVIEW_CHARS], timestamp=self.created_at)

@@ -1,0 +1,203 @@
+"""Channels (issue 9): durable, ordered conversations between sessions.
+
+The engine makes the channels; nobody asks for one. A parent and the children it spawns share the
+family channel `family:<parent>` (made at the first spawn, each child joining at its own); a task's
+creator and every session that claims it share `task:<task>` (made at the first claim). A channel's
+id is derived from its name, so a task run or a session knows its channel without a lookup.
+
+`send` appends a message in the channel's order and commits it; the receivers waiting on the channel
+wake on that commit (the topic notifier), not on a tick. `recv` hands a session what it has not yet
+received there, moving its cursor in the same transaction, so a message reaches each session once
+and a daemon restart neither loses nor repeats one. `reply` goes to the sender of the message it
+answers, on that message's channel, with the correlation id taken from that message.
+
+Who may use a channel: its members (the local user: every channel), and only channels their
+permissions' `network_channels` name (by name or id, or `*`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from engine import errors, topics
+from engine import channel_models as cm
+from engine.callers import Caller
+from engine.clock import SystemClock
+from engine.ports import Clock
+from engine.settings import Settings
+from engine.store import Store, Tx, new_id
+
+LIST_LIMIT = 500
+"""`channel_list` shows at most this many, most recently active first."""
+
+
+def family_row(parent_session_id: str, workspace_id: str) -> dict[str, Any]:
+    """The family channel of `parent_session_id` (made with its first child)."""
+    name = cm.family_name(parent_session_id)
+    return _row(name, cm.ChannelKind.family, f"family of {parent_session_id}",
+                f"{parent_session_id} and the sessions it spawned: instructions, status and results",
+                workspace_id, parent_session_id)
+
+
+def task_row(task_id: str, title: str, workspace_id: str, created_by: str) -> dict[str, Any]:
+    """The channel of a task (made at its first claim)."""
+    return {**_row(cm.task_name(task_id), cm.ChannelKind.task, f"task {title[:80]}",
+                   f"coordination on task {task_id}: its creator and every session that claims it",
+                   workspace_id, created_by), "task_id": task_id}
+
+
+def _row(name: str, kind: cm.ChannelKind, display: str, purpose: str, workspace_id: str,
+         owner: str) -> dict[str, Any]:
+    return {"id": cm.channel_id(name), "channel": name, "kind": kind.value, "display_name": display,
+            "purpose": purpose, "allowed_message_kinds": json.dumps([k.value for k in cm.ALLOWED_KINDS[kind]]),
+            "workspace_id": workspace_id, "owner_session_id": owner, "run_id": None, "task_id": None,
+            "workflow_id": None}
+
+
+def permitted(allowed: list[str] | None, channel: cm.ChannelRow) -> bool:
+    """Whether a `network_channels` list (None: the local user's, everything) names the channel."""
+    return allowed is None or "*" in allowed or channel.channel in allowed or channel.id in allowed
+
+
+class ChannelService:
+    def __init__(self, store: Store, clock: Clock | None, settings: Settings) -> None:
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.settings = settings
+        self._allowed: dict[str, list[str]] = {}
+        """A session's `network_channels`, which never change, read once."""
+
+    async def list(self, caller: Caller) -> cm.ChannelList:
+        caller.require("channels", "channel_list")
+        return cm.ChannelList(channels=[r.record() for r in await self.visible(caller)])
+
+    async def list_records(self, caller: Caller) -> list[cm.Channel]:
+        """The channels the caller may use (for `me`; no toolset needed to know them)."""
+        return [r.record() for r in await self.visible(caller)]
+
+    async def visible(self, caller: Caller) -> list[cm.ChannelRow]:
+        """The channels the caller may use: those it belongs to that its permissions name."""
+        allowed = await self._network_channels(caller)
+        rows = await self.store.channels(None if caller.is_root else caller.session_id, LIST_LIMIT)
+        return [r for r in rows if permitted(allowed, r)]
+
+    async def send(self, caller: Caller, req: cm.Send) -> cm.MessageResult:
+        caller.require("channels", "channel_send")
+        self._same_channel(req.metadata, req.channel)
+        async with self.store.write(self.clock.now()) as tx:
+            channel = await self._open(tx, caller, req.channel)
+            self._kind_allowed(channel, req.metadata.message_kind)
+            row = await tx.append_message(self._message(channel, caller, req.metadata, req.body,
+                                                        correlation_id=req.metadata.correlation_id))
+        return cm.MessageResult(message=row.record())
+
+    async def reply(self, caller: Caller, req: cm.Reply) -> cm.MessageResult:
+        """Answer a message: to its sender, on its channel, correlated by that message (never by text)."""
+        caller.require("channels", "channel_reply")
+        async with self.store.write(self.clock.now()) as tx:
+            original = await tx.message(req.reply_to_message_id)
+            if original is None or original.to_session_id not in (None, caller.session_id):
+                raise errors.NotFound("message", req.reply_to_message_id, suggested_command="agentdock channels list")
+            try:
+                channel = await self._open(tx, caller, original.channel_id)
+            except errors.NotFound:  # a channel the caller is not in: its messages do not exist for it
+                raise errors.NotFound("message", req.reply_to_message_id,
+                                      suggested_command="agentdock channels list") from None
+            if original.from_session_id == caller.session_id:
+                raise errors.InvalidInput("reply_to_message_id", "that message is your own; a reply goes to the "
+                                          "sender of the message it answers")
+            correlation = original.correlation_id or original.id
+            meta = req.metadata
+            if meta.correlation_id is not None and meta.correlation_id != correlation:
+                raise errors.InvalidInput("metadata.correlation_id", "a reply takes its correlation id from the "
+                                          f"message it answers ({correlation}); leave it out")
+            self._same_channel(meta, channel.id)
+            self._kind_allowed(channel, meta.message_kind)
+            row = await tx.append_message(self._message(channel, caller, meta, req.body, correlation_id=correlation,
+                                                        to=original.from_session_id, reply_to=original.id))
+        return cm.MessageResult(message=row.record())
+
+    async def recv(self, caller: Caller, req: cm.Recv) -> cm.Messages:
+        """What the caller has not yet received on the channel; with `wait`, the first messages to
+        arrive within the bound (woken by the commit that adds them)."""
+        caller.require("channels", "channel_recv")
+        bound = self.settings.mcp_max_wait_seconds
+        if req.wait_seconds is not None and req.wait_seconds > bound:
+            raise errors.InvalidInput("wait_seconds", f"at most {bound:g} seconds; call recv again to wait longer",
+                                      evidence={"limit": bound})
+        wait = req.wait_seconds if req.wait_seconds is not None else (bound if req.wait else 0.0)
+        deadline = self.clock.monotonic() + wait
+        waited = False
+        while True:
+            arrived = self.store.topics.watch(topics.channel(req.channel))
+            async with self.store.write(self.clock.now()) as tx:
+                await self._open(tx, caller, req.channel)
+                rows = await tx.take_messages(req.channel, caller.session_id, req.limit)
+            left = deadline - self.clock.monotonic()
+            if rows or left <= 0:
+                return cm.Messages(messages=[r.record() for r in rows], waited=waited)
+            waited = True
+            await self.clock.wait(arrived, left)
+
+    async def inbox(self, caller: Caller, limit: int) -> tuple[list[cm.InboxItem], int]:
+        """What is waiting for the caller on its channels (not received, nothing moved), oldest first,
+        and how many there are."""
+        allowed = await self._network_channels(caller)
+        if allowed is None or "*" in allowed:
+            rows, count = await self.store.inbox(caller.session_id, limit)
+            return [r.item() for r in rows], count
+        mine = {c.id for c in await self.visible(caller)}
+        rows = [r for r in (await self.store.inbox(caller.session_id, 10 * LIST_LIMIT))[0] if r.channel_id in mine]
+        return [r.item() for r in rows[:limit]], len(rows)
+
+    async def channel(self, caller: Caller, channel_id: str) -> cm.Channel | None:
+        """One channel the caller may use, or None (for the context's sections)."""
+        row = await self.store.channel(channel_id)
+        if row is None or not permitted(await self._network_channels(caller), row):
+            return None
+        if not caller.is_root and not await self.store.is_member(channel_id, caller.session_id):
+            return None
+        return row.record()
+
+    # ------------------------------------------------------------ helpers
+
+    async def _open(self, tx: Tx, caller: Caller, channel_id: str) -> cm.ChannelRow:
+        """The channel, if the caller may use it; else NotFound (not a member) or PermissionDenied."""
+        channel = await tx.channel(channel_id)
+        if channel is None or not (caller.is_root or await tx.is_member(channel_id, caller.session_id)):
+            raise errors.NotFound("channel", channel_id)
+        if not permitted(await self._network_channels(caller), channel):
+            raise errors.PermissionDenied(
+                f"channel: your permissions' network_channels do not name {channel.channel} ({channel.id})",
+                evidence={"field": "channel", "channel": channel.channel, "session_id": caller.session_id})
+        return channel
+
+    @staticmethod
+    def _kind_allowed(channel: cm.ChannelRow, kind: cm.MessageKind) -> None:
+        kinds = channel.kinds
+        if kind not in kinds:
+            raise errors.InvalidInput("metadata.message_kind", f"{kind} is not allowed on {channel.channel}; it "
+                                      f"takes {', '.join(kinds)}", evidence={"allowed_message_kinds": kinds})
+
+    @staticmethod
+    def _same_channel(meta: cm.Metadata, channel_id: str) -> None:
+        if meta.coordination_channel_id is not None and meta.coordination_channel_id != channel_id:
+            raise errors.InvalidInput("metadata.coordination_channel_id", "must be the channel the message is "
+                                      f"sent on ({channel_id}), or left out")
+
+    def _message(self, channel: cm.ChannelRow, caller: Caller, meta: cm.Metadata, body: Any, *,
+                 correlation_id: str | None, to: str | None = None, reply_to: str | None = None) -> dict[str, Any]:
+        extra = meta.model_dump(include={"run_id", "task_id", "workflow_id", "ext"}, exclude_none=True)
+        return {"id": new_id("msg"), "channel_id": channel.id, "from_session_id": caller.session_id,
+                "to_session_id": to, "message_kind": meta.message_kind.value, "correlation_id": correlation_id,
+                "reply_to_message_id": reply_to, "metadata": extra, "body": json.dumps(body)}
+
+    async def _network_channels(self, caller: Caller) -> list[str] | None:
+        if caller.is_root:
+            return None
+        if caller.session_id not in self._allowed:
+            row = await self.store.session(caller.session_id)
+            if row is None:
+                raise errors.Unauthenticated(f"no session {caller.session_id}")
+            self._allowed[caller.session_id] = list(row.permissions.get("network_channels", []))
+        return self._allowed[caller.session_id]
