@@ -1,9 +1,14 @@
-"""Task queue throughput: claim+complete pairs a second with 1, 4 and 16 concurrent workers (each a
-spawned session) on the embedded store (engine in-process, the shipped fake backend, real SQLite),
-next to SQLite's own commit rate measured in the same run. Tasks are queued beforehand; each worker
-claims the next one and completes it until the queue is empty. Prints; never pass/fail.
+"""Task queue throughput and channel wake-up latency on the embedded store (engine in-process, the
+shipped fake backend, real SQLite). Prints; never pass/fail.
 
-Aim (issue 9): at least 2,000 pairs a second.
+- claim+complete pairs a second with 1, 4 and 16 concurrent workers (each a spawned session), next to
+  SQLite's own commit rate measured in the same run. Tasks are queued beforehand; each worker claims
+  the next one and completes it until the queue is empty.
+- channel wake-up: 1 and 8 sessions wait in `channel_recv(wait=true)`; the time from the start of a
+  `channel_send` to each waiting receiver holding the message (the send's commit wakes them through
+  the topic notifier), next to a bare anyio.Event set-to-wake measured the same way.
+
+Aim (issue 9): at least 2,000 pairs a second; wake-up p99 under 20 ms.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 # Run as a script, this file's folder comes first on sys.path, where this `queue.py` would shadow the
@@ -21,9 +28,10 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import anyio  # noqa: E402
 
 from bench.engine_throughput import sqlite_commit_rate  # noqa: E402
+from engine import channel_models as cm  # noqa: E402
 from engine import task_models as tm  # noqa: E402
 from engine.app import Engine  # noqa: E402
-from engine.callers import ROOT  # noqa: E402
+from engine.callers import ROOT, Caller  # noqa: E402
 from engine.lineage import SpawnBudget  # noqa: E402
 from engine.sessions import SpawnRequest  # noqa: E402
 from engine.settings import Settings  # noqa: E402
@@ -32,16 +40,77 @@ from runtimes.fake import FakeBackend  # noqa: E402
 
 N_TASKS = int(os.environ.get("AGENTDOCK_BENCH_TASKS", "3000"))
 WORKERS = [int(w) for w in os.environ.get("AGENTDOCK_BENCH_WORKERS", "1,4,16").split(",")]
+ROUNDS = int(os.environ.get("AGENTDOCK_BENCH_ROUNDS", "300"))
+RECEIVERS = [1, 8]
+
+
+@asynccontextmanager
+async def engine_with_sessions(home: Path, n: int) -> AsyncIterator[tuple[Engine, list[Caller]]]:
+    """A running engine (fake backend, real SQLite) and `n` sessions spawned by the local user."""
+    settings = Settings(home=home, image="fake:latest")
+    async with Engine(settings, backend=FakeBackend(), harnesses=harness.get).running() as engine:
+        engine.sessions.root_budget = SpawnBudget(max_children=max(n, 8))
+        callers = []
+        for _ in range(n):
+            spawned = await engine.sessions.spawn(ROOT, SpawnRequest(agent_name="worker"))
+            callers.append(await engine.sessions.authenticate(spawned.token))
+        yield engine, callers
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def wakeup_latency(receivers: int, home: Path) -> list[float]:
+    """Seconds from a send's start to each waiting receiver holding the message, over ROUNDS sends."""
+    async with engine_with_sessions(home, receivers) as (engine, callers):
+        channel = cm.channel_id(cm.family_name(ROOT.session_id))
+        seen: list[float] = []
+        sent_at = 0.0
+
+        async def listen(caller) -> None:  # type: ignore[no-untyped-def]
+            while True:
+                got = await engine.channels.recv(caller, cm.Recv(channel=channel, wait=True, wait_seconds=30))
+                now = time.perf_counter()
+                if any(m.body == "stop" for m in got.messages):
+                    return
+                seen.extend(now - sent_at for _ in got.messages)
+
+        async with anyio.create_task_group() as tg:
+            for caller in callers:
+                tg.start_soon(listen, caller)
+            for i in range(ROUNDS):
+                await anyio.wait_all_tasks_blocked()  # every receiver is waiting again
+                sent_at = time.perf_counter()
+                await engine.channels.send(ROOT, cm.Send(channel=channel, body=i))
+            await anyio.wait_all_tasks_blocked()
+            await engine.channels.send(ROOT, cm.Send(channel=channel, body="stop"))
+    assert len(seen) == ROUNDS * receivers, len(seen)
+    return seen
+
+
+async def bare_event_latency(receivers: int) -> list[float]:
+    """The floor: an anyio.Event set, its waiters woken, measured as above."""
+    seen: list[float] = []
+    for _ in range(ROUNDS):
+        event = anyio.Event()
+
+        async def wait() -> None:
+            await event.wait()
+            seen.append(time.perf_counter() - start)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(receivers):
+                tg.start_soon(wait)
+            await anyio.wait_all_tasks_blocked()
+            start = time.perf_counter()
+            event.set()
+    return seen
 
 
 async def pairs_per_second(workers: int, home: Path) -> dict[str, float]:
-    settings = Settings(home=home, image="fake:latest")
-    async with Engine(settings, backend=FakeBackend(), harnesses=harness.get).running() as engine:
-        engine.sessions.root_budget = SpawnBudget(max_children=max(WORKERS))
-        callers = []
-        for _ in range(workers):
-            spawned = await engine.sessions.spawn(ROOT, SpawnRequest(agent_name="worker"))
-            callers.append(await engine.sessions.authenticate(spawned.token))
+    async with engine_with_sessions(home, workers) as (engine, callers):
         for i in range(N_TASKS):
             await engine.tasks.create(ROOT, tm.TaskCreate(title=f"t{i}", priority=i % 3))
         commits_before = engine.store.commits
@@ -76,6 +145,12 @@ async def main() -> None:
             got = await pairs_per_second(n, Path(tmp) / f"w{n}")
             print(f"{n:>3} workers: {got['pairs_per_s']:,.0f} claim+complete pairs/s "
                   f"({got['commits_per_s']:,.0f} commits/s, {got['commits_per_s'] / ceiling:.0%} of SQLite's)")
+        print(f"channel wake-up, send start to receiver holding the message ({ROUNDS} sends):")
+        for n in RECEIVERS:
+            got = await wakeup_latency(n, Path(tmp) / f"r{n}")
+            floor = await bare_event_latency(n)
+            print(f"{n:>3} receivers: p50 {pct(got, 0.5) * 1e3:.2f} ms, p99 {pct(got, 0.99) * 1e3:.2f} ms "
+                  f"(bare anyio.Event: p50 {pct(floor, 0.5) * 1e3:.3f} ms, p99 {pct(floor, 0.99) * 1e3:.3f} ms)")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ from engine.records import Row
 MAX_BODY_BYTES = 64 * 1024
 """A message body, as JSON, at most this many bytes (bigger payloads belong in artifacts or a task's payload)."""
 MAX_EXT_KEYS = 32
+MAX_EXT_BYTES = 8 * 1024
+MAX_DEPTH = 32
+"""JSON nested deeper than this is refused (as the HTTP API refuses it)."""
 PREVIEW_CHARS = 200
 DEFAULT_RECV_LIMIT = 50
 MAX_RECV_LIMIT = 500
@@ -87,14 +90,40 @@ class Metadata(models.Input):
     """The task it is about."""
     workflow_id: str | None = Field(default=None, pattern=WORKFLOW)
     ext: dict[str, JsonValue] = Field(default_factory=dict, max_length=MAX_EXT_KEYS)
-    """Your own fields."""
+    """Your own fields (at most 8 KiB of JSON)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Metadata:
+        _json_size(self.ext, "ext", MAX_EXT_BYTES, "")
+        return self
+
+
+def _depth(value: Any) -> int:
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                break
+            todo.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _json_size(value: Any, field: str, limit: int, hint: str) -> None:
+    """Refuse JSON nested too deeply, with NaN/infinity, or longer than `limit` bytes (naming `field`)."""
+    if _depth(value) > MAX_DEPTH:
+        raise ValueError(f"{field}: nested more than {MAX_DEPTH} levels deep")
+    try:
+        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
+    except ValueError:
+        raise ValueError(f"{field}: must be plain JSON (no NaN or infinity)") from None
+    if size > limit:
+        raise ValueError(f"{field}: {size} bytes as JSON; at most {limit}{hint}")
 
 
 def _body_size(body: Any) -> Any:
-    size = len(json.dumps(body, separators=(",", ":")).encode())
-    if size > MAX_BODY_BYTES:
-        raise ValueError(f"body: {size} bytes as JSON; at most {MAX_BODY_BYTES} (put bigger data in a task "
-                         "payload or an artifact and send its id)")
+    _json_size(body, "body", MAX_BODY_BYTES, " (put bigger data in a task payload or an artifact and send its id)")
     return body
 
 

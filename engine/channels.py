@@ -97,12 +97,13 @@ class ChannelService:
         async with self.store.write(self.clock.now()) as tx:
             original = await tx.message(req.reply_to_message_id)
             if original is None or original.to_session_id not in (None, caller.session_id):
-                raise errors.NotFound("message", req.reply_to_message_id, suggested_command="agentdock channels list")
+                raise errors.NotFound("message", req.reply_to_message_id, suggested_command="agentdock channels list",
+                                      evidence={"field": "reply_to_message_id"})
             try:
                 channel = await self._open(tx, caller, original.channel_id)
             except errors.NotFound:  # a channel the caller is not in: its messages do not exist for it
-                raise errors.NotFound("message", req.reply_to_message_id,
-                                      suggested_command="agentdock channels list") from None
+                raise errors.NotFound("message", req.reply_to_message_id, suggested_command="agentdock channels list",
+                                      evidence={"field": "reply_to_message_id"}) from None
             if original.from_session_id == caller.session_id:
                 raise errors.InvalidInput("reply_to_message_id", "that message is your own; a reply goes to the "
                                           "sender of the message it answers")
@@ -165,7 +166,7 @@ class ChannelService:
         """The channel, if the caller may use it; else NotFound (not a member) or PermissionDenied."""
         channel = await tx.channel(channel_id)
         if channel is None or not (caller.is_root or await tx.is_member(channel_id, caller.session_id)):
-            raise errors.NotFound("channel", channel_id)
+            raise errors.NotFound("channel", channel_id, evidence={"field": "channel"})
         if not permitted(await self._network_channels(caller), channel):
             raise errors.PermissionDenied(
                 f"channel: your permissions' network_channels do not name {channel.channel} ({channel.id})",

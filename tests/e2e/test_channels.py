@@ -67,7 +67,7 @@ async def test_sessions_talk_over_agent_sock_and_a_waiting_receiver_wakes_on_the
     assert a_again == []  # handed once; b's reply went to the root only
     assert refused.status_code == 403 and "network_channels" in refused.json()["error"]
     assert muted_list == []
-    assert chat_in_unknown.status_code == 404
+    assert chat_in_unknown.status_code == 404 and chat_in_unknown.json()["diagnostic"]["evidence"]["field"] == "channel"
     for resp, field in ((too_long, "wait_seconds"), (too_big, "body"), (body_channel, "channel")):
         assert resp.status_code == 400 and resp.json()["diagnostic"]["evidence"]["field"] == field, resp.text
     assert after == []  # the refusals wrote nothing

@@ -208,3 +208,14 @@ async def test_the_context_shows_the_unread_inbox_the_coordination_channel_and_t
         assert (await engine.context.context(a)).inbox_summary.unread_count == 0
         root_ctx = await engine.context.context(ROOT)
         assert not root_ctx.task.available
+
+
+async def test_bodies_and_ext_nested_too_deep_or_too_large_are_refused(tmp_path):
+    deep: object = 1
+    for _ in range(cm.MAX_DEPTH + 1):
+        deep = [deep]
+    for data, field in (({"channel": cm.channel_id("x"), "body": deep}, "body"),
+                        ({"channel": cm.channel_id("x"), "body": 1, "metadata": {"ext": {"k": "v" * 9000}}}, "ext"),
+                        ({"channel": cm.channel_id("x"), "body": 1, "metadata": {"ext": {"k": deep}}}, "ext")):
+        with pytest.raises(errors.InvalidInput, match=field):
+            cm.models.parse(cm.Send, data)
