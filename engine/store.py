@@ -248,7 +248,7 @@ SQL.update({
         "error = :error, result = :result, finished_at = :now, updated_at = :now "
         "WHERE id = :id AND status = 'claimed' AND current_run_id = :run_id"
     ),
-    "task_event_bump": "UPDATE tasks SET latest_event_seq = latest_event_seq + 1 WHERE id = ? RETURNING latest_event_seq",
+    "task_event_bump": "UPDATE tasks SET latest_event_seq = latest_event_seq + 1 WHERE id = ? RETURNING *",
     "task_event_insert": (
         "INSERT INTO task_events (task_id, sequence, run_id, type, message, payload, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -257,7 +257,7 @@ SQL.update({
     "task_run_insert": (
         "INSERT INTO task_runs (id, task_id, attempt, status, session_id, claim_token_hash, lease_seconds, "
         "claimed_at, heartbeat_at, lease_until, previous_run_id) VALUES (:id, :task_id, :attempt, 'running', "
-        ":session_id, :claim_token_hash, :lease_seconds, :now, :now, :lease_until, :previous_run_id)"
+        ":session_id, :claim_token_hash, :lease_seconds, :now, :now, :lease_until, :previous_run_id) RETURNING *"
     ),
     "task_run_get": "SELECT * FROM task_runs WHERE id = ?",
     "task_runs_of": "SELECT * FROM task_runs WHERE task_id = ? ORDER BY attempt",
@@ -265,12 +265,12 @@ SQL.update({
     "task_run_heartbeat": (
         "UPDATE task_runs SET heartbeat_at = :now, lease_until = :lease_until, lease_seconds = :lease_seconds "
         "WHERE id = :id AND claim_token_hash = :hash AND session_id = :session_id AND status = 'running' "
-        "AND lease_until > :now"
+        "AND lease_until > :now RETURNING *"
     ),
     "task_run_end": (
         "UPDATE task_runs SET status = :status, ended_at = :now, error = :error, failure_kind = :failure_kind, "
         "result = :result WHERE id = :id AND claim_token_hash = :hash AND session_id = :session_id "
-        "AND status = 'running' AND lease_until > :now"
+        "AND status = 'running' AND lease_until > :now RETURNING *"
     ),
     "task_run_expire": (
         "UPDATE task_runs SET status = 'expired', ended_at = :now, failure_kind = 'lease_expired', "
@@ -350,7 +350,8 @@ RUN_UPDATABLE = frozenset(
 
 def ts(dt: datetime) -> str:
     """One sortable text form for every timestamp."""
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"  # strftime's
+    # "%Y-%m-%dT%H:%M:%S.%fZ", at a tenth of its cost (a claim+complete pair formats a dozen)
 
 
 def new_id(prefix: str) -> str:
@@ -684,39 +685,41 @@ class Tx:
         ((n,),) = await self.conn.execute_fetchall(SQL["task_runs_held_by"], (session_id, ts(self.now)))
         return int(n)
 
-    async def claim_task(self, task_id: str, run: dict[str, Any]) -> int | None:
-        """Compare-and-set: the queued task becomes claimed by a new run; returns its attempt, or None."""
+    async def claim_task(self, task_id: str, run: dict[str, Any]) -> TaskRunRow | None:
+        """Compare-and-set: the queued task becomes claimed by a new run; returns the run, or None."""
         rows = await self.conn.execute_fetchall(SQL["task_claim"], {"id": task_id, "run_id": run["id"],
                                                                     "now": ts(self.now)})
         if not rows:
             return None
         last = await self.conn.execute_fetchall(SQL["task_run_last"], (task_id,))
-        await self.conn.execute(SQL["task_run_insert"], _encode({
+        (inserted,) = await self.conn.execute_fetchall(SQL["task_run_insert"], _encode({
             **run, "task_id": task_id, "attempt": rows[0][0], "now": self.now,
             "previous_run_id": last[0][0] if last else None}))
         self.touch(topics.TASKS)
-        return int(rows[0][0])
+        return TaskRunRow.model_validate(dict(inserted))
 
     async def heartbeat_task_run(self, run_id: str, token_hash: str, session_id: str, lease_seconds: float,
-                                 lease_until: datetime) -> bool:
-        """Compare-and-set: extend the lease only for the current holder of a live lease."""
-        cur = await self.conn.execute(SQL["task_run_heartbeat"], {
+                                 lease_until: datetime) -> TaskRunRow | None:
+        """Compare-and-set: extend the lease only for the current holder of a live lease; the run as it
+        is now, or None."""
+        return self._run_changed(await self.conn.execute_fetchall(SQL["task_run_heartbeat"], {
             "id": run_id, "hash": token_hash, "session_id": session_id, "lease_seconds": lease_seconds,
-            "lease_until": ts(lease_until), "now": ts(self.now)})
-        if cur.rowcount == 1:
-            self.touch(topics.TASKS)
-        return cur.rowcount == 1
+            "lease_until": ts(lease_until), "now": ts(self.now)}))
+
+    def _run_changed(self, rows: list[Any]) -> TaskRunRow | None:
+        if not rows:
+            return None
+        self.touch(topics.TASKS)
+        return TaskRunRow.model_validate(dict(rows[0]))
 
     async def end_task_run(self, run_id: str, token_hash: str, session_id: str, status: str, *,
-                           error: str | None = None, failure_kind: str | None = None, result: Any = None) -> bool:
-        """Compare-and-set: end a run only for the current holder of a live lease."""
-        cur = await self.conn.execute(SQL["task_run_end"], {
+                           error: str | None = None, failure_kind: str | None = None,
+                           result: Any = None) -> TaskRunRow | None:
+        """Compare-and-set: end a run only for the current holder of a live lease; the ended run, or None."""
+        return self._run_changed(await self.conn.execute_fetchall(SQL["task_run_end"], {
             "id": run_id, "hash": token_hash, "session_id": session_id, "status": str(status), "error": error,
-            "failure_kind": None if failure_kind is None else str(failure_kind), "result": None if result is None else json.dumps(result),
-            "now": ts(self.now)})
-        if cur.rowcount == 1:
-            self.touch(topics.TASKS)
-        return cur.rowcount == 1
+            "failure_kind": None if failure_kind is None else str(failure_kind),
+            "result": None if result is None else json.dumps(result), "now": ts(self.now)}))
 
     async def expire_task_run(self, run_id: str) -> bool:
         """Compare-and-set: a running run whose lease has passed becomes expired."""
@@ -742,12 +745,14 @@ class Tx:
         return cur.rowcount == 1
 
     async def task_event(self, task_id: str, run_id: str | None, type_: str, message: str,
-                         payload: dict[str, Any]) -> int:
-        """Append to the task's own event stream (its next sequence, in this transaction)."""
-        ((seq,),) = await self.conn.execute_fetchall(SQL["task_event_bump"], (task_id,))
-        await self.conn.execute(SQL["task_event_insert"], (task_id, seq, run_id, type_, message,
+                         payload: dict[str, Any]) -> TaskRow:
+        """Append to the task's own event stream (its next sequence, in this transaction); returns the
+        task as it is now."""
+        (row,) = await self.conn.execute_fetchall(SQL["task_event_bump"], (task_id,))
+        task = TaskRow.model_validate(dict(row))
+        await self.conn.execute(SQL["task_event_insert"], (task_id, task.latest_event_seq, run_id, type_, message,
                                                            json.dumps(payload), ts(self.now)))
-        return int(seq)
+        return task
 
     # ------------------------------------------------------------ channels
 

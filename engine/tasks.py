@@ -34,6 +34,7 @@ from engine.tokens import Tokens
 log = logging.getLogger("agentdock.tasks")
 
 CLAIM_TOKEN_PREFIX = "tct_"
+NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 class TaskService:
@@ -47,27 +48,36 @@ class TaskService:
         self._reaper_wake = anyio.Event()
         self._reaper_due: datetime | None = None
         """When the reaper will next look (None while it is looking): only a lease ending sooner wakes it."""
+        self._granted = NEVER
+        """The soonest lease granted while the reaper was looking."""
 
     # ------------------------------------------------------------ the lease reaper
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        """Return expired leases to the queue as they pass (woken early by any change to the queue)."""
+        """Return expired leases to the queue as they pass. It reads the store only when a lease may
+        have passed: a claim whose lease ends sooner than it would next look just moves its deadline."""
         task_status.started()
         while True:
-            self._reaper_wake, self._reaper_due = anyio.Event(), None
+            self._reaper_due, self._granted = None, NEVER  # looking: claims meanwhile are kept in _granted
             await self.reap_due()
             nxt = await self.store.next_lease_expiry()
-            if nxt is None:  # no lease held: only a claim gives it work (no sleeper on the clock meanwhile)
-                self._reaper_due = datetime.max.replace(tzinfo=UTC)
-                await self._reaper_wake.wait()
-                continue
-            self._reaper_due = nxt
-            await self.clock.wait(self._reaper_wake, (nxt - self.clock.now()).total_seconds())
+            self._reaper_due = min(nxt or NEVER, self._granted)
+            while True:
+                self._reaper_wake = anyio.Event()
+                if self._reaper_due == NEVER:  # no lease held: only a claim gives it work (no sleeper on the clock)
+                    await self._reaper_wake.wait()
+                    continue
+                if not await self.clock.wait(self._reaper_wake,
+                                             (self._reaper_due - self.clock.now()).total_seconds()):
+                    break  # the deadline came: look
 
     def _lease_granted(self, lease_until: datetime) -> None:
-        """Wake the reaper if this new lease ends before it would next look (every claim would be
-        two reads for it otherwise; a heartbeat or an end never makes the next expiry sooner)."""
-        if self._reaper_due is None or lease_until < self._reaper_due:
+        """Bring the reaper's deadline forward if this new lease ends sooner (a heartbeat or an end
+        never makes the next expiry sooner; a deadline left by a lease that ended only costs a look)."""
+        if self._reaper_due is None:  # it is looking, and its read may have missed this claim's commit
+            self._granted = min(self._granted, lease_until)
+        elif lease_until < self._reaper_due:
+            self._reaper_due = lease_until
             self._reaper_wake.set()
 
     async def reap_due(self) -> int:
@@ -152,15 +162,14 @@ class TaskService:
             task_id = await tx.next_claimable_task(workspace)
             if task_id is None:
                 return None
-            attempt = await tx.claim_task(task_id, {
+            run = await tx.claim_task(task_id, {
                 "id": run_id, "session_id": caller.session_id, "claim_token_hash": Tokens.digest(token),
                 "lease_seconds": lease_seconds, "lease_until": now + timedelta(seconds=lease_seconds)})
-            if attempt is None:  # unreachable under the one writer; kept so a claim is never invented
+            if run is None:  # unreachable under the one writer; kept so a claim is never invented
                 return None
-            await tx.task_event(task_id, run_id, "task.claimed", f"claimed by {caller.session_id} (attempt {attempt})",
-                                {"session_id": caller.session_id, "attempt": attempt})
-            task, run = await tx.task(task_id), await tx.task_run(run_id)
-            assert task is not None and run is not None
+            task = await tx.task_event(task_id, run_id, "task.claimed",
+                                       f"claimed by {caller.session_id} (attempt {run.attempt})",
+                                       {"session_id": caller.session_id, "attempt": run.attempt})
             await tx.ensure_channel(channels.task_row(task.id, task.title, task.workspace_id, task.created_by),
                                     (task.created_by, caller.session_id))
         self._lease_granted(run.lease_until)
@@ -172,11 +181,13 @@ class TaskService:
         async with self.store.write(now) as tx:
             run = await self._held(tx, caller, req)
             seconds = req.lease_seconds or run.lease_seconds
-            if not await tx.heartbeat_task_run(run.id, Tokens.digest(req.claim_token), caller.session_id, seconds,
-                                               now + timedelta(seconds=seconds)):
+            beat = await tx.heartbeat_task_run(run.id, Tokens.digest(req.claim_token), caller.session_id, seconds,
+                                               now + timedelta(seconds=seconds))
+            if beat is None:
                 raise errors.Conflict("run_id: the lease changed meanwhile; claim again")
-            await tx.task_event(run.task_id, run.id, "task.heartbeat", "lease extended", {"lease_seconds": seconds})
-            return await self._answer(tx, run.id)
+            task = await tx.task_event(run.task_id, run.id, "task.heartbeat", "lease extended",
+                                       {"lease_seconds": seconds})
+            return tm.LeaseResult(lease=beat.lease(), run=beat.record(), task=task.record())
 
     async def complete(self, caller: Caller, req: tm.Complete) -> tm.LeaseResult:
         caller.require("tasks", "task_complete")
@@ -185,8 +196,8 @@ class TaskService:
             run = await self._end(tx, caller, req, tm.TaskRunStatus.completed, result=req.result)
             if not await tx.finish_task(run.task_id, run.id, tm.TaskStatus.completed, result=req.result):
                 raise errors.Conflict("run_id: the task is no longer held by this run")
-            await tx.task_event(run.task_id, run.id, "task.completed", f"completed (attempt {run.attempt})", {})
-            return await self._answer(tx, run.id)
+            task = await tx.task_event(run.task_id, run.id, "task.completed", f"completed (attempt {run.attempt})", {})
+            return tm.LeaseResult(lease=run.lease(), run=run.record(), task=task.record())
 
     async def fail(self, caller: Caller, req: tm.Fail) -> tm.LeaseResult:
         caller.require("tasks", "task_fail")
@@ -249,8 +260,9 @@ class TaskService:
 
     async def _end(self, tx: Any, caller: Caller, req: tm.Holding, status: tm.TaskRunStatus, **fields: Any,
                    ) -> tm.TaskRunRow:
-        run = await self._held(tx, caller, req)
-        if not await tx.end_task_run(run.id, Tokens.digest(req.claim_token), caller.session_id, status, **fields):
+        held = await self._held(tx, caller, req)
+        run = await tx.end_task_run(held.id, Tokens.digest(req.claim_token), caller.session_id, status, **fields)
+        if run is None:
             raise errors.Conflict("run_id: the lease changed meanwhile; claim again")
         return run
 
