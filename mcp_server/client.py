@@ -70,10 +70,15 @@ class DaemonClient:
         try:
             resp = await self._http.request(method, url, json=json, params=params, headers=headers,
                                             timeout=timeout or httpx.USE_CLIENT_DEFAULT)
-        except (httpx.ConnectError, httpx.RemoteProtocolError, FileNotFoundError) as exc:
+        except (httpx.ConnectError, FileNotFoundError) as exc:
             raise DaemonUnavailable(
                 f"cannot reach the daemon at {self.socket} ({exc.__class__.__name__})",
                 suggested_command="agentdock daemon start") from exc
+        except httpx.TransportError as exc:  # the connection broke or timed out with the request under way
+            raise DaemonUnavailable(
+                f"lost the daemon at {self.socket} during {method} {url} ({exc.__class__.__name__}); the request "
+                "may or may not have been carried out: check before repeating it",
+                suggested_command="agentdock daemon status") from exc
         if resp.headers.get("content-type", "").startswith("application/json"):
             payload = resp.json()
         else:
