@@ -127,29 +127,38 @@ def _body_size(body: Any) -> Any:
     return body
 
 
-class Send(models.Input):
-    channel: ids.ChannelId
-    """The channel id (chn_...): `channel_list` shows yours."""
+class Outgoing(models.Input):
+    """What a send and a reply share."""
+
     body: JsonValue
     """Any JSON (a string, an object, ...), at most 64 KiB."""
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    """Repeat a send whose answer you did not get with the same key: you get the message the first one
+    stored, never a second copy (keys are yours alone; the same key with a different message is refused)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> Outgoing:
+        _body_size(self.body)
+        if self.idempotency_key is not None and not models.IDEMPOTENCY_KEY.fullmatch(self.idempotency_key):
+            raise ValueError("idempotency_key: printable ASCII without spaces, 1 to 200 characters")
+        return self
+
+    def fingerprint(self) -> str:
+        """What makes two sends with one key the same send."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json", exclude={"idempotency_key"}),
+                                         sort_keys=True).encode()).hexdigest()
+
+
+class Send(Outgoing):
+    channel: ids.ChannelId
+    """The channel id (chn_...): `channel_list` shows yours."""
     metadata: Metadata = Field(default_factory=Metadata)
 
-    @model_validator(mode="after")
-    def _check(self) -> Send:
-        _body_size(self.body)
-        return self
 
-
-class Reply(models.Input):
+class Reply(Outgoing):
     reply_to_message_id: ids.MessageId
     """The message answered (msg_...): the reply goes to its sender, on its channel."""
-    body: JsonValue
     metadata: Metadata = Field(default_factory=lambda: Metadata(message_kind=MessageKind.reply))
-
-    @model_validator(mode="after")
-    def _check(self) -> Reply:
-        _body_size(self.body)
-        return self
 
 
 class Recv(models.Input):
@@ -266,6 +275,7 @@ class MessageRow(Row):
     reply_to_message_id: str | None
     metadata: dict[str, Any]
     body: str
+    request_hash: str | None = None
     created_at: datetime
 
     def record(self) -> Message:

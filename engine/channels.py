@@ -87,8 +87,8 @@ class ChannelService:
         async with self.store.write(self.clock.now()) as tx:
             channel = await self._open(tx, caller, req.channel)
             self._kind_allowed(channel, req.metadata.message_kind)
-            row = await tx.append_message(self._message(channel, caller, req.metadata, req.body,
-                                                        correlation_id=req.metadata.correlation_id))
+            row = await self._stored(tx, caller, req) or await tx.append_message(self._message(
+                channel, caller, req, correlation_id=req.metadata.correlation_id))
         return cm.MessageResult(message=row.record())
 
     async def reply(self, caller: Caller, req: cm.Reply) -> cm.MessageResult:
@@ -114,8 +114,8 @@ class ChannelService:
                                           f"message it answers ({correlation}); leave it out")
             self._same_channel(meta, channel.id)
             self._kind_allowed(channel, meta.message_kind)
-            row = await tx.append_message(self._message(channel, caller, meta, req.body, correlation_id=correlation,
-                                                        to=original.from_session_id, reply_to=original.id))
+            row = await self._stored(tx, caller, req) or await tx.append_message(self._message(
+                channel, caller, req, correlation_id=correlation, to=original.from_session_id, reply_to=original.id))
         return cm.MessageResult(message=row.record())
 
     async def recv(self, caller: Caller, req: cm.Recv) -> cm.Messages:
@@ -186,12 +186,27 @@ class ChannelService:
             raise errors.InvalidInput("metadata.coordination_channel_id", "must be the channel the message is "
                                       f"sent on ({channel_id}), or left out")
 
-    def _message(self, channel: cm.ChannelRow, caller: Caller, meta: cm.Metadata, body: Any, *,
-                 correlation_id: str | None, to: str | None = None, reply_to: str | None = None) -> dict[str, Any]:
+    @staticmethod
+    async def _stored(tx: Tx, caller: Caller, req: cm.Send | cm.Reply) -> cm.MessageRow | None:
+        """The message an earlier send with this idempotency key stored (None: send it now)."""
+        if req.idempotency_key is None:
+            return None
+        found = await tx.message_by_key(caller.session_id, req.idempotency_key)
+        if found is not None and found.request_hash != req.fingerprint():
+            raise errors.Conflict(f"idempotency_key: already used for another message ({found.id}); use a new key "
+                                  "for a new message", evidence={"field": "idempotency_key", "message_id": found.id})
+        return found
+
+    @staticmethod
+    def _message(channel: cm.ChannelRow, caller: Caller, req: cm.Send | cm.Reply, *, correlation_id: str | None,
+                 to: str | None = None, reply_to: str | None = None) -> dict[str, Any]:
+        meta = req.metadata
         extra = meta.model_dump(include={"run_id", "task_id", "workflow_id", "ext"}, exclude_none=True)
         return {"id": new_id("msg"), "channel_id": channel.id, "from_session_id": caller.session_id,
                 "to_session_id": to, "message_kind": meta.message_kind.value, "correlation_id": correlation_id,
-                "reply_to_message_id": reply_to, "metadata": extra, "body": json.dumps(body)}
+                "reply_to_message_id": reply_to, "metadata": extra, "body": json.dumps(req.body),
+                "idempotency_key": req.idempotency_key,
+                "request_hash": None if req.idempotency_key is None else req.fingerprint()}
 
     async def _network_channels(self, caller: Caller) -> list[str] | None:
         if caller.is_root:

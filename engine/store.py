@@ -308,11 +308,12 @@ SQL.update({
     ),
     "message_insert": (
         "INSERT INTO channel_messages (channel_id, sequence, id, from_session_id, to_session_id, message_kind, "
-        "correlation_id, reply_to_message_id, metadata, body, created_at) VALUES (:channel_id, :sequence, :id, "
-        ":from_session_id, :to_session_id, :message_kind, :correlation_id, :reply_to_message_id, :metadata, "
-        ":body, :now)"
+        "correlation_id, reply_to_message_id, metadata, body, idempotency_key, request_hash, created_at) VALUES "
+        "(:channel_id, :sequence, :id, :from_session_id, :to_session_id, :message_kind, :correlation_id, "
+        ":reply_to_message_id, :metadata, :body, :idempotency_key, :request_hash, :now)"
     ),
     "message_get": "SELECT * FROM channel_messages WHERE id = ?",
+    "message_by_key": "SELECT * FROM channel_messages WHERE from_session_id = ? AND idempotency_key = ?",
     "messages_for": (
         "SELECT * FROM channel_messages WHERE channel_id = :channel AND sequence > :after "
         "AND from_session_id != :me AND (to_session_id IS NULL OR to_session_id = :me) ORDER BY sequence LIMIT :limit"
@@ -770,6 +771,10 @@ class Tx:
 
     async def message(self, message_id: str) -> MessageRow | None:
         rows = await self.conn.execute_fetchall(SQL["message_get"], (message_id,))
+        return MessageRow.model_validate(dict(rows[0])) if rows else None
+
+    async def message_by_key(self, session_id: str, key: str) -> MessageRow | None:
+        rows = await self.conn.execute_fetchall(SQL["message_by_key"], (session_id, key))
         return MessageRow.model_validate(dict(rows[0])) if rows else None
 
     async def append_message(self, row: dict[str, Any]) -> MessageRow:

@@ -180,6 +180,18 @@ def _printable(field: str) -> str:
     return field.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def with_idempotency_key(request: Request, fields: dict[str, Any]) -> dict[str, Any]:
+    """The body's fields with the `Idempotency-Key` header's key, which must be given once and agree."""
+    keys = request.headers.getlist("idempotency-key")
+    if len(keys) > 1:
+        raise errors.InvalidInput("idempotency_key", "the Idempotency-Key header is given more than once")
+    if keys:
+        if fields.get("idempotency_key") not in (None, keys[0]):
+            raise errors.InvalidInput("idempotency_key", "differs from the Idempotency-Key header; send one")
+        fields["idempotency_key"] = keys[0]
+    return fields
+
+
 def params(request: Request, model: type[models.M]) -> models.M:
     """The path's parameters (record ids, checked by shape) and the query string, as one `model`.
     A parameter the route does not take, or one given twice, is refused, not silently ignored."""

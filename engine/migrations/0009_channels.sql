@@ -2,7 +2,8 @@
 -- for: one per spawned family (`family:<parent session>`, the parent and the children it spawned)
 -- and one per claimed task (`task:<task>`, its creator and every session that claimed it). Its id
 -- is derived from its name, so whoever needs it finds it without a lookup. A message's sequence is
--- its place in the channel; a session's cursor is the last sequence it has received there.
+-- its place in the channel; a session's cursor is the last sequence it has received there. A send
+-- repeated with its idempotency key (per sender) finds the message the first one stored.
 CREATE TABLE channels (
     id                    TEXT PRIMARY KEY,
     channel               TEXT NOT NULL UNIQUE,
@@ -37,9 +38,13 @@ CREATE TABLE channel_messages (
     reply_to_message_id TEXT,
     metadata            TEXT NOT NULL,
     body                TEXT NOT NULL,
+    idempotency_key     TEXT,
+    request_hash        TEXT,
     created_at          TEXT NOT NULL,
     PRIMARY KEY (channel_id, sequence)
 );
+CREATE UNIQUE INDEX channel_messages_by_key ON channel_messages (from_session_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 CREATE TABLE channel_cursors (
     channel_id TEXT NOT NULL REFERENCES channels (id),
     session_id TEXT NOT NULL,

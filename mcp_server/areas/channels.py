@@ -20,7 +20,7 @@ from engine.callers import Caller
 from engine.settings import Settings
 from mcp_server import commands, mcp_tools
 from mcp_server.api import AgentDockAPI
-from mcp_server.http import Endpoint, body, params
+from mcp_server.http import Endpoint, body, params, with_idempotency_key
 
 NAME = "channels"
 """The toolset (`--toolsets channels`) and the permission area."""
@@ -47,7 +47,7 @@ def endpoints(engine: Engine) -> list[Endpoint]:
 
     async def send(request: Request, caller: Caller) -> Response:
         channel = params(request, ChannelRef).channel
-        data = await body(request)
+        data = with_idempotency_key(request, await body(request))
         if "channel" in data:
             raise errors.InvalidInput("channel", "is the path's channel id; leave it out of the body")
         return answer(await service.send(caller, models.parse(cm.Send, {**data, "channel": channel})), 201)
@@ -57,7 +57,8 @@ def endpoints(engine: Engine) -> list[Endpoint]:
 
     async def reply(request: Request, caller: Caller) -> Response:
         params(request, models.Input)
-        return answer(await service.reply(caller, models.parse(cm.Reply, await body(request))), 201)
+        data = with_idempotency_key(request, await body(request))
+        return answer(await service.reply(caller, models.parse(cm.Reply, data)), 201)
 
     return [
         Endpoint("/api/agent/channels", list_, ["GET"]),
@@ -123,14 +124,16 @@ async def cmd_list(api: AgentDockAPI, args: argparse.Namespace) -> int:
 
 async def cmd_send(api: AgentDockAPI, args: argparse.Namespace) -> int:
     req = models.parse(cm.Send, {"channel": args.channel, "body": _body(args.body),
-                                 "metadata": _metadata(args, cm.MessageKind.status)})
+                                 "metadata": _metadata(args, cm.MessageKind.status),
+                                 **commands.given(idempotency_key=args.idempotency_key)})
     commands.show((await api.send_message(req)).message, args.json)
     return 0
 
 
 async def cmd_reply(api: AgentDockAPI, args: argparse.Namespace) -> int:
     req = models.parse(cm.Reply, {"reply_to_message_id": args.message_id, "body": _body(args.body),
-                                  "metadata": _metadata(args, cm.MessageKind.reply)})
+                                  "metadata": _metadata(args, cm.MessageKind.reply),
+                                  **commands.given(idempotency_key=args.idempotency_key)})
     commands.show((await api.reply_message(req)).message, args.json)
     return 0
 
@@ -186,6 +189,8 @@ def add_commands(cli: commands.Commands) -> None:
         p.add_argument("--kind", help="message_kind: " + ", ".join(cm.MessageKind))
         p.add_argument("--task-id", dest="task_id")
         p.add_argument("--run-id", dest="run_id")
+        p.add_argument("--idempotency-key", dest="idempotency_key",
+                       help="repeat a send with the same key: the first message comes back, not a copy")
     c = cli.add("channels", "recv", cmd_recv, help="messages not yet received on a channel")
     c.add_argument("channel", help="channel id (chn_...)")
     c.add_argument("--limit", type=int)

@@ -31,8 +31,7 @@ from engine.callers import Caller
 from engine.settings import Settings
 from mcp_server import commands, live, mcp_tools
 from mcp_server.api import AgentDockAPI
-from mcp_server.areas.runs import with_idempotency_key
-from mcp_server.http import MAX_WAIT_SECONDS, Endpoint, WaitQuery, body, data, params
+from mcp_server.http import MAX_WAIT_SECONDS, Endpoint, WaitQuery, body, data, params, with_idempotency_key
 
 NAME = "groups"
 """The toolset (`--toolsets groups`) and the permission area."""

@@ -13,7 +13,6 @@ import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
 
 import anyio
 from mcp.server.mcpserver import Context
@@ -28,7 +27,8 @@ from engine.callers import Caller
 from engine.settings import Settings
 from mcp_server import commands, mcp_tools
 from mcp_server.api import AgentDockAPI
-from mcp_server.http import MAX_PATH_CHARS, MAX_WAIT_SECONDS, Endpoint, WaitQuery, body, data, params
+from mcp_server.http import (MAX_PATH_CHARS, MAX_WAIT_SECONDS, Endpoint, WaitQuery, body, data, params,
+                             with_idempotency_key)
 
 NAME = "runs"
 """The toolset (`--toolsets runs`) and the permission area."""
@@ -124,18 +124,6 @@ async def until_ended(api: AgentDockAPI, run_id: str) -> models.Run:
 
 
 # ---------------------------------------------------------------- HTTP
-
-
-def with_idempotency_key(request: Request, fields: dict[str, Any]) -> dict[str, Any]:
-    """The body's fields with the `Idempotency-Key` header's key, which must be given once and agree."""
-    keys = request.headers.getlist("idempotency-key")
-    if len(keys) > 1:
-        raise errors.InvalidInput("idempotency_key", "the Idempotency-Key header is given more than once")
-    if keys:
-        if fields.get("idempotency_key") not in (None, keys[0]):
-            raise errors.InvalidInput("idempotency_key", "differs from the Idempotency-Key header; send one")
-        fields["idempotency_key"] = keys[0]
-    return fields
 
 
 def endpoints(engine: Engine) -> list[Endpoint]:

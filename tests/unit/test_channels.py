@@ -219,3 +219,17 @@ async def test_bodies_and_ext_nested_too_deep_or_too_large_are_refused(tmp_path)
                         ({"channel": cm.channel_id("x"), "body": 1, "metadata": {"ext": {"k": deep}}}, "ext")):
         with pytest.raises(errors.InvalidInput, match=field):
             cm.models.parse(cm.Send, data)
+
+
+async def test_a_send_repeated_with_its_idempotency_key_returns_the_first_message_and_stores_no_copy(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        a = await child(engine)
+        ch = family(ROOT.session_id)
+        first = await engine.channels.send(ROOT, cm.Send(channel=ch, body={"n": 1}, idempotency_key="k-1"))
+        again = await engine.channels.send(ROOT, cm.Send(channel=ch, body={"n": 1}, idempotency_key="k-1"))
+        with pytest.raises(errors.Conflict, match="idempotency_key"):
+            await engine.channels.send(ROOT, cm.Send(channel=ch, body={"n": 2}, idempotency_key="k-1"))
+        theirs = await engine.channels.send(a, cm.Send(channel=ch, body={"n": 1}, idempotency_key="k-1"))
+        assert again.message == first.message and theirs.message.message_id != first.message.message_id
+        assert [m.message_id for m in await recv(engine, a, ch)] == [first.message.message_id]
+        assert (await engine.store.channel(ch)).last_sequence == 2  # the root's one message and a's
