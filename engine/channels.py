@@ -59,6 +59,16 @@ def permitted(allowed: list[str] | None, channel: cm.ChannelRow) -> bool:
     return allowed is None or "*" in allowed or channel.channel in allowed or channel.id in allowed
 
 
+async def still_active(store: Store, caller: Caller) -> None:
+    """After a wait: refuse to go on for a session stopped (or expired) meanwhile."""
+    if caller.is_root:
+        return
+    row = await store.session(caller.session_id)
+    if row is None or row.status != "active":
+        raise errors.Unauthenticated(f"session {caller.session_id} ended while it waited",
+                                     evidence={"session_id": caller.session_id})
+
+
 class ChannelService:
     def __init__(self, store: Store, clock: Clock | None, settings: Settings) -> None:
         self.store = store
@@ -139,6 +149,7 @@ class ChannelService:
                 return cm.Messages(messages=[r.record() for r in rows], waited=waited)
             waited = True
             await self.clock.wait(arrived, left)
+            await still_active(self.store, caller)
 
     async def inbox(self, caller: Caller, limit: int) -> tuple[list[cm.InboxItem], int]:
         """What is waiting for the caller on its channels (not received, nothing moved), oldest first,

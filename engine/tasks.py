@@ -147,6 +147,7 @@ class TaskService:
             if nxt is not None:  # a task in backoff becomes claimable without any commit
                 left = min(left, max((nxt - self.clock.now()).total_seconds(), 0.001))
             await self.clock.wait(changed, left)
+            await channels.still_active(self.store, caller)
 
     async def _claim_once(self, caller: Caller, workspace: str | None, lease_seconds: float) -> tm.Claim | None:
         token = CLAIM_TOKEN_PREFIX + secrets.token_hex(24)

@@ -233,3 +233,28 @@ async def test_a_send_repeated_with_its_idempotency_key_returns_the_first_messag
         assert again.message == first.message and theirs.message.message_id != first.message.message_id
         assert [m.message_id for m in await recv(engine, a, ch)] == [first.message.message_id]
         assert (await engine.store.channel(ch)).last_sequence == 2  # the root's one message and a's
+
+
+async def test_a_session_stopped_while_it_waits_neither_receives_nor_claims(tmp_path):
+    clock = FakeClock()
+    async with engine_for(tmp_path, clock).running() as engine:
+        a = await child(engine)
+        ch = family(ROOT.session_id)
+        outcomes: list[BaseException] = []
+
+        async def wait(call) -> None:  # type: ignore[no-untyped-def]
+            try:
+                await call
+            except errors.Unauthenticated as exc:
+                outcomes.append(exc)
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait, engine.channels.recv(a, cm.Recv(channel=ch, wait=True)))
+                tg.start_soon(wait, engine.tasks.claim_next(a, tm.ClaimNext(wait_seconds=30)))
+                await anyio.wait_all_tasks_blocked()
+                await engine.sessions.stop(ROOT, a.session_id)
+                await send(engine, ROOT, ch, "too late")
+                await engine.tasks.create(ROOT, tm.TaskCreate(title="too late"))
+        assert len(outcomes) == 2
+        assert [t.status for t in (await engine.tasks.list(ROOT, tm.TaskListQuery())).data] == ["queued"]
