@@ -68,23 +68,32 @@ async def wakeup_latency(receivers: int, home: Path) -> list[float]:
         channel = cm.channel_id(cm.family_name(ROOT.session_id))
         seen: list[float] = []
         sent_at = 0.0
+        ready = [anyio.Event() for _ in callers]
+        """Set by each receiver as it calls recv again: only then is the next send timed."""
 
-        async def listen(caller) -> None:  # type: ignore[no-untyped-def]
+        async def listen(i: int, caller: Caller) -> None:
             while True:
+                ready[i].set()
                 got = await engine.channels.recv(caller, cm.Recv(channel=channel, wait=True, wait_seconds=30))
                 now = time.perf_counter()
+                seen.extend(now - sent_at for m in got.messages if m.body != "stop")
                 if any(m.body == "stop" for m in got.messages):
                     return
-                seen.extend(now - sent_at for _ in got.messages)
+
+        async def all_waiting() -> None:
+            for i, event in enumerate(ready):
+                await event.wait()
+                ready[i] = anyio.Event()
+            await anyio.wait_all_tasks_blocked()  # in recv's wait, woken only by the send
 
         async with anyio.create_task_group() as tg:
-            for caller in callers:
-                tg.start_soon(listen, caller)
+            for i, caller in enumerate(callers):
+                tg.start_soon(listen, i, caller)
             for i in range(ROUNDS):
-                await anyio.wait_all_tasks_blocked()  # every receiver is waiting again
+                await all_waiting()
                 sent_at = time.perf_counter()
                 await engine.channels.send(ROOT, cm.Send(channel=channel, body=i))
-            await anyio.wait_all_tasks_blocked()
+            await all_waiting()
             await engine.channels.send(ROOT, cm.Send(channel=channel, body="stop"))
     assert len(seen) == ROUNDS * receivers, len(seen)
     return seen
