@@ -94,8 +94,9 @@ class ChannelService:
     async def send(self, caller: Caller, req: cm.Send) -> cm.MessageResult:
         caller.require("channels", "channel_send")
         self._same_channel(req.metadata, req.channel)
+        allowed = await self._network_channels(caller)
         async with self.store.write(self.clock.now()) as tx:
-            channel = await self._open(tx, caller, req.channel)
+            channel = await self._open(tx, caller, req.channel, allowed)
             self._kind_allowed(channel, req.metadata.message_kind)
             row = await self._stored(tx, caller, req) or await tx.append_message(self._message(
                 channel, caller, req, correlation_id=req.metadata.correlation_id))
@@ -104,13 +105,14 @@ class ChannelService:
     async def reply(self, caller: Caller, req: cm.Reply) -> cm.MessageResult:
         """Answer a message: to its sender, on its channel, correlated by that message (never by text)."""
         caller.require("channels", "channel_reply")
+        allowed = await self._network_channels(caller)
         async with self.store.write(self.clock.now()) as tx:
             original = await tx.message(req.reply_to_message_id)
             if original is None or original.to_session_id not in (None, caller.session_id):
                 raise errors.NotFound("message", req.reply_to_message_id, suggested_command="agentdock channels list",
                                       evidence={"field": "reply_to_message_id"})
             try:
-                channel = await self._open(tx, caller, original.channel_id)
+                channel = await self._open(tx, caller, original.channel_id, allowed)
             except errors.NotFound:  # a channel the caller is not in: its messages do not exist for it
                 raise errors.NotFound("message", req.reply_to_message_id, suggested_command="agentdock channels list",
                                       evidence={"field": "reply_to_message_id"}) from None
@@ -137,12 +139,13 @@ class ChannelService:
             raise errors.InvalidInput("wait_seconds", f"at most {bound:g} seconds; call recv again to wait longer",
                                       evidence={"limit": bound})
         wait = req.wait_seconds if req.wait_seconds is not None else (bound if req.wait else 0.0)
+        allowed = await self._network_channels(caller)
         deadline = self.clock.monotonic() + wait
         waited = False
         while True:
             arrived = self.store.topics.watch(topics.channel(req.channel))
             async with self.store.write(self.clock.now()) as tx:
-                await self._open(tx, caller, req.channel)
+                await self._open(tx, caller, req.channel, allowed)
                 rows = await tx.take_messages(req.channel, caller.session_id, req.limit)
             left = deadline - self.clock.monotonic()
             if rows or left <= 0:
@@ -173,12 +176,15 @@ class ChannelService:
 
     # ------------------------------------------------------------ helpers
 
-    async def _open(self, tx: Tx, caller: Caller, channel_id: str) -> cm.ChannelRow:
-        """The channel, if the caller may use it; else NotFound (not a member) or PermissionDenied."""
+    @staticmethod
+    async def _open(tx: Tx, caller: Caller, channel_id: str, allowed: list[str] | None) -> cm.ChannelRow:
+        """The channel, if the caller may use it; else NotFound (not a member) or PermissionDenied.
+        (Only the writer's own statements in here: a read on the reader's thread would hold the writer
+        across a thread hop.)"""
         channel = await tx.channel(channel_id)
         if channel is None or not (caller.is_root or await tx.is_member(channel_id, caller.session_id)):
             raise errors.NotFound("channel", channel_id, evidence={"field": "channel"})
-        if not permitted(await self._network_channels(caller), channel):
+        if not permitted(allowed, channel):
             raise errors.PermissionDenied(
                 f"channel: your permissions' network_channels do not name {channel.channel} ({channel.id})",
                 evidence={"field": "channel", "channel": channel.channel, "session_id": caller.session_id})

@@ -809,7 +809,7 @@ class Store:
         self.topics = notifier or topics.Topics()
         self._writer: InlineConnection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)
         self.commits = 0
         """Write transactions committed since this store was opened."""
 

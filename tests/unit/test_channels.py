@@ -45,6 +45,14 @@ async def recv(engine: Engine, caller, channel: str, **kw) -> list[cm.Message]:
     return (await engine.channels.recv(caller, cm.Recv(channel=channel, **kw))).messages
 
 
+async def waiting(clock: FakeClock, tg, fn, *args) -> None:  # type: ignore[no-untyped-def]
+    """Start `fn` and return once it waits on the clock (its wait registered, nothing else pending)."""
+    await anyio.wait_all_tasks_blocked()
+    before = clock.sleepers
+    tg.start_soon(fn, *args)
+    await clock.until_sleepers(before + 1)
+
+
 async def test_a_spawn_makes_the_parents_family_channel_and_every_child_joins_it(tmp_path):
     async with engine_for(tmp_path).running() as engine:
         a, b = await child(engine), await child(engine)
@@ -151,8 +159,7 @@ async def test_a_waiting_receiver_wakes_on_the_sends_commit_not_on_a_tick(tmp_pa
 
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(wait)
-                await anyio.wait_all_tasks_blocked()  # it waits; the clock never moves
+                await waiting(clock, tg, wait)  # it waits; the clock never moves
                 sent = await send(engine, ROOT, ch, "now")
         assert got[0].waited and [m.message_id for m in got[0].messages] == [sent.message_id]
 
@@ -171,8 +178,7 @@ async def test_a_wait_ends_empty_at_its_bound_and_a_wait_beyond_the_servers_boun
 
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(wait)
-                await anyio.wait_all_tasks_blocked()
+                await waiting(clock, tg, wait)
                 clock.advance(5)
         assert got[0].messages == [] and got[0].waited
 
@@ -250,9 +256,8 @@ async def test_a_session_stopped_while_it_waits_neither_receives_nor_claims(tmp_
 
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
-                tg.start_soon(wait, engine.channels.recv(a, cm.Recv(channel=ch, wait=True)))
-                tg.start_soon(wait, engine.tasks.claim_next(a, tm.ClaimNext(wait_seconds=30)))
-                await anyio.wait_all_tasks_blocked()
+                await waiting(clock, tg, wait, engine.channels.recv(a, cm.Recv(channel=ch, wait=True)))
+                await waiting(clock, tg, wait, engine.tasks.claim_next(a, tm.ClaimNext(wait_seconds=30)))
                 await engine.sessions.stop(ROOT, a.session_id)
                 await send(engine, ROOT, ch, "too late")
                 await engine.tasks.create(ROOT, tm.TaskCreate(title="too late"))
