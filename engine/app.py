@@ -16,6 +16,7 @@ from engine.context import ContextService
 from engine.devices import DeviceService
 from engine.groups import GroupService
 from engine.ports import Clock, Harness, SandboxBackend
+from engine.profiles import ProfileService
 from engine.runs import RunService
 from engine.sessions import MAX_ACTIVE_TASK_LEASES, SessionService
 from engine.secrets import SecretStore
@@ -40,14 +41,15 @@ class Engine:
         self.devices = DeviceService(self.store, backend, self.clock, settings)
         self.tokens = Tokens(settings.home)
         self.secrets = SecretStore(settings.secrets_dir)
+        self.profiles = ProfileService(self.store, self.secrets, self.clock)
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens,
-                               self.secrets)
+                               self.secrets, self.profiles)
         self.groups = GroupService(self.store, self.runs, self.clock, settings)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups)
         self.souls = SoulService(self.store, self.clock, settings)
         self.tasks = TaskService(self.store, self.clock, settings, max_active_leases=MAX_ACTIVE_TASK_LEASES)
         self.sessions = SessionService(self.store, self.runs, self.souls, self.tokens, self.clock, settings,
-                                       leases=self.tasks.active_leases)
+                                       leases=self.tasks.active_leases, profiles=self.profiles)
         self.context = ContextService(self.sessions, self.souls, self.clock)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from engine import errors, ids, models
-from engine.callers import Caller
+from engine.callers import ROOT, Caller
 from engine.ports import Clock, DeviceSpec, SandboxBackend
 from engine.settings import Settings
 from engine.store import Store, new_id
@@ -48,14 +48,36 @@ class DeviceService:
             "created_at": now, "updated_at": now,
         }
 
+    async def check_room(self, caller: Caller, *, extra: int = 1, tx: Any = None) -> None:
+        """Refuse a new device when the caller's session, or a session above it, runs under a profile
+        whose `policy.max_child_sandboxes` its tree of sessions has already reached."""
+        session_id: str | None = caller.session_id
+        while session_id and session_id != ROOT.session_id:
+            row = await self.store.session(session_id)
+            if row is None:
+                return
+            limit = ((row.profile_snapshot or {}).get("policy") or {}).get("max_child_sandboxes")
+            if limit is not None:
+                live = await (tx.live_devices_of_tree(row.id) if tx else self.store.live_devices_of_tree(row.id))
+                if live + extra > limit:
+                    raise errors.LimitExceeded(
+                        f"max_child_sandboxes: session {row.id} runs under profile {row.profile_id}, whose policy "
+                        f"allows {limit} live sandboxes for it and the sessions below it; {live} exist. Delete one "
+                        "or wait for a run's ephemeral sandbox to go", suggested_command="agentdock sandbox list",
+                        evidence={"field": "max_child_sandboxes", "limit": limit, "live": live,
+                                  "session_id": row.id, "profile_id": row.profile_id})
+            session_id = row.parent_session_id
+
     async def create(self, caller: Caller, req: models.DeviceCreate) -> models.Device:
         """Create the container first, then its row: a crash in between leaves a labelled container
         with no row, which the reconciler removes; a failed create leaves nothing."""
-        caller.require("devices")
+        caller.require("devices", "sandbox_create")
+        await self.check_room(caller)
         spec = self.spec(req)
         state = await self.backend.create(spec)
         try:
             async with self.store.write(self.clock.now()) as tx:
+                await self.check_room(caller, tx=tx)  # again, counted in the transaction: no race past the limit
                 await tx.insert_device(self.row(caller, spec, req))
         except BaseException:
             await self.backend.remove(state.device_id)
@@ -90,6 +112,7 @@ class DeviceService:
         return models.DeviceList(data=out)
 
     async def delete(self, caller: Caller, device_id: str) -> models.Device:
+        caller.require("devices", "sandbox_delete")
         device = await self.get(caller, device_id)
         if device.ephemeral:
             raise errors.InvalidTransition(

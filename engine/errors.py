@@ -163,7 +163,8 @@ class Busy(EngineError):
     http_status = 503
 
 
-LIST_COMMANDS = {"run": "runs", "sandbox": "sandbox", "computer": "sandbox", "group": "agent-run-groups"}
+LIST_COMMANDS = {"run": "runs", "sandbox": "sandbox", "computer": "sandbox", "group": "agent-run-groups",
+                 "profile": "profiles"}
 """Record kinds whose ids `agentdock <command> list` shows."""
 
 

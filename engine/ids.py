@@ -62,6 +62,7 @@ ENTRY = Shape("group entry", ("agre",))
 DISPATCH = Shape("group dispatch", ("gdsp",))
 TASK = Shape("task", ("tsk",))
 TASK_RUN = Shape("task run", ("trun",))
+PROFILE = Shape("agent runtime profile", ("arp",))
 
 
 RunId = Annotated[str, StringConstraints(pattern=RUN.pattern), BeforeValidator(RUN.before)]
@@ -74,3 +75,4 @@ GroupId = Annotated[str, StringConstraints(pattern=GROUP.pattern), BeforeValidat
 DispatchId = Annotated[str, StringConstraints(pattern=DISPATCH.pattern), BeforeValidator(DISPATCH.before)]
 TaskId = Annotated[str, StringConstraints(pattern=TASK.pattern), BeforeValidator(TASK.before)]
 TaskRunId = Annotated[str, StringConstraints(pattern=TASK_RUN.pattern), BeforeValidator(TASK_RUN.before)]
+ProfileId = Annotated[str, StringConstraints(pattern=PROFILE.pattern), BeforeValidator(PROFILE.before)]

@@ -51,7 +51,7 @@ class AgentRunInput(models.RunCreate):
     """Return the queued record at once instead of waiting for the run to end."""
 
     def request(self) -> models.RunCreate:
-        return models.RunCreate.model_validate(self.model_dump(exclude={"async_"}))
+        return models.RunCreate.model_validate(self.model_dump(exclude={"async_"}, exclude_unset=True))
 
 
 class EventsInput(models.EventsQuery):
