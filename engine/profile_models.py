@@ -84,7 +84,7 @@ def denied_tools(bundles: list[str] | None) -> frozenset[str]:
 SECRET_KEY = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_?KEY|ACCESS_?KEY)", re.I)
 SECRET_PREFIXES = ("sk-", "sk_live_", "sk_test_", "rk_live_", "ghp_", "gho_", "ghs_", "github_pat_", "glpat-",
                    "xoxb-", "xoxp-", "xoxa-", "AKIA", "ASIA", "AIza", "msk_live_", "-----BEGIN")
-HIGH_ENTROPY_MIN_CHARS = 24
+HIGH_ENTROPY_MIN_CHARS = 32
 HIGH_ENTROPY_BITS = 3.7
 TOKENISH = re.compile(r"[A-Za-z0-9+/=_.\-]+")
 
@@ -103,7 +103,8 @@ def looks_secret(name: str, value: str) -> str | None:
         return "its value starts like an API key"
     if (len(stripped) >= HIGH_ENTROPY_MIN_CHARS and TOKENISH.fullmatch(stripped) and "://" not in stripped
             and not stripped.startswith(("/", ".")) and any(c.isdigit() for c in stripped)
-            and any(c.isalpha() for c in stripped) and _entropy(stripped) >= HIGH_ENTROPY_BITS):
+            and any(c.isalpha() for c in stripped) and _entropy(stripped) >= HIGH_ENTROPY_BITS
+            and sum(c in "-_." for c in stripped) < len(stripped) / 10):  # words joined by dashes are names
         return "its value is a long random-looking string, as keys are"
     return None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from engine import context, models, sessions, souls
+from engine import profile_models as pm
 from engine import task_models as tm
 from engine import group_models as gm
 from engine.app import Engine
@@ -122,6 +123,17 @@ class AgentDockAPI(Protocol):
     async def fail_task(self, req: tm.Fail) -> tm.LeaseResult: ...
 
     async def release_task(self, req: tm.Holding) -> tm.LeaseResult: ...
+
+    # profiles
+    async def create_profile(self, req: pm.ProfileCreate) -> pm.Profile: ...
+
+    async def get_profile(self, profile_id: str) -> pm.Profile: ...
+
+    async def list_profiles(self, q: pm.ProfileListQuery) -> pm.ProfileList: ...
+
+    async def update_profile(self, req: pm.ProfileUpdate) -> pm.Profile: ...
+
+    async def delete_profile(self, profile_id: str) -> pm.Profile: ...
 
 
 class InProcessAPI:
@@ -247,3 +259,18 @@ class InProcessAPI:
 
     async def release_task(self, req: tm.Holding) -> tm.LeaseResult:
         return await self.engine.tasks.release(self.caller, req)
+
+    async def create_profile(self, req: pm.ProfileCreate) -> pm.Profile:
+        return await self.engine.profiles.create(self.caller, req)
+
+    async def get_profile(self, profile_id: str) -> pm.Profile:
+        return await self.engine.profiles.get(self.caller, profile_id)
+
+    async def list_profiles(self, q: pm.ProfileListQuery) -> pm.ProfileList:
+        return await self.engine.profiles.list(self.caller, q)
+
+    async def update_profile(self, req: pm.ProfileUpdate) -> pm.Profile:
+        return await self.engine.profiles.update(self.caller, req)
+
+    async def delete_profile(self, profile_id: str) -> pm.Profile:
+        return await self.engine.profiles.delete(self.caller, profile_id)

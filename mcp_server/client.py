@@ -15,6 +15,7 @@ import httpx
 from pydantic import BaseModel
 
 from engine import context, errors, ids, models, sessions, souls
+from engine import profile_models as pm
 from engine import task_models as tm
 from engine import group_models as gm
 from engine.settings import Settings
@@ -240,8 +241,30 @@ class DaemonClient:
         body = {k: v for k, v in req.model_dump(mode="json").items() if k != "run_id" and v is not None}
         return tm.LeaseResult.model_validate(await self.request("POST", path, json=body))
 
+    # profiles
+    async def create_profile(self, req: pm.ProfileCreate) -> pm.Profile:
+        return pm.Profile.model_validate((await self.request("POST", PROFILES, json=_body(req)))["data"])
+
+    async def get_profile(self, profile_id: str) -> pm.Profile:
+        return pm.Profile.model_validate((await self.request("GET", _profile_path(profile_id)))["data"])
+
+    async def list_profiles(self, q: pm.ProfileListQuery) -> pm.ProfileList:
+        return pm.ProfileList.model_validate(await self.request("GET", PROFILES, params=_query(q)))
+
+    async def update_profile(self, req: pm.ProfileUpdate) -> pm.Profile:
+        body = req.model_dump(mode="json", exclude={"profile_id"}, exclude_unset=True)
+        return pm.Profile.model_validate((await self.request("PUT", _profile_path(req.profile_id), json=body))["data"])
+
+    async def delete_profile(self, profile_id: str) -> pm.Profile:
+        return pm.Profile.model_validate((await self.request("DELETE", _profile_path(profile_id)))["data"])
+
 
 SOUL = "/api/agent/soul"
+PROFILES = "/agent-runtime-profiles"
+
+
+def _profile_path(profile_id: str) -> str:
+    return f"{PROFILES}/{_seg(ids.PROFILE, profile_id, 'profile_id')}"
 
 
 def _body(req: BaseModel) -> dict[str, Any]:

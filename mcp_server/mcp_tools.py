@@ -82,6 +82,34 @@ def make_tool(name: str, description: str, input_model: type[models.Input], outp
     )
 
 
+class Confirm(BaseModel):
+    """What the user is asked before a risky action under a `confirm-risky` profile."""
+
+    confirm: bool
+    """Allow it."""
+
+
+async def confirm_risky(api: Any, ctx: Context, action: str) -> None:
+    """Under a profile whose policy says `approval: confirm-risky`, ask the user (MCP elicitation) before
+    `action`; refuse when the client cannot ask or the user does not allow it. Other callers pass."""
+    session = (await api.me()).session
+    policy = (session.profile or {}).get("policy") or {}
+    if policy.get("approval") != "confirm-risky":
+        return
+    evidence = {"field": "approval", "action": action, "profile_id": session.profile_id}
+    caps = ctx.client_capabilities
+    if caps is None or caps.elicitation is None:
+        raise errors.PermissionDenied(
+            f"approval: this session's profile {session.profile_id} asks the user before it may {action}, and this "
+            "MCP client cannot ask (it declares no elicitation capability); refused", evidence=evidence)
+    result = await ctx.elicit(f"agentdock: session {session.id} (profile {session.profile_id}) wants to {action}. "
+                              "Allow it?", Confirm)
+    if result.action == "accept" and result.data.confirm:
+        return
+    raise errors.PermissionDenied(f"approval: the user did not allow this session to {action} ({result.action})",
+                                  evidence={**evidence, "answer": result.action})
+
+
 class Resource(NamedTuple):
     """A record readable as an MCP resource (JSON): `read` takes the template's parameters by name and
     reads under `resource_errors()`."""
