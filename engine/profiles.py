@@ -150,6 +150,8 @@ class ProfileService:
             return None
         if explicit is not None:
             row = await self.store.profile(explicit)
+            if row is not None and not caller.is_root and row.workspace_id not in (None, workspace):
+                row = None  # a session learns nothing of another workspace's profiles, not even that one exists
             if row is None:
                 raise errors.InvalidInput(field, f"no agent runtime profile {explicit!r}",
                                           suggested_command="agentdock profiles list",

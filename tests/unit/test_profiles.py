@@ -350,6 +350,9 @@ async def test_a_session_sees_tenant_and_own_workspace_profiles_and_manages_only
         with pytest.raises(errors.PermissionDenied):
             await engine.profiles.create(caller, profile("t2"))
         own = await engine.profiles.create(caller, profile("n", workspace_id="ws_1"))
+        with pytest.raises(errors.InvalidInput) as foreign:
+            await engine.runs.create(caller, run(agent_runtime_profile_id=theirs.id))
+    assert "ws_2" not in foreign.value.message and foreign.value.field == "agent_runtime_profile_id"
     assert seen == {tenant.id, mine.id} and own.workspace_id == "ws_1"
 
 
