@@ -366,3 +366,20 @@ async def test_a_groups_child_runs_resolve_the_default_of_the_groups_workspace(t
             await engine.groups.wait(ROOT, group.id, 10)
         (child,) = (await engine.runs.list(ROOT, models.RunListQuery())).data
     assert child.profile_id == ws.id and child.model == "team-m" and child.workspace_id == "team"
+
+
+async def test_max_child_sandboxes_counts_the_sandboxes_of_children_spawned_with_a_prompt(tmp_path):
+    async with engine_for(tmp_path, max_active_runs=4).running() as engine:
+        p = await engine.profiles.create(ROOT, profile(policy={"max_child_sandboxes": 1}))
+        parent = await engine.sessions.spawn(ROOT, SpawnRequest(agent_name="lead", agent_runtime_profile_id=p.id))
+        lead = await engine.sessions.authenticate(parent.token)
+        first = await engine.sessions.spawn(lead, SpawnRequest(agent_name="w", prompt="p", command="block",
+                                                               skip_agent_runtime_profile=True))
+        with pytest.raises(errors.LimitExceeded) as caught:
+            await engine.sessions.spawn(lead, SpawnRequest(agent_name="w", prompt="p", command="block",
+                                                           skip_agent_runtime_profile=True))
+        no_sandbox = await engine.sessions.spawn(lead, SpawnRequest(agent_name="w", skip_agent_runtime_profile=True))
+        states = {s.id: s.state for s in (await engine.sessions.list(ROOT)).data}
+    assert first.run is not None and caught.value.evidence["session_id"] == parent.session.id
+    assert no_sandbox.session.profile_id is None
+    assert sorted(states.values()).count("stopped") == 1  # the refused spawn's child is stopped, not left live
