@@ -38,10 +38,10 @@ class Engine:
         self.clock = clock or SystemClock()
         self.topics = Topics()
         self.store = Store(settings.db_path, self.topics)
-        self.devices = DeviceService(self.store, backend, self.clock, settings)
-        self.tokens = Tokens(settings.home)
         self.secrets = SecretStore(settings.secrets_dir)
         self.profiles = ProfileService(self.store, self.secrets, self.clock)
+        self.devices = DeviceService(self.store, backend, self.clock, settings, self.profiles)
+        self.tokens = Tokens(settings.home)
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens,
                                self.secrets, self.profiles)
         self.groups = GroupService(self.store, self.runs, self.clock, settings)

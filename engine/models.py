@@ -197,6 +197,11 @@ class DeviceCreate(Input):
     """Environment for every run in the device."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     """Your own ids and labels (at most 64 KiB of JSON)."""
+    agent_runtime_profile_id: ids.ProfileId | None = None
+    """Take image, resources and network (those not given here) from this profile; omitted: your session's
+    profile, else the workspace's default, else the tenant's."""
+    skip_agent_runtime_profile: bool = False
+    """Take nothing from any profile."""
 
     @field_validator("env")
     @classmethod

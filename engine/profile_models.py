@@ -336,4 +336,5 @@ class ProfileRow(Row):
         return {"id": self.id, "name": self.name, "workspace_id": self.workspace_id, "source": source,
                 "runtime": str(self.runtime), "model": self.model, "image": self.image, "resources": self.resources,
                 "network": self.network, "env": dict(self.env), "tools": self.tools, "policy": self.policy,
+                "applies_to": self.applies_to,
                 "secrets": list(self.secrets), "updated_at": self.updated_at.isoformat()}

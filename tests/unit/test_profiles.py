@@ -383,3 +383,34 @@ async def test_max_child_sandboxes_counts_the_sandboxes_of_children_spawned_with
     assert first.run is not None and caught.value.evidence["session_id"] == parent.session.id
     assert no_sandbox.session.profile_id is None
     assert sorted(states.values()).count("stopped") == 1  # the refused spawn's child is stopped, not left live
+
+
+async def test_a_sandbox_created_under_a_profile_takes_what_the_request_leaves_out(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        p = await engine.profiles.create(ROOT, profile(image="prof:1", resources={"cpus": 0.5, "pids_limit": 64},
+                                                       network=True))
+        named = await engine.devices.create(ROOT, models.DeviceCreate(agent_runtime_profile_id=p.id))
+        own = await engine.devices.create(ROOT, models.DeviceCreate(agent_runtime_profile_id=p.id, image="mine:2",
+                                                                    cpus=2, network=False))
+        plain = await engine.devices.create(ROOT, models.DeviceCreate())
+        only_computers = await engine.profiles.create(ROOT, profile("c", applies_to={"resources": ["computer"]}))
+        with pytest.raises(errors.InvalidInput) as caught:
+            await engine.devices.create(ROOT, models.DeviceCreate(agent_runtime_profile_id=only_computers.id))
+    assert (named.image, named.cpus, named.pids_limit, named.memory_mb, named.network) == (
+        "prof:1", 0.5, 64, 512, True)
+    assert (own.image, own.cpus, own.network) == ("mine:2", 2, False)
+    assert (plain.image, plain.network) == ("fake:latest", False)
+    assert caught.value.field == "kind"
+
+
+async def test_a_session_under_a_profile_without_network_may_not_create_a_networked_device(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        p = await engine.profiles.create(ROOT, profile(image="prof:1"))
+        child = await engine.sessions.spawn(ROOT, SpawnRequest(agent_name="w", agent_runtime_profile_id=p.id))
+        caller = await engine.sessions.authenticate(child.token)
+        with pytest.raises(errors.PermissionDenied) as caught:
+            await engine.devices.create(caller, models.DeviceCreate(network=True))
+        made = await engine.devices.create(caller, models.DeviceCreate())
+        live = len(await engine.backend.list_owned())
+    assert caught.value.evidence["field"] == "network"
+    assert (made.image, made.network, live) == ("prof:1", False, 1)
