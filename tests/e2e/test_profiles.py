@@ -149,9 +149,12 @@ def test_the_profiles_cli_creates_lists_gets_updates_and_removes_with_json(daemo
 
 
 @asynccontextmanager
-async def session_under_confirm_risky(daemon: Daemon, answer: str | None) -> AsyncIterator[tuple[Client, list]]:
+async def session_under_confirm_risky(daemon: Daemon, answer: str | None, mode: str = "auto",
+                                      ) -> AsyncIterator[tuple[Client, list]]:
     """An MCP client session of `agentdock serve` acting as a child session spawned under a
-    `confirm-risky` profile; `answer` is what its user says when asked (None: a client that cannot ask)."""
+    `confirm-risky` profile; `answer` is what its user says when asked (None: a client that cannot ask).
+    `mode`: `auto` negotiates the current protocol (the server asks with InputRequiredResult), `legacy`
+    the initialize handshake (the server sends elicitation/create)."""
     asked: list[Any] = []
     async with http(daemon) as root:
         profile = (await root.post(PROFILES, json={"name": "careful", "runtime": "custom",
@@ -167,7 +170,7 @@ async def session_under_confirm_risky(daemon: Daemon, answer: str | None) -> Asy
 
     params = StdioServerParameters(command=AGENTDOCK, args=["serve"], env={**daemon.env, "AGENTDOCK_TOKEN": token})
     kw = {"elicitation_callback": elicit} if answer is not None else {}
-    async with Client(params, **kw) as client:
+    async with Client(params, mode=mode, **kw) as client:
         yield client, asked
 
 
@@ -176,9 +179,10 @@ async def group_status(daemon: Daemon, group_id: str) -> dict[str, Any]:
         return (await root.get(f"{GROUPS}/{group_id}")).json()["data"]
 
 
-async def test_confirm_risky_asks_the_user_and_an_accepted_cancel_goes_ahead(daemon: Daemon):
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_confirm_risky_asks_the_user_and_an_accepted_cancel_goes_ahead(daemon: Daemon, mode: str):
     with anyio.fail_after(60):
-        async with session_under_confirm_risky(daemon, "accept") as (client, asked):
+        async with session_under_confirm_risky(daemon, "accept", mode) as (client, asked):
             group = await call(client, "group_create", {"name": "g"})
             assert asked == []  # creating a group is not risky
             canceled = await call(client, "group_cancel", {"group_id": group["id"]})
@@ -186,9 +190,10 @@ async def test_confirm_risky_asks_the_user_and_an_accepted_cancel_goes_ahead(dae
     assert canceled["status"] == "canceled"
 
 
-async def test_confirm_risky_refuses_a_declined_cancel_and_changes_nothing(daemon: Daemon):
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_confirm_risky_refuses_a_declined_cancel_and_changes_nothing(daemon: Daemon, mode: str):
     with anyio.fail_after(60):
-        async with session_under_confirm_risky(daemon, "decline") as (client, asked):
+        async with session_under_confirm_risky(daemon, "decline", mode) as (client, asked):
             group = await call(client, "group_create", {"name": "g"})
             diag = await failing_call(client, "group_cancel", {"group_id": group["id"]})
         after = await group_status(daemon, group["id"])
