@@ -414,3 +414,15 @@ async def test_a_session_under_a_profile_without_network_may_not_create_a_networ
         live = len(await engine.backend.list_owned())
     assert caught.value.evidence["field"] == "network"
     assert (made.image, made.network, live) == ("prof:1", False, 1)
+
+
+async def test_a_dispatch_naming_a_profile_that_cannot_apply_is_refused_before_any_entry_is_written(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        theirs = await engine.profiles.create(ROOT, profile("o", workspace_id="elsewhere"))
+        group = await engine.groups.create(ROOT, gm.GroupCreate(name="g", workspace_id="team"))
+        with pytest.raises(errors.InvalidInput) as caught:
+            await engine.groups.dispatch(ROOT, group.id, models.parse(gm.DispatchRequest, {"async": True, "runs": [
+                {"prompt": "p", "command": "out=x"},
+                {"prompt": "p", "command": "out=x", "agent_runtime_profile_id": theirs.id}]}))
+        entries = rows(engine, "agent_run_group_entries")
+    assert caught.value.field == "runs.1.agent_runtime_profile_id" and entries == 0
