@@ -107,7 +107,7 @@ class DaemonClient:
 
     # runs
     async def create_run(self, req: models.RunCreate, *, wait: float = 0) -> models.Run:
-        payload = await self.request("POST", "/agent-runs", json=_body(req), params={"wait": wait or None},
+        payload = await self.request("POST", "/agent-runs", json=_body(req, unset=True), params={"wait": wait or None},
                                      timeout=wait + 60)
         return models.Run.model_validate(payload["data"])
 
@@ -151,7 +151,7 @@ class DaemonClient:
         return gm.GroupList.model_validate(await self.request("GET", "/agent-run-groups", params=_query(q)))
 
     async def dispatch_group(self, group_id: str, req: gm.DispatchRequest, wait: float = 0) -> gm.DispatchResult:
-        payload = await self.request("POST", _group_path(group_id, "/dispatch"), json=_body(req),
+        payload = await self.request("POST", _group_path(group_id, "/dispatch"), json=_body(req, unset=True),
                                      params={"wait": None if req.async_ else wait}, timeout=wait + 120)
         return gm.DispatchResult.model_validate(payload["data"])
 
@@ -267,9 +267,10 @@ def _profile_path(profile_id: str) -> str:
     return f"{PROFILES}/{_seg(ids.PROFILE, profile_id, 'profile_id')}"
 
 
-def _body(req: BaseModel) -> dict[str, Any]:
-    """A request model as the JSON body the daemon parses back into the same model."""
-    return req.model_dump(mode="json", by_alias=True, exclude_none=True)
+def _body(req: BaseModel, *, unset: bool = False) -> dict[str, Any]:
+    """A request model as the JSON body the daemon parses back into the same model. `unset`: leave out
+    what the caller did not give (a run's defaulted provider is not one asked for: a profile's applies)."""
+    return req.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=unset)
 
 
 def _query(q: BaseModel) -> dict[str, Any]:

@@ -188,8 +188,8 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
         return await api.create_group(inp)
 
     async def group_dispatch(inp: DispatchInput, ctx: Context) -> gm.DispatchResult:
-        req = gm.DispatchRequest.model_validate(inp.model_dump(by_alias=True, exclude={"group_id", "async_"})
-                                                | {"async": True})
+        req = gm.DispatchRequest.model_validate(inp.model_dump(by_alias=True, exclude={"group_id", "async_"},
+                                                               exclude_unset=True) | {"async": True})
         queued = await api.dispatch_group(inp.group_id, req)
         if inp.async_:
             return queued

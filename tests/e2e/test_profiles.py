@@ -212,3 +212,20 @@ async def test_confirm_risky_refuses_when_the_client_cannot_ask(daemon: Daemon):
     assert diag["code"] == "permission_denied" and "elicitation" in diag["message"]
     assert diag["evidence"]["field"] == "approval" and after["status"] != "canceled"
     assert "group_cancel" in tools and asked == []
+
+
+async def test_an_mcp_agent_run_naming_no_runtime_takes_the_default_profiles_runtime_and_model(daemon: Daemon):
+    from tests.e2e.test_mcp import session, wait_for_end
+
+    async with http(daemon) as root:
+        made = await root.post(PROFILES, json={"name": "pi-default", "runtime": "pi", "model": "pi-model",
+                                               "is_default": True, "env": {"GREETING": "hello"}})
+        assert made.status_code == 201, made.text
+    with anyio.fail_after(90):
+        async with session(daemon) as client:
+            run = await call(client, "agent_run", {"prompt": "say hi", "async": True})
+            own = await call(client, "agent_run", {"prompt": "p", "command": "echo $GREETING", "async": True})
+            done = await wait_for_end(client, own["id"], 60)
+            await wait_for_end(client, run["id"], 60)
+    assert (run["provider"], run["model"], run["profile_snapshot"]["name"]) == ("pi", "pi-model", "pi-default")
+    assert own["provider"] == "custom" and done["output"] == "hello\n"
