@@ -158,6 +158,7 @@ class RunService:
         prepared = await self.prepare(caller, req)
         try:
             async with self.store.write(self.clock.now()) as tx:
+                await require_profile(tx, prepared.row.get("profile_id"))
                 await self.record(tx, prepared)
         except errors.Conflict:
             if req.idempotency_key:  # the same key, created by a concurrent request a moment ago
@@ -376,6 +377,13 @@ class RunService:
         if row is None:
             raise errors.NotFound("artifact", f"{run_id}:{path}", suggested_command=f"agentdock runs artifacts {run_id}")
         return (self.settings.artifacts_dir / row.stored_as).read_bytes()
+
+
+async def require_profile(tx: Tx, profile_id: str | None) -> None:
+    """Refuse, in the writing transaction, a record naming a profile deleted since it was resolved."""
+    if profile_id is not None and await tx.profile(profile_id) is None:
+        raise errors.Conflict(f"agent_runtime_profile_id: profile {profile_id} was deleted meanwhile; try again",
+                              evidence={"field": "agent_runtime_profile_id", "profile_id": profile_id})
 
 
 def _hash(s: str) -> str:

@@ -23,7 +23,7 @@ from engine.lineage import PermissionPolicy, SpawnBudget
 from engine.ports import Clock
 from engine.records import SessionRow
 from engine.profiles import ProfileService
-from engine.runs import RunService
+from engine.runs import RunService, require_profile
 from engine.settings import Settings
 from engine.soul_service import SoulService
 from engine.store import Store, new_id
@@ -296,6 +296,7 @@ class SessionService:
         snapshot_id, _ = await self.souls.snapshot(caller, req.agent_name)  # the soul it has, kept as it is now
         depth = parent.lineage.spawn_depth + 1
         async with self.store.write(now) as tx:
+            await require_profile(tx, resolved.profile.id if resolved else None)
             lineage.check_room(depth=depth, children=await tx.live_children(parent.id),
                                active_in_workspace=await tx.live_in_workspace(workspace), budget=budget)
             await tx.insert_session({

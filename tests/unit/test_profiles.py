@@ -426,3 +426,20 @@ async def test_a_dispatch_naming_a_profile_that_cannot_apply_is_refused_before_a
                 {"prompt": "p", "command": "out=x", "agent_runtime_profile_id": theirs.id}]}))
         entries = rows(engine, "agent_run_group_entries")
     assert caught.value.field == "runs.1.agent_runtime_profile_id" and entries == 0
+
+
+async def test_a_profile_deleted_between_resolution_and_the_write_refuses_the_run_and_writes_nothing(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        p = await engine.profiles.create(ROOT, profile(is_default=True))
+        resolve = engine.profiles.resolve
+
+        async def resolve_then_lose_it(*args, **kw):  # the interleaving forced: a delete lands in between
+            found = await resolve(*args, **kw)
+            await engine.profiles.delete(ROOT, p.id)
+            return found
+
+        engine.profiles.resolve = resolve_then_lose_it  # type: ignore[method-assign]
+        with pytest.raises(errors.Conflict) as caught:
+            await engine.runs.create(ROOT, run())
+        written = rows(engine, "agent_runs"), rows(engine, "devices")
+    assert caught.value.evidence["profile_id"] == p.id and written == (0, 0)
