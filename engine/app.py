@@ -17,6 +17,7 @@ from engine.context import ContextService
 from engine.devices import DeviceService
 from engine.groups import GroupService
 from engine.ports import Clock, Harness, SandboxBackend
+from engine.profiles import ProfileService
 from engine.runs import RunService
 from engine.sessions import MAX_ACTIVE_TASK_LEASES, SessionService
 from engine.secrets import SecretStore
@@ -38,18 +39,20 @@ class Engine:
         self.clock = clock or SystemClock()
         self.topics = Topics()
         self.store = Store(settings.db_path, self.topics)
-        self.devices = DeviceService(self.store, backend, self.clock, settings)
-        self.tokens = Tokens(settings.home)
         self.secrets = SecretStore(settings.secrets_dir)
+        self.profiles = ProfileService(self.store, self.secrets, self.clock)
+        self.devices = DeviceService(self.store, backend, self.clock, settings, self.profiles)
+        self.tokens = Tokens(settings.home)
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens,
-                               self.secrets)
+                               self.secrets, self.profiles)
         self.groups = GroupService(self.store, self.runs, self.clock, settings)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups)
         self.souls = SoulService(self.store, self.clock, settings)
         self.tasks = TaskService(self.store, self.clock, settings, max_active_leases=MAX_ACTIVE_TASK_LEASES)
         self.channels = ChannelService(self.store, self.clock, settings)
         self.sessions = SessionService(self.store, self.runs, self.souls, self.tokens, self.clock, settings,
-                                       leases=self.tasks.active_leases, channels=self.channels.list_records)
+                                       leases=self.tasks.active_leases, channels=self.channels.list_records,
+                                       profiles=self.profiles)
         self.context = ContextService(self.sessions, self.souls, self.channels, self.tasks, self.clock)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:

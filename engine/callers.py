@@ -23,6 +23,10 @@ class Caller(BaseModel):
     use all."""
     visible: frozenset[str] = frozenset()
     """Sessions whose records this caller sees besides its own: those spawned below it."""
+    denied: frozenset[str] = frozenset()
+    """Tool names its runtime profile's `tools` bundles leave out (`engine.profile_models.BUNDLE_TOOLS`)."""
+    denied_toolsets: frozenset[str] = frozenset()
+    """Toolsets none of whose tools those bundles open."""
 
     @property
     def is_root(self) -> bool:
@@ -30,6 +34,10 @@ class Caller(BaseModel):
 
     def require(self, toolset: str, tool: str | None = None) -> None:
         """Refuse, naming the area, unless this caller may use `toolset` (or that one `tool` of it)."""
+        if (tool is not None and tool in self.denied) or (tool is None and toolset in self.denied_toolsets):
+            raise errors.PermissionDenied(
+                f"session {self.session_id} may not use {tool or toolset}: its agent runtime profile's tool bundles "
+                "leave it out", evidence={"toolset": toolset, "tool": tool, "session_id": self.session_id})
         if self.toolsets is None or toolset in self.toolsets or (tool is not None and tool in self.toolsets):
             return
         raise errors.PermissionDenied(

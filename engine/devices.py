@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from engine import errors, ids, models
-from engine.callers import Caller
+from engine.callers import ROOT, Caller
+from engine.profiles import ProfileService
+from engine.secrets import SecretStore
 from engine.ports import Clock, DeviceSpec, SandboxBackend
 from engine.settings import Settings
 from engine.store import Store, new_id
@@ -18,7 +20,9 @@ PREFIX = {models.TargetKind.sandbox: "sbx", models.TargetKind.computer: "cmp"}
 
 
 class DeviceService:
-    def __init__(self, store: Store, backend: SandboxBackend, clock: Clock, settings: Settings) -> None:
+    def __init__(self, store: Store, backend: SandboxBackend, clock: Clock, settings: Settings,
+                 profiles: ProfileService | None = None) -> None:
+        self.profiles = profiles or ProfileService(store, SecretStore(settings.secrets_dir), clock)
         self.store = store
         self.backend = backend
         self.clock = clock
@@ -48,19 +52,73 @@ class DeviceService:
             "created_at": now, "updated_at": now,
         }
 
+    async def check_room(self, caller: Caller, *, extra: int = 1, tx: Any = None) -> None:
+        """Refuse a new device when the caller's session, or a session above it, runs under a profile
+        whose `policy.max_child_sandboxes` its tree of sessions has already reached."""
+        session_id: str | None = caller.session_id
+        while session_id and session_id != ROOT.session_id:
+            row = await self.store.session(session_id)
+            if row is None:
+                return
+            limit = ((row.profile_snapshot or {}).get("policy") or {}).get("max_child_sandboxes")
+            if limit is not None:
+                live = await (tx.live_devices_of_tree(row.id) if tx else self.store.live_devices_of_tree(row.id))
+                if live + extra > limit:
+                    raise errors.LimitExceeded(
+                        f"max_child_sandboxes: session {row.id} runs under profile {row.profile_id}, whose policy "
+                        f"allows {limit} live sandboxes for it and the sessions below it; {live} exist. Delete one "
+                        "or wait for a run's ephemeral sandbox to go", suggested_command="agentdock sandbox list",
+                        evidence={"field": "max_child_sandboxes", "limit": limit, "live": live,
+                                  "session_id": row.id, "profile_id": row.profile_id})
+            session_id = row.parent_session_id
+
     async def create(self, caller: Caller, req: models.DeviceCreate) -> models.Device:
         """Create the container first, then its row: a crash in between leaves a labelled container
         with no row, which the reconciler removes; a failed create leaves nothing."""
-        caller.require("devices")
+        caller.require("devices", "sandbox_create")
+        await self.check_room(caller)
+        req = await self._with_profile(caller, req)
         spec = self.spec(req)
         state = await self.backend.create(spec)
         try:
             async with self.store.write(self.clock.now()) as tx:
+                await self.check_room(caller, tx=tx)  # again, counted in the transaction: no race past the limit
                 await tx.insert_device(self.row(caller, spec, req))
         except BaseException:
             await self.backend.remove(state.device_id)
             raise
         return await self.get(caller, spec.device_id)
+
+    async def _with_profile(self, caller: Caller, req: models.DeviceCreate) -> models.DeviceCreate:
+        """The request with what it leaves out (image, cpus, memory_mb, pids_limit, network) taken from its
+        profile: the one it names, else the caller session's, else the workspace's or tenant's default. A
+        session spawned under a profile that gives no network may not ask for one."""
+        session = None if caller.is_root else await self.store.session(caller.session_id)
+        governing = session.profile_snapshot if session else None
+        if req.network and governing is not None and not governing.get("network"):
+            raise errors.PermissionDenied(
+                f"network: this session runs under profile {governing['id']}, which gives its devices no network",
+                evidence={"field": "network", "profile_id": governing["id"]})
+        if req.skip_agent_runtime_profile:
+            return req
+        if governing is None or req.agent_runtime_profile_id:
+            resolved = await self.profiles.resolve(caller, skip=False, explicit=req.agent_runtime_profile_id,
+                                                   workspace=await self.profiles.workspace_of(caller, None))
+            governing = resolved.snapshot() if resolved else None
+        if governing is None:
+            return req
+        kinds = (governing.get("applies_to") or {}).get("resources") or ["sandbox", "computer"]
+        if req.kind.value not in kinds:
+            if req.agent_runtime_profile_id:
+                raise errors.InvalidInput("kind", f"profile {governing['id']} applies to {', '.join(kinds)}, "
+                                                  f"not to a {req.kind.value}")
+            return req
+        limits = governing.get("resources") or {}
+        given = req.model_fields_set
+        return req.model_copy(update={
+            "image": req.image or governing.get("image"),
+            **{k: getattr(req, k) or limits.get(k) for k in ("cpus", "memory_mb", "pids_limit")},
+            "network": req.network if "network" in given else bool(governing.get("network"))})
 
     async def restart(self, caller: Caller, device_id: str) -> None:
         """Start a device that stopped (its main process was ended under it); its files are kept."""
@@ -90,6 +148,7 @@ class DeviceService:
         return models.DeviceList(data=out)
 
     async def delete(self, caller: Caller, device_id: str) -> models.Device:
+        caller.require("devices", "sandbox_delete")
         device = await self.get(caller, device_id)
         if device.ephemeral:
             raise errors.InvalidTransition(

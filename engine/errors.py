@@ -164,7 +164,7 @@ class Busy(EngineError):
 
 
 LIST_COMMANDS = {"run": "runs", "sandbox": "sandbox", "computer": "sandbox", "group": "agent-run-groups",
-                 "channel": "channels"}
+                 "channel": "channels", "profile": "profiles"}
 """Record kinds whose ids `agentdock <command> list` shows."""
 
 

@@ -140,7 +140,8 @@ class ManifestItem(models.RunCreate):
 
     def run_request(self) -> models.RunCreate:
         return models.RunCreate.model_validate(
-            self.model_dump(exclude={"orchestration_role", "parent_agent_run_id"}, exclude_none=True))
+            self.model_dump(exclude={"orchestration_role", "parent_agent_run_id"}, exclude_none=True,
+                            exclude_unset=True))
 
 
 class DispatchRequest(Input):

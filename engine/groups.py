@@ -165,7 +165,14 @@ class GroupService:
         waited for) again: the handle for a synchronous dispatch that was not done in time."""
         caller.require("runs")
         group = await self._row(caller, group_id)
-        items = [item.model_dump(mode="json", by_alias=True, exclude_none=True) for item in req.runs]
+        for i, item in enumerate(req.runs):  # a profile that cannot apply refuses the dispatch, writing nothing
+            if item.profile_asked:
+                field = "agent_runtime_profile_id" if item.agent_runtime_profile_id else "agent_profile_id"
+                await self.runs.profiles.resolve(caller, skip=False, explicit=item.profile_asked,
+                                                 workspace=group.workspace_id or await self.runs.profiles.workspace_of(
+                                                     caller, item.workspace_id), field=f"runs.{i}.{field}")
+        items = [item.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
+                 for item in req.runs]  # unset: a defaulted provider is not one asked for (a profile's applies)
         fingerprint = _hash(json.dumps({"group": group_id, "runs": items}, sort_keys=True))
         dispatch_id = None
         if req.idempotency_key:
@@ -407,7 +414,8 @@ class GroupService:
                 if parent is None or not acting.sees(parent.created_by):
                     raise errors.NotFound("run", item.parent_agent_run_id,
                                           evidence={"field": "parent_agent_run_id"})
-            return entry, item, await self.runs.prepare(acting, item.run_request()), None
+            return entry, item, await self.runs.prepare(acting, item.run_request(),
+                                                        workspace=group.workspace_id), None
         except errors.EngineError as exc:
             return entry, None, None, exc.diagnostic()
         except ValidationError as exc:  # an entry written by an older version that this one reads differently

@@ -64,6 +64,7 @@ TASK = Shape("task", ("tsk",))
 TASK_RUN = Shape("task run", ("trun",))
 CHANNEL = Shape("channel", ("chn",))
 MESSAGE = Shape("message", ("msg",))
+PROFILE = Shape("agent runtime profile", ("arp",))
 
 
 RunId = Annotated[str, StringConstraints(pattern=RUN.pattern), BeforeValidator(RUN.before)]
@@ -78,3 +79,4 @@ TaskId = Annotated[str, StringConstraints(pattern=TASK.pattern), BeforeValidator
 TaskRunId = Annotated[str, StringConstraints(pattern=TASK_RUN.pattern), BeforeValidator(TASK_RUN.before)]
 ChannelId = Annotated[str, StringConstraints(pattern=CHANNEL.pattern), BeforeValidator(CHANNEL.before)]
 MessageId = Annotated[str, StringConstraints(pattern=MESSAGE.pattern), BeforeValidator(MESSAGE.before)]
+ProfileId = Annotated[str, StringConstraints(pattern=PROFILE.pattern), BeforeValidator(PROFILE.before)]

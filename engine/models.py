@@ -197,6 +197,11 @@ class DeviceCreate(Input):
     """Environment for every run in the device."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     """Your own ids and labels (at most 64 KiB of JSON)."""
+    agent_runtime_profile_id: ids.ProfileId | None = None
+    """Take image, resources and network (those not given here) from this profile; omitted: your session's
+    profile, else the workspace's default, else the tenant's."""
+    skip_agent_runtime_profile: bool = False
+    """Take nothing from any profile."""
 
     @field_validator("env")
     @classmethod
@@ -277,6 +282,15 @@ class RunCreate(Input):
     process as an environment variable of that name, and nowhere else; its value is masked in output."""
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     """The same key with the same body returns the same run."""
+    agent_runtime_profile_id: ids.ProfileId | None = None
+    """Run under this agent runtime profile (arp_...) instead of the workspace's or tenant's default."""
+    agent_profile_id: ids.ProfileId | None = None
+    """The same as agent_runtime_profile_id (the seed's other name for it)."""
+    skip_agent_runtime_profile: bool = False
+    """Apply no profile at all, not even a default."""
+    workspace_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    """The workspace the run belongs to, whose default profile applies (default: yours; the local user's
+    is `default`)."""
 
     @field_validator("secrets")
     @classmethod
@@ -344,8 +358,15 @@ class RunCreate(Input):
             raise ValueError("target_id: give one of target_id, sandbox_id or computer_id, not several")
         if self.target_kind and not given:
             raise ValueError("target_id: target_kind needs target_id")
-        if self.provider is None:
-            self.provider = Provider.custom if self.command else Provider.claude_code
+        if self.provider is None:  # set without marking it given: a profile's runtime may still apply
+            object.__setattr__(self, "provider", Provider.custom if self.command else Provider.claude_code)
+        a, b = self.agent_runtime_profile_id, self.agent_profile_id
+        if a and b and a != b:
+            raise ValueError("agent_profile_id: agent_runtime_profile_id and agent_profile_id name the same thing; "
+                             f"they differ here ({a} and {b}), give one")
+        if self.skip_agent_runtime_profile and (a or b):
+            raise ValueError("skip_agent_runtime_profile: true applies no profile, yet a profile id is given; "
+                             "give one or the other")
         for i, name in enumerate(self.secrets or []):
             if name in (self.env or {}):
                 raise ValueError(f"secrets: {name!r} is also given in env; a secret reaches the run as the variable "
@@ -353,6 +374,15 @@ class RunCreate(Input):
         if self.provider is Provider.custom and not self.command:
             raise ValueError("command: the custom provider needs `command` (the runtime command to run)")
         return self
+
+    @property
+    def profile_asked(self) -> str | None:
+        return self.agent_runtime_profile_id or self.agent_profile_id
+
+    @property
+    def provider_given(self) -> bool:
+        """Whether the run names its own runtime (a provider, or a command, which means custom)."""
+        return "provider" in self.model_fields_set or self.command is not None
 
     def target(self) -> tuple[TargetKind | None, str | None]:
         if self.sandbox_id:
@@ -417,6 +447,12 @@ class Run(Record):
     orchestration_role: str | None = None
     parent_agent_run_id: str | None = None
     profile_id: str | None = None
+    """The agent runtime profile the run resolved to (None: none applied)."""
+    profile_snapshot: dict[str, Any] | None = None
+    """That profile as it was when the run was created: source (explicit, workspace_default, tenant_default),
+    runtime, model, image, resources, network, env, tools, policy and secret names."""
+    workspace_id: str | None = None
+    """The workspace whose default profile the run looked for."""
     idempotency_key: str | None
     started_at: datetime | None
     finished_at: datetime | None

@@ -15,7 +15,8 @@ from engine import models
 class Row(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    @field_validator("metadata", "env", "payload", "secrets", "permissions", "spawn_budget", mode="before",
+    @field_validator("metadata", "env", "payload", "secrets", "permissions", "spawn_budget", "profile_snapshot",
+                     mode="before",
                      check_fields=False)
     @classmethod
     def _json(cls, value: Any) -> Any:
@@ -78,6 +79,9 @@ class RunRow(Row):
     orchestration_role: str | None
     parent_agent_run_id: str | None
     profile_id: str | None
+    profile_snapshot: dict[str, Any] | None = None
+    """What the run's profile resolved to when it was created (None: no profile)."""
+    workspace_id: str | None = None
     idempotency_key: str | None
     request_hash: str | None
     started_at: datetime | None
@@ -95,7 +99,7 @@ class RunRow(Row):
             exit_code=self.exit_code, failure_kind=self.failure_kind, error=self.error, ephemeral=self.ephemeral,
             agent_run_group_id=self.agent_run_group_id, orchestration_role=self.orchestration_role,
             parent_agent_run_id=self.parent_agent_run_id, profile_id=self.profile_id,
-            idempotency_key=self.idempotency_key, started_at=self.started_at, finished_at=self.finished_at,
+            profile_snapshot=self.profile_snapshot, workspace_id=self.workspace_id, idempotency_key=self.idempotency_key, started_at=self.started_at, finished_at=self.finished_at,
             created_at=self.created_at, updated_at=self.updated_at,
         )
 
@@ -154,6 +158,8 @@ class SessionRow(Row):
     created_at: datetime
     updated_at: datetime
     stopped_at: datetime | None
+    profile_id: str | None = None
+    profile_snapshot: dict[str, Any] | None = None
 
 
 class SoulSnapshotRow(Row):

@@ -21,7 +21,9 @@ from engine.callers import ROOT, Caller
 from engine.secrets import SecretStore
 from engine.devices import DeviceService
 from engine.ports import Clock, DeviceSpec, Harness, SandboxBackend
-from engine.records import RunRow
+from engine.profile_models import ProfileRow
+from engine.profiles import ProfileService
+from engine.records import DeviceRow, RunRow
 from engine.settings import Settings
 from engine.store import Store, Tx, new_id
 from engine.supervision import TERMINAL, Supervision
@@ -44,10 +46,11 @@ class Prepared(NamedTuple):
 class RunService:
     def __init__(self, store: Store, backend: SandboxBackend, devices: DeviceService,
                  harnesses: Callable[[str], Harness], clock: Clock, settings: Settings, tokens: Tokens,
-                 secrets: SecretStore | None = None) -> None:
+                 secrets: SecretStore | None = None, profiles: ProfileService | None = None) -> None:
         self.store = store
         self.tokens = tokens
         self.secrets = secrets or SecretStore(settings.secrets_dir)
+        self.profiles = profiles or ProfileService(store, self.secrets, clock)
         self.backend = backend
         self.devices = devices
         self.harnesses = harnesses
@@ -129,14 +132,25 @@ class RunService:
     def _identity(self, row: RunRow) -> dict[str, str]:
         return self.tokens.run_env(row.id, row.created_by, ROOT.session_id)
 
-    def _ephemeral_spec(self, device_id: str, image: str, run_id: str) -> DeviceSpec:
-        return self.devices.spec(models.DeviceCreate(kind=models.TargetKind.sandbox, image=image),
-                                 device_id=device_id, run_id=run_id)
+    def _ephemeral_spec(self, device: DeviceRow, run_id: str) -> DeviceSpec:
+        """The container of a run's ephemeral sandbox, as its record (a profile's image, limits, network) says."""
+        return self.devices.spec(models.DeviceCreate(kind=models.TargetKind.sandbox, image=device.image,
+                                                     cpus=device.cpus, memory_mb=device.memory_mb,
+                                                     pids_limit=device.pids_limit, network=device.network),
+                                 device_id=device.id, run_id=run_id)
+
+    @staticmethod
+    def _device_request(profile: ProfileRow | None) -> models.DeviceCreate:
+        """A run's ephemeral sandbox: the profile's image, resources and network, else the defaults."""
+        if profile is None:
+            return models.DeviceCreate(kind=models.TargetKind.sandbox)
+        return models.DeviceCreate(kind=models.TargetKind.sandbox, image=profile.image, network=profile.network,
+                                   **profile.resources)
 
     # ------------------------------------------------------------ requests
 
     async def create(self, caller: Caller, req: models.RunCreate) -> models.Run:
-        caller.require("runs")
+        caller.require("runs", "agent_run")
         if req.idempotency_key:
             existing = await self._same_request(caller, req)
             if existing is not None:
@@ -144,6 +158,7 @@ class RunService:
         prepared = await self.prepare(caller, req)
         try:
             async with self.store.write(self.clock.now()) as tx:
+                await require_profile(tx, prepared.row.get("profile_id"))
                 await self.record(tx, prepared)
         except errors.Conflict:
             if req.idempotency_key:  # the same key, created by a concurrent request a moment ago
@@ -153,23 +168,49 @@ class RunService:
             raise
         return await self.get(caller, prepared.run_id)  # queued: admission starts it when a slot is free
 
-    async def prepare(self, caller: Caller, req: models.RunCreate) -> Prepared:
-        """Check a run request against the world (its target, the image) and build its records, writing
-        nothing: `record()` writes them, in the caller's transaction (a group's claim writes many)."""
+    async def prepare(self, caller: Caller, req: models.RunCreate, *, workspace: str | None = None) -> Prepared:
+        """Check a run request against the world (its target, the image, its profile) and build its records,
+        writing nothing: `record()` writes them, in the caller's transaction (a group's claim writes many).
+        `workspace`: the run's, when a group decides it."""
         kind, target_id = req.target()
-        harness = self.harnesses(req.provider.value)  # type: ignore[union-attr]
         if req.secrets:
             caller.require("secrets")  # a run given a secret can print it in any disguise: only the trusted name them
             self.secrets.require(req.secrets)  # a missing one fails the create, naming it; nothing is written
+        workspace = workspace or await self.profiles.workspace_of(caller, req.workspace_id)
+        field = "agent_profile_id" if req.agent_profile_id and not req.agent_runtime_profile_id else \
+            "agent_runtime_profile_id"
+        resolved = await self.profiles.resolve(caller, skip=req.skip_agent_runtime_profile, explicit=req.profile_asked,
+                                               workspace=workspace, field=field)
+        profile = resolved.profile if resolved else None
+        provider = req.provider
+        if profile is not None and not req.provider_given:
+            provider = models.Provider(profile.runtime.value)
+            if provider is models.Provider.custom and not req.command:
+                raise errors.InvalidInput("command", f"the profile {profile.id}'s runtime is custom, which needs "
+                                                     "`command` (the runtime command to run)")
+        harness = self.harnesses(provider.value)  # type: ignore[union-attr]
+        env = {**(profile.env if profile else {}), **(req.env or {})}  # run-level env overrides the profile's
+        run_secrets = list(req.secrets or [])
+        for name in profile.secrets if profile else []:
+            if name not in run_secrets:
+                run_secrets.append(name)
+        if profile is not None and profile.secrets:
+            self.secrets.require(profile.secrets, "profile.secrets")  # removed since the profile named it
+            clash = sorted(set(profile.secrets) & set(req.env or {}))
+            if clash:
+                raise errors.InvalidInput(f"env.{clash[0]}", f"is a secret the profile {profile.id} gives the run; "
+                                                             "a run cannot also set it in env")
         now = self.clock.now()
         run_id = new_id("run")
         device_row = None
         if target_id is None:
-            dreq = models.DeviceCreate(kind=models.TargetKind.sandbox)
+            dreq = self._device_request(profile)
+            await self.devices.check_room(caller, extra=1)
             spec = self.devices.spec(dreq, run_id=run_id)
             device_row = self.devices.row(caller, spec, dreq)
             if not await self._image_built(spec.image):
-                raise errors.InvalidInput("image", f"the default image {spec.image} is not built",
+                which = f"the profile {profile.id}'s image" if profile and profile.image else "the default image"
+                raise errors.InvalidInput("image", f"{which} {spec.image} is not built",
                                           suggested_command="agentdock image build")
             kind, target_id = models.TargetKind.sandbox, spec.device_id
         else:
@@ -189,9 +230,11 @@ class RunService:
                 )
             kind = device.kind
         row = {
-            "id": run_id, "target_kind": kind.value, "target_id": target_id, "provider": req.provider.value,  # type: ignore[union-attr]
-            "prompt": req.prompt, "command": req.command, "model": req.model, "cwd": req.cwd,
-            "timeout": req.timeout, "metadata": req.metadata, "env": req.env or {}, "secrets": req.secrets or [],
+            "id": run_id, "target_kind": kind.value, "target_id": target_id, "provider": provider.value,  # type: ignore[union-attr]
+            "prompt": req.prompt, "command": req.command, "model": req.model or (profile.model if profile else None),
+            "cwd": req.cwd, "timeout": req.timeout, "metadata": req.metadata, "env": env, "secrets": run_secrets,
+            "profile_id": profile.id if profile else None,
+            "profile_snapshot": resolved.snapshot() if resolved else None, "workspace_id": workspace,
             "status": models.RunStatus.queued.value, "ephemeral": device_row is not None,
             "idempotency_key": req.idempotency_key, "request_hash": _hash(req.fingerprint()),
             "created_at": now, "updated_at": now, "created_by": caller.session_id,
@@ -238,10 +281,11 @@ class RunService:
         return row
 
     async def get(self, caller: Caller, run_id: str) -> models.Run:
+        caller.require("runs", "agent_run_get")
         return (await self._row(caller, run_id)).record()
 
     async def list(self, caller: Caller, q: models.RunListQuery) -> models.RunList:
-        caller.require("runs")
+        caller.require("runs", "agent_run_list")
         if q.cursor and await self.store.run(q.cursor) is None:
             raise errors.InvalidInput("cursor", "unknown cursor; pass the next_cursor of a previous page")
         rows = await self.store.runs(q, created_by=None if caller.is_root else caller.session_id)
@@ -278,6 +322,7 @@ class RunService:
     async def cancel(self, caller: Caller, run_id: str) -> models.Run:
         """Stop a run: one still queued ends `canceled` without starting; a started one gets TERM, then
         KILL after a grace. Waits, bounded, for it to settle."""
+        caller.require("runs", "agent_run_cancel")
         run = await self.get(caller, run_id)
         if run.status is models.RunStatus.canceled:
             return run
@@ -332,6 +377,13 @@ class RunService:
         if row is None:
             raise errors.NotFound("artifact", f"{run_id}:{path}", suggested_command=f"agentdock runs artifacts {run_id}")
         return (self.settings.artifacts_dir / row.stored_as).read_bytes()
+
+
+async def require_profile(tx: Tx, profile_id: str | None) -> None:
+    """Refuse, in the writing transaction, a record naming a profile deleted since it was resolved."""
+    if profile_id is not None and await tx.profile(profile_id) is None:
+        raise errors.Conflict(f"agent_runtime_profile_id: profile {profile_id} was deleted meanwhile; try again",
+                              evidence={"field": "agent_runtime_profile_id", "profile_id": profile_id})
 
 
 def _hash(s: str) -> str:

@@ -16,12 +16,14 @@ import anyio
 from pydantic import ConfigDict, Field
 
 from engine import channels, errors, ids, lineage, models, souls, topics
+from engine import profile_models as pm
 from engine.callers import ROOT, Caller
 from engine.clock import SystemClock
 from engine.lineage import PermissionPolicy, SpawnBudget
 from engine.ports import Clock
 from engine.records import SessionRow
-from engine.runs import RunService
+from engine.profiles import ProfileService
+from engine.runs import RunService, require_profile
 from engine.settings import Settings
 from engine.soul_service import SoulService
 from engine.store import Store, new_id
@@ -62,6 +64,11 @@ class SpawnRequest(models.Input):
     model: str | None = None
     target_id: str | None = None
     timeout: int | None = None
+    agent_runtime_profile_id: ids.ProfileId | None = None
+    """Spawn the child under this agent runtime profile (its permissions' sandbox_profiles must allow it);
+    omitted: the workspace's default profile, else the tenant's."""
+    skip_agent_runtime_profile: bool = False
+    """Spawn the child under no profile at all, not even a default."""
 
 
 class Lineage(models.Record):
@@ -90,6 +97,10 @@ class Session(models.Record):
     provider: str | None = None
     model: str | None = None
     lineage: Lineage
+    profile_id: str | None = None
+    """The agent runtime profile the session runs under (None: none)."""
+    profile: dict[str, Any] | None = None
+    """That profile as it was at spawn: its tools bundles and policy govern the session."""
     created_at: datetime | None = None
     updated_at: datetime | None = None
     stopped_at: datetime | None = None
@@ -158,8 +169,10 @@ MAX_ACTIVE_TASK_LEASES = 4
 class SessionService:
     def __init__(self, store: Store, runs: RunService, souls: SoulService, tokens: Tokens, clock: Clock | None,
                  settings: Settings, *, leases: Callable[[Caller], Awaitable[list[Any]]] | None = None,
-                 channels: Callable[[Caller], Awaitable[list[Any]]] | None = None) -> None:
+                 channels: Callable[[Caller], Awaitable[list[Any]]] | None = None,
+                 profiles: ProfileService | None = None) -> None:
         self.store = store
+        self.profiles = profiles or runs.profiles
         self.leases = leases
         """The caller's live task leases (the task queue's), for `me`."""
         self.channels = channels
@@ -212,8 +225,11 @@ class SessionService:
 
     async def caller_of(self, row: SessionRow) -> Caller:
         below = await self.store.descendants(row.id)
+        denied = pm.denied_tools((row.profile_snapshot or {}).get("tools"))
         return Caller(session_id=row.id, toolsets=PermissionPolicy(**row.permissions).grants(),
-                      visible=frozenset(d.id for d in below))
+                      visible=frozenset(d.id for d in below), denied=denied,
+                      denied_toolsets=frozenset(ts for ts, tools in lineage.TOOLS_BY_TOOLSET.items()
+                                                if tools and set(tools) <= denied))
 
     # ------------------------------------------------------------ requests
 
@@ -224,7 +240,7 @@ class SessionService:
         caps = [Capability(id=tool, source="always" if tool in lineage.ALWAYS_ALLOWED else toolset,
                            summary=f"{toolset} tool")
                 for toolset, tools in lineage.TOOLS_BY_TOOLSET.items() for tool in tools
-                if lineage.tool_allowed(grants, tool)]
+                if lineage.tool_allowed(grants, tool) and tool not in caller.denied]
         budget = session.lineage.spawn_budget
         return Me(self_=MeSelf(agent_name=session.agent_name, model=session.model, provider=session.provider,
                                session_id=session.id),
@@ -273,10 +289,18 @@ class SessionService:
         now = self.clock.now()
         expires = lineage.child_expiry(now, req.ttl_seconds, budget, parent.lineage.ttl_expires_at)
         workspace = req.workspace_id or parent.workspace_id
+        resolved = await self.profiles.resolve(caller, skip=req.skip_agent_runtime_profile,
+                                               explicit=req.agent_runtime_profile_id, workspace=workspace,
+                                               allowed=policy.sandbox_profiles)
+        if resolved is not None and run_req is not None and resolved.source == "explicit":
+            run_req = run_req.model_copy(update={"agent_runtime_profile_id": resolved.profile.id})
+        elif resolved is None and run_req is not None:
+            run_req = run_req.model_copy(update={"skip_agent_runtime_profile": True})
         child_id = new_id("ses")
         snapshot_id, _ = await self.souls.snapshot(caller, req.agent_name)  # the soul it has, kept as it is now
         depth = parent.lineage.spawn_depth + 1
         async with self.store.write(now) as tx:
+            await require_profile(tx, resolved.profile.id if resolved else None)
             lineage.check_room(depth=depth, children=await tx.live_children(parent.id),
                                active_in_workspace=await tx.live_in_workspace(workspace), budget=budget)
             await tx.insert_session({
@@ -288,7 +312,8 @@ class SessionService:
                 "workspace_id": workspace, "run_id": None, "soul_snapshot_id": snapshot_id,
                 "provider": run_req.provider.value if run_req and run_req.provider else None,
                 "model": run_req.model if run_req else None, "created_by": caller.session_id,
-                "created_at": now, "updated_at": now})
+                "created_at": now, "updated_at": now, "profile_id": resolved.profile.id if resolved else None,
+                "profile_snapshot": resolved.snapshot() if resolved else None})
             await tx.ensure_channel(channels.family_row(parent.id, parent.workspace_id), (parent.id, child_id))
         run = None
         if run_req is not None:
@@ -375,6 +400,7 @@ class SessionService:
             id=row.id, agent_name=row.agent_name, name=row.name, type="agent", state=SessionState(row.status),
             stop_reason=row.stop_reason, workspace_id=row.workspace_id, run_id=row.run_id, provider=row.provider,
             model=row.model, created_at=row.created_at, updated_at=row.updated_at, stopped_at=row.stopped_at,
+            profile_id=row.profile_id, profile=row.profile_snapshot,
             lineage=Lineage(auto_stop_on_parent=row.auto_stop_on_parent, parent_session_id=row.parent_session_id,
                             permission_policy=PermissionPolicy(**row.permissions), root_session_id=row.root_session_id,
                             spawn_budget=SpawnBudget(**row.spawn_budget), spawn_depth=row.spawn_depth,

@@ -30,6 +30,7 @@ import anyio
 
 from engine import errors, models, topics
 from engine.channel_models import ChannelRow, MessageRow
+from engine.profile_models import ProfileRow
 from engine.task_models import TaskRow, TaskRunRow
 from engine.records import (ArtifactRow, DeviceRow, DispatchRow, EntryRow, EventRow, GroupRow, RunRow, SessionRow,
                             SoulSnapshotRow)
@@ -44,7 +45,8 @@ RUN_COLUMNS = (
     "agent_runs.id, target_kind, target_id, provider, prompt, command, model, cwd, timeout, metadata, env, secrets, "
     "status, " + _KEPT.format(t="agent_runs") + ", output_truncated, stderr_truncated, stdout_offset, "
     "stderr_offset, exit_code, failure_kind, error, ephemeral, cancel_requested, agent_run_group_id, "
-    "orchestration_role, parent_agent_run_id, profile_id, idempotency_key, request_hash, started_at, "
+    "orchestration_role, parent_agent_run_id, profile_id, profile_snapshot, workspace_id, idempotency_key, "
+    "request_hash, started_at, "
     "finished_at, created_at, updated_at, created_by"
 )
 
@@ -64,10 +66,11 @@ SQL = {
     "device_delete": "UPDATE devices SET deleted_at = :now, updated_at = :now WHERE id = :id AND deleted_at IS NULL",
     "run_insert": (
         "INSERT INTO agent_runs (id, target_kind, target_id, provider, prompt, command, model, cwd, timeout, "
-        "metadata, env, secrets, status, ephemeral, idempotency_key, request_hash, created_at, updated_at, created_by) "
+        "metadata, env, secrets, status, ephemeral, idempotency_key, request_hash, created_at, updated_at, created_by, "
+        "profile_id, profile_snapshot, workspace_id) "
         "VALUES (:id, :target_kind, :target_id, :provider, :prompt, :command, :model, :cwd, :timeout, "
         ":metadata, :env, :secrets, :status, :ephemeral, :idempotency_key, :request_hash, :created_at, :updated_at, "
-        ":created_by)"
+        ":created_by, :profile_id, :profile_snapshot, :workspace_id)"
     ),
     "run_get": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE id = ?",
     "run_by_idempotency_key": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE created_by = ? AND idempotency_key = ?",
@@ -110,10 +113,11 @@ SQL = {
     "session_insert": (
         "INSERT INTO sessions (id, agent_name, name, token_hash, status, parent_session_id, root_session_id, "
         "spawn_depth, spawn_role, auto_stop_on_parent, permissions, spawn_budget, ttl_expires_at, workspace_id, "
-        "run_id, soul_snapshot_id, provider, model, created_by, created_at, updated_at) VALUES (:id, :agent_name, "
+        "run_id, soul_snapshot_id, provider, model, created_by, created_at, updated_at, profile_id, profile_snapshot) "
+        "VALUES (:id, :agent_name, "
         ":name, :token_hash, 'active', :parent_session_id, :root_session_id, :spawn_depth, :spawn_role, "
         ":auto_stop_on_parent, :permissions, :spawn_budget, :ttl_expires_at, :workspace_id, :run_id, "
-        ":soul_snapshot_id, :provider, :model, :created_by, :created_at, :updated_at)"
+        ":soul_snapshot_id, :provider, :model, :created_by, :created_at, :updated_at, :profile_id, :profile_snapshot)"
     ),
     "session_get": "SELECT * FROM sessions WHERE id = ?",
     "session_by_token": "SELECT * FROM sessions WHERE token_hash = ?",
@@ -339,6 +343,49 @@ SQL.update({
     ),
 })
 
+# Agent runtime profiles (issue 10). A scope is the tenant ('' : workspace_id NULL) or one workspace.
+PROFILE_SCOPE = "COALESCE(workspace_id, '')"
+SQL.update({
+    "profile_insert": (
+        "INSERT INTO agent_runtime_profiles (id, workspace_id, name, runtime, description, applies_to, tools, "
+        "connectors, env, secrets, model, image, resources, network, policy, metadata, is_default, created_by, "
+        "created_at, updated_at) VALUES (:id, :workspace_id, :name, :runtime, :description, :applies_to, :tools, "
+        ":connectors, :env, :secrets, :model, :image, :resources, :network, :policy, :metadata, :is_default, "
+        ":created_by, :created_at, :updated_at)"
+    ),
+    "profile_get": "SELECT * FROM agent_runtime_profiles WHERE id = ?",
+    "profile_list": (
+        "SELECT * FROM agent_runtime_profiles WHERE (:all_ws = 1 AND (:ws IS NULL OR workspace_id = :ws)) "
+        "OR (:all_ws = 0 AND (workspace_id IS NULL OR workspace_id = :own) AND (:ws IS NULL OR workspace_id = :ws)) "
+        "ORDER BY COALESCE(workspace_id, ''), name"
+    ),
+    "profile_by_name": f"SELECT id FROM agent_runtime_profiles WHERE {PROFILE_SCOPE} = ? AND name = ? AND id != ?",
+    "profile_default": f"SELECT * FROM agent_runtime_profiles WHERE {PROFILE_SCOPE} = ? AND is_default = 1",
+    "profile_clear_default": (
+        f"UPDATE agent_runtime_profiles SET is_default = 0, updated_at = :now WHERE {PROFILE_SCOPE} = :scope "
+        "AND is_default = 1 AND id != :id"
+    ),
+    "profile_delete": "DELETE FROM agent_runtime_profiles WHERE id = ?",
+    "profile_live_runs": (
+        "SELECT id FROM agent_runs WHERE profile_id = ? AND status IN ('queued', 'running') ORDER BY rowid LIMIT 5"
+    ),
+    "profile_live_sessions": (
+        "SELECT id FROM sessions WHERE profile_id = ? AND status = 'active' ORDER BY created_at LIMIT 5"
+    ),
+    "profile_queued_entries": (
+        f"SELECT id FROM {ENTRIES} WHERE status = 'queued' AND (json_extract(request, '$.agent_runtime_profile_id') = "
+        ":id OR json_extract(request, '$.agent_profile_id') = :id) LIMIT 5"
+    ),
+    "devices_live_created_by_tree": (
+        "WITH RECURSIVE tree(id) AS (SELECT :id UNION SELECT s.id FROM sessions s JOIN tree t "
+        "ON s.parent_session_id = t.id) "
+        "SELECT count(*) FROM devices WHERE deleted_at IS NULL AND created_by IN (SELECT id FROM tree)"
+    ),
+})
+PROFILE_UPDATABLE = frozenset(
+    "name runtime description applies_to tools connectors env secrets model image resources network policy "
+    "metadata is_default".split())
+
 GROUP_UPDATABLE = frozenset({"status", "cancel_requested", "finished_at"})
 ENTRY_UPDATABLE = frozenset({"status", "attempts", "run_id", "diagnostic"})
 
@@ -463,7 +510,8 @@ class Tx:
         await self.conn.execute(SQL["device_delete"], {"id": device_id, "now": ts(self.now)})
 
     async def insert_run(self, row: dict[str, Any]) -> None:
-        await self.conn.execute(SQL["run_insert"], _encode({"secrets": [], **row}))
+        await self.conn.execute(SQL["run_insert"], _encode({"secrets": [], "profile_id": None,
+                                                            "profile_snapshot": None, "workspace_id": None, **row}))
         self.touch(topics.ADMISSION)
 
     async def update_run(self, run_id: str, **fields: Any) -> None:
@@ -526,7 +574,7 @@ class Tx:
         return first_stream_seqs
 
     async def insert_session(self, row: dict[str, Any]) -> None:
-        await self.conn.execute(SQL["session_insert"], _encode(row))
+        await self.conn.execute(SQL["session_insert"], _encode({"profile_id": None, "profile_snapshot": None, **row}))
         self.touch(topics.SESSIONS)
 
     async def end_session(self, session_id: str, status: str, reason: str) -> bool:
@@ -662,6 +710,58 @@ class Tx:
         self.touch(stream)
         return seqs
 
+
+    # ------------------------------------------------------------ profiles
+
+    async def profile(self, profile_id: str) -> ProfileRow | None:
+        rows = await self.conn.execute_fetchall(SQL["profile_get"], (profile_id,))
+        return ProfileRow.model_validate(dict(rows[0])) if rows else None
+
+    async def profile_named(self, workspace_id: str | None, name: str, other_than: str = "") -> str | None:
+        """The id of another profile of that name in that scope, if one exists."""
+        rows = await self.conn.execute_fetchall(SQL["profile_by_name"], (workspace_id or "", name, other_than))
+        return rows[0][0] if rows else None
+
+    async def insert_profile(self, row: dict[str, Any]) -> None:
+        if row.get("is_default"):
+            await self._clear_default(row["workspace_id"], row["id"])
+        await self.conn.execute(SQL["profile_insert"], _encode(row))
+
+    async def update_profile(self, profile_id: str, workspace_id: str | None, **fields: Any) -> None:
+        bad = set(fields) - PROFILE_UPDATABLE
+        if bad:
+            raise ValueError(f"not updatable: {bad}")
+        if fields.get("is_default"):
+            await self._clear_default(workspace_id, profile_id)
+        fields["updated_at"] = self.now
+        sets = ", ".join(f"{k} = :{k}" for k in fields)
+        await self.conn.execute(f"UPDATE agent_runtime_profiles SET {sets} WHERE id = :id",
+                                _encode({**fields, "id": profile_id}))
+
+    async def _clear_default(self, workspace_id: str | None, profile_id: str) -> None:
+        """A new default takes over its scope: the old one stops being it, in this transaction."""
+        await self.conn.execute(SQL["profile_clear_default"], {"scope": workspace_id or "", "id": profile_id,
+                                                                "now": ts(self.now)})
+
+    async def delete_profile(self, profile_id: str) -> None:
+        await self.conn.execute(SQL["profile_delete"], (profile_id,))
+
+    async def profile_users(self, profile_id: str) -> dict[str, list[str]]:
+        """What still uses a profile: unfinished runs, live sessions, queued group entries that name it."""
+        out = {}
+        for kind, sql in (("runs", "profile_live_runs"), ("sessions", "profile_live_sessions"),
+                          ("group_entries", "profile_queued_entries")):
+            params: Any = {"id": profile_id} if kind == "group_entries" else (profile_id,)
+            found = [r[0] for r in await self.conn.execute_fetchall(SQL[sql], params)]
+            if found:
+                out[kind] = found
+        return out
+
+    async def live_devices_of_tree(self, session_id: str) -> int:
+        """Live devices (sandboxes, computers, ephemeral ones of unfinished runs) created by a session or
+        any session spawned below it."""
+        ((n,),) = await self.conn.execute_fetchall(SQL["devices_live_created_by_tree"], {"id": session_id})
+        return int(n)
 
     # ------------------------------------------------------------ tasks
 
@@ -1135,6 +1235,26 @@ class Store:
         row = await self._one(SQL["session_workspace"], (session_id,))
         return row["workspace_id"] if row else None
 
+    async def profile(self, profile_id: str) -> ProfileRow | None:
+        row = await self._one(SQL["profile_get"], (profile_id,))
+        return ProfileRow.model_validate(row) if row else None
+
+    async def profiles(self, *, workspace_id: str | None, own_workspace: str | None) -> list[ProfileRow]:
+        """Profiles by scope then name: all (or one workspace's) for the local user (`own_workspace` None);
+        for a session, the tenant's and its own workspace's."""
+        rows = await self._all(SQL["profile_list"], {"all_ws": int(own_workspace is None), "ws": workspace_id,
+                                                     "own": own_workspace})
+        return [ProfileRow.model_validate(r) for r in rows]
+
+    async def live_devices_of_tree(self, session_id: str) -> int:
+        row = await self._one(SQL["devices_live_created_by_tree"], {"id": session_id})
+        return int(next(iter(row.values()))) if row else 0
+
+    async def default_profile(self, workspace_id: str | None) -> ProfileRow | None:
+        """The default of a workspace (None: the tenant's)."""
+        row = await self._one(SQL["profile_default"], (workspace_id or "",))
+        return ProfileRow.model_validate(row) if row else None
+
     async def stream_last(self, stream: str) -> int:
         """The last sequence given out in a stream (0 when it has none)."""
         row = await self._one(SQL["stream_last"], (stream,))
@@ -1161,7 +1281,10 @@ def _translated(exc: sqlite3.Error) -> errors.EngineError:
     return errors.EngineError(f"database error: {text}")
 
 
-_JSON_COLUMNS = ("env", "metadata", "payload", "secrets", "permissions", "spawn_budget")
+_JSON_COLUMNS = ("env", "metadata", "payload", "secrets", "permissions", "spawn_budget", "applies_to", "connectors",
+                 "resources", "policy")
+_NULLABLE_JSON = ("tools", "profile_snapshot")
+"""JSON columns where NULL means something (no bundle list; no profile)."""
 
 
 def _encode(row: dict[str, Any]) -> dict[str, Any]:
@@ -1171,6 +1294,8 @@ def _encode(row: dict[str, Any]) -> dict[str, Any]:
             v = ts(v)
         elif k in _JSON_COLUMNS:
             v = json.dumps(v if v is not None else {})
+        elif k in _NULLABLE_JSON:
+            v = None if v is None else json.dumps(v)
         elif isinstance(v, bool):
             v = int(v)
         out[k] = v

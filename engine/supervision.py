@@ -22,7 +22,7 @@ import anyio
 from engine import errors, models
 from engine.output import Folded, OutputFolder
 from engine.ports import Clock, DeviceSpec, Ending, Exit, Harness, HarnessInput, RunLaunch, SandboxBackend
-from engine.records import RunRow
+from engine.records import DeviceRow, RunRow
 from engine.secrets import Masker, SecretStore
 from engine.settings import Settings
 from engine.store import Draft, Store, Tx
@@ -36,7 +36,7 @@ class Supervision:
     """One pass of following a run to its end, with its collaborators passed in."""
 
     def __init__(self, run_id: str, *, store: Store, backend: SandboxBackend, harnesses: Callable[[str], Harness],
-                 ephemeral_spec: Callable[[str, str, str], DeviceSpec], identity: Callable[[RunRow], dict[str, str]],
+                 ephemeral_spec: Callable[[DeviceRow, str], DeviceSpec], identity: Callable[[RunRow], dict[str, str]],
                  clock: Clock, settings: Settings, cancel: anyio.Event, secrets: SecretStore | None = None,
                  resumed: bool = False) -> None:
         self.run_id = run_id
@@ -122,7 +122,7 @@ class Supervision:
         device = await self.store.device(row.target_id)
         if device is None:
             raise errors.SandboxUnavailable(f"device {row.target_id} no longer exists")
-        spec = self.ephemeral_spec(device.id, device.image, self.run_id) if row.ephemeral else None
+        spec = self.ephemeral_spec(device, self.run_id) if row.ephemeral else None
         h = self.harness
         argv = h.argv(HarnessInput(prompt=row.prompt, command=row.command, model=row.model, cwd=row.cwd))
         cap = self.cfg.output_cap_bytes + 1  # one byte past the cap tells the record it was cut

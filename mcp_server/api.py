@@ -12,6 +12,7 @@ from typing import Protocol
 
 from engine import channel_models as cm
 from engine import context, models, sessions, souls
+from engine import profile_models as pm
 from engine import task_models as tm
 from engine import group_models as gm
 from engine.app import Engine
@@ -134,6 +135,17 @@ class AgentDockAPI(Protocol):
         ...
 
     async def reply_message(self, req: cm.Reply) -> cm.MessageResult: ...
+
+    # profiles
+    async def create_profile(self, req: pm.ProfileCreate) -> pm.Profile: ...
+
+    async def get_profile(self, profile_id: str) -> pm.Profile: ...
+
+    async def list_profiles(self, q: pm.ProfileListQuery) -> pm.ProfileList: ...
+
+    async def update_profile(self, req: pm.ProfileUpdate) -> pm.Profile: ...
+
+    async def delete_profile(self, profile_id: str) -> pm.Profile: ...
 
 
 class InProcessAPI:
@@ -271,3 +283,18 @@ class InProcessAPI:
 
     async def reply_message(self, req: cm.Reply) -> cm.MessageResult:
         return await self.engine.channels.reply(self.caller, req)
+
+    async def create_profile(self, req: pm.ProfileCreate) -> pm.Profile:
+        return await self.engine.profiles.create(self.caller, req)
+
+    async def get_profile(self, profile_id: str) -> pm.Profile:
+        return await self.engine.profiles.get(self.caller, profile_id)
+
+    async def list_profiles(self, q: pm.ProfileListQuery) -> pm.ProfileList:
+        return await self.engine.profiles.list(self.caller, q)
+
+    async def update_profile(self, req: pm.ProfileUpdate) -> pm.Profile:
+        return await self.engine.profiles.update(self.caller, req)
+
+    async def delete_profile(self, profile_id: str) -> pm.Profile:
+        return await self.engine.profiles.delete(self.caller, profile_id)

@@ -55,8 +55,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     async def go() -> None:
         async with DaemonClient(settings) as client:
             grants = None
-            if as_session:  # the tools this session may call, and no others
-                grants = (await client.me()).session.lineage.permission_policy.grants()
+            if as_session:  # the tools this session may call (its permissions, its profile's bundles), no others
+                grants = frozenset(c.id for c in (await client.me()).capabilities)
             await mcp_app.serve_stdio(client, settings, toolsets, grants)
 
     anyio.run(go)

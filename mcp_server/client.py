@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from engine import channel_models as cm
 from engine import context, errors, ids, models, sessions, souls
+from engine import profile_models as pm
 from engine import task_models as tm
 from engine import group_models as gm
 from engine.settings import Settings
@@ -266,14 +267,37 @@ class DaemonClient:
     async def reply_message(self, req: cm.Reply) -> cm.MessageResult:
         return cm.MessageResult.model_validate(await self.request("POST", CHANNELS + "/reply", json=_body(req)))
 
+    # profiles
+    async def create_profile(self, req: pm.ProfileCreate) -> pm.Profile:
+        return pm.Profile.model_validate((await self.request("POST", PROFILES, json=_body(req)))["data"])
+
+    async def get_profile(self, profile_id: str) -> pm.Profile:
+        return pm.Profile.model_validate((await self.request("GET", _profile_path(profile_id)))["data"])
+
+    async def list_profiles(self, q: pm.ProfileListQuery) -> pm.ProfileList:
+        return pm.ProfileList.model_validate(await self.request("GET", PROFILES, params=_query(q)))
+
+    async def update_profile(self, req: pm.ProfileUpdate) -> pm.Profile:
+        body = req.model_dump(mode="json", exclude={"profile_id"}, exclude_unset=True)
+        return pm.Profile.model_validate((await self.request("PUT", _profile_path(req.profile_id), json=body))["data"])
+
+    async def delete_profile(self, profile_id: str) -> pm.Profile:
+        return pm.Profile.model_validate((await self.request("DELETE", _profile_path(profile_id)))["data"])
+
 
 SOUL = "/api/agent/soul"
 CHANNELS = "/api/agent/channels"
+PROFILES = "/agent-runtime-profiles"
+
+
+def _profile_path(profile_id: str) -> str:
+    return f"{PROFILES}/{_seg(ids.PROFILE, profile_id, 'profile_id')}"
 
 
 def _body(req: BaseModel) -> dict[str, Any]:
-    """A request model as the JSON body the daemon parses back into the same model (what was left out
-    stays left out: a spawn's omitted `network_channels` means the parent's, not none)."""
+    """A request model as the JSON body the daemon parses back into the same model. What the caller
+    did not give stays left out: a run's defaulted provider is not one asked for (a profile's
+    applies), a spawn's omitted `network_channels` means the parent's, not none."""
     return req.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
 
 

@@ -16,7 +16,10 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.mcpserver.tools import Tool
 from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase, FuncMetadata
-from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from mcp.server.elicitation import render_elicitation_schema
+from mcp_types import (CallToolResult, ElicitRequest, ElicitRequestFormParams, ElicitResult, InputRequiredResult,
+                       TextContent, ToolAnnotations)
+from mcp_types.version import is_version_at_least
 from pydantic import BaseModel, ConfigDict
 
 from engine import errors, models
@@ -70,6 +73,8 @@ def make_tool(name: str, description: str, input_model: type[models.Input], outp
     async def fn(args: dict[str, Any], ctx: Context) -> CallToolResult:
         try:
             return _result(await handler(models.parse(input_model, args), ctx))
+        except NeedsInput as need:
+            return need.result  # type: ignore[return-value]
         except Exception as exc:
             return error_result(exc)
 
@@ -80,6 +85,60 @@ def make_tool(name: str, description: str, input_model: type[models.Input], outp
                                  output_model=output_model),
         is_async=True, context_kwarg="ctx", annotations=annotations,
     )
+
+
+class Confirm(BaseModel):
+    """What the user is asked before a risky action under a `confirm-risky` profile."""
+
+    confirm: bool
+    """Allow it."""
+
+
+class NeedsInput(Exception):
+    """Raised by a tool that must ask the client first (protocol 2026-07-28 and later): the tool answers
+    with `result`, and the client calls it again with the user's answer in `input_responses`."""
+
+    def __init__(self, result: InputRequiredResult) -> None:
+        super().__init__("input required")
+        self.result = result
+
+
+APPROVAL_KEY = "agentdock_approval"
+MODERN_ELICITATION = "2026-07-28"
+"""From this protocol version on, a server asks through `InputRequiredResult`, not a request of its own."""
+
+
+async def confirm_risky(api: Any, ctx: Context, action: str) -> None:
+    """Under a profile whose policy says `approval: confirm-risky`, ask the user (MCP elicitation) before
+    `action`; refuse when the client cannot ask or the user does not allow it. Other callers pass."""
+    session = (await api.me()).session
+    policy = (session.profile or {}).get("policy") or {}
+    if policy.get("approval") != "confirm-risky":
+        return
+    evidence = {"field": "approval", "action": action, "profile_id": session.profile_id}
+    caps = ctx.client_capabilities
+    if caps is None or caps.elicitation is None:
+        raise errors.PermissionDenied(
+            f"approval: this session's profile {session.profile_id} asks the user before it may {action}, and this "
+            "MCP client cannot ask (it declares no elicitation capability); refused", evidence=evidence)
+    message = f"agentdock: session {session.id} (profile {session.profile_id}) wants to {action}. Allow it?"
+    version = ctx.protocol_version
+    if version is not None and is_version_at_least(version, MODERN_ELICITATION):
+        answer = (ctx.input_responses or {}).get(APPROVAL_KEY)
+        if not isinstance(answer, ElicitResult):  # the first round: ask, and be called again with the answer
+            raise NeedsInput(InputRequiredResult(input_requests={APPROVAL_KEY: ElicitRequest(
+                params=ElicitRequestFormParams(message=message,
+                                               requested_schema=render_elicitation_schema(Confirm)))}))
+        action_taken = answer.action
+        allowed = action_taken == "accept" and bool((answer.content or {}).get("confirm"))
+    else:
+        result = await ctx.elicit(message, Confirm)
+        action_taken = result.action
+        allowed = result.action == "accept" and result.data.confirm
+    if allowed:
+        return
+    raise errors.PermissionDenied(f"approval: the user did not allow this session to {action} ({action_taken})",
+                                  evidence={**evidence, "answer": action_taken})
 
 
 class Resource(NamedTuple):

@@ -148,7 +148,8 @@ async def cmd_spawn(api: AgentDockAPI, args: argparse.Namespace) -> int:
     req = models.parse(sessions.SpawnRequest, commands.given(
         agent_name=args.agent_name, spawn_role=args.role, ttl_seconds=args.ttl, permissions=permissions,
         auto_stop_on_parent=False if args.no_auto_stop else None, prompt=args.run_prompt, command=args.command,
-        provider=args.provider, target_id=args.target))
+        provider=args.provider, target_id=args.target, agent_runtime_profile_id=args.profile,
+        skip_agent_runtime_profile=args.no_profile or None))
     commands.show(await api.spawn(req), args.json)
     return 0
 
@@ -172,3 +173,5 @@ def _spawn_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--command")
     c.add_argument("--provider")
     c.add_argument("--target")
+    c.add_argument("--profile", help="spawn it under this agent runtime profile (arp_...)")
+    c.add_argument("--no-profile", dest="no_profile", action="store_true", help="under no profile, not even a default")

@@ -60,6 +60,8 @@ def endpoints(engine: Engine) -> list[Endpoint]:
 
 def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
     async def sandbox_create(inp: models.DeviceCreate, ctx: Context) -> models.Device:
+        if inp.network:
+            await mcp_tools.confirm_risky(api, ctx, f"create a {inp.kind.value} with network access")
         return await api.create_device(inp)
 
     async def sandbox_list(inp: models.Input, ctx: Context) -> models.DeviceList:
@@ -69,6 +71,7 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
         return await api.get_device(inp.sandbox_id)
 
     async def sandbox_delete(inp: SandboxRef, ctx: Context) -> models.Device:
+        await mcp_tools.confirm_risky(api, ctx, f"delete {inp.sandbox_id}")
         return await api.delete_device(inp.sandbox_id)
 
     return [
@@ -101,7 +104,8 @@ def resources(api: AgentDockAPI) -> list[mcp_tools.Resource]:
 async def cmd_create(api: AgentDockAPI, args: argparse.Namespace) -> int:
     req = models.parse(models.DeviceCreate, commands.given(
         kind=args.kind, name=args.name, image=args.image, cpus=args.cpus, memory_mb=args.memory_mb,
-        pids_limit=args.pids_limit, network=args.network or None, env=commands.env_pairs(args.env)))
+        pids_limit=args.pids_limit, network=args.network or None, env=commands.env_pairs(args.env),
+        agent_runtime_profile_id=args.profile))
     commands.show(await api.create_device(req), args.json)
     return 0
 
@@ -132,6 +136,7 @@ def add_commands(cli: commands.Commands) -> None:
     c.add_argument("--pids-limit", type=int)
     c.add_argument("--network", action="store_true")
     c.add_argument("--env", action="append", metavar="NAME=VALUE")
+    c.add_argument("--profile", help="take image, limits and network not given here from this profile (arp_...)")
     cli.add("sandbox", "list", cmd_list)
     cli.add("sandbox", "get", cmd_get).add_argument("id")
     cli.add("sandbox", "rm", cmd_rm).add_argument("id")

@@ -187,8 +187,8 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
         return await api.create_group(inp)
 
     async def group_dispatch(inp: DispatchInput, ctx: Context) -> gm.DispatchResult:
-        req = gm.DispatchRequest.model_validate(inp.model_dump(by_alias=True, exclude={"group_id", "async_"})
-                                                | {"async": True})
+        req = gm.DispatchRequest.model_validate(inp.model_dump(by_alias=True, exclude={"group_id", "async_"},
+                                                               exclude_unset=True) | {"async": True})
         queued = await api.dispatch_group(inp.group_id, req)
         if inp.async_:
             return queued
@@ -235,6 +235,7 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
         return page
 
     async def group_cancel(inp: GroupRef, ctx: Context) -> gm.Group:
+        await mcp_tools.confirm_risky(api, ctx, f"cancel group {inp.group_id}")
         return await api.cancel_group(inp.group_id)
 
     read, change = mcp_tools.READ, mcp_tools.annotations

@@ -51,7 +51,7 @@ class AgentRunInput(models.RunCreate):
     """Return the queued record at once instead of waiting for the run to end."""
 
     def request(self) -> models.RunCreate:
-        return models.RunCreate.model_validate(self.model_dump(exclude={"async_"}))
+        return models.RunCreate.model_validate(self.model_dump(exclude={"async_"}, exclude_unset=True))
 
 
 class EventsInput(models.EventsQuery):
@@ -244,7 +244,8 @@ async def cmd_prompt(api: AgentDockAPI, args: argparse.Namespace) -> int:
     fields = commands.given(
         target_id=args.id, provider=args.provider, cwd=args.cwd, timeout=args.timeout, model=args.model,
         command=args.runtime_command, prompt=" ".join(args.prompt), env=commands.env_pairs(args.env),
-        secrets=args.secret, idempotency_key=args.idempotency_key)
+        secrets=args.secret, idempotency_key=args.idempotency_key, agent_runtime_profile_id=args.profile,
+        skip_agent_runtime_profile=args.no_profile or None)
     if args.metadata:
         try:
             fields["metadata"] = json.loads(args.metadata)
@@ -306,6 +307,8 @@ def add_commands(cli: commands.Commands) -> None:
     pr.add_argument("--secret", action="append", metavar="NAME", help="a stored secret the run needs (repeatable)")
     pr.add_argument("--metadata", help="JSON object")
     pr.add_argument("--idempotency-key")
+    pr.add_argument("--profile", help="run under this agent runtime profile (arp_...) instead of the defaults")
+    pr.add_argument("--no-profile", dest="no_profile", action="store_true", help="apply no profile at all")
     pr.add_argument("--async", dest="async_", action="store_true", help="return at once")
     pr.add_argument("prompt", nargs="*", help="the prompt (after --)")
 

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from engine import channel_models as cm
 from engine import group_models as gm
 from engine import ids, models, sessions, souls
+from engine import profile_models as pm
 from engine import task_models as tm
 from mcp_server import http as http_app
 from mcp_server import mcp_app
@@ -41,6 +42,7 @@ UNKNOWN_SANDBOX = "sbx_0000000000000000dead"
 UNKNOWN_GROUP = "grp_0000000000000000dead"
 UNKNOWN_CHANNEL = "chn_0000000000000000dead"
 GROUPS = "/api/v1/agent-run-groups"
+PROFILES = "/api/v1/agent-runtime-profiles"
 JSON = {"content-type": "application/json"}
 A_VALID_RUN = {"prompt": "p", "command": "echo hi"}
 """A run in a fresh ephemeral sandbox: what a poisoned body would create if its poison went unnoticed."""
@@ -65,6 +67,8 @@ async def nothing_created(daemon: Daemon, client: httpx.AsyncClient) -> None:
     assert tasks.status_code == 200 and tasks.json()["data"] == [], tasks.text
     channels = await client.get("/api/agent/channels")
     assert channels.status_code == 200 and channels.json()["channels"] == [], channels.text
+    profiles = await client.get(PROFILES)
+    assert profiles.status_code == 200 and profiles.json()["data"] == [], profiles.text
     assert owned_containers(daemon.settings.home) == []
     souls_dir = daemon.settings.home / "souls"
     assert not souls_dir.exists() or list(souls_dir.iterdir()) == []
@@ -387,7 +391,8 @@ def poisons(model: type[models.Input]) -> dict[str, st.SearchStrategy[Any]]:
     """For each field of `model` whose bad values are easy to name, a strategy of such values."""
     out: dict[str, st.SearchStrategy[Any]] = {}
     by_name = {"run_id": ids.RUN, "cursor": ids.RUN, "sandbox_id": ids.SANDBOX, "computer_id": ids.COMPUTER,
-               "target_id": ids.DEVICE}
+               "target_id": ids.DEVICE, "profile_id": ids.PROFILE, "agent_runtime_profile_id": ids.PROFILE,
+               "agent_profile_id": ids.PROFILE}
     for name in model.model_fields:
         if name in by_name:
             shape = ids.DEVICE if (model is mcp_app.SandboxRef and name == "sandbox_id") else by_name[name]
@@ -456,6 +461,18 @@ def poisons(model: type[models.Input]) -> dict[str, st.SearchStrategy[Any]]:
                                                        {"correlation_id": ""}, {"extra": 1},
                                                        {"coordination_channel_id": "chn_x"}])}
         out.update({name: strategy for name, strategy in channel_fields.items() if name in model.model_fields})
+    if model.__module__ == pm.__name__:
+        profile_fields = {
+            "runtime": st.one_of(TEXT, PATH_LIKE).filter(lambda v: v not in set(pm.Runtime)),
+            "tools": st.sampled_from([["shell"], ["exec", "exec"], "exec", [5], ["files", "root"]]),
+            "env": st.sampled_from([{"OPENAI_API_KEY": "x"}, {"GITHUB_TOKEN": "abc"}, {"X": "sk-" + "a" * 40},
+                                    {"K": "q8ZrT1vX9mLp2Ws7Yb4Nc6Hd0Jf3Gk5R"}, {"PATH": "/bin"}, {"A": 5}, ["x"]]),
+            "secrets": st.sampled_from([["NOT_SET_ANYWHERE"], ["bad name"], ["A", "A"], "A", [5]]),
+            "policy": st.sampled_from([{"approval": "ask-always"}, {"max_child_sandboxes": -1}, {"quota": 1}, 5]),
+            "resources": st.sampled_from([{"cpus": 0}, {"memory_mb": 1}, {"gpus": 1}, "big"]),
+            "name": st.sampled_from(["", " ", "a\nb", "x" * 101, 5, None]),
+        }
+        out.update({name: strategy for name, strategy in profile_fields.items() if name in model.model_fields})
     return out
 
 
@@ -495,6 +512,8 @@ TOOL_INPUTS: dict[str, type[models.Input]] = {
     "task_fail": tm.Fail, "task_release": tm.Holding,
     "channel_list": channel_area.ListInput, "channel_send": cm.Send, "channel_recv": cm.Recv,
     "channel_reply": cm.Reply,
+    "profile_create": pm.ProfileCreate, "profile_get": pm.ProfileRef, "profile_list": pm.ProfileListQuery,
+    "profile_update": pm.ProfileUpdate, "profile_delete": pm.ProfileRef,
 }
 
 
@@ -559,6 +578,8 @@ ID_ROUTES = [
     ("POST", "/api/agent/tasks/{}/complete", ids.TASK_RUN), ("POST", "/api/agent/tasks/{}/fail", ids.TASK_RUN),
     ("POST", "/api/agent/tasks/{}/release", ids.TASK_RUN),
     ("POST", "/api/agent/channels/{}/send", ids.CHANNEL), ("GET", "/api/agent/channels/{}/recv", ids.CHANNEL),
+    ("GET", PROFILES + "/{}", ids.PROFILE), ("PUT", PROFILES + "/{}", ids.PROFILE),
+    ("DELETE", PROFILES + "/{}", ids.PROFILE),
 ]
 
 
@@ -575,7 +596,7 @@ def junk_http(draw: st.DrawFn) -> Request:
             ("GET", RUNS, models.RunListQuery), ("GET", SANDBOXES, models.Input), ("GET", "/api/v1/health", models.Input),
             ("GET", f"{RUNS}/{UNKNOWN_RUN}/events", models.EventsQuery), ("POST", RUNS, http_app.WaitQuery),
             ("GET", SOUL, souls.SoulGet), ("GET", "/api/v1/tasks", tm.TaskListQuery),
-            ("GET", GROUPS, gm.GroupListQuery), ("GET", f"{GROUPS}/{UNKNOWN_GROUP}/events", gm.GroupEventsQuery),
+            ("GET", PROFILES, pm.ProfileListQuery), ("GET", GROUPS, gm.GroupListQuery), ("GET", f"{GROUPS}/{UNKNOWN_GROUP}/events", gm.GroupEventsQuery),
             ("GET", f"{GROUPS}/{UNKNOWN_GROUP}/runs", gm.GroupRunsQuery), ("GET", f"{GROUPS}/{UNKNOWN_GROUP}",
                                                                              http_app.WaitQuery),
         ]))
@@ -595,7 +616,8 @@ def junk_http(draw: st.DrawFn) -> Request:
                                             ("/api/v1/tasks", tm.TaskCreate),
                                             ("/api/agent/tasks/claim-next", tm.ClaimNext),
                                             (f"/api/agent/channels/{UNKNOWN_CHANNEL}/send", cm.Send),
-                                            ("/api/agent/channels/reply", cm.Reply)]))
+                                            ("/api/agent/channels/reply", cm.Reply),
+                                            (PROFILES, pm.ProfileCreate)]))
         args = draw(junk_call(model))
         wrap = draw(st.booleans())
         headers = dict(JSON)

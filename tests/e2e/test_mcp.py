@@ -25,12 +25,14 @@ TOOLS = {
     "group_create", "group_dispatch", "group_get", "group_list", "group_runs", "group_events", "group_cancel",
     "task_create", "task_get", "task_list", "task_claim_next", "task_heartbeat", "task_complete", "task_fail",
     "task_release", "channel_list", "channel_send", "channel_recv", "channel_reply",
+    "profile_create", "profile_get", "profile_list", "profile_update", "profile_delete",
 }
 DEVICE_TOOLS = {"sandbox_create", "sandbox_list", "sandbox_get", "sandbox_delete"}
 READ_ONLY = {"sandbox_list", "sandbox_get", "agent_run_get", "agent_run_list", "agent_run_events",
              "agent_run_artifacts", "agent_me", "agent_context", "coordinator_config", "soul_get", "soul_validate",
-             "group_get", "group_list", "group_runs", "group_events", "task_get", "task_list", "channel_list"}
-DESTRUCTIVE = {"sandbox_delete", "agent_run_cancel", "agent_stop", "group_cancel"}
+             "group_get", "group_list", "group_runs", "group_events", "task_get", "task_list", "channel_list",
+             "profile_get", "profile_list"}
+DESTRUCTIVE = {"sandbox_delete", "agent_run_cancel", "agent_stop", "group_cancel", "profile_delete"}
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 

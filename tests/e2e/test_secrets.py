@@ -16,7 +16,7 @@ import anyio
 import docker
 import pytest
 
-from tests.conftest import AGENTDOCK, Daemon, owned_containers
+from tests.conftest import AGENTDOCK, FULL, Daemon, owned_containers
 from tests.e2e.test_http import RUNS, SANDBOXES, diagnostic, http, run_ids
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -63,14 +63,26 @@ async def wait_for(predicate: Any, what: str) -> Any:
     return found
 
 
-@pytest.mark.parametrize("where", ["sandbox", "ephemeral"])
+PROFILES = "/api/v1/agent-runtime-profiles"
+PROFILE_LIMITS = {"cpus": 0.5, "memory_mb": 256, "pids_limit": 64}
+
+
+@pytest.mark.parametrize("where", ["sandbox", "ephemeral", "profile"])
 async def test_a_secret_reaches_the_run_and_appears_nowhere_else(daemon: Daemon, where: str):
+    """`profile`: the run names no secret; the tenant's default profile does, and also picks the ephemeral
+    sandbox's image, limits and network, which `docker inspect` shows."""
     set_secret(daemon, NAME, VALUE)
     secret_file = daemon.settings.secrets_dir / NAME
     assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(secret_file.parent.stat().st_mode) == 0o700
     async with http(daemon) as client:
         body: dict[str, Any] = {"prompt": "use the key", "command": COMMAND, "secrets": [NAME]}
+        if where == "profile":
+            del body["secrets"]
+            made = await client.post(PROFILES, json={"name": "keyed", "runtime": "custom", "secrets": [NAME],
+                                                     "is_default": True, "image": FULL, "network": True,
+                                                     "resources": PROFILE_LIMITS})
+            assert made.status_code == 201 and VALUE not in made.text, made.text
         if where == "sandbox":
             body["sandbox_id"] = sbx = (await client.post(SANDBOXES, json={})).json()["data"]["id"]
         resp = await client.post(RUNS, json=body)
@@ -85,6 +97,11 @@ async def test_a_secret_reaches_the_run_and_appears_nowhere_else(daemon: Daemon,
                                                                user="1000").output, "output")
         info = docker.APIClient().inspect_container(container.id)
         assert VALUE not in json.dumps(info)
+        if where == "profile":
+            host = info["HostConfig"]
+            assert info["Config"]["Image"] == FULL and host["NetworkMode"] == "bridge", (info["Config"], host)
+            assert (host["NanoCpus"], host["Memory"], host["PidsLimit"]) == (500_000_000, 256 * 2**20, 64)
+            assert run["profile_snapshot"]["secrets"] == [NAME] and run["profile_snapshot"]["source"] == "tenant_default"
         main_env = Path(f"/proc/{info['State']['Pid']}/environ").read_bytes()
         assert VALUE.encode() not in main_env
         for exec_id in info.get("ExecIDs") or []:
