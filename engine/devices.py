@@ -6,7 +6,7 @@ from typing import Any
 
 from engine import errors, ids, models
 from engine.callers import ROOT, Caller
-from engine.profiles import ProfileService
+from engine.profiles import ProfileService, require_approval
 from engine.secrets import SecretStore
 from engine.ports import Clock, DeviceSpec, SandboxBackend
 from engine.settings import Settings
@@ -77,6 +77,8 @@ class DeviceService:
         with no row, which the reconciler removes; a failed create leaves nothing."""
         caller.require("devices", "sandbox_create")
         await self.check_room(caller)
+        if req.network:  # asked for (a profile that gives its devices network decided that itself)
+            await require_approval(self.store, caller, f"create a {req.kind.value} with network access")
         req = await self._with_profile(caller, req)
         spec = self.spec(req)
         state = await self.backend.create(spec)
@@ -150,6 +152,7 @@ class DeviceService:
     async def delete(self, caller: Caller, device_id: str) -> models.Device:
         caller.require("devices", "sandbox_delete")
         device = await self.get(caller, device_id)
+        await require_approval(self.store, caller, f"delete {device_id}")
         if device.ephemeral:
             raise errors.InvalidTransition(
                 f"{device_id} is the ephemeral sandbox of run {device.run_id}; it is removed when the run ends",

@@ -18,7 +18,7 @@ import logging
 import anyio
 from pydantic import ValidationError
 
-from engine import errors, ids, topics
+from engine import errors, ids, profiles, topics
 from engine import group_models as gm
 from engine.callers import ROOT, Caller
 from engine.ports import Clock
@@ -305,6 +305,7 @@ class GroupService:
         status = gm.GroupStatus(row.status)
         if status is gm.GroupStatus.canceled:
             return await self._record(row)
+        await profiles.require_approval(self.store, caller, f"cancel group {group_id}")
         if status.terminal:
             raise errors.InvalidTransition(f"group {group_id} already {status.value}; only active groups can be "
                                            "canceled", evidence={"group_id": group_id})

@@ -22,6 +22,10 @@ from engine.callers import Caller
 class AgentDockAPI(Protocol):
     """What the surfaces may ask of agentdock, as one caller. Every id is checked by shape."""
 
+    def approved(self) -> AgentDockAPI:
+        """The same caller, for one call the user has just confirmed when asked (MCP elicitation)."""
+        ...
+
     # devices
     async def create_device(self, req: models.DeviceCreate) -> models.Device: ...
 
@@ -154,6 +158,9 @@ class InProcessAPI:
     def __init__(self, engine: Engine, caller: Caller) -> None:
         self.engine = engine
         self.caller = caller
+
+    def approved(self) -> InProcessAPI:
+        return InProcessAPI(self.engine, self.caller.model_copy(update={"approved": True}))
 
     async def create_device(self, req: models.DeviceCreate) -> models.Device:
         return await self.engine.devices.create(self.caller, req)

@@ -6,6 +6,7 @@ diagnostic, so the MCP layer maps them the same way as local errors.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Collection
 from typing import Any
@@ -50,10 +51,19 @@ class DaemonClient:
             headers = {"Authorization": f"Bearer {token}"}
         else:
             self.socket, headers = socket or str(settings.control_socket), {}
+        self._headers: dict[str, str] = {}
+        """Sent with every request of this client (an approved twin adds its header)."""
         self._http = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=self.socket),
             base_url="http://agentdock", timeout=timeout, headers=headers,
         )
+
+    def approved(self) -> DaemonClient:
+        """This client for a call the user has just confirmed when asked (`X-Agentdock-Approved`): the daemon
+        lets a session under a `confirm-risky` profile take a risky action only with it."""
+        twin = copy.copy(self)
+        twin._headers = {**self._headers, APPROVED_HEADER: "user"}
+        return twin
 
     async def __aenter__(self) -> DaemonClient:
         return self
@@ -69,7 +79,8 @@ class DaemonClient:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         url = path if path.startswith("/api/") else "/api/v1" + path
         try:
-            resp = await self._http.request(method, url, json=json, params=params, headers=headers,
+            resp = await self._http.request(method, url, json=json, params=params,
+                                            headers={**self._headers, **(headers or {})},
                                             timeout=timeout or httpx.USE_CLIENT_DEFAULT)
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise DaemonUnavailable(
@@ -285,6 +296,7 @@ class DaemonClient:
         return pm.Profile.model_validate((await self.request("DELETE", _profile_path(profile_id)))["data"])
 
 
+APPROVED_HEADER = "X-Agentdock-Approved"
 SOUL = "/api/agent/soul"
 CHANNELS = "/api/agent/channels"
 PROFILES = "/agent-runtime-profiles"

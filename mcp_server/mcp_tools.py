@@ -108,13 +108,14 @@ MODERN_ELICITATION = "2026-07-28"
 """From this protocol version on, a server asks through `InputRequiredResult`, not a request of its own."""
 
 
-async def confirm_risky(api: Any, ctx: Context, action: str) -> None:
+async def confirm_risky(api: Any, ctx: Context, action: str) -> Any:
     """Under a profile whose policy says `approval: confirm-risky`, ask the user (MCP elicitation) before
-    `action`; refuse when the client cannot ask or the user does not allow it. Other callers pass."""
+    `action`; refuse when the client cannot ask or the user does not allow it. Returns the API to make
+    the call with: once the user allowed it, one that tells the daemon so (`api.approved()`)."""
     session = (await api.me()).session
     policy = (session.profile or {}).get("policy") or {}
     if policy.get("approval") != "confirm-risky":
-        return
+        return api
     evidence = {"field": "approval", "action": action, "profile_id": session.profile_id}
     caps = ctx.client_capabilities
     if caps is None or caps.elicitation is None:
@@ -136,7 +137,7 @@ async def confirm_risky(api: Any, ctx: Context, action: str) -> None:
         action_taken = result.action
         allowed = result.action == "accept" and result.data.confirm
     if allowed:
-        return
+        return api.approved()
     raise errors.PermissionDenied(f"approval: the user did not allow this session to {action} ({action_taken})",
                                   evidence={**evidence, "answer": action_taken})
 

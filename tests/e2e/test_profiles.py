@@ -214,6 +214,25 @@ async def test_confirm_risky_refuses_when_the_client_cannot_ask(daemon: Daemon):
     assert "group_cancel" in tools and asked == []
 
 
+async def test_confirm_risky_refuses_risky_calls_that_come_over_plain_http_where_nobody_asks(daemon: Daemon):
+    async with http(daemon) as root:
+        profile = (await root.post(PROFILES, json={"name": "careful", "runtime": "custom", "network": True,
+                                                   "policy": {"approval": "confirm-risky"}})).json()["data"]
+        spawned = (await root.post("/api/agent/spawn", json={
+            "agent_name": "w", "agent_runtime_profile_id": profile["id"]})).json()["spawn"]
+    async with agent(daemon, spawned["token"]) as child:
+        group = (await child.post(GROUPS, json={"name": "g"})).json()["data"]
+        cancel = await child.post(f"{GROUPS}/{group['id']}/cancel")
+        networked = await child.post("/api/v1/sandboxes", json={"network": True})
+        sandboxes = (await child.get("/api/v1/sandboxes")).json()["data"]
+    after = await group_status(daemon, group["id"])
+    for resp in (cancel, networked):
+        assert resp.status_code == 403, resp.text
+        diag = resp.json()["diagnostic"]
+        assert diag["evidence"]["field"] == "approval" and "asks the user" in diag["message"], diag
+    assert after["status"] != "canceled" and sandboxes == []
+
+
 async def test_an_mcp_agent_run_naming_no_runtime_takes_the_default_profiles_runtime_and_model(daemon: Daemon):
     from tests.e2e.test_mcp import session, wait_for_end
 
