@@ -280,6 +280,9 @@ class SessionService:
         run_req = self._run_request(req)  # refused before anything is written
         if run_req is not None:
             caller.require("runs", "agent_run")  # starting the child as a run is running an agent
+            if run_req.target_id is None and run_req.sandbox_id is None and run_req.computer_id is None:
+                # its run's sandbox counts against the parent's tree: refuse before the child is written
+                await self.runs.devices.check_room(caller)
         parent = await self._session_of(caller)
         if parent.state is not SessionState.active:
             raise errors.Unauthenticated(f"session {parent.id} has {parent.state}")
