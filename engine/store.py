@@ -11,16 +11,19 @@ where a hop to a connection thread per statement costs ten times that and capped
 few hundred runs a second. What could stall the loop is kept off it: a busy database is waited for
 with `anyio.sleep`, not SQLite's busy handler, and the WAL is checkpointed from the reader's thread.
 Reads, which may carry a run's whole output, stay on the reader's own thread (aiosqlite).
+
+This module holds the connections, the transaction, migrations and the core records (devices, runs,
+events, sessions, souls); each later area keeps its SQL and operations in its own module, mixed into
+`Tx` and `Store` here: `group_store`, `task_store`, `channel_store`, `profile_store`.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,12 +31,11 @@ from typing import Any, NamedTuple
 import aiosqlite
 import anyio
 
-from engine import errors, models, topics
-from engine.channel_models import ChannelRow, MessageRow
-from engine.profile_models import ProfileRow
-from engine.task_models import TaskRow, TaskRunRow
-from engine.records import (ArtifactRow, DeviceRow, DispatchRow, EntryRow, EventRow, GroupRow, RunRow, SessionRow,
-                            SoulSnapshotRow)
+from engine import channel_store, errors, group_store, models, profile_store, task_store, topics
+from engine.records import ArtifactRow, DeviceRow, EventRow, RunRow, SessionRow, SoulSnapshotRow
+from engine.sqlvalues import encode, new_id, ts
+
+__all__ = ["SQL", "Store", "Tx", "migrations", "new_id", "ts"]
 
 _KEPT = (
     "{t}.output || COALESCE((SELECT group_concat(text, '') FROM (SELECT text FROM output_chunks c "
@@ -146,264 +148,22 @@ SQL = {
     "soul_snapshot_get": (
         "SELECT s.*, d.content FROM soul_snapshots s LEFT JOIN soul_documents d ON d.digest = s.digest WHERE s.id = ?"
     ),
+    "session_workspace": "SELECT workspace_id FROM sessions WHERE id = ?",
+    "stream_last": "SELECT last_sequence FROM streams WHERE name = ?",
 }
 
-ENTRIES = "agent_run_group_entries"
-SQL.update({
-    "group_insert": (
-        "INSERT INTO agent_run_groups (id, name, workspace_id, project_id, concurrency_limit, expected_runs, metadata, "
-        "status, idempotency_key, request_hash, created_at, updated_at, created_by) VALUES (:id, :name, "
-        ":workspace_id, :project_id, :concurrency_limit, :expected_runs, :metadata, :status, :idempotency_key, "
-        ":request_hash, :created_at, :updated_at, :created_by)"
-    ),
-    "group_get": "SELECT * FROM agent_run_groups WHERE id = ?",
-    "group_by_idempotency_key": "SELECT * FROM agent_run_groups WHERE created_by = ? AND idempotency_key = ?",
-    "dispatch_insert": (
-        "INSERT INTO agent_run_group_dispatches (id, group_id, first_index, count, is_async, idempotency_key, "
-        "request_hash, created_at, created_by) VALUES (:id, :group_id, :first_index, :count, :is_async, "
-        ":idempotency_key, :request_hash, :created_at, :created_by)"
-    ),
-    "dispatch_get": "SELECT * FROM agent_run_group_dispatches WHERE id = ?",
-    "dispatch_by_idempotency_key": (
-        "SELECT * FROM agent_run_group_dispatches WHERE created_by = ? AND idempotency_key = ?"
-    ),
-    "entry_insert": (
-        f"INSERT INTO {ENTRIES} (id, group_id, dispatch_id, position, item_index, status, attempts, request, "
-        "created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?, ?)"
-    ),
-    "entry_next_position": f"SELECT COUNT(*) FROM {ENTRIES} WHERE group_id = ?",
-    "entries_of_dispatch": f"SELECT * FROM {ENTRIES} WHERE dispatch_id = ? ORDER BY item_index",
-    "entries_of_group": f"SELECT * FROM {ENTRIES} WHERE group_id = ? AND position >= ? ORDER BY position LIMIT ?",
-    "entries_of_group_by_status": (
-        f"SELECT * FROM {ENTRIES} WHERE group_id = ? AND position >= ? AND status = ? ORDER BY position LIMIT ?"
-    ),
-    "entry_counts": f"SELECT status, COUNT(*) AS n FROM {ENTRIES} WHERE group_id = ? GROUP BY status",
-    "group_run_counts": "SELECT status, COUNT(*) AS n FROM agent_runs WHERE agent_run_group_id = ? GROUP BY status",
-    # The oldest queued entries each group may start now: at most its concurrency_limit less its running
-    # entries, in creation order, never from a group whose cancel was asked for.
-    "entries_claimable": (
-        "SELECT e.* FROM (SELECT q.*, q.rowid AS rid, ROW_NUMBER() OVER (PARTITION BY q.group_id ORDER BY q.rowid) "
-        f"AS n FROM {ENTRIES} q WHERE q.status = 'queued') e JOIN agent_run_groups g ON g.id = e.group_id "
-        "WHERE g.cancel_requested IS NULL AND e.n <= g.concurrency_limit - "
-        f"(SELECT COUNT(*) FROM {ENTRIES} r WHERE r.group_id = g.id AND r.status = 'running') "
-        "ORDER BY e.rid LIMIT ?"
-    ),
-    # Running entries whose child run has ended: the scheduler settles them (or retries a lost run).
-    "entries_to_settle": (
-        "SELECT e.*, r.status AS run_status, r.failure_kind AS run_failure_kind "
-        f"FROM {ENTRIES} e JOIN agent_runs r ON r.id = e.run_id "
-        "WHERE e.status = 'running' AND r.status IN ('succeeded', 'failed', 'canceled') ORDER BY e.rowid LIMIT ?"
-    ),
-    "entries_cancel_queued": (
-        f"UPDATE {ENTRIES} SET status = 'canceled', updated_at = ? WHERE group_id = ? AND status = 'queued' "
-        "RETURNING id, position"
-    ),
-    "entries_running_runs": f"SELECT run_id FROM {ENTRIES} WHERE group_id = ? AND status = 'running' ORDER BY position",
-    "run_set_group": (
-        "UPDATE agent_runs SET agent_run_group_id = :group_id, orchestration_role = :orchestration_role, "
-        "parent_agent_run_id = :parent_agent_run_id WHERE id = :id"
-    ),
-    "stream_last": "SELECT last_sequence FROM streams WHERE name = ?",
-    "group_open": (
-        "UPDATE agent_run_groups SET status = 'running', updated_at = ? "
-        "WHERE id = ? AND status IN ('queued', 'running') AND cancel_requested IS NULL"
-    ),
-    "group_request_cancel": (
-        "UPDATE agent_run_groups SET cancel_requested = COALESCE(cancel_requested, ?), updated_at = ? "
-        "WHERE id = ? AND status IN ('queued', 'running')"
-    ),
-})
 
-# The task queue (issue 9). A claim picks the highest-priority, oldest claimable task of a workspace
-# (any workspace for the local user); every change to a run is a compare-and-set on its status, its
-# claim token's hash and its lease, so a stale holder's call applies to nothing.
-SQL.update({
-    "task_insert": (
-        "INSERT INTO tasks (id, title, identifier, priority, payload, max_attempts, workspace_id, scope, status, "
-        "paused, available_at, created_by, created_at, updated_at) VALUES (:id, :title, :identifier, :priority, "
-        ":payload, :max_attempts, :workspace_id, :scope, 'queued', :paused, :available_at, :created_by, "
-        ":created_at, :updated_at)"
-    ),
-    "task_get": "SELECT * FROM tasks WHERE id = ?",
-    "task_list": "SELECT * FROM tasks WHERE (:ws IS NULL OR workspace_id = :ws) AND (:status IS NULL OR "
-                 "status = :status) ORDER BY created_at DESC, rowid DESC LIMIT :limit",
-    "task_next_claimable": (
-        "SELECT id FROM tasks WHERE status = 'queued' AND workspace_id = :ws AND paused = 0 AND available_at <= :now "
-        "ORDER BY priority DESC, created_at, rowid LIMIT 1"
-    ),
-    "task_next_claimable_anywhere": (
-        "SELECT id FROM tasks WHERE status = 'queued' AND paused = 0 AND available_at <= :now "
-        "ORDER BY priority DESC, created_at, rowid LIMIT 1"
-    ),
-    "task_next_available": (
-        "SELECT min(available_at) AS at FROM tasks WHERE status = 'queued' AND paused = 0 "
-        "AND (:ws IS NULL OR workspace_id = :ws)"
-    ),
-    "task_claim": (
-        "UPDATE tasks SET status = 'claimed', attempts = attempts + 1, current_run_id = :run_id, updated_at = :now "
-        "WHERE id = :id AND status = 'queued' RETURNING attempts, current_run_id"
-    ),
-    "task_requeue": (
-        "UPDATE tasks SET status = 'queued', failures = failures + :failed, available_at = :available_at, "
-        "current_run_id = NULL, updated_at = :now WHERE id = :id AND status = 'claimed' AND current_run_id = :run_id"
-    ),
-    "task_finish": (
-        "UPDATE tasks SET status = :status, failures = failures + :failed, failure_kind = :failure_kind, "
-        "error = :error, result = :result, finished_at = :now, updated_at = :now "
-        "WHERE id = :id AND status = 'claimed' AND current_run_id = :run_id"
-    ),
-    "task_event_bump": "UPDATE tasks SET latest_event_seq = latest_event_seq + 1 WHERE id = ? RETURNING *",
-    "task_event_insert": (
-        "INSERT INTO task_events (task_id, sequence, run_id, type, message, payload, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?)"
-    ),
-    "task_events": "SELECT * FROM task_events WHERE task_id = ? ORDER BY sequence",
-    "task_run_insert": (
-        "INSERT INTO task_runs (id, task_id, attempt, status, session_id, claim_token_hash, lease_seconds, "
-        "claimed_at, heartbeat_at, lease_until, previous_run_id) VALUES (:id, :task_id, :attempt, 'running', "
-        ":session_id, :claim_token_hash, :lease_seconds, :now, :now, :lease_until, :previous_run_id) RETURNING *"
-    ),
-    "task_run_get": "SELECT * FROM task_runs WHERE id = ?",
-    "task_runs_of": "SELECT * FROM task_runs WHERE task_id = ? ORDER BY attempt",
-    "task_run_last": "SELECT id FROM task_runs WHERE task_id = ? ORDER BY attempt DESC LIMIT 1",
-    "task_run_heartbeat": (
-        "UPDATE task_runs SET heartbeat_at = :now, lease_until = :lease_until, lease_seconds = :lease_seconds "
-        "WHERE id = :id AND claim_token_hash = :hash AND session_id = :session_id AND status = 'running' "
-        "AND lease_until > :now RETURNING *"
-    ),
-    "task_run_end": (
-        "UPDATE task_runs SET status = :status, ended_at = :now, error = :error, failure_kind = :failure_kind, "
-        "result = :result WHERE id = :id AND claim_token_hash = :hash AND session_id = :session_id "
-        "AND status = 'running' AND lease_until > :now RETURNING *"
-    ),
-    "task_run_expire": (
-        "UPDATE task_runs SET status = 'expired', ended_at = :now, failure_kind = 'lease_expired', "
-        "error = 'the lease ran out without a heartbeat' WHERE id = :id AND status = 'running' AND lease_until <= :now"
-    ),
-    "task_runs_expired": "SELECT * FROM task_runs WHERE status = 'running' AND lease_until <= ? ORDER BY lease_until",
-    "task_runs_next_expiry": "SELECT min(lease_until) AS at FROM task_runs WHERE status = 'running'",
-    "task_runs_held_by": (
-        "SELECT count(*) AS n FROM task_runs WHERE session_id = ? AND status = 'running' AND lease_until > ?"
-    ),
-    "task_runs_live_of": (
-        "SELECT * FROM task_runs WHERE session_id = ? AND status = 'running' AND lease_until > ? ORDER BY claimed_at"
-    ),
-    "session_workspace": "SELECT workspace_id FROM sessions WHERE id = ?",
-    "channel_insert": (
-        "INSERT INTO channels (id, channel, kind, display_name, purpose, allowed_message_kinds, workspace_id, "
-        "owner_session_id, run_id, task_id, workflow_id, last_activity_at, created_at) VALUES (:id, :channel, "
-        ":kind, :display_name, :purpose, :allowed_message_kinds, :workspace_id, :owner_session_id, :run_id, "
-        ":task_id, :workflow_id, :now, :now) ON CONFLICT (id) DO NOTHING"
-    ),
-    "channel_join": (
-        "INSERT INTO channel_members (channel_id, session_id, joined_at) VALUES (?, ?, ?) "
-        "ON CONFLICT (channel_id, session_id) DO NOTHING"
-    ),
-    "channel_get": "SELECT * FROM channels WHERE id = ?",
-    "channel_member": "SELECT 1 FROM channel_members WHERE channel_id = ? AND session_id = ?",
-    "channels_of": (
-        "SELECT c.* FROM channels c JOIN channel_members m ON m.channel_id = c.id WHERE m.session_id = ? "
-        "ORDER BY c.last_activity_at DESC, c.id LIMIT ?"
-    ),
-    "channels_all": "SELECT * FROM channels ORDER BY last_activity_at DESC, id LIMIT ?",
-    "channel_bump": (
-        "UPDATE channels SET last_sequence = last_sequence + 1, last_activity_at = ? WHERE id = ? "
-        "RETURNING last_sequence"
-    ),
-    "message_insert": (
-        "INSERT INTO channel_messages (channel_id, sequence, id, from_session_id, to_session_id, message_kind, "
-        "correlation_id, reply_to_message_id, metadata, body, idempotency_key, request_hash, created_at) VALUES "
-        "(:channel_id, :sequence, :id, :from_session_id, :to_session_id, :message_kind, :correlation_id, "
-        ":reply_to_message_id, :metadata, :body, :idempotency_key, :request_hash, :now)"
-    ),
-    "message_get": "SELECT * FROM channel_messages WHERE id = ?",
-    "message_by_key": "SELECT * FROM channel_messages WHERE from_session_id = ? AND idempotency_key = ?",
-    "messages_for": (
-        "SELECT * FROM channel_messages WHERE channel_id = :channel AND sequence > :after "
-        "AND from_session_id != :me AND (to_session_id IS NULL OR to_session_id = :me) ORDER BY sequence LIMIT :limit"
-    ),
-    "channel_cursor": "SELECT sequence FROM channel_cursors WHERE channel_id = ? AND session_id = ?",
-    "channel_cursor_set": (
-        "INSERT INTO channel_cursors (channel_id, session_id, sequence, updated_at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (channel_id, session_id) DO UPDATE SET sequence = excluded.sequence, "
-        "updated_at = excluded.updated_at WHERE excluded.sequence > channel_cursors.sequence"
-    ),
-    "inbox": (
-        "SELECT m.* FROM channel_members cm JOIN channel_messages m ON m.channel_id = cm.channel_id "
-        "LEFT JOIN channel_cursors k ON k.channel_id = cm.channel_id AND k.session_id = cm.session_id "
-        "WHERE cm.session_id = :me AND m.sequence > COALESCE(k.sequence, 0) AND m.from_session_id != :me "
-        "AND (m.to_session_id IS NULL OR m.to_session_id = :me) ORDER BY m.created_at, m.channel_id, m.sequence "
-        "LIMIT :limit"
-    ),
-    "inbox_count": (
-        "SELECT count(*) AS n FROM channel_members cm JOIN channel_messages m ON m.channel_id = cm.channel_id "
-        "LEFT JOIN channel_cursors k ON k.channel_id = cm.channel_id AND k.session_id = cm.session_id "
-        "WHERE cm.session_id = :me AND m.sequence > COALESCE(k.sequence, 0) AND m.from_session_id != :me "
-        "AND (m.to_session_id IS NULL OR m.to_session_id = :me)"
-    ),
-})
 
-# Agent runtime profiles (issue 10). A scope is the tenant ('' : workspace_id NULL) or one workspace.
-PROFILE_SCOPE = "COALESCE(workspace_id, '')"
-SQL.update({
-    "profile_insert": (
-        "INSERT INTO agent_runtime_profiles (id, workspace_id, name, runtime, description, applies_to, tools, "
-        "connectors, env, secrets, model, image, resources, network, policy, metadata, is_default, created_by, "
-        "created_at, updated_at) VALUES (:id, :workspace_id, :name, :runtime, :description, :applies_to, :tools, "
-        ":connectors, :env, :secrets, :model, :image, :resources, :network, :policy, :metadata, :is_default, "
-        ":created_by, :created_at, :updated_at)"
-    ),
-    "profile_get": "SELECT * FROM agent_runtime_profiles WHERE id = ?",
-    "profile_list": (
-        "SELECT * FROM agent_runtime_profiles WHERE (:all_ws = 1 AND (:ws IS NULL OR workspace_id = :ws)) "
-        "OR (:all_ws = 0 AND (workspace_id IS NULL OR workspace_id = :own) AND (:ws IS NULL OR workspace_id = :ws)) "
-        "ORDER BY COALESCE(workspace_id, ''), name"
-    ),
-    "profile_by_name": f"SELECT id FROM agent_runtime_profiles WHERE {PROFILE_SCOPE} = ? AND name = ? AND id != ?",
-    "profile_default": f"SELECT * FROM agent_runtime_profiles WHERE {PROFILE_SCOPE} = ? AND is_default = 1",
-    "profile_clear_default": (
-        f"UPDATE agent_runtime_profiles SET is_default = 0, updated_at = :now WHERE {PROFILE_SCOPE} = :scope "
-        "AND is_default = 1 AND id != :id"
-    ),
-    "profile_delete": "DELETE FROM agent_runtime_profiles WHERE id = ?",
-    "profile_live_runs": (
-        "SELECT id FROM agent_runs WHERE profile_id = ? AND status IN ('queued', 'running') ORDER BY rowid LIMIT 5"
-    ),
-    "profile_live_sessions": (
-        "SELECT id FROM sessions WHERE profile_id = ? AND status = 'active' ORDER BY created_at LIMIT 5"
-    ),
-    "profile_queued_entries": (
-        f"SELECT id FROM {ENTRIES} WHERE status = 'queued' AND (json_extract(request, '$.agent_runtime_profile_id') = "
-        ":id OR json_extract(request, '$.agent_profile_id') = :id) LIMIT 5"
-    ),
-    "devices_live_created_by_tree": (
-        "WITH RECURSIVE tree(id) AS (SELECT :id UNION SELECT s.id FROM sessions s JOIN tree t "
-        "ON s.parent_session_id = t.id) "
-        "SELECT count(*) FROM devices WHERE deleted_at IS NULL AND created_by IN (SELECT id FROM tree)"
-    ),
-})
-PROFILE_UPDATABLE = frozenset(
-    "name runtime description applies_to tools connectors env secrets model image resources network policy "
-    "metadata is_default".split())
 
-GROUP_UPDATABLE = frozenset({"status", "cancel_requested", "finished_at"})
-ENTRY_UPDATABLE = frozenset({"status", "attempts", "run_id", "diagnostic"})
+
+SQL.update({**group_store.SQL, **task_store.SQL, **channel_store.SQL, **profile_store.SQL})
+"""Every named query (the areas' too): a test compiles each against the migrated schema."""
 
 # Columns a run update may set (a guard against building SQL from arbitrary keys).
 RUN_UPDATABLE = frozenset(
     "status output stderr output_truncated stderr_truncated stdout_offset stderr_offset exit_code "
     "failure_kind error cancel_requested started_at finished_at target_id".split()
 )
-
-
-def ts(dt: datetime) -> str:
-    """One sortable text form for every timestamp."""
-    return dt.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"  # strftime's
-    # "%Y-%m-%dT%H:%M:%S.%fZ", at a tenth of its cost (a claim+complete pair formats a dozen)
-
-
-def new_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(10)}"
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -492,7 +252,7 @@ class InlineConnection:
         self.raw.close()
 
 
-class Tx:
+class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWrites, profile_store.ProfileWrites):
     """One open write transaction; `touched` are the topics to wake once it commits."""
 
     def __init__(self, conn: InlineConnection, now: datetime) -> None:
@@ -504,13 +264,13 @@ class Tx:
         self.touched.add(topic)
 
     async def insert_device(self, row: dict[str, Any]) -> None:
-        await self.conn.execute(SQL["device_insert"], _encode(row))
+        await self.conn.execute(SQL["device_insert"], encode(row))
 
     async def delete_device(self, device_id: str) -> None:
         await self.conn.execute(SQL["device_delete"], {"id": device_id, "now": ts(self.now)})
 
     async def insert_run(self, row: dict[str, Any]) -> None:
-        await self.conn.execute(SQL["run_insert"], _encode({"secrets": [], "profile_id": None,
+        await self.conn.execute(SQL["run_insert"], encode({"secrets": [], "profile_id": None,
                                                             "profile_snapshot": None, "workspace_id": None, **row}))
         self.touch(topics.ADMISSION)
 
@@ -531,7 +291,7 @@ class Tx:
         if expected is not None:
             sql += " AND status IN (" + ", ".join(f":expected_{i}" for i in range(len(expected))) + ")"
             params.update({f"expected_{i}": s for i, s in enumerate(expected)})
-        cur = await self.conn.execute(sql, _encode(params))
+        cur = await self.conn.execute(sql, encode(params))
         applied = cur.rowcount == 1
         if applied:
             self.touch(topics.run(run_id))
@@ -574,7 +334,7 @@ class Tx:
         return first_stream_seqs
 
     async def insert_session(self, row: dict[str, Any]) -> None:
-        await self.conn.execute(SQL["session_insert"], _encode({"profile_id": None, "profile_snapshot": None, **row}))
+        await self.conn.execute(SQL["session_insert"], encode({"profile_id": None, "profile_snapshot": None, **row}))
         self.touch(topics.SESSIONS)
 
     async def end_session(self, session_id: str, status: str, reason: str) -> bool:
@@ -603,93 +363,7 @@ class Tx:
         """A snapshot of a soul; its document stored once per digest (none when there was no soul)."""
         if content is not None:
             await self.conn.execute(SQL["soul_document_insert"], (row["digest"], content, ts(self.now)))
-        await self.conn.execute(SQL["soul_snapshot_insert"], _encode(row))
-
-    # ------------------------------------------------------------ groups
-
-    async def insert_group(self, row: dict[str, Any]) -> None:
-        await self.conn.execute(SQL["group_insert"], _encode(row))
-
-    async def insert_dispatch(self, row: dict[str, Any]) -> None:
-        await self.conn.execute(SQL["dispatch_insert"], _encode(row))
-
-    async def next_entry_position(self, group_id: str) -> int:
-        ((n,),) = await self.conn.execute_fetchall(SQL["entry_next_position"], (group_id,))
-        return int(n)
-
-    async def insert_entries(self, group_id: str, dispatch_id: str, first: int, requests: list[dict[str, Any]],
-                             ids: list[str]) -> None:
-        """Queue one entry per manifest item (positions `first`, `first`+1, ...): the scheduler may claim."""
-        now = ts(self.now)
-        await self.conn.executemany(SQL["entry_insert"], [
-            (entry_id, group_id, dispatch_id, first + i, i, json.dumps(req), now, now)
-            for i, (entry_id, req) in enumerate(zip(ids, requests, strict=True))])
-        self.touch(topics.ADMISSION)
-        self.touch(topics.group(group_id))
-
-    async def transition_group(self, group_id: str, expected: Iterable[str], **fields: Any) -> bool:
-        """Compare-and-set on the group's status; says whether it applied."""
-        return await self._cas("agent_run_groups", GROUP_UPDATABLE, group_id, list(expected), fields,
-                               topics.group(group_id))
-
-    async def transition_entry(self, entry_id: str, group_id: str, expected: Iterable[str], **fields: Any) -> bool:
-        """Compare-and-set on an entry's status; says whether it applied (the scheduler may claim again)."""
-        if "diagnostic" in fields and fields["diagnostic"] is not None:
-            fields["diagnostic"] = json.dumps(fields["diagnostic"])
-        applied = await self._cas(ENTRIES, ENTRY_UPDATABLE, entry_id, list(expected), fields, topics.group(group_id))
-        if applied:
-            self.touch(topics.ADMISSION)
-        return applied
-
-    async def _cas(self, table: str, allowed: frozenset[str], id_: str, expected: list[str], fields: dict[str, Any],
-                   topic: str) -> bool:
-        bad = set(fields) - allowed
-        if bad:
-            raise ValueError(f"not updatable: {bad}")
-        fields["updated_at"] = self.now
-        sets = ", ".join(f"{k} = :{k}" for k in fields)
-        marks = ", ".join(f":expected_{i}" for i in range(len(expected)))
-        params = {**fields, "id": id_, **{f"expected_{i}": s for i, s in enumerate(expected)}}
-        cur = await self.conn.execute(f"UPDATE {table} SET {sets} WHERE id = :id AND status IN ({marks})",
-                                      {k: ts(v) if isinstance(v, datetime) else v for k, v in params.items()})
-        if cur.rowcount == 1:
-            self.touch(topic)
-            return True
-        return False
-
-    async def group(self, group_id: str) -> GroupRow | None:
-        """The group as this transaction sees it."""
-        rows = await self.conn.execute_fetchall(SQL["group_get"], (group_id,))
-        return GroupRow.model_validate(dict(rows[0])) if rows else None
-
-    async def open_group(self, group_id: str) -> bool:
-        """Mark the group running for a dispatch, unless it has ended or its cancel was asked for."""
-        cur = await self.conn.execute(SQL["group_open"], (ts(self.now), group_id))
-        return cur.rowcount == 1
-
-    async def request_group_cancel(self, group_id: str) -> bool:
-        cur = await self.conn.execute(SQL["group_request_cancel"], (ts(self.now), ts(self.now), group_id))
-        if cur.rowcount == 1:
-            self.touch(topics.group(group_id))
-            self.touch(topics.ADMISSION)
-            return True
-        return False
-
-    async def cancel_queued_entries(self, group_id: str) -> list[tuple[str, int]]:
-        """End every queued entry of the group `canceled`; returns their (id, position)."""
-        rows = await self.conn.execute_fetchall(SQL["entries_cancel_queued"], (ts(self.now), group_id))
-        self.touch(topics.group(group_id))
-        return [(r[0], r[1]) for r in rows]
-
-    async def entry_counts(self, group_id: str) -> dict[str, int]:
-        """The group's entries by status, as this transaction sees them."""
-        return {r[0]: r[1] for r in await self.conn.execute_fetchall(SQL["entry_counts"], (group_id,))}
-
-    async def set_run_group(self, run_id: str, group_id: str, orchestration_role: str | None,
-                            parent_agent_run_id: str | None) -> None:
-        await self.conn.execute(SQL["run_set_group"], {"id": run_id, "group_id": group_id,
-                                                      "orchestration_role": orchestration_role,
-                                                      "parent_agent_run_id": parent_agent_run_id})
+        await self.conn.execute(SQL["soul_snapshot_insert"], encode(row))
 
     async def append_group_events(self, group_id: str, events: Iterable[tuple[str | None, str, str, dict[str, Any]]],
                                   ) -> list[int]:
@@ -710,200 +384,24 @@ class Tx:
         self.touch(stream)
         return seqs
 
-
-    # ------------------------------------------------------------ profiles
-
-    async def profile(self, profile_id: str) -> ProfileRow | None:
-        rows = await self.conn.execute_fetchall(SQL["profile_get"], (profile_id,))
-        return ProfileRow.model_validate(dict(rows[0])) if rows else None
-
-    async def profile_named(self, workspace_id: str | None, name: str, other_than: str = "") -> str | None:
-        """The id of another profile of that name in that scope, if one exists."""
-        rows = await self.conn.execute_fetchall(SQL["profile_by_name"], (workspace_id or "", name, other_than))
-        return rows[0][0] if rows else None
-
-    async def insert_profile(self, row: dict[str, Any]) -> None:
-        if row.get("is_default"):
-            await self._clear_default(row["workspace_id"], row["id"])
-        await self.conn.execute(SQL["profile_insert"], _encode(row))
-
-    async def update_profile(self, profile_id: str, workspace_id: str | None, **fields: Any) -> None:
-        bad = set(fields) - PROFILE_UPDATABLE
+    async def _cas(self, table: str, allowed: frozenset[str], id_: str, expected: list[str], fields: dict[str, Any],
+                   topic: str) -> bool:
+        bad = set(fields) - allowed
         if bad:
             raise ValueError(f"not updatable: {bad}")
-        if fields.get("is_default"):
-            await self._clear_default(workspace_id, profile_id)
         fields["updated_at"] = self.now
         sets = ", ".join(f"{k} = :{k}" for k in fields)
-        await self.conn.execute(f"UPDATE agent_runtime_profiles SET {sets} WHERE id = :id",
-                                _encode({**fields, "id": profile_id}))
-
-    async def _clear_default(self, workspace_id: str | None, profile_id: str) -> None:
-        """A new default takes over its scope: the old one stops being it, in this transaction."""
-        await self.conn.execute(SQL["profile_clear_default"], {"scope": workspace_id or "", "id": profile_id,
-                                                                "now": ts(self.now)})
-
-    async def delete_profile(self, profile_id: str) -> None:
-        await self.conn.execute(SQL["profile_delete"], (profile_id,))
-
-    async def profile_users(self, profile_id: str) -> dict[str, list[str]]:
-        """What still uses a profile: unfinished runs, live sessions, queued group entries that name it."""
-        out = {}
-        for kind, sql in (("runs", "profile_live_runs"), ("sessions", "profile_live_sessions"),
-                          ("group_entries", "profile_queued_entries")):
-            params: Any = {"id": profile_id} if kind == "group_entries" else (profile_id,)
-            found = [r[0] for r in await self.conn.execute_fetchall(SQL[sql], params)]
-            if found:
-                out[kind] = found
-        return out
-
-    async def live_devices_of_tree(self, session_id: str) -> int:
-        """Live devices (sandboxes, computers, ephemeral ones of unfinished runs) created by a session or
-        any session spawned below it."""
-        ((n,),) = await self.conn.execute_fetchall(SQL["devices_live_created_by_tree"], {"id": session_id})
-        return int(n)
-
-    # ------------------------------------------------------------ tasks
-
-    async def insert_task(self, row: dict[str, Any]) -> None:
-        await self.conn.execute(SQL["task_insert"], _encode(row))
-        self.touch(topics.TASKS)
-
-    async def task(self, task_id: str) -> TaskRow | None:
-        rows = await self.conn.execute_fetchall(SQL["task_get"], (task_id,))
-        return TaskRow.model_validate(dict(rows[0])) if rows else None
-
-    async def task_run(self, run_id: str) -> TaskRunRow | None:
-        rows = await self.conn.execute_fetchall(SQL["task_run_get"], (run_id,))
-        return TaskRunRow.model_validate(dict(rows[0])) if rows else None
-
-    async def next_claimable_task(self, workspace_id: str | None) -> str | None:
-        sql = SQL["task_next_claimable_anywhere" if workspace_id is None else "task_next_claimable"]
-        rows = await self.conn.execute_fetchall(sql, {"now": ts(self.now), "ws": workspace_id})
-        return rows[0][0] if rows else None
-
-    async def leases_held(self, session_id: str) -> int:
-        ((n,),) = await self.conn.execute_fetchall(SQL["task_runs_held_by"], (session_id, ts(self.now)))
-        return int(n)
-
-    async def claim_task(self, task_id: str, run: dict[str, Any]) -> TaskRunRow | None:
-        """Compare-and-set: the queued task becomes claimed by a new run; returns the run, or None."""
-        rows = await self.conn.execute_fetchall(SQL["task_claim"], {"id": task_id, "run_id": run["id"],
-                                                                    "now": ts(self.now)})
-        if not rows:
-            return None
-        last = await self.conn.execute_fetchall(SQL["task_run_last"], (task_id,))
-        (inserted,) = await self.conn.execute_fetchall(SQL["task_run_insert"], _encode({
-            **run, "task_id": task_id, "attempt": rows[0][0], "now": self.now,
-            "previous_run_id": last[0][0] if last else None}))
-        self.touch(topics.TASKS)
-        return TaskRunRow.model_validate(dict(inserted))
-
-    async def heartbeat_task_run(self, run_id: str, token_hash: str, session_id: str, lease_seconds: float,
-                                 lease_until: datetime) -> TaskRunRow | None:
-        """Compare-and-set: extend the lease only for the current holder of a live lease; the run as it
-        is now, or None."""
-        return self._run_changed(await self.conn.execute_fetchall(SQL["task_run_heartbeat"], {
-            "id": run_id, "hash": token_hash, "session_id": session_id, "lease_seconds": lease_seconds,
-            "lease_until": ts(lease_until), "now": ts(self.now)}))
-
-    def _run_changed(self, rows: list[Any]) -> TaskRunRow | None:
-        if not rows:
-            return None
-        self.touch(topics.TASKS)
-        return TaskRunRow.model_validate(dict(rows[0]))
-
-    async def end_task_run(self, run_id: str, token_hash: str, session_id: str, status: str, *,
-                           error: str | None = None, failure_kind: str | None = None,
-                           result: Any = None) -> TaskRunRow | None:
-        """Compare-and-set: end a run only for the current holder of a live lease; the ended run, or None."""
-        return self._run_changed(await self.conn.execute_fetchall(SQL["task_run_end"], {
-            "id": run_id, "hash": token_hash, "session_id": session_id, "status": str(status), "error": error,
-            "failure_kind": None if failure_kind is None else str(failure_kind),
-            "result": None if result is None else json.dumps(result), "now": ts(self.now)}))
-
-    async def expire_task_run(self, run_id: str) -> bool:
-        """Compare-and-set: a running run whose lease has passed becomes expired."""
-        cur = await self.conn.execute(SQL["task_run_expire"], {"id": run_id, "now": ts(self.now)})
+        marks = ", ".join(f":expected_{i}" for i in range(len(expected)))
+        params = {**fields, "id": id_, **{f"expected_{i}": s for i, s in enumerate(expected)}}
+        cur = await self.conn.execute(f"UPDATE {table} SET {sets} WHERE id = :id AND status IN ({marks})",
+                                      {k: ts(v) if isinstance(v, datetime) else v for k, v in params.items()})
         if cur.rowcount == 1:
-            self.touch(topics.TASKS)
-        return cur.rowcount == 1
-
-    async def requeue_task(self, task_id: str, run_id: str, *, failed: bool, available_at: datetime) -> bool:
-        cur = await self.conn.execute(SQL["task_requeue"], {
-            "id": task_id, "run_id": run_id, "failed": int(failed), "available_at": ts(available_at),
-            "now": ts(self.now)})
-        self.touch(topics.TASKS)
-        return cur.rowcount == 1
-
-    async def finish_task(self, task_id: str, run_id: str, status: str, *, failed: bool = False,
-                          failure_kind: str | None = None, error: str | None = None, result: Any = None) -> bool:
-        cur = await self.conn.execute(SQL["task_finish"], {
-            "id": task_id, "run_id": run_id, "status": str(status), "failed": int(failed),
-            "failure_kind": None if failure_kind is None else str(failure_kind),
-            "error": error, "result": None if result is None else json.dumps(result), "now": ts(self.now)})
-        self.touch(topics.TASKS)
-        return cur.rowcount == 1
-
-    async def task_event(self, task_id: str, run_id: str | None, type_: str, message: str,
-                         payload: dict[str, Any]) -> TaskRow:
-        """Append to the task's own event stream (its next sequence, in this transaction); returns the
-        task as it is now."""
-        (row,) = await self.conn.execute_fetchall(SQL["task_event_bump"], (task_id,))
-        task = TaskRow.model_validate(dict(row))
-        await self.conn.execute(SQL["task_event_insert"], (task_id, task.latest_event_seq, run_id, type_, message,
-                                                           json.dumps(payload), ts(self.now)))
-        return task
-
-    # ------------------------------------------------------------ channels
-
-    async def ensure_channel(self, row: dict[str, Any], members: Iterable[str]) -> None:
-        """The channel (made once; its id comes from its name) with these sessions among its members."""
-        await self.conn.execute(SQL["channel_insert"], _encode({**row, "now": self.now}))
-        await self.conn.executemany(SQL["channel_join"], [(row["id"], m, ts(self.now)) for m in members])
-
-    async def channel(self, channel_id: str) -> ChannelRow | None:
-        rows = await self.conn.execute_fetchall(SQL["channel_get"], (channel_id,))
-        return ChannelRow.model_validate(dict(rows[0])) if rows else None
-
-    async def is_member(self, channel_id: str, session_id: str) -> bool:
-        return bool(await self.conn.execute_fetchall(SQL["channel_member"], (channel_id, session_id)))
-
-    async def message(self, message_id: str) -> MessageRow | None:
-        rows = await self.conn.execute_fetchall(SQL["message_get"], (message_id,))
-        return MessageRow.model_validate(dict(rows[0])) if rows else None
-
-    async def message_by_key(self, session_id: str, key: str) -> MessageRow | None:
-        rows = await self.conn.execute_fetchall(SQL["message_by_key"], (session_id, key))
-        return MessageRow.model_validate(dict(rows[0])) if rows else None
-
-    async def append_message(self, row: dict[str, Any]) -> MessageRow:
-        """The message, next in its channel's order; its waiters wake when this transaction commits."""
-        ((seq,),) = await self.conn.execute_fetchall(SQL["channel_bump"], (ts(self.now), row["channel_id"]))
-        await self.conn.execute(SQL["message_insert"], _encode({**row, "sequence": seq, "now": self.now}))
-        self.touch(topics.channel(row["channel_id"]))
-        message = await self.message(row["id"])
-        assert message is not None
-        return message
-
-    async def take_messages(self, channel_id: str, session_id: str, limit: int) -> list[MessageRow]:
-        """What `session_id` has not yet received on the channel (up to `limit`), its cursor moved past
-        them in this same transaction: a message is handed to a session once."""
-        rows = await self.conn.execute_fetchall(SQL["channel_cursor"], (channel_id, session_id))
-        after = rows[0][0] if rows else 0
-        found = [MessageRow.model_validate(dict(r)) for r in await self.conn.execute_fetchall(
-            SQL["messages_for"], {"channel": channel_id, "after": after, "me": session_id, "limit": limit})]
-        if len(found) == limit:
-            upto = found[-1].sequence
-        else:  # everything up to the channel's last message was looked at (the rest is not for this session)
-            ((upto,),) = await self.conn.execute_fetchall("SELECT last_sequence FROM channels WHERE id = ?",
-                                                          (channel_id,))
-        if upto > after:
-            await self.conn.execute(SQL["channel_cursor_set"], (channel_id, session_id, upto, ts(self.now)))
-        return found
+            self.touch(topic)
+            return True
+        return False
 
 
-class Store:
+class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelReads, profile_store.ProfileReads):
     def __init__(self, path: Path, notifier: topics.Topics | None = None) -> None:
         self.path = path
         self.topics = notifier or topics.Topics()
@@ -1101,69 +599,6 @@ class Store:
         row = await self._one(SQL["soul_snapshot_get"], (snapshot_id,))
         return SoulSnapshotRow.model_validate(row) if row else None
 
-    # ------------------------------------------------------------ groups
-
-    async def group(self, group_id: str) -> GroupRow | None:
-        row = await self._one(SQL["group_get"], (group_id,))
-        return GroupRow.model_validate(row) if row else None
-
-    async def group_by_idempotency_key(self, created_by: str, key: str) -> GroupRow | None:
-        row = await self._one(SQL["group_by_idempotency_key"], (created_by, key))
-        return GroupRow.model_validate(row) if row else None
-
-    async def groups(self, *, status: str | None, workspace_id: str | None, project_id: str | None,
-                     cursor: str | None, limit: int, created_by: str | None) -> list[GroupRow]:
-        """Newest first, keyset-paged by (created_at, id); one extra row says whether more follow."""
-        where, params = [], []
-        for column, value in (("created_by", created_by), ("status", status), ("workspace_id", workspace_id),
-                              ("project_id", project_id)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if cursor:
-            where.append("(created_at, id) < (SELECT created_at, id FROM agent_run_groups WHERE id = ?)")
-            params.append(cursor)
-        sql = "SELECT * FROM agent_run_groups" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        params.append(limit + 1)
-        return [GroupRow.model_validate(r) for r in await self._all(sql, params)]
-
-    async def dispatch(self, dispatch_id: str) -> DispatchRow | None:
-        row = await self._one(SQL["dispatch_get"], (dispatch_id,))
-        return DispatchRow.model_validate(row) if row else None
-
-    async def dispatch_by_idempotency_key(self, created_by: str, key: str) -> DispatchRow | None:
-        row = await self._one(SQL["dispatch_by_idempotency_key"], (created_by, key))
-        return DispatchRow.model_validate(row) if row else None
-
-    async def dispatch_entries(self, dispatch_id: str) -> list[EntryRow]:
-        return [EntryRow.model_validate(r) for r in await self._all(SQL["entries_of_dispatch"], (dispatch_id,))]
-
-    async def group_entries(self, group_id: str, *, start: int = 0, limit: int = 1000,
-                            status: str | None = None) -> list[EntryRow]:
-        if status is None:
-            rows = await self._all(SQL["entries_of_group"], (group_id, start, limit))
-        else:
-            rows = await self._all(SQL["entries_of_group_by_status"], (group_id, start, status, limit))
-        return [EntryRow.model_validate(r) for r in rows]
-
-    async def entry_counts(self, group_id: str) -> dict[str, int]:
-        return {r["status"]: r["n"] for r in await self._all(SQL["entry_counts"], (group_id,))}
-
-    async def group_run_counts(self, group_id: str) -> dict[str, int]:
-        return {r["status"]: r["n"] for r in await self._all(SQL["group_run_counts"], (group_id,))}
-
-    async def claimable_entries(self, limit: int) -> list[EntryRow]:
-        return [EntryRow.model_validate(r) for r in await self._all(SQL["entries_claimable"], (limit,))]
-
-    async def entries_to_settle(self, limit: int) -> list[tuple[EntryRow, str, str | None]]:
-        """Running entries whose run has ended, with that run's status and failure_kind."""
-        rows = await self._all(SQL["entries_to_settle"], (limit,))
-        return [(EntryRow.model_validate(r), r["run_status"], r["run_failure_kind"]) for r in rows]
-
-    async def running_entry_runs(self, group_id: str) -> list[str]:
-        return [r["run_id"] for r in await self._all(SQL["entries_running_runs"], (group_id,))]
-
     async def runs_by_ids(self, run_ids: list[str]) -> dict[str, RunRow]:
         found: dict[str, RunRow] = {}
         for i in range(0, len(run_ids), 500):
@@ -1172,88 +607,9 @@ class Store:
             found.update({r["id"]: RunRow.model_validate(r) for r in await self._all(sql, chunk)})
         return found
 
-    # ------------------------------------------------------------ tasks
-
-    async def task(self, task_id: str) -> TaskRow | None:
-        row = await self._one(SQL["task_get"], (task_id,))
-        return TaskRow.model_validate(row) if row else None
-
-    async def tasks(self, workspace_id: str | None, status: str | None, limit: int) -> list[TaskRow]:
-        rows = await self._all(SQL["task_list"], {"ws": workspace_id, "status": status, "limit": limit})
-        return [TaskRow.model_validate(r) for r in rows]
-
-    async def task_run(self, run_id: str) -> TaskRunRow | None:
-        row = await self._one(SQL["task_run_get"], (run_id,))
-        return TaskRunRow.model_validate(row) if row else None
-
-    async def task_runs(self, task_id: str) -> list[TaskRunRow]:
-        return [TaskRunRow.model_validate(r) for r in await self._all(SQL["task_runs_of"], (task_id,))]
-
-    async def task_events(self, task_id: str) -> list[dict[str, Any]]:
-        return await self._all(SQL["task_events"], (task_id,))
-
-    async def expired_task_runs(self, now: datetime) -> list[TaskRunRow]:
-        return [TaskRunRow.model_validate(r) for r in await self._all(SQL["task_runs_expired"], (ts(now),))]
-
-    async def next_lease_expiry(self) -> datetime | None:
-        row = await self._one(SQL["task_runs_next_expiry"])
-        return datetime.fromisoformat(row["at"]) if row and row["at"] else None
-
-    async def next_task_available(self, workspace_id: str | None) -> datetime | None:
-        row = await self._one(SQL["task_next_available"], {"ws": workspace_id})
-        return datetime.fromisoformat(row["at"]) if row and row["at"] else None
-
-    async def live_task_runs_of(self, session_id: str, now: datetime) -> list[TaskRunRow]:
-        return [TaskRunRow.model_validate(r) for r in await self._all(SQL["task_runs_live_of"], (session_id, ts(now)))]
-
-    # ------------------------------------------------------------ channels
-
-    async def channel(self, channel_id: str) -> ChannelRow | None:
-        row = await self._one(SQL["channel_get"], (channel_id,))
-        return ChannelRow.model_validate(row) if row else None
-
-    async def channels(self, session_id: str | None, limit: int) -> list[ChannelRow]:
-        """The channels `session_id` is a member of (None: every channel), most recently active first."""
-        rows = await (self._all(SQL["channels_all"], (limit,)) if session_id is None
-                      else self._all(SQL["channels_of"], (session_id, limit)))
-        return [ChannelRow.model_validate(r) for r in rows]
-
-    async def is_member(self, channel_id: str, session_id: str) -> bool:
-        return await self._one(SQL["channel_member"], (channel_id, session_id)) is not None
-
-    async def message(self, message_id: str) -> MessageRow | None:
-        row = await self._one(SQL["message_get"], (message_id,))
-        return MessageRow.model_validate(row) if row else None
-
-    async def inbox(self, session_id: str, limit: int) -> tuple[list[MessageRow], int]:
-        """What `session_id` has not yet received on its channels, oldest first, and how much there is."""
-        rows = await self._all(SQL["inbox"], {"me": session_id, "limit": limit})
-        count = await self._one(SQL["inbox_count"], {"me": session_id})
-        return [MessageRow.model_validate(r) for r in rows], int(count["n"]) if count else 0
-
     async def session_workspace(self, session_id: str) -> str | None:
         row = await self._one(SQL["session_workspace"], (session_id,))
         return row["workspace_id"] if row else None
-
-    async def profile(self, profile_id: str) -> ProfileRow | None:
-        row = await self._one(SQL["profile_get"], (profile_id,))
-        return ProfileRow.model_validate(row) if row else None
-
-    async def profiles(self, *, workspace_id: str | None, own_workspace: str | None) -> list[ProfileRow]:
-        """Profiles by scope then name: all (or one workspace's) for the local user (`own_workspace` None);
-        for a session, the tenant's and its own workspace's."""
-        rows = await self._all(SQL["profile_list"], {"all_ws": int(own_workspace is None), "ws": workspace_id,
-                                                     "own": own_workspace})
-        return [ProfileRow.model_validate(r) for r in rows]
-
-    async def live_devices_of_tree(self, session_id: str) -> int:
-        row = await self._one(SQL["devices_live_created_by_tree"], {"id": session_id})
-        return int(next(iter(row.values()))) if row else 0
-
-    async def default_profile(self, workspace_id: str | None) -> ProfileRow | None:
-        """The default of a workspace (None: the tenant's)."""
-        row = await self._one(SQL["profile_default"], (workspace_id or "",))
-        return ProfileRow.model_validate(row) if row else None
 
     async def stream_last(self, stream: str) -> int:
         """The last sequence given out in a stream (0 when it has none)."""
@@ -1279,24 +635,3 @@ def _translated(exc: sqlite3.Error) -> errors.EngineError:
     if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
         return errors.Busy(f"the database is busy ({text}); retry", suggested_command="agentdock daemon status")
     return errors.EngineError(f"database error: {text}")
-
-
-_JSON_COLUMNS = ("env", "metadata", "payload", "secrets", "permissions", "spawn_budget", "applies_to", "connectors",
-                 "resources", "policy")
-_NULLABLE_JSON = ("tools", "profile_snapshot")
-"""JSON columns where NULL means something (no bundle list; no profile)."""
-
-
-def _encode(row: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in row.items():
-        if isinstance(v, datetime):
-            v = ts(v)
-        elif k in _JSON_COLUMNS:
-            v = json.dumps(v if v is not None else {})
-        elif k in _NULLABLE_JSON:
-            v = None if v is None else json.dumps(v)
-        elif isinstance(v, bool):
-            v = int(v)
-        out[k] = v
-    return out
