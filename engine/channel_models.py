@@ -169,6 +169,9 @@ class Recv(models.Input):
     """When nothing is waiting, wait for the next message (up to `wait_seconds`)."""
     wait_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """How long `wait` waits (default and most: the server's bound, 45 s); giving it implies `wait`."""
+    after_sequence: int | None = Field(default=None, ge=0, le=models.MAX_SEQUENCE)
+    """Read what comes after this sequence instead of after your cursor: to get again an answer you
+    lost (give the last sequence you hold). Your cursor never moves back."""
 
 
 # ---------------------------------------------------------------- records

@@ -44,6 +44,7 @@ SQL = {
         "SELECT * FROM channel_messages WHERE channel_id = :channel AND sequence > :after "
         "AND from_session_id != :me AND (to_session_id IS NULL OR to_session_id = :me) ORDER BY sequence LIMIT :limit"
     ),
+    "channel_last_sequence": "SELECT last_sequence FROM channels WHERE id = ?",
     "channel_cursor": "SELECT sequence FROM channel_cursors WHERE channel_id = ? AND session_id = ?",
     "channel_cursor_set": (
         "INSERT INTO channel_cursors (channel_id, session_id, sequence, updated_at) VALUES (?, ?, ?, ?) "
@@ -98,22 +99,23 @@ class ChannelWrites(Connected):
         assert message is not None
         return message
 
-    async def take_messages(self, channel_id: str, session_id: str, limit: int) -> list[MessageRow]:
+    async def take_messages(self, channel_id: str, session_id: str, limit: int,
+                            after: int | None = None) -> list[MessageRow]:
         """What `session_id` has not yet received on the channel (up to `limit`), its cursor moved past
-        them in this same transaction: a message is handed to a session once."""
+        them in this same transaction: a message is handed to a session once. `after`: read from there
+        instead (a caller that lost an answer reads it again); the cursor still only moves forward."""
         rows = await self.conn.execute_fetchall(SQL["channel_cursor"], (channel_id, session_id))
-        after = rows[0][0] if rows else 0
+        cursor = rows[0][0] if rows else 0
+        start = cursor if after is None else after
         found = [MessageRow.model_validate(dict(r)) for r in await self.conn.execute_fetchall(
-            SQL["messages_for"], {"channel": channel_id, "after": after, "me": session_id, "limit": limit})]
+            SQL["messages_for"], {"channel": channel_id, "after": start, "me": session_id, "limit": limit})]
         if len(found) == limit:
             upto = found[-1].sequence
         else:  # everything up to the channel's last message was looked at (the rest is not for this session)
-            ((upto,),) = await self.conn.execute_fetchall("SELECT last_sequence FROM channels WHERE id = ?",
-                                                          (channel_id,))
-        if upto > after:
+            ((upto,),) = await self.conn.execute_fetchall(SQL["channel_last_sequence"], (channel_id,))
+        if upto > cursor:
             await self.conn.execute(SQL["channel_cursor_set"], (channel_id, session_id, upto, ts(self.now)))
         return found
-
 
 class ChannelReads(Reading):
     """Channels read on the reader (`store.Store`)."""

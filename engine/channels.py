@@ -146,7 +146,7 @@ class ChannelService:
             arrived = self.store.topics.watch(topics.channel(req.channel))
             async with self.store.write(self.clock.now()) as tx:
                 await self._open(tx, caller, req.channel, allowed)
-                rows = await tx.take_messages(req.channel, caller.session_id, req.limit)
+                rows = await tx.take_messages(req.channel, caller.session_id, req.limit, req.after_sequence)
             left = deadline - self.clock.monotonic()
             if rows or left <= 0:
                 return cm.Messages(messages=[r.record() for r in rows], waited=waited)

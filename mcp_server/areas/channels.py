@@ -143,12 +143,13 @@ async def cmd_recv(api: AgentDockAPI, args: argparse.Namespace) -> int:
     while True:
         req = models.parse(cm.Recv, commands.given(channel=args.channel, limit=args.limit,
                                                    wait=True if args.follow or args.wait else None,
-                                                   wait_seconds=args.wait))
+                                                   wait_seconds=args.wait, after_sequence=args.after))
         got = await api.recv_messages(req)
         for message in got.messages:
             _print_message(message, args.json)
         if not args.follow:
             return 0
+        args.after = None  # read again once; then on from the cursor
 
 
 def _print_message(message: cm.Message, as_json: bool) -> None:
@@ -196,3 +197,4 @@ def add_commands(cli: commands.Commands) -> None:
     c.add_argument("--limit", type=int)
     c.add_argument("--wait", type=float, help="seconds to wait for a message when none is there")
     c.add_argument("--follow", action="store_true", help="keep waiting and printing until Ctrl-C")
+    c.add_argument("--after", type=int, help="read again what came after this sequence (an answer you lost)")

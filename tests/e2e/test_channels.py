@@ -124,6 +124,9 @@ def test_the_cli_lists_sends_follows_and_replies(daemon: Daemon):
     assert replied["to_session_id"] == child["session"]["id"] and replied["reply_to_message_id"] == asked_id
     text = daemon.cli("channels", "recv", FAMILY).stdout
     assert asked_id in text and "[request] ready?" in text
+    assert daemon.cli("channels", "recv", FAMILY, "--json").stdout == ""  # received once
+    again = daemon.cli("channels", "recv", FAMILY, "--after", "0", "--json").stdout.splitlines()
+    assert [json.loads(line)["message_id"] for line in again] == [asked_id]  # read again on asking
     bad = subprocess.run([AGENTDOCK, "channels", "send", FAMILY, "x", "--kind", "shout", "--json"], env=daemon.env,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr

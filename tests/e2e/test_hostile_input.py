@@ -457,6 +457,7 @@ def poisons(model: type[models.Input]) -> dict[str, st.SearchStrategy[Any]]:
                           "body": st.just("x" * (cm.MAX_BODY_BYTES + 1)),
                           "wait": st.sampled_from(["maybe", 2, [1], {}]),
                           "wait_seconds": numbers_outside(0, 45, integer=False),
+                          "after_sequence": numbers_outside(0, models.MAX_SEQUENCE, integer=True),
                           "metadata": st.sampled_from([[1], "m", 5, {"message_kind": "shout"}, {"task_id": "../x"},
                                                        {"correlation_id": ""}, {"extra": 1},
                                                        {"coordination_channel_id": "chn_x"}])}

@@ -263,3 +263,18 @@ async def test_a_session_stopped_while_it_waits_neither_receives_nor_claims(tmp_
                 await engine.tasks.create(ROOT, tm.TaskCreate(title="too late"))
         assert len(outcomes) == 2
         assert [t.status for t in (await engine.tasks.list(ROOT, tm.TaskListQuery())).data] == ["queued"]
+
+
+async def test_a_receiver_that_lost_an_answer_reads_it_again_after_its_last_sequence_and_its_cursor_stays(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        a = await child(engine)
+        ch = family(ROOT.session_id)
+        sent = [await send(engine, ROOT, ch, i) for i in range(4)]
+        first = await recv(engine, a, ch, limit=2)
+        lost = await recv(engine, a, ch)  # say this answer never reached the caller
+        again = await recv(engine, a, ch, after_sequence=first[-1].sequence)
+        assert [m.message_id for m in lost] == [m.message_id for m in again] == [m.message_id for m in sent[2:]]
+        assert await recv(engine, a, ch) == []  # the cursor did not move back
+        later = await send(engine, ROOT, ch, "later")
+        assert [m.message_id for m in await recv(engine, a, ch, after_sequence=0, limit=1)] == [sent[0].message_id]
+        assert [m.message_id for m in await recv(engine, a, ch)] == [later.message_id]
