@@ -44,6 +44,10 @@ SQL = {
         "SELECT * FROM channel_messages WHERE channel_id = :channel AND sequence > :after "
         "AND from_session_id != :me AND (to_session_id IS NULL OR to_session_id = :me) ORDER BY sequence LIMIT :limit"
     ),
+    "channel_usage_add": (
+        "INSERT INTO channel_usage (session_id, messages, bytes) VALUES (?, 1, ?) ON CONFLICT (session_id) "
+        "DO UPDATE SET messages = messages + 1, bytes = bytes + excluded.bytes RETURNING messages, bytes"
+    ),
     "channel_last_sequence": "SELECT last_sequence FROM channels WHERE id = ?",
     "channel_cursor": "SELECT sequence FROM channel_cursors WHERE channel_id = ? AND session_id = ?",
     "channel_cursor_set": (
@@ -89,6 +93,11 @@ class ChannelWrites(Connected):
     async def message_by_key(self, session_id: str, key: str) -> MessageRow | None:
         rows = await self.conn.execute_fetchall(SQL["message_by_key"], (session_id, key))
         return MessageRow.model_validate(dict(rows[0])) if rows else None
+
+    async def count_usage(self, session_id: str, size: int) -> tuple[int, int]:
+        """Add a message of `size` bytes to what `session_id` has written; its totals now."""
+        ((messages, size_now),) = await self.conn.execute_fetchall(SQL["channel_usage_add"], (session_id, size))
+        return int(messages), int(size_now)
 
     async def append_message(self, row: dict[str, Any]) -> MessageRow:
         """The message, next in its channel's order; its waiters wake when this transaction commits."""

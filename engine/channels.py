@@ -98,7 +98,7 @@ class ChannelService:
         async with self.store.write(self.clock.now()) as tx:
             channel = await self._open(tx, caller, req.channel, allowed)
             self._kind_allowed(channel, req.metadata.message_kind)
-            row = await self._stored(tx, caller, req) or await tx.append_message(self._message(
+            row = await self._stored(tx, caller, req) or await self._append(tx, caller, self._message(
                 channel, caller, req, correlation_id=req.metadata.correlation_id))
         return cm.MessageResult(message=row.record())
 
@@ -126,7 +126,7 @@ class ChannelService:
                                           f"message it answers ({correlation}); leave it out")
             self._same_channel(meta, channel.id)
             self._kind_allowed(channel, meta.message_kind)
-            row = await self._stored(tx, caller, req) or await tx.append_message(self._message(
+            row = await self._stored(tx, caller, req) or await self._append(tx, caller, self._message(
                 channel, caller, req, correlation_id=correlation, to=original.from_session_id, reply_to=original.id))
         return cm.MessageResult(message=row.record())
 
@@ -202,6 +202,20 @@ class ChannelService:
         if meta.coordination_channel_id is not None and meta.coordination_channel_id != channel_id:
             raise errors.InvalidInput("metadata.coordination_channel_id", "must be the channel the message is "
                                       f"sent on ({channel_id}), or left out")
+
+    async def _append(self, tx: Tx, caller: Caller, row: dict[str, Any]) -> cm.MessageRow:
+        """The message, within the sender's quota (the local user has none); past it, nothing is written."""
+        if not caller.is_root:
+            size = len(row["body"]) + len(json.dumps(row["metadata"]))
+            messages, total = await tx.count_usage(caller.session_id, size)
+            quota_m, quota_b = self.settings.channel_quota_messages, self.settings.channel_quota_bytes
+            if messages > quota_m or total > quota_b:
+                raise errors.LimitExceeded(
+                    f"channel quota: session {caller.session_id} has sent {messages - 1} messages, {total - size} "
+                    f"bytes; a session may send {quota_m} messages and {quota_b} bytes in all",
+                    evidence={"field": "body", "messages": messages - 1, "bytes": total - size,
+                              "quota_messages": quota_m, "quota_bytes": quota_b})
+        return await tx.append_message(row)
 
     @staticmethod
     async def _stored(tx: Tx, caller: Caller, req: cm.Send | cm.Reply) -> cm.MessageRow | None:

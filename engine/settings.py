@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     """Between heartbeat comments on an SSE stream of group events that is waiting for the next one."""
     docker_threads: int = 16
     """Bound on concurrent blocking Docker API calls."""
+    channel_quota_bytes: int = Field(default=64 * 1_048_576, ge=65_536)
+    """What one session (not the local user) may write to channels in all, bodies and metadata."""
+    channel_quota_messages: int = Field(default=100_000, ge=1)
+    """Messages one session (not the local user) may send in all."""
     soul_enabled: bool = True
     """Whether souls are in effect; off, they are still read and checked but never `active`."""
     soul_agent_name: str = Field(default="agentdock", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")

@@ -22,8 +22,8 @@ from runtimes.fake import FakeBackend
 pytestmark = pytest.mark.anyio
 
 
-def engine_for(tmp_path, clock=None) -> Engine:
-    return Engine(Settings(home=tmp_path, image="fake:latest", cancel_grace_seconds=0.02),
+def engine_for(tmp_path, clock=None, **settings) -> Engine:
+    return Engine(Settings(home=tmp_path, image="fake:latest", cancel_grace_seconds=0.02, **settings),
                   backend=FakeBackend(), harnesses=harness.get, clock=clock or FakeClock())
 
 
@@ -278,3 +278,21 @@ async def test_a_receiver_that_lost_an_answer_reads_it_again_after_its_last_sequ
         later = await send(engine, ROOT, ch, "later")
         assert [m.message_id for m in await recv(engine, a, ch, after_sequence=0, limit=1)] == [sent[0].message_id]
         assert [m.message_id for m in await recv(engine, a, ch)] == [later.message_id]
+
+
+async def test_a_session_that_floods_its_channels_is_stopped_at_its_quota_and_the_refused_send_writes_nothing(tmp_path):
+    async with engine_for(tmp_path, channel_quota_messages=3, channel_quota_bytes=70_000).running() as engine:
+        a = await child(engine)
+        ch = family(ROOT.session_id)
+        for i in range(3):
+            await send(engine, a, ch, i)
+        with pytest.raises(errors.LimitExceeded, match="channel quota"):
+            await send(engine, a, ch, "one too many")
+        b = await child(engine)
+        await send(engine, b, ch, "x" * 60_000)
+        with pytest.raises(errors.LimitExceeded, match="channel quota"):
+            await send(engine, b, ch, "y" * 20_000)
+        for i in range(5):
+            await send(engine, ROOT, ch, i)  # the local user has no quota
+        got = await recv(engine, ROOT, ch, limit=500)
+        assert [m.body for m in got] == [0, 1, 2, "x" * 60_000]
