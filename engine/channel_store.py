@@ -8,7 +8,7 @@ from typing import Any
 
 from engine import topics
 from engine.channel_models import ChannelRow, MessageRow
-from engine.sqlvalues import Connected, Reading, encode, ts
+from engine.sqlvalues import Connected, Reading, encode
 
 SQL = {
     "channel_insert": (
@@ -77,7 +77,7 @@ class ChannelWrites(Connected):
     async def ensure_channel(self, row: dict[str, Any], members: Iterable[str]) -> None:
         """The channel (made once; its id comes from its name) with these sessions among its members."""
         await self.conn.execute(SQL["channel_insert"], encode({**row, "now": self.now}))
-        await self.conn.executemany(SQL["channel_join"], [(row["id"], m, ts(self.now)) for m in members])
+        await self.conn.executemany(SQL["channel_join"], [(row["id"], m, self.stamp) for m in members])
 
     async def channel(self, channel_id: str) -> ChannelRow | None:
         rows = await self.conn.execute_fetchall(SQL["channel_get"], (channel_id,))
@@ -101,7 +101,7 @@ class ChannelWrites(Connected):
 
     async def append_message(self, row: dict[str, Any]) -> MessageRow:
         """The message, next in its channel's order; its waiters wake when this transaction commits."""
-        ((seq,),) = await self.conn.execute_fetchall(SQL["channel_bump"], (ts(self.now), row["channel_id"]))
+        ((seq,),) = await self.conn.execute_fetchall(SQL["channel_bump"], (self.stamp, row["channel_id"]))
         await self.conn.execute(SQL["message_insert"], encode({**row, "sequence": seq, "now": self.now}))
         self.touch(topics.channel(row["channel_id"]))
         message = await self.message(row["id"])
@@ -123,7 +123,7 @@ class ChannelWrites(Connected):
         else:  # everything up to the channel's last message was looked at (the rest is not for this session)
             ((upto,),) = await self.conn.execute_fetchall(SQL["channel_last_sequence"], (channel_id,))
         if upto > cursor:
-            await self.conn.execute(SQL["channel_cursor_set"], (channel_id, session_id, upto, ts(self.now)))
+            await self.conn.execute(SQL["channel_cursor_set"], (channel_id, session_id, upto, self.stamp))
         return found
 
 class ChannelReads(Reading):

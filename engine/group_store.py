@@ -9,7 +9,7 @@ from typing import Any
 
 from engine import topics
 from engine.records import DispatchRow, EntryRow, GroupRow
-from engine.sqlvalues import Connected, Reading, encode, ts
+from engine.sqlvalues import Connected, Reading, encode
 
 ENTRIES = "agent_run_group_entries"
 SQL = {
@@ -96,7 +96,7 @@ class GroupWrites(Connected):
     async def insert_entries(self, group_id: str, dispatch_id: str, first: int, requests: list[dict[str, Any]],
                              ids: list[str]) -> None:
         """Queue one entry per manifest item (positions `first`, `first`+1, ...): the scheduler may claim."""
-        now = ts(self.now)
+        now = self.stamp
         await self.conn.executemany(SQL["entry_insert"], [
             (entry_id, group_id, dispatch_id, first + i, i, json.dumps(req), now, now)
             for i, (entry_id, req) in enumerate(zip(ids, requests, strict=True))])
@@ -124,11 +124,11 @@ class GroupWrites(Connected):
 
     async def open_group(self, group_id: str) -> bool:
         """Mark the group running for a dispatch, unless it has ended or its cancel was asked for."""
-        cur = await self.conn.execute(SQL["group_open"], (ts(self.now), group_id))
+        cur = await self.conn.execute(SQL["group_open"], (self.stamp, group_id))
         return cur.rowcount == 1
 
     async def request_group_cancel(self, group_id: str) -> bool:
-        cur = await self.conn.execute(SQL["group_request_cancel"], (ts(self.now), ts(self.now), group_id))
+        cur = await self.conn.execute(SQL["group_request_cancel"], (self.stamp, self.stamp, group_id))
         if cur.rowcount == 1:
             self.touch(topics.group(group_id))
             self.touch(topics.ADMISSION)
@@ -137,7 +137,7 @@ class GroupWrites(Connected):
 
     async def cancel_queued_entries(self, group_id: str) -> list[tuple[str, int]]:
         """End every queued entry of the group `canceled`; returns their (id, position)."""
-        rows = await self.conn.execute_fetchall(SQL["entries_cancel_queued"], (ts(self.now), group_id))
+        rows = await self.conn.execute_fetchall(SQL["entries_cancel_queued"], (self.stamp, group_id))
         self.touch(topics.group(group_id))
         return [(r[0], r[1]) for r in rows]
 

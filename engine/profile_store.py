@@ -6,7 +6,7 @@ from typing import Any
 
 from engine.group_store import ENTRIES
 from engine.profile_models import ProfileRow
-from engine.sqlvalues import Connected, Reading, encode, ts
+from engine.sqlvalues import Connected, Reading, encode
 
 # Agent runtime profiles (issue 10). A scope is the tenant ('' : workspace_id NULL) or one workspace.
 PROFILE_SCOPE = "COALESCE(workspace_id, '')"
@@ -83,7 +83,7 @@ class ProfileWrites(Connected):
     async def _clear_default(self, workspace_id: str | None, profile_id: str) -> None:
         """A new default takes over its scope: the old one stops being it, in this transaction."""
         await self.conn.execute(SQL["profile_clear_default"], {"scope": workspace_id or "", "id": profile_id,
-                                                                "now": ts(self.now)})
+                                                                "now": self.stamp})
 
     async def delete_profile(self, profile_id: str) -> None:
         await self.conn.execute(SQL["profile_delete"], (profile_id,))

@@ -48,6 +48,8 @@ class Connected:
     conn: Any
     """The writer (`store.InlineConnection`)."""
     now: datetime
+    stamp: str
+    """`now` as stored."""
 
     def touch(self, topic: str) -> None:
         raise NotImplementedError

@@ -258,6 +258,8 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
     def __init__(self, conn: InlineConnection, now: datetime) -> None:
         self.conn = conn
         self.now = now
+        self.stamp = ts(now)
+        """`now` as stored (formatted once per transaction)."""
         self.touched: set[str] = set()
 
     def touch(self, topic: str) -> None:
@@ -267,7 +269,7 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
         await self.conn.execute(SQL["device_insert"], encode(row))
 
     async def delete_device(self, device_id: str) -> None:
-        await self.conn.execute(SQL["device_delete"], {"id": device_id, "now": ts(self.now)})
+        await self.conn.execute(SQL["device_delete"], {"id": device_id, "now": self.stamp})
 
     async def insert_run(self, row: dict[str, Any]) -> None:
         await self.conn.execute(SQL["run_insert"], encode({"secrets": [], "profile_id": None,
@@ -320,7 +322,7 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
         streams = ([topics.run(run_id)] if run_id else []) + ([topics.group(group_id)] if group_id else [])
         ids = [new_id("ev") for _ in events]
         await self.conn.executemany(SQL["event_insert"], [
-            (event_id, run_id, group_id, type_, message, json.dumps(payload), ts(self.now))
+            (event_id, run_id, group_id, type_, message, json.dumps(payload), self.stamp)
             for event_id, (type_, message, payload) in zip(ids, events, strict=True)])
         first_stream_seqs: list[int] = []
         for i, stream in enumerate(streams):
@@ -340,12 +342,12 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
     async def end_session(self, session_id: str, status: str, reason: str) -> bool:
         """Compare-and-set: stop or expire a session that is still active; says whether it did."""
         cur = await self.conn.execute(SQL["session_end"], {"id": session_id, "status": status, "reason": reason,
-                                                           "now": ts(self.now)})
+                                                           "now": self.stamp})
         self.touch(topics.SESSIONS)
         return cur.rowcount == 1
 
     async def set_session_run(self, session_id: str, run_id: str) -> None:
-        await self.conn.execute(SQL["session_set_run"], {"id": session_id, "run_id": run_id, "now": ts(self.now)})
+        await self.conn.execute(SQL["session_set_run"], {"id": session_id, "run_id": run_id, "now": self.stamp})
 
     async def live_children(self, session_id: str) -> int:
         """Counted inside the transaction, so two spawns cannot both take the last place."""
@@ -357,12 +359,12 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
         return int(n)
 
     async def upsert_artifact(self, run_id: str, path: str, size: int, sha256: str, stored_as: str) -> None:
-        await self.conn.execute(SQL["artifact_upsert"], (run_id, path, size, sha256, stored_as, ts(self.now)))
+        await self.conn.execute(SQL["artifact_upsert"], (run_id, path, size, sha256, stored_as, self.stamp))
 
     async def insert_soul_snapshot(self, row: dict[str, Any], content: bytes | None) -> None:
         """A snapshot of a soul; its document stored once per digest (none when there was no soul)."""
         if content is not None:
-            await self.conn.execute(SQL["soul_document_insert"], (row["digest"], content, ts(self.now)))
+            await self.conn.execute(SQL["soul_document_insert"], (row["digest"], content, self.stamp))
         await self.conn.execute(SQL["soul_snapshot_insert"], encode(row))
 
     async def append_group_events(self, group_id: str, events: Iterable[tuple[str | None, str, str, dict[str, Any]]],
@@ -375,7 +377,7 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
         stream = topics.group(group_id)
         ids = [new_id("ev") for _ in events]
         await self.conn.executemany(SQL["event_insert"], [
-            (event_id, run_id, group_id, type_, message, json.dumps(payload), ts(self.now))
+            (event_id, run_id, group_id, type_, message, json.dumps(payload), self.stamp)
             for event_id, (run_id, type_, message, payload) in zip(ids, events, strict=True)])
         ((last,),) = await self.conn.execute_fetchall(SQL["stream_bump"], (stream, len(events), len(events)))
         seqs = list(range(last - len(events) + 1, last + 1))

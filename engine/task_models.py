@@ -3,6 +3,7 @@ rows they are read from."""
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime
 from enum import StrEnum
@@ -226,7 +227,9 @@ class LeaseResult(models.Record):
 # ---------------------------------------------------------------- store rows
 
 
+@functools.lru_cache(maxsize=4096)
 def actor(session_id: str, root_id: str = "ses_root") -> Actor:
+    """Who holds or owns a task (frozen, so one per session is shared)."""
     return Actor.model_construct(kind="human" if session_id == root_id else "agent", ref=session_id)
 
 

@@ -57,11 +57,11 @@ SQL = {
     "task_run_insert": (
         "INSERT INTO task_runs (id, task_id, attempt, status, session_id, claim_token_hash, lease_seconds, "
         "claimed_at, heartbeat_at, lease_until, previous_run_id) VALUES (:id, :task_id, :attempt, 'running', "
-        ":session_id, :claim_token_hash, :lease_seconds, :now, :now, :lease_until, :previous_run_id) RETURNING *"
+        ":session_id, :claim_token_hash, :lease_seconds, :now, :now, :lease_until, "
+        "(SELECT p.id FROM task_runs p WHERE p.task_id = :task_id ORDER BY p.attempt DESC LIMIT 1)) RETURNING *"
     ),
     "task_run_get": "SELECT * FROM task_runs WHERE id = ?",
     "task_runs_of": "SELECT * FROM task_runs WHERE task_id = ? ORDER BY attempt",
-    "task_run_last": "SELECT id FROM task_runs WHERE task_id = ? ORDER BY attempt DESC LIMIT 1",
     "task_run_heartbeat": (
         "UPDATE task_runs SET heartbeat_at = :now, lease_until = :lease_until, lease_seconds = :lease_seconds "
         "WHERE id = :id AND claim_token_hash = :hash AND session_id = :session_id AND status = 'running' "
@@ -104,23 +104,21 @@ class TaskWrites(Connected):
 
     async def next_claimable_task(self, workspace_id: str | None) -> str | None:
         sql = SQL["task_next_claimable_anywhere" if workspace_id is None else "task_next_claimable"]
-        rows = await self.conn.execute_fetchall(sql, {"now": ts(self.now), "ws": workspace_id})
+        rows = await self.conn.execute_fetchall(sql, {"now": self.stamp, "ws": workspace_id})
         return rows[0][0] if rows else None
 
     async def leases_held(self, session_id: str) -> int:
-        ((n,),) = await self.conn.execute_fetchall(SQL["task_runs_held_by"], (session_id, ts(self.now)))
+        ((n,),) = await self.conn.execute_fetchall(SQL["task_runs_held_by"], (session_id, self.stamp))
         return int(n)
 
     async def claim_task(self, task_id: str, run: dict[str, Any]) -> TaskRunRow | None:
         """Compare-and-set: the queued task becomes claimed by a new run; returns the run, or None."""
         rows = await self.conn.execute_fetchall(SQL["task_claim"], {"id": task_id, "run_id": run["id"],
-                                                                    "now": ts(self.now)})
+                                                                    "now": self.stamp})
         if not rows:
             return None
-        last = await self.conn.execute_fetchall(SQL["task_run_last"], (task_id,))
         (inserted,) = await self.conn.execute_fetchall(SQL["task_run_insert"], encode({
-            **run, "task_id": task_id, "attempt": rows[0][0], "now": self.now,
-            "previous_run_id": last[0][0] if last else None}))
+            **run, "task_id": task_id, "attempt": rows[0][0], "now": self.stamp}))
         self.touch(topics.TASKS)
         return TaskRunRow.model_validate(dict(inserted))
 
@@ -130,7 +128,7 @@ class TaskWrites(Connected):
         is now, or None."""
         return self._run_changed(await self.conn.execute_fetchall(SQL["task_run_heartbeat"], {
             "id": run_id, "hash": token_hash, "session_id": session_id, "lease_seconds": lease_seconds,
-            "lease_until": ts(lease_until), "now": ts(self.now)}))
+            "lease_until": ts(lease_until), "now": self.stamp}))
 
     def _run_changed(self, rows: list[Any]) -> TaskRunRow | None:
         if not rows:
@@ -145,11 +143,11 @@ class TaskWrites(Connected):
         return self._run_changed(await self.conn.execute_fetchall(SQL["task_run_end"], {
             "id": run_id, "hash": token_hash, "session_id": session_id, "status": str(status), "error": error,
             "failure_kind": None if failure_kind is None else str(failure_kind),
-            "result": None if result is None else json.dumps(result), "now": ts(self.now)}))
+            "result": None if result is None else json.dumps(result), "now": self.stamp}))
 
     async def expire_task_run(self, run_id: str) -> bool:
         """Compare-and-set: a running run whose lease has passed becomes expired."""
-        cur = await self.conn.execute(SQL["task_run_expire"], {"id": run_id, "now": ts(self.now)})
+        cur = await self.conn.execute(SQL["task_run_expire"], {"id": run_id, "now": self.stamp})
         if cur.rowcount == 1:
             self.touch(topics.TASKS)
         return cur.rowcount == 1
@@ -157,7 +155,7 @@ class TaskWrites(Connected):
     async def requeue_task(self, task_id: str, run_id: str, *, failed: bool, available_at: datetime) -> bool:
         cur = await self.conn.execute(SQL["task_requeue"], {
             "id": task_id, "run_id": run_id, "failed": int(failed), "available_at": ts(available_at),
-            "now": ts(self.now)})
+            "now": self.stamp})
         self.touch(topics.TASKS)
         return cur.rowcount == 1
 
@@ -166,7 +164,7 @@ class TaskWrites(Connected):
         cur = await self.conn.execute(SQL["task_finish"], {
             "id": task_id, "run_id": run_id, "status": str(status), "failed": int(failed),
             "failure_kind": None if failure_kind is None else str(failure_kind),
-            "error": error, "result": None if result is None else json.dumps(result), "now": ts(self.now)})
+            "error": error, "result": None if result is None else json.dumps(result), "now": self.stamp})
         self.touch(topics.TASKS)
         return cur.rowcount == 1
 
@@ -177,7 +175,7 @@ class TaskWrites(Connected):
         (row,) = await self.conn.execute_fetchall(SQL["task_event_bump"], (task_id,))
         task = TaskRow.model_validate(dict(row))
         await self.conn.execute(SQL["task_event_insert"], (task_id, task.latest_event_seq, run_id, type_, message,
-                                                           json.dumps(payload), ts(self.now)))
+                                                           json.dumps(payload), self.stamp))
         return task
 
 

@@ -261,9 +261,9 @@ class TaskService:
 
     async def _end(self, tx: Any, caller: Caller, req: tm.Holding, status: tm.TaskRunStatus, **fields: Any,
                    ) -> tm.TaskRunRow:
-        held = await self._held(tx, caller, req)
-        run = await tx.end_task_run(held.id, Tokens.digest(req.claim_token), caller.session_id, status, **fields)
-        if run is None:
+        run = await tx.end_task_run(req.run_id, Tokens.digest(req.claim_token), caller.session_id, status, **fields)
+        if run is None:  # not the live holder's: the read says why (and raises)
+            await self._held(tx, caller, req)
             raise errors.Conflict("run_id: the lease changed meanwhile; claim again")
         return run
 
