@@ -79,7 +79,7 @@ class ChannelService:
 
     async def list(self, caller: Caller) -> cm.ChannelList:
         caller.require("channels", "channel_list")
-        return cm.ChannelList(channels=[r.record() for r in await self.visible(caller)])
+        return cm.ChannelList(channels=await self.list_records(caller))
 
     async def list_records(self, caller: Caller) -> list[cm.Channel]:
         """The channels the caller may use (for `me`; no toolset needed to know them)."""
