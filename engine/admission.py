@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from engine import models, topics
+from engine.pool import Pool
 from engine.ports import Clock
+from engine.records import Shape
 from engine.runs import RunService
 from engine.store import Store
 
@@ -26,8 +28,9 @@ log = logging.getLogger("agentdock.admission")
 
 class Admission:
     def __init__(self, store: Store, runs: RunService, clock: Clock, cap: int,
-                 groups: GroupService | None = None) -> None:
+                 groups: GroupService | None = None, pool: Pool | None = None) -> None:
         self.store = store
+        self.pool = pool
         self.runs = runs
         self.clock = clock
         self.cap = cap
@@ -46,22 +49,62 @@ class Admission:
             await changed.wait()
 
     async def admit(self) -> int:
-        """Start as many of the oldest queued runs as there are free slots, marking them started in
-        one transaction (a run canceled meanwhile stays canceled); returns how many."""
-        free = self.cap - self.runs.active
-        if free <= 0:
+        """Start as many of the oldest queued runs as there are slots, marking them started in one
+        transaction (a run canceled meanwhile stays canceled); returns how many. A run a pooled device
+        can serve claims one in that transaction, taking over the slot it held; a run that finds no slot
+        free takes a ready pooled device's, and the device is removed (`engine.pool`)."""
+        pool = self.pool
+        free = self.cap - self.runs.active - (pool.held if pool else 0)
+        budget = free + (pool.ready if pool else 0)
+        if budget <= 0:
             return 0
-        picked = [q for q in await self.store.queued_runs(self.cap + free) if not self.runs.supervised(q.id)][:free]
+        picked = [q for q in await self.store.queued_runs(self.cap + budget) if not self.runs.supervised(q.id)]
+        picked = picked[:budget]
         if not picked:
             return 0
         now = self.clock.now()
         started = []
-        async with self.store.write(now) as tx:
-            for run in picked:
-                if await tx.transition_run(run.id, [models.RunStatus.queued], status="running", started_at=now):
-                    await tx.append_events(run.id, [("run_started", "Run started", {"target_id": run.target_id})],
-                                           group_id=run.group_id)
+        taken: list[tuple[Shape, str]] = []  # pooled devices taken in this pass: given back unless claimed
+        claimed: set[str] = set()
+        discarded: set[str] = set()
+        try:
+            async with self.store.write(now) as tx:
+                for run in picked:
+                    device_id = None
+                    if pool and run.shape:
+                        pool.want(run.shape)
+                        device_id = pool.take(run.shape)
+                    if device_id is None:
+                        if free > 0:
+                            free -= 1
+                        elif not (pool and pool.evict()):
+                            break
+                    else:
+                        taken.append((run.shape, device_id))  # type: ignore[arg-type]
+                    if not await tx.transition_run(run.id, [models.RunStatus.queued], status="running",
+                                                   started_at=now):
+                        continue  # canceled meanwhile
+                    payload: dict[str, Any] = {"target_id": run.target_id}
+                    if device_id is not None:
+                        if await tx.claim_device(device_id, run.id, run.created_by):
+                            claimed.add(device_id)
+                            await tx.update_run(run.id, target_id=device_id)
+                            await tx.delete_device(run.target_id)  # the sandbox it would have made
+                            payload = {"target_id": device_id, "pooled": True}
+                        else:  # not the ready device the pool took it for: the run makes its own
+                            assert pool is not None
+                            discarded.add(device_id)
+                            pool.discard(device_id)
+                    await tx.append_events(run.id, [("run_started", "Run started", payload)], group_id=run.group_id)
                     started.append(run.id)
+        except BaseException:
+            claimed.clear()  # rolled back: nothing was claimed
+            raise
+        finally:
+            for shape, device_id in reversed(taken):
+                if device_id not in claimed and device_id not in discarded:
+                    assert pool is not None
+                    pool.give_back(shape, device_id)
         for run_id in started:
             self.runs.start(run_id)
         return len(started)

@@ -16,6 +16,7 @@ from engine.clock import SystemClock
 from engine.context import ContextService
 from engine.devices import DeviceService
 from engine.groups import GroupService
+from engine.pool import Pool
 from engine.ports import Clock, Harness, SandboxBackend
 from engine.profiles import ProfileService
 from engine.runs import RunService
@@ -46,7 +47,9 @@ class Engine:
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens,
                                self.secrets, self.profiles)
         self.groups = GroupService(self.store, self.runs, self.clock, settings)
-        self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups)
+        self.pool = Pool(self.store, backend, self.clock, settings, active=lambda: self.runs.active)
+        self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups,
+                                   pool=self.pool)
         self.souls = SoulService(self.store, self.clock, settings)
         self.tasks = TaskService(self.store, self.clock, settings, max_active_leases=MAX_ACTIVE_TASK_LEASES)
         self.channels = ChannelService(self.store, self.clock, settings)
@@ -67,6 +70,7 @@ class Engine:
         next starts), and stop them all on the way out."""
         async with self.store, anyio.create_task_group() as tg:
             await tg.start(self.runs.serve)
+            await tg.start(self.pool.serve)  # after the reconcile: it starts the pool afresh
             await tg.start(self.admission.serve)
             await tg.start(self.sessions.serve)
             await tg.start(self.tasks.serve)

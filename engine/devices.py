@@ -153,6 +153,10 @@ class DeviceService:
         caller.require("devices", "sandbox_delete")
         device = await self.get(caller, device_id)
         await require_approval(self.store, caller, f"delete {device_id}")
+        if device.ephemeral and device.run_id is None:
+            raise errors.InvalidTransition(
+                f"{device_id} is a pooled sandbox kept ready for runs without a target; the daemon removes it "
+                "(AGENTDOCK_POOL_SIZE=0 turns the pool off)")
         if device.ephemeral:
             raise errors.InvalidTransition(
                 f"{device_id} is the ephemeral sandbox of run {device.run_id}; it is removed when the run ends",

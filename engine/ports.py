@@ -28,6 +28,8 @@ class DeviceSpec(Port):
     env: dict[str, str] = Field(default_factory=dict)
     ephemeral: bool = False
     run_id: str | None = None
+    pool: str | None = None
+    """For a pooled device (started ahead of any run, see `engine.pool`): its pool's key, labelled on it."""
 
 
 class DeviceState(Port):
@@ -44,6 +46,8 @@ class DeviceState(Port):
     paused: bool = False
     """Frozen (the backend freezes a device for a moment to kill a fork bomb; a crash then leaves it so)."""
     labels: dict[str, str] = Field(default_factory=dict)
+    pool: str | None = None
+    """The pool it was started for (`DeviceSpec.pool`)."""
 
 
 class RunLaunch(Port):
@@ -73,7 +77,8 @@ class RunLaunch(Port):
     """Files to copy out, as the run's own user, when the process ends (read back with `artifact`)."""
     artifact_max_bytes: int = 10_485_760
     ephemeral: DeviceSpec | None = None
-    """For an ephemeral run: the device to create, whose main process is the run."""
+    """For an ephemeral run: the device to create, whose main process is the run. A pooled one
+    (`DeviceSpec.pool`) was started ahead and the run is exec'd in it, like in any device."""
 
 
 class Chunk(Port):

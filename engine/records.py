@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
@@ -39,6 +39,8 @@ class DeviceRow(Row):
     created_by: str
     created_at: datetime
     updated_at: datetime
+    pool: str | None = None
+    """The pool (a `Shape.key`) a pooled device was started for: ready while `run_id` is None."""
 
     def record(self, status: models.DeviceStatus) -> models.Device:
         return models.Device(
@@ -223,3 +225,18 @@ class DispatchRow(Row):
     request_hash: str
     created_at: datetime
     created_by: str
+
+
+class Shape(NamedTuple):
+    """The image and resources of a sandbox without network: a run without a target may use a pooled
+    device only of its own shape (`engine.pool`)."""
+
+    image: str
+    cpus: float
+    memory_mb: int
+    pids_limit: int
+
+    @property
+    def key(self) -> str:
+        """The pool's name: on the pooled device's record and its container's `agentdock.pool` label."""
+        return f"{self.image}|{self.cpus:g}cpu|{self.memory_mb}m|{self.pids_limit}pids"

@@ -88,11 +88,22 @@ class RunService:
             if run.status is models.RunStatus.running:
                 self._resumed.add(run.id)
                 self.start(run.id)
+        # An ephemeral container goes unless an unfinished run holds it: its label names the run, or for a
+        # pooled one its record does (none: never claimed, or its run's end is published). Pooled records
+        # no run holds go too; the pool starts afresh.
+        rows = {r.id: r for r in await self.store.devices(include_ephemeral=True)}
         for state in await self.backend.list_owned():
-            if state.ephemeral and state.run_id not in unfinished:
+            row = rows.get(state.device_id)
+            holder = state.run_id or (row.run_id if row is not None else None)
+            if state.ephemeral and holder not in unfinished:
                 await self.backend.remove(state.device_id)
                 async with self.store.write(self.clock.now()) as tx:
                     await tx.delete_device(state.device_id)
+        idle = [r.id for r in rows.values() if r.pool is not None and r.run_id not in unfinished]
+        if idle:
+            async with self.store.write(self.clock.now()) as tx:
+                for device_id in idle:
+                    await tx.delete_device(device_id)
 
     @property
     def active(self) -> int:
@@ -123,6 +134,12 @@ class RunService:
             self._supervised.discard(run_id)
             self._cancel.pop(run_id, None)
             self.store.topics.publish([topics.ADMISSION, topics.run(run_id)])  # a slot is free
+        if supervision.leftover_device is not None:  # a used pooled sandbox, removed outside the run's slot
+            try:
+                await self.backend.remove(supervision.leftover_device)
+            except errors.EngineError:
+                log.warning("could not remove the pooled sandbox %s of %s (the next start will)",
+                            supervision.leftover_device, run_id)
         if supervision.leftover_files is not None:  # no longer counted as active: this may take a while
             try:
                 await self.backend.remove_run_files(supervision.leftover_files, run_id)
@@ -137,7 +154,7 @@ class RunService:
         return self.devices.spec(models.DeviceCreate(kind=models.TargetKind.sandbox, image=device.image,
                                                      cpus=device.cpus, memory_mb=device.memory_mb,
                                                      pids_limit=device.pids_limit, network=device.network),
-                                 device_id=device.id, run_id=run_id)
+                                 device_id=device.id, run_id=run_id).model_copy(update={"pool": device.pool})
 
     @staticmethod
     def _device_request(profile: ProfileRow | None) -> models.DeviceCreate:

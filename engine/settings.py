@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     """The longest one MCP tool call waits (for a run's end): clients time tool calls out at about a minute."""
     max_active_runs: int = Field(default_factory=lambda: min(64, 8 * (os.cpu_count() or 2)), ge=1, le=10_000)
     """Daemon-wide cap on runs started and not yet settled; the rest wait `queued`, in creation order."""
+    pool_size: int = Field(default=2, ge=0, le=1_000)
+    """Warm starts: started sandboxes kept ready per image and resource shape, so a run without a target
+    claims one instead of creating its container; 0 turns the pool off. Pooled and active runs together
+    never pass `max_active_runs`."""
+    pool_shape_idle_seconds: float = Field(default=600, gt=0)
+    """A shape other than the default sandbox's is pooled once runs ask for it, and emptied after this
+    long without one."""
     group_entry_max_attempts: int = Field(default=3, ge=1, le=100)
     """Child runs a group entry may get: a run lost with its sandbox or process is retried until then."""
     sse_heartbeat_seconds: float = Field(default=15, gt=0, le=300)

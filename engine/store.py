@@ -32,7 +32,7 @@ import aiosqlite
 import anyio
 
 from engine import channel_store, errors, group_store, models, profile_store, task_store, topics
-from engine.records import ArtifactRow, DeviceRow, EventRow, RunRow, SessionRow, SoulSnapshotRow
+from engine.records import ArtifactRow, DeviceRow, EventRow, RunRow, SessionRow, Shape, SoulSnapshotRow
 from engine.sqlvalues import encode, new_id, ts
 
 __all__ = ["SQL", "Store", "Tx", "migrations", "new_id", "ts"]
@@ -55,9 +55,13 @@ RUN_COLUMNS = (
 SQL = {
     "device_insert": (
         "INSERT INTO devices (id, kind, name, image, cpus, memory_mb, pids_limit, network, env, metadata, "
-        "ephemeral, run_id, created_at, updated_at, created_by) "
+        "ephemeral, run_id, created_at, updated_at, created_by, pool) "
         "VALUES (:id, :kind, :name, :image, :cpus, :memory_mb, :pids_limit, :network, :env, :metadata, "
-        ":ephemeral, :run_id, :created_at, :updated_at, :created_by)"
+        ":ephemeral, :run_id, :created_at, :updated_at, :created_by, :pool)"
+    ),
+    "device_claim": (
+        "UPDATE devices SET run_id = :run_id, created_by = :created_by, updated_at = :now "
+        "WHERE id = :id AND pool IS NOT NULL AND run_id IS NULL AND deleted_at IS NULL"
     ),
     "device_get": "SELECT * FROM devices WHERE id = ? AND deleted_at IS NULL",
     "device_list": "SELECT * FROM devices WHERE deleted_at IS NULL AND ephemeral = 0 ORDER BY created_at, id",
@@ -78,7 +82,10 @@ SQL = {
     "run_by_idempotency_key": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE created_by = ? AND idempotency_key = ?",
     "runs_unfinished": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE status IN ('queued', 'running') ORDER BY rowid",
     "runs_queued": (
-        "SELECT id, target_id, agent_run_group_id FROM agent_runs WHERE status = 'queued' ORDER BY rowid LIMIT ?"
+        "SELECT r.id, r.target_id, r.agent_run_group_id, r.created_by, d.image, d.cpus, d.memory_mb, d.pids_limit "
+        "FROM agent_runs r LEFT JOIN devices d ON r.ephemeral = 1 AND d.id = r.target_id AND d.deleted_at IS NULL "
+        "AND d.kind = 'sandbox' AND d.network = 0 AND d.pool IS NULL "
+        "WHERE r.status = 'queued' ORDER BY r.rowid LIMIT ?"
     ),
     "runs_active_on_target": "SELECT id FROM agent_runs WHERE target_id = ? AND status IN ('queued', 'running')",
     "stream_bump": (
@@ -185,6 +192,9 @@ class Queued(NamedTuple):
     id: str
     target_id: str
     group_id: str | None
+    created_by: str = "ses_root"
+    shape: Shape | None = None
+    """The shape of its ephemeral sandbox when a pooled device could serve it (no network)."""
 
 
 BUSY_WAIT_SECONDS = 5.0
@@ -266,7 +276,14 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
         self.touched.add(topic)
 
     async def insert_device(self, row: dict[str, Any]) -> None:
-        await self.conn.execute(SQL["device_insert"], encode(row))
+        await self.conn.execute(SQL["device_insert"], encode({"pool": None, **row}))
+
+    async def claim_device(self, device_id: str, run_id: str, created_by: str) -> bool:
+        """Compare-and-set: give a ready pooled device to a run (counted from now on as its creator's);
+        False if it is not a ready pooled device."""
+        cur = await self.conn.execute(SQL["device_claim"], {"id": device_id, "run_id": run_id,
+                                                            "created_by": created_by, "now": self.stamp})
+        return cur.rowcount == 1
 
     async def delete_device(self, device_id: str) -> None:
         await self.conn.execute(SQL["device_delete"], {"id": device_id, "now": self.stamp})
@@ -529,7 +546,8 @@ class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelR
 
     async def queued_runs(self, limit: int) -> list[Queued]:
         """The oldest queued runs, in the order they were created."""
-        return [Queued(r["id"], r["target_id"], r["agent_run_group_id"])
+        return [Queued(r["id"], r["target_id"], r["agent_run_group_id"], r["created_by"],
+                       Shape(r["image"], r["cpus"], r["memory_mb"], r["pids_limit"]) if r["image"] else None)
                 for r in await self._all(SQL["runs_queued"], (limit,))]
 
     async def active_runs_on(self, target_id: str) -> list[str]:

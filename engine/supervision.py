@@ -5,7 +5,8 @@ only a follower: it marks the run started, launches (or re-attaches to) the proc
 output into events, enforces the timeout and cancel on the injected clock, and settles the run in
 two phases: record the result, clean up, then publish the end. A crash between the phases resumes
 at publishing, so a process is never started twice and nobody sees a run ended while its
-ephemeral sandbox is still there.
+ephemeral sandbox is still there. A pooled sandbox (`engine.pool`) is the exception: the end is
+published first and the sandbox removed after, so its removal never holds the run's slot.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class Supervision:
         self.timed_out = False
         self.leftover_files: str | None = None
         """The device that still holds the settled run's files (see `SandboxBackend.remove_run_files`)."""
+        self.pooled: bool | None = None
+        """Whether the run's ephemeral sandbox is a pooled device (known once its record is read)."""
+        self.leftover_device: str | None = None
+        """A used pooled device, removed by the caller once the run no longer counts (its end published)."""
 
     async def run(self) -> None:
         """Follow the run to its end; a failure of Docker or of this code settles it instead."""
@@ -123,6 +128,7 @@ class Supervision:
         if device is None:
             raise errors.SandboxUnavailable(f"device {row.target_id} no longer exists")
         spec = self.ephemeral_spec(device, self.run_id) if row.ephemeral else None
+        self.pooled = device.pool is not None
         h = self.harness
         argv = h.argv(HarnessInput(prompt=row.prompt, command=row.command, model=row.model, cwd=row.cwd))
         cap = self.cfg.output_cap_bytes + 1  # one byte past the cap tells the record it was cut
@@ -210,7 +216,9 @@ class Supervision:
         self.folder.end()
         last = self.folder.drain() if self.folder.has_pending else None  # written with the result
         row = self.row
-        if not row.ephemeral:  # an ephemeral sandbox goes, with everything in it, when the run is published
+        # An ephemeral sandbox goes, with everything in it, when the run is published; a pooled one goes
+        # only after, and its run was exec'd like one in any device: swept like one.
+        if not row.ephemeral or self.pooled:
             swept = await self.backend.sweep(row.target_id, self.run_id)  # whatever the run left running
             if swept.pids_exhausted and (exit_ is None or exit_.ending in (Ending.exited, Ending.lost)):
                 exit_ = Exit(exit_code=None, ending=Ending.pids_exhausted)  # a fork bomb, spent or not
@@ -228,17 +236,21 @@ class Supervision:
                 events = [*last.events, *exported]
             if self.chunked:
                 await tx.fold_output(self.run_id)
-            if row.ephemeral:
+            if row.ephemeral and not self.pooled:
                 await tx.append_events(self.run_id, events, group_id=row.agent_run_group_id)
                 await tx.update_run(self.run_id, exit_code=code, failure_kind=kind, error=error, finished_at=now,
                                     **fields)
             else:  # nothing to clean up before the end is published: record and publish in one step
                 await self._end(tx, row, events, code, kind, error, now, fields)
-        if row.ephemeral:
+        if row.ephemeral and not self.pooled:
             # Two phases: the result is recorded (still `running`); remove the sandbox, then publish
             # the end. A crash in between resumes at publishing, so the run never starts again.
             await self._publish(row.model_copy(update={"exit_code": code, "failure_kind": kind, "error": error,
                                                        "finished_at": now}))
+        elif self.pooled:
+            # A pooled sandbox goes after the end is published, outside the run's slot: its record went
+            # with the end, so a crash before its removal leaves a container the reconciler removes.
+            self.leftover_device = row.target_id
         else:
             self.leftover_files = row.target_id  # removed by the caller, once this run no longer counts
 
@@ -261,7 +273,10 @@ class Supervision:
         ephemeral sandbox first, then the end."""
         row = row or await self.store.run(self.run_id)
         assert row is not None
-        if row.ephemeral:
+        if row.ephemeral and self.pooled is None:
+            device = await self.store.device(row.target_id)
+            self.pooled = device is not None and device.pool is not None
+        if row.ephemeral and not self.pooled:
             try:
                 await self.backend.remove(row.target_id)
             except errors.EngineError:  # Docker unreachable: the reconciler removes it on the next start
@@ -269,7 +284,9 @@ class Supervision:
         async with self.store.write(self.clock.now()) as tx:
             await tx.fold_output(self.run_id)
             await self._end(tx, row, [], row.exit_code, row.failure_kind, row.error, self.clock.now())
-        if not row.ephemeral:
+        if self.pooled:
+            self.leftover_device = row.target_id
+        elif not row.ephemeral:
             self.leftover_files = row.target_id
 
     async def _settle_on_error(self, exc: Exception) -> None:

@@ -93,6 +93,8 @@ class DockerBackend:
         }
         if spec.run_id:
             labels["agentdock.run_id"] = spec.run_id
+        if spec.pool:
+            labels["agentdock.pool"] = spec.pool
         return labels
 
     async def _image_user(self, image: str) -> str:
@@ -264,6 +266,10 @@ class DockerBackend:
                 offsets[item.stream] += len(item.data)
                 yield item
             return
+        if launch.ephemeral.pool is not None:
+            async for item in self._follow_pooled(launch, launch.ephemeral):
+                yield item
+            return
         if launch.secret_env or await self._keeps_alive(launch.device_id):
             async for item in self._follow_ephemeral_exec(launch, launch.ephemeral):
                 yield item
@@ -308,6 +314,23 @@ class DockerBackend:
                 yield item
             return
         async for item in self._follow_exec(launch):
+            yield item
+
+    async def _follow_pooled(self, launch: RunLaunch, spec: DeviceSpec) -> AsyncIterator[Chunk | Exit]:
+        """A run in a pooled device (started ahead, the keepalive its main process): followed like a run
+        in any running device. One found stopped before the run began in it (a Docker restart stops
+        every container) is replaced by a fresh one, so the run still starts once."""
+        # Its cgroup, found (and kept for the exec) only while it runs, saves an inspect on the way in.
+        up = await self._cgroup(container_name(launch.device_id)) is not None
+        state = None if up else await self.inspect(launch.device_id)
+        if up or (state is not None and state.running):
+            async for item in self.follow(launch.model_copy(update={"ephemeral": None})):
+                yield item
+            return
+        if state is not None and launch.stdout_offset == launch.stderr_offset == 0 and await self._call(
+                self._file_size, container_name(launch.device_id), f"{RUNS_DIR}/{launch.run_id}") is None:
+            await self.remove(launch.device_id)
+        async for item in self._follow_ephemeral_exec(launch, spec):
             yield item
 
     async def _run_ephemeral(self, launch: RunLaunch, spec: DeviceSpec) -> AsyncIterator[Chunk | Exit]:
@@ -694,6 +717,7 @@ def _state(cid: str, labels: dict[str, str], running: bool, *, started: bool = T
         device_id=labels.get("agentdock.device_id", ""), container_id=cid, kind=labels.get("agentdock.kind", ""),
         running=running, ephemeral=labels.get("agentdock.ephemeral") == "1",
         run_id=labels.get("agentdock.run_id"), labels=labels, started=started, paused=paused,
+        pool=labels.get("agentdock.pool"),
     )
 
 

@@ -62,6 +62,10 @@ class FakeBackend:
     """Runs told to end before their process started."""
     starts: dict[str, int] = field(default_factory=dict)
     """How many times each run's process was started (must never exceed one)."""
+    specs: dict[str, DeviceSpec] = field(default_factory=dict)
+    """What each device was created from (kept after its removal)."""
+    followed: dict[str, RunLaunch] = field(default_factory=dict)
+    """The last launch each run was followed with (its env and secrets are the exec's environment)."""
 
     async def image_exists(self, image: str) -> bool:
         return image != "missing:latest"
@@ -70,7 +74,8 @@ class FakeBackend:
         if not await self.image_exists(spec.image):
             raise errors.InvalidInput("image", f"image {spec.image} not found")
         state = DeviceState(device_id=spec.device_id, container_id="fake-" + spec.device_id, kind=spec.kind,
-                            running=True, ephemeral=spec.ephemeral, run_id=spec.run_id)
+                            running=True, ephemeral=spec.ephemeral, run_id=spec.run_id, pool=spec.pool)
+        self.specs[spec.device_id] = spec
         self.devices[spec.device_id] = state
         return state
 
@@ -88,6 +93,7 @@ class FakeBackend:
         self.devices.pop(device_id, None)
 
     async def follow(self, launch: RunLaunch) -> AsyncIterator[Chunk | Exit]:
+        self.followed[launch.run_id] = launch
         if launch.device_id not in self.devices:
             if launch.ephemeral is None:
                 raise errors.SandboxUnavailable(f"the container of {launch.device_id} is gone")

@@ -19,6 +19,10 @@ from mcp_server import daemon as daemon_mod
 from runtimes import images
 from runtimes.wiring import docker_engine
 
+os.environ["AGENTDOCK_POOL_SIZE"] = "0"
+"""The warm pool is off unless a test turns it on (tests/*/test_pool.py): the rest of the suite counts
+containers and starts, and a pool would add its own."""
+
 SMALL = images.small_tag()
 """agentdock-small for this checkout's fakes (`latest` may be another checkout's on a shared engine)."""
 FULL = "agentdock-full:latest"
