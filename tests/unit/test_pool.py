@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import anyio
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as examples
+from hypothesis.stateful import invariant
 
 from engine import errors, models, topics
 from engine import profile_models as pm
@@ -16,6 +19,7 @@ from engine.secrets import SecretStore
 from engine.settings import Settings
 from runtimes import harness
 from runtimes.fake import FakeBackend
+from tests.unit.test_run_lifecycle import RunLifecycle
 
 pytestmark = pytest.mark.anyio
 
@@ -281,3 +285,41 @@ async def test_a_claimed_sandbox_is_replaced_only_a_moment_after_the_claim(tmp_p
         assert engine.pool.held == 0  # the claiming run's exec had the machine to itself
         clock.advance(0.1)
         await until_ready(engine, 1)
+
+
+class PooledRunLifecycle(RunLifecycle):
+    """The run lifecycle's machine (creates, ends, cancels, restarts, fake time) with a warm pool under a
+    small cap: besides every run's own invariants, pooled and active never pass the cap, and no two
+    unfinished runs share a sandbox."""
+
+    CAP = 3
+    SETTINGS = {"pool_size": 2, "max_active_runs": CAP}
+
+    async def _counts(self) -> tuple[int, int]:
+        assert self.engine is not None
+        return self.engine.runs.active, self.engine.pool.held
+
+    @invariant()
+    def pooled_and_active_never_pass_the_cap(self) -> None:
+        if getattr(self, "engine", None) is None:
+            return
+        active, held = self.portal.call(self._counts)
+        assert active + held <= self.CAP, (active, held)
+
+    @invariant()
+    def one_sandbox_to_one_run(self) -> None:
+        if getattr(self, "engine", None) is None:
+            return
+        unfinished = [r for r in self.portal.call(self.store.unfinished_runs) if r.ephemeral]
+        assert len({r.target_id for r in unfinished}) == len(unfinished)
+        for run in unfinished:
+            device = self.portal.call(self.store.device, run.target_id)
+            if device is not None and device.pool is not None:
+                assert device.run_id == run.id, (run.id, device)
+
+
+PooledRunLifecycle.TestCase.settings = examples(
+    max_examples=25, stateful_step_count=20, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_pooled_run_lifecycle = PooledRunLifecycle.TestCase

@@ -38,12 +38,14 @@ TERMINAL = {"succeeded", "failed", "canceled"}
 
 class RunLifecycle(RuleBasedStateMachine):
     runs = Bundle("runs")
+    SETTINGS: dict[str, Any] = {}
+    """Settings a variant changes (the pooled one in test_pool.py)."""
 
     @initialize()
     def open(self) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="adsm-"))
         self.settings = Settings(home=self.home, image="fake:latest", cancel_grace_seconds=0.02,
-                                 flush_interval_seconds=0.01)
+                                 flush_interval_seconds=0.01, **self.SETTINGS)
         self.portal_cm = anyio.from_thread.start_blocking_portal("asyncio")
         self.portal = self.portal_cm.__enter__()
         self.backend = FakeBackend()
