@@ -3,7 +3,10 @@
 - a trivial run in an existing sandbox through the daemon's API (create + wait for the end)
   against a raw docker-py `exec_run` in a running container;
 - a run in a fresh ephemeral sandbox through the daemon against a raw
-  `containers.run(..., remove=True)`.
+  `containers.run(..., remove=True)`;
+- a run without a target through a second daemon with a warm pool (AGENTDOCK_POOL_SIZE): it claims a
+  container started ahead; each timed run starts with the pool full (waited for, untimed), and runs
+  that found no ready container are counted apart.
 Both sides use the same image (agentdock-small by default; AGENTDOCK_BENCH_IMAGE to change).
 """
 
@@ -30,6 +33,8 @@ from mcp_server.client import DaemonClient  # noqa: E402
 IMAGE = os.environ.get("AGENTDOCK_BENCH_IMAGE", "agentdock-small:latest")
 N_EXEC = int(os.environ.get("AGENTDOCK_BENCH_N_EXEC", "40"))
 N_EPHEMERAL = int(os.environ.get("AGENTDOCK_BENCH_N_EPHEMERAL", "15"))
+N_WARM = int(os.environ.get("AGENTDOCK_BENCH_N_WARM", "30"))
+POOL = 2
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -61,13 +66,31 @@ def row(name: str, xs: list[float]) -> str:
     return f"  {name:<44} p50 {statistics.median(xs):7.1f} ms   p95 {pct(xs, 95):7.1f} ms   (n={len(xs)})"
 
 
+def pool_full(client: docker.DockerClient, home: Path) -> None:
+    """Until the warm daemon's pool holds POOL running containers and nothing else (a used one removed),
+    then a moment for its last one to be recorded ready and the machine to settle. Untimed."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = client.api.containers(all=True, filters={"label": f"agentdock.home={home}"})
+        if len(found) == POOL and all("agentdock.pool" in c["Labels"] and c["State"] == "running" for c in found):
+            time.sleep(0.3)
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"the pool of {home} did not fill in 60 s")
+
+
 async def main() -> None:
     client = docker.from_env()
     home = Path(tempfile.mkdtemp(prefix="adb-", dir="/tmp"))
+    warm_home = Path(tempfile.mkdtemp(prefix="adw-", dir="/tmp"))
     os.environ["AGENTDOCK_HOME"] = str(home)
     os.environ["AGENTDOCK_IMAGE"] = IMAGE
-    settings = Settings(home=home, image=IMAGE)
+    os.environ["AGENTDOCK_POOL_SIZE"] = "0"  # the cold path: each ephemeral run makes its container
+    settings = Settings(home=home, image=IMAGE, pool_size=0)
     daemon.start(settings)
+    os.environ["AGENTDOCK_POOL_SIZE"] = str(POOL)
+    warm_settings = Settings(home=warm_home, image=IMAGE, pool_size=POOL)
+    daemon.start(warm_settings)
     raw = client.containers.run(IMAGE, ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"],
                                 detach=True, init=True, network_mode="none", cap_drop=["ALL"])
     try:
@@ -91,17 +114,45 @@ async def main() -> None:
                 run = await api.create_run(models.RunCreate(prompt="bench", command="echo hi"), wait=60)
                 assert run.status == "succeeded", run
 
-            # Interleave the sides so drift on a shared machine hits both alike.
-            r_exec, a_exec, r_run, a_run = [], [], [], []
-            for _ in range(2):
-                r_exec += timed_sync(raw_exec, N_EXEC // 2)
-                a_exec += await timed_async(ad_exec, N_EXEC // 2)
-                r_run += timed_sync(raw_run, N_EPHEMERAL // 2 + 1)
-                a_run += await timed_async(ad_ephemeral, N_EPHEMERAL // 2 + 1)
+            async with DaemonClient(warm_settings) as warm_api:
+                misses = 0
+
+                async def ad_warm(n: int) -> list[float]:
+                    nonlocal misses
+                    out = []
+                    for _ in range(n):
+                        await anyio.to_thread.run_sync(pool_full, client, warm_home)
+                        t = time.perf_counter()
+                        run = await warm_api.create_run(models.RunCreate(prompt="bench", command="echo hi"), wait=60)
+                        elapsed = (time.perf_counter() - t) * 1000
+                        assert run.status == "succeeded", run
+                        events = (await warm_api.run_events(run.id)).data
+                        if next(e for e in events if e.type == "run_started").payload.get("pooled"):
+                            out.append(elapsed)
+                        else:
+                            misses += 1
+                    return out
+
+                # Interleave the sides so drift on a shared machine hits both alike.
+                r_exec, a_exec, r_run, a_run, w_run, w_raw = [], [], [], [], [], []
+                await ad_warm(1)  # warm up
+                misses = 0
+                for _ in range(2):
+                    r_exec += timed_sync(raw_exec, N_EXEC // 2)
+                    a_exec += await timed_async(ad_exec, N_EXEC // 2)
+                    r_run += timed_sync(raw_run, N_EPHEMERAL // 2 + 1)
+                    a_run += await timed_async(ad_ephemeral, N_EPHEMERAL // 2 + 1)
+                    for _ in range(N_WARM // 2):  # one raw run, one warm run: side by side, on the same quiet machine
+                        await anyio.to_thread.run_sync(pool_full, client, warm_home)
+                        t = time.perf_counter()
+                        raw_run()
+                        w_raw.append((time.perf_counter() - t) * 1000)
+                        w_run += await ad_warm(1)
             await api.delete_device(sandbox.id)
     finally:
         raw.remove(force=True)
         daemon.stop(settings)
+        daemon.stop(warm_settings)
 
     print(f"run latency, image {IMAGE}, {os.cpu_count()} cores")
     print("existing sandbox:")
@@ -114,6 +165,13 @@ async def main() -> None:
     print(row("agentdock ephemeral run (API create + wait)", a_run))
     print(f"  ratio p50 {statistics.median(a_run) / statistics.median(r_run):.2f}x   "
           f"p95 {pct(a_run, 95) / pct(r_run, 95):.2f}x   (aim: within 1.2x)")
+    print(f"ephemeral run with a warm pool (pool size {POOL}; raw and warm runs alternate):")
+    print(row("raw containers.run(remove=True)", w_raw))
+    if w_run:
+        print(row("agentdock run claiming a pooled sandbox", w_run))
+        print(f"  ratio p50 {statistics.median(w_run) / statistics.median(w_raw):.2f}x   "
+              f"p95 {pct(w_run, 95) / pct(w_raw, 95):.2f}x   (aim: p50 under 100 ms)")
+    print(f"  runs that found no ready sandbox (not in the figures): {misses}")
 
 
 if __name__ == "__main__":
