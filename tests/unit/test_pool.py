@@ -234,6 +234,17 @@ async def test_a_run_of_another_shape_makes_its_own_then_that_shape_is_pooled_un
         assert {backend.specs[d.device_id].memory_mb for d in pooled(backend)} == {512}
 
 
+async def test_a_ready_sandbox_is_neither_listed_nor_deletable_by_hand(tmp_path):
+    backend = Watched()
+    async with Engine(settings_for(tmp_path), backend=backend, harnesses=harness.get).running() as engine:
+        await until_ready(engine, 2)
+        ready = pooled(backend)[0].device_id
+        assert (await engine.devices.list(ROOT)).data == []
+        with pytest.raises(errors.InvalidTransition) as refused:
+            await engine.devices.delete(ROOT, ready)
+        assert "pooled sandbox" in refused.value.message and ready in backend.devices
+
+
 async def test_a_stopping_daemon_removes_its_ready_sandboxes(tmp_path):
     backend = Watched()
     async with Engine(settings_for(tmp_path), backend=backend, harnesses=harness.get).running() as engine:
