@@ -108,6 +108,10 @@ class Swept(Port):
     killed: int = 0
     pids_exhausted: bool = False
     """The device was at its pids limit, with the run's processes in it (a fork bomb)."""
+    pids_peak: int | None = None
+    """The most processes the run had at once (its own cgroup's count; None where not measured)."""
+    memory_peak_bytes: int | None = None
+    """The most memory the run's processes used at once (None where not measured)."""
 
 
 class SandboxBackend(Protocol):

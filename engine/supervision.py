@@ -210,10 +210,12 @@ class Supervision:
         self.folder.end()
         last = self.folder.drain() if self.folder.has_pending else None  # written with the result
         row = self.row
+        usage: dict[str, Any] = {}
         if not row.ephemeral:  # an ephemeral sandbox goes, with everything in it, when the run is published
             swept = await self.backend.sweep(row.target_id, self.run_id)  # whatever the run left running
             if swept.pids_exhausted and (exit_ is None or exit_.ending in (Ending.exited, Ending.lost)):
                 exit_ = Exit(exit_code=None, ending=Ending.pids_exhausted)  # a fork bomb, spent or not
+            usage = {"pids_peak": swept.pids_peak, "memory_peak_bytes": swept.memory_peak_bytes}
         kind, error = self._classify(exit_, row)
         if error and self.folder.mask:  # an adapter's message may quote what the runtime said
             error = self.folder.mask.line(error)
@@ -221,10 +223,10 @@ class Supervision:
         code = exit_.exit_code if exit_ is not None else None
         now = self.clock.now()
         async with self.store.write(now) as tx:
-            fields: dict[str, Any] = {}
+            fields: dict[str, Any] = dict(usage)
             events = list(exported)
             if last is not None:
-                fields = await self._kept(tx, last, direct=not self.chunked)
+                fields.update(await self._kept(tx, last, direct=not self.chunked))
                 events = [*last.events, *exported]
             if self.chunked:
                 await tx.fold_output(self.run_id)

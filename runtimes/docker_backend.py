@@ -38,6 +38,9 @@ WRAPPER = resources.files("runtimes").joinpath("wrapper.sh").read_text()
 KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 KEEPER = "65534:65534"
 REMOVE_DELAY_SECONDS = 5.0
+ADOPT_SECONDS = 5.0
+"""How long the daemon looks for a new wrapper to move into its run's cgroups (the wrapper waits a
+little longer, then goes on without: its run is then ended by its processes' environment)."""
 FORK_FAILED = (b"can't fork", b"Cannot fork", b"Resource temporarily unavailable")
 """What a shell says when it cannot create a process (busybox ash, dash, bash)."""
 STREAM_IDS = {1: "stdout", 2: "stderr"}
@@ -361,6 +364,10 @@ class DockerBackend:
         while failures < 3:
             env = self._wrapper_env(launch, offsets["stdout"], offsets["stderr"])
             env["AGENTDOCK_REMOVE"] = self._take_removals(launch.device_id)
+            cgroup = await self._cgroup(name)
+            run_cgroup = cgroup.run(launch.run_id) if cgroup is not None else None
+            if run_cgroup is not None:
+                env["AGENTDOCK_CGROUP"] = procs.run_cgroup_name(launch.run_id)
             try:
                 user = await self._run_user(launch.device_id)
                 exec_id = (await self._call(self.api.exec_create, name, _wrapper_command(launch),
@@ -377,6 +384,10 @@ class DockerBackend:
             try:
                 sock = await self._call(self.api.exec_start, exec_id, socket=True)
                 try:
+                    if run_cgroup is not None:
+                        assert cgroup is not None
+                        await anyio.to_thread.run_sync(procs.adopt_wrapper, cgroup, run_cgroup, launch.run_id,
+                                                       ADOPT_SECONDS, limiter=self._streams)
                     async for chunk in self._frames(sock):
                         offsets[chunk.stream] += len(chunk.data)
                         yield chunk
@@ -409,7 +420,7 @@ class DockerBackend:
                 return
             cgroup = await self._cgroup(name)
             if cgroup is not None and await anyio.to_thread.run_sync(cgroup.exhausted):
-                await self._host_kill(name, launch.run_id, signal.SIGKILL, machinery=True)
+                await self._end_run(name, launch.run_id)
                 yield Exit(exit_code=None, ending=Ending.pids_exhausted)
                 return
             if code == 255 or (cgroup is not None and not await anyio.to_thread.run_sync(
@@ -504,11 +515,21 @@ class DockerBackend:
 
     async def signal(self, device_id: str, run_id: str, signal_: Literal["TERM", "KILL"]) -> None:
         """Signal the command's process group from inside; if that is impossible (no room for a
-        process at the pids limit), or for KILL, also every process of the run from the host."""
+        process at the pids limit), or for KILL, also every process of the command from the host."""
         name = container_name(device_id)
         sent = await self._exec_signal(device_id, run_id, signal_)
         if signal_ == "KILL" or not sent:
-            await self._host_kill(name, run_id, getattr(signal, f"SIG{signal_}"), machinery=False)
+            cgroup = await self._cgroup(name)
+            if cgroup is None:
+                return
+            if signal_ == "KILL" and await anyio.to_thread.run_sync(cgroup.exhausted):
+                await self._end_run(name, run_id)  # at the pids limit: everything of it, at once
+            elif signal_ == "KILL":  # the wrapper and launcher stay to record the exit code
+                await anyio.to_thread.run_sync(functools.partial(procs.stop_and_kill, cgroup, run_id,
+                                                                 machinery=False), limiter=self._streams)
+            else:
+                procs.send(await anyio.to_thread.run_sync(functools.partial(
+                    procs.run_processes, cgroup, run_id, machinery=False)), signal.SIGTERM)
 
     async def _exec_signal(self, device_id: str, run_id: str, signal_: str) -> bool:
         script = 'p=$(cat "$1/pid" 2>/dev/null) && [ -n "$p" ] && kill -' + signal_ + ' -"$p" 2>/dev/null; true'
@@ -529,12 +550,17 @@ class DockerBackend:
             return Swept()
         find = functools.partial(procs.run_processes, cgroup, run_id)
         before = self._refusals_before.pop(run_id, None)
-        if before is not None:  # did the device refuse a fork while the run ran?
+        own = cgroup.run(run_id)
+        usage = await anyio.to_thread.run_sync(own.usage) if own is not None else procs.Usage()
+        if usage.forks_refused is not None:  # the run's own count
+            exhausted = usage.forks_refused > 0
+        elif before is not None:  # did the device refuse a fork while the run ran?
             exhausted = cgroup.fork_refusals() > before
         else:  # followed since a restart: is it at the limit now, with the run's processes in it?
             exhausted = await anyio.to_thread.run_sync(cgroup.exhausted) and bool(await anyio.to_thread.run_sync(find))
-        killed = await self._host_kill(name, run_id, signal.SIGKILL, machinery=True)
-        return Swept(killed=killed or 0, pids_exhausted=exhausted)
+        killed, _ = await self._end_run(name, run_id)
+        return Swept(killed=killed, pids_exhausted=exhausted, pids_peak=usage.pids_peak,
+                     memory_peak_bytes=usage.memory_peak_bytes)
 
     async def _up(self, name: str) -> bool:
         """Is the container running? A container being stopped has lost its main process before
@@ -545,7 +571,7 @@ class DockerBackend:
         return await anyio.to_thread.run_sync(procs.alive, info["State"]["Pid"])
 
     async def _cgroup(self, name: str) -> procs.Cgroup | None:
-        """The running container's pids cgroup as the host sees it (None: stopped, or not visible)."""
+        """The running container's cgroups as the host sees them (None: stopped, or not visible)."""
         cached = self._cgroups.get(name)
         if cached is not None and cached.live():
             return cached
@@ -557,45 +583,20 @@ class DockerBackend:
             self._cgroups[name] = cgroup
         return cgroup
 
-    async def _host_kill(self, name: str, run_id: str, sig: signal.Signals, *, machinery: bool) -> int | None:
-        """Signal the run's processes from the host. SIGKILL is sent plainly first; if processes are
-        still there (or the device is at its pids limit) it is sent with the container frozen, so a
-        fork bomb cannot replace what is killed; repeated until none is left. None: not possible here."""
+    async def _end_run(self, name: str, run_id: str) -> tuple[int, procs.Usage]:
+        """Kill every process of the run from the host, never freezing the device: its own cgroups at
+        once (`cgroup.kill`), then any process of it found outside them (stopped, then killed)."""
         cgroup = await self._cgroup(name)
         if cgroup is None:
-            return None
-        find = functools.partial(procs.run_processes, cgroup, run_id, machinery=machinery)
-        if sig != signal.SIGKILL:
-            return procs.send(await anyio.to_thread.run_sync(find), sig)
-        killed = 0
-        for round_ in range(20):
-            pids = await anyio.to_thread.run_sync(find)
-            if not pids:
-                break
-            if round_ == 0 and not await anyio.to_thread.run_sync(cgroup.exhausted):
-                # A few leftovers (a sleep, a daemon the run started): no need to freeze the device.
-                killed += procs.send(pids, sig)
-                await anyio.sleep(0.01)
-                continue
-            try:
-                await self._call(self.api.pause, name)
-                paused = True
-            except errors.Conflict:
-                paused = True  # already paused (by a sweep a moment ago)
-            except errors.EngineError as exc:  # a busy engine: kill without the freeze and go round again
-                log.warning("could not pause %s to kill %s: %s", name, run_id, exc.message)
-                paused = False
-            try:
-                killed += procs.send(await anyio.to_thread.run_sync(find), sig)
-            finally:
-                if paused:
-                    with anyio.CancelScope(shield=True):
-                        try:
-                            await self._call(self.api.unpause, name)
-                        except errors.EngineError:
-                            log.warning("could not unpause %s (the next start of the daemon will)", name)
-            await anyio.sleep(0.02)  # let init reap them
-        return killed
+            return 0, procs.Usage()
+
+        def end() -> tuple[int, procs.Usage]:
+            own = cgroup.run(run_id)
+            usage = own.usage() if own is not None else procs.Usage()
+            killed = own.kill() if own is not None else 0
+            return killed + procs.stop_and_kill(cgroup, run_id), usage
+
+        return await anyio.to_thread.run_sync(end, limiter=self._streams)
 
     async def remove_run_files(self, device_id: str, run_id: str) -> None:
         """Batched per device: the next run's wrapper removes them on its way (no exec of its own);

@@ -12,6 +12,23 @@
 #      AGENTDOCK_STDOUT_OFFSET, AGENTDOCK_STDERR_OFFSET (resume points, bytes),
 #      AGENTDOCK_STDOUT_CAP, AGENTDOCK_STDERR_CAP (bytes kept), AGENTDOCK_ARTIFACTS (one path a line),
 #      AGENTDOCK_ARTIFACT_MAX (bytes), AGENTDOCK_REMOVE (ids of settled runs whose files to remove).
+#      AGENTDOCK_CGROUP (optional): the name of the run's own cgroup, which the daemon moves this
+#      wrapper into from the host; the wrapper waits (bounded) for it before it starts anything, so
+#      every process of the run is born there and `cgroup.kill` ends them all at once.
+if [ -n "${AGENTDOCK_CGROUP:-}" ]; then
+  # Nothing but a sleep is started until then (the daemon tells this wrapper from a fork of it by
+  # the fork's parent); v2 is the last cgroup the daemon moves it to.
+  i=0
+  while [ $i -lt 1000 ]; do
+    moved=
+    while IFS= read -r line; do
+      case $line in 0::*"/$AGENTDOCK_CGROUP") moved=1 ;; esac
+    done </proc/self/cgroup
+    [ -n "$moved" ] && break
+    i=$((i + 1))
+    sleep 0.005
+  done
+fi
 d=$AGENTDOCK_RUN_DIR
 so=${AGENTDOCK_STDOUT_OFFSET:-0}
 se=${AGENTDOCK_STDERR_OFFSET:-0}
