@@ -46,6 +46,8 @@ FORK_FAILED = (b"can't fork", b"Cannot fork", b"Resource temporarily unavailable
 STREAM_IDS = {1: "stdout", 2: "stderr"}
 
 
+MISSED_STAT_ATTEMPTS = 4
+"""How often the size of a run's output file is asked for before the follow gives up (and is retried)."""
 MAX_STREAM_CUTS = 200
 """How often a run's attached stream may end early (the wrapper still running) and be followed
 again before the wrapper is treated as gone."""
@@ -257,14 +259,7 @@ class DockerBackend:
 
     async def follow(self, launch: RunLaunch) -> AsyncIterator[Chunk | Exit]:
         if launch.ephemeral is None:
-            offsets = {"stdout": launch.stdout_offset, "stderr": launch.stderr_offset}
-            async for item in self._follow_exec(launch):
-                if isinstance(item, Exit):
-                    async for chunk in self._missed(container_name(launch.device_id), launch.run_id, offsets):
-                        yield chunk
-                    yield item
-                    return
-                offsets[item.stream] += len(item.data)
+            async for item in self._follow_exec_whole(launch):
                 yield item
             return
         if launch.secret_env or await self._keeps_alive(launch.device_id):
@@ -290,6 +285,18 @@ class DockerBackend:
                                                   Ending.lost):
             yield item
 
+    async def _follow_exec_whole(self, launch: RunLaunch) -> AsyncIterator[Chunk | Exit]:
+        """`_follow_exec`, then what its stream missed, read from the run's files, before the end."""
+        offsets = {"stdout": launch.stdout_offset, "stderr": launch.stderr_offset}
+        async for item in self._follow_exec(launch):
+            if isinstance(item, Exit):
+                async for chunk in self._missed(container_name(launch.device_id), launch.run_id, offsets):
+                    yield chunk
+                yield item
+                return
+            offsets[item.stream] += len(item.data)
+            yield item
+
     async def _keeps_alive(self, device_id: str) -> bool:
         """Whether an ephemeral run's container was made a device (its main process the keepalive)."""
         info = await self._inspect(container_name(device_id))
@@ -310,7 +317,7 @@ class DockerBackend:
                                                       Ending.sandbox_lost):
                 yield item
             return
-        async for item in self._follow_exec(launch):
+        async for item in self._follow_exec_whole(launch):
             yield item
 
     async def _run_ephemeral(self, launch: RunLaunch, spec: DeviceSpec) -> AsyncIterator[Chunk | Exit]:
@@ -435,19 +442,28 @@ class DockerBackend:
         """What the attached stream lost: a loaded Docker engine can end an exec's stream before the
         last of its output (seen under a load of 16 on two cores: a run 'succeeded' printing
         nothing). The run's files are the record; their sizes, from two stat requests, say whether
-        anything is missing, and only then is the file read."""
+        anything is missing, and only then is the file read. A stat that fails is not taken for
+        "nothing missed": it is asked again, and if Docker still cannot say, the follow fails
+        (`SandboxUnavailable`) and the supervisor follows the run again from what it holds."""
         run_dir = f"{RUNS_DIR}/{run_id}"
         sizes: dict[str, int | None] = {}
 
         async def stat(stream: str) -> None:
-            sizes[stream] = await self._call(self._file_size, name, f"{run_dir}/{stream}")
+            for attempt in range(MISSED_STAT_ATTEMPTS):
+                try:
+                    sizes[stream] = await self._call(self._file_size, name, f"{run_dir}/{stream}")
+                    return
+                except errors.SandboxUnavailable:
+                    if attempt == MISSED_STAT_ATTEMPTS - 1:
+                        raise
+                    await anyio.sleep(0.1 * (attempt + 1))
 
         try:
             async with anyio.create_task_group() as tg:
                 for stream in ("stdout", "stderr"):
                     tg.start_soon(stat, stream)
-        except Exception:  # noqa: BLE001 - the container is gone with its files: nothing more to read
-            return
+        except ExceptionGroup as group:
+            raise group.exceptions[0] from None
         for stream in ("stdout", "stderr"):
             size = sizes[stream]
             if size is not None and size > offsets[stream]:
@@ -459,10 +475,13 @@ class DockerBackend:
                     offsets[stream] = len(data)
 
     def _file_size(self, name: str, path: str) -> int | None:
-        """A file's size in the container, from a HEAD request (no archive is made)."""
+        """A file's size in the container, from a HEAD request (no archive is made); None: no such
+        file. Any other answer is Docker failing to say, and raises."""
         res = self.api.head(self.api._url("/containers/{0}/archive", name), params={"path": path})
-        if res.status_code != 200:
+        if res.status_code == 404:  # no such file (or no such container, and its files with it)
             return None
+        if res.status_code != 200:
+            raise errors.SandboxUnavailable(f"Docker could not stat {path} in {name} (HTTP {res.status_code})")
         stat = res.headers.get("x-docker-container-path-stat")
         return int(docker.utils.decode_json_header(stat).get("size", 0)) if stat else None
 
