@@ -81,8 +81,8 @@ class RunService:
         """Resume every run that had started, and remove containers nothing owns."""
         await self.devices.reconcile()
         for state in await self.backend.list_owned():
-            if state.paused:  # frozen by a sweep the daemon did not live to finish
-                await self.backend.start(state.device_id)
+            if state.paused:  # frozen (by a sweep of an earlier version the daemon did not live to finish)
+                await self.devices.repair(state.device_id)
         unfinished = {r.id: r for r in await self.store.unfinished_runs()}
         for run in unfinished.values():
             if run.status is models.RunStatus.running:
@@ -123,6 +123,8 @@ class RunService:
             self._supervised.discard(run_id)
             self._cancel.pop(run_id, None)
             self.store.topics.publish([topics.ADMISSION, topics.run(run_id)])  # a slot is free
+        if supervision.stuck_device is not None:  # no longer counted as active: this may take a while
+            await self.devices.repair(supervision.stuck_device)
         if supervision.leftover_files is not None:  # no longer counted as active: this may take a while
             try:
                 await self.backend.remove_run_files(supervision.leftover_files, run_id)

@@ -29,6 +29,8 @@ from engine.store import Draft, Store, Tx
 
 log = logging.getLogger("agentdock.runs")
 
+STUCK_ROUNDS = 6
+"""Grace periods after a run's cancel or timeout before its device is taken for stuck."""
 TERMINAL = {models.RunStatus.succeeded, models.RunStatus.failed, models.RunStatus.canceled}
 
 
@@ -57,6 +59,8 @@ class Supervision:
         self.timed_out = False
         self.leftover_files: str | None = None
         """The device that still holds the settled run's files (see `SandboxBackend.remove_run_files`)."""
+        self.stuck_device: str | None = None
+        """The device that stopped answering under this run (see `SandboxBackend.repair`)."""
 
     async def run(self) -> None:
         """Follow the run to its end; a failure of Docker or of this code settles it instead."""
@@ -108,7 +112,8 @@ class Supervision:
                 # Docker failed a call (a busy engine, say): while the device is still up, follow
                 # again from what was consumed; the process itself was never touched.
                 cause = single(exc)
-                if not isinstance(cause, errors.SandboxUnavailable) or attempt == 2:
+                if not isinstance(cause, errors.SandboxUnavailable) or isinstance(cause, errors.DeviceStuck) \
+                        or attempt == 2:
                     raise
                 state = await self.backend.inspect(row.target_id)
                 if state is None or not state.running:
@@ -164,8 +169,13 @@ class Supervision:
                 rounds += 1
                 if rounds < 3:
                     await self.backend.signal(launch.device_id, self.run_id, "KILL")
-                else:  # the run broke its own wrapper (removed its files, say): end everything of it
-                    await self.backend.sweep(launch.device_id, self.run_id)
+                elif rounds < STUCK_ROUNDS:  # the run broke its own wrapper (removed its files, say)
+                    await self.backend.sweep(launch.device_id, self.run_id)  # everything of it, at once
+                else:  # a sweep kills the follower's wrapper too: its device is not answering
+                    raise errors.DeviceStuck(
+                        f"the run's device {launch.device_id} did not answer: the run could not be ended there "
+                        f"{rounds} grace periods after its {'cancel' if not self.timed_out else 'timeout'}; "
+                        "the device is being repaired", suggested_command=f"agentdock sandbox get {launch.device_id}")
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(watchdog)
@@ -280,6 +290,8 @@ class Supervision:
             return
         exc = single(exc)  # type: ignore[assignment]
         kind = "sandbox_lost" if isinstance(exc, errors.SandboxUnavailable) else "backend_error"
+        if isinstance(exc, errors.SandboxUnavailable) and not row.ephemeral:
+            self.stuck_device = row.target_id  # repaired by the caller, outside the run's slot
         if isinstance(exc, errors.InvalidInput) and exc.field.startswith("secrets"):
             kind = "secret_missing"  # removed since the run's create
             if self.resumed and not row.ephemeral:  # its process may run, unmasked: stop it (an ephemeral

@@ -38,6 +38,10 @@ WRAPPER = resources.files("runtimes").joinpath("wrapper.sh").read_text()
 KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 KEEPER = "65534:65534"
 REMOVE_DELAY_SECONDS = 5.0
+CALL_TIMEOUT_SECONDS = 30.0
+"""The longest one Docker call may take before it is abandoned (setting `docker_call_timeout_seconds`)."""
+DEVICE_CALLS = 8
+"""Docker calls on one container at once."""
 ADOPT_SECONDS = 5.0
 """How long the daemon looks for a new wrapper to move into its run's cgroups (the wrapper waits a
 little longer, then goes on without: its run is then ended by its processes' environment)."""
@@ -60,10 +64,15 @@ def container_name(device_id: str) -> str:
 class DockerBackend:
     """Implements `engine.ports.SandboxBackend` on the local Docker engine."""
 
-    def __init__(self, home: Path, *, client: docker.DockerClient | None = None, threads: int = 16) -> None:
+    def __init__(self, home: Path, *, client: docker.DockerClient | None = None, threads: int = 16,
+                 call_timeout: float = CALL_TIMEOUT_SECONDS) -> None:
         self.home = str(home)
         self._client = client
         self._calls = anyio.CapacityLimiter(threads)
+        self.call_timeout = call_timeout
+        self._per_device: dict[str, anyio.CapacityLimiter] = {}
+        """Per container: at most DEVICE_CALLS of the calls at once, so a device that stopped answering
+        holds only its own share of the threads."""
         self._streams = anyio.CapacityLimiter(1024)
         self._image_users: dict[str, str] = {}
         self._run_users: dict[str, str] = {}
@@ -84,7 +93,23 @@ class DockerBackend:
         return self._client.api
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        return await anyio.to_thread.run_sync(functools.partial(_translated, fn, *args, **kw), limiter=self._calls)
+        """One blocking Docker call on a worker thread, bounded: a call that Docker does not answer in
+        `call_timeout` is abandoned (its thread ends with the HTTP timeout) and raises
+        `SandboxUnavailable`, so one stuck container never holds the runs of another, or the daemon."""
+        name = args[0] if args and isinstance(args[0], str) and args[0].startswith("agentdock-") else None
+        limiter = self._per_device.setdefault(name, anyio.CapacityLimiter(DEVICE_CALLS)) if name else None
+        call = functools.partial(_translated, fn, *args, **kw)
+        try:
+            with anyio.fail_after(self.call_timeout):
+                if limiter is None:
+                    return await anyio.to_thread.run_sync(call, limiter=self._calls, abandon_on_cancel=True)
+                async with limiter:
+                    return await anyio.to_thread.run_sync(call, limiter=self._calls, abandon_on_cancel=True)
+        except TimeoutError:
+            what = getattr(fn, "__name__", "a call")
+            raise errors.SandboxUnavailable(
+                f"Docker did not answer {what}{' on ' + name if name else ''} within {self.call_timeout:g} s "
+                "(the engine is overloaded, or the container is stuck)", suggested_command="docker info") from None
 
     # ------------------------------------------------------------ devices
 
@@ -155,12 +180,7 @@ class DockerBackend:
             await self._call(self.api.start, cid)
             # Up means a shell answers in it (runs are started with one): a container whose main
             # process fails right after start may still look running for a moment.
-            try:
-                probe = (await self._call(self.api.exec_create, cid, ["/bin/sh", "-c", ":"], user=KEEPER))["Id"]
-                await self._call(self.api.exec_start, probe)
-                answered = (await self._call(self.api.exec_inspect, probe))["ExitCode"] == 0
-            except (errors.Conflict, errors.SandboxUnavailable, errors.NotFound):
-                answered = False
+            answered = await self._answers(container_name(spec.device_id))
             info = await self._call(self.api.inspect_container, cid)
             if not answered or not info["State"]["Running"]:
                 logs = await self._call(self.api.logs, cid, tail=5)
@@ -186,6 +206,43 @@ class DockerBackend:
             raise errors.SandboxUnavailable(f"{device_id} did not stay up after a restart",
                                             suggested_command=f"agentdock sandbox rm {device_id}")
         return state
+
+    async def repair(self, device_id: str) -> str:
+        """Thaw a frozen device (from the host, and through Docker if it says paused); if it still does
+        not answer, end every process in it from the host and start it again: its files stay."""
+        name = container_name(device_id)
+        info = await self._inspect(name)
+        if info is None:
+            return "gone"
+        cgroup = await anyio.to_thread.run_sync(procs.Cgroup.of, info["State"]["Pid"])
+        thawed = cgroup is not None and await anyio.to_thread.run_sync(cgroup.thaw)
+        if info["State"].get("Paused"):
+            thawed = True
+            try:
+                await self._call(self.api.unpause, name)
+            except (errors.Conflict, errors.SandboxUnavailable) as exc:  # not paused after all, or stuck
+                log.warning("could not unpause %s: %s", name, exc.message)
+        if info["State"]["Running"] and await self._answers(name):
+            return "thawed" if thawed else "answering"
+        log.warning("%s does not answer: ending every process in it and starting it again", name)
+        if cgroup is None or not await anyio.to_thread.run_sync(cgroup.kill_all):
+            try:
+                await self._call(self.api.kill, name)
+            except errors.Conflict:
+                pass  # not running
+        self._cgroups.pop(name, None)
+        await self._call(self.api.wait, name)
+        await self.start(device_id)
+        return "restarted"
+
+    async def _answers(self, name: str) -> bool:
+        """Whether a shell starts and ends in the container (bounded by the call timeout)."""
+        try:
+            probe = (await self._call(self.api.exec_create, name, ["/bin/sh", "-c", ":"], user=KEEPER))["Id"]
+            await self._call(self.api.exec_start, probe)
+            return (await self._call(self.api.exec_inspect, probe))["ExitCode"] == 0
+        except (errors.Conflict, errors.SandboxUnavailable, errors.NotFound):
+            return False
 
     async def image_exists(self, image: str) -> bool:
         try:

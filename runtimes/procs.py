@@ -47,6 +47,8 @@ class Cgroup:
     """Its v2 cgroup (with `cgroup.kill`), on a v2 or hybrid host."""
     memory: Path | None = None
     """Its v1 memory cgroup, on a v1 or hybrid host."""
+    freezer: Path | None = None
+    """Its v1 freezer cgroup (what `docker pause` freezes on a v1 host)."""
 
     @classmethod
     def of(cls, host_pid: int, root: Path = CGROUP_ROOT) -> Cgroup | None:
@@ -57,7 +59,7 @@ class Cgroup:
             lines = Path(f"/proc/{host_pid}/cgroup").read_text().splitlines()
         except OSError:
             return None
-        pids = memory = unified = None
+        pids = memory = unified = freezer = None
         v2_root = root / "unified" if (root / "unified" / "cgroup.procs").exists() else root
         for line in lines:
             _, controllers, path = line.split(":", 2)
@@ -66,13 +68,16 @@ class Cgroup:
                 pids = root / "pids" / path.lstrip("/")
             elif "memory" in names:
                 memory = root / "memory" / path.lstrip("/")
+            elif "freezer" in names:
+                freezer = root / "freezer" / path.lstrip("/")
             elif controllers == "":
                 unified = v2_root / path.lstrip("/")
         unified = unified if unified is not None and (unified / "cgroup.kill").exists() else None
         memory = memory if memory is not None and (memory / "cgroup.procs").exists() else None
+        freezer = freezer if freezer is not None and (freezer / "freezer.state").exists() else None
         for candidate in (pids, unified):
             if candidate is not None and (candidate / "cgroup.procs").exists():
-                return cls(candidate, unified=unified, memory=memory)
+                return cls(candidate, unified=unified, memory=memory, freezer=freezer)
         return None
 
     def live(self) -> bool:
@@ -98,6 +103,31 @@ class Cgroup:
         except (OSError, ValueError):
             return False
         return limit.isdigit() and current >= int(limit) - margin
+
+    def thaw(self) -> bool:
+        """Thaw the container if it is frozen (v1 freezer or v2 `cgroup.freeze`); says whether it was."""
+        was = False
+        try:
+            if self.freezer is not None and (self.freezer / "freezer.state").read_text().strip() != "THAWED":
+                (self.freezer / "freezer.state").write_text("THAWED")
+                was = True
+            if self.unified is not None and (self.unified / "cgroup.freeze").exists() and \
+                    (self.unified / "cgroup.freeze").read_text().strip() == "1":
+                (self.unified / "cgroup.freeze").write_text("0")
+                was = True
+        except OSError:
+            pass
+        return was
+
+    def kill_all(self) -> bool:
+        """Kill every process in the container at once (its main process too, so it stops)."""
+        if self.unified is None:
+            return False
+        try:
+            (self.unified / "cgroup.kill").write_text("1")
+        except OSError:
+            return False
+        return True
 
     def run(self, run_id: str) -> RunCgroup | None:
         """The run's own cgroups, where the host can make them (it needs the v2 `cgroup.kill`)."""

@@ -9,7 +9,7 @@ import anyio
 import docker
 import pytest
 
-from engine import models
+from engine import errors, models
 from engine.callers import ROOT
 from runtimes import procs
 from runtimes.docker_backend import RUNS_DIR
@@ -94,3 +94,63 @@ async def test_cancelling_a_run_at_the_pids_limit_ends_it_and_leaves_the_device_
     assert (run.status, run.failure_kind) == ("canceled", "canceled"), run
     after = await run_in(engine, device.id, "echo usable")
     assert (after.status, after.output) == ("succeeded", "usable\n")
+
+
+# ---------------------------------------------------------------- a device that stops answering
+
+
+@pytest.fixture
+def settings(settings):
+    return settings.model_copy(update={"docker_call_timeout_seconds": 3.0, "cancel_grace_seconds": 0.5})
+
+
+def freeze(device_id: str) -> procs.Cgroup:
+    """Freeze the container from the host, as a runc init caught mid-exec by a pause once left it:
+    Docker does not know, and every exec into it hangs."""
+    cgroup = host_cgroup(device_id)
+    assert cgroup.freezer is not None, "the test needs the host's v1 freezer"
+    (cgroup.freezer / "freezer.state").write_text("FROZEN")
+    return cgroup
+
+
+async def test_a_frozen_device_holds_no_other_run_its_runs_end_and_it_is_repaired(engine):
+    stuck = await engine.devices.create(ROOT, models.DeviceCreate())
+    other = await engine.devices.create(ROOT, models.DeviceCreate())
+    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=stuck.id, prompt="p",
+                                                          command="echo started; sleep 1000", timeout=4))
+    await eventually(lambda: container(stuck.id).exec_run(["test", "-s", f"{RUNS_DIR}/{run.id}/pid"]).exit_code == 0)
+    cgroup = freeze(stuck.id)
+
+    beside = await run_in(engine, other.id, "echo beside")  # not held by the frozen device
+    run = await finish(engine, run.id, timeout=120)
+
+    assert beside.output == "beside\n"
+    assert (run.status, run.failure_kind) == ("failed", "sandbox_lost"), run
+    assert "did not answer" in (run.error or ""), run
+    after = await run_in(engine, stuck.id, "echo again", timeout=30)  # repaired once the run ended
+    assert (after.status, after.output) == ("succeeded", "again\n"), after
+    assert (cgroup.freezer / "freezer.state").read_text().strip() == "THAWED"
+
+
+async def test_the_daemon_starts_and_runs_when_a_device_cannot_be_repaired(settings):
+    from runtimes.docker_backend import DockerBackend
+    from runtimes.wiring import docker_engine
+    from tests.conftest import Engine
+    from runtimes import harness
+
+    class Unrepairable(DockerBackend):
+        """Docker refuses to unpause (seen: "Cannot unpause ... container not paused"), and the container
+        cannot be restarted either."""
+
+        async def _call(self, fn, *args, **kw):  # type: ignore[override]
+            if getattr(fn, "__name__", "") in ("unpause", "start", "kill") and args[0] == f"agentdock-{device.id}":
+                raise errors.SandboxUnavailable(f"Cannot {fn.__name__} {args[0]}: container not paused")
+            return await super()._call(fn, *args, **kw)
+
+    async with docker_engine(settings).running() as engine:
+        device = await engine.devices.create(ROOT, models.DeviceCreate())
+    container(device.id).pause()
+    async with Engine(settings, backend=Unrepairable(settings.home), harnesses=harness.get).running() as engine:
+        run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="echo started anyway"))
+        run = await finish(engine, run.id)
+    assert run.output == "started anyway\n"
