@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -24,6 +25,12 @@ SMALL = images.small_tag()
 FULL = "agentdock-full:latest"
 ROOT = Path(__file__).resolve().parent.parent
 AGENTDOCK = str(ROOT / ".venv" / "bin" / "agentdock")
+LOGGED_ERROR = re.compile(r"Traceback|\b(?:ERROR|CRITICAL)\b")
+
+
+def logged_errors(text: str) -> list[str]:
+    """The lines of a log or a stderr that show an exception or an error logged: what a user must never see."""
+    return [line for line in text.splitlines() if LOGGED_ERROR.search(line)]
 
 
 @pytest.fixture(scope="session")
@@ -91,3 +98,4 @@ def daemon(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daem
     d.start()
     yield d
     daemon_mod.stop(settings)
+
