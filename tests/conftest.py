@@ -86,6 +86,11 @@ class Daemon:
         return subprocess.run([AGENTDOCK, *args], env=self.env, capture_output=True, text=True, timeout=120,
                               check=check)
 
+    def logged_errors(self) -> list[str]:
+        """What its log shows of exceptions and errors logged (nothing, for a daemon that did its work well)."""
+        path = daemon_mod.log_path(self.settings)
+        return logged_errors(path.read_text(errors="replace")) if path.exists() else []
+
 
 @pytest.fixture
 def daemon(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
@@ -99,3 +104,11 @@ def daemon(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daem
     yield d
     daemon_mod.stop(settings)
 
+
+@pytest.fixture
+def quiet_daemon(daemon: Daemon) -> Iterator[Daemon]:
+    """`daemon`, whose log must show no exception or error when the test is over: checked once it has
+    stopped, so its shutdown counts (a failure shows as an error at teardown)."""
+    yield daemon
+    daemon_mod.stop(daemon.settings)
+    assert daemon.logged_errors() == []
