@@ -10,6 +10,7 @@ Both sides use the same image (agentdock-small by default; AGENTDOCK_BENCH_IMAGE
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -20,16 +21,20 @@ from pathlib import Path
 import anyio
 import docker
 
+# Run as a file (`python bench/X.py`, as `make bench` does), this folder is first on sys.path; the
+# repository root goes before it, so `bench.*` and this checkout's packages are found.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import sizing  # noqa: E402
 from engine import models  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from mcp_server import daemon  # noqa: E402
 from mcp_server.client import DaemonClient  # noqa: E402
 
+QUICK = sizing.quick()
 IMAGE = os.environ.get("AGENTDOCK_BENCH_IMAGE", "agentdock-small:latest")
-N_EXEC = int(os.environ.get("AGENTDOCK_BENCH_N_EXEC", "40"))
-N_EPHEMERAL = int(os.environ.get("AGENTDOCK_BENCH_N_EPHEMERAL", "15"))
+N_EXEC = int(os.environ.get("AGENTDOCK_BENCH_N_EXEC", 2 if QUICK else 40))
+N_EPHEMERAL = int(os.environ.get("AGENTDOCK_BENCH_N_EPHEMERAL", 1 if QUICK else 15))
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -102,6 +107,7 @@ async def main() -> None:
     finally:
         raw.remove(force=True)
         daemon.stop(settings)
+        shutil.rmtree(home, ignore_errors=True)
 
     print(f"run latency, image {IMAGE}, {os.cpu_count()} cores")
     print("existing sandbox:")
