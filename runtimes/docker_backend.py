@@ -690,8 +690,10 @@ class DockerBackend:
                                         ["rm", "-rf", *(f"{RUNS_DIR}/{r}" for r in batch)],
                                         user=await self._run_user(device_id)))["Id"]
             await self._call(self.api.exec_start, exec_id)
-        except (errors.NotFound, errors.Conflict, errors.SandboxUnavailable):
-            log.warning("could not remove the files of %s in %s", ", ".join(batch), device_id)
+        except errors.NotFound:
+            pass  # the device is gone, and the files with it
+        except (errors.Conflict, errors.SandboxUnavailable) as exc:
+            log.warning("could not remove the files of %s in %s: %s", ", ".join(batch), device_id, exc.message)
 
     def _take_removals(self, device_id: str) -> str:
         """Settled runs whose files the next wrapper in this device removes (their ids are hex)."""
