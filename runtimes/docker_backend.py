@@ -11,6 +11,7 @@ import functools
 import io
 import logging
 import posixpath
+import re
 import signal
 import tarfile
 from collections.abc import AsyncIterator, Callable
@@ -48,6 +49,9 @@ little longer, then goes on without: its run is then ended by its processes' env
 FORK_FAILED = (b"can't fork", b"Cannot fork", b"Resource temporarily unavailable")
 """What a shell says when it cannot create a process (busybox ash, dash, bash)."""
 STREAM_IDS = {1: "stdout", 2: "stderr"}
+TRAILER_MARK = b"\x1eagentdock-end "
+TRAILER = re.compile(rb"\x1eagentdock-end (\d+) (\d+) (-?\d+)\x1e")
+"""What the wrapper writes last on stderr: the offsets it emitted up to, and the run's exit code."""
 
 
 MISSED_STAT_ATTEMPTS = 4
@@ -79,6 +83,8 @@ class DockerBackend:
         self._cgroups: dict[str, procs.Cgroup] = {}
         self._to_remove: dict[str, set[str]] = {}
         """Per device: settled runs whose files are about to be removed."""
+        self._whole: set[str] = set()
+        """Runs whose last follow's stream ended with the wrapper's trailer: nothing was missed."""
         self._refusals_before: dict[str, int] = {}
         """Per run: the device's count of refused forks when the run was first followed."""
 
@@ -347,8 +353,10 @@ class DockerBackend:
         offsets = {"stdout": launch.stdout_offset, "stderr": launch.stderr_offset}
         async for item in self._follow_exec(launch):
             if isinstance(item, Exit):
-                async for chunk in self._missed(container_name(launch.device_id), launch.run_id, offsets):
-                    yield chunk
+                if launch.run_id not in self._whole:
+                    async for chunk in self._missed(container_name(launch.device_id), launch.run_id, offsets):
+                        yield chunk
+                self._whole.discard(launch.run_id)
                 yield item
                 return
             offsets[item.stream] += len(item.data)
@@ -386,13 +394,19 @@ class DockerBackend:
         sock = await self._call(self.api.attach_socket, name, params={"stdout": 1, "stderr": 1, "stream": 1})
         tail = b""
         seen = {"stdout": 0, "stderr": 0}
+        trailer = Trailer()
         try:
             await self._call(self.api.start, name)
             async for chunk in self._frames(sock):
-                if chunk.stream == "stderr":
-                    tail = (tail + chunk.data)[-512:]
-                seen[chunk.stream] += len(chunk.data)
-                yield chunk
+                for piece in trailer.take(chunk):
+                    if piece.stream == "stderr":
+                        tail = (tail + piece.data)[-512:]
+                    seen[piece.stream] += len(piece.data)
+                    yield piece
+            for piece in trailer.end():
+                tail = (tail + piece.data)[-512:]
+                seen["stderr"] += len(piece.data)
+                yield piece
         finally:
             sock.close()
         result = await self._call(self.api.wait, name, timeout=30)
@@ -401,6 +415,8 @@ class DockerBackend:
         for stream, flags in (("stdout", {"stdout": True, "stderr": False}),
                               ("stderr", {"stdout": False, "stderr": True})):
             logged = await self._call(self.api.logs, name, **flags)
+            if stream == "stderr" and (last := logged.rfind(TRAILER_MARK)) >= 0 and TRAILER.fullmatch(logged[last:]):
+                logged = logged[:last]  # the wrapper's trailer is not the run's output
             if len(logged) > seen[stream]:
                 missed = logged[seen[stream]:]
                 if stream == "stderr":
@@ -452,14 +468,23 @@ class DockerBackend:
                         assert cgroup is not None
                         await anyio.to_thread.run_sync(procs.adopt_wrapper, cgroup, run_cgroup, launch.run_id,
                                                        ADOPT_SECONDS, limiter=self._streams)
+                    trailer = Trailer()
                     async for chunk in self._frames(sock):
-                        offsets[chunk.stream] += len(chunk.data)
-                        yield chunk
+                        for piece in trailer.take(chunk):
+                            offsets[piece.stream] += len(piece.data)
+                            yield piece
+                    for piece in trailer.end():
+                        offsets[piece.stream] += len(piece.data)
+                        yield piece
                 finally:
                     sock.close()
-                info = await self._call(self.api.exec_inspect, exec_id)
-                code = info["ExitCode"] if info["ExitCode"] is not None else -1
-                running = bool(info.get("Running"))
+                if trailer.says(offsets) is not None:  # the whole stream came, with the exit code
+                    code = trailer.says(offsets)  # type: ignore[assignment]
+                    self._whole.add(launch.run_id)
+                else:
+                    info = await self._call(self.api.exec_inspect, exec_id)
+                    code = info["ExitCode"] if info["ExitCode"] is not None else -1
+                    running = bool(info.get("Running"))
             except errors.SandboxUnavailable:
                 pass  # the exec could not start (at the pids limit, say): look closer below
             if running and cuts < MAX_STREAM_CUTS:
@@ -761,6 +786,45 @@ class DockerBackend:
             raise errors.LimitExceeded(f"{path} is larger than the {max_bytes}-byte artifact limit",
                                        evidence={"field": "artifact_paths", "path": path, "limit": max_bytes})
         return data
+
+
+class Trailer:
+    """Holds back what may be the start of the wrapper's trailer at the end of stderr, and reads it
+    once the stream ends. The run cannot pass off its own text as the trailer: the wrapper writes the
+    real one after all the run's output, and only the stream's very last bytes are taken for it."""
+
+    def __init__(self) -> None:
+        self.held = b""
+        self.found: tuple[int, int, int] | None = None
+
+    def take(self, chunk: Chunk) -> list[Chunk]:
+        if chunk.stream != "stderr":
+            return [chunk]
+        data = self.held + chunk.data
+        cut = data.rfind(TRAILER_MARK)
+        if cut < 0 or len(data) - cut > 64:
+            cut = len(data)
+            for n in range(min(len(TRAILER_MARK) - 1, len(data)), 0, -1):  # a mark split across chunks
+                if data.endswith(TRAILER_MARK[:n]):
+                    cut = len(data) - n
+                    break
+        self.held = data[cut:]
+        return [Chunk(stream="stderr", data=data[:cut])] if cut else []
+
+    def end(self) -> list[Chunk]:
+        match = TRAILER.fullmatch(self.held)
+        if match is not None:
+            self.found = (int(match[1]), int(match[2]), int(match[3]))
+            self.held = b""
+            return []
+        held, self.held = self.held, b""
+        return [Chunk(stream="stderr", data=held)] if held else []
+
+    def says(self, offsets: dict[str, int]) -> int | None:
+        """The run's exit code, when the trailer came and its offsets are what arrived."""
+        if self.found is None or (self.found[0], self.found[1]) != (offsets["stdout"], offsets["stderr"]):
+            return None
+        return self.found[2]
 
 
 def _wrapper_command(launch: RunLaunch) -> list[str]:

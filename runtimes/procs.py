@@ -310,10 +310,12 @@ def adopt_wrapper(cgroup: Cgroup, run: RunCgroup, run_id: str, wait: float) -> b
         for pid in _procs(cgroup.path):  # only the container's direct members: a moved one is not listed
             if _is_run(pid, marker, machinery=True, wrapper_only=True) and not _is_run(
                     _parent(pid), marker, machinery=True):  # not a fork of it on its way to exec
-                return run.join(pid)
+                joined = run.join(pid)
+                send([pid], signal.SIGURG)  # ends its wait at once (ignored unless it traps it)
+                return joined
         if time.monotonic() >= deadline:
             return False
-        time.sleep(0.001)
+        time.sleep(0.0005)
 
 
 def stop_and_kill(cgroup: Cgroup, run_id: str, *, machinery: bool = True, rounds: int = 100) -> int:

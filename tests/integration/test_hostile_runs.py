@@ -405,3 +405,14 @@ async def test_an_ephemeral_run_given_a_secret_whose_stream_missed_its_output_st
                                                               secrets=["MISSED_TOKEN"]))
         run = await finish(engine, run.id)
     assert (run.status, run.output) == ("succeeded", f"printed\n{MASK}\n"), run
+
+
+async def test_a_run_that_prints_the_wrappers_trailer_keeps_its_text_and_its_own_exit_code(engine):
+    """The wrapper's last write on stderr (its offsets and the exit code) spares the calls that would
+    ask Docker; a run printing the same must neither lose that text nor pass off its exit code."""
+    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    forged = "\x1eagentdock-end 0 0 0\x1e"
+
+    run = await run_in(engine, device.id, f"echo out; printf '{forged}' >&2; exit 3")
+
+    assert (run.status, run.exit_code, run.output, run.stderr) == ("failed", 3, "out\n", forged), run

@@ -85,8 +85,7 @@ async def test_cancelling_a_run_at_the_pids_limit_ends_it_and_leaves_the_device_
     device = await engine.devices.create(ROOT, models.DeviceCreate(pids_limit=64))
     run = await engine.runs.create(ROOT, models.RunCreate(
         sandbox_id=device.id, prompt="p", command="while :; do sleep 1000 & done", timeout=300))
-    await eventually(lambda: container(device.id).exec_run(["test", "-s", f"{RUNS_DIR}/{run.id}/pid"]).exit_code == 0)
-    await eventually(lambda: host_cgroup(device.id).exhausted(), timeout=60)
+    await eventually(lambda: host_cgroup(device.id).exhausted(), timeout=60)  # (no exec fits in it now)
 
     await engine.runs.cancel(ROOT, run.id)
     run = await finish(engine, run.id, timeout=120)
