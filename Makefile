@@ -16,12 +16,13 @@ test: setup
 demo: setup
 	$(PY) -m mcp_server.demo
 
+# `make bench BENCH_FLAGS=--quick` runs each at a tiny size: a check that they run, not a measurement.
 bench: setup
-	$(PY) bench/run_latency.py
-	$(PY) bench/engine_throughput.py
-	$(PY) bench/agent_socket.py
-	$(PY) bench/group_fanout.py
-	$(PY) bench/queue.py
+	$(PY) bench/run_latency.py $(BENCH_FLAGS)
+	$(PY) bench/engine_throughput.py $(BENCH_FLAGS)
+	$(PY) bench/agent_socket.py $(BENCH_FLAGS)
+	$(PY) bench/group_fanout.py $(BENCH_FLAGS)
+	$(PY) bench/task_queue.py $(BENCH_FLAGS)
 
 # Removes the images only; the debootstrap rootfs cache under $$AGENTDOCK_HOME/cache
 # stays, so the next build of the full image takes seconds, not a minute.

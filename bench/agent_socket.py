@@ -15,15 +15,19 @@ from pathlib import Path
 
 import anyio
 
+# Run as a file (`python bench/X.py`, as `make bench` does), this folder is first on sys.path; the
+# repository root goes before it, so `bench.*` and this checkout's packages are found.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import sizing  # noqa: E402
 from engine import models, sessions  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from mcp_server import daemon  # noqa: E402
 from mcp_server.client import DaemonClient  # noqa: E402
 
+QUICK = sizing.quick()
 IMAGE = os.environ.get("AGENTDOCK_BENCH_IMAGE", "agentdock-full:latest")  # needs python3
-N = int(os.environ.get("AGENTDOCK_BENCH_N", "500"))
+N = int(os.environ.get("AGENTDOCK_BENCH_N", 5 if QUICK else 500))
 
 TIMER = r"""
 import http.client, json, os, socket, sys, time
@@ -64,6 +68,7 @@ async def main() -> None:
                     command=f"SOCK=$AGENTDOCK_SOCKET python3 -c '{TIMER}' {N}", timeout=600))
                 assert spawned.run is not None
                 run = await client.wait_run(spawned.run.id, 600)
+                await client.delete_device(device.id)
             if run.status != "succeeded":
                 raise SystemExit(f"the in-sandbox timer failed: {run.failure_kind} {run.stderr[-500:]}")
             from_sandbox = json.loads(run.output)

@@ -19,8 +19,11 @@ from pathlib import Path
 
 import anyio
 
+# Run as a file (`python bench/X.py`, as `make bench` does), this folder is first on sys.path; the
+# repository root goes before it, so `bench.*` and this checkout's packages are found.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import sizing  # noqa: E402
 from engine import models, topics  # noqa: E402
 from engine.app import Engine  # noqa: E402
 from engine.callers import ROOT  # noqa: E402
@@ -28,8 +31,10 @@ from engine.settings import Settings  # noqa: E402
 from runtimes import harness  # noqa: E402
 from runtimes.fake import FakeBackend  # noqa: E402
 
-N_RUNS = int(os.environ.get("AGENTDOCK_BENCH_RUNS", "1000"))
-CAPS = [int(c) for c in os.environ.get("AGENTDOCK_BENCH_CAPS", "10,100").split(",")]
+QUICK = sizing.quick()
+N_RUNS = int(os.environ.get("AGENTDOCK_BENCH_RUNS", 20 if QUICK else 1000))
+CAPS = [int(c) for c in os.environ.get("AGENTDOCK_BENCH_CAPS", "4" if QUICK else "10,100").split(",")]
+N_ONE_AT_A_TIME = int(os.environ.get("AGENTDOCK_BENCH_ONE_AT_A_TIME", 5 if QUICK else 100))
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -111,7 +116,7 @@ async def burst(cap: int, home: Path) -> dict[str, float]:
     }
 
 
-async def free_slot_latency(home: Path, n: int = 100) -> list[float]:
+async def free_slot_latency(home: Path, n: int = N_ONE_AT_A_TIME) -> list[float]:
     """Create-to-start of runs created one at a time while slots are free (ms, from the records)."""
     settings = Settings(home=home, image="fake:latest", max_active_runs=10)
     async with Engine(settings, backend=FakeBackend(), harnesses=harness.get).running() as engine:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -25,16 +26,24 @@ from pathlib import Path
 import anyio
 import docker
 
+# Run as a file (`python bench/X.py`, as `make bench` does), this folder is first on sys.path; the
+# repository root goes before it, so `bench.*` and this checkout's packages are found.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import sizing  # noqa: E402
 from engine import group_models as gm  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from mcp_server import daemon  # noqa: E402
 from mcp_server.client import DaemonClient  # noqa: E402
 
+QUICK = sizing.quick()
 IMAGE = os.environ.get("AGENTDOCK_BENCH_IMAGE", "agentdock-small:latest")
-N = int(os.environ.get("AGENTDOCK_BENCH_N_GROUP", "200"))
-CONCURRENCY = [int(c) for c in os.environ.get("AGENTDOCK_BENCH_CONCURRENCY", "10,25").split(",")]
+N = int(os.environ.get("AGENTDOCK_BENCH_N_GROUP", 3 if QUICK else 200))
+CONCURRENCY = [int(c) for c in os.environ.get("AGENTDOCK_BENCH_CONCURRENCY", "2" if QUICK else "10,25").split(",")]
+N_SINGLE = 2 if QUICK else 10
+"""Raw runs one at a time, for the median that sets the ideal."""
+N_QUIET = 2 if QUICK else 20
+"""Children of the group run one at a time with the host mostly idle."""
 COMMAND = "echo hi"
 
 
@@ -106,7 +115,7 @@ async def main() -> None:
     try:
         raw_run(client)  # warm up
         single = []
-        for _ in range(10):
+        for _ in range(N_SINGLE):
             t = time.perf_counter()
             raw_run(client)
             single.append(time.perf_counter() - t)
@@ -116,9 +125,10 @@ async def main() -> None:
                 raw = await anyio.to_thread.run_sync(raw_fanout, client, c)
                 ad, woken, every, peak, phases = await agentdock_fanout(api, c)
                 results.append((c, raw, ad, woken, every, peak, phases))
-            _, quiet, _, _, _ = await agentdock_fanout(api, 1, 20)  # the same path with the host mostly idle
+            _, quiet, _, _, _ = await agentdock_fanout(api, 1, N_QUIET)  # the same path with the host mostly idle
     finally:
         daemon.stop(settings)
+        shutil.rmtree(home, ignore_errors=True)
 
     print(f"group fan-out: {N} runs, each in a fresh sandbox ({COMMAND!r}), image {IMAGE}, {os.cpu_count()} cores")
     print(f"one raw containers.run(remove=True): median {one * 1000:.0f} ms")

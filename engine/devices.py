@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+import anyio
 
 from engine import errors, ids, models
 from engine.callers import ROOT, Caller
@@ -16,6 +19,7 @@ SIZES = {
     models.TargetKind.sandbox: {"cpus": 1.0, "memory_mb": 512, "pids_limit": 256},
     models.TargetKind.computer: {"cpus": 2.0, "memory_mb": 2048, "pids_limit": 1024},
 }
+log = logging.getLogger("agentdock.devices")
 PREFIX = {models.TargetKind.sandbox: "sbx", models.TargetKind.computer: "cmp"}
 
 
@@ -27,6 +31,7 @@ class DeviceService:
         self.backend = backend
         self.clock = clock
         self.settings = settings
+        self._repairing: dict[str, anyio.Lock] = {}
 
     def spec(self, req: models.DeviceCreate, *, device_id: str | None = None, run_id: str | None = None) -> DeviceSpec:
         size = SIZES[req.kind]
@@ -173,6 +178,24 @@ class DeviceService:
             await tx.delete_device(device_id)
         await self.backend.remove(device_id)
         return device.model_copy(update={"status": models.DeviceStatus.missing})
+
+    async def repair(self, device_id: str) -> str | None:
+        """Repair a device that stopped answering (once at a time per device: its runs fail together).
+        A device that cannot be repaired is reported in the log, never fatal: the daemon goes on."""
+        lock = self._repairing.setdefault(device_id, anyio.Lock())
+        if lock.locked():
+            return None  # being repaired
+        async with lock:
+            try:
+                outcome = await self.backend.repair(device_id)
+            except errors.EngineError as exc:
+                log.error("device %s does not answer and could not be repaired: %s", device_id, exc.message)
+                return None
+            finally:
+                self._repairing.pop(device_id, None)
+        if outcome != "answering":
+            log.warning("device %s did not answer: %s", device_id, outcome)
+        return outcome
 
     async def reconcile(self) -> list[str]:
         """Remove labelled containers whose device row is gone or deleted (a crash mid-create or mid-delete).

@@ -141,6 +141,13 @@ class SandboxUnavailable(EngineError):
     http_status = 503
 
 
+class DeviceStuck(SandboxUnavailable):
+    """The device stopped answering: its run is not followed again there; the device is repaired."""
+
+    code = "device_stuck"
+    title = "Device stuck"
+
+
 class ImageBuildFailed(EngineError):
     code = "image_build_failed"
     category = "backend"

@@ -442,6 +442,10 @@ class Run(Record):
     """Why a run failed or was canceled: nonzero_exit, timeout, canceled, runtime_not_found, auth_required, secret_missing, pids_exhausted, sandbox_lost, process_lost, backend_error."""
     error: str | None
     """Human-readable reason for failure_kind."""
+    pids_peak: int | None = None
+    """The most processes the run had at once (measured in a sandbox or computer it shared; null otherwise)."""
+    memory_peak_bytes: int | None = None
+    """The most memory the run's processes used at once, in bytes (measured as pids_peak is)."""
     ephemeral: bool
     agent_run_group_id: str | None = None
     orchestration_role: str | None = None

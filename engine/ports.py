@@ -113,6 +113,10 @@ class Swept(Port):
     killed: int = 0
     pids_exhausted: bool = False
     """The device was at its pids limit, with the run's processes in it (a fork bomb)."""
+    pids_peak: int | None = None
+    """The most processes the run had at once (its own cgroup's count; None where not measured)."""
+    memory_peak_bytes: int | None = None
+    """The most memory the run's processes used at once (None where not measured)."""
 
 
 class SandboxBackend(Protocol):
@@ -121,6 +125,10 @@ class SandboxBackend(Protocol):
         ...
     async def start(self, device_id: str) -> DeviceState:
         """Start a stopped device again (its files intact), or thaw a frozen one."""
+        ...
+    async def repair(self, device_id: str) -> str:
+        """Make a device that stopped answering usable again: thaw it, or end every process in it and
+        start it again (its files stay). Says what it did: answering, thawed, restarted or gone."""
         ...
     async def image_exists(self, image: str) -> bool: ...
     async def inspect(self, device_id: str) -> DeviceState | None: ...

@@ -75,6 +75,8 @@ class RunRow(Row):
     exit_code: int | None
     failure_kind: str | None
     error: str | None
+    pids_peak: int | None = None
+    memory_peak_bytes: int | None = None
     ephemeral: bool
     cancel_requested: datetime | None
     agent_run_group_id: str | None
@@ -99,6 +101,7 @@ class RunRow(Row):
             metadata=self.metadata, env_keys=sorted(self.env), secrets=list(self.secrets), status=self.status, output=self.output,
             stderr=self.stderr, output_truncated=self.output_truncated, stderr_truncated=self.stderr_truncated,
             exit_code=self.exit_code, failure_kind=self.failure_kind, error=self.error, ephemeral=self.ephemeral,
+            pids_peak=self.pids_peak, memory_peak_bytes=self.memory_peak_bytes,
             agent_run_group_id=self.agent_run_group_id, orchestration_role=self.orchestration_role,
             parent_agent_run_id=self.parent_agent_run_id, profile_id=self.profile_id,
             profile_snapshot=self.profile_snapshot, workspace_id=self.workspace_id, idempotency_key=self.idempotency_key, started_at=self.started_at, finished_at=self.finished_at,

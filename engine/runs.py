@@ -81,8 +81,8 @@ class RunService:
         """Resume every run that had started, and remove containers nothing owns."""
         await self.devices.reconcile()
         for state in await self.backend.list_owned():
-            if state.paused:  # frozen by a sweep the daemon did not live to finish
-                await self.backend.start(state.device_id)
+            if state.paused:  # frozen (by a sweep of an earlier version the daemon did not live to finish)
+                await self.devices.repair(state.device_id)
         unfinished = {r.id: r for r in await self.store.unfinished_runs()}
         for run in unfinished.values():
             if run.status is models.RunStatus.running:
@@ -140,6 +140,8 @@ class RunService:
             except errors.EngineError:
                 log.warning("could not remove the pooled sandbox %s of %s (the next start will)",
                             supervision.leftover_device, run_id)
+        if supervision.stuck_device is not None:  # no longer counted as active: this may take a while
+            await self.devices.repair(supervision.stuck_device)
         if supervision.leftover_files is not None:  # no longer counted as active: this may take a while
             try:
                 await self.backend.remove_run_files(supervision.leftover_files, run_id)

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     """Between heartbeat comments on an SSE stream of group events that is waiting for the next one."""
     docker_threads: int = 16
     """Bound on concurrent blocking Docker API calls."""
+    docker_call_timeout_seconds: float = Field(default=30, gt=0, le=600)
+    """The longest one Docker API call may take; past it the call is abandoned and its device treated as
+    stuck (its runs end `sandbox_lost`, and the device is repaired)."""
     channel_quota_bytes: int = Field(default=64 * 1_048_576, ge=65_536)
     """What one session (not the local user) may write to channels in all, bodies and metadata."""
     channel_quota_messages: int = Field(default=100_000, ge=1)

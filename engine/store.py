@@ -46,7 +46,8 @@ _KEPT = (
 RUN_COLUMNS = (
     "agent_runs.id, target_kind, target_id, provider, prompt, command, model, cwd, timeout, metadata, env, secrets, "
     "status, " + _KEPT.format(t="agent_runs") + ", output_truncated, stderr_truncated, stdout_offset, "
-    "stderr_offset, exit_code, failure_kind, error, ephemeral, cancel_requested, agent_run_group_id, "
+    "stderr_offset, exit_code, failure_kind, error, pids_peak, memory_peak_bytes, ephemeral, cancel_requested, "
+    "agent_run_group_id, "
     "orchestration_role, parent_agent_run_id, profile_id, profile_snapshot, workspace_id, idempotency_key, "
     "request_hash, started_at, "
     "finished_at, created_at, updated_at, created_by"
@@ -169,7 +170,7 @@ SQL.update({**group_store.SQL, **task_store.SQL, **channel_store.SQL, **profile_
 # Columns a run update may set (a guard against building SQL from arbitrary keys).
 RUN_UPDATABLE = frozenset(
     "status output stderr output_truncated stderr_truncated stdout_offset stderr_offset exit_code "
-    "failure_kind error cancel_requested started_at finished_at target_id".split()
+    "failure_kind error cancel_requested started_at finished_at target_id pids_peak memory_peak_bytes".split()
 )
 
 

@@ -30,6 +30,8 @@ from engine.store import Draft, Store, Tx
 
 log = logging.getLogger("agentdock.runs")
 
+STUCK_ROUNDS = 6
+"""Grace periods after a run's cancel or timeout before its device is taken for stuck."""
 TERMINAL = {models.RunStatus.succeeded, models.RunStatus.failed, models.RunStatus.canceled}
 
 
@@ -62,6 +64,8 @@ class Supervision:
         """Whether the run's ephemeral sandbox is a pooled device (known once its record is read)."""
         self.leftover_device: str | None = None
         """A used pooled device, removed by the caller once the run no longer counts (its end published)."""
+        self.stuck_device: str | None = None
+        """The device that stopped answering under this run (see `SandboxBackend.repair`)."""
 
     async def run(self) -> None:
         """Follow the run to its end; a failure of Docker or of this code settles it instead."""
@@ -113,7 +117,8 @@ class Supervision:
                 # Docker failed a call (a busy engine, say): while the device is still up, follow
                 # again from what was consumed; the process itself was never touched.
                 cause = single(exc)
-                if not isinstance(cause, errors.SandboxUnavailable) or attempt == 2:
+                if not isinstance(cause, errors.SandboxUnavailable) or isinstance(cause, errors.DeviceStuck) \
+                        or attempt == 2:
                     raise
                 state = await self.backend.inspect(row.target_id)
                 if state is None or not state.running:
@@ -170,8 +175,13 @@ class Supervision:
                 rounds += 1
                 if rounds < 3:
                     await self.backend.signal(launch.device_id, self.run_id, "KILL")
-                else:  # the run broke its own wrapper (removed its files, say): end everything of it
-                    await self.backend.sweep(launch.device_id, self.run_id)
+                elif rounds < STUCK_ROUNDS:  # the run broke its own wrapper (removed its files, say)
+                    await self.backend.sweep(launch.device_id, self.run_id)  # everything of it, at once
+                else:  # a sweep kills the follower's wrapper too: its device is not answering
+                    raise errors.DeviceStuck(
+                        f"the run's device {launch.device_id} did not answer: the run could not be ended there "
+                        f"{rounds} grace periods after its {'cancel' if not self.timed_out else 'timeout'}; "
+                        "the device is being repaired", suggested_command=f"agentdock sandbox get {launch.device_id}")
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(watchdog)
@@ -216,12 +226,14 @@ class Supervision:
         self.folder.end()
         last = self.folder.drain() if self.folder.has_pending else None  # written with the result
         row = self.row
+        usage: dict[str, Any] = {}
         # An ephemeral sandbox goes, with everything in it, when the run is published; a pooled one goes
-        # only after, and its run was exec'd like one in any device: swept like one.
+        # only after, and its run was exec'd like one in any device: swept (and measured) like one.
         if not row.ephemeral or self.pooled:
             swept = await self.backend.sweep(row.target_id, self.run_id)  # whatever the run left running
             if swept.pids_exhausted and (exit_ is None or exit_.ending in (Ending.exited, Ending.lost)):
                 exit_ = Exit(exit_code=None, ending=Ending.pids_exhausted)  # a fork bomb, spent or not
+            usage = {"pids_peak": swept.pids_peak, "memory_peak_bytes": swept.memory_peak_bytes}
         kind, error = self._classify(exit_, row)
         if error and self.folder.mask:  # an adapter's message may quote what the runtime said
             error = self.folder.mask.line(error)
@@ -229,10 +241,10 @@ class Supervision:
         code = exit_.exit_code if exit_ is not None else None
         now = self.clock.now()
         async with self.store.write(now) as tx:
-            fields: dict[str, Any] = {}
+            fields: dict[str, Any] = dict(usage)
             events = list(exported)
             if last is not None:
-                fields = await self._kept(tx, last, direct=not self.chunked)
+                fields.update(await self._kept(tx, last, direct=not self.chunked))
                 events = [*last.events, *exported]
             if self.chunked:
                 await tx.fold_output(self.run_id)
@@ -295,6 +307,8 @@ class Supervision:
             return
         exc = single(exc)  # type: ignore[assignment]
         kind = "sandbox_lost" if isinstance(exc, errors.SandboxUnavailable) else "backend_error"
+        if isinstance(exc, errors.SandboxUnavailable) and not row.ephemeral:
+            self.stuck_device = row.target_id  # repaired by the caller, outside the run's slot
         if isinstance(exc, errors.InvalidInput) and exc.field.startswith("secrets"):
             kind = "secret_missing"  # removed since the run's create
             if self.resumed and not row.ephemeral:  # its process may run, unmasked: stop it (an ephemeral

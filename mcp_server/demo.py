@@ -44,7 +44,8 @@ async def call(client: Client, tool: str, args: dict[str, Any], **kw: Any) -> di
 
 
 async def main() -> int:
-    exe = shutil.which("agentdock") or os.path.join(os.path.dirname(sys.executable), "agentdock")
+    beside = os.path.join(os.path.dirname(sys.executable), "agentdock")  # this install's, not another on PATH
+    exe = beside if os.path.exists(beside) else shutil.which("agentdock") or "agentdock"
     params = StdioServerParameters(command=exe, args=["serve"], env=dict(os.environ))
     async with Client(params) as client:
         tools = await client.list_tools()

@@ -11,6 +11,7 @@ import functools
 import io
 import logging
 import posixpath
+import re
 import signal
 import tarfile
 from collections.abc import AsyncIterator, Callable
@@ -38,11 +39,23 @@ WRAPPER = resources.files("runtimes").joinpath("wrapper.sh").read_text()
 KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 KEEPER = "65534:65534"
 REMOVE_DELAY_SECONDS = 5.0
+CALL_TIMEOUT_SECONDS = 30.0
+"""The longest one Docker call may take before it is abandoned (setting `docker_call_timeout_seconds`)."""
+DEVICE_CALLS = 8
+"""Docker calls on one container at once."""
+ADOPT_SECONDS = 5.0
+"""How long the daemon looks for a new wrapper to move into its run's cgroups (the wrapper waits a
+little longer, then goes on without: its run is then ended by its processes' environment)."""
 FORK_FAILED = (b"can't fork", b"Cannot fork", b"Resource temporarily unavailable")
 """What a shell says when it cannot create a process (busybox ash, dash, bash)."""
 STREAM_IDS = {1: "stdout", 2: "stderr"}
+TRAILER_MARK = b"\x1eagentdock-end "
+TRAILER = re.compile(rb"\x1eagentdock-end (\d+) (\d+) (-?\d+)\x1e")
+"""What the wrapper writes last on stderr: the offsets it emitted up to, and the run's exit code."""
 
 
+MISSED_STAT_ATTEMPTS = 4
+"""How often the size of a run's output file is asked for before the follow gives up (and is retried)."""
 MAX_STREAM_CUTS = 200
 """How often a run's attached stream may end early (the wrapper still running) and be followed
 again before the wrapper is treated as gone."""
@@ -55,16 +68,23 @@ def container_name(device_id: str) -> str:
 class DockerBackend:
     """Implements `engine.ports.SandboxBackend` on the local Docker engine."""
 
-    def __init__(self, home: Path, *, client: docker.DockerClient | None = None, threads: int = 16) -> None:
+    def __init__(self, home: Path, *, client: docker.DockerClient | None = None, threads: int = 16,
+                 call_timeout: float = CALL_TIMEOUT_SECONDS) -> None:
         self.home = str(home)
         self._client = client
         self._calls = anyio.CapacityLimiter(threads)
+        self.call_timeout = call_timeout
+        self._per_device: dict[str, anyio.CapacityLimiter] = {}
+        """Per container: at most DEVICE_CALLS of the calls at once, so a device that stopped answering
+        holds only its own share of the threads."""
         self._streams = anyio.CapacityLimiter(1024)
         self._image_users: dict[str, str] = {}
         self._run_users: dict[str, str] = {}
         self._cgroups: dict[str, procs.Cgroup] = {}
         self._to_remove: dict[str, set[str]] = {}
         """Per device: settled runs whose files are about to be removed."""
+        self._whole: set[str] = set()
+        """Runs whose last follow's stream ended with the wrapper's trailer: nothing was missed."""
         self._refusals_before: dict[str, int] = {}
         """Per run: the device's count of refused forks when the run was first followed."""
 
@@ -79,7 +99,23 @@ class DockerBackend:
         return self._client.api
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        return await anyio.to_thread.run_sync(functools.partial(_translated, fn, *args, **kw), limiter=self._calls)
+        """One blocking Docker call on a worker thread, bounded: a call that Docker does not answer in
+        `call_timeout` is abandoned (its thread ends with the HTTP timeout) and raises
+        `SandboxUnavailable`, so one stuck container never holds the runs of another, or the daemon."""
+        name = args[0] if args and isinstance(args[0], str) and args[0].startswith("agentdock-") else None
+        limiter = self._per_device.setdefault(name, anyio.CapacityLimiter(DEVICE_CALLS)) if name else None
+        call = functools.partial(_translated, fn, *args, **kw)
+        try:
+            with anyio.fail_after(self.call_timeout):
+                if limiter is None:
+                    return await anyio.to_thread.run_sync(call, limiter=self._calls, abandon_on_cancel=True)
+                async with limiter:
+                    return await anyio.to_thread.run_sync(call, limiter=self._calls, abandon_on_cancel=True)
+        except TimeoutError:
+            what = getattr(fn, "__name__", "a call")
+            raise errors.SandboxUnavailable(
+                f"Docker did not answer {what}{' on ' + name if name else ''} within {self.call_timeout:g} s "
+                "(the engine is overloaded, or the container is stuck)", suggested_command="docker info") from None
 
     # ------------------------------------------------------------ devices
 
@@ -152,12 +188,7 @@ class DockerBackend:
             await self._call(self.api.start, cid)
             # Up means a shell answers in it (runs are started with one): a container whose main
             # process fails right after start may still look running for a moment.
-            try:
-                probe = (await self._call(self.api.exec_create, cid, ["/bin/sh", "-c", ":"], user=KEEPER))["Id"]
-                await self._call(self.api.exec_start, probe)
-                answered = (await self._call(self.api.exec_inspect, probe))["ExitCode"] == 0
-            except (errors.Conflict, errors.SandboxUnavailable, errors.NotFound):
-                answered = False
+            answered = await self._answers(container_name(spec.device_id))
             info = await self._call(self.api.inspect_container, cid)
             if not answered or not info["State"]["Running"]:
                 logs = await self._call(self.api.logs, cid, tail=5)
@@ -183,6 +214,43 @@ class DockerBackend:
             raise errors.SandboxUnavailable(f"{device_id} did not stay up after a restart",
                                             suggested_command=f"agentdock sandbox rm {device_id}")
         return state
+
+    async def repair(self, device_id: str) -> str:
+        """Thaw a frozen device (from the host, and through Docker if it says paused); if it still does
+        not answer, end every process in it from the host and start it again: its files stay."""
+        name = container_name(device_id)
+        info = await self._inspect(name)
+        if info is None:
+            return "gone"
+        cgroup = await anyio.to_thread.run_sync(procs.Cgroup.of, info["State"]["Pid"])
+        thawed = cgroup is not None and await anyio.to_thread.run_sync(cgroup.thaw)
+        if info["State"].get("Paused"):
+            thawed = True
+            try:
+                await self._call(self.api.unpause, name)
+            except (errors.Conflict, errors.SandboxUnavailable) as exc:  # not paused after all, or stuck
+                log.warning("could not unpause %s: %s", name, exc.message)
+        if info["State"]["Running"] and await self._answers(name):
+            return "thawed" if thawed else "answering"
+        log.warning("%s does not answer: ending every process in it and starting it again", name)
+        if cgroup is None or not await anyio.to_thread.run_sync(cgroup.kill_all):
+            try:
+                await self._call(self.api.kill, name)
+            except errors.Conflict:
+                pass  # not running
+        self._cgroups.pop(name, None)
+        await self._call(self.api.wait, name)
+        await self.start(device_id)
+        return "restarted"
+
+    async def _answers(self, name: str) -> bool:
+        """Whether a shell starts and ends in the container (bounded by the call timeout)."""
+        try:
+            probe = (await self._call(self.api.exec_create, name, ["/bin/sh", "-c", ":"], user=KEEPER))["Id"]
+            await self._call(self.api.exec_start, probe)
+            return (await self._call(self.api.exec_inspect, probe))["ExitCode"] == 0
+        except (errors.Conflict, errors.SandboxUnavailable, errors.NotFound):
+            return False
 
     async def image_exists(self, image: str) -> bool:
         try:
@@ -256,14 +324,7 @@ class DockerBackend:
 
     async def follow(self, launch: RunLaunch) -> AsyncIterator[Chunk | Exit]:
         if launch.ephemeral is None:
-            offsets = {"stdout": launch.stdout_offset, "stderr": launch.stderr_offset}
-            async for item in self._follow_exec(launch):
-                if isinstance(item, Exit):
-                    async for chunk in self._missed(container_name(launch.device_id), launch.run_id, offsets):
-                        yield chunk
-                    yield item
-                    return
-                offsets[item.stream] += len(item.data)
+            async for item in self._follow_exec_whole(launch):
                 yield item
             return
         if launch.ephemeral.pool is not None:
@@ -293,6 +354,20 @@ class DockerBackend:
                                                   Ending.lost):
             yield item
 
+    async def _follow_exec_whole(self, launch: RunLaunch) -> AsyncIterator[Chunk | Exit]:
+        """`_follow_exec`, then what its stream missed, read from the run's files, before the end."""
+        offsets = {"stdout": launch.stdout_offset, "stderr": launch.stderr_offset}
+        async for item in self._follow_exec(launch):
+            if isinstance(item, Exit):
+                if launch.run_id not in self._whole:
+                    async for chunk in self._missed(container_name(launch.device_id), launch.run_id, offsets):
+                        yield chunk
+                self._whole.discard(launch.run_id)
+                yield item
+                return
+            offsets[item.stream] += len(item.data)
+            yield item
+
     async def _keeps_alive(self, device_id: str) -> bool:
         """Whether an ephemeral run's container was made a device (its main process the keepalive)."""
         info = await self._inspect(container_name(device_id))
@@ -313,7 +388,7 @@ class DockerBackend:
                                                       Ending.sandbox_lost):
                 yield item
             return
-        async for item in self._follow_exec(launch):
+        async for item in self._follow_exec_whole(launch):
             yield item
 
     async def _follow_pooled(self, launch: RunLaunch, spec: DeviceSpec) -> AsyncIterator[Chunk | Exit]:
@@ -324,7 +399,7 @@ class DockerBackend:
         up = await self._cgroup(container_name(launch.device_id)) is not None
         state = None if up else await self.inspect(launch.device_id)
         if up or (state is not None and state.running):
-            async for item in self.follow(launch.model_copy(update={"ephemeral": None})):
+            async for item in self._follow_exec_whole(launch):
                 yield item
             return
         if state is not None and launch.stdout_offset == launch.stderr_offset == 0 and await self._call(
@@ -342,13 +417,19 @@ class DockerBackend:
         sock = await self._call(self.api.attach_socket, name, params={"stdout": 1, "stderr": 1, "stream": 1})
         tail = b""
         seen = {"stdout": 0, "stderr": 0}
+        trailer = Trailer()
         try:
             await self._call(self.api.start, name)
             async for chunk in self._frames(sock):
-                if chunk.stream == "stderr":
-                    tail = (tail + chunk.data)[-512:]
-                seen[chunk.stream] += len(chunk.data)
-                yield chunk
+                for piece in trailer.take(chunk):
+                    if piece.stream == "stderr":
+                        tail = (tail + piece.data)[-512:]
+                    seen[piece.stream] += len(piece.data)
+                    yield piece
+            for piece in trailer.end():
+                tail = (tail + piece.data)[-512:]
+                seen["stderr"] += len(piece.data)
+                yield piece
         finally:
             sock.close()
         result = await self._call(self.api.wait, name, timeout=30)
@@ -357,6 +438,8 @@ class DockerBackend:
         for stream, flags in (("stdout", {"stdout": True, "stderr": False}),
                               ("stderr", {"stdout": False, "stderr": True})):
             logged = await self._call(self.api.logs, name, **flags)
+            if stream == "stderr" and (last := logged.rfind(TRAILER_MARK)) >= 0 and TRAILER.fullmatch(logged[last:]):
+                logged = logged[:last]  # the wrapper's trailer is not the run's output
             if len(logged) > seen[stream]:
                 missed = logged[seen[stream]:]
                 if stream == "stderr":
@@ -384,6 +467,10 @@ class DockerBackend:
         while failures < 3:
             env = self._wrapper_env(launch, offsets["stdout"], offsets["stderr"])
             env["AGENTDOCK_REMOVE"] = self._take_removals(launch.device_id)
+            cgroup = await self._cgroup(name)
+            run_cgroup = cgroup.run(launch.run_id) if cgroup is not None else None
+            if run_cgroup is not None:
+                env["AGENTDOCK_CGROUP"] = procs.run_cgroup_name(launch.run_id)
             try:
                 user = await self._run_user(launch.device_id)
                 exec_id = (await self._call(self.api.exec_create, name, _wrapper_command(launch),
@@ -400,14 +487,27 @@ class DockerBackend:
             try:
                 sock = await self._call(self.api.exec_start, exec_id, socket=True)
                 try:
+                    if run_cgroup is not None:
+                        assert cgroup is not None
+                        await anyio.to_thread.run_sync(procs.adopt_wrapper, cgroup, run_cgroup, launch.run_id,
+                                                       ADOPT_SECONDS, limiter=self._streams)
+                    trailer = Trailer()
                     async for chunk in self._frames(sock):
-                        offsets[chunk.stream] += len(chunk.data)
-                        yield chunk
+                        for piece in trailer.take(chunk):
+                            offsets[piece.stream] += len(piece.data)
+                            yield piece
+                    for piece in trailer.end():
+                        offsets[piece.stream] += len(piece.data)
+                        yield piece
                 finally:
                     sock.close()
-                info = await self._call(self.api.exec_inspect, exec_id)
-                code = info["ExitCode"] if info["ExitCode"] is not None else -1
-                running = bool(info.get("Running"))
+                if trailer.says(offsets) is not None:  # the whole stream came, with the exit code
+                    code = trailer.says(offsets)  # type: ignore[assignment]
+                    self._whole.add(launch.run_id)
+                else:
+                    info = await self._call(self.api.exec_inspect, exec_id)
+                    code = info["ExitCode"] if info["ExitCode"] is not None else -1
+                    running = bool(info.get("Running"))
             except errors.SandboxUnavailable:
                 pass  # the exec could not start (at the pids limit, say): look closer below
             if running and cuts < MAX_STREAM_CUTS:
@@ -432,7 +532,7 @@ class DockerBackend:
                 return
             cgroup = await self._cgroup(name)
             if cgroup is not None and await anyio.to_thread.run_sync(cgroup.exhausted):
-                await self._host_kill(name, launch.run_id, signal.SIGKILL, machinery=True)
+                await self._end_run(name, launch.run_id)
                 yield Exit(exit_code=None, ending=Ending.pids_exhausted)
                 return
             if code == 255 or (cgroup is not None and not await anyio.to_thread.run_sync(
@@ -447,19 +547,28 @@ class DockerBackend:
         """What the attached stream lost: a loaded Docker engine can end an exec's stream before the
         last of its output (seen under a load of 16 on two cores: a run 'succeeded' printing
         nothing). The run's files are the record; their sizes, from two stat requests, say whether
-        anything is missing, and only then is the file read."""
+        anything is missing, and only then is the file read. A stat that fails is not taken for
+        "nothing missed": it is asked again, and if Docker still cannot say, the follow fails
+        (`SandboxUnavailable`) and the supervisor follows the run again from what it holds."""
         run_dir = f"{RUNS_DIR}/{run_id}"
         sizes: dict[str, int | None] = {}
 
         async def stat(stream: str) -> None:
-            sizes[stream] = await self._call(self._file_size, name, f"{run_dir}/{stream}")
+            for attempt in range(MISSED_STAT_ATTEMPTS):
+                try:
+                    sizes[stream] = await self._call(self._file_size, name, f"{run_dir}/{stream}")
+                    return
+                except errors.SandboxUnavailable:
+                    if attempt == MISSED_STAT_ATTEMPTS - 1:
+                        raise
+                    await anyio.sleep(0.1 * (attempt + 1))
 
         try:
             async with anyio.create_task_group() as tg:
                 for stream in ("stdout", "stderr"):
                     tg.start_soon(stat, stream)
-        except Exception:  # noqa: BLE001 - the container is gone with its files: nothing more to read
-            return
+        except ExceptionGroup as group:
+            raise group.exceptions[0] from None
         for stream in ("stdout", "stderr"):
             size = sizes[stream]
             if size is not None and size > offsets[stream]:
@@ -471,10 +580,13 @@ class DockerBackend:
                     offsets[stream] = len(data)
 
     def _file_size(self, name: str, path: str) -> int | None:
-        """A file's size in the container, from a HEAD request (no archive is made)."""
+        """A file's size in the container, from a HEAD request (no archive is made); None: no such
+        file. Any other answer is Docker failing to say, and raises."""
         res = self.api.head(self.api._url("/containers/{0}/archive", name), params={"path": path})
-        if res.status_code != 200:
+        if res.status_code == 404:  # no such file (or no such container, and its files with it)
             return None
+        if res.status_code != 200:
+            raise errors.SandboxUnavailable(f"Docker could not stat {path} in {name} (HTTP {res.status_code})")
         stat = res.headers.get("x-docker-container-path-stat")
         return int(docker.utils.decode_json_header(stat).get("size", 0)) if stat else None
 
@@ -527,11 +639,21 @@ class DockerBackend:
 
     async def signal(self, device_id: str, run_id: str, signal_: Literal["TERM", "KILL"]) -> None:
         """Signal the command's process group from inside; if that is impossible (no room for a
-        process at the pids limit), or for KILL, also every process of the run from the host."""
+        process at the pids limit), or for KILL, also every process of the command from the host."""
         name = container_name(device_id)
         sent = await self._exec_signal(device_id, run_id, signal_)
         if signal_ == "KILL" or not sent:
-            await self._host_kill(name, run_id, getattr(signal, f"SIG{signal_}"), machinery=False)
+            cgroup = await self._cgroup(name)
+            if cgroup is None:
+                return
+            if signal_ == "KILL" and await anyio.to_thread.run_sync(cgroup.exhausted):
+                await self._end_run(name, run_id)  # at the pids limit: everything of it, at once
+            elif signal_ == "KILL":  # the wrapper and launcher stay to record the exit code
+                await anyio.to_thread.run_sync(functools.partial(procs.stop_and_kill, cgroup, run_id,
+                                                                 machinery=False), limiter=self._streams)
+            else:
+                procs.send(await anyio.to_thread.run_sync(functools.partial(
+                    procs.run_processes, cgroup, run_id, machinery=False)), signal.SIGTERM)
 
     async def _exec_signal(self, device_id: str, run_id: str, signal_: str) -> bool:
         script = 'p=$(cat "$1/pid" 2>/dev/null) && [ -n "$p" ] && kill -' + signal_ + ' -"$p" 2>/dev/null; true'
@@ -552,12 +674,17 @@ class DockerBackend:
             return Swept()
         find = functools.partial(procs.run_processes, cgroup, run_id)
         before = self._refusals_before.pop(run_id, None)
-        if before is not None:  # did the device refuse a fork while the run ran?
+        own = cgroup.run(run_id)
+        usage = await anyio.to_thread.run_sync(own.usage) if own is not None else procs.Usage()
+        if usage.forks_refused is not None:  # the run's own count
+            exhausted = usage.forks_refused > 0
+        elif before is not None:  # did the device refuse a fork while the run ran?
             exhausted = cgroup.fork_refusals() > before
         else:  # followed since a restart: is it at the limit now, with the run's processes in it?
             exhausted = await anyio.to_thread.run_sync(cgroup.exhausted) and bool(await anyio.to_thread.run_sync(find))
-        killed = await self._host_kill(name, run_id, signal.SIGKILL, machinery=True)
-        return Swept(killed=killed or 0, pids_exhausted=exhausted)
+        killed, _ = await self._end_run(name, run_id)
+        return Swept(killed=killed, pids_exhausted=exhausted, pids_peak=usage.pids_peak,
+                     memory_peak_bytes=usage.memory_peak_bytes)
 
     async def _up(self, name: str) -> bool:
         """Is the container running? A container being stopped has lost its main process before
@@ -568,7 +695,7 @@ class DockerBackend:
         return await anyio.to_thread.run_sync(procs.alive, info["State"]["Pid"])
 
     async def _cgroup(self, name: str) -> procs.Cgroup | None:
-        """The running container's pids cgroup as the host sees it (None: stopped, or not visible)."""
+        """The running container's cgroups as the host sees them (None: stopped, or not visible)."""
         cached = self._cgroups.get(name)
         if cached is not None and cached.live():
             return cached
@@ -580,45 +707,20 @@ class DockerBackend:
             self._cgroups[name] = cgroup
         return cgroup
 
-    async def _host_kill(self, name: str, run_id: str, sig: signal.Signals, *, machinery: bool) -> int | None:
-        """Signal the run's processes from the host. SIGKILL is sent plainly first; if processes are
-        still there (or the device is at its pids limit) it is sent with the container frozen, so a
-        fork bomb cannot replace what is killed; repeated until none is left. None: not possible here."""
+    async def _end_run(self, name: str, run_id: str) -> tuple[int, procs.Usage]:
+        """Kill every process of the run from the host, never freezing the device: its own cgroups at
+        once (`cgroup.kill`), then any process of it found outside them (stopped, then killed)."""
         cgroup = await self._cgroup(name)
         if cgroup is None:
-            return None
-        find = functools.partial(procs.run_processes, cgroup, run_id, machinery=machinery)
-        if sig != signal.SIGKILL:
-            return procs.send(await anyio.to_thread.run_sync(find), sig)
-        killed = 0
-        for round_ in range(20):
-            pids = await anyio.to_thread.run_sync(find)
-            if not pids:
-                break
-            if round_ == 0 and not await anyio.to_thread.run_sync(cgroup.exhausted):
-                # A few leftovers (a sleep, a daemon the run started): no need to freeze the device.
-                killed += procs.send(pids, sig)
-                await anyio.sleep(0.01)
-                continue
-            try:
-                await self._call(self.api.pause, name)
-                paused = True
-            except errors.Conflict:
-                paused = True  # already paused (by a sweep a moment ago)
-            except errors.EngineError as exc:  # a busy engine: kill without the freeze and go round again
-                log.warning("could not pause %s to kill %s: %s", name, run_id, exc.message)
-                paused = False
-            try:
-                killed += procs.send(await anyio.to_thread.run_sync(find), sig)
-            finally:
-                if paused:
-                    with anyio.CancelScope(shield=True):
-                        try:
-                            await self._call(self.api.unpause, name)
-                        except errors.EngineError:
-                            log.warning("could not unpause %s (the next start of the daemon will)", name)
-            await anyio.sleep(0.02)  # let init reap them
-        return killed
+            return 0, procs.Usage()
+
+        def end() -> tuple[int, procs.Usage]:
+            own = cgroup.run(run_id)
+            usage = own.usage() if own is not None else procs.Usage()
+            killed = own.kill() if own is not None else 0
+            return killed + procs.stop_and_kill(cgroup, run_id), usage
+
+        return await anyio.to_thread.run_sync(end, limiter=self._streams)
 
     async def remove_run_files(self, device_id: str, run_id: str) -> None:
         """Batched per device: the next run's wrapper removes them on its way (no exec of its own);
@@ -636,8 +738,10 @@ class DockerBackend:
                                         ["rm", "-rf", *(f"{RUNS_DIR}/{r}" for r in batch)],
                                         user=await self._run_user(device_id)))["Id"]
             await self._call(self.api.exec_start, exec_id)
-        except (errors.NotFound, errors.Conflict, errors.SandboxUnavailable):
-            log.warning("could not remove the files of %s in %s", ", ".join(batch), device_id)
+        except errors.NotFound:
+            pass  # the device is gone, and the files with it
+        except (errors.Conflict, errors.SandboxUnavailable) as exc:
+            log.warning("could not remove the files of %s in %s: %s", ", ".join(batch), device_id, exc.message)
 
     def _take_removals(self, device_id: str) -> str:
         """Settled runs whose files the next wrapper in this device removes (their ids are hex)."""
@@ -705,6 +809,45 @@ class DockerBackend:
             raise errors.LimitExceeded(f"{path} is larger than the {max_bytes}-byte artifact limit",
                                        evidence={"field": "artifact_paths", "path": path, "limit": max_bytes})
         return data
+
+
+class Trailer:
+    """Holds back what may be the start of the wrapper's trailer at the end of stderr, and reads it
+    once the stream ends. The run cannot pass off its own text as the trailer: the wrapper writes the
+    real one after all the run's output, and only the stream's very last bytes are taken for it."""
+
+    def __init__(self) -> None:
+        self.held = b""
+        self.found: tuple[int, int, int] | None = None
+
+    def take(self, chunk: Chunk) -> list[Chunk]:
+        if chunk.stream != "stderr":
+            return [chunk]
+        data = self.held + chunk.data
+        cut = data.rfind(TRAILER_MARK)
+        if cut < 0 or len(data) - cut > 64:
+            cut = len(data)
+            for n in range(min(len(TRAILER_MARK) - 1, len(data)), 0, -1):  # a mark split across chunks
+                if data.endswith(TRAILER_MARK[:n]):
+                    cut = len(data) - n
+                    break
+        self.held = data[cut:]
+        return [Chunk(stream="stderr", data=data[:cut])] if cut else []
+
+    def end(self) -> list[Chunk]:
+        match = TRAILER.fullmatch(self.held)
+        if match is not None:
+            self.found = (int(match[1]), int(match[2]), int(match[3]))
+            self.held = b""
+            return []
+        held, self.held = self.held, b""
+        return [Chunk(stream="stderr", data=held)] if held else []
+
+    def says(self, offsets: dict[str, int]) -> int | None:
+        """The run's exit code, when the trailer came and its offsets are what arrived."""
+        if self.found is None or (self.found[0], self.found[1]) != (offsets["stdout"], offsets["stderr"]):
+            return None
+        return self.found[2]
 
 
 def _wrapper_command(launch: RunLaunch) -> list[str]:

@@ -86,6 +86,15 @@ class FakeBackend:
     async def inspect(self, device_id: str) -> DeviceState | None:
         return self.devices.get(device_id)
 
+    async def repair(self, device_id: str) -> str:
+        state = self.devices.get(device_id)
+        if state is None:
+            return "gone"
+        if state.paused:
+            await self.start(device_id)
+            return "thawed"
+        return "answering"
+
     async def list_owned(self) -> list[DeviceState]:
         return list(self.devices.values())
 

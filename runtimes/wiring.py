@@ -10,5 +10,6 @@ from runtimes.docker_backend import DockerBackend
 
 
 def docker_engine(settings: Settings, *, clock: Clock | None = None) -> Engine:
-    return Engine(settings, backend=DockerBackend(settings.home, threads=settings.docker_threads),
+    return Engine(settings, backend=DockerBackend(settings.home, threads=settings.docker_threads,
+                                                  call_timeout=settings.docker_call_timeout_seconds),
                   harnesses=adapters.resolver(settings), clock=clock)

@@ -12,6 +12,29 @@
 #      AGENTDOCK_STDOUT_OFFSET, AGENTDOCK_STDERR_OFFSET (resume points, bytes),
 #      AGENTDOCK_STDOUT_CAP, AGENTDOCK_STDERR_CAP (bytes kept), AGENTDOCK_ARTIFACTS (one path a line),
 #      AGENTDOCK_ARTIFACT_MAX (bytes), AGENTDOCK_REMOVE (ids of settled runs whose files to remove).
+#      AGENTDOCK_CGROUP (optional): the name of the run's own cgroup, which the daemon moves this
+#      wrapper into from the host; the wrapper waits (bounded) for it before it starts anything, so
+#      every process of the run is born there and `cgroup.kill` ends them all at once.
+if [ -n "${AGENTDOCK_CGROUP:-}" ]; then
+  # Nothing but a sleep is started until then (the daemon tells this wrapper from a fork of it by
+  # the fork's parent); v2 is the last cgroup the daemon moves it to, and it then sends URG (ignored
+  # unless trapped), which ends the wait at once.
+  sp= woke=
+  trap 'woke=1; kill $sp 2>/dev/null' URG
+  i=0
+  while [ $i -lt 200 ]; do
+    moved=
+    while IFS= read -r line; do
+      case $line in 0::*"/$AGENTDOCK_CGROUP") moved=1 ;; esac
+    done </proc/self/cgroup
+    [ -n "$moved" ] && break
+    i=$((i + 1))
+    sleep 0.03 & sp=$!
+    [ -n "$woke" ] || wait $sp
+    kill $sp 2>/dev/null; woke=
+  done
+  trap - URG
+fi
 d=$AGENTDOCK_RUN_DIR
 so=${AGENTDOCK_STDOUT_OFFSET:-0}
 se=${AGENTDOCK_STDERR_OFFSET:-0}
@@ -90,6 +113,10 @@ fi
 [ -n "${AGENTDOCK_REMOVE:-}" ] && (cd "${d%/*}" && exec rm -rf $AGENTDOCK_REMOVE) >/dev/null 2>&1
 
 emit() {  # emit FILE OFFSET: write FILE's bytes from OFFSET to its current end; sets $n to that end
+  if [ "$fin" = 1 ] && [ "$2" = 0 ]; then  # the whole file, which no longer grows: one process
+    n=0; [ -s "$1" ] && cat "$1"
+    return
+  fi
   n=$(($(wc -c <"$1")))
   if [ "$n" -gt "$2" ]; then tail -c +$(($2 + 1)) "$1" | head -c $((n - $2)); fi
 }
@@ -121,4 +148,9 @@ while :; do
     fi
   fi
 done
-exit "$(cat "$d/exit")"
+read -r code <"$d/exit"
+# The trailer, after everything else on stderr: the follower takes it as proof the stream carried
+# the whole output (the offsets it says match what arrived) and as the exit code, sparing it the
+# calls that would ask Docker the same (a stream cut short has no trailer).
+printf '\036agentdock-end %s %s %s\036' "$so" "$se" "$code" >&2
+exit "$code"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -28,6 +29,12 @@ SMALL = images.small_tag()
 FULL = "agentdock-full:latest"
 ROOT = Path(__file__).resolve().parent.parent
 AGENTDOCK = str(ROOT / ".venv" / "bin" / "agentdock")
+LOGGED_ERROR = re.compile(r"Traceback|\b(?:ERROR|CRITICAL)\b")
+
+
+def logged_errors(text: str) -> list[str]:
+    """The lines of a log or a stderr that show an exception or an error logged: what a user must never see."""
+    return [line for line in text.splitlines() if LOGGED_ERROR.search(line)]
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +90,11 @@ class Daemon:
         return subprocess.run([AGENTDOCK, *args], env=self.env, capture_output=True, text=True, timeout=120,
                               check=check)
 
+    def logged_errors(self) -> list[str]:
+        """What its log shows of exceptions and errors logged (nothing, for a daemon that did its work well)."""
+        path = daemon_mod.log_path(self.settings)
+        return logged_errors(path.read_text(errors="replace")) if path.exists() else []
+
 
 @pytest.fixture
 def daemon(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
@@ -95,3 +107,12 @@ def daemon(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daem
     d.start()
     yield d
     daemon_mod.stop(settings)
+
+
+@pytest.fixture
+def quiet_daemon(daemon: Daemon) -> Iterator[Daemon]:
+    """`daemon`, whose log must show no exception or error when the test is over: checked once it has
+    stopped, so its shutdown counts (a failure shows as an error at teardown)."""
+    yield daemon
+    daemon_mod.stop(daemon.settings)
+    assert daemon.logged_errors() == []

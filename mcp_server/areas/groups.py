@@ -2,14 +2,14 @@
 
 Waiting happens on the server (`engine.groups`): a dispatch's end (`/dispatches/{id}?wait=S`), a
 group's end (`/{id}?wait=S`), the next event (`/events?wait=S`, or SSE with `?stream=true`). An MCP
-call never waits longer than `mcp_max_wait_seconds`; a synchronous `group_dispatch` not done by then
-answers with what it has, its `dispatch_id` and the group's event cursor.
+call never waits longer than `mcp_max_wait_seconds`; a synchronous `group_dispatch` (which follows the
+group's events to its items' ends, reporting progress) not done by then answers with what it has, its
+`dispatch_id` and the group's event cursor.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from collections.abc import AsyncIterator
@@ -173,6 +173,26 @@ async def _sse(groups: Any, caller: Caller, group_id: str, page: gm.GroupEventLi
 # ---------------------------------------------------------------- MCP
 
 
+async def _reporting(api: AgentDockAPI, group_id: str, queued: gm.DispatchResult, timeout: float,
+                     ctx: Context) -> None:
+    """Progress notifications for a dispatch (its items ended, of all), read from the group's events, until
+    every item has ended, the group has, or `timeout` has passed. Each long-poll ends by itself, by the
+    timeout at the latest: nothing waits beside it to be cancelled (see `runs.wait_reporting` for the
+    traceback a cancelled read on the daemon's socket can print)."""
+    deadline = anyio.current_time() + timeout
+    pending = {e.id for e in queued.entries if not e.status.terminal}
+    cursor = queued.next_after_sequence  # taken before the entries were read: each pending end comes after it
+    while pending and (remaining := deadline - anyio.current_time()) > 0:
+        page = await api.group_events(group_id, gm.GroupEventsQuery(after_sequence=cursor,
+                                                                    wait=min(remaining, PROGRESS_SECONDS)))
+        cursor = page.next_after_sequence
+        pending -= {e.payload.get("entry_id") for e in page.data if e.type == "entry_finished"}
+        last = page.data[-1].message if page.data else "waiting for the group's children"
+        await ctx.report_progress(len(queued.entries) - len(pending), len(queued.entries), last)
+        if not page.is_active and not page.data:
+            return
+
+
 async def _ticking(ctx: Context, message: str, progress: float) -> None:
     """Progress notifications while a call waits with nothing new (clients may reset their timeout)."""
     while True:
@@ -192,26 +212,8 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
         queued = await api.dispatch_group(inp.group_id, req)
         if inp.async_:
             return queued
-        mine = {e.id for e in queued.entries}
-
-        async def report() -> None:
-            ended, cursor = 0, queued.next_after_sequence
-            with contextlib.suppress(errors.EngineError):
-                while True:
-                    page = await api.group_events(inp.group_id, gm.GroupEventsQuery(
-                        after_sequence=cursor, wait=min(max_wait, PROGRESS_SECONDS)))
-                    cursor = page.next_after_sequence
-                    ended += sum(1 for e in page.data if e.type == "entry_finished" and e.payload.get("entry_id") in mine)
-                    last = page.data[-1].message if page.data else "waiting for the group's children"
-                    await ctx.report_progress(ended, len(mine), last)
-                    if not page.is_active and not page.data:
-                        return
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(report)
-            result = await api.wait_dispatch(inp.group_id, queued.dispatch_id, max_wait)
-            tg.cancel_scope.cancel()
-        return result
+        await _reporting(api, inp.group_id, queued, max_wait, ctx)  # returns once every item has ended
+        return await api.wait_dispatch(inp.group_id, queued.dispatch_id, 0)
 
     async def group_get(inp: GroupRef, ctx: Context) -> gm.Group:
         return await api.get_group(inp.group_id)

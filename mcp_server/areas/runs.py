@@ -1,16 +1,17 @@
 """Agent runs: their HTTP routes, MCP tools, resource and CLI commands.
 
-Waiting for a run's end happens in one place, on the server (`engine.runs.wait`, reached as
-`GET /api/v1/agent-runs/{id}?wait=S` or `AgentDockAPI.wait_run`); following a run's events is the
-long-poll in `pages()`, used for `agent_run`'s progress notifications and `runs events --follow`.
+Waiting for a run's end happens on the server: `engine.runs.wait` (reached as
+`GET /api/v1/agent-runs/{id}?wait=S` or `AgentDockAPI.wait_run`) for the CLI, and the events long-poll
+in `pages()`, which also returns once the run has ended, for `agent_run` (its events feed its progress
+notifications) and `runs events --follow`.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
+import math
 import sys
 from collections.abc import AsyncIterator
 
@@ -83,10 +84,11 @@ class ArtifactsResult(models.Record):
     content: ArtifactContent | None = None
 
 
-async def pages(api: AgentDockAPI, run_id: str, after: int = 0,
-                limit: int = 500) -> AsyncIterator[models.RunEventList]:
+async def pages(api: AgentDockAPI, run_id: str, after: int = 0, limit: int = 500,
+                deadline: float = math.inf) -> AsyncIterator[models.RunEventList]:
     """A run's events after `after`, page by page as they come (long-poll), until it has ended and
-    every event has been read."""
+    every event has been read, or `deadline` (anyio's clock) has passed. Each long-poll ends by
+    itself, by the deadline at the latest."""
     q = models.EventsQuery(after=after, limit=limit)
     while True:
         page = await api.run_events(run_id, q)
@@ -94,25 +96,22 @@ async def pages(api: AgentDockAPI, run_id: str, after: int = 0,
             yield page
         elif page.run_status.terminal:
             return
-        q = models.EventsQuery(after=page.next_after, wait=POLL_SECONDS)
+        remaining = deadline - anyio.current_time()
+        if remaining <= 0:
+            return
+        q = models.EventsQuery(after=page.next_after, limit=limit, wait=min(POLL_SECONDS, remaining))
 
 
 async def wait_reporting(api: AgentDockAPI, run_id: str, timeout: float, ctx: Context) -> models.Run:
     """The run once it has ended (or as it is when `timeout` passes), sending a progress notification
-    for each page of its events meanwhile. The end is waited for on the server; the events only feed
-    the notifications, and stop with the wait (or at their first error: the wait reports errors)."""
-
-    async def report() -> None:
-        with contextlib.suppress(errors.EngineError):
-            async for page in pages(api, run_id):
-                last = page.data[-1]
-                await ctx.report_progress(page.next_after, None, last.message or last.type)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(report)
-        run = await api.wait_run(run_id, timeout)
-        tg.cancel_scope.cancel()
-    return run
+    for each page of its events meanwhile. The events' long-poll is the wait: it returns once the run
+    has ended, so no second request waits beside it to be cancelled. (Cancelling a read pending on
+    the daemon's Unix socket just as its answer arrives makes anyio's reader callback set a result on
+    the cancelled future, and asyncio logs that InvalidStateError with a traceback on serve's stderr.)"""
+    async for page in pages(api, run_id, deadline=anyio.current_time() + timeout):
+        last = page.data[-1]
+        await ctx.report_progress(page.next_after, None, last.message or last.type)
+    return await api.get_run(run_id)
 
 
 async def until_ended(api: AgentDockAPI, run_id: str) -> models.Run:

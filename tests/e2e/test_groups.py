@@ -15,7 +15,7 @@ from tests.conftest import Daemon, owned_containers
 from tests.e2e.test_http import diagnostic, http
 from tests.e2e.test_mcp import call, failing_call, session
 
-pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("quiet_daemon")]
 
 GROUPS = "/api/v1/agent-run-groups"
 UNKNOWN_SANDBOX = "sbx_0000000000000000dead"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,13 +11,13 @@ from typing import Any
 import anyio
 import pytest
 from mcp import Client
-from mcp.client.stdio import StdioServerParameters
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult
 
-from tests.conftest import AGENTDOCK, Daemon, owned_containers
+from tests.conftest import AGENTDOCK, Daemon, logged_errors, owned_containers
 
-pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("quiet_daemon")]
 
 TOOLS = {
     "sandbox_create", "sandbox_list", "sandbox_get", "sandbox_delete",
@@ -38,10 +39,15 @@ TERMINAL = {"succeeded", "failed", "canceled"}
 
 @asynccontextmanager
 async def session(daemon: Daemon, *args: str) -> AsyncIterator[Client]:
-    """A fresh `agentdock serve` process and an MCP client session on its stdio."""
+    """A fresh `agentdock serve` process and an MCP client session on its stdio. Once the session is
+    over, what the process wrote on its stderr (the user's screen) must show no exception or error."""
     params = StdioServerParameters(command=AGENTDOCK, args=["serve", *args], env=daemon.env)
-    async with Client(params) as client:
-        yield client
+    with tempfile.TemporaryFile("w+") as stderr:
+        async with Client(stdio_client(params, errlog=stderr)) as client:
+            yield client
+        stderr.seek(0)
+        shown = stderr.read()
+    assert logged_errors(shown) == [], shown[-3000:]
 
 
 async def call(client: Client, name: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:

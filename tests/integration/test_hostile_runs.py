@@ -16,8 +16,9 @@ import docker
 import httpx
 import pytest
 
-from engine import models, ports
+from engine import errors, models, ports
 from engine.callers import ROOT
+from engine.secrets import MASK, SecretStore
 from mcp_server import daemon as daemon_mod
 from runtimes import harness, procs
 from runtimes.docker_backend import RUNS_DIR, DockerBackend, _wrapper_command
@@ -369,3 +370,49 @@ async def test_a_run_in_a_sandbox_whose_attached_stream_missed_its_output_still_
         quiet = await run_in(engine, device.id, "true")
     assert (run.status, run.exit_code, run.output, run.stderr) == ("failed", 3, "hello\n", "oops\n"), run
     assert (quiet.status, quiet.output, quiet.stderr) == ("succeeded", "", ""), quiet
+
+
+class DeafAttachFlakyStat(DeafAttach):
+    """The stream misses everything, and Docker fails the first stats of the run's files (a loaded
+    engine answering 500 or timing out): what the stream missed must still be read, not taken for
+    nothing (the cause of runs recorded `succeeded` with no output)."""
+
+    failures = 6  # more than one follow asks for: the supervisor must follow again
+
+    def _file_size(self, name, path):  # type: ignore[override]
+        if self.failures > 0:
+            self.failures -= 1
+            raise errors.SandboxUnavailable(f"Docker could not stat {path} in {name} (HTTP 500)")
+        return super()._file_size(name, path)
+
+
+async def test_a_run_whose_output_files_docker_fails_to_stat_still_records_all_its_output(settings):
+    engine = Engine(settings, backend=DeafAttachFlakyStat(settings.home), harnesses=harness.get)
+    async with engine.running():
+        device = await engine.devices.create(ROOT, models.DeviceCreate())
+        run = await run_in(engine, device.id, "echo '{\"one\": \"json line\"}'")
+    assert (run.status, run.output) == ("succeeded", '{"one": "json line"}\n'), run
+    assert engine.backend.failures == 0
+
+
+async def test_an_ephemeral_run_given_a_secret_whose_stream_missed_its_output_still_records_all_of_it(settings):
+    """An ephemeral run given a secret is exec'd in its sandbox (the secret stays out of the container's
+    configuration); that path checked nothing of what its stream missed."""
+    SecretStore(settings.secrets_dir).set("MISSED_TOKEN", b"s3cr3t-value-for-the-missed-test")
+    engine = Engine(settings, backend=DeafAttach(settings.home), harnesses=harness.get)
+    async with engine.running():
+        run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="echo printed; echo $MISSED_TOKEN",
+                                                              secrets=["MISSED_TOKEN"]))
+        run = await finish(engine, run.id)
+    assert (run.status, run.output) == ("succeeded", f"printed\n{MASK}\n"), run
+
+
+async def test_a_run_that_prints_the_wrappers_trailer_keeps_its_text_and_its_own_exit_code(engine):
+    """The wrapper's last write on stderr (its offsets and the exit code) spares the calls that would
+    ask Docker; a run printing the same must neither lose that text nor pass off its exit code."""
+    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    forged = "\x1eagentdock-end 0 0 0\x1e"
+
+    run = await run_in(engine, device.id, f"echo out; printf '{forged}' >&2; exit 3")
+
+    assert (run.status, run.exit_code, run.output, run.stderr) == ("failed", 3, "out\n", forged), run

@@ -21,12 +21,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-# Run as a script, this file's folder comes first on sys.path, where this `queue.py` would shadow the
-# standard library's `queue` (aiosqlite imports it): the repository root takes its place.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+# Run as a file (`python bench/X.py`, as `make bench` does), this folder is first on sys.path; the
+# repository root goes before it, so `bench.*` and this checkout's packages are found.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import anyio  # noqa: E402
 
+from bench import sizing  # noqa: E402
 from bench.engine_throughput import sqlite_commit_rate  # noqa: E402
 from engine import channel_models as cm  # noqa: E402
 from engine import task_models as tm  # noqa: E402
@@ -38,10 +39,11 @@ from engine.settings import Settings  # noqa: E402
 from runtimes import harness  # noqa: E402
 from runtimes.fake import FakeBackend  # noqa: E402
 
-N_TASKS = int(os.environ.get("AGENTDOCK_BENCH_TASKS", "3000"))
-WORKERS = [int(w) for w in os.environ.get("AGENTDOCK_BENCH_WORKERS", "1,4,16").split(",")]
-ROUNDS = int(os.environ.get("AGENTDOCK_BENCH_ROUNDS", "300"))
-RECEIVERS = [1, 8]
+QUICK = sizing.quick()
+N_TASKS = int(os.environ.get("AGENTDOCK_BENCH_TASKS", 20 if QUICK else 3000))
+WORKERS = [int(w) for w in os.environ.get("AGENTDOCK_BENCH_WORKERS", "1,2" if QUICK else "1,4,16").split(",")]
+ROUNDS = int(os.environ.get("AGENTDOCK_BENCH_ROUNDS", 5 if QUICK else 300))
+RECEIVERS = [1, 2] if QUICK else [1, 8]
 
 
 @asynccontextmanager
