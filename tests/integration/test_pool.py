@@ -111,6 +111,7 @@ async def test_a_run_without_a_target_is_execd_in_a_pooled_container_that_never_
     with anyio.fail_after(30):
         run = await engine.runs.wait(ROOT, run.id, 30)
     assert (run.status, run.output) == ("succeeded", f"mine={mine} key=********\n")
+    assert run.pids_peak is not None and run.memory_peak_bytes is not None  # swept and measured like any device's
     started = next(e for e in (await engine.runs.events(ROOT, run.id, models.EventsQuery())).data
                    if e.type == "run_started")
     assert started.payload == {"target_id": run.target_id, "pooled": True}
