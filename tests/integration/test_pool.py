@@ -1,6 +1,7 @@
 """The warm pool on the real Docker engine: a run without a target is exec'd in a pooled container
 that never holds its env or secrets, the used container goes and the pool refills, size 0 is the
-old path, and neither kill -9 nor a stop leaves a container behind."""
+old path, and neither kill -9 (once mid-run, five times under a 200-entry group) nor a stop leaves a
+container behind."""
 
 from __future__ import annotations
 
@@ -189,3 +190,29 @@ async def test_stopping_the_daemon_removes_its_ready_pooled_containers(
     await restart_with_pool(daemon, monkeypatch, events)
     daemon_mod.stop(daemon.settings)
     assert owned(daemon.settings.home) == []
+
+
+async def test_200_ephemeral_entries_with_a_warm_pool_survive_five_kills_each_running_once_leaving_only_a_pool(
+        daemon: Daemon, monkeypatch: pytest.MonkeyPatch, events: DockerEvents) -> None:
+    from collections import Counter
+
+    from tests.integration.test_group_load import check, run_under_kills
+
+    home = daemon.settings.home
+    await restart_with_pool(daemon, monkeypatch, events)
+    final, group_events, runs = await run_under_kills(daemon, 200, {"command": "echo done {i}"}, seed=17)
+
+    check(final, group_events, runs, 200)
+    started = Counter(e.payload["entry_id"] for e in group_events if e.type == "entry_started")
+    assert set(started.values()) == {1}, "an entry was started twice"
+    async with DaemonClient(daemon.settings) as client:
+        pooled_runs = [r for r in runs if any(e.type == "run_started" and e.payload.get("pooled")
+                                              for e in (await client.run_events(r.id)).data)]
+    assert pooled_runs, "no run claimed a pooled sandbox: the pool was not exercised"
+    used = {r.target_id for r in runs}
+
+    def only_a_fresh_pool() -> bool:
+        now = owned(home)
+        return len(now) == 2 == len(pooled(home)) and not {c["Labels"]["agentdock.device_id"] for c in now} & used
+
+    await events.until(only_a_fresh_pool)
