@@ -113,11 +113,11 @@ fi
 [ -n "${AGENTDOCK_REMOVE:-}" ] && (cd "${d%/*}" && exec rm -rf $AGENTDOCK_REMOVE) >/dev/null 2>&1
 
 emit() {  # emit FILE OFFSET: write FILE's bytes from OFFSET to its current end; sets $n to that end
-  if [ "$fin" = 1 ] && [ "$2" = 0 ]; then  # the whole file, which no longer grows: one process
-    n=0; [ -s "$1" ] && cat "$1"
-    return
-  fi
   n=$(($(wc -c <"$1")))
+  if [ "$fin" = 1 ] && [ "$2" = 0 ]; then  # the whole file, which no longer grows
+    [ "$n" -gt 0 ] && cat "$1"
+    return 0
+  fi
   if [ "$n" -gt "$2" ]; then tail -c +$(($2 + 1)) "$1" | head -c $((n - $2)); fi
 }
 

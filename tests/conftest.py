@@ -87,8 +87,11 @@ class Daemon:
         return daemon_mod.running_pid(self.settings)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([AGENTDOCK, *args], env=self.env, capture_output=True, text=True, timeout=120,
+        """The CLI as a user runs it; whatever it answers, it never shows a traceback."""
+        done = subprocess.run([AGENTDOCK, *args], env=self.env, capture_output=True, text=True, timeout=120,
                               check=check)
+        assert "Traceback" not in done.stderr and "Traceback" not in done.stdout, done.stderr
+        return done
 
     def logged_errors(self) -> list[str]:
         """What its log shows of exceptions and errors logged (nothing, for a daemon that did its work well)."""

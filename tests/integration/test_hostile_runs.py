@@ -21,9 +21,9 @@ from engine.callers import ROOT
 from engine.secrets import MASK, SecretStore
 from mcp_server import daemon as daemon_mod
 from runtimes import harness, procs
-from runtimes.docker_backend import RUNS_DIR, DockerBackend, _wrapper_command
+from runtimes.docker_backend import RUNS_DIR, WRAPPER, DockerBackend, _wrapper_command
 from runtimes.wiring import docker_engine
-from tests.conftest import FULL, Daemon, Engine, owned_containers
+from tests.conftest import FULL, SMALL, Daemon, Engine, owned_containers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -416,3 +416,20 @@ async def test_a_run_that_prints_the_wrappers_trailer_keeps_its_text_and_its_own
     run = await run_in(engine, device.id, f"echo out; printf '{forged}' >&2; exit 3")
 
     assert (run.status, run.exit_code, run.output, run.stderr) == ("failed", 3, "out\n", forged), run
+
+
+def test_the_wrappers_trailer_counts_exactly_the_bytes_it_emitted():
+    """The trailer is trusted as proof that nothing was missed: its offsets must be what the wrapper
+    wrote (a trailer saying 0 after printing would make a lost stdout frame pass for an empty run)."""
+    box = docker.from_env().containers.run(SMALL, ["sleep", "300"], detach=True, init=True)
+    try:
+        for command, out, err in (("echo done 7", b"done 7\n", b""), ("echo a; echo bb >&2", b"a\n", b"bb\n"),
+                                  ("true", b"", b"")):
+            result = box.exec_run(["/bin/sh", "-c", WRAPPER, "agentdock-run", "sh", "-c", command], demux=True,
+                                  environment={"AGENTDOCK_RUN_DIR": f"/tmp/r{len(command)}", "AGENTDOCK_CWD": "/tmp",
+                                               "AGENTDOCK_PROMPT": "p"})
+            stdout, stderr = result.output[0] or b"", result.output[1] or b""
+            trailer = f"\x1eagentdock-end {len(out)} {len(err)} 0\x1e".encode()
+            assert (result.exit_code, stdout, stderr) == (0, out, err + trailer), (command, result)
+    finally:
+        box.remove(force=True)
