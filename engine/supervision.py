@@ -154,9 +154,13 @@ class Supervision:
         flushing = anyio.Lock()
 
         async def flush() -> None:
-            async with flushing:
-                if self.folder.has_pending:
-                    await self._flush()
+            # Shielded: a flush drains the folder before it writes, so the end of the follow (which
+            # cancels the flusher) must not cut it between the two, or what it drained is lost (seen:
+            # runs recorded succeeded with no output, when the end came during a timed flush).
+            with anyio.CancelScope(shield=True):
+                async with flushing:
+                    if self.folder.has_pending:
+                        await self._flush()
 
         async def flusher() -> None:
             while True:

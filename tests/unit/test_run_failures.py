@@ -98,3 +98,50 @@ async def test_a_docker_error_mid_run_is_followed_again_from_where_it_was_and_th
             run = await engine.runs.wait(ROOT, run.id, 3600)
     assert (run.status, run.output, run.stderr) == ("succeeded", "one\nthree\n", "two\n")
     assert backend.follows == 2 and backend.starts[run.id] == 1
+
+
+class EndsDuringAFlush(FakeBackend):
+    """Yields the run's output, then its end only once told: the test ends it while the supervisor's
+    timed flush, having drained that output, waits for the store's writer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.printed = anyio.Event()
+        self.end = anyio.Event()
+
+    async def follow(self, launch: ports.RunLaunch) -> AsyncIterator[ports.Chunk | ports.Exit]:
+        yield ports.Chunk(stream="stdout", data=b"printed\n")
+        self.printed.set()
+        await self.end.wait()
+        yield ports.Exit(exit_code=0)
+
+
+async def test_a_run_that_ends_while_a_flush_waits_for_the_writer_keeps_its_output(tmp_path):
+    """Seen under a 1,000-entry group: runs recorded succeeded with no output. The flusher drained the
+    output, then waited for the writer (other runs' commits), and the run's end cancelled it there."""
+    backend = EndsDuringAFlush()
+    settings = Settings(home=tmp_path, image="fake:latest", flush_interval_seconds=0.01)
+    async with Engine(settings, backend=backend, harnesses=harness.get).running() as engine:
+        device = await engine.devices.create(ROOT, models.DeviceCreate())
+        run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="x", sandbox_id=device.id))
+        release = anyio.Event()
+        holding = anyio.Event()
+
+        async def hold_the_writer() -> None:
+            async with engine.store.write(engine.clock.now()):
+                holding.set()
+                await release.wait()
+
+        with anyio.fail_after(10):
+            await backend.printed.wait()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hold_the_writer)
+                await holding.wait()
+                while engine.store._lock.statistics().tasks_waiting == 0:  # the flush is waiting on it
+                    await anyio.sleep(0.001)
+                backend.end.set()
+                for _ in range(50):  # let the follow see its end and stop the flusher
+                    await anyio.sleep(0)
+                release.set()
+            run = await engine.runs.wait(ROOT, run.id, 10)
+    assert (run.status, run.output) == ("succeeded", "printed\n"), run
