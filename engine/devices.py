@@ -85,7 +85,8 @@ class DeviceService:
                     raise errors.LimitExceeded(
                         f"max_child_sandboxes: session {row.id}'s effective limits (its runtime profile's within its "
                         f"parent's) allow {limit} live sandboxes for it and the sessions below it; {live} exist. "
-                        "Delete one or wait for a run's ephemeral sandbox to go", suggested_command="agentdock sandbox list",
+                        "Delete one or wait for a run's ephemeral sandbox to go",
+                        suggested_command="agentdock sandbox list",
                         evidence={"field": "max_child_sandboxes", "limit": limit, "live": live,
                                   "session_id": row.id, "profile_id": row.profile_id})
             session_id = row.parent_session_id
@@ -96,7 +97,8 @@ class DeviceService:
         caller.require("devices", "sandbox_create")
         workspace = caller.use_workspace(req.workspace_id)
         await self.check_room(caller)
-        asked = frozenset(k for k in req.model_fields_set if k in authority.DEVICE_FIELDS and getattr(req, k) is not None)
+        asked = frozenset(k for k in req.model_fields_set
+                          if k in authority.DEVICE_FIELDS and getattr(req, k) is not None)
         # What it left out may come from a profile; only one it named itself cannot be moved to the limits' image.
         defaulted = frozenset() if req.agent_runtime_profile_id else frozenset({"image"}) - asked
         if req.network:  # asked for (a profile that gives its devices network decided that itself)

@@ -46,7 +46,7 @@ def require_approval(caller: Caller, action: str) -> None:
         return
     raise errors.PermissionDenied(
         f"approval: session {caller.session_id}'s effective limits (its runtime profile's within its parent's) say "
-        f"confirm-risky, so the user is asked before it may {action}; this call did not come through an MCP client "
+        f"confirm-risky, which asks the user before it may {action}; this call did not come through an MCP client "
         "that asked them (agentdock serve), so it is refused", evidence={"field": "approval", "action": action})
 
 

@@ -118,8 +118,8 @@ async def test_a_child_spawned_into_its_workspace_by_the_local_user_cannot_reach
 # ---------------------------------------------------------------- part 2: limits
 
 
-CLOSED = {"network": False, "tools": ["exec", "files"], "policy": {"approval": "confirm-risky", "max_child_sandboxes": 3},
-          "resources": {"memory_mb": 256, "cpus": 0.5}}
+CLOSED = {"network": False, "tools": ["exec", "files"], "resources": {"memory_mb": 256, "cpus": 0.5},
+          "policy": {"approval": "confirm-risky", "max_child_sandboxes": 3}}
 
 
 @pytest.mark.parametrize("opt_out", [{}, {"skip_agent_runtime_profile": True}], ids=["no-profile", "skip"])
