@@ -335,3 +335,22 @@ async def test_a_sandbox_of_a_session_pinned_to_an_image_takes_it_over_a_default
     assert made.image == "img:a"
     assert named.value.evidence["field"] == "image" and run.value.evidence["field"] == "image"
     assert "skip_agent_runtime_profile" in run.value.message and skipped.profile_id is None
+
+
+async def test_sessions_spawned_before_limits_were_recorded_get_them_when_the_daemon_starts(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        closed = await engine.profiles.create(ROOT, profile("closed", **CLOSED))
+        opened = await engine.profiles.create(ROOT, profile("open", network=True, image="img:b"))
+        child, c = await spawn(engine, ROOT, agent_runtime_profile_id=closed.id)
+        grandchild, _ = await spawn(engine, c, skip_agent_runtime_profile=True)
+        other, _ = await spawn(engine, ROOT, agent_runtime_profile_id=opened.id)
+    with sqlite3.connect(engine.settings.db_path) as db:  # as a database from before migration 0013 has them
+        db.execute("UPDATE sessions SET limits = NULL")
+    async with engine_for(tmp_path).running() as engine:
+        rows = {r.id: r for r in await engine.store.sessions()}
+        g = await engine.sessions.authenticate(grandchild.token)
+    recorded = child.session.effective_limits.model_dump(mode="json")
+    assert rows[grandchild.session.id].limits == rows[child.session.id].limits == recorded
+    assert g.limits == child.session.effective_limits
+    assert rows[other.session.id].limits == other.session.effective_limits.model_dump(mode="json")
+    assert other.session.effective_limits.image == "img:b" and other.session.effective_limits.network is True
