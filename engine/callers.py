@@ -7,9 +7,12 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict
 
 from engine import errors
+from engine.authority import UNBOUNDED, Limits
 
 TOOLSETS = ("devices", "runs", "groups", "agent", "soul", "channels", "tasks", "profiles", "secrets")
 """The areas a permission policy names."""
+DEFAULT_WORKSPACE = "default"
+"""The local user's workspace: where its creates belong unless they name another."""
 
 
 class Caller(BaseModel):
@@ -24,9 +27,13 @@ class Caller(BaseModel):
     visible: frozenset[str] = frozenset()
     """Sessions whose records this caller sees besides its own: those spawned below it."""
     denied: frozenset[str] = frozenset()
-    """Tool names its runtime profile's `tools` bundles leave out (`engine.profile_models.BUNDLE_TOOLS`)."""
+    """Tool names its effective limits' `tools` bundles leave out (`engine.profile_models.BUNDLE_TOOLS`)."""
     denied_toolsets: frozenset[str] = frozenset()
     """Toolsets none of whose tools those bundles open."""
+    workspace_id: str = DEFAULT_WORKSPACE
+    """The workspace the session works in (the local user: none in particular, it may name any)."""
+    limits: Limits = UNBOUNDED
+    """Its effective limits (`engine.authority`): its profile's within its parent's, recorded at spawn."""
     approved: bool = False
     """The user confirmed this one call when an MCP client asked (`agentdock serve`, elicitation): what
     a session under a `confirm-risky` profile needs for a risky action."""
@@ -47,6 +54,19 @@ class Caller(BaseModel):
             f"session {self.session_id} may not use {tool or toolset}; its permissions name "
             f"{', '.join(sorted(self.toolsets)) or 'nothing'}",
             evidence={"toolset": toolset, "tool": tool, "session_id": self.session_id})
+
+    def use_workspace(self, asked: str | None, field: str = "workspace_id") -> str:
+        """The workspace a create by this caller belongs to: the one it names if it may use it, else its
+        own. The one check every create makes (runs, groups, dispatch items, spawns, tasks, profiles,
+        devices): the local user may name any workspace, a session only its own."""
+        if asked is None:
+            return DEFAULT_WORKSPACE if self.is_root else self.workspace_id
+        if self.is_root or asked == self.workspace_id:
+            return asked
+        raise errors.PermissionDenied(
+            f"{field}: session {self.session_id} works in workspace {self.workspace_id!r} and may create only there, "
+            f"not in {errors.clip(asked)!r}; leave {field} out (it defaults to yours) or ask the local user",
+            evidence={"field": field, "workspace_id": self.workspace_id, "asked": errors.clip(asked)})
 
     def sees(self, created_by: str) -> bool:
         """Whether a record created by `created_by` is visible to this caller: its own, or of a

@@ -1,4 +1,5 @@
-"""Devices: sandboxes and computers, each one labelled container with the security defaults."""
+"""Devices: sandboxes and computers, each one labelled container with the security defaults, held to
+the creating session's effective limits (`engine.authority`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import anyio
 
-from engine import errors, ids, models
+from engine import authority, errors, ids, lineage, models
 from engine.callers import ROOT, Caller
 from engine.profiles import ProfileService, require_approval
 from engine.secrets import SecretStore
@@ -32,6 +33,18 @@ class DeviceService:
         self.clock = clock
         self.settings = settings
         self._repairing: dict[str, anyio.Lock] = {}
+
+    def bounded_spec(self, caller: Caller, req: models.DeviceCreate, *, asked: frozenset[str] = frozenset(),
+                     defaulted: frozenset[str] = frozenset(), run_id: str | None = None) -> DeviceSpec:
+        """`spec()` within the caller's effective limits: what it `asked` for beyond them is refused, a
+        network or size from a profile or a default is lowered to them, an image that was a default
+        (`defaulted`) replaced by theirs (`authority.fit_device`)."""
+        spec = self.spec(req, run_id=run_id)
+        values = {k: getattr(spec, k) for k in authority.DEVICE_FIELDS}
+        defaulted = defaulted | {k for k in ("image", *authority.RESOURCES) if getattr(req, k) is None}
+        what = f"this {req.kind.value}" if run_id is None else f"the ephemeral sandbox of run {run_id}"
+        return spec.model_copy(update=authority.fit_device(caller.limits, values, asked=asked, defaulted=defaulted,
+                                                           what=what))
 
     def spec(self, req: models.DeviceCreate, *, device_id: str | None = None, run_id: str | None = None) -> DeviceSpec:
         size = SIZES[req.kind]
@@ -58,21 +71,22 @@ class DeviceService:
         }
 
     async def check_room(self, caller: Caller, *, extra: int = 1, tx: Any = None) -> None:
-        """Refuse a new device when the caller's session, or a session above it, runs under a profile
-        whose `policy.max_child_sandboxes` its tree of sessions has already reached."""
+        """Refuse a new device when the caller's session, or a session above it, has effective limits
+        whose `max_child_sandboxes` its tree of sessions has already reached."""
         session_id: str | None = caller.session_id
         while session_id and session_id != ROOT.session_id:
             row = await self.store.session(session_id)
             if row is None:
                 return
-            limit = ((row.profile_snapshot or {}).get("policy") or {}).get("max_child_sandboxes")
+            limit = lineage.limits_of(row).max_child_sandboxes
             if limit is not None:
                 live = await (tx.live_devices_of_tree(row.id) if tx else self.store.live_devices_of_tree(row.id))
                 if live + extra > limit:
                     raise errors.LimitExceeded(
-                        f"max_child_sandboxes: session {row.id} runs under profile {row.profile_id}, whose policy "
-                        f"allows {limit} live sandboxes for it and the sessions below it; {live} exist. Delete one "
-                        "or wait for a run's ephemeral sandbox to go", suggested_command="agentdock sandbox list",
+                        f"max_child_sandboxes: session {row.id}'s effective limits (its runtime profile's within its "
+                        f"parent's) allow {limit} live sandboxes for it and the sessions below it; {live} exist. "
+                        "Delete one or wait for a run's ephemeral sandbox to go",
+                        suggested_command="agentdock sandbox list",
                         evidence={"field": "max_child_sandboxes", "limit": limit, "live": live,
                                   "session_id": row.id, "profile_id": row.profile_id})
             session_id = row.parent_session_id
@@ -81,14 +95,21 @@ class DeviceService:
         """Create the container first, then its row: a crash in between leaves a labelled container
         with no row, which the reconciler removes; a failed create leaves nothing."""
         caller.require("devices", "sandbox_create")
+        workspace = caller.use_workspace(req.workspace_id)
         await self.check_room(caller)
+        asked = frozenset(k for k in req.model_fields_set
+                          if k in authority.DEVICE_FIELDS and getattr(req, k) is not None)
+        # What it left out may come from a profile; only one it named itself cannot be moved to the limits' image.
+        defaulted = frozenset() if req.agent_runtime_profile_id else frozenset({"image"}) - asked
         if req.network:  # asked for (a profile that gives its devices network decided that itself)
-            await require_approval(self.store, caller, f"create a {req.kind.value} with network access")
-        req = await self._with_profile(caller, req)
-        spec = self.spec(req)
+            authority.fit_device(caller.limits, {"network": True}, asked=asked)  # refused before anyone is asked
+            require_approval(caller, f"create a {req.kind.value} with network access")
+        req = await self._with_profile(caller, req, workspace)
+        spec = self.bounded_spec(caller, req, asked=asked, defaulted=defaulted)
         state = await self.backend.create(spec)
         try:
             async with self.store.write(self.clock.now()) as tx:
+                await authority.require_active(tx, caller)
                 await self.check_room(caller, tx=tx)  # again, counted in the transaction: no race past the limit
                 await tx.insert_device(self.row(caller, spec, req))
         except BaseException:
@@ -96,21 +117,17 @@ class DeviceService:
             raise
         return await self.get(caller, spec.device_id)
 
-    async def _with_profile(self, caller: Caller, req: models.DeviceCreate) -> models.DeviceCreate:
+    async def _with_profile(self, caller: Caller, req: models.DeviceCreate, workspace: str) -> models.DeviceCreate:
         """The request with what it leaves out (image, cpus, memory_mb, pids_limit, network) taken from its
-        profile: the one it names, else the caller session's, else the workspace's or tenant's default. A
-        session spawned under a profile that gives no network may not ask for one."""
+        profile: the one it names, else the caller session's, else the workspace's or tenant's default.
+        (What the caller's effective limits allow is `bounded_spec`'s to decide.)"""
         session = None if caller.is_root else await self.store.session(caller.session_id)
         governing = session.profile_snapshot if session else None
-        if req.network and governing is not None and not governing.get("network"):
-            raise errors.PermissionDenied(
-                f"network: this session runs under profile {governing['id']}, which gives its devices no network",
-                evidence={"field": "network", "profile_id": governing["id"]})
         if req.skip_agent_runtime_profile:
             return req
         if governing is None or req.agent_runtime_profile_id:
             resolved = await self.profiles.resolve(caller, skip=False, explicit=req.agent_runtime_profile_id,
-                                                   workspace=await self.profiles.workspace_of(caller, None))
+                                                   workspace=workspace)
             governing = resolved.snapshot() if resolved else None
         if governing is None:
             return req
@@ -157,7 +174,7 @@ class DeviceService:
     async def delete(self, caller: Caller, device_id: str) -> models.Device:
         caller.require("devices", "sandbox_delete")
         device = await self.get(caller, device_id)
-        await require_approval(self.store, caller, f"delete {device_id}")
+        require_approval(caller, f"delete {device_id}")
         if device.ephemeral and device.run_id is None:
             raise errors.InvalidTransition(
                 f"{device_id} is a pooled sandbox kept ready for runs without a target; the daemon removes it "

@@ -18,7 +18,7 @@ import logging
 import anyio
 from pydantic import ValidationError
 
-from engine import errors, ids, profiles, topics
+from engine import authority, errors, ids, lineage, profiles, topics
 from engine import group_models as gm
 from engine.callers import ROOT, Caller
 from engine.ports import Clock
@@ -71,6 +71,8 @@ class GroupService:
 
     async def create(self, caller: Caller, req: gm.GroupCreate) -> gm.Group:
         caller.require("groups")
+        if req.workspace_id is not None:
+            caller.use_workspace(req.workspace_id)  # its children run there, under that workspace's default profile
         cap = self.settings.max_active_runs
         limit = req.concurrency_limit if req.concurrency_limit is not None else min(gm.DEFAULT_CONCURRENCY, cap)
         if limit > cap:
@@ -90,6 +92,7 @@ class GroupService:
                "request_hash": fingerprint, "created_at": now, "updated_at": now, "created_by": caller.session_id}
         try:
             async with self.store.write(now) as tx:
+                await authority.require_active(tx, caller)
                 await tx.insert_group(row)
         except errors.Conflict:
             if req.idempotency_key:
@@ -165,12 +168,17 @@ class GroupService:
         waited for) again: the handle for a synchronous dispatch that was not done in time."""
         caller.require("runs")
         group = await self._row(caller, group_id)
-        for i, item in enumerate(req.runs):  # a profile that cannot apply refuses the dispatch, writing nothing
+        for i, item in enumerate(req.runs):  # an item that cannot apply refuses the dispatch, writing nothing
+            workspace = caller.use_workspace(item.workspace_id, f"runs.{i}.workspace_id")
+            if group.workspace_id is not None and item.workspace_id not in (None, group.workspace_id):
+                raise errors.InvalidInput(
+                    f"runs.{i}.workspace_id", f"the group's children run in its workspace {group.workspace_id!r}; "
+                    "leave workspace_id out of its items", evidence={"group_workspace_id": group.workspace_id})
+            workspace = group.workspace_id or workspace
             if item.profile_asked:
                 field = "agent_runtime_profile_id" if item.agent_runtime_profile_id else "agent_profile_id"
                 await self.runs.profiles.resolve(caller, skip=False, explicit=item.profile_asked,
-                                                 workspace=group.workspace_id or await self.runs.profiles.workspace_of(
-                                                     caller, item.workspace_id), field=f"runs.{i}.{field}")
+                                                 workspace=workspace, field=f"runs.{i}.{field}")
         items = [item.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
                  for item in req.runs]  # unset: a defaulted provider is not one asked for (a profile's applies)
         fingerprint = _hash(json.dumps({"group": group_id, "runs": items}, sort_keys=True))
@@ -215,6 +223,7 @@ class GroupService:
         now = self.clock.now()
         entry_ids = [new_id("agre") for _ in items]
         async with self.store.write(now) as tx:
+            await authority.require_active(tx, caller)
             if not await tx.open_group(group.id):
                 current = await tx.group(group.id)
                 state = "is being canceled" if current and current.status in ACTIVE else (
@@ -305,7 +314,7 @@ class GroupService:
         status = gm.GroupStatus(row.status)
         if status is gm.GroupStatus.canceled:
             return await self._record(row)
-        await profiles.require_approval(self.store, caller, f"cancel group {group_id}")
+        profiles.require_approval(caller, f"cancel group {group_id}")
         if status.terminal:
             raise errors.InvalidTransition(f"group {group_id} already {status.value}; only active groups can be "
                                            "canceled", evidence={"group_id": group_id})
@@ -319,7 +328,7 @@ class GroupService:
                         "entry_id": entry_id, "index": pos, "status": "canceled", "run_id": None})
                       for entry_id, pos in canceled]])
                 await self._finish_if_done(tx, group_id)
-        acting = _acting(row)
+        acting = await self._acting(row)
         async with anyio.create_task_group() as tg:
             for run_id in await self.store.running_entry_runs(group_id):
                 tg.start_soon(self._cancel_run, acting, run_id)
@@ -369,15 +378,21 @@ class GroupService:
         claimed = 0
         while rows := await self.store.claimable_entries(BATCH):
             groups: dict[str, GroupRow] = {}
+            acting: dict[str, Caller] = {}
             prepared: list[tuple[EntryRow, gm.ManifestItem | None, Prepared | None, errors.Diagnostic | None]] = []
             for entry in rows:
                 if entry.group_id not in groups:
                     groups[entry.group_id] = await self.store.group(entry.group_id)  # type: ignore[assignment]
-                prepared.append(await self._prepare(groups[entry.group_id], entry))
+                    acting[entry.group_id] = await self._acting(groups[entry.group_id])
+                prepared.append(await self._prepare(groups[entry.group_id], entry, acting[entry.group_id]))
             async with self.store.write(self.clock.now()) as tx:
                 failed: set[str] = set()
                 for entry, item, run, diag in prepared:
                     gid = entry.group_id
+                    if run is not None and not (acting[gid].is_root or await tx.session_active(acting[gid].session_id)):
+                        run, diag = None, errors.Unauthenticated(  # stopped since: nothing starts under it any more
+                            f"session {acting[gid].session_id}, which created group {gid}, has stopped; its queued "
+                            "entries do not start", evidence={"session_id": acting[gid].session_id}).diagnostic()
                     if run is not None and item is not None:
                         if not await tx.transition_entry(entry.id, gid, ["queued"], status="running",
                                                          attempts=entry.attempts + 1, run_id=run.run_id):
@@ -403,11 +418,10 @@ class GroupService:
                     await self._finish_if_done(tx, gid)
         return claimed
 
-    async def _prepare(self, group: GroupRow, entry: EntryRow,
+    async def _prepare(self, group: GroupRow, entry: EntryRow, acting: Caller,
                        ) -> tuple[EntryRow, gm.ManifestItem | None, Prepared | None, errors.Diagnostic | None]:
         """The entry's child run checked against the world now (its target may have gone since the
-        dispatch), as the group's creator; a failure is the entry's own diagnostic."""
-        acting = _acting(group)
+        dispatch), as the group's creator (`acting`); a failure is the entry's own diagnostic."""
         try:
             item = gm.ManifestItem.model_validate(entry.request)
             if item.parent_agent_run_id:
@@ -435,14 +449,20 @@ class GroupService:
                 "status": outcome.value, "entry_counts": {**counts, "total": sum(counts.values())}})])
 
 
+    async def _acting(self, group: GroupRow) -> Caller:
+        """The group's creator, as whom its children are created and canceled: its workspace and effective
+        limits hold for them as for the runs it starts itself."""
+        if group.created_by == ROOT.session_id:
+            return ROOT
+        toolsets = frozenset({"devices", "runs", "groups"})
+        row = await self.store.session(group.created_by)
+        if row is None:  # cannot happen (sessions are never deleted); nothing is then allowed beyond the defaults
+            return Caller(session_id=group.created_by, toolsets=toolsets,
+                          limits=authority.Limits(network=False, tools=[]))
+        return lineage.caller_for(row, toolsets=toolsets)
+
+
 # ---------------------------------------------------------------- records
-
-
-def _acting(group: GroupRow) -> Caller:
-    """The group's creator, as whom its children are created and canceled."""
-    if group.created_by == ROOT.session_id:
-        return ROOT
-    return Caller(session_id=group.created_by, toolsets=frozenset({"devices", "runs", "groups"}))
 
 
 def _entry(e: EntryRow) -> gm.Entry:

@@ -201,7 +201,9 @@ class DeviceCreate(Input):
     """Take image, resources and network (those not given here) from this profile; omitted: your session's
     profile, else the workspace's default, else the tenant's."""
     skip_agent_runtime_profile: bool = False
-    """Take nothing from any profile."""
+    """Take nothing from any profile (your session's effective limits still apply)."""
+    workspace_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    """The workspace whose default profile applies (default: yours; a session may name only its own)."""
 
     @field_validator("env")
     @classmethod

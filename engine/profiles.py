@@ -12,7 +12,8 @@ else the tenant's default -> else none. What it resolved to is kept as a snapsho
 session, so a later update never rewrites history.
 
 Who sees what: the local user sees and manages every profile; a session those of the tenant and of
-its own workspace, and manages only its workspace's."""
+its own workspace, and manages only its workspace's (`Caller.use_workspace`, the check every create
+makes)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,6 @@ from engine.ports import Clock
 from engine.secrets import SecretStore
 from engine.store import Store, new_id
 
-DEFAULT_WORKSPACE = "default"
-"""The local user's workspace (as `engine.sessions`)."""
 
 
 class Resolved(NamedTuple):
@@ -39,19 +38,16 @@ class Resolved(NamedTuple):
         return self.profile.snapshot(self.source)
 
 
-async def require_approval(store: Store, caller: Caller, action: str) -> None:
-    """Refuse a risky action of a session whose profile says `approval: confirm-risky`, unless the user
-    confirmed this call (an MCP client asked them: `agentdock serve`). Over plain HTTP nobody asks."""
-    if caller.is_root or caller.approved:
-        return
-    row = await store.session(caller.session_id)
-    policy = ((row.profile_snapshot if row else None) or {}).get("policy") or {}
-    if policy.get("approval") != pm.Approval.confirm_risky:
+def require_approval(caller: Caller, action: str) -> None:
+    """Refuse a risky action of a session whose effective limits say `approval: confirm-risky` (its own
+    profile's, or any ancestor's: it is sticky down the tree), unless the user confirmed this call (an
+    MCP client asked them: `agentdock serve`). Over plain HTTP nobody asks."""
+    if caller.is_root or caller.approved or caller.limits.approval is not pm.Approval.confirm_risky:
         return
     raise errors.PermissionDenied(
-        f"approval: session {caller.session_id} runs under profile {row.profile_id}, which asks the user before it "
-        f"may {action}; this call did not come through an MCP client that asked them (agentdock serve), so it is "
-        "refused", evidence={"field": "approval", "action": action, "profile_id": row.profile_id})
+        f"approval: session {caller.session_id}'s effective limits (its runtime profile's within its parent's) say "
+        f"confirm-risky, which asks the user before it may {action}; this call did not come through an MCP client "
+        "that asked them (agentdock serve), so it is refused", evidence={"field": "approval", "action": action})
 
 
 class ProfileService:
@@ -91,7 +87,7 @@ class ProfileService:
 
     async def list(self, caller: Caller, q: pm.ProfileListQuery) -> pm.ProfileList:
         caller.require("profiles", "profile_list")
-        own = None if caller.is_root else await self._workspace_of(caller)
+        own = None if caller.is_root else caller.workspace_id
         rows = await self.store.profiles(workspace_id=q.workspace_id, own_workspace=own)
         return pm.ProfileList(data=[r.record() for r in rows])
 
@@ -200,18 +196,6 @@ class ProfileService:
             f"{field}: profile {row.id} ({row.name!r}) is not among this session's sandbox_profiles "
             f"({', '.join(allowed) or 'none'})", evidence={"field": field, "profile_id": row.id})
 
-    async def workspace_of(self, caller: Caller, asked: str | None, field: str = "workspace_id") -> str:
-        """The workspace a caller's run or spawn belongs to: its own (the local user's: `default`, or
-        any it names)."""
-        own = DEFAULT_WORKSPACE if caller.is_root else (
-            await self.store.session_workspace(caller.session_id) or DEFAULT_WORKSPACE)
-        if asked is None or asked == own:
-            return own
-        if not caller.is_root:
-            raise errors.PermissionDenied(f"{field}: a session works in its own workspace ({own})",
-                                          evidence={"field": field, "workspace": own})
-        return asked
-
     # ------------------------------------------------------------ helpers
 
     def _check_contents(self, caller: Caller, req: pm.ProfileCreate | pm.ProfileUpdate) -> None:
@@ -236,7 +220,7 @@ class ProfileService:
     async def _visible(self, caller: Caller, profile_id: str) -> pm.ProfileRow:
         ids.PROFILE.check(profile_id, "profile_id")
         row = await self.store.profile(profile_id)
-        if row is not None and not caller.is_root and row.workspace_id not in (None, await self._workspace_of(caller)):
+        if row is not None and not caller.is_root and row.workspace_id not in (None, caller.workspace_id):
             row = None
         if row is None:
             raise errors.NotFound("profile", profile_id, evidence={"field": "profile_id"})
@@ -244,17 +228,9 @@ class ProfileService:
 
     async def _writable_scope(self, caller: Caller, workspace: str | None) -> str | None:
         """The scope a caller may write in: any for the local user; a session only its own workspace."""
-        if caller.is_root:
-            return workspace
-        own = await self._workspace_of(caller)
-        if workspace != own:
+        if workspace is None and not caller.is_root:
             raise errors.PermissionDenied(
-                f"workspace_id: a session manages only its own workspace's profiles ({own}); tenant-level "
-                "profiles are the local user's", evidence={"field": "workspace_id", "workspace": own})
-        return workspace
-
-    async def _workspace_of(self, caller: Caller) -> str:
-        ws = await self.store.session_workspace(caller.session_id)
-        if ws is None:
-            raise errors.Unauthenticated(f"no session {caller.session_id}")
-        return ws
+                f"workspace_id: tenant-level profiles are the local user's; a session manages only its own "
+                f"workspace's ({caller.workspace_id}): name it", evidence={"field": "workspace_id",
+                                                                            "workspace_id": caller.workspace_id})
+        return None if workspace is None else caller.use_workspace(workspace)

@@ -16,7 +16,7 @@ class Row(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     @field_validator("metadata", "env", "payload", "secrets", "permissions", "spawn_budget", "profile_snapshot",
-                     mode="before",
+                     "limits", mode="before",
                      check_fields=False)
     @classmethod
     def _json(cls, value: Any) -> Any:
@@ -165,6 +165,8 @@ class SessionRow(Row):
     stopped_at: datetime | None
     profile_id: str | None = None
     profile_snapshot: dict[str, Any] | None = None
+    limits: dict[str, Any] | None = None
+    """Its effective limits (`engine.authority.Limits`); None only before the daemon filled them in."""
 
 
 class SoulSnapshotRow(Row):

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import anyio
 from anyio.abc import TaskGroup
 
-from engine import errors, ids, models, topics
+from engine import authority, errors, ids, models, topics
 from engine.callers import ROOT, Caller
 from engine.secrets import SecretStore
 from engine.devices import DeviceService
@@ -177,6 +177,7 @@ class RunService:
         prepared = await self.prepare(caller, req)
         try:
             async with self.store.write(self.clock.now()) as tx:
+                await authority.require_active(tx, caller)
                 await require_profile(tx, prepared.row.get("profile_id"))
                 await self.record(tx, prepared)
         except errors.Conflict:
@@ -190,12 +191,13 @@ class RunService:
     async def prepare(self, caller: Caller, req: models.RunCreate, *, workspace: str | None = None) -> Prepared:
         """Check a run request against the world (its target, the image, its profile) and build its records,
         writing nothing: `record()` writes them, in the caller's transaction (a group's claim writes many).
-        `workspace`: the run's, when a group decides it."""
+        `workspace`: the run's, when a group decides it. The run and its device are held to the caller's
+        effective limits."""
         kind, target_id = req.target()
         if req.secrets:
             caller.require("secrets")  # a run given a secret can print it in any disguise: only the trusted name them
             self.secrets.require(req.secrets)  # a missing one fails the create, naming it; nothing is written
-        workspace = workspace or await self.profiles.workspace_of(caller, req.workspace_id)
+        workspace = workspace or caller.use_workspace(req.workspace_id)
         field = "agent_profile_id" if req.agent_profile_id and not req.agent_runtime_profile_id else \
             "agent_runtime_profile_id"
         resolved = await self.profiles.resolve(caller, skip=req.skip_agent_runtime_profile, explicit=req.profile_asked,
@@ -225,7 +227,7 @@ class RunService:
         if target_id is None:
             dreq = self._device_request(profile)
             await self.devices.check_room(caller, extra=1)
-            spec = self.devices.spec(dreq, run_id=run_id)
+            spec = self.devices.bounded_spec(caller, dreq, run_id=run_id)
             device_row = self.devices.row(caller, spec, dreq)
             if not await self._image_built(spec.image):
                 which = f"the profile {profile.id}'s image" if profile and profile.image else "the default image"
@@ -240,6 +242,9 @@ class RunService:
                 raise errors.NotFound("sandbox", target_id, evidence={"field": field}) from None
             if kind is not None and kind != device.kind:
                 raise errors.InvalidInput("target_kind", f"{target_id} is a {device.kind.value}, not a {kind.value}")
+            authority.check_target(caller.limits, target_id, image=device.image, network=device.network,
+                                   field="sandbox_id" if req.sandbox_id else "computer_id" if req.computer_id
+                                   else "target_id")
             if device.status == models.DeviceStatus.stopped:
                 await self.devices.restart(caller, target_id)  # it stopped under an earlier run: its files are intact
             elif device.status != models.DeviceStatus.running:

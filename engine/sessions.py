@@ -1,8 +1,10 @@
 """Sessions: who an agent is. The local user is the root session; every other session was spawned
-by one, with a lineage, a permission policy inside its parent's, a spawn budget and a TTL. A
-session calls in with its bearer token (`authenticate`), and stopping it (or its TTL passing)
-stops the children spawned with `auto_stop_on_parent`, all the way down, and cancels their runs.
-The TTL reaper is a background service on the injected clock."""
+by one, with a lineage, a permission policy inside its parent's, effective limits inside its
+parent's (`engine.authority`), a spawn budget and a TTL. A session calls in with its bearer token
+(`authenticate`), and stopping it (or its TTL passing) stops every session below it, in the same
+transaction, and cancels their runs. A spawn re-checks its parent in its writing transaction, so a
+spawn and its parent's stop are serialized: none lands under a stopped parent. The TTL reaper is a
+background service on the injected clock."""
 
 from __future__ import annotations
 
@@ -15,9 +17,8 @@ from typing import Any
 import anyio
 from pydantic import ConfigDict, Field
 
-from engine import channels, errors, ids, lineage, models, souls, topics
-from engine import profile_models as pm
-from engine.callers import ROOT, Caller
+from engine import authority, channels, errors, ids, lineage, models, souls, topics
+from engine.callers import DEFAULT_WORKSPACE, ROOT, Caller
 from engine.clock import SystemClock
 from engine.lineage import PermissionPolicy, SpawnBudget
 from engine.ports import Clock
@@ -32,7 +33,6 @@ from engine.tokens import Tokens
 log = logging.getLogger("agentdock.sessions")
 
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-DEFAULT_WORKSPACE = "default"
 REAPER_IDLE_SECONDS = 3600.0
 """How long the reaper sleeps when no session has a TTL pending (a new session wakes it sooner)."""
 
@@ -49,14 +49,14 @@ class SpawnRequest(models.Input):
     agent_name: souls.AgentName
     """Who the child is: names its soul (`$AGENTDOCK_HOME/souls/<agent_name>.md`)."""
     auto_stop_on_parent: bool = True
-    """Stop the child when its parent stops."""
+    """Stop the child when its parent stops: always (a stop takes the whole tree below it); `false` is refused."""
     permissions: PermissionPolicy | None = None
     """What the child may use; within the parent's. Omitted: the parent's own."""
     spawn_role: str | None = Field(default=None, pattern=LABEL)
     ttl_seconds: int | None = Field(default=None, ge=1)
     """The child's life; at most the spawn budget's `ttl_seconds`, and never past its parent's."""
     workspace_id: str | None = Field(default=None, pattern=LABEL)
-    """Omitted: the parent's workspace."""
+    """Omitted: the parent's workspace; a session may name only its own (the local user any)."""
     prompt: str | None = None
     """Start the child as an agent run with this prompt (in a fresh sandbox unless `target_id`)."""
     provider: models.Provider | None = None
@@ -68,7 +68,7 @@ class SpawnRequest(models.Input):
     """Spawn the child under this agent runtime profile (its permissions' sandbox_profiles must allow it);
     omitted: the workspace's default profile, else the tenant's."""
     skip_agent_runtime_profile: bool = False
-    """Spawn the child under no profile at all, not even a default."""
+    """Spawn the child under no profile at all, not even a default (it keeps its parent's effective limits)."""
 
 
 class Lineage(models.Record):
@@ -100,7 +100,10 @@ class Session(models.Record):
     profile_id: str | None = None
     """The agent runtime profile the session runs under (None: none)."""
     profile: dict[str, Any] | None = None
-    """That profile as it was at spawn: its tools bundles and policy govern the session."""
+    """That profile as it was at spawn."""
+    effective_limits: authority.Limits = authority.UNBOUNDED
+    """What governs the session: its profile's limits within its parent's effective limits, down the tree
+    (network, tools bundles, image, resources, max_child_sandboxes, approval)."""
     created_at: datetime | None = None
     updated_at: datetime | None = None
     stopped_at: datetime | None = None
@@ -189,6 +192,7 @@ class SessionService:
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Expire sessions as their TTLs pass (woken early when a session is spawned or stopped)."""
         self.tokens.key  # noqa: B018 - the key file exists before any token is asked for
+        await self.fill_limits()
         task_status.started()
         while True:
             changed = self.store.topics.watch(topics.SESSIONS)
@@ -196,6 +200,23 @@ class SessionService:
             nxt = await self.store.next_session_expiry()
             wait = REAPER_IDLE_SECONDS if nxt is None else (nxt - self.clock.now()).total_seconds()
             await self.clock.wait(changed, wait)
+
+    async def fill_limits(self) -> int:
+        """Record the effective limits of sessions spawned before they were recorded, parents first (each
+        its profile's within its parent's; a profile pinning another image than its parent's keeps the
+        parent's). Returns how many were filled in."""
+        rows = await self.store.sessions_without_limits()
+        known: dict[str, authority.Limits] = {}
+        for row in rows:
+            parent = await self.store.session(row.parent_session_id)
+            above = authority.UNBOUNDED if parent is None else known.get(parent.id) or lineage.limits_of(parent)
+            own = authority.Limits.of_profile(row.profile_snapshot)
+            if above.image is not None and own.image not in (None, above.image):
+                own = own.model_copy(update={"image": None})
+            known[row.id] = authority.narrow(above, own)
+            async with self.store.write(self.clock.now()) as tx:
+                await tx.set_session_limits(row.id, known[row.id].model_dump(mode="json"))
+        return len(rows)
 
     async def expire_due(self) -> int:
         due = await self.store.expired_sessions(self.clock.now())
@@ -225,11 +246,7 @@ class SessionService:
 
     async def caller_of(self, row: SessionRow) -> Caller:
         below = await self.store.descendants(row.id)
-        denied = pm.denied_tools((row.profile_snapshot or {}).get("tools"))
-        return Caller(session_id=row.id, toolsets=PermissionPolicy(**row.permissions).grants(),
-                      visible=frozenset(d.id for d in below), denied=denied,
-                      denied_toolsets=frozenset(ts for ts, tools in lineage.TOOLS_BY_TOOLSET.items()
-                                                if tools and set(tools) <= denied))
+        return lineage.caller_for(row, visible=frozenset(d.id for d in below))
 
     # ------------------------------------------------------------ requests
 
@@ -276,7 +293,14 @@ class SessionService:
         return [self._root(), *(self._record(r) for r in await self.store.sessions() if r.status == "active")]
 
     async def spawn(self, caller: Caller, req: SpawnRequest) -> Spawned:
+        """A child session within the caller: its permissions, effective limits, workspace, budget and TTL
+        all inside the caller's, checked before anything is written; its parent re-checked live in the
+        transaction that writes it (a stop commits before it, and refuses it, or after, and stops it)."""
         caller.require("agent", "agent_spawn")
+        if not req.auto_stop_on_parent:
+            raise errors.InvalidInput(
+                "auto_stop_on_parent", "a child always stops with its parent (authority narrows down a tree: "
+                "a stopped session's tree is stopped); leave it out")
         run_req = self._run_request(req)  # refused before anything is written
         if run_req is not None:
             caller.require("runs", "agent_run")  # starting the child as a run is running an agent
@@ -286,44 +310,50 @@ class SessionService:
         parent = await self._session_of(caller)
         if parent.state is not SessionState.active:
             raise errors.Unauthenticated(f"session {parent.id} has {parent.state}")
+        workspace = caller.use_workspace(req.workspace_id)
         policy = lineage.narrowed(parent.lineage.permission_policy,
                                   req.permissions or parent.lineage.permission_policy)
         budget = parent.lineage.spawn_budget
         now = self.clock.now()
         expires = lineage.child_expiry(now, req.ttl_seconds, budget, parent.lineage.ttl_expires_at)
-        workspace = req.workspace_id or parent.workspace_id
         resolved = await self.profiles.resolve(caller, skip=req.skip_agent_runtime_profile,
                                                explicit=req.agent_runtime_profile_id, workspace=workspace,
                                                allowed=policy.sandbox_profiles)
+        limits = authority.narrow(caller.limits, authority.Limits.of_profile(resolved.snapshot() if resolved else None))
         if resolved is not None and run_req is not None and resolved.source == "explicit":
             run_req = run_req.model_copy(update={"agent_runtime_profile_id": resolved.profile.id})
         elif resolved is None and run_req is not None:
             run_req = run_req.model_copy(update={"skip_agent_runtime_profile": True})
         child_id = new_id("ses")
-        snapshot_id, _ = await self.souls.snapshot(caller, req.agent_name)  # the soul it has, kept as it is now
+        soul_row, soul_doc, _ = await self.souls.snapshot_row(caller, req.agent_name)  # the soul it has now
         depth = parent.lineage.spawn_depth + 1
         async with self.store.write(now) as tx:
+            await authority.require_active(tx, caller)
             await require_profile(tx, resolved.profile.id if resolved else None)
             lineage.check_room(depth=depth, children=await tx.live_children(parent.id),
                                active_in_workspace=await tx.live_in_workspace(workspace), budget=budget)
+            await tx.insert_soul_snapshot(soul_row, soul_doc)
             await tx.insert_session({
                 "id": child_id, "agent_name": req.agent_name, "name": None,
                 "token_hash": self.tokens.digest(self.tokens.token_for(child_id)),
                 "parent_session_id": parent.id, "root_session_id": parent.lineage.root_session_id,
                 "spawn_depth": depth, "spawn_role": req.spawn_role, "auto_stop_on_parent": req.auto_stop_on_parent,
                 "permissions": policy.model_dump(), "spawn_budget": budget.model_dump(), "ttl_expires_at": expires,
-                "workspace_id": workspace, "run_id": None, "soul_snapshot_id": snapshot_id,
+                "workspace_id": workspace, "run_id": None, "soul_snapshot_id": soul_row["id"],
                 "provider": run_req.provider.value if run_req and run_req.provider else None,
                 "model": run_req.model if run_req else None, "created_by": caller.session_id,
                 "created_at": now, "updated_at": now, "profile_id": resolved.profile.id if resolved else None,
-                "profile_snapshot": resolved.snapshot() if resolved else None})
+                "profile_snapshot": resolved.snapshot() if resolved else None,
+                "limits": limits.model_dump(mode="json")})
             await tx.ensure_channel(channels.family_row(parent.id, parent.workspace_id), (parent.id, child_id))
         run = None
         if run_req is not None:
             try:
-                # The run is the child's; the device it targets must be one the parent sees.
+                # The run is the child's, held to the child's effective limits (its tool bundles aside: the
+                # parent starts it); the device it targets must be one the parent sees.
                 as_child = Caller(session_id=child_id, toolsets=frozenset({"runs", "devices"}),
-                                  visible=frozenset({caller.session_id}) | caller.visible)
+                                  visible=frozenset({caller.session_id}) | caller.visible, workspace_id=workspace,
+                                  limits=limits)
                 run = await self.runs.create(as_child, run_req)
             except Exception:
                 await self._end(child_id, "stopped", "spawn_failed")
@@ -337,8 +367,8 @@ class SessionService:
                        token=self.tokens.token_for(child_id), run=run)
 
     async def stop(self, caller: Caller, session_id: str) -> Session:
-        """Stop a session (itself or one below it), the children it spawned with `auto_stop_on_parent`,
-        all the way down, and their runs. Stopping a stopped session changes nothing."""
+        """Stop a session (itself or one below it), every session below it, and their runs. Stopping a
+        stopped session changes nothing (but what is still live below it, if anything, stops)."""
         caller.require("agent", "agent_stop")
         if session_id == ROOT.session_id:
             raise errors.InvalidInput("session_id", "the root session (the local user) cannot be stopped")
@@ -351,20 +381,17 @@ class SessionService:
     # ------------------------------------------------------------ helpers
 
     async def _end(self, session_id: str, status: str, reason: str) -> None:
-        """End a session and, down the tree, every child spawned with `auto_stop_on_parent` whose
-        parent ended here; then cancel the runs of every session that ended."""
-        below = await self.store.descendants(session_id)
+        """End a session and every live session below it in one transaction, then cancel the runs of
+        every session that ended. The tree is read in that transaction: a spawn under it commits before
+        (and is found here) or after (and finds its parent stopped), never in between."""
         ended: list[str] = []
         async with self.store.write(self.clock.now()) as tx:
             if await tx.end_session(session_id, status, reason):
                 ended.append(session_id)
-            gone = {session_id}
-            for child in below:  # shallowest first, so a parent is decided before its children
-                if child.parent_session_id in gone and child.auto_stop_on_parent:
-                    gone.add(child.id)
-                    if await tx.end_session(child.id, "stopped" if status == "stopped" else status,
-                                            "parent_stopped"):
-                        ended.append(child.id)
+            for child in await tx.descendants(session_id):
+                if child.status == SessionState.active and await tx.end_session(
+                        child.id, "stopped" if status == "stopped" else status, "parent_stopped"):
+                    ended.append(child.id)
         for sid in ended:
             for run_id in await self.store.unfinished_runs_of(sid):
                 try:
@@ -403,7 +430,7 @@ class SessionService:
             id=row.id, agent_name=row.agent_name, name=row.name, type="agent", state=SessionState(row.status),
             stop_reason=row.stop_reason, workspace_id=row.workspace_id, run_id=row.run_id, provider=row.provider,
             model=row.model, created_at=row.created_at, updated_at=row.updated_at, stopped_at=row.stopped_at,
-            profile_id=row.profile_id, profile=row.profile_snapshot,
+            profile_id=row.profile_id, profile=row.profile_snapshot, effective_limits=lineage.limits_of(row),
             lineage=Lineage(auto_stop_on_parent=row.auto_stop_on_parent, parent_session_id=row.parent_session_id,
                             permission_policy=PermissionPolicy(**row.permissions), root_session_id=row.root_session_id,
                             spawn_budget=SpawnBudget(**row.spawn_budget), spawn_depth=row.spawn_depth,

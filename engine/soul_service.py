@@ -16,7 +16,7 @@ import stat
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -101,16 +101,22 @@ class SoulService:
         """Keep the soul `agent_name` has now (none, too, is kept) for a session spawned by `caller`: later
         reads with the returned snapshot id see this document whatever happens to the file. A step of spawn,
         so it needs no `soul` toolset; an invalid soul is kept too (the returned soul says so)."""
+        row, data, soul = await self.snapshot_row(caller, agent_name)
+        async with self.store.write(self.clock.now()) as tx:
+            await tx.insert_soul_snapshot(row, data)
+        return row["id"], soul
+
+    async def snapshot_row(self, caller: Caller, agent_name: str | None = None,
+                           ) -> tuple[dict[str, Any], bytes | None, souls.Soul]:
+        """`snapshot()` read but not written: the row and document for the caller's own transaction (a
+        spawn writes its child's snapshot with the child, or nothing when it is refused)."""
         name = self._name(agent_name)
         soul, data = await self._load(name)
         snapshot_id = new_id("snap")
-        now = self.clock.now()
         row = {"id": snapshot_id, "agent_name": name, "digest": soul.digest if data is not None else None,
                "source": soul.config_provenance.source.value, "source_path": soul.source_path,
-               "document_modified": soul.created_at, "created_at": now, "created_by": caller.session_id}
-        async with self.store.write(now) as tx:
-            await tx.insert_soul_snapshot(row, data)
-        return snapshot_id, soul.model_copy(update={"snapshot_id": snapshot_id})
+               "document_modified": soul.created_at, "created_at": self.clock.now(), "created_by": caller.session_id}
+        return row, data, soul.model_copy(update={"snapshot_id": snapshot_id})
 
     async def _from_snapshot(self, agent_name: str | None, snapshot_id: str) -> souls.Soul:
         souls.SNAPSHOT.check(snapshot_id, "snapshot_id")

@@ -11,8 +11,8 @@ from typing import Any
 
 JSON_COLUMNS = ("env", "metadata", "payload", "secrets", "permissions", "spawn_budget", "applies_to", "connectors",
                 "resources", "policy")
-NULLABLE_JSON = ("tools", "profile_snapshot")
-"""JSON columns where NULL means something (no bundle list; no profile)."""
+NULLABLE_JSON = ("tools", "profile_snapshot", "limits")
+"""JSON columns where NULL means something (no bundle list; no profile; limits not yet recorded)."""
 
 
 def ts(dt: datetime) -> str:

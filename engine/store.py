@@ -123,11 +123,12 @@ SQL = {
     "session_insert": (
         "INSERT INTO sessions (id, agent_name, name, token_hash, status, parent_session_id, root_session_id, "
         "spawn_depth, spawn_role, auto_stop_on_parent, permissions, spawn_budget, ttl_expires_at, workspace_id, "
-        "run_id, soul_snapshot_id, provider, model, created_by, created_at, updated_at, profile_id, profile_snapshot) "
-        "VALUES (:id, :agent_name, "
+        "run_id, soul_snapshot_id, provider, model, created_by, created_at, updated_at, profile_id, profile_snapshot, "
+        "limits) VALUES (:id, :agent_name, "
         ":name, :token_hash, 'active', :parent_session_id, :root_session_id, :spawn_depth, :spawn_role, "
         ":auto_stop_on_parent, :permissions, :spawn_budget, :ttl_expires_at, :workspace_id, :run_id, "
-        ":soul_snapshot_id, :provider, :model, :created_by, :created_at, :updated_at, :profile_id, :profile_snapshot)"
+        ":soul_snapshot_id, :provider, :model, :created_by, :created_at, :updated_at, :profile_id, :profile_snapshot, "
+        ":limits)"
     ),
     "session_get": "SELECT * FROM sessions WHERE id = ?",
     "session_by_token": "SELECT * FROM sessions WHERE token_hash = ?",
@@ -136,6 +137,9 @@ SQL = {
         "WHERE id = :id AND status = 'active'"
     ),
     "session_set_run": "UPDATE sessions SET run_id = :run_id, updated_at = :now WHERE id = :id",
+    "session_active": "SELECT 1 FROM sessions WHERE id = ? AND status = 'active'",
+    "session_set_limits": "UPDATE sessions SET limits = :limits WHERE id = :id AND limits IS NULL",
+    "sessions_without_limits": "SELECT * FROM sessions WHERE limits IS NULL ORDER BY spawn_depth, created_at",
     "sessions_live_children": "SELECT count(*) AS n FROM sessions WHERE parent_session_id = ? AND status = 'active'",
     "sessions_live_in_workspace": "SELECT count(*) AS n FROM sessions WHERE workspace_id = ? AND status = 'active'",
     "sessions_descendants": (
@@ -366,6 +370,23 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
 
     async def set_session_run(self, session_id: str, run_id: str) -> None:
         await self.conn.execute(SQL["session_set_run"], {"id": session_id, "run_id": run_id, "now": self.stamp})
+
+    async def session_active(self, session_id: str) -> bool:
+        """Whether a session is live, read in this transaction (a stop commits in one before or after it)."""
+        return bool(await self.conn.execute_fetchall(SQL["session_active"], (session_id,)))
+
+    async def session(self, session_id: str) -> SessionRow | None:
+        rows = await self.conn.execute_fetchall(SQL["session_get"], (session_id,))
+        return SessionRow.model_validate(dict(rows[0])) if rows else None
+
+    async def descendants(self, session_id: str) -> list[SessionRow]:
+        """Every session below `session_id`, shallowest first, as this transaction sees them."""
+        rows = await self.conn.execute_fetchall(SQL["sessions_descendants"], {"id": session_id})
+        return [SessionRow.model_validate(dict(r)) for r in rows]
+
+    async def set_session_limits(self, session_id: str, limits: dict[str, Any]) -> None:
+        """Record the effective limits of a session spawned before they were recorded (once)."""
+        await self.conn.execute(SQL["session_set_limits"], {"id": session_id, "limits": json.dumps(limits)})
 
     async def live_children(self, session_id: str) -> int:
         """Counted inside the transaction, so two spawns cannot both take the last place."""
@@ -603,6 +624,10 @@ class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelR
     async def descendants(self, session_id: str) -> list[SessionRow]:
         """Every session below `session_id`, shallowest first."""
         return [SessionRow.model_validate(r) for r in await self._all(SQL["sessions_descendants"], {"id": session_id})]
+
+    async def sessions_without_limits(self) -> list[SessionRow]:
+        """Sessions spawned before effective limits were recorded, parents before their children."""
+        return [SessionRow.model_validate(r) for r in await self._all(SQL["sessions_without_limits"])]
 
     async def next_session_expiry(self) -> datetime | None:
         row = await self._one(SQL["sessions_next_expiry"])

@@ -99,11 +99,8 @@ class TaskService:
 
     async def create(self, caller: Caller, req: tm.TaskCreate) -> tm.Task:
         caller.require("tasks", "task_create")
-        own = await self._workspace_of(caller)
-        workspace = req.workspace or own or "default"
-        if own is not None and workspace != own:
-            raise errors.PermissionDenied(f"workspace: a session creates tasks in its own workspace ({own})",
-                                          evidence={"field": "workspace", "workspace": own})
+        await self._workspace_of(caller)  # a session that exists
+        workspace = caller.use_workspace(req.workspace, "workspace")
         now = self.clock.now()
         task_id = new_id("tsk")
         async with self.store.write(now) as tx:

@@ -254,10 +254,20 @@ async def local_user(request: Request) -> Caller:
     return ROOT
 
 
+def one_authorization(request: Request) -> None:
+    """Refuse a request with more than one `Authorization` header: which one counts would be a choice a
+    proxy in front and the daemon could make differently (the first one used to win, silently)."""
+    given = len(request.headers.getlist("authorization"))
+    if given > 1:
+        raise errors.InvalidInput("Authorization", f"the header is given {given} times; send one, "
+                                  "`Authorization: Bearer $AGENTDOCK_TOKEN`", evidence={"count": given})
+
+
 def bearer(authenticate_token: Callable[[str | None], Awaitable[Caller]]) -> Authenticate:
     """`agent.sock`: every request is the session whose bearer token it carries, or refused (401)."""
 
     async def session(request: Request) -> Caller:
+        one_authorization(request)  # `guarded` checked it already; an authenticator stands on its own
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         return await authenticate_token(token.strip() if scheme.lower() == "bearer" else None)
 
@@ -272,6 +282,7 @@ def guarded(fn: Handler, max_body: int = MAX_BODY_BYTES, authenticate: Authentic
     async def handler(request: Request) -> Response:
         try:
             check_body_headers(request, max_body)
+            one_authorization(request)
             caller = await authenticate(request)
             if request.headers.get(APPROVED_HEADER) == "user":
                 # Sent by `agentdock serve` once the user allowed the call when asked. It states what the

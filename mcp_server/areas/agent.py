@@ -112,8 +112,7 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
             "it starts as an agent run in a sandbox that can call back over agent.sock. Returns its token once.",
             sessions.SpawnRequest, sessions.Spawned, agent_spawn, mcp_tools.annotations()),
         mcp_tools.make_tool(
-            "agent_stop", "Stop a session you spawned (or yourself), the children it spawned with "
-                          "auto_stop_on_parent, and their runs.",
+            "agent_stop", "Stop a session you spawned (or yourself), every session below it, and their runs.",
             SessionRef, sessions.Session, agent_stop, mcp_tools.annotations(destructive_hint=True,
                                                                             idempotent_hint=True)),
     ]
@@ -147,7 +146,7 @@ async def cmd_spawn(api: AgentDockAPI, args: argparse.Namespace) -> int:
         permissions = {"tools": [t for t in args.tools.split(",") if t]}
     req = models.parse(sessions.SpawnRequest, commands.given(
         agent_name=args.agent_name, spawn_role=args.role, ttl_seconds=args.ttl, permissions=permissions,
-        auto_stop_on_parent=False if args.no_auto_stop else None, prompt=args.run_prompt, command=args.command,
+        prompt=args.run_prompt, command=args.command,
         provider=args.provider, target_id=args.target, agent_runtime_profile_id=args.profile,
         skip_agent_runtime_profile=args.no_profile or None))
     commands.show(await api.spawn(req), args.json)
@@ -168,10 +167,9 @@ def _spawn_arguments(c: argparse.ArgumentParser) -> None:
     c.add_argument("--role")
     c.add_argument("--ttl", type=int, help="seconds")
     c.add_argument("--tools", help="comma-separated toolsets or tool names (default: yours)")
-    c.add_argument("--no-auto-stop", action="store_true", help="keep running when the parent stops")
     c.add_argument("--prompt", dest="run_prompt", help="start the child as an agent run with this prompt")
     c.add_argument("--command")
     c.add_argument("--provider")
     c.add_argument("--target")
     c.add_argument("--profile", help="spawn it under this agent runtime profile (arp_...)")
-    c.add_argument("--no-profile", dest="no_profile", action="store_true", help="under no profile, not even a default")
+    c.add_argument("--no-profile", dest="no_profile", action="store_true", help="under no profile, not even a default (your effective limits still hold)")

@@ -100,14 +100,16 @@ async def test_max_children_counts_live_children_only(tmp_path):
         await spawn(engine, ROOT)
 
 
-async def test_a_token_stops_working_when_its_session_stops_and_stopping_cascades(tmp_path):
+async def test_a_token_stops_working_when_its_session_stops_and_stopping_takes_the_whole_tree(tmp_path):
     async with engine_for(tmp_path).running() as engine:
         parent = await spawn(engine, ROOT)
         pc = await engine.sessions.authenticate(parent.token)
         kept = await spawn(engine, pc, auto_stop_on_parent=True)
         kc = await engine.sessions.authenticate(kept.token)
         grandchild = await spawn(engine, kc)
-        loose = await spawn(engine, pc, auto_stop_on_parent=False)
+        sibling = await spawn(engine, ROOT)
+        with pytest.raises(errors.InvalidInput) as loose:  # a child that would outlive its parent's stop
+            await spawn(engine, pc, auto_stop_on_parent=False)
 
         await engine.sessions.stop(ROOT, parent.session.id)
         await engine.sessions.stop(ROOT, parent.session.id)  # twice is harmless
@@ -116,11 +118,13 @@ async def test_a_token_stops_working_when_its_session_stops_and_stopping_cascade
         assert states[parent.session.id] == ("stopped", "stopped")
         assert states[kept.session.id] == ("stopped", "parent_stopped")
         assert states[grandchild.session.id] == ("stopped", "parent_stopped")
-        assert states[loose.session.id] == ("active", None)
+        assert states[sibling.session.id] == ("active", None)
+        assert len(states) == 5  # the root and four spawned: the refused one wrote nothing
         for token in (parent.token, kept.token, grandchild.token):
             with pytest.raises(errors.Unauthenticated):
                 await engine.sessions.authenticate(token)
-        await engine.sessions.authenticate(loose.token)
+        await engine.sessions.authenticate(sibling.token)
+    assert loose.value.field == "auto_stop_on_parent"
 
 
 async def test_bad_tokens_are_refused(tmp_path):
