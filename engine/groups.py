@@ -18,9 +18,10 @@ import logging
 import anyio
 from pydantic import ValidationError
 
-from engine import errors, ids, profiles, topics
+from engine import errors, ids, masking, profiles, topics
 from engine import group_models as gm
 from engine.callers import ROOT, Caller
+from engine.masking import Masking
 from engine.ports import Clock
 from engine.records import EntryRow, GroupRow, RunRow
 from engine.runs import Prepared, RunService
@@ -61,16 +62,20 @@ def group_outcome(counts: dict[str, int], expected_runs: int | None, canceling: 
 
 
 class GroupService:
-    def __init__(self, store: Store, runs: RunService, clock: Clock, settings: Settings) -> None:
+    def __init__(self, store: Store, runs: RunService, clock: Clock, settings: Settings, *,
+                 masks: Masking | None = None) -> None:
         self.store = store
         self.runs = runs
         self.clock = clock
         self.settings = settings
+        self.masks = masks or runs.masks
 
     # ------------------------------------------------------------ requests
 
     async def create(self, caller: Caller, req: gm.GroupCreate) -> gm.Group:
         caller.require("groups")
+        req = masking.masked(await self.masks.masker(caller), req, text=("name",), json=("metadata",),
+                             ids=("workspace_id", "project_id", "idempotency_key"))
         cap = self.settings.max_active_runs
         limit = req.concurrency_limit if req.concurrency_limit is not None else min(gm.DEFAULT_CONCURRENCY, cap)
         if limit > cap:
@@ -165,6 +170,7 @@ class GroupService:
         waited for) again: the handle for a synchronous dispatch that was not done in time."""
         caller.require("runs")
         group = await self._row(caller, group_id)
+        req = await self._masked(caller, req)
         for i, item in enumerate(req.runs):  # a profile that cannot apply refuses the dispatch, writing nothing
             if item.profile_asked:
                 field = "agent_runtime_profile_id" if item.agent_runtime_profile_id else "agent_profile_id"
@@ -188,6 +194,23 @@ class GroupService:
                     raise
                 dispatch_id = existing
         return await self._answer(caller, group_id, dispatch_id, 0 if req.async_ else wait, with_results=not req.async_)
+
+    async def _masked(self, caller: Caller, req: gm.DispatchRequest) -> gm.DispatchRequest:
+        """The manifest as it may be stored: each item's prompt, command, metadata and env masked for the
+        secrets the caller holds (an id or role holding one refused, naming its item)."""
+        mask = await self.masks.masker(caller)
+        if not mask:
+            return req
+        masking.refuse(mask, {"idempotency_key": req.idempotency_key})
+        items = []
+        for i, item in enumerate(req.runs):
+            try:
+                masking.refuse(mask, {"orchestration_role": item.orchestration_role})
+                items.append(await self.runs.masked(caller, item))
+            except errors.InvalidInput as exc:
+                raise errors.InvalidInput(f"runs.{i}.{exc.field}", exc.message.split(": ", 1)[1],
+                                          evidence={"masked": True}) from None
+        return req.model_copy(update={"runs": items})
 
     async def dispatch_status(self, caller: Caller, group_id: str, dispatch_id: str, wait: float = 0,
                               ) -> gm.DispatchResult:

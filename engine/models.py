@@ -412,6 +412,9 @@ def _secret_name(v: str) -> str:
         raise ValueError(exc.message.split(": ", 1)[1]) from None
 
 
+RunCreateT = TypeVar("RunCreateT", bound=RunCreate)
+"""A run request or one of its kind (a group's manifest item)."""
+
 KIND_OF_PREFIX = {"sbx": TargetKind.sandbox, "cmp": TargetKind.computer}
 """Device ids say their kind: sbx_... is a sandbox, cmp_... a computer."""
 

@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 import anyio
 from anyio.abc import TaskGroup
 
-from engine import errors, ids, models, topics
+from engine import errors, ids, masking, models, topics
 from engine.callers import ROOT, Caller
+from engine.masking import Masking
 from engine.secrets import SecretStore
 from engine.devices import DeviceService
 from engine.ports import Clock, DeviceSpec, Harness, SandboxBackend
@@ -46,11 +47,13 @@ class Prepared(NamedTuple):
 class RunService:
     def __init__(self, store: Store, backend: SandboxBackend, devices: DeviceService,
                  harnesses: Callable[[str], Harness], clock: Clock, settings: Settings, tokens: Tokens,
-                 secrets: SecretStore | None = None, profiles: ProfileService | None = None) -> None:
+                 secrets: SecretStore | None = None, profiles: ProfileService | None = None, *,
+                 masks: Masking | None = None) -> None:
         self.store = store
         self.tokens = tokens
         self.secrets = secrets or SecretStore(settings.secrets_dir)
         self.profiles = profiles or ProfileService(store, self.secrets, clock)
+        self.masks = masks or self.profiles.masks
         self.backend = backend
         self.devices = devices
         self.harnesses = harnesses
@@ -153,6 +156,7 @@ class RunService:
 
     async def create(self, caller: Caller, req: models.RunCreate) -> models.Run:
         caller.require("runs", "agent_run")
+        req = await self.masked(caller, req)
         if req.idempotency_key:
             existing = await self._same_request(caller, req)
             if existing is not None:
@@ -161,6 +165,8 @@ class RunService:
         try:
             async with self.store.write(self.clock.now()) as tx:
                 await require_profile(tx, prepared.row.get("profile_id"))
+                if prepared.device_row is not None:  # counted again here: two creates cannot take one place
+                    await self.devices.check_room(caller, tx=tx)
                 await self.record(tx, prepared)
         except errors.Conflict:
             if req.idempotency_key:  # the same key, created by a concurrent request a moment ago
@@ -169,6 +175,12 @@ class RunService:
                     return existing
             raise
         return await self.get(caller, prepared.run_id)  # queued: admission starts it when a slot is free
+
+    async def masked(self, caller: Caller, req: models.RunCreateT) -> models.RunCreateT:
+        """A run request as it may be stored: its prompt, command, metadata and env values masked for the
+        secrets the caller holds (`engine.masking`); a model, key or workspace holding one is refused."""
+        return masking.masked(await self.masks.masker(caller), req, text=("prompt", "command"), json=("metadata",),
+                              envs=("env",), ids=("model", "idempotency_key", "workspace_id"))
 
     async def prepare(self, caller: Caller, req: models.RunCreate, *, workspace: str | None = None) -> Prepared:
         """Check a run request against the world (its target, the image, its profile) and build its records,

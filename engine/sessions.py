@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 from pydantic import ConfigDict, Field
 
-from engine import channels, errors, ids, lineage, models, souls, topics
+from engine import channels, errors, ids, lineage, masking, models, souls, topics
 from engine import profile_models as pm
 from engine.callers import ROOT, Caller
 from engine.clock import SystemClock
@@ -277,6 +277,8 @@ class SessionService:
 
     async def spawn(self, caller: Caller, req: SpawnRequest) -> Spawned:
         caller.require("agent", "agent_spawn")
+        req = masking.masked(await self.runs.masks.masker(caller), req, text=("prompt", "command"),
+                             ids=("agent_name", "model", "spawn_role", "workspace_id"))
         run_req = self._run_request(req)  # refused before anything is written
         if run_req is not None:
             caller.require("runs", "agent_run")  # starting the child as a run is running an agent

@@ -14,7 +14,7 @@ Reads, which may carry a run's whole output, stay on the reader's own thread (ai
 
 This module holds the connections, the transaction, migrations and the core records (devices, runs,
 events, sessions, souls); each later area keeps its SQL and operations in its own module, mixed into
-`Tx` and `Store` here: `group_store`, `task_store`, `channel_store`, `profile_store`.
+`Tx` and `Store` here: `group_store`, `task_store`, `channel_store`, `profile_store`, `quota_store`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import aiosqlite
 import anyio
 
-from engine import channel_store, errors, group_store, models, profile_store, task_store, topics
+from engine import channel_store, errors, group_store, models, profile_store, quota_store, task_store, topics
 from engine.records import ArtifactRow, DeviceRow, EventRow, RunRow, SessionRow, SoulSnapshotRow
 from engine.sqlvalues import encode, new_id, ts
 
@@ -157,7 +157,7 @@ SQL = {
 
 
 
-SQL.update({**group_store.SQL, **task_store.SQL, **channel_store.SQL, **profile_store.SQL})
+SQL.update({**group_store.SQL, **task_store.SQL, **channel_store.SQL, **profile_store.SQL, **quota_store.SQL})
 """Every named query (the areas' too): a test compiles each against the migrated schema."""
 
 # Columns a run update may set (a guard against building SQL from arbitrary keys).
@@ -207,6 +207,9 @@ class InlineCursor:
     async def fetchall(self) -> list[Any]:
         return self._cursor.fetchall()
 
+    async def close(self) -> None:
+        self._cursor.close()
+
 
 class InlineConnection:
     """A sqlite3 connection used directly on the event loop's thread, with aiosqlite's async surface
@@ -253,7 +256,8 @@ class InlineConnection:
         self.raw.close()
 
 
-class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWrites, profile_store.ProfileWrites):
+class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWrites, profile_store.ProfileWrites,
+         quota_store.QuotaWrites):
     """One open write transaction; `touched` are the topics to wake once it commits."""
 
     def __init__(self, conn: InlineConnection, now: datetime) -> None:
@@ -404,7 +408,8 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
         return False
 
 
-class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelReads, profile_store.ProfileReads):
+class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelReads, profile_store.ProfileReads,
+            quota_store.QuotaReads):
     def __init__(self, path: Path, notifier: topics.Topics | None = None) -> None:
         self.path = path
         self.topics = notifier or topics.Topics()
