@@ -26,7 +26,8 @@ TALKERS = PermissionPolicy(tools=["agent", "channels", "tasks", "devices", "runs
 async def test_a_parent_that_spawns_fresh_children_gives_them_no_fresh_channel_quota(tmp_path):
     async with engine_for(tmp_path, channel_quota_messages=3).running() as engine:
         parent = await child(engine, permissions=TALKERS)
-        first, second = await child(engine, parent, permissions=TALKERS), await child(engine, parent, permissions=TALKERS)
+        first = await child(engine, parent, permissions=TALKERS)
+        second = await child(engine, parent, permissions=TALKERS)
         ch = family(parent.session_id)
         await send(engine, first, ch, 1)
         await send(engine, first, ch, 2)
