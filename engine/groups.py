@@ -273,7 +273,8 @@ class GroupService:
         results = []
         if with_results:
             ended = [e for e in rows if gm.EntryStatus(e.status).terminal]
-            found = await self.store.runs_by_ids([e.run_id for e in ended if e.run_id])
+            found = await self.store.runs_by_ids([e.run_id for e in ended if e.run_id],
+                                                 budget=self.settings.list_page_max_bytes)
             results = [_result(e, found.get(e.run_id or "")) for e in ended]
         return gm.DispatchResult(group=await self.get(caller, group_id), results=results,
                                  entries=[_entry(e) for e in rows], dispatch_id=dispatch_id, done=done,
@@ -315,7 +316,8 @@ class GroupService:
                                               status=q.status.value if q.status else None)
         more = len(rows) > q.limit
         rows = rows[: q.limit]
-        found = await self.store.runs_by_ids([e.run_id for e in rows if e.run_id])
+        found = await self.store.runs_by_ids([e.run_id for e in rows if e.run_id],
+                                             budget=self.settings.list_page_max_bytes if q.include_output else -1)
         data = [_group_run(e, found.get(e.run_id or ""), q) for e in rows]
         return gm.GroupRunList(data=data, next_cursor=rows[-1].position + 1 if more else None)
 
@@ -504,7 +506,8 @@ def _group_run(e: EntryRow, run: RunRow | None, q: gm.GroupRunsQuery) -> gm.Grou
         input=gm.RunInput(provider=run.provider, prompt=run.prompt, command=run.command, model=run.model,
                           target_id=run.target_id, cwd=run.cwd, metadata=run.metadata)
         if run is not None and q.include_input else None,
-        output=gm.RunOutput(output=run.output, stderr=run.stderr, exit_code=run.exit_code)
+        output=gm.RunOutput(output=run.output, stderr=run.stderr, exit_code=run.exit_code,
+                            output_omitted=run.output_omitted)
         if run is not None and q.include_output else None)
 
 

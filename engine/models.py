@@ -465,6 +465,8 @@ class Run(Record):
     finished_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    output_omitted: bool = False
+    """In a list past its byte budget (1 MiB): `output` and `stderr` left out (empty); agent_run_get has them."""
 
 
 class RunList(Record):

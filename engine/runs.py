@@ -302,7 +302,8 @@ class RunService:
         caller.require("runs", "agent_run_list")
         if q.cursor and await self.store.run(q.cursor) is None:
             raise errors.InvalidInput("cursor", "unknown cursor; pass the next_cursor of a previous page")
-        rows = await self.store.runs(q, created_by=None if caller.is_root else caller.session_id)
+        rows = await self.store.runs(q, created_by=None if caller.is_root else caller.session_id,
+                                     budget=self.settings.list_page_max_bytes)
         more = len(rows) > q.limit
         rows = rows[: q.limit]
         return models.RunList(data=[r.record() for r in rows], next_cursor=rows[-1].id if more else None)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import anyio
 import pytest
 
 from engine import channel_models as cm
 from engine import errors, models
+from engine import group_models as gm
 from engine import task_models as tm
 from engine.callers import ROOT
 from engine.lineage import PermissionPolicy
@@ -148,6 +150,43 @@ async def test_a_task_list_gives_summaries_unless_asked_and_bodies_only_within_i
         got = await engine.tasks.get(ROOT, full[-1].id)  # get has everything
         assert got.payload == {"i": 0, "p": "x" * 30_000} and not got.bodies_omitted
         assert (await engine.tasks.get(ROOT, claim.task.id)).error == "e" * 5_000
+
+
+async def test_a_run_list_carries_outputs_only_within_its_byte_budget_and_get_has_them(tmp_path):
+    async with engine_for(tmp_path, list_page_max_bytes=65_536).running() as engine:
+        made = []
+        for i in range(6):
+            run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command=f"out={i}{'x' * 15_000}"))
+            with anyio.fail_after(10):
+                made.append(await engine.runs.wait(ROOT, run.id, 10))
+        assert all(r.status == "succeeded" and len(r.output) == 15_002 for r in made)
+        listed = (await engine.runs.list(ROOT, models.RunListQuery(limit=10))).data
+        newest_first = sorted(made, key=lambda r: (r.created_at, r.id), reverse=True)  # one instant on the fake clock
+        assert [r.id for r in listed] == [r.id for r in newest_first]
+        assert [r.output_omitted for r in listed] == [False] * 4 + [True] * 2  # 4 x 15 KB within 64 KiB
+        assert [r.output for r in listed[:4]] == [r.output for r in newest_first[:4]]
+        assert all(r.output == r.stderr == "" for r in listed[4:])
+        got = await engine.runs.get(ROOT, listed[-1].id)
+        assert got.output == newest_first[-1].output and not got.output_omitted
+        paged = (await engine.runs.list(ROOT, models.RunListQuery(limit=2, cursor=listed[3].id))).data
+        assert [r.output_omitted for r in paged] == [False, False]  # each page has its own budget
+
+
+async def test_a_groups_runs_and_dispatch_results_carry_outputs_only_within_the_byte_budget(tmp_path):
+    async with engine_for(tmp_path, list_page_max_bytes=65_536).running() as engine:
+        group = await engine.groups.create(ROOT, gm.GroupCreate(concurrency_limit=6))
+        req = gm.DispatchRequest.model_validate({"runs": [{"prompt": "p", "command": f"out={i}{'x' * 15_000}"}
+                                                          for i in range(6)]})
+        with anyio.fail_after(10):
+            result = await engine.groups.dispatch(ROOT, group.id, req, wait=10)
+        assert result.done and all(r.ok for r in result.results)
+        assert [r.run.output_omitted for r in sorted(result.results, key=lambda r: r.index)] == [False] * 4 + [True] * 2
+        listed = (await engine.groups.group_runs(ROOT, group.id, gm.GroupRunsQuery(include_output=True))).data
+        assert [r.output.output_omitted for r in listed] == [False] * 4 + [True] * 2
+        assert [r.output.output[0] for r in listed[:4]] == ["0", "1", "2", "3"]
+        assert all(r.output.output == "" for r in listed[4:])
+        bare = (await engine.groups.group_runs(ROOT, group.id, gm.GroupRunsQuery(include_input=True))).data
+        assert all(r.output is None and r.input.prompt == "p" for r in bare)
 
 
 async def test_recv_stops_at_its_byte_budget_and_the_rest_waits_for_the_next_recv(tmp_path):
