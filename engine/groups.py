@@ -298,7 +298,7 @@ class GroupService:
             # status, so the read after it has every event. The other order could see no events, then
             # the end committed in between, and tell the reader to stop with two events unread.
             status = gm.GroupStatus((await self._row(caller, group_id)).status)
-            rows = await self.store.events(stream, q.after_sequence, q.limit)
+            rows = await self.store.events(stream, q.after_sequence, q.limit, self.settings.list_page_max_bytes)
             remaining = deadline - self.clock.monotonic()
             if rows or status.terminal or remaining <= 0:
                 break

@@ -315,7 +315,7 @@ class RunService:
         while True:
             changed = self.store.topics.watch(stream)
             run = await self.get(caller, run_id)
-            rows = await self.store.events(stream, q.after, q.limit)
+            rows = await self.store.events(stream, q.after, q.limit, self.settings.list_page_max_bytes)
             remaining = deadline - self.clock.monotonic()
             if rows or run.status in TERMINAL or remaining <= 0:
                 break

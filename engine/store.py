@@ -111,6 +111,15 @@ SQL = {
         "FROM stream_events s JOIN events e ON e.id = s.event_id "
         "WHERE s.stream = ? AND s.sequence > ? ORDER BY s.sequence LIMIT ?"
     ),
+    # The same page cut where its events' payloads and messages pass a byte budget (always the first).
+    "stream_after_within": (
+        "SELECT id, run_id, group_id, sequence, type, message, payload, created_at FROM (SELECT x.*, "
+        "sum(length(CAST(x.payload AS BLOB)) + length(CAST(x.message AS BLOB))) OVER (ORDER BY x.sequence) AS running, "
+        "row_number() OVER (ORDER BY x.sequence) AS n FROM (SELECT e.id, e.run_id, e.group_id, s.sequence, e.type, "
+        "e.message, e.payload, e.created_at FROM stream_events s JOIN events e ON e.id = s.event_id "
+        "WHERE s.stream = ? AND s.sequence > ? ORDER BY s.sequence LIMIT ?) x) WHERE running <= ? OR n = 1 "
+        "ORDER BY sequence"
+    ),
     "chunk_insert": (
         "INSERT INTO output_chunks (run_id, stream, seq, text) VALUES (:run_id, :stream, "
         "(SELECT COALESCE(MAX(seq), 0) + 1 FROM output_chunks WHERE run_id = :run_id AND stream = :stream), :text)"
@@ -583,9 +592,12 @@ class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelR
         params |= {"limit": q.limit + 1, "budget": budget}
         return [RunRow.model_validate(r) for r in await self._all(sql, params)]
 
-    async def events(self, stream: str, after: int, limit: int) -> list[EventRow]:
-        """A stream's events after a sequence number (`topics.run(id)`, `topics.group(id)`)."""
-        return [EventRow.model_validate(r) for r in await self._all(SQL["stream_after"], (stream, after, limit))]
+    async def events(self, stream: str, after: int, limit: int, budget: int | None = None) -> list[EventRow]:
+        """A stream's events after a sequence number (`topics.run(id)`, `topics.group(id)`); with `budget`,
+        no more once their payloads and messages pass that many bytes (the first always)."""
+        rows = await (self._all(SQL["stream_after"], (stream, after, limit)) if budget is None else
+                      self._all(SQL["stream_after_within"], (stream, after, limit, budget)))
+        return [EventRow.model_validate(r) for r in rows]
 
     async def artifacts(self, run_id: str) -> list[ArtifactRow]:
         return [ArtifactRow.model_validate(r) for r in await self._all(SQL["artifacts_of_run"], (run_id,))]

@@ -188,6 +188,18 @@ async def test_a_groups_runs_and_dispatch_results_carry_outputs_only_within_the_
         bare = (await engine.groups.group_runs(ROOT, group.id, gm.GroupRunsQuery(include_input=True))).data
         assert all(r.output is None and r.input.prompt == "p" for r in bare)
 
+        pages, after = [], 0  # the group's events (6 x 15 KB of output) page by the same budget, nothing lost
+        while page := (await engine.groups.events(ROOT, group.id, gm.GroupEventsQuery(after_sequence=after,
+                                                                                       limit=1000))).data:
+            pages.append(page)
+            after = page[-1].sequence
+        assert len(pages) > 1
+        assert all(sum(len(json.dumps(e.payload)) for e in p) <= 65_536 for p in pages)
+        seqs = [e.sequence for p in pages for e in p]
+        assert seqs == list(range(1, len(seqs) + 1))
+        text = "".join(e.payload.get("text", "") for p in pages for e in p if e.type == "output")
+        assert sorted(text.splitlines()) == sorted(f"{i}{'x' * 15_000}" for i in range(6))
+
 
 async def test_recv_stops_at_its_byte_budget_and_the_rest_waits_for_the_next_recv(tmp_path):
     async with engine_for(tmp_path, list_page_max_bytes=100_000).running() as engine:
