@@ -237,6 +237,7 @@ class ChannelService:
             return req
         meta = req.metadata
         masking.refuse(mask, {"metadata.correlation_id": meta.correlation_id, "metadata.workflow_id": meta.workflow_id,
+                              "metadata.run_id": meta.run_id, "metadata.task_id": meta.task_id,
                               "idempotency_key": req.idempotency_key})
         return req.model_copy(update={"body": mask.value(req.body),
                                       "metadata": meta.model_copy(update={"ext": mask.value(meta.ext)})})

@@ -180,7 +180,7 @@ class RunService:
         """A run request as it may be stored: its prompt, command, metadata and env values masked for the
         secrets the caller holds (`engine.masking`); a model, key or workspace holding one is refused."""
         return masking.masked(await self.masks.masker(caller), req, text=("prompt", "command"), json=("metadata",),
-                              envs=("env",), ids=("model", "idempotency_key", "workspace_id"))
+                              envs=("env",), ids=("model", "cwd", "idempotency_key", "workspace_id"))
 
     async def prepare(self, caller: Caller, req: models.RunCreate, *, workspace: str | None = None) -> Prepared:
         """Check a run request against the world (its target, the image, its profile) and build its records,

@@ -162,6 +162,7 @@ class Me(models.Record):
     active_task_leases: list[dict[str, Any]] = Field(default_factory=list)
 
 
+PERMISSION_LISTS = ("network_channels", "sandbox_profiles", "skills", "mcp_servers", "workspace_paths")
 CONTEXT_SECTION_LIMIT = 50
 MAX_ACTIVE_TASK_LEASES = 4
 
@@ -277,8 +278,12 @@ class SessionService:
 
     async def spawn(self, caller: Caller, req: SpawnRequest) -> Spawned:
         caller.require("agent", "agent_spawn")
-        req = masking.masked(await self.runs.masks.masker(caller), req, text=("prompt", "command"),
-                             ids=("agent_name", "model", "spawn_role", "workspace_id"))
+        mask = await self.runs.masks.masker(caller)
+        req = masking.masked(mask, req, text=("prompt", "command"), ids=("agent_name", "model", "spawn_role",
+                                                                         "workspace_id"))
+        if req.permissions is not None:  # names a policy keeps as given
+            masking.refuse(mask, {f"permissions.{field}.{i}": name for field in PERMISSION_LISTS
+                                  for i, name in enumerate(getattr(req.permissions, field))})
         run_req = self._run_request(req)  # refused before anything is written
         if run_req is not None:
             caller.require("runs", "agent_run")  # starting the child as a run is running an agent

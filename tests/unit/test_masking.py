@@ -115,6 +115,9 @@ async def test_an_id_holding_a_secret_is_refused_naming_it_and_nothing_is_writte
             "identifier": engine.tasks.create(holder, tm.TaskCreate(title="t", identifier=VALUE)),
             "project_id": engine.groups.create(holder, gm.GroupCreate(project_id=VALUE.upper())),
             "spawn_role": engine.sessions.spawn(holder, SpawnRequest(agent_name="x", spawn_role=VALUE)),
+            "permissions.skills.1": engine.sessions.spawn(holder, SpawnRequest(
+                agent_name="x", permissions=PermissionPolicy(skills=["ok", f"s/{VALUE}"]))),
+            "cwd": engine.runs.create(holder, models.RunCreate(prompt="p", command="true", cwd=f"/workspace/{VALUE}")),
             "env": engine.runs.create(holder, models.RunCreate(prompt="p", command="true",
                                                                 env={f"K_{VALUE.encode().hex()}": "x"})),
         }
