@@ -173,18 +173,19 @@ URLSAFE = str.maketrans("+/", "-_")
 
 
 def forms(value: str) -> set[str]:
-    """The ways a value is commonly written, each looked for on its own: as is and JSON-escaped (and each
-    line of a multi-line value), upper and lower case, reversed, hex (lower and upper case), percent-
-    encoded, and base64 (standard and URL-safe): whole, and the part that is the same wherever the value
-    sits inside a longer encoded text (at each of base64's three alignments). A value, or a form of it,
-    shorter than `MIN_VALUE_BYTES` is not looked for (it would hide ordinary text)."""
+    """The ways a value is commonly written, each looked for on its own (and, by `Masker`, in any mix of
+    upper and lower case): as is and JSON-escaped (and each line of a multi-line value), reversed, hex,
+    percent-encoded (the usual way and every byte), and base64 (standard and URL-safe): whole, and the
+    part that is the same wherever the value sits inside a longer encoded text (at each of base64's three
+    alignments). A value, or a form of it, shorter than `MIN_VALUE_BYTES` is not looked for (it would hide
+    ordinary text)."""
     raw = value.encode()
     if len(raw) < MIN_VALUE_BYTES:  # no credential; its forms would hide ordinary text
         return set()
     found = {value, json.dumps(value)[1:-1]}
     for form in list(found):
         found.update(part.strip() for part in form.splitlines())
-    found |= {value.upper(), value.lower(), value[::-1], raw.hex(), raw.hex().upper(), quote(value, safe="")}
+    found |= {value[::-1], raw.hex(), quote(value, safe=""), "".join(f"%{b:02x}" for b in raw)}
     encoded = {base64.b64encode(raw).decode()}
     for shift in range(3):  # the value after `shift` bytes of something else: only its inner characters are fixed
         text = base64.b64encode(b"\0" * shift + raw).decode()
@@ -194,7 +195,8 @@ def forms(value: str) -> set[str]:
 
 
 class Masker:
-    """Replaces secret values in text with `********`, in each of their common forms (`forms`).
+    """Replaces secret values in text with `********`, in each of their common forms (`forms`), whatever
+    their case.
 
     `line()` masks a complete text (a structured runtime's JSON line, an event's strings, a record's
     field). `stream()` masks a stream that arrives in arbitrary chunks: the end of a chunk that could be
@@ -204,22 +206,48 @@ class Masker:
     def __init__(self, values: list[str]) -> None:
         needles: set[str] = set()
         for value in values:
-            needles |= forms(value)
+            needles |= {form.lower() for form in forms(value)}
         self.needles = sorted(needles, key=len, reverse=True)
         self._held: dict[str, str] = {}
 
     def __bool__(self) -> bool:
         return bool(self.needles)
 
+    @staticmethod
+    def _folded(text: str) -> str:
+        """`text` in lower case, character for character (the few characters whose lower case is longer
+        are kept as they are, so positions stay the same)."""
+        folded = text.lower()
+        return folded if len(folded) == len(text) else "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+
     def line(self, text: str) -> str:
+        if not self.needles:
+            return text
+        folded = self._folded(text)
+        spans = []
         for needle in self.needles:
-            if needle in text:
-                text = text.replace(needle, MASK)
-        return text
+            i = folded.find(needle)
+            while i != -1:
+                spans.append((i, i + len(needle)))
+                i = folded.find(needle, i + len(needle))
+        if not spans:
+            return text
+        out, pos, end = [], 0, -1
+        for start, stop in sorted(spans):
+            if start < end:  # overlaps the span being masked: widen it
+                end = max(end, stop)
+                continue
+            if end != -1:
+                out += [text[pos:begin], MASK]
+                pos = end
+            begin, end = start, stop
+        out += [text[pos:begin], MASK, text[end:]]
+        return "".join(out)
 
     def finds(self, text: str) -> bool:
         """Whether `text` holds a value in one of its forms."""
-        return any(needle in text for needle in self.needles)
+        folded = self._folded(text)
+        return any(needle in folded for needle in self.needles)
 
     def value(self, obj: Any) -> Any:
         """A JSON-like value with every string, key and number that holds a value masked (a number that
@@ -246,14 +274,15 @@ class Masker:
 
     def stream(self, name: str, text: str) -> str:
         text = self.line(self._held.pop(name, "") + text)
+        folded = self._folded(text)
         keep = 0
         for needle in self.needles:  # the longest end of `text` that starts some value
-            i = text.find(needle[0], max(0, len(text) - len(needle) + 1))
-            while i != -1 and len(text) - i > keep:
-                if needle.startswith(text[i:]):
-                    keep = len(text) - i
+            i = folded.find(needle[0], max(0, len(folded) - len(needle) + 1))
+            while i != -1 and len(folded) - i > keep:
+                if needle.startswith(folded[i:]):
+                    keep = len(folded) - i
                     break
-                i = text.find(needle[0], i + 1)
+                i = folded.find(needle[0], i + 1)
         if keep:
             self._held[name] = text[-keep:]
             text = text[:-keep]

@@ -6,7 +6,6 @@ and a secret a child's run holds reaches no record, in the clear or in a common 
 
 from __future__ import annotations
 
-import base64
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -99,7 +98,7 @@ LEAK = CLIENT + r'''
 value = os.environ["SERVICE_TOKEN"]
 raw = value.encode()
 said = {"whole": f"my key is {value}", "base64": base64.b64encode(b"Bearer " + raw).decode(), "hex": raw.hex(),
-        "reversed": value[::-1], "upper": value.upper(), "url": quote(value, safe="")}
+        "reversed": value[::-1], "upper": value.upper(), "mixed": value.swapcase(), "url": quote(value, safe="")}
 channel = call("GET", "/api/agent/context")[1]["context"]["coordination_channel"]["channel"]["id"]
 out = {}
 out["message"] = call("POST", f"/api/agent/channels/{channel}/send",
@@ -260,6 +259,9 @@ async def test_a_secret_a_childs_run_holds_reaches_no_record_in_any_common_form(
     assert written["correlation"]["diagnostic"]["evidence"]["field"] == "metadata.correlation_id"
     (sent,) = message
     assert sent["body"]["said"]["whole"] == "my key is ********" and "********" in sent["body"]
+    assert {k: v for k, v in sent["body"]["said"].items() if k != "base64"} == {
+        "whole": "my key is ********", "hex": "********", "reversed": "********", "upper": "********",
+        "mixed": "********", "url": "********"}
     assert sent["metadata"]["ext"] == {"k": "********"}
     done, failed = sorted(tasks, key=lambda t: t["title"] == "second")
     assert done["title"] == "my key is ********" and "********" in done["result"]["r"]
@@ -268,8 +270,8 @@ async def test_a_secret_a_childs_run_holds_reaches_no_record_in_any_common_form(
     assert (sandbox["name"], sandbox["metadata"]) == ("box ********", {"d": "********"})
     assert grandchild["prompt"] == "use my key is ********"
     raw = VALUE.encode()
-    disguised = {VALUE, VALUE[::-1], VALUE.upper(), raw.hex(), quote(VALUE, safe=""),
-                 base64.b64encode(raw).decode()[:40], *forms(VALUE)}
+    disguised = {f for form in {VALUE, raw.hex(), quote(VALUE, safe=""), *forms(VALUE)}
+                 for f in (form, form.upper(), form.lower())}
     on_disk = everything_on_disk(daemon.settings.home)  # the database, its WAL, the daemon's log
     for form in disguised:
         assert form not in answers, form
