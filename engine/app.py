@@ -16,9 +16,11 @@ from engine.clock import SystemClock
 from engine.context import ContextService
 from engine.devices import DeviceService
 from engine.groups import GroupService
+from engine.masking import Masking
 from engine.pool import Pool
 from engine.ports import Clock, Harness, SandboxBackend
 from engine.profiles import ProfileService
+from engine.quotas import Quotas
 from engine.runs import RunService
 from engine.sessions import MAX_ACTIVE_TASK_LEASES, SessionService
 from engine.secrets import SecretStore
@@ -41,18 +43,22 @@ class Engine:
         self.topics = Topics()
         self.store = Store(settings.db_path, self.topics)
         self.secrets = SecretStore(settings.secrets_dir)
-        self.profiles = ProfileService(self.store, self.secrets, self.clock)
-        self.devices = DeviceService(self.store, backend, self.clock, settings, self.profiles)
+        self.quotas = Quotas(self.store, settings)
+        self.masks = Masking(self.store, self.secrets)
+        self.profiles = ProfileService(self.store, self.secrets, self.clock, masks=self.masks)
+        self.devices = DeviceService(self.store, backend, self.clock, settings, self.profiles, quotas=self.quotas,
+                                     masks=self.masks)
         self.tokens = Tokens(settings.home)
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens,
-                               self.secrets, self.profiles)
-        self.groups = GroupService(self.store, self.runs, self.clock, settings)
+                               self.secrets, self.profiles, masks=self.masks)
+        self.groups = GroupService(self.store, self.runs, self.clock, settings, masks=self.masks)
         self.pool = Pool(self.store, backend, self.clock, settings, active=lambda: self.runs.active)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups,
                                    pool=self.pool)
         self.souls = SoulService(self.store, self.clock, settings)
-        self.tasks = TaskService(self.store, self.clock, settings, max_active_leases=MAX_ACTIVE_TASK_LEASES)
-        self.channels = ChannelService(self.store, self.clock, settings)
+        self.tasks = TaskService(self.store, self.clock, settings, max_active_leases=MAX_ACTIVE_TASK_LEASES,
+                                 quotas=self.quotas, masks=self.masks)
+        self.channels = ChannelService(self.store, self.clock, settings, self.quotas, self.masks)
         self.sessions = SessionService(self.store, self.runs, self.souls, self.tokens, self.clock, settings,
                                        leases=self.tasks.active_leases, channels=self.channels.list_records,
                                        profiles=self.profiles)

@@ -7,7 +7,7 @@ import hashlib
 import json
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field, JsonValue, model_validator
 
@@ -161,10 +161,14 @@ class Reply(Outgoing):
     metadata: Metadata = Field(default_factory=lambda: Metadata(message_kind=MessageKind.reply))
 
 
+SendOrReply = TypeVar("SendOrReply", Send, Reply)
+
+
 class Recv(models.Input):
     channel: ids.ChannelId
     limit: int = Field(default=DEFAULT_RECV_LIMIT, ge=1, le=MAX_RECV_LIMIT)
-    """At most this many messages."""
+    """At most this many messages, and fewer once their bodies pass the answer's byte budget (1 MiB by
+    default): the rest wait for the next recv."""
     wait: bool = False
     """When nothing is waiting, wait for the next message (up to `wait_seconds`)."""
     wait_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)

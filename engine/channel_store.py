@@ -44,9 +44,10 @@ SQL = {
         "SELECT * FROM channel_messages WHERE channel_id = :channel AND sequence > :after "
         "AND from_session_id != :me AND (to_session_id IS NULL OR to_session_id = :me) ORDER BY sequence LIMIT :limit"
     ),
-    "channel_usage_add": (
-        "INSERT INTO channel_usage (session_id, messages, bytes) VALUES (?, 1, ?) ON CONFLICT (session_id) "
-        "DO UPDATE SET messages = messages + 1, bytes = bytes + excluded.bytes RETURNING messages, bytes"
+    "correlation_of_another": (
+        "SELECT EXISTS (SELECT 1 FROM channel_messages WHERE channel_id = :channel AND correlation_id = :cid "
+        "AND from_session_id != :me) OR EXISTS (SELECT 1 FROM channel_messages WHERE id = :cid "
+        "AND channel_id = :channel AND from_session_id != :me)"
     ),
     "channel_last_sequence": "SELECT last_sequence FROM channels WHERE id = ?",
     "channel_cursor": "SELECT sequence FROM channel_cursors WHERE channel_id = ? AND session_id = ?",
@@ -94,10 +95,11 @@ class ChannelWrites(Connected):
         rows = await self.conn.execute_fetchall(SQL["message_by_key"], (session_id, key))
         return MessageRow.model_validate(dict(rows[0])) if rows else None
 
-    async def count_usage(self, session_id: str, size: int) -> tuple[int, int]:
-        """Add a message of `size` bytes to what `session_id` has written; its totals now."""
-        ((messages, size_now),) = await self.conn.execute_fetchall(SQL["channel_usage_add"], (session_id, size))
-        return int(messages), int(size_now)
+    async def correlation_of_another(self, channel_id: str, correlation_id: str, session_id: str) -> bool:
+        """Whether another session's message in the channel carries (or is) this correlation id."""
+        ((found,),) = await self.conn.execute_fetchall(SQL["correlation_of_another"], {
+            "channel": channel_id, "cid": correlation_id, "me": session_id})
+        return bool(found)
 
     async def append_message(self, row: dict[str, Any]) -> MessageRow:
         """The message, next in its channel's order; its waiters wake when this transaction commits."""
@@ -109,16 +111,26 @@ class ChannelWrites(Connected):
         return message
 
     async def take_messages(self, channel_id: str, session_id: str, limit: int,
-                            after: int | None = None) -> list[MessageRow]:
-        """What `session_id` has not yet received on the channel (up to `limit`), its cursor moved past
+                            after: int | None = None, budget: int | None = None) -> list[MessageRow]:
+        """What `session_id` has not yet received on the channel (up to `limit` messages, and no more once
+        their bodies and metadata pass `budget` bytes, though always the first), its cursor moved past
         them in this same transaction: a message is handed to a session once. `after`: read from there
         instead (a caller that lost an answer reads it again); the cursor still only moves forward."""
         rows = await self.conn.execute_fetchall(SQL["channel_cursor"], (channel_id, session_id))
         cursor = rows[0][0] if rows else 0
         start = cursor if after is None else after
-        found = [MessageRow.model_validate(dict(r)) for r in await self.conn.execute_fetchall(
-            SQL["messages_for"], {"channel": channel_id, "after": start, "me": session_id, "limit": limit})]
-        if len(found) == limit:
+        cur = await self.conn.execute(
+            SQL["messages_for"], {"channel": channel_id, "after": start, "me": session_id, "limit": limit})
+        found: list[MessageRow] = []
+        size, cut = 0, False
+        while (row := await cur.fetchone()) is not None:  # read no further than the budget
+            size += len(row["body"]) + len(row["metadata"])
+            if found and budget is not None and size > budget:
+                cut = True
+                break
+            found.append(MessageRow.model_validate(dict(row)))
+        await cur.close()
+        if cut or len(found) == limit:
             upto = found[-1].sequence
         else:  # everything up to the channel's last message was looked at (the rest is not for this session)
             ((upto,),) = await self.conn.execute_fetchall(SQL["channel_last_sequence"], (channel_id,))

@@ -19,11 +19,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from engine import errors, topics
+from engine import errors, masking, topics
 from engine import channel_models as cm
 from engine.callers import Caller
 from engine.clock import SystemClock
+from engine.masking import Masking
 from engine.ports import Clock
+from engine.quota_store import Usage
+from engine.quotas import Quotas
+from engine.secrets import SecretStore
 from engine.settings import Settings
 from engine.store import Store, Tx, new_id
 
@@ -70,10 +74,13 @@ async def still_active(store: Store, caller: Caller) -> None:
 
 
 class ChannelService:
-    def __init__(self, store: Store, clock: Clock | None, settings: Settings) -> None:
+    def __init__(self, store: Store, clock: Clock | None, settings: Settings, quotas: Quotas | None = None,
+                 masks: Masking | None = None) -> None:
         self.store = store
         self.clock = clock or SystemClock()
         self.settings = settings
+        self.quotas = quotas or Quotas(store, settings)
+        self.masks = masks or Masking(store, SecretStore(settings.secrets_dir))
         self._allowed: dict[str, list[str]] = {}
         """A session's `network_channels`, which never change, read once."""
 
@@ -94,17 +101,27 @@ class ChannelService:
     async def send(self, caller: Caller, req: cm.Send) -> cm.MessageResult:
         caller.require("channels", "channel_send")
         self._same_channel(req.metadata, req.channel)
+        if req.metadata.message_kind is cm.MessageKind.reply:
+            raise errors.InvalidInput(
+                "metadata.message_kind", "a reply is sent with channel_reply, which addresses it to the sender of "
+                "the message it answers and takes that message's correlation id",
+                suggested_command="agentdock channels reply MESSAGE_ID BODY")
+        req = await self._masked(caller, req)
         allowed = await self._network_channels(caller)
         async with self.store.write(self.clock.now()) as tx:
             channel = await self._open(tx, caller, req.channel, allowed)
             self._kind_allowed(channel, req.metadata.message_kind)
-            row = await self._stored(tx, caller, req) or await self._append(tx, caller, self._message(
-                channel, caller, req, correlation_id=req.metadata.correlation_id))
+            row = await self._stored(tx, caller, req)
+            if row is None:
+                await self._own_correlation(tx, caller, channel, req.metadata.correlation_id)
+                row = await self._append(tx, caller, channel, self._message(
+                    channel, caller, req, correlation_id=req.metadata.correlation_id))
         return cm.MessageResult(message=row.record())
 
     async def reply(self, caller: Caller, req: cm.Reply) -> cm.MessageResult:
         """Answer a message: to its sender, on its channel, correlated by that message (never by text)."""
         caller.require("channels", "channel_reply")
+        req = await self._masked(caller, req)
         allowed = await self._network_channels(caller)
         async with self.store.write(self.clock.now()) as tx:
             original = await tx.message(req.reply_to_message_id)
@@ -126,7 +143,7 @@ class ChannelService:
                                           f"message it answers ({correlation}); leave it out")
             self._same_channel(meta, channel.id)
             self._kind_allowed(channel, meta.message_kind)
-            row = await self._stored(tx, caller, req) or await self._append(tx, caller, self._message(
+            row = await self._stored(tx, caller, req) or await self._append(tx, caller, channel, self._message(
                 channel, caller, req, correlation_id=correlation, to=original.from_session_id, reply_to=original.id))
         return cm.MessageResult(message=row.record())
 
@@ -146,7 +163,8 @@ class ChannelService:
             arrived = self.store.topics.watch(topics.channel(req.channel))
             async with self.store.write(self.clock.now()) as tx:
                 await self._open(tx, caller, req.channel, allowed)
-                rows = await tx.take_messages(req.channel, caller.session_id, req.limit, req.after_sequence)
+                rows = await tx.take_messages(req.channel, caller.session_id, req.limit, req.after_sequence,
+                                              self.settings.list_page_max_bytes)
             left = deadline - self.clock.monotonic()
             if rows or left <= 0:
                 return cm.Messages(messages=[r.record() for r in rows], waited=waited)
@@ -203,19 +221,38 @@ class ChannelService:
             raise errors.InvalidInput("metadata.coordination_channel_id", "must be the channel the message is "
                                       f"sent on ({channel_id}), or left out")
 
-    async def _append(self, tx: Tx, caller: Caller, row: dict[str, Any]) -> cm.MessageRow:
-        """The message, within the sender's quota (the local user has none); past it, nothing is written."""
-        if not caller.is_root:
-            size = len(row["body"]) + len(json.dumps(row["metadata"]))
-            messages, total = await tx.count_usage(caller.session_id, size)
-            quota_m, quota_b = self.settings.channel_quota_messages, self.settings.channel_quota_bytes
-            if messages > quota_m or total > quota_b:
-                raise errors.LimitExceeded(
-                    f"channel quota: session {caller.session_id} has sent {messages - 1} messages, {total - size} "
-                    f"bytes; a session may send {quota_m} messages and {quota_b} bytes in all",
-                    evidence={"field": "body", "messages": messages - 1, "bytes": total - size,
-                              "quota_messages": quota_m, "quota_bytes": quota_b})
+    async def _append(self, tx: Tx, caller: Caller, channel: cm.ChannelRow, row: dict[str, Any]) -> cm.MessageRow:
+        """The message, within the quotas of the sender's tree and of the channel's workspace (the local
+        user has none); past one, nothing is written."""
+        size = len(row["body"]) + len(json.dumps(row["metadata"]))
+        await self.quotas.charge(tx, caller, channel.workspace_id, Usage(messages=1, message_bytes=size),
+                                 field="body")
         return await tx.append_message(row)
+
+    async def _masked(self, caller: Caller, req: cm.SendOrReply) -> cm.SendOrReply:
+        """The message as it may be stored: its body and `ext` masked for the secrets the caller holds;
+        an id that holds one is refused."""
+        mask = await self.masks.masker(caller)
+        if not mask:
+            return req
+        meta = req.metadata
+        masking.refuse(mask, {"metadata.correlation_id": meta.correlation_id, "metadata.workflow_id": meta.workflow_id,
+                              "metadata.run_id": meta.run_id, "metadata.task_id": meta.task_id,
+                              "idempotency_key": req.idempotency_key})
+        return req.model_copy(update={"body": mask.value(req.body),
+                                      "metadata": meta.model_copy(update={"ext": mask.value(meta.ext)})})
+
+    @staticmethod
+    async def _own_correlation(tx: Tx, caller: Caller, channel: cm.ChannelRow, correlation_id: str | None) -> None:
+        """A send's correlation id is the sender's own: one another session's message on the channel carries
+        (or is) belongs to that conversation, which only `channel_reply` joins."""
+        if correlation_id is not None and await tx.correlation_of_another(channel.id, correlation_id,
+                                                                          caller.session_id):
+            raise errors.InvalidInput(
+                "metadata.correlation_id", f"{correlation_id} is another session's correlation on {channel.channel}; "
+                "a send starts a correlation of its own (leave it out, or choose a new one), and an answer to "
+                "that session's message goes with channel_reply", suggested_command="agentdock channels reply "
+                "MESSAGE_ID BODY", evidence={"channel": channel.id})
 
     @staticmethod
     async def _stored(tx: Tx, caller: Caller, req: cm.Send | cm.Reply) -> cm.MessageRow | None:

@@ -8,9 +8,11 @@ from typing import Any
 
 import anyio
 
-from engine import authority, errors, ids, lineage, models
+from engine import authority, errors, ids, lineage, masking, models
 from engine.callers import ROOT, Caller
+from engine.masking import Masking
 from engine.profiles import ProfileService, require_approval
+from engine.quotas import Quotas
 from engine.secrets import SecretStore
 from engine.ports import Clock, DeviceSpec, SandboxBackend
 from engine.settings import Settings
@@ -26,8 +28,11 @@ PREFIX = {models.TargetKind.sandbox: "sbx", models.TargetKind.computer: "cmp"}
 
 class DeviceService:
     def __init__(self, store: Store, backend: SandboxBackend, clock: Clock, settings: Settings,
-                 profiles: ProfileService | None = None) -> None:
+                 profiles: ProfileService | None = None, *, quotas: Quotas | None = None,
+                 masks: Masking | None = None) -> None:
         self.profiles = profiles or ProfileService(store, SecretStore(settings.secrets_dir), clock)
+        self.quotas = quotas or Quotas(store, settings)
+        self.masks = masks or self.profiles.masks
         self.store = store
         self.backend = backend
         self.clock = clock
@@ -72,7 +77,9 @@ class DeviceService:
 
     async def check_room(self, caller: Caller, *, extra: int = 1, tx: Any = None) -> None:
         """Refuse a new device when the caller's session, or a session above it, has effective limits
-        whose `max_child_sandboxes` its tree of sessions has already reached."""
+        whose `max_child_sandboxes` its tree of sessions has already reached, or when the caller's tree or
+        workspace has its quota of live devices (`engine.quotas`)."""
+        await self.quotas.check_devices(caller, extra=extra, tx=tx)
         session_id: str | None = caller.session_id
         while session_id and session_id != ROOT.session_id:
             row = await self.store.session(session_id)
@@ -95,6 +102,8 @@ class DeviceService:
         """Create the container first, then its row: a crash in between leaves a labelled container
         with no row, which the reconciler removes; a failed create leaves nothing."""
         caller.require("devices", "sandbox_create")
+        req = masking.masked(await self.masks.masker(caller), req, text=("name",), json=("metadata",), envs=("env",),
+                             ids=("image",))
         workspace = caller.use_workspace(req.workspace_id)
         await self.check_room(caller)
         asked = frozenset(k for k in req.model_fields_set

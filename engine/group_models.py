@@ -186,7 +186,7 @@ class GroupRunsQuery(Input):
     include_input: bool = False
     """Add each run's input (prompt, command, provider, target, metadata)."""
     include_output: bool = False
-    """Add each run's output and stderr."""
+    """Add each run's output and stderr (up to the answer's byte budget, 1 MiB; past it `output_omitted`)."""
     status: EntryStatus | None = None
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: int | None = Field(default=None, ge=0, le=MAX_SEQUENCE)
@@ -318,6 +318,8 @@ class RunOutput(Record):
     output: str
     stderr: str
     exit_code: int | None
+    output_omitted: bool = False
+    """Past the answer's byte budget (1 MiB of outputs): `output` and `stderr` left out; agent_run_get has them."""
 
 
 class GroupRun(Record):

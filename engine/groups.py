@@ -18,9 +18,10 @@ import logging
 import anyio
 from pydantic import ValidationError
 
-from engine import authority, errors, ids, lineage, profiles, topics
+from engine import authority, errors, ids, lineage, masking, profiles, topics
 from engine import group_models as gm
 from engine.callers import ROOT, Caller
+from engine.masking import Masking
 from engine.ports import Clock
 from engine.records import EntryRow, GroupRow, RunRow
 from engine.runs import Prepared, RunService
@@ -61,11 +62,13 @@ def group_outcome(counts: dict[str, int], expected_runs: int | None, canceling: 
 
 
 class GroupService:
-    def __init__(self, store: Store, runs: RunService, clock: Clock, settings: Settings) -> None:
+    def __init__(self, store: Store, runs: RunService, clock: Clock, settings: Settings, *,
+                 masks: Masking | None = None) -> None:
         self.store = store
         self.runs = runs
         self.clock = clock
         self.settings = settings
+        self.masks = masks or runs.masks
 
     # ------------------------------------------------------------ requests
 
@@ -73,6 +76,8 @@ class GroupService:
         caller.require("groups")
         if req.workspace_id is not None:
             caller.use_workspace(req.workspace_id)  # its children run there, under that workspace's default profile
+        req = masking.masked(await self.masks.masker(caller), req, text=("name",), json=("metadata",),
+                             ids=("workspace_id", "project_id", "idempotency_key"))
         cap = self.settings.max_active_runs
         limit = req.concurrency_limit if req.concurrency_limit is not None else min(gm.DEFAULT_CONCURRENCY, cap)
         if limit > cap:
@@ -168,6 +173,7 @@ class GroupService:
         waited for) again: the handle for a synchronous dispatch that was not done in time."""
         caller.require("runs")
         group = await self._row(caller, group_id)
+        req = await self._masked(caller, req)
         for i, item in enumerate(req.runs):  # an item that cannot apply refuses the dispatch, writing nothing
             workspace = caller.use_workspace(item.workspace_id, f"runs.{i}.workspace_id")
             if group.workspace_id is not None and item.workspace_id not in (None, group.workspace_id):
@@ -196,6 +202,23 @@ class GroupService:
                     raise
                 dispatch_id = existing
         return await self._answer(caller, group_id, dispatch_id, 0 if req.async_ else wait, with_results=not req.async_)
+
+    async def _masked(self, caller: Caller, req: gm.DispatchRequest) -> gm.DispatchRequest:
+        """The manifest as it may be stored: each item's prompt, command, metadata and env masked for the
+        secrets the caller holds (an id or role holding one refused, naming its item)."""
+        mask = await self.masks.masker(caller)
+        if not mask:
+            return req
+        masking.refuse(mask, {"idempotency_key": req.idempotency_key})
+        items = []
+        for i, item in enumerate(req.runs):
+            try:
+                masking.refuse(mask, {"orchestration_role": item.orchestration_role})
+                items.append(await self.runs.masked(caller, item))
+            except errors.InvalidInput as exc:
+                raise errors.InvalidInput(f"runs.{i}.{exc.field}", exc.message.split(": ", 1)[1],
+                                          evidence={"masked": True}) from None
+        return req.model_copy(update={"runs": items})
 
     async def dispatch_status(self, caller: Caller, group_id: str, dispatch_id: str, wait: float = 0,
                               ) -> gm.DispatchResult:
@@ -259,7 +282,8 @@ class GroupService:
         results = []
         if with_results:
             ended = [e for e in rows if gm.EntryStatus(e.status).terminal]
-            found = await self.store.runs_by_ids([e.run_id for e in ended if e.run_id])
+            found = await self.store.runs_by_ids([e.run_id for e in ended if e.run_id],
+                                                 budget=self.settings.list_page_max_bytes)
             results = [_result(e, found.get(e.run_id or "")) for e in ended]
         return gm.DispatchResult(group=await self.get(caller, group_id), results=results,
                                  entries=[_entry(e) for e in rows], dispatch_id=dispatch_id, done=done,
@@ -283,7 +307,7 @@ class GroupService:
             # status, so the read after it has every event. The other order could see no events, then
             # the end committed in between, and tell the reader to stop with two events unread.
             status = gm.GroupStatus((await self._row(caller, group_id)).status)
-            rows = await self.store.events(stream, q.after_sequence, q.limit)
+            rows = await self.store.events(stream, q.after_sequence, q.limit, self.settings.list_page_max_bytes)
             remaining = deadline - self.clock.monotonic()
             if rows or status.terminal or remaining <= 0:
                 break
@@ -301,7 +325,8 @@ class GroupService:
                                               status=q.status.value if q.status else None)
         more = len(rows) > q.limit
         rows = rows[: q.limit]
-        found = await self.store.runs_by_ids([e.run_id for e in rows if e.run_id])
+        found = await self.store.runs_by_ids([e.run_id for e in rows if e.run_id],
+                                             budget=self.settings.list_page_max_bytes if q.include_output else -1)
         data = [_group_run(e, found.get(e.run_id or ""), q) for e in rows]
         return gm.GroupRunList(data=data, next_cursor=rows[-1].position + 1 if more else None)
 
@@ -501,7 +526,8 @@ def _group_run(e: EntryRow, run: RunRow | None, q: gm.GroupRunsQuery) -> gm.Grou
         input=gm.RunInput(provider=run.provider, prompt=run.prompt, command=run.command, model=run.model,
                           target_id=run.target_id, cwd=run.cwd, metadata=run.metadata)
         if run is not None and q.include_input else None,
-        output=gm.RunOutput(output=run.output, stderr=run.stderr, exit_code=run.exit_code)
+        output=gm.RunOutput(output=run.output, stderr=run.stderr, exit_code=run.exit_code,
+                            output_omitted=run.output_omitted)
         if run is not None and q.include_output else None)
 
 

@@ -414,6 +414,9 @@ def _secret_name(v: str) -> str:
         raise ValueError(exc.message.split(": ", 1)[1]) from None
 
 
+RunCreateT = TypeVar("RunCreateT", bound=RunCreate)
+"""A run request or one of its kind (a group's manifest item)."""
+
 KIND_OF_PREFIX = {"sbx": TargetKind.sandbox, "cmp": TargetKind.computer}
 """Device ids say their kind: sbx_... is a sandbox, cmp_... a computer."""
 
@@ -464,6 +467,8 @@ class Run(Record):
     finished_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    output_omitted: bool = False
+    """In a list past its byte budget (1 MiB): `output` and `stderr` left out (empty); agent_run_get has them."""
 
 
 class RunList(Record):

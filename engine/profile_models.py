@@ -9,7 +9,7 @@ import re
 from collections import Counter
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import Field, field_validator
 
@@ -259,6 +259,9 @@ class ProfileUpdate(_Fields):
     @classmethod
     def _name(cls, v: str | None) -> str | None:
         return _check_name(v)
+
+
+ProfileFields = TypeVar("ProfileFields", ProfileCreate, ProfileUpdate)
 
 
 class ProfileRef(models.Input):

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from engine import errors, ids
+from engine import errors, ids, masking
 from engine import profile_models as pm
 from engine.callers import Caller
 from engine.clock import SystemClock
+from engine.masking import Masking
 from engine.ports import Clock
 from engine.secrets import SecretStore
 from engine.store import Store, new_id
@@ -51,10 +52,12 @@ def require_approval(caller: Caller, action: str) -> None:
 
 
 class ProfileService:
-    def __init__(self, store: Store, secrets: SecretStore, clock: Clock | None = None) -> None:
+    def __init__(self, store: Store, secrets: SecretStore, clock: Clock | None = None,
+                 masks: Masking | None = None) -> None:
         self.store = store
         self.secrets = secrets
         self.clock = clock or SystemClock()
+        self.masks = masks or Masking(store, secrets)
 
     # ------------------------------------------------------------ requests
 
@@ -62,6 +65,7 @@ class ProfileService:
         caller.require("profiles", "profile_create")
         workspace = await self._writable_scope(caller, req.workspace_id)
         self._check_contents(caller, req)
+        req = await self._masked(caller, req)
         now = self.clock.now()
         profile_id = new_id("arp")
         async with self.store.write(now) as tx:
@@ -80,6 +84,15 @@ class ProfileService:
             row = await tx.profile(profile_id)
         assert row is not None
         return row.record()
+
+    async def _masked(self, caller: Caller, req: pm.ProfileFields) -> pm.ProfileFields:
+        """The profile's free text (description, metadata, env values) masked for the secrets the caller
+        holds; its name, model, image or a connector holding one is refused."""
+        mask = await self.masks.masker(caller)
+        if mask:
+            masking.refuse(mask, {f"connectors.{i}": c for i, c in enumerate(req.connectors or [])})
+        return masking.masked(mask, req, text=("description",), json=("metadata",), envs=("env",),
+                              ids=("name", "model", "image"))
 
     async def get(self, caller: Caller, profile_id: str) -> pm.Profile:
         caller.require("profiles", "profile_get")
@@ -102,6 +115,7 @@ class ProfileService:
                 f"{current.workspace_id or 'the tenant'}); create a new profile in the other scope instead",
                 suggested_command="agentdock profiles create")
         self._check_contents(caller, req)
+        req = await self._masked(caller, req)
         fields: dict[str, Any] = {}
         for name in given - {"workspace_id"}:
             value = getattr(req, name)

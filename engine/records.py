@@ -93,6 +93,8 @@ class RunRow(Row):
     created_at: datetime
     updated_at: datetime
     created_by: str
+    output_omitted: bool = False
+    """Read in a list past its byte budget: output and stderr were not read."""
 
     def record(self) -> models.Run:
         return models.Run(
@@ -105,7 +107,7 @@ class RunRow(Row):
             agent_run_group_id=self.agent_run_group_id, orchestration_role=self.orchestration_role,
             parent_agent_run_id=self.parent_agent_run_id, profile_id=self.profile_id,
             profile_snapshot=self.profile_snapshot, workspace_id=self.workspace_id, idempotency_key=self.idempotency_key, started_at=self.started_at, finished_at=self.finished_at,
-            created_at=self.created_at, updated_at=self.updated_at,
+            created_at=self.created_at, updated_at=self.updated_at, output_omitted=self.output_omitted,
         )
 
 

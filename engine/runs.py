@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 import anyio
 from anyio.abc import TaskGroup
 
-from engine import authority, errors, ids, models, topics
+from engine import authority, errors, ids, masking, models, topics
 from engine.callers import ROOT, Caller
+from engine.masking import Masking
 from engine.secrets import SecretStore
 from engine.devices import DeviceService
 from engine.ports import Clock, DeviceSpec, Harness, SandboxBackend
@@ -46,11 +47,13 @@ class Prepared(NamedTuple):
 class RunService:
     def __init__(self, store: Store, backend: SandboxBackend, devices: DeviceService,
                  harnesses: Callable[[str], Harness], clock: Clock, settings: Settings, tokens: Tokens,
-                 secrets: SecretStore | None = None, profiles: ProfileService | None = None) -> None:
+                 secrets: SecretStore | None = None, profiles: ProfileService | None = None, *,
+                 masks: Masking | None = None) -> None:
         self.store = store
         self.tokens = tokens
         self.secrets = secrets or SecretStore(settings.secrets_dir)
         self.profiles = profiles or ProfileService(store, self.secrets, clock)
+        self.masks = masks or self.profiles.masks
         self.backend = backend
         self.devices = devices
         self.harnesses = harnesses
@@ -170,6 +173,7 @@ class RunService:
 
     async def create(self, caller: Caller, req: models.RunCreate) -> models.Run:
         caller.require("runs", "agent_run")
+        req = await self.masked(caller, req)
         if req.idempotency_key:
             existing = await self._same_request(caller, req)
             if existing is not None:
@@ -179,6 +183,8 @@ class RunService:
             async with self.store.write(self.clock.now()) as tx:
                 await authority.require_active(tx, caller)
                 await require_profile(tx, prepared.row.get("profile_id"))
+                if prepared.device_row is not None:  # counted again here: two creates cannot take one place
+                    await self.devices.check_room(caller, tx=tx)
                 await self.record(tx, prepared)
         except errors.Conflict:
             if req.idempotency_key:  # the same key, created by a concurrent request a moment ago
@@ -187,6 +193,12 @@ class RunService:
                     return existing
             raise
         return await self.get(caller, prepared.run_id)  # queued: admission starts it when a slot is free
+
+    async def masked(self, caller: Caller, req: models.RunCreateT) -> models.RunCreateT:
+        """A run request as it may be stored: its prompt, command, metadata and env values masked for the
+        secrets the caller holds (`engine.masking`); a model, key or workspace holding one is refused."""
+        return masking.masked(await self.masks.masker(caller), req, text=("prompt", "command"), json=("metadata",),
+                              envs=("env",), ids=("model", "cwd", "idempotency_key", "workspace_id"))
 
     async def prepare(self, caller: Caller, req: models.RunCreate, *, workspace: str | None = None) -> Prepared:
         """Check a run request against the world (its target, the image, its profile) and build its records,
@@ -312,7 +324,8 @@ class RunService:
         caller.require("runs", "agent_run_list")
         if q.cursor and await self.store.run(q.cursor) is None:
             raise errors.InvalidInput("cursor", "unknown cursor; pass the next_cursor of a previous page")
-        rows = await self.store.runs(q, created_by=None if caller.is_root else caller.session_id)
+        rows = await self.store.runs(q, created_by=None if caller.is_root else caller.session_id,
+                                     budget=self.settings.list_page_max_bytes)
         more = len(rows) > q.limit
         rows = rows[: q.limit]
         return models.RunList(data=[r.record() for r in rows], next_cursor=rows[-1].id if more else None)
@@ -324,7 +337,7 @@ class RunService:
         while True:
             changed = self.store.topics.watch(stream)
             run = await self.get(caller, run_id)
-            rows = await self.store.events(stream, q.after, q.limit)
+            rows = await self.store.events(stream, q.after, q.limit, self.settings.list_page_max_bytes)
             remaining = deadline - self.clock.monotonic()
             if rows or run.status in TERMINAL or remaining <= 0:
                 break

@@ -9,11 +9,14 @@ prints them, before its output or events are written.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict
 
@@ -166,52 +169,120 @@ class SecretStore:
         return SecretInfo(name=name, size=st.st_size, updated_at=datetime.fromtimestamp(st.st_mtime, UTC))
 
 
-class Masker:
-    """Replaces secret values in a run's text with `********`.
+URLSAFE = str.maketrans("+/", "-_")
 
-    `line()` masks a complete line (a structured runtime's JSON line, an event's strings). `stream()`
-    masks a stream that arrives in arbitrary chunks: the end of a chunk that could be the start of a
-    value is held back until the next chunk says (or `flush()` at the end), so a value split across
-    two chunks is masked too. Each value is also looked for JSON-escaped and line by line."""
+
+def forms(value: str) -> set[str]:
+    """The ways a value is commonly written, each looked for on its own (and, by `Masker`, in any mix of
+    upper and lower case): as is and JSON-escaped (and each line of a multi-line value), reversed, hex,
+    percent-encoded (the usual way and every byte), and base64 (standard and URL-safe): whole, and the
+    part that is the same wherever the value sits inside a longer encoded text (at each of base64's three
+    alignments). A value, or a form of it, shorter than `MIN_VALUE_BYTES` is not looked for (it would hide
+    ordinary text)."""
+    raw = value.encode()
+    if len(raw) < MIN_VALUE_BYTES:  # no credential; its forms would hide ordinary text
+        return set()
+    found = {value, json.dumps(value)[1:-1]}
+    for form in list(found):
+        found.update(part.strip() for part in form.splitlines())
+    found |= {value[::-1], raw.hex(), quote(value, safe=""), "".join(f"%{b:02x}" for b in raw)}
+    encoded = {base64.b64encode(raw).decode()}
+    for shift in range(3):  # the value after `shift` bytes of something else: only its inner characters are fixed
+        text = base64.b64encode(b"\0" * shift + raw).decode()
+        encoded.add(text[-(-8 * shift // 6):8 * (shift + len(raw)) // 6])
+    found |= encoded | {e.translate(URLSAFE) for e in encoded}
+    return {f for f in found if len(f) >= MIN_VALUE_BYTES}
+
+
+class Masker:
+    """Replaces secret values in text with `********`, in each of their common forms (`forms`), whatever
+    their case.
+
+    `line()` masks a complete text (a structured runtime's JSON line, an event's strings, a record's
+    field). `stream()` masks a stream that arrives in arbitrary chunks: the end of a chunk that could be
+    the start of a value is held back until the next chunk says (or `flush()` at the end), so a value
+    split across two chunks is masked too. `value()` masks every string, key and number of a JSON value."""
 
     def __init__(self, values: list[str]) -> None:
         needles: set[str] = set()
         for value in values:
-            for form in (value, json.dumps(value)[1:-1]):
-                needles.add(form)
-                needles.update(part.strip() for part in form.splitlines() if len(part.strip()) >= MIN_VALUE_BYTES)
-        self.needles = sorted((n for n in needles if len(n) >= MIN_VALUE_BYTES), key=len, reverse=True)
+            needles |= {form.lower() for form in forms(value)}
+        self.needles = sorted(needles, key=len, reverse=True)
         self._held: dict[str, str] = {}
 
     def __bool__(self) -> bool:
         return bool(self.needles)
 
-    def line(self, text: str) -> str:
-        for needle in self.needles:
-            if needle in text:
-                text = text.replace(needle, MASK)
-        return text
+    @staticmethod
+    def _folded(text: str) -> str:
+        """`text` in lower case, character for character (the few characters whose lower case is longer
+        are kept as they are, so positions stay the same)."""
+        folded = text.lower()
+        return folded if len(folded) == len(text) else "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
-    def value(self, obj: object) -> object:
-        """Every string in a JSON-like value, masked."""
+    def line(self, text: str) -> str:
+        if not self.needles:
+            return text
+        folded = self._folded(text)
+        spans = []
+        for needle in self.needles:
+            i = folded.find(needle)
+            while i != -1:
+                spans.append((i, i + len(needle)))
+                i = folded.find(needle, i + len(needle))
+        if not spans:
+            return text
+        out, pos, end = [], 0, -1
+        for start, stop in sorted(spans):
+            if start < end:  # overlaps the span being masked: widen it
+                end = max(end, stop)
+                continue
+            if end != -1:
+                out += [text[pos:begin], MASK]
+                pos = end
+            begin, end = start, stop
+        out += [text[pos:begin], MASK, text[end:]]
+        return "".join(out)
+
+    def finds(self, text: str) -> bool:
+        """Whether `text` holds a value in one of its forms."""
+        folded = self._folded(text)
+        return any(needle in folded for needle in self.needles)
+
+    def value(self, obj: Any) -> Any:
+        """A JSON-like value with every string, key and number that holds a value masked (a number that
+        does becomes the string `********`; keys that become equal are told apart by `#2`, `#3`...)."""
+        if not self.needles:
+            return obj
         if isinstance(obj, str):
             return self.line(obj)
+        if isinstance(obj, bool) or obj is None:
+            return obj
+        if isinstance(obj, (int, float)):
+            return MASK if self.finds(str(obj)) else obj
         if isinstance(obj, list):
             return [self.value(v) for v in obj]
         if isinstance(obj, dict):
-            return {k: self.value(v) for k, v in obj.items()}
+            out: dict[str, Any] = {}
+            for key, v in obj.items():
+                masked, n = self.line(key), 1
+                while (masked if n == 1 else f"{masked}#{n}") in out:
+                    n += 1
+                out[masked if n == 1 else f"{masked}#{n}"] = self.value(v)
+            return out
         return obj
 
     def stream(self, name: str, text: str) -> str:
         text = self.line(self._held.pop(name, "") + text)
+        folded = self._folded(text)
         keep = 0
         for needle in self.needles:  # the longest end of `text` that starts some value
-            i = text.find(needle[0], max(0, len(text) - len(needle) + 1))
-            while i != -1 and len(text) - i > keep:
-                if needle.startswith(text[i:]):
-                    keep = len(text) - i
+            i = folded.find(needle[0], max(0, len(folded) - len(needle) + 1))
+            while i != -1 and len(folded) - i > keep:
+                if needle.startswith(folded[i:]):
+                    keep = len(folded) - i
                     break
-                i = text.find(needle[0], i + 1)
+                i = folded.find(needle[0], i + 1)
         if keep:
             self._held[name] = text[-keep:]
             text = text[:-keep]

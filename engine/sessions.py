@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from pydantic import ConfigDict, Field
 
-from engine import authority, channels, errors, ids, lineage, models, souls, topics
+from engine import authority, channels, errors, ids, lineage, masking, models, souls, topics
 from engine.callers import DEFAULT_WORKSPACE, ROOT, Caller
 from engine.clock import SystemClock
 from engine.lineage import PermissionPolicy, SpawnBudget
@@ -165,6 +165,7 @@ class Me(models.Record):
     active_task_leases: list[dict[str, Any]] = Field(default_factory=list)
 
 
+PERMISSION_LISTS = ("network_channels", "sandbox_profiles", "skills", "mcp_servers", "workspace_paths")
 CONTEXT_SECTION_LIMIT = 50
 MAX_ACTIVE_TASK_LEASES = 4
 
@@ -301,6 +302,12 @@ class SessionService:
             raise errors.InvalidInput(
                 "auto_stop_on_parent", "a child always stops with its parent (authority narrows down a tree: "
                 "a stopped session's tree is stopped); leave it out")
+        mask = await self.runs.masks.masker(caller)
+        req = masking.masked(mask, req, text=("prompt", "command"), ids=("agent_name", "model", "spawn_role",
+                                                                         "workspace_id"))
+        if req.permissions is not None:  # names a policy keeps as given
+            masking.refuse(mask, {f"permissions.{field}.{i}": name for field in PERMISSION_LISTS
+                                  for i, name in enumerate(getattr(req.permissions, field))})
         run_req = self._run_request(req)  # refused before anything is written
         if run_req is not None:
             caller.require("runs", "agent_run")  # starting the child as a run is running an agent

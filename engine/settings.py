@@ -52,9 +52,33 @@ class Settings(BaseSettings):
     """The longest one Docker API call may take; past it the call is abandoned and its device treated as
     stuck (its runs end `sandbox_lost`, and the device is repaired)."""
     channel_quota_bytes: int = Field(default=64 * 1_048_576, ge=65_536)
-    """What one session (not the local user) may write to channels in all, bodies and metadata."""
+    """What one tree of sessions (a child of the local user and every session below it) may write to
+    channels in all, bodies and metadata. The local user has no quota."""
     channel_quota_messages: int = Field(default=100_000, ge=1)
-    """Messages one session (not the local user) may send in all."""
+    """Messages one tree of sessions may send in all."""
+    workspace_channel_quota_bytes: int = Field(default=256 * 1_048_576, ge=65_536)
+    """What the sessions of one workspace, every tree together, may write to channels in all."""
+    workspace_channel_quota_messages: int = Field(default=400_000, ge=1)
+    """Messages the sessions of one workspace may send in all."""
+    task_quota_tasks: int = Field(default=10_000, ge=1)
+    """Tasks one tree of sessions may create in all."""
+    task_quota_bytes: int = Field(default=256 * 1_048_576, ge=65_536)
+    """Bytes of task titles, payloads, results and errors one tree of sessions may write in all."""
+    workspace_task_quota_tasks: int = Field(default=40_000, ge=1)
+    """Tasks the sessions of one workspace may create in all."""
+    workspace_task_quota_bytes: int = Field(default=1_024 * 1_048_576, ge=65_536)
+    """Bytes of task titles, payloads, results and errors the sessions of one workspace may write in all."""
+    tree_max_live_sandboxes: int = Field(default=16, ge=0, le=10_000)
+    """Live sandboxes and computers (ephemeral ones of unfinished runs too) one tree of sessions may have."""
+    workspace_max_live_sandboxes: int = Field(default=32, ge=0, le=10_000)
+    """Live sandboxes and computers the sessions of one workspace may have, every tree together."""
+    task_payload_max_bytes: int = Field(default=262_144, ge=1_024, le=4 * 1_048_576)
+    """Largest task payload, as JSON (bigger data belongs in an artifact or a file in the workspace)."""
+    task_result_max_bytes: int = Field(default=262_144, ge=1_024, le=4 * 1_048_576)
+    """Largest task result, as JSON."""
+    list_page_max_bytes: int = Field(default=1_048_576, ge=65_536, le=8 * 1_048_576)
+    """The most bodies (task payloads and results, message bodies) one list answer carries; past it a list
+    gives summaries (`task_list`) or stops early (`channel_recv`, whose cursor stays at the last one given)."""
     soul_enabled: bool = True
     """Whether souls are in effect; off, they are still read and checked but never `active`."""
     soul_agent_name: str = Field(default="agentdock", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")

@@ -14,7 +14,7 @@ Reads, which may carry a run's whole output, stay on the reader's own thread (ai
 
 This module holds the connections, the transaction, migrations and the core records (devices, runs,
 events, sessions, souls); each later area keeps its SQL and operations in its own module, mixed into
-`Tx` and `Store` here: `group_store`, `task_store`, `channel_store`, `profile_store`.
+`Tx` and `Store` here: `group_store`, `task_store`, `channel_store`, `profile_store`, `quota_store`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import aiosqlite
 import anyio
 
-from engine import channel_store, errors, group_store, models, profile_store, task_store, topics
+from engine import channel_store, errors, group_store, models, profile_store, quota_store, task_store, topics
 from engine.records import ArtifactRow, DeviceRow, EventRow, RunRow, SessionRow, Shape, SoulSnapshotRow
 from engine.sqlvalues import encode, new_id, ts
 
@@ -52,6 +52,22 @@ RUN_COLUMNS = (
     "request_hash, started_at, "
     "finished_at, created_at, updated_at, created_by"
 )
+
+# A run list weighs each run of its page by its output and stderr (what can be a MiB each) and carries
+# them only while the page's running total is within its byte budget; past it they are left out.
+_BODY_SIZE = (
+    "length(CAST(r.output AS BLOB)) + length(CAST(r.stderr AS BLOB)) + COALESCE((SELECT sum(length(CAST(c.text AS "
+    "BLOB))) FROM output_chunks c WHERE c.run_id = r.id), 0)"
+)
+_LISTED = RUN_COLUMNS.replace(
+    _KEPT.format(t="agent_runs"),
+    "CASE WHEN w.running <= :budget THEN agent_runs.output || COALESCE((SELECT group_concat(text, '') FROM (SELECT "
+    "text FROM output_chunks c WHERE c.run_id = agent_runs.id AND c.stream = 'stdout' ORDER BY c.seq)), '') ELSE '' "
+    "END AS output, CASE WHEN w.running <= :budget THEN agent_runs.stderr || COALESCE((SELECT group_concat(text, '') "
+    "FROM (SELECT text FROM output_chunks c WHERE c.run_id = agent_runs.id AND c.stream = 'stderr' ORDER BY c.seq)), "
+    "'') ELSE '' END AS stderr, w.running > :budget AS output_omitted")
+_SUMMARY = RUN_COLUMNS.replace(_KEPT.format(t="agent_runs"), "'' AS output, '' AS stderr, 1 AS output_omitted")
+assert _LISTED != RUN_COLUMNS and _SUMMARY != RUN_COLUMNS
 
 SQL = {
     "device_insert": (
@@ -101,6 +117,15 @@ SQL = {
         "SELECT e.id, e.run_id, e.group_id, s.sequence, e.type, e.message, e.payload, e.created_at "
         "FROM stream_events s JOIN events e ON e.id = s.event_id "
         "WHERE s.stream = ? AND s.sequence > ? ORDER BY s.sequence LIMIT ?"
+    ),
+    # The same page cut where its events' payloads and messages pass a byte budget (always the first).
+    "stream_after_within": (
+        "SELECT id, run_id, group_id, sequence, type, message, payload, created_at FROM (SELECT x.*, "
+        "sum(length(CAST(x.payload AS BLOB)) + length(CAST(x.message AS BLOB))) OVER (ORDER BY x.sequence) AS running, "
+        "row_number() OVER (ORDER BY x.sequence) AS n FROM (SELECT e.id, e.run_id, e.group_id, s.sequence, e.type, "
+        "e.message, e.payload, e.created_at FROM stream_events s JOIN events e ON e.id = s.event_id "
+        "WHERE s.stream = ? AND s.sequence > ? ORDER BY s.sequence LIMIT ?) x) WHERE running <= ? OR n = 1 "
+        "ORDER BY sequence"
     ),
     "chunk_insert": (
         "INSERT INTO output_chunks (run_id, stream, seq, text) VALUES (:run_id, :stream, "
@@ -168,7 +193,7 @@ SQL = {
 
 
 
-SQL.update({**group_store.SQL, **task_store.SQL, **channel_store.SQL, **profile_store.SQL})
+SQL.update({**group_store.SQL, **task_store.SQL, **channel_store.SQL, **profile_store.SQL, **quota_store.SQL})
 """Every named query (the areas' too): a test compiles each against the migrated schema."""
 
 # Columns a run update may set (a guard against building SQL from arbitrary keys).
@@ -221,6 +246,9 @@ class InlineCursor:
     async def fetchall(self) -> list[Any]:
         return self._cursor.fetchall()
 
+    async def close(self) -> None:
+        self._cursor.close()
+
 
 class InlineConnection:
     """A sqlite3 connection used directly on the event loop's thread, with aiosqlite's async surface
@@ -267,7 +295,8 @@ class InlineConnection:
         self.raw.close()
 
 
-class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWrites, profile_store.ProfileWrites):
+class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWrites, profile_store.ProfileWrites,
+         quota_store.QuotaWrites):
     """One open write transaction; `touched` are the topics to wake once it commits."""
 
     def __init__(self, conn: InlineConnection, now: datetime) -> None:
@@ -442,7 +471,8 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
         return False
 
 
-class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelReads, profile_store.ProfileReads):
+class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelReads, profile_store.ProfileReads,
+            quota_store.QuotaReads):
     def __init__(self, path: Path, notifier: topics.Topics | None = None) -> None:
         self.path = path
         self.topics = notifier or topics.Topics()
@@ -575,31 +605,38 @@ class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelR
     async def active_runs_on(self, target_id: str) -> list[str]:
         return [r["id"] for r in await self._all(SQL["runs_active_on_target"], (target_id,))]
 
-    async def runs(self, q: models.RunListQuery, *, created_by: str | None = None) -> list[RunRow]:
-        """Newest first, keyset-paged by (created_at, id); fetches one extra row to know if more follow."""
-        where, params = [], []
+    async def runs(self, q: models.RunListQuery, *, created_by: str | None = None,
+                   budget: int = 1 << 62) -> list[RunRow]:
+        """Newest first, keyset-paged by (created_at, id); fetches one extra row to know if more follow.
+        Output and stderr only while the page's running total of them is within `budget` bytes; past it
+        the runs come without them (`output_omitted`), and are never read."""
+        where, params = [], {}
         if created_by is not None:
-            where.append("created_by = ?")
-            params.append(created_by)
+            where.append("created_by = :created_by")
+            params["created_by"] = created_by
         if q.target_id:
-            where.append("target_id = ?")
-            params.append(q.target_id)
+            where.append("target_id = :target_id")
+            params["target_id"] = q.target_id
         if q.status:
-            where.append("status = ?")
-            params.append(q.status.value)
+            where.append("status = :status")
+            params["status"] = q.status.value
         if q.cursor:
-            where.append("(created_at, id) < (SELECT created_at, id FROM agent_runs WHERE id = ?)")
-            params.append(q.cursor)
-        sql = f"SELECT {RUN_COLUMNS} FROM agent_runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
-        params.append(q.limit + 1)
+            where.append("(created_at, id) < (SELECT created_at, id FROM agent_runs WHERE id = :cursor)")
+            params["cursor"] = q.cursor
+        page = "SELECT id, created_at FROM agent_runs" + (" WHERE " + " AND ".join(where) if where else "")
+        sql = (f"WITH page AS ({page} ORDER BY created_at DESC, id DESC LIMIT :limit), weighed AS (SELECT p.id AS "
+               f"wid, p.created_at AS wat, sum({_BODY_SIZE}) OVER (ORDER BY p.created_at DESC, p.id DESC) AS running "
+               f"FROM page p JOIN agent_runs r ON r.id = p.id) SELECT {_LISTED} FROM weighed w JOIN agent_runs ON "
+               "agent_runs.id = w.wid ORDER BY w.wat DESC, w.wid DESC")
+        params |= {"limit": q.limit + 1, "budget": budget}
         return [RunRow.model_validate(r) for r in await self._all(sql, params)]
 
-    async def events(self, stream: str, after: int, limit: int) -> list[EventRow]:
-        """A stream's events after a sequence number (`topics.run(id)`, `topics.group(id)`)."""
-        return [EventRow.model_validate(r) for r in await self._all(SQL["stream_after"], (stream, after, limit))]
+    async def events(self, stream: str, after: int, limit: int, budget: int | None = None) -> list[EventRow]:
+        """A stream's events after a sequence number (`topics.run(id)`, `topics.group(id)`); with `budget`,
+        no more once their payloads and messages pass that many bytes (the first always)."""
+        rows = await (self._all(SQL["stream_after"], (stream, after, limit)) if budget is None else
+                      self._all(SQL["stream_after_within"], (stream, after, limit, budget)))
+        return [EventRow.model_validate(r) for r in rows]
 
     async def artifacts(self, run_id: str) -> list[ArtifactRow]:
         return [ArtifactRow.model_validate(r) for r in await self._all(SQL["artifacts_of_run"], (run_id,))]
@@ -645,12 +682,28 @@ class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelR
         row = await self._one(SQL["soul_snapshot_get"], (snapshot_id,))
         return SoulSnapshotRow.model_validate(row) if row else None
 
-    async def runs_by_ids(self, run_ids: list[str]) -> dict[str, RunRow]:
+    async def runs_by_ids(self, run_ids: list[str], *, budget: int | None = None) -> dict[str, RunRow]:
+        """The runs by id. With `budget`, output and stderr only of the first runs (in `run_ids`' order)
+        whose outputs together are within it; the rest come without (`output_omitted`), never read."""
+        carried = set(run_ids)
+        if budget is not None:
+            sizes: dict[str, int] = {}
+            for chunk in _chunks(run_ids):
+                marks = ", ".join("?" * len(chunk))
+                sql = f"SELECT r.id, {_BODY_SIZE} AS size FROM agent_runs r WHERE r.id IN ({marks})"
+                sizes.update({r["id"]: r["size"] for r in await self._all(sql, chunk)})
+            carried, total = set(), 0
+            for run_id in run_ids:
+                total += sizes.get(run_id, 0)
+                if total > budget:
+                    break
+                carried.add(run_id)
         found: dict[str, RunRow] = {}
-        for i in range(0, len(run_ids), 500):
-            chunk = run_ids[i:i + 500]
-            sql = f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE id IN ({', '.join('?' * len(chunk))})"
-            found.update({r["id"]: RunRow.model_validate(r) for r in await self._all(sql, chunk)})
+        for columns, ids in ((RUN_COLUMNS, [i for i in run_ids if i in carried]),
+                             (_SUMMARY, [i for i in run_ids if i not in carried])):
+            for chunk in _chunks(ids):
+                sql = f"SELECT {columns} FROM agent_runs WHERE id IN ({', '.join('?' * len(chunk))})"
+                found.update({r["id"]: RunRow.model_validate(r) for r in await self._all(sql, chunk)})
         return found
 
     async def session_workspace(self, session_id: str) -> str | None:
@@ -671,6 +724,11 @@ class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelR
 # WAL + synchronous NORMAL: a commit survives a crash or kill of the daemon (what we promise); only
 # a power loss may roll back the last commits. FULL would fsync every commit for that extra case.
 _PRAGMAS = ("foreign_keys = ON", "synchronous = NORMAL")
+
+
+def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
+    """`items` in pieces small enough for one `IN (...)` each."""
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
 
 def _translated(exc: sqlite3.Error) -> errors.EngineError:

@@ -76,6 +76,9 @@ class TaskRef(models.Input):
 class TaskListQuery(models.Input):
     status: TaskStatus | None = None
     limit: int = Field(default=100, ge=1, le=500)
+    include_payload: bool = False
+    """Carry each task's payload, result and whole error, up to the answer's byte budget (1 MiB by default;
+    past it the rest are summaries, `bodies_omitted`). Left out: summaries only (`task_get` has the rest)."""
 
 
 class ClaimNext(models.Input):
@@ -143,7 +146,8 @@ class Task(models.Record):
     title: str
     identifier: str | None
     priority: int
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None
+    """What the worker needs (None in a list's summary: `bodies_omitted`)."""
     max_attempts: int
     attempts: int
     """Claims so far (every task run)."""
@@ -160,6 +164,7 @@ class Task(models.Record):
     """Not claimable before this (a backoff after a failed attempt)."""
     failure_kind: str | None
     error: str | None
+    """What the last failed attempt reported (its first 200 characters in a list's summary)."""
     result: JsonValue = None
     latest_event_seq: int
     created_at: datetime
@@ -167,6 +172,9 @@ class Task(models.Record):
     finished_at: datetime | None
     runs: list[TaskRun] | None = None
     """Its task runs, oldest first (task_get only)."""
+    bodies_omitted: bool = False
+    """A list's summary: `payload` and `result` are left out and `error` is cut (`task_get` has them, or
+    `task_list` with `include_payload`, within its byte budget)."""
 
 
 class TaskList(models.Record):
@@ -272,7 +280,7 @@ class TaskRow(Row):
     title: str
     identifier: str | None
     priority: int
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None
     max_attempts: int
     workspace_id: str
     scope: str
@@ -290,6 +298,10 @@ class TaskRow(Row):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    body_bytes: int = 0
+    """Bytes of its payload, result and error as stored."""
+    bodies_omitted: bool = False
+    """Read as a summary (`payload` and `result` not read, `error` cut)."""
 
     def record(self, runs: list[TaskRunRow] | None = None) -> Task:
         return Task.model_construct(
@@ -300,7 +312,7 @@ class TaskRow(Row):
             available_at=self.available_at, failure_kind=self.failure_kind, error=self.error,
             result=_json(self.result), latest_event_seq=self.latest_event_seq, created_at=self.created_at,
             updated_at=self.updated_at, finished_at=self.finished_at,
-            runs=None if runs is None else [r.record() for r in runs])
+            runs=None if runs is None else [r.record() for r in runs], bodies_omitted=self.bodies_omitted)
 
 
 def _json(text: str | None) -> Any:

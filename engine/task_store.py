@@ -10,19 +10,36 @@ from engine import topics
 from engine.sqlvalues import Connected, Reading, encode, ts
 from engine.task_models import TaskRow, TaskRunRow
 
+SUMMARY_COLUMNS = (
+    "id", "title", "identifier", "priority", "max_attempts", "workspace_id", "scope", "status", "paused", "attempts",
+    "failures", "available_at", "current_run_id", "failure_kind", "latest_event_seq", "created_by", "created_at",
+    "updated_at", "finished_at", "body_bytes")
+"""What a task list reads of every task; its bodies (payload, result, error) only within the page's budget."""
+
 # The task queue (issue 9). A claim picks the highest-priority, oldest claimable task of a workspace
 # (any workspace for the local user); every change to a run is a compare-and-set on its status, its
 # claim token's hash and its lease, so a stale holder's call applies to nothing.
 SQL = {
     "task_insert": (
         "INSERT INTO tasks (id, title, identifier, priority, payload, max_attempts, workspace_id, scope, status, "
-        "paused, available_at, created_by, created_at, updated_at) VALUES (:id, :title, :identifier, :priority, "
-        ":payload, :max_attempts, :workspace_id, :scope, 'queued', :paused, :available_at, :created_by, "
-        ":created_at, :updated_at)"
+        "paused, available_at, created_by, created_at, updated_at, body_bytes) VALUES (:id, :title, :identifier, "
+        ":priority, :payload, :max_attempts, :workspace_id, :scope, 'queued', :paused, :available_at, :created_by, "
+        ":created_at, :updated_at, :body_bytes)"
     ),
     "task_get": "SELECT * FROM tasks WHERE id = ?",
-    "task_list": "SELECT * FROM tasks WHERE (:ws IS NULL OR workspace_id = :ws) AND (:status IS NULL OR "
-                 "status = :status) ORDER BY created_at DESC, rowid DESC LIMIT :limit",
+    # A page weighs its bodies by `body_bytes` (never reading them): those within :budget are read whole,
+    # the rest are summaries (no payload or result, the error cut). :budget -1: summaries only.
+    "task_list": (
+        "WITH page AS (SELECT rowid AS rid, sum(body_bytes) OVER (ORDER BY created_at DESC, rowid DESC) AS running "
+        "FROM tasks WHERE (:ws IS NULL OR workspace_id = :ws) AND (:status IS NULL OR status = :status) "
+        "ORDER BY created_at DESC, rowid DESC LIMIT :limit) "
+        f"SELECT {', '.join('t.' + c for c in SUMMARY_COLUMNS)}, "
+        "CASE WHEN p.running <= :budget THEN t.payload END AS payload, "
+        "CASE WHEN p.running <= :budget THEN t.result END AS result, "
+        "CASE WHEN p.running <= :budget THEN t.error ELSE substr(t.error, 1, 200) END AS error, "
+        "p.running > :budget AS bodies_omitted FROM page p JOIN tasks t ON t.rowid = p.rid "
+        "ORDER BY t.created_at DESC, t.rowid DESC"
+    ),
     "task_next_claimable": (
         "SELECT id FROM tasks WHERE status = 'queued' AND workspace_id = :ws AND paused = 0 AND available_at <= :now "
         "ORDER BY priority DESC, created_at, rowid LIMIT 1"
@@ -45,8 +62,9 @@ SQL = {
     ),
     "task_finish": (
         "UPDATE tasks SET status = :status, failures = failures + :failed, failure_kind = :failure_kind, "
-        "error = :error, result = :result, finished_at = :now, updated_at = :now "
-        "WHERE id = :id AND status = 'claimed' AND current_run_id = :run_id"
+        "error = :error, result = :result, finished_at = :now, updated_at = :now, "
+        "body_bytes = body_bytes + COALESCE(length(CAST(:result AS BLOB)), 0) "
+        "+ COALESCE(length(CAST(:error AS BLOB)), 0) WHERE id = :id AND status = 'claimed' AND current_run_id = :run_id"
     ),
     "task_event_bump": "UPDATE tasks SET latest_event_seq = latest_event_seq + 1 WHERE id = ? RETURNING *",
     "task_event_insert": (
@@ -186,8 +204,11 @@ class TaskReads(Reading):
         row = await self._one(SQL["task_get"], (task_id,))
         return TaskRow.model_validate(row) if row else None
 
-    async def tasks(self, workspace_id: str | None, status: str | None, limit: int) -> list[TaskRow]:
-        rows = await self._all(SQL["task_list"], {"ws": workspace_id, "status": status, "limit": limit})
+    async def tasks(self, workspace_id: str | None, status: str | None, limit: int,
+                    budget: int = -1) -> list[TaskRow]:
+        """Newest first; the bodies of those within `budget` bytes (-1: none), the rest as summaries."""
+        rows = await self._all(SQL["task_list"], {"ws": workspace_id, "status": status, "limit": limit,
+                                                  "budget": budget})
         return [TaskRow.model_validate(r) for r in rows]
 
     async def task_run(self, run_id: str) -> TaskRunRow | None:

@@ -22,11 +22,15 @@ from typing import Any
 
 import anyio
 
-from engine import channels, errors, ids, topics
+from engine import channels, errors, ids, masking, topics
 from engine import task_models as tm
 from engine.callers import Caller
 from engine.clock import SystemClock
+from engine.masking import Masking
 from engine.ports import Clock
+from engine.quota_store import Usage
+from engine.quotas import Quotas, env_name
+from engine.secrets import SecretStore
 from engine.settings import Settings
 from engine.store import Store, new_id
 from engine.tokens import Tokens
@@ -38,10 +42,13 @@ NEVER = datetime.max.replace(tzinfo=UTC)
 
 
 class TaskService:
-    def __init__(self, store: Store, clock: Clock | None, settings: Settings, *, max_active_leases: int) -> None:
+    def __init__(self, store: Store, clock: Clock | None, settings: Settings, *, max_active_leases: int,
+                 quotas: Quotas | None = None, masks: Masking | None = None) -> None:
         self.store = store
         self.clock = clock or SystemClock()
         self.settings = settings
+        self.quotas = quotas or Quotas(store, settings)
+        self.masks = masks or Masking(store, SecretStore(settings.secrets_dir))
         self.max_active_leases = max_active_leases
         self._workspaces: dict[str, str] = {}
         """A session's workspace, which never changes, read once."""
@@ -101,6 +108,12 @@ class TaskService:
         caller.require("tasks", "task_create")
         await self._workspace_of(caller)  # a session that exists
         workspace = caller.use_workspace(req.workspace, "workspace")
+        size = self._bounded(req.payload, "payload", "task_payload_max_bytes")
+        mask = await self.masks.masker(caller)
+        if mask:
+            masking.refuse(mask, {"identifier": req.identifier, "scope": req.scope, "workspace": req.workspace})
+            req = req.model_copy(update={"title": mask.line(req.title), "payload": mask.value(req.payload)})
+            size = self._bounded(req.payload, "payload", "task_payload_max_bytes")
         now = self.clock.now()
         task_id = new_id("tsk")
         async with self.store.write(now) as tx:
@@ -108,7 +121,9 @@ class TaskService:
                 "id": task_id, "title": req.title, "identifier": req.identifier, "priority": req.priority,
                 "payload": req.payload, "max_attempts": req.max_attempts, "workspace_id": workspace,
                 "scope": req.scope, "paused": req.paused, "available_at": now, "created_by": caller.session_id,
-                "created_at": now, "updated_at": now})
+                "created_at": now, "updated_at": now, "body_bytes": size})
+            await self.quotas.charge(tx, caller, workspace, Usage(tasks=1, task_bytes=len(req.title.encode()) + size),
+                                     field="payload")
             await tx.task_event(task_id, None, "task.created", f"task created: {req.title[:80]}",
                                 {"priority": req.priority, "max_attempts": req.max_attempts})
             row = await tx.task(task_id)
@@ -122,7 +137,9 @@ class TaskService:
 
     async def list(self, caller: Caller, q: tm.TaskListQuery) -> tm.TaskList:
         caller.require("tasks", "task_list")
-        rows = await self.store.tasks(await self._workspace_of(caller), q.status.value if q.status else None, q.limit)
+        budget = self.settings.list_page_max_bytes if q.include_payload else -1
+        rows = await self.store.tasks(await self._workspace_of(caller), q.status.value if q.status else None, q.limit,
+                                      budget)
         return tm.TaskList(data=[r.record() for r in rows])
 
     async def claim_next(self, caller: Caller, req: tm.ClaimNext) -> tm.ClaimResult:
@@ -189,16 +206,26 @@ class TaskService:
 
     async def complete(self, caller: Caller, req: tm.Complete) -> tm.LeaseResult:
         caller.require("tasks", "task_complete")
+        size = 0 if req.result is None else self._bounded(req.result, "result", "task_result_max_bytes")
+        mask = await self.masks.masker(caller)
+        if mask and req.result is not None:
+            req = req.model_copy(update={"result": mask.value(req.result)})
+            size = self._bounded(req.result, "result", "task_result_max_bytes")
         now = self.clock.now()
         async with self.store.write(now) as tx:
             run = await self._end(tx, caller, req, tm.TaskRunStatus.completed, result=req.result)
             if not await tx.finish_task(run.task_id, run.id, tm.TaskStatus.completed, result=req.result):
                 raise errors.Conflict("run_id: the task is no longer held by this run")
             task = await tx.task_event(run.task_id, run.id, "task.completed", f"completed (attempt {run.attempt})", {})
+            if size:
+                await self.quotas.charge(tx, caller, task.workspace_id, Usage(task_bytes=size), field="result")
             return tm.LeaseResult(lease=run.lease(), run=run.record(), task=task.record())
 
     async def fail(self, caller: Caller, req: tm.Fail) -> tm.LeaseResult:
         caller.require("tasks", "task_fail")
+        mask = await self.masks.masker(caller)
+        if mask:
+            req = req.model_copy(update={"error": mask.line(req.error)})
         now = self.clock.now()
         async with self.store.write(now) as tx:
             run = await self._end(tx, caller, req, tm.TaskRunStatus.failed, error=req.error,
@@ -206,6 +233,8 @@ class TaskService:
             task = await tx.task(run.task_id)
             assert task is not None
             await self._after_failure(tx, task, run.id, tm.FailureKind.error, req.error, now)
+            await self.quotas.charge(tx, caller, task.workspace_id, Usage(task_bytes=len(req.error.encode())),
+                                     field="error")
             return await self._answer(tx, run.id)
 
     async def release(self, caller: Caller, req: tm.Holding) -> tm.LeaseResult:
@@ -290,6 +319,16 @@ class TaskService:
                 "back to the queue", suggested_command="agentdock tasks claim",
                 evidence={"field": "run_id", "lease_until": run.lease_until.isoformat()})
         return run
+
+    def _bounded(self, value: Any, field: str, setting: str) -> int:
+        """The bytes `value` takes as stored JSON, refused past its bound (a setting) naming `field`."""
+        limit = getattr(self.settings, setting)
+        size = len(json.dumps(value).encode())
+        if size > limit:
+            raise errors.InvalidInput(field, f"{size} bytes as JSON; at most {limit} ({env_name(setting)}). Put bigger "
+                                             "data in a file under /workspace or an artifact and pass its path",
+                                      evidence={"limit": limit, "bytes": size})
+        return size
 
     async def _answer(self, tx: Any, run_id: str) -> tm.LeaseResult:
         run = await tx.task_run(run_id)

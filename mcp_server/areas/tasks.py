@@ -106,7 +106,8 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
                             tm.TaskCreate, tm.Task, task_create, change),
         mcp_tools.make_tool("task_get", "A task with its status, attempts and task runs (leases).",
                             tm.TaskRef, tm.Task, task_get, mcp_tools.READ),
-        mcp_tools.make_tool("task_list", "Tasks you can see, newest first (optionally by status).",
+        mcp_tools.make_tool("task_list", "Tasks you can see, newest first (optionally by status): summaries "
+                            "without payload and result unless include_payload (task_get has them).",
                             tm.TaskListQuery, tm.TaskList, task_list, mcp_tools.READ),
         mcp_tools.make_tool(
             "task_claim_next", "Claim the highest-priority, oldest claimable task: returns a lease (lease_until) "
@@ -140,7 +141,8 @@ async def cmd_create(api: AgentDockAPI, args: argparse.Namespace) -> int:
 
 
 async def cmd_list(api: AgentDockAPI, args: argparse.Namespace) -> int:
-    q = models.parse(tm.TaskListQuery, commands.given(status=args.status, limit=args.limit))
+    q = models.parse(tm.TaskListQuery, commands.given(status=args.status, limit=args.limit,
+                                                      include_payload=args.payload))
     commands.show(await api.list_tasks(q), args.json, COLUMNS)
     return 0
 
@@ -204,6 +206,8 @@ def add_commands(cli: commands.Commands) -> None:
     c = cli.add("tasks", "list", cmd_list)
     c.add_argument("--status")
     c.add_argument("--limit", type=int)
+    c.add_argument("--payload", action="store_true", default=None,
+                   help="carry payloads, results and whole errors (up to the answer's byte budget)")
     cli.add("tasks", "get", cmd_get).add_argument("id")
     c = cli.add("tasks", "claim", cmd_claim, help="claim the next task (prints its claim token once)")
     c.add_argument("--lease", type=float, help="lease seconds")

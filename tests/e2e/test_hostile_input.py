@@ -450,7 +450,9 @@ def poisons(model: type[models.Input]) -> dict[str, st.SearchStrategy[Any]]:
                        "claim_token": st.sampled_from(["", 5, None, "x" * 201]),
                        "error": st.sampled_from(["", 5, None, "x" * 10_001]),
                        "status": st.one_of(TEXT, PATH_LIKE).filter(lambda v: v not in set(tm.TaskStatus)),
-                       "payload": st.sampled_from([[1], "p", 5, None])}
+                       "payload": st.sampled_from([[1], "p", 5, None, {"p": "x" * 300_000}]),
+                       "result": st.just({"r": "x" * 300_000}),
+                       "include_payload": st.sampled_from(["maybe", 2, [1], {}])}
         out.update({name: strategy for name, strategy in task_fields.items() if name in model.model_fields})
     if model.__module__ == cm.__name__:
         channel_fields = {"channel": not_an_id(ids.CHANNEL), "reply_to_message_id": not_an_id(ids.MESSAGE),
@@ -461,6 +463,8 @@ def poisons(model: type[models.Input]) -> dict[str, st.SearchStrategy[Any]]:
                           "metadata": st.sampled_from([[1], "m", 5, {"message_kind": "shout"}, {"task_id": "../x"},
                                                        {"correlation_id": ""}, {"extra": 1},
                                                        {"coordination_channel_id": "chn_x"}])}
+        if model is cm.Send:  # a reply goes by channel_reply only
+            channel_fields["metadata"] = st.one_of(channel_fields["metadata"], st.just({"message_kind": "reply"}))
         out.update({name: strategy for name, strategy in channel_fields.items() if name in model.model_fields})
     if model.__module__ == pm.__name__:
         profile_fields = {

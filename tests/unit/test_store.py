@@ -55,7 +55,7 @@ async def test_reopening_an_existing_database_applies_nothing_twice(tmp_path):
 async def test_migrated_schema_has_the_columns_the_run_record_needs(store):
     cur = await store._writer.execute("SELECT name FROM pragma_table_info('agent_runs')")
     columns = {r[0] for r in await cur.fetchall()}
-    needed = set(models.Run.model_fields) - {"env_keys"}
+    needed = set(models.Run.model_fields) - {"env_keys", "output_omitted"}
     assert needed <= columns, needed - columns
 
 
