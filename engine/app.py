@@ -11,6 +11,7 @@ import anyio
 import anyio.abc
 
 from engine.admission import Admission
+from engine.approvals import ApprovalService
 from engine.channels import ChannelService
 from engine.clock import SystemClock
 from engine.context import ContextService
@@ -42,11 +43,12 @@ class Engine:
         self.store = Store(settings.db_path, self.topics)
         self.secrets = SecretStore(settings.secrets_dir)
         self.profiles = ProfileService(self.store, self.secrets, self.clock)
-        self.devices = DeviceService(self.store, backend, self.clock, settings, self.profiles)
+        self.approvals = ApprovalService(self.store, self.clock, settings)
+        self.devices = DeviceService(self.store, backend, self.clock, settings, self.profiles, self.approvals)
         self.tokens = Tokens(settings.home)
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens,
                                self.secrets, self.profiles)
-        self.groups = GroupService(self.store, self.runs, self.clock, settings)
+        self.groups = GroupService(self.store, self.runs, self.clock, settings, self.approvals)
         self.pool = Pool(self.store, backend, self.clock, settings, active=lambda: self.runs.active)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups,
                                    pool=self.pool)
@@ -74,6 +76,7 @@ class Engine:
             await tg.start(self.admission.serve)
             await tg.start(self.sessions.serve)
             await tg.start(self.tasks.serve)
+            await tg.start(self.approvals.serve)
             try:
                 yield self
             finally:

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict
 
 from engine import errors
 
-TOOLSETS = ("devices", "runs", "groups", "agent", "soul", "channels", "tasks", "profiles", "secrets")
+TOOLSETS = ("devices", "runs", "groups", "agent", "soul", "channels", "tasks", "profiles", "secrets", "approvals")
 """The areas a permission policy names."""
 
 
@@ -27,9 +27,6 @@ class Caller(BaseModel):
     """Tool names its runtime profile's `tools` bundles leave out (`engine.profile_models.BUNDLE_TOOLS`)."""
     denied_toolsets: frozenset[str] = frozenset()
     """Toolsets none of whose tools those bundles open."""
-    approved: bool = False
-    """The user confirmed this one call when an MCP client asked (`agentdock serve`, elicitation): what
-    a session under a `confirm-risky` profile needs for a risky action."""
 
     @property
     def is_root(self) -> bool:

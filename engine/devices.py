@@ -7,9 +7,10 @@ from typing import Any
 
 import anyio
 
-from engine import errors, ids, models
+from engine import approval_models, errors, ids, models
+from engine.approvals import ApprovalService
 from engine.callers import ROOT, Caller
-from engine.profiles import ProfileService, require_approval
+from engine.profiles import ProfileService
 from engine.secrets import SecretStore
 from engine.ports import Clock, DeviceSpec, SandboxBackend
 from engine.settings import Settings
@@ -25,8 +26,9 @@ PREFIX = {models.TargetKind.sandbox: "sbx", models.TargetKind.computer: "cmp"}
 
 class DeviceService:
     def __init__(self, store: Store, backend: SandboxBackend, clock: Clock, settings: Settings,
-                 profiles: ProfileService | None = None) -> None:
+                 profiles: ProfileService | None = None, approvals: ApprovalService | None = None) -> None:
         self.profiles = profiles or ProfileService(store, SecretStore(settings.secrets_dir), clock)
+        self.approvals = approvals or ApprovalService(store, clock, settings)
         self.store = store
         self.backend = backend
         self.clock = clock
@@ -82,9 +84,10 @@ class DeviceService:
         with no row, which the reconciler removes; a failed create leaves nothing."""
         caller.require("devices", "sandbox_create")
         await self.check_room(caller)
-        if req.network:  # asked for (a profile that gives its devices network decided that itself)
-            await require_approval(self.store, caller, f"create a {req.kind.value} with network access")
+        asked = req
         req = await self._with_profile(caller, req)
+        if asked.network:  # asked for (a profile that gives its devices network decided that itself)
+            await self.approvals.require(caller, approval_models.create_networked_device(asked))
         spec = self.spec(req)
         state = await self.backend.create(spec)
         try:
@@ -157,7 +160,6 @@ class DeviceService:
     async def delete(self, caller: Caller, device_id: str) -> models.Device:
         caller.require("devices", "sandbox_delete")
         device = await self.get(caller, device_id)
-        await require_approval(self.store, caller, f"delete {device_id}")
         if device.ephemeral and device.run_id is None:
             raise errors.InvalidTransition(
                 f"{device_id} is a pooled sandbox kept ready for runs without a target; the daemon removes it "
@@ -174,6 +176,7 @@ class DeviceService:
                 suggested_command=f"agentdock runs cancel {active[0]}",
                 evidence={"active_runs": active},
             )
+        await self.approvals.require(caller, approval_models.delete_device(device_id))
         async with self.store.write(self.clock.now()) as tx:
             await tx.delete_device(device_id)
         await self.backend.remove(device_id)

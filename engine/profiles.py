@@ -39,19 +39,15 @@ class Resolved(NamedTuple):
         return self.profile.snapshot(self.source)
 
 
-async def require_approval(store: Store, caller: Caller, action: str) -> None:
-    """Refuse a risky action of a session whose profile says `approval: confirm-risky`, unless the user
-    confirmed this call (an MCP client asked them: `agentdock serve`). Over plain HTTP nobody asks."""
-    if caller.is_root or caller.approved:
-        return
+async def asks_approval(store: Store, caller: Caller) -> bool:
+    """Whether a risky action of `caller` waits for a person's approval (`engine.approvals`): its session
+    runs under a profile whose policy says `approval: confirm-risky`. Never the local user. The one place
+    a session's approval policy is read."""
+    if caller.is_root:
+        return False
     row = await store.session(caller.session_id)
     policy = ((row.profile_snapshot if row else None) or {}).get("policy") or {}
-    if policy.get("approval") != pm.Approval.confirm_risky:
-        return
-    raise errors.PermissionDenied(
-        f"approval: session {caller.session_id} runs under profile {row.profile_id}, which asks the user before it "
-        f"may {action}; this call did not come through an MCP client that asked them (agentdock serve), so it is "
-        "refused", evidence={"field": "approval", "action": action, "profile_id": row.profile_id})
+    return policy.get("approval") == pm.Approval.confirm_risky
 
 
 class ProfileService:

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     """What one session (not the local user) may write to channels in all, bodies and metadata."""
     channel_quota_messages: int = Field(default=100_000, ge=1)
     """Messages one session (not the local user) may send in all."""
+    approval_ttl_seconds: float = Field(default=600, ge=1, le=7 * 86_400)
+    """How long a pending approval waits for a person before it expires (expiry denies), and how long an
+    approved one may wait to be used by the call it approves."""
     soul_enabled: bool = True
     """Whether souls are in effect; off, they are still read and checked but never `active`."""
     soul_agent_name: str = Field(default="agentdock", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
