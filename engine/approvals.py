@@ -191,8 +191,8 @@ class ApprovalService:
             nxt = await self.store.next_approval_expiry()
             if nxt is None:  # nothing open: only a new approval gives it work (no sleeper on the clock)
                 await changed.wait()
-            else:
-                await self.clock.wait(changed, (nxt - self.clock.now()).total_seconds())
+            elif (delay := (nxt - self.clock.now()).total_seconds()) > 0:  # else one came due meanwhile: look
+                await self.clock.wait(changed, delay)
 
     async def expire_due(self) -> int:
         now = self.clock.now()

@@ -211,10 +211,10 @@ async def test_a_wait_on_a_pending_approval_wakes_on_the_decisions_commit(tmp_pa
             got.append(await engine.approvals.get(child, approval_id, wait=45))
 
         with anyio.fail_after(10):
+            await clock.until_sleepers(2)  # the session TTL reaper, and the approvals reaper armed for the expiry
             async with anyio.create_task_group() as tg:
-                before = clock.sleepers
                 tg.start_soon(wait)
-                await clock.until_sleepers(before + 1)  # it is waiting
+                await clock.until_sleepers(3)  # and now the waiter
                 assert got == []
                 await engine.approvals.approve(ROOT, approval_id, am.Decision())
         canceled = await engine.groups.cancel(child, group.id)
