@@ -26,7 +26,7 @@ from tests.e2e.test_agent_socket import agent, ended, spawn
 from tests.e2e.test_http import diagnostic, http as control
 from tests.e2e.test_mcp import call
 
-pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("quiet_daemon")]  # and its log clean
 
 PROFILES = "/api/v1/agent-runtime-profiles"
 GROUPS = "/api/v1/agent-run-groups"

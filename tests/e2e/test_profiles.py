@@ -157,7 +157,8 @@ async def test_confirm_risky_turns_risky_calls_into_pending_approvals_that_no_he
             "agent_name": "w", "agent_runtime_profile_id": profile["id"]})).json()["spawn"]
     async with agent(daemon, spawned["token"]) as child:
         group = (await child.post(GROUPS, json={"name": "g"})).json()["data"]
-        cancel = await child.post(f"{GROUPS}/{group['id']}/cancel", headers={"X-Agentdock-Approved": "user"})
+        cancel = await child.post(f"{GROUPS}/{group['id']}/cancel", headers={"X-Agentdock-Approved": "user"},
+                                  json={"approved": True, "approval": "user"})
         networked = await child.post("/api/v1/sandboxes", json={"network": True},
                                      headers={"X-Agentdock-Approved": "user"})
         sandboxes = (await child.get("/api/v1/sandboxes")).json()["data"]
