@@ -11,6 +11,7 @@ import anyio
 import anyio.abc
 
 from engine.admission import Admission
+from engine.approvals import ApprovalService
 from engine.channels import ChannelService
 from engine.clock import SystemClock
 from engine.context import ContextService
@@ -46,12 +47,13 @@ class Engine:
         self.quotas = Quotas(self.store, settings)
         self.masks = Masking(self.store, self.secrets)
         self.profiles = ProfileService(self.store, self.secrets, self.clock, masks=self.masks)
-        self.devices = DeviceService(self.store, backend, self.clock, settings, self.profiles, quotas=self.quotas,
-                                     masks=self.masks)
+        self.approvals = ApprovalService(self.store, self.clock, settings)
+        self.devices = DeviceService(self.store, backend, self.clock, settings, self.profiles, self.approvals,
+                                     quotas=self.quotas, masks=self.masks)
         self.tokens = Tokens(settings.home)
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens,
                                self.secrets, self.profiles, masks=self.masks)
-        self.groups = GroupService(self.store, self.runs, self.clock, settings, masks=self.masks)
+        self.groups = GroupService(self.store, self.runs, self.clock, settings, self.approvals, masks=self.masks)
         self.pool = Pool(self.store, backend, self.clock, settings, active=lambda: self.runs.active)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups,
                                    pool=self.pool)
@@ -80,6 +82,7 @@ class Engine:
             await tg.start(self.admission.serve)
             await tg.start(self.sessions.serve)
             await tg.start(self.tasks.serve)
+            await tg.start(self.approvals.serve)
             try:
                 yield self
             finally:

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 from engine import errors
 from engine.authority import UNBOUNDED, Limits
 
-TOOLSETS = ("devices", "runs", "groups", "agent", "soul", "channels", "tasks", "profiles", "secrets")
+TOOLSETS = ("devices", "runs", "groups", "agent", "soul", "channels", "tasks", "profiles", "secrets", "approvals")
 """The areas a permission policy names."""
 DEFAULT_WORKSPACE = "default"
 """The local user's workspace: where its creates belong unless they name another."""
@@ -34,9 +34,6 @@ class Caller(BaseModel):
     """The workspace the session works in (the local user: none in particular, it may name any)."""
     limits: Limits = UNBOUNDED
     """Its effective limits (`engine.authority`): its profile's within its parent's, recorded at spawn."""
-    approved: bool = False
-    """The user confirmed this one call when an MCP client asked (`agentdock serve`, elicitation): what
-    a session under a `confirm-risky` profile needs for a risky action."""
 
     @property
     def is_root(self) -> bool:

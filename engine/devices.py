@@ -8,10 +8,11 @@ from typing import Any
 
 import anyio
 
-from engine import authority, errors, ids, lineage, masking, models
+from engine import approval_models, authority, errors, ids, lineage, masking, models
+from engine.approvals import ApprovalService
 from engine.callers import ROOT, Caller
 from engine.masking import Masking
-from engine.profiles import ProfileService, require_approval
+from engine.profiles import ProfileService
 from engine.quotas import Quotas
 from engine.secrets import SecretStore
 from engine.ports import Clock, DeviceSpec, SandboxBackend
@@ -28,9 +29,10 @@ PREFIX = {models.TargetKind.sandbox: "sbx", models.TargetKind.computer: "cmp"}
 
 class DeviceService:
     def __init__(self, store: Store, backend: SandboxBackend, clock: Clock, settings: Settings,
-                 profiles: ProfileService | None = None, *, quotas: Quotas | None = None,
-                 masks: Masking | None = None) -> None:
+                 profiles: ProfileService | None = None, approvals: ApprovalService | None = None, *,
+                 quotas: Quotas | None = None, masks: Masking | None = None) -> None:
         self.profiles = profiles or ProfileService(store, SecretStore(settings.secrets_dir), clock)
+        self.approvals = approvals or ApprovalService(store, clock, settings)
         self.quotas = quotas or Quotas(store, settings)
         self.masks = masks or self.profiles.masks
         self.store = store
@@ -110,11 +112,13 @@ class DeviceService:
                           if k in authority.DEVICE_FIELDS and getattr(req, k) is not None)
         # What it left out may come from a profile; only one it named itself cannot be moved to the limits' image.
         defaulted = frozenset() if req.agent_runtime_profile_id else frozenset({"image"}) - asked
+        original = req
         if req.network:  # asked for (a profile that gives its devices network decided that itself)
             authority.fit_device(caller.limits, {"network": True}, asked=asked)  # refused before anyone is asked
-            require_approval(caller, f"create a {req.kind.value} with network access")
         req = await self._with_profile(caller, req, workspace)
         spec = self.bounded_spec(caller, req, asked=asked, defaulted=defaulted)
+        if original.network:  # every other check passed: now a person is asked
+            await self.approvals.require(caller, approval_models.create_networked_device(original))
         state = await self.backend.create(spec)
         try:
             async with self.store.write(self.clock.now()) as tx:
@@ -183,7 +187,6 @@ class DeviceService:
     async def delete(self, caller: Caller, device_id: str) -> models.Device:
         caller.require("devices", "sandbox_delete")
         device = await self.get(caller, device_id)
-        require_approval(caller, f"delete {device_id}")
         if device.ephemeral and device.run_id is None:
             raise errors.InvalidTransition(
                 f"{device_id} is a pooled sandbox kept ready for runs without a target; the daemon removes it "
@@ -200,6 +203,7 @@ class DeviceService:
                 suggested_command=f"agentdock runs cancel {active[0]}",
                 evidence={"active_runs": active},
             )
+        await self.approvals.require(caller, approval_models.delete_device(device_id))
         async with self.store.write(self.clock.now()) as tx:
             await tx.delete_device(device_id)
         await self.backend.remove(device_id)

@@ -6,7 +6,9 @@
     ├── Conflict            (409) the request clashes with existing state (idempotency, state)
     │   └── InvalidTransition
     ├── PermissionDenied    (403)
-    │   └── Unauthenticated (401) no valid session token (missing, unknown, stopped or expired)
+    │   ├── Unauthenticated (401) no valid session token (missing, unknown, stopped or expired)
+    │   ├── ApprovalRequired      a risky action waits for a person's approval (`evidence.approval_id`)
+    │   └── ApprovalDenied        a person denied that same action
     ├── LimitExceeded       (429/413) a bound was hit
     ├── SandboxUnavailable  (503) Docker or the container cannot serve the request
     ├── Busy                (503) the database is busy; retry
@@ -127,6 +129,21 @@ class Unauthenticated(PermissionDenied):
     http_status = 401
 
 
+class ApprovalRequired(PermissionDenied):
+    """A risky action of a session under `confirm-risky`: refused until a person approves it. The
+    evidence names the pending approval to wait on; once approved, the same call goes ahead."""
+
+    code = "approval_required"
+    title = "Waiting for a person's approval"
+
+
+class ApprovalDenied(PermissionDenied):
+    """A person denied this session that same action (recently enough that asking again is refused)."""
+
+    code = "approval_denied"
+    title = "A person denied this action"
+
+
 class LimitExceeded(EngineError):
     code = "limit_exceeded"
     category = "limit"
@@ -171,7 +188,7 @@ class Busy(EngineError):
 
 
 LIST_COMMANDS = {"run": "runs", "sandbox": "sandbox", "computer": "sandbox", "group": "agent-run-groups",
-                 "channel": "channels", "profile": "profiles"}
+                 "channel": "channels", "profile": "profiles", "approval": "approvals"}
 """Record kinds whose ids `agentdock <command> list` shows."""
 
 

@@ -18,7 +18,8 @@ import logging
 import anyio
 from pydantic import ValidationError
 
-from engine import authority, errors, ids, lineage, masking, profiles, topics
+from engine import approval_models, authority, errors, ids, lineage, masking, profiles, topics
+from engine.approvals import ApprovalService
 from engine import group_models as gm
 from engine.callers import ROOT, Caller
 from engine.masking import Masking
@@ -62,10 +63,11 @@ def group_outcome(counts: dict[str, int], expected_runs: int | None, canceling: 
 
 
 class GroupService:
-    def __init__(self, store: Store, runs: RunService, clock: Clock, settings: Settings, *,
-                 masks: Masking | None = None) -> None:
+    def __init__(self, store: Store, runs: RunService, clock: Clock, settings: Settings,
+                 approvals: ApprovalService | None = None, *, masks: Masking | None = None) -> None:
         self.store = store
         self.runs = runs
+        self.approvals = approvals or ApprovalService(store, clock, settings)
         self.clock = clock
         self.settings = settings
         self.masks = masks or runs.masks
@@ -339,10 +341,10 @@ class GroupService:
         status = gm.GroupStatus(row.status)
         if status is gm.GroupStatus.canceled:
             return await self._record(row)
-        profiles.require_approval(caller, f"cancel group {group_id}")
         if status.terminal:
             raise errors.InvalidTransition(f"group {group_id} already {status.value}; only active groups can be "
                                            "canceled", evidence={"group_id": group_id})
+        await self.approvals.require(caller, approval_models.cancel_group(group_id))
         now = self.clock.now()
         async with self.store.write(now) as tx:
             if await tx.request_group_cancel(group_id):

@@ -65,6 +65,7 @@ TASK_RUN = Shape("task run", ("trun",))
 CHANNEL = Shape("channel", ("chn",))
 MESSAGE = Shape("message", ("msg",))
 PROFILE = Shape("agent runtime profile", ("arp",))
+APPROVAL = Shape("approval", ("apr",))
 
 
 RunId = Annotated[str, StringConstraints(pattern=RUN.pattern), BeforeValidator(RUN.before)]
@@ -80,3 +81,4 @@ TaskRunId = Annotated[str, StringConstraints(pattern=TASK_RUN.pattern), BeforeVa
 ChannelId = Annotated[str, StringConstraints(pattern=CHANNEL.pattern), BeforeValidator(CHANNEL.before)]
 MessageId = Annotated[str, StringConstraints(pattern=MESSAGE.pattern), BeforeValidator(MESSAGE.before)]
 ProfileId = Annotated[str, StringConstraints(pattern=PROFILE.pattern), BeforeValidator(PROFILE.before)]
+ApprovalId = Annotated[str, StringConstraints(pattern=APPROVAL.pattern), BeforeValidator(APPROVAL.before)]

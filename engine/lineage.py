@@ -32,11 +32,21 @@ TOOLS_BY_TOOLSET: dict[str, tuple[str, ...]] = {
               "task_fail", "task_release"),
     "profiles": ("profile_create", "profile_get", "profile_list", "profile_update", "profile_delete"),
     "secrets": (),  # no tools: naming secrets for a run (their values never leave the local CLI)
+    "approvals": ("approval_get", "approval_list", "approval_approve", "approval_deny", "approval_review"),
 }
 """Every tool a permission may name, by the toolset that holds it."""
 TOOLSET_OF = {tool: toolset for toolset, tools in TOOLS_BY_TOOLSET.items() for tool in tools}
-ALWAYS_ALLOWED = frozenset({"agent_me"})
-"""What every session may call, whatever its permissions name: who it is."""
+ALWAYS_ALLOWED = frozenset({"agent_me", "approval_get"})
+"""What every session may call, whatever its permissions name: who it is, and the approvals it waits on."""
+USER_ONLY = frozenset({"approval_review"})
+"""Tools only the local user's own `agentdock serve` has: the human answers there (MCP elicitation)."""
+SESSIONS_ONLY = frozenset({"approval_approve", "approval_deny"})
+"""Tools only a session's serve has (one holding the `approvals` permission). The local user's LLM gets
+`approval_review` instead, so that a person, not the model, decides: what a child writes can steer a
+model, not the person answering the elicitation."""
+NEVER_INHERITED = frozenset({"approvals", *TOOLS_BY_TOOLSET["approvals"]}) - ALWAYS_ALLOWED
+"""What a spawn that names no permissions does not get of its parent's: deciding approvals is given
+only by naming it."""
 
 Name = Annotated[str, StringConstraints(pattern=r"^(\*|[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,199})$")]
 """A name in a permission list (a channel, a profile, a skill, an MCP server), or `*` for any."""
@@ -47,8 +57,9 @@ class PermissionPolicy(models.Input):
     """What a session may touch. Each list is a ceiling a child's policy must stay under."""
 
     tools: list[str] = Field(default_factory=list, max_length=MAX_NAMES)
-    """Toolsets (`devices, runs, groups, agent, soul, channels, tasks, profiles`) or single tool names
-    (`agent_run_get`); `agent_me` is always allowed."""
+    """Toolsets (`devices, runs, groups, agent, soul, channels, tasks, profiles, approvals`) or single tool
+    names (`agent_run_get`); `agent_me` and `approval_get` are always allowed. `approvals` (deciding the
+    approvals of the sessions below) is never inherited: a spawn names it or does not get it."""
     network_channels: list[Name] = Field(default_factory=list, max_length=MAX_NAMES)
     """Channels it may send on and receive from, by name (`family:<session id>`, `task:<task id>`) or id
     (`*`: any). Left out of a spawn's permissions: the parent's."""
@@ -92,8 +103,17 @@ class SpawnBudget(models.Input):
 
 
 def tool_allowed(grants: frozenset[str] | None, tool: str) -> bool:
-    """Whether a caller holding `grants` (None: the root) may call `tool`."""
-    return grants is None or tool in ALWAYS_ALLOWED or tool in grants or TOOLSET_OF.get(tool) in grants
+    """Whether a caller holding `grants` (None: the root) may call `tool` as an MCP tool."""
+    if grants is None:
+        return tool not in SESSIONS_ONLY
+    if tool in USER_ONLY:
+        return False
+    return tool in ALWAYS_ALLOWED or tool in grants or TOOLSET_OF.get(tool) in grants
+
+
+def inherited(parent: PermissionPolicy) -> PermissionPolicy:
+    """A child's policy when its spawn names none: its parent's, less what is never inherited."""
+    return parent.model_copy(update={"tools": [t for t in parent.tools if t not in NEVER_INHERITED]})
 
 
 def covers(parent: list[str], child: list[str], *, field: str, tools: bool = False,

@@ -139,7 +139,8 @@ class Resources(models.Input):
 
 class Policy(models.Input):
     approval: Approval = Approval.none
-    """`confirm-risky`: risky tool calls of a session under this profile ask the user first (MCP elicitation)."""
+    """`confirm-risky`: a risky call of a session under this profile (a device with network, deleting a device,
+    cancelling a group) waits for a person's approval (`approval_required`)."""
     max_child_sandboxes: int | None = Field(default=None, ge=0, le=10_000)
     """Most live sandboxes a session under this profile (and the sessions it spawns) may have created at once."""
 

@@ -39,16 +39,11 @@ class Resolved(NamedTuple):
         return self.profile.snapshot(self.source)
 
 
-def require_approval(caller: Caller, action: str) -> None:
-    """Refuse a risky action of a session whose effective limits say `approval: confirm-risky` (its own
-    profile's, or any ancestor's: it is sticky down the tree), unless the user confirmed this call (an
-    MCP client asked them: `agentdock serve`). Over plain HTTP nobody asks."""
-    if caller.is_root or caller.approved or caller.limits.approval is not pm.Approval.confirm_risky:
-        return
-    raise errors.PermissionDenied(
-        f"approval: session {caller.session_id}'s effective limits (its runtime profile's within its parent's) say "
-        f"confirm-risky, which asks the user before it may {action}; this call did not come through an MCP client "
-        "that asked them (agentdock serve), so it is refused", evidence={"field": "approval", "action": action})
+def asks_approval(caller: Caller) -> bool:
+    """Whether a risky action of `caller` waits for a person's approval (`engine.approvals`): its effective
+    limits say `approval: confirm-risky` (its own profile's, or any ancestor's: it is sticky down the
+    tree). Never the local user. The one place a session's approval policy is read."""
+    return not caller.is_root and caller.limits.approval is pm.Approval.confirm_risky
 
 
 class ProfileService:

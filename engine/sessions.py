@@ -51,7 +51,8 @@ class SpawnRequest(models.Input):
     auto_stop_on_parent: bool = True
     """Stop the child when its parent stops: always (a stop takes the whole tree below it); `false` is refused."""
     permissions: PermissionPolicy | None = None
-    """What the child may use; within the parent's. Omitted: the parent's own."""
+    """What the child may use; within the parent's. Omitted: the parent's own, less `approvals` (deciding
+    approvals is given only by naming it)."""
     spawn_role: str | None = Field(default=None, pattern=LABEL)
     ttl_seconds: int | None = Field(default=None, ge=1)
     """The child's life; at most the spawn budget's `ttl_seconds`, and never past its parent's."""
@@ -319,7 +320,7 @@ class SessionService:
             raise errors.Unauthenticated(f"session {parent.id} has {parent.state}")
         workspace = caller.use_workspace(req.workspace_id)
         policy = lineage.narrowed(parent.lineage.permission_policy,
-                                  req.permissions or parent.lineage.permission_policy)
+                                  req.permissions or lineage.inherited(parent.lineage.permission_policy))
         budget = parent.lineage.spawn_budget
         now = self.clock.now()
         expires = lineage.child_expiry(now, req.ttl_seconds, budget, parent.lineage.ttl_expires_at)

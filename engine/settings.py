@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     list_page_max_bytes: int = Field(default=1_048_576, ge=65_536, le=8 * 1_048_576)
     """The most bodies (task payloads and results, message bodies) one list answer carries; past it a list
     gives summaries (`task_list`) or stops early (`channel_recv`, whose cursor stays at the last one given)."""
+    approval_ttl_seconds: float = Field(default=600, ge=1, le=7 * 86_400)
+    """How long a pending approval waits for a person before it expires (expiry denies), and how long an
+    approved one may wait to be used by the call it approves."""
     soul_enabled: bool = True
     """Whether souls are in effect; off, they are still read and checked but never `active`."""
     soul_agent_name: str = Field(default="agentdock", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")

@@ -14,7 +14,8 @@ Reads, which may carry a run's whole output, stay on the reader's own thread (ai
 
 This module holds the connections, the transaction, migrations and the core records (devices, runs,
 events, sessions, souls); each later area keeps its SQL and operations in its own module, mixed into
-`Tx` and `Store` here: `group_store`, `task_store`, `channel_store`, `profile_store`, `quota_store`.
+`Tx` and `Store` here: `group_store`, `task_store`, `channel_store`, `profile_store`, `quota_store`,
+`approval_store`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from typing import Any, NamedTuple
 import aiosqlite
 import anyio
 
-from engine import channel_store, errors, group_store, models, profile_store, quota_store, task_store, topics
+from engine import (approval_store, channel_store, errors, group_store, models, profile_store, quota_store,
+                    task_store, topics)
 from engine.records import ArtifactRow, DeviceRow, EventRow, RunRow, SessionRow, Shape, SoulSnapshotRow
 from engine.sqlvalues import encode, new_id, ts
 
@@ -193,7 +195,8 @@ SQL = {
 
 
 
-SQL.update({**group_store.SQL, **task_store.SQL, **channel_store.SQL, **profile_store.SQL, **quota_store.SQL})
+SQL.update({**group_store.SQL, **task_store.SQL, **channel_store.SQL, **profile_store.SQL, **quota_store.SQL,
+            **approval_store.SQL})
 """Every named query (the areas' too): a test compiles each against the migrated schema."""
 
 # Columns a run update may set (a guard against building SQL from arbitrary keys).
@@ -296,7 +299,7 @@ class InlineConnection:
 
 
 class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWrites, profile_store.ProfileWrites,
-         quota_store.QuotaWrites):
+         quota_store.QuotaWrites, approval_store.ApprovalWrites):
     """One open write transaction; `touched` are the topics to wake once it commits."""
 
     def __init__(self, conn: InlineConnection, now: datetime) -> None:
@@ -454,6 +457,23 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
         self.touch(stream)
         return seqs
 
+    async def append_stream_events(self, stream: str, events: Iterable[Draft]) -> list[int]:
+        """Append events to a stream of their own, of no run and no group (`topics.APPROVALS`): they get
+        its next gapless sequences in this transaction."""
+        events = list(events)
+        if not events:
+            return []
+        ids = [new_id("ev") for _ in events]
+        await self.conn.executemany(SQL["event_insert"], [
+            (event_id, None, None, type_, message, json.dumps(payload), self.stamp)
+            for event_id, (type_, message, payload) in zip(ids, events, strict=True)])
+        ((last,),) = await self.conn.execute_fetchall(SQL["stream_bump"], (stream, len(events), len(events)))
+        seqs = list(range(last - len(events) + 1, last + 1))
+        await self.conn.executemany(SQL["stream_event_insert"], [
+            (stream, seq, event_id) for seq, event_id in zip(seqs, ids, strict=True)])
+        self.touch(stream)
+        return seqs
+
     async def _cas(self, table: str, allowed: frozenset[str], id_: str, expected: list[str], fields: dict[str, Any],
                    topic: str) -> bool:
         bad = set(fields) - allowed
@@ -472,7 +492,7 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
 
 
 class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelReads, profile_store.ProfileReads,
-            quota_store.QuotaReads):
+            quota_store.QuotaReads, approval_store.ApprovalReads):
     def __init__(self, path: Path, notifier: topics.Topics | None = None) -> None:
         self.path = path
         self.topics = notifier or topics.Topics()

@@ -24,6 +24,10 @@ def channel(channel_id: str) -> str:
     return f"channel:{channel_id}"
 
 
+def approval(approval_id: str) -> str:
+    return f"approval:{approval_id}"
+
+
 ADMISSION = "admission"
 """Touched when a run is queued or an active run ends: the scheduler may admit another."""
 SESSIONS = "sessions"
@@ -55,3 +59,6 @@ class Topics:
 TASKS = "tasks"
 """A task was created, claimed, released, failed, completed or its lease changed (claim waiters and the
 lease reaper wait on it)."""
+APPROVALS = "approvals"
+"""The approvals' event stream (the audit of who asked for what and who decided), touched by every change
+to an approval: the expiry reaper waits on it for a sooner expiry."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from engine import approval_models as am
 from engine import channel_models as cm
 from engine import context, models, sessions, souls
 from engine import profile_models as pm
@@ -21,10 +22,6 @@ from engine.callers import Caller
 
 class AgentDockAPI(Protocol):
     """What the surfaces may ask of agentdock, as one caller. Every id is checked by shape."""
-
-    def approved(self) -> AgentDockAPI:
-        """The same caller, for one call the user has just confirmed when asked (MCP elicitation)."""
-        ...
 
     # devices
     async def create_device(self, req: models.DeviceCreate) -> models.Device: ...
@@ -151,6 +148,19 @@ class AgentDockAPI(Protocol):
 
     async def delete_profile(self, profile_id: str) -> pm.Profile: ...
 
+    # approvals
+    async def get_approval(self, approval_id: str, wait: float = 0) -> am.Approval:
+        """An approval the caller may see; with `wait`, once it is no longer pending (at most 45 s)."""
+        ...
+
+    async def list_approvals(self, q: am.ApprovalListQuery) -> am.ApprovalList: ...
+
+    async def approve(self, approval_id: str, req: am.Decision) -> am.Approval: ...
+
+    async def deny(self, approval_id: str, req: am.Decision) -> am.Approval: ...
+
+    async def approval_events(self, q: am.ApprovalEventsQuery) -> am.ApprovalEventList: ...
+
 
 class InProcessAPI:
     """`AgentDockAPI` over an engine running in this process, acting as `caller`."""
@@ -158,9 +168,6 @@ class InProcessAPI:
     def __init__(self, engine: Engine, caller: Caller) -> None:
         self.engine = engine
         self.caller = caller
-
-    def approved(self) -> InProcessAPI:
-        return InProcessAPI(self.engine, self.caller.model_copy(update={"approved": True}))
 
     async def create_device(self, req: models.DeviceCreate) -> models.Device:
         return await self.engine.devices.create(self.caller, req)
@@ -305,3 +312,18 @@ class InProcessAPI:
 
     async def delete_profile(self, profile_id: str) -> pm.Profile:
         return await self.engine.profiles.delete(self.caller, profile_id)
+
+    async def get_approval(self, approval_id: str, wait: float = 0) -> am.Approval:
+        return await self.engine.approvals.get(self.caller, approval_id, wait)
+
+    async def list_approvals(self, q: am.ApprovalListQuery) -> am.ApprovalList:
+        return await self.engine.approvals.list(self.caller, q)
+
+    async def approve(self, approval_id: str, req: am.Decision) -> am.Approval:
+        return await self.engine.approvals.approve(self.caller, approval_id, req)
+
+    async def deny(self, approval_id: str, req: am.Decision) -> am.Approval:
+        return await self.engine.approvals.deny(self.caller, approval_id, req)
+
+    async def approval_events(self, q: am.ApprovalEventsQuery) -> am.ApprovalEventList:
+        return await self.engine.approvals.events(self.caller, q)

@@ -6,7 +6,6 @@ diagnostic, so the MCP layer maps them the same way as local errors.
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Collection
 from typing import Any
@@ -15,6 +14,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
+from engine import approval_models as am
 from engine import channel_models as cm
 from engine import context, errors, ids, models, sessions, souls
 from engine import profile_models as pm
@@ -51,19 +51,10 @@ class DaemonClient:
             headers = {"Authorization": f"Bearer {token}"}
         else:
             self.socket, headers = socket or str(settings.control_socket), {}
-        self._headers: dict[str, str] = {}
-        """Sent with every request of this client (an approved twin adds its header)."""
         self._http = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(uds=self.socket),
             base_url="http://agentdock", timeout=timeout, headers=headers,
         )
-
-    def approved(self) -> DaemonClient:
-        """This client for a call the user has just confirmed when asked (`X-Agentdock-Approved`): the daemon
-        lets a session under a `confirm-risky` profile take a risky action only with it."""
-        twin = copy.copy(self)
-        twin._headers = {**self._headers, APPROVED_HEADER: "user"}
-        return twin
 
     async def __aenter__(self) -> DaemonClient:
         return self
@@ -80,7 +71,7 @@ class DaemonClient:
         url = path if path.startswith("/api/") else "/api/v1" + path
         try:
             resp = await self._http.request(method, url, json=json, params=params,
-                                            headers={**self._headers, **(headers or {})},
+                                            headers=headers,
                                             timeout=timeout or httpx.USE_CLIENT_DEFAULT)
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise DaemonUnavailable(
@@ -295,11 +286,33 @@ class DaemonClient:
     async def delete_profile(self, profile_id: str) -> pm.Profile:
         return pm.Profile.model_validate((await self.request("DELETE", _profile_path(profile_id)))["data"])
 
+    # approvals (a session waits on its own through the agent route)
+    async def get_approval(self, approval_id: str, wait: float = 0) -> am.Approval:
+        path = f"/api/agent/approvals/{_seg(ids.APPROVAL, approval_id, 'approval_id')}"
+        payload = await self.request("GET", path, params={"wait": wait or None}, timeout=wait + 30)
+        return am.Approval.model_validate(payload["data"])
 
-APPROVED_HEADER = "X-Agentdock-Approved"
+    async def list_approvals(self, q: am.ApprovalListQuery) -> am.ApprovalList:
+        return am.ApprovalList.model_validate(await self.request("GET", APPROVALS, params=_query(q)))
+
+    async def approve(self, approval_id: str, req: am.Decision) -> am.Approval:
+        return await self._decide(approval_id, "approve", req)
+
+    async def deny(self, approval_id: str, req: am.Decision) -> am.Approval:
+        return await self._decide(approval_id, "deny", req)
+
+    async def _decide(self, approval_id: str, verb: str, req: am.Decision) -> am.Approval:
+        path = f"{APPROVALS}/{_seg(ids.APPROVAL, approval_id, 'approval_id')}/{verb}"
+        return am.Approval.model_validate((await self.request("POST", path, json=_body(req)))["data"])
+
+    async def approval_events(self, q: am.ApprovalEventsQuery) -> am.ApprovalEventList:
+        return am.ApprovalEventList.model_validate(await self.request("GET", "/approval-events", params=_query(q)))
+
+
 SOUL = "/api/agent/soul"
 CHANNELS = "/api/agent/channels"
 PROFILES = "/agent-runtime-profiles"
+APPROVALS = "/approvals"
 
 
 def _profile_path(profile_id: str) -> str:

@@ -240,9 +240,6 @@ def limited(receive: Receive, max_body: int) -> Receive:
     return receive_limited
 
 
-APPROVED_HEADER = "x-agentdock-approved"
-"""The user allowed this call when an MCP client asked them (engine.profiles.require_approval)."""
-
 Handler = Callable[[Request, Caller], Awaitable[Response]]
 """A route's handler: the request (body bounded, JSON checked on reading) and who is asking."""
 Authenticate = Callable[[Request], Awaitable[Caller]]
@@ -283,12 +280,7 @@ def guarded(fn: Handler, max_body: int = MAX_BODY_BYTES, authenticate: Authentic
         try:
             check_body_headers(request, max_body)
             one_authorization(request)
-            caller = await authenticate(request)
-            if request.headers.get(APPROVED_HEADER) == "user":
-                # Sent by `agentdock serve` once the user allowed the call when asked. It states what the
-                # session's own MCP client did, so it guards an honest agent, not against a hostile one:
-                # the hard limits are the profile's network and tools and the session's permissions.
-                caller = caller.model_copy(update={"approved": True})
+            caller = await authenticate(request)  # nothing else a request sends says who it is or what it may do
             return await fn(Request(request.scope, limited(request.receive, max_body)), caller)
         except Exception as exc:
             return error_response(exc)

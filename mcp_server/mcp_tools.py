@@ -88,58 +88,57 @@ def make_tool(name: str, description: str, input_model: type[models.Input], outp
 
 
 class Confirm(BaseModel):
-    """What the user is asked before a risky action under a `confirm-risky` profile."""
+    """What the person is asked about one pending approval."""
 
     confirm: bool
-    """Allow it."""
+    """Approve it (unticked: deny it)."""
+
+
+class Answer(NamedTuple):
+    action: str
+    """The client's `accept`, `decline` or `cancel`."""
+    content: dict[str, Any]
+    """The form's fields when accepted."""
 
 
 class NeedsInput(Exception):
     """Raised by a tool that must ask the client first (protocol 2026-07-28 and later): the tool answers
-    with `result`, and the client calls it again with the user's answer in `input_responses`."""
+    with `result`, and the client calls it again with the person's answers in `input_responses`."""
 
     def __init__(self, result: InputRequiredResult) -> None:
         super().__init__("input required")
         self.result = result
 
 
-APPROVAL_KEY = "agentdock_approval"
 MODERN_ELICITATION = "2026-07-28"
 """From this protocol version on, a server asks through `InputRequiredResult`, not a request of its own."""
 
 
-async def confirm_risky(api: Any, ctx: Context, action: str) -> Any:
-    """Under a profile whose policy says `approval: confirm-risky`, ask the user (MCP elicitation) before
-    `action`; refuse when the client cannot ask or the user does not allow it. Returns the API to make
-    the call with: once the user allowed it, one that tells the daemon so (`api.approved()`)."""
-    session = (await api.me()).session
-    policy = (session.profile or {}).get("policy") or {}
-    if policy.get("approval") != "confirm-risky":
-        return api
-    evidence = {"field": "approval", "action": action, "profile_id": session.profile_id}
+async def ask(ctx: Context, questions: dict[str, str], form: type[BaseModel]) -> dict[str, Answer]:
+    """Ask the person at the client (MCP elicitation) each question, keyed, with `form`; the answers by key.
+    Both protocol eras: before 2026-07-28 the server sends one `elicitation/create` per question; from it
+    on, the first call answers with every question at once (`NeedsInput`) and the client calls again with
+    the answers. A key the client did not answer is left out."""
     caps = ctx.client_capabilities
     if caps is None or caps.elicitation is None:
         raise errors.PermissionDenied(
-            f"approval: this session's profile {session.profile_id} asks the user before it may {action}, and this "
-            "MCP client cannot ask (it declares no elicitation capability); refused", evidence=evidence)
-    message = f"agentdock: session {session.id} (profile {session.profile_id}) wants to {action}. Allow it?"
+            "this MCP client cannot ask its user (it declares no elicitation capability); decide from a terminal "
+            "instead", suggested_command="agentdock approvals list --status pending",
+            evidence={"field": "elicitation"})
     version = ctx.protocol_version
     if version is not None and is_version_at_least(version, MODERN_ELICITATION):
-        answer = (ctx.input_responses or {}).get(APPROVAL_KEY)
-        if not isinstance(answer, ElicitResult):  # the first round: ask, and be called again with the answer
-            raise NeedsInput(InputRequiredResult(input_requests={APPROVAL_KEY: ElicitRequest(
-                params=ElicitRequestFormParams(message=message,
-                                               requested_schema=render_elicitation_schema(Confirm)))}))
-        action_taken = answer.action
-        allowed = action_taken == "accept" and bool((answer.content or {}).get("confirm"))
-    else:
-        result = await ctx.elicit(message, Confirm)
-        action_taken = result.action
-        allowed = result.action == "accept" and result.data.confirm
-    if allowed:
-        return api.approved()
-    raise errors.PermissionDenied(f"approval: the user did not allow this session to {action} ({action_taken})",
-                                  evidence={**evidence, "answer": action_taken})
+        given = {k: v for k, v in (ctx.input_responses or {}).items() if k in questions and isinstance(v, ElicitResult)}
+        if not given:  # the first round: ask, and be called again with the answers
+            schema = render_elicitation_schema(form)
+            raise NeedsInput(InputRequiredResult(input_requests={
+                key: ElicitRequest(params=ElicitRequestFormParams(message=message, requested_schema=schema))
+                for key, message in questions.items()}))
+        return {k: Answer(v.action, dict(v.content or {})) for k, v in given.items()}
+    answers = {}
+    for key, message in questions.items():
+        result = await ctx.elicit(message, form)
+        answers[key] = Answer(result.action, result.data.model_dump() if result.action == "accept" else {})
+    return answers
 
 
 class Resource(NamedTuple):

@@ -12,7 +12,7 @@ from engine.app import Engine
 from engine.settings import Settings
 from mcp_server import commands, mcp_tools
 from mcp_server.api import AgentDockAPI
-from mcp_server.areas import agent, channels, devices, groups, profiles, runs, secrets, soul, tasks
+from mcp_server.areas import agent, approvals, channels, devices, groups, profiles, runs, secrets, soul, tasks
 from mcp_server.http import Endpoint
 
 
@@ -31,7 +31,7 @@ class Area(Protocol):
     def add_commands(self, cli: commands.Commands) -> None: ...
 
 
-AREAS: tuple[Area, ...] = (devices, runs, groups, agent, soul, channels, tasks, profiles, secrets)
+AREAS: tuple[Area, ...] = (devices, runs, groups, agent, soul, channels, tasks, profiles, secrets, approvals)
 """In order: an area may add commands to a group an earlier one declared (`sandbox prompt`)."""
 
 

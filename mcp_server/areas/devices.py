@@ -60,9 +60,6 @@ def endpoints(engine: Engine) -> list[Endpoint]:
 
 def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
     async def sandbox_create(inp: models.DeviceCreate, ctx: Context) -> models.Device:
-        if inp.network:
-            return await (await mcp_tools.confirm_risky(api, ctx, f"create a {inp.kind.value} with network access")
-                          ).create_device(inp)
         return await api.create_device(inp)
 
     async def sandbox_list(inp: models.Input, ctx: Context) -> models.DeviceList:
@@ -72,7 +69,7 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
         return await api.get_device(inp.sandbox_id)
 
     async def sandbox_delete(inp: SandboxRef, ctx: Context) -> models.Device:
-        return await (await mcp_tools.confirm_risky(api, ctx, f"delete {inp.sandbox_id}")).delete_device(inp.sandbox_id)
+        return await api.delete_device(inp.sandbox_id)
 
     return [
         mcp_tools.make_tool(

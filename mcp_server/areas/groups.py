@@ -237,7 +237,7 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
         return page
 
     async def group_cancel(inp: GroupRef, ctx: Context) -> gm.Group:
-        return await (await mcp_tools.confirm_risky(api, ctx, f"cancel group {inp.group_id}")).cancel_group(inp.group_id)
+        return await api.cancel_group(inp.group_id)
 
     read, change = mcp_tools.READ, mcp_tools.annotations
     return [

@@ -149,7 +149,7 @@ async def test_agentdock_serve_with_a_token_lists_only_the_tools_the_session_may
         async with Client(StdioServerParameters(command=AGENTDOCK, args=["serve"], env=env)) as client:
             names = {t.name for t in (await client.list_tools()).tools}
             me = await client.call_tool("agent_me", {})
-    assert names == {"agent_run_get", "agent_me"}
+    assert names == {"agent_run_get", "agent_me", "approval_get"}  # who it is and the approvals it waits on
     assert not me.is_error and me.structured_content["session"]["id"] == child["session"]["id"]
 
     env = {**daemon.env, "AGENTDOCK_TOKEN": spawner["token"]}

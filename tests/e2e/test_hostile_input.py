@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine import approval_models as am
 from engine import channel_models as cm
 from engine import group_models as gm
 from engine import ids, models, sessions, souls
@@ -41,6 +42,8 @@ UNKNOWN_RUN = "run_0000000000000000dead"
 UNKNOWN_SANDBOX = "sbx_0000000000000000dead"
 UNKNOWN_GROUP = "grp_0000000000000000dead"
 UNKNOWN_CHANNEL = "chn_0000000000000000dead"
+UNKNOWN_APPROVAL = "apr_0000000000000000dead"
+APPROVALS = "/api/v1/approvals"
 GROUPS = "/api/v1/agent-run-groups"
 PROFILES = "/api/v1/agent-runtime-profiles"
 JSON = {"content-type": "application/json"}
@@ -69,6 +72,10 @@ async def nothing_created(daemon: Daemon, client: httpx.AsyncClient) -> None:
     assert channels.status_code == 200 and channels.json()["channels"] == [], channels.text
     profiles = await client.get(PROFILES)
     assert profiles.status_code == 200 and profiles.json()["data"] == [], profiles.text
+    approvals = await client.get(APPROVALS)
+    assert approvals.status_code == 200 and approvals.json()["data"] == [], approvals.text
+    history = await client.get("/api/v1/approval-events")
+    assert history.status_code == 200 and history.json()["data"] == [], history.text
     assert owned_containers(daemon.settings.home) == []
     souls_dir = daemon.settings.home / "souls"
     assert not souls_dir.exists() or list(souls_dir.iterdir()) == []
@@ -478,6 +485,15 @@ def poisons(model: type[models.Input]) -> dict[str, st.SearchStrategy[Any]]:
             "name": st.sampled_from(["", " ", "a\nb", "x" * 101, 5, None]),
         }
         out.update({name: strategy for name, strategy in profile_fields.items() if name in model.model_fields})
+    if model.__module__ == am.__name__:
+        approval_fields = {
+            "approval_id": not_an_id(ids.APPROVAL), "wait_seconds": numbers_outside(0, 45, integer=False),
+            "wait": numbers_outside(0, 45, integer=False),
+            "status": st.one_of(TEXT, PATH_LIKE).filter(lambda v: v not in set(am.ApprovalStatus)),
+            "reason": st.sampled_from(["", 5, ["r"], {}, "x" * (am.MAX_REASON_CHARS + 1)]),
+            "after_sequence": numbers_outside(0, models.MAX_SEQUENCE, integer=True),
+        }
+        out.update({name: strategy for name, strategy in approval_fields.items() if name in model.model_fields})
     return out
 
 
@@ -519,6 +535,7 @@ TOOL_INPUTS: dict[str, type[models.Input]] = {
     "channel_reply": cm.Reply,
     "profile_create": pm.ProfileCreate, "profile_get": pm.ProfileRef, "profile_list": pm.ProfileListQuery,
     "profile_update": pm.ProfileUpdate, "profile_delete": pm.ProfileRef,
+    "approval_get": am.ApprovalWait, "approval_list": am.ApprovalListQuery, "approval_review": am.Review,
 }
 
 
@@ -585,6 +602,8 @@ ID_ROUTES = [
     ("POST", "/api/agent/channels/{}/send", ids.CHANNEL), ("GET", "/api/agent/channels/{}/recv", ids.CHANNEL),
     ("GET", PROFILES + "/{}", ids.PROFILE), ("PUT", PROFILES + "/{}", ids.PROFILE),
     ("DELETE", PROFILES + "/{}", ids.PROFILE),
+    ("GET", APPROVALS + "/{}", ids.APPROVAL), ("GET", "/api/agent/approvals/{}", ids.APPROVAL),
+    ("POST", APPROVALS + "/{}/approve", ids.APPROVAL), ("POST", APPROVALS + "/{}/deny", ids.APPROVAL),
 ]
 
 
@@ -604,6 +623,8 @@ def junk_http(draw: st.DrawFn) -> Request:
             ("GET", PROFILES, pm.ProfileListQuery), ("GET", GROUPS, gm.GroupListQuery), ("GET", f"{GROUPS}/{UNKNOWN_GROUP}/events", gm.GroupEventsQuery),
             ("GET", f"{GROUPS}/{UNKNOWN_GROUP}/runs", gm.GroupRunsQuery), ("GET", f"{GROUPS}/{UNKNOWN_GROUP}",
                                                                              http_app.WaitQuery),
+            ("GET", APPROVALS, am.ApprovalListQuery), ("GET", "/api/v1/approval-events", am.ApprovalEventsQuery),
+            ("GET", f"/api/agent/approvals/{UNKNOWN_APPROVAL}", am.ApprovalQuery),
         ]))
         args = draw(junk_call(model))
         query = as_query(args)
@@ -622,7 +643,9 @@ def junk_http(draw: st.DrawFn) -> Request:
                                             ("/api/agent/tasks/claim-next", tm.ClaimNext),
                                             (f"/api/agent/channels/{UNKNOWN_CHANNEL}/send", cm.Send),
                                             ("/api/agent/channels/reply", cm.Reply),
-                                            (PROFILES, pm.ProfileCreate)]))
+                                            (PROFILES, pm.ProfileCreate),
+                                            (f"{APPROVALS}/{UNKNOWN_APPROVAL}/approve", am.Decision),
+                                            (f"{APPROVALS}/{UNKNOWN_APPROVAL}/deny", am.Decision)]))
         args = draw(junk_call(model))
         wrap = draw(st.booleans())
         headers = dict(JSON)

@@ -27,12 +27,13 @@ TOOLS = {
     "task_create", "task_get", "task_list", "task_claim_next", "task_heartbeat", "task_complete", "task_fail",
     "task_release", "channel_list", "channel_send", "channel_recv", "channel_reply",
     "profile_create", "profile_get", "profile_list", "profile_update", "profile_delete",
+    "approval_get", "approval_list", "approval_review",  # the user decides by being asked, not by a tool call
 }
 DEVICE_TOOLS = {"sandbox_create", "sandbox_list", "sandbox_get", "sandbox_delete"}
 READ_ONLY = {"sandbox_list", "sandbox_get", "agent_run_get", "agent_run_list", "agent_run_events",
              "agent_run_artifacts", "agent_me", "agent_context", "coordinator_config", "soul_get", "soul_validate",
              "group_get", "group_list", "group_runs", "group_events", "task_get", "task_list", "channel_list",
-             "profile_get", "profile_list"}
+             "profile_get", "profile_list", "approval_get", "approval_list"}
 DESTRUCTIVE = {"sandbox_delete", "agent_run_cancel", "agent_stop", "group_cancel", "profile_delete"}
 TERMINAL = {"succeeded", "failed", "canceled"}
 

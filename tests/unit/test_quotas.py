@@ -269,8 +269,8 @@ async def test_migrating_counts_what_trees_and_workspaces_wrote_before_from_the_
     path = tmp_path / "db.sqlite"
     async with Store(path) as store:
         raw = store._writer.raw
-        raw.execute("PRAGMA user_version = 14")  # as if 0015 had not run: put the old table back
-        raw.executescript("DROP TABLE usage; DROP INDEX channel_messages_by_correlation; "
+        raw.execute("PRAGMA user_version = 14")  # as if 0015 (and what follows) had not run: put the old table back
+        raw.executescript("DROP TABLE approvals; DROP TABLE usage; DROP INDEX channel_messages_by_correlation; "
                           "CREATE TABLE channel_usage (session_id TEXT PRIMARY KEY, messages INTEGER NOT NULL, "
                           "bytes INTEGER NOT NULL) WITHOUT ROWID; ALTER TABLE tasks DROP COLUMN body_bytes;")
         for sid, parent, ws in (("ses_a", "ses_root", "w1"), ("ses_a1", "ses_a", "w1"), ("ses_b", "ses_root", "w1")):
