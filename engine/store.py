@@ -442,31 +442,21 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
                                   ) -> list[int]:
         """Append events to the group's stream only (entry and group events): each a (run_id or None,
         type, message, payload); they get the group's next gapless sequences in this transaction."""
-        events = list(events)
-        if not events:
-            return []
-        stream = topics.group(group_id)
-        ids = [new_id("ev") for _ in events]
-        await self.conn.executemany(SQL["event_insert"], [
-            (event_id, run_id, group_id, type_, message, json.dumps(payload), self.stamp)
-            for event_id, (run_id, type_, message, payload) in zip(ids, events, strict=True)])
-        ((last,),) = await self.conn.execute_fetchall(SQL["stream_bump"], (stream, len(events), len(events)))
-        seqs = list(range(last - len(events) + 1, last + 1))
-        await self.conn.executemany(SQL["stream_event_insert"], [
-            (stream, seq, event_id) for seq, event_id in zip(seqs, ids, strict=True)])
-        self.touch(stream)
-        return seqs
+        return await self._append_to_stream(topics.group(group_id), group_id, list(events))
 
     async def append_stream_events(self, stream: str, events: Iterable[Draft]) -> list[int]:
         """Append events to a stream of their own, of no run and no group (`topics.APPROVALS`): they get
         its next gapless sequences in this transaction."""
-        events = list(events)
+        return await self._append_to_stream(stream, None, [(None, *event) for event in events])
+
+    async def _append_to_stream(self, stream: str, group_id: str | None,
+                                events: list[tuple[str | None, str, str, dict[str, Any]]]) -> list[int]:
         if not events:
             return []
         ids = [new_id("ev") for _ in events]
         await self.conn.executemany(SQL["event_insert"], [
-            (event_id, None, None, type_, message, json.dumps(payload), self.stamp)
-            for event_id, (type_, message, payload) in zip(ids, events, strict=True)])
+            (event_id, run_id, group_id, type_, message, json.dumps(payload), self.stamp)
+            for event_id, (run_id, type_, message, payload) in zip(ids, events, strict=True)])
         ((last,),) = await self.conn.execute_fetchall(SQL["stream_bump"], (stream, len(events), len(events)))
         seqs = list(range(last - len(events) + 1, last + 1))
         await self.conn.executemany(SQL["stream_event_insert"], [
