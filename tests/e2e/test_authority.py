@@ -165,7 +165,7 @@ async def test_a_grandchild_that_opts_out_of_its_parents_profile_keeps_every_lim
         assert closed_out[f"{opt}.networked"] == [403, "permission_denied", "network"]
         assert closed_out[f"{opt}.made"] == [False, 256]
         assert closed_out[f"{opt}.bigger"] == [413, "limit_exceeded", "memory_mb"]
-        assert closed_out[f"{opt}.delete"] == [403, "permission_denied", "approval"]
+        assert closed_out[f"{opt}.delete"] == [403, "approval_required", "approval"]
         assert files_out[f"{opt}.limits"]["tools"] == ["files"]
         for name in ("run", "sandbox", "spawn_run"):
             assert files_out[f"{opt}.{name}"][:2] == [403, "permission_denied"], (opt, name, files_out)

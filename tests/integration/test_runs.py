@@ -168,8 +168,8 @@ async def test_a_long_poll_that_reads_just_before_the_run_ends_still_returns_whe
 
     held = []
 
-    async def events_read_then_held_until_the_run_ends(stream: str, after: int, limit: int) -> Any:
-        rows = await real_events(stream, after, limit)
+    async def events_read_then_held_until_the_run_ends(stream: str, after: int, limit: int, *rest: Any) -> Any:
+        rows = await real_events(stream, after, limit, *rest)
         if not held:  # the first read only: hand back its (now stale) answer after the run has ended
             held.append(rows)
             while True:
