@@ -133,7 +133,7 @@ async def pairs_per_second(workers: int, home: Path) -> dict[str, float]:
                 claim = (await engine.tasks.claim_next(caller, tm.ClaimNext())).claim
                 if claim is None:
                     return
-                await engine.tasks.complete(caller, tm.Complete(run_id=claim.run.id, claim_token=claim.claim_token))
+                await engine.tasks.complete(caller, tm.Complete(task_run_id=claim.run.id, claim_token=claim.claim_token))
                 done += 1
 
         start = time.perf_counter()

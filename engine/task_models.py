@@ -53,6 +53,7 @@ class FailureKind(StrEnum):
 
 class TaskCreate(models.Input):
     title: str = Field(min_length=1, max_length=500)
+    """What the task is, in a line."""
     identifier: str | None = Field(default=None, pattern=LABEL)
     """Your own name for the task, unique in its workspace (e.g. `ISSUE-42`)."""
     priority: int = Field(default=0, ge=0, le=1_000_000)
@@ -61,9 +62,10 @@ class TaskCreate(models.Input):
     """What the worker needs to do the task."""
     max_attempts: int = Field(default=3, ge=1, le=100)
     """Failed or expired attempts before the task ends `failed`."""
-    workspace: str | None = Field(default=None, pattern=LABEL)
+    workspace_id: str | None = Field(default=None, pattern=LABEL)
     """Workspace id (default: yours; only the local user may name another)."""
     scope: str = Field(default="workspace", pattern=LABEL)
+    """A label of yours grouping tasks within the workspace."""
     paused: bool = False
     """A paused task is never claimed."""
 
@@ -75,7 +77,9 @@ class TaskRef(models.Input):
 
 class TaskListQuery(models.Input):
     status: TaskStatus | None = None
+    """Only tasks in this status."""
     limit: int = Field(default=100, ge=1, le=500)
+    """At most this many, newest first."""
     include_payload: bool = False
     """Carry each task's payload, result and whole error, up to the answer's byte budget (1 MiB by default;
     past it the rest are summaries, `bodies_omitted`). Left out: summaries only (`task_get` has the rest)."""
@@ -91,8 +95,8 @@ class ClaimNext(models.Input):
 class Holding(models.Input):
     """What the current holder of a task run proves itself with."""
 
-    run_id: ids.TaskRunId
-    """The task run id (trun_...) the claim returned."""
+    task_run_id: ids.TaskRunId
+    """The task run id (trun_...) the claim returned (its `run.id`)."""
     claim_token: str = Field(min_length=1, max_length=200)
     """The claim token the claim returned (shown once)."""
 
@@ -104,6 +108,7 @@ class Heartbeat(Holding):
 
 class Complete(Holding):
     result: JsonValue = None
+    """What the task produced (any JSON, at most 256 KiB)."""
 
 
 class Fail(Holding):

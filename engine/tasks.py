@@ -107,11 +107,11 @@ class TaskService:
     async def create(self, caller: Caller, req: tm.TaskCreate) -> tm.Task:
         caller.require("tasks", "task_create")
         await self._workspace_of(caller)  # a session that exists
-        workspace = caller.use_workspace(req.workspace, "workspace")
+        workspace = caller.use_workspace(req.workspace_id, "workspace_id")
         size = self._bounded(req.payload, "payload", "task_payload_max_bytes")
         mask = await self.masks.masker(caller)
         if mask:
-            masking.refuse(mask, {"identifier": req.identifier, "scope": req.scope, "workspace": req.workspace})
+            masking.refuse(mask, {"identifier": req.identifier, "scope": req.scope, "workspace_id": req.workspace_id})
             req = req.model_copy(update={"title": mask.line(req.title), "payload": mask.value(req.payload)})
             size = self._bounded(req.payload, "payload", "task_payload_max_bytes")
         now = self.clock.now()
@@ -287,7 +287,7 @@ class TaskService:
 
     async def _end(self, tx: Any, caller: Caller, req: tm.Holding, status: tm.TaskRunStatus, **fields: Any,
                    ) -> tm.TaskRunRow:
-        run = await tx.end_task_run(req.run_id, Tokens.digest(req.claim_token), caller.session_id, status, **fields)
+        run = await tx.end_task_run(req.task_run_id, Tokens.digest(req.claim_token), caller.session_id, status, **fields)
         if run is None:  # not the live holder's: the read says why (and raises)
             await self._held(tx, caller, req)
             raise errors.Conflict("run_id: the lease changed meanwhile; claim again")
@@ -295,29 +295,29 @@ class TaskService:
 
     async def _held(self, tx: Any, caller: Caller, req: tm.Holding) -> tm.TaskRunRow:
         """The run, if the caller is its current holder with a live lease; else a diagnostic saying why not."""
-        run = await tx.task_run(req.run_id)
+        run = await tx.task_run(req.task_run_id)
         if run is None:
-            raise errors.NotFound("task run", req.run_id, suggested_command="agentdock tasks list")
+            raise errors.NotFound("task run", req.task_run_id, suggested_command="agentdock tasks list")
         if run.session_id != caller.session_id:
             raise errors.PermissionDenied(
                 f"run_id: task run {run.id} was claimed by another session, not by you; only its holder's claim "
-                "token works", evidence={"field": "run_id"})
+                "token works", evidence={"field": "task_run_id"})
         if Tokens.digest(req.claim_token) != run.claim_token_hash:
             raise errors.PermissionDenied("claim_token: not the claim token of this task run",
-                                          evidence={"field": "claim_token", "run_id": run.id})
+                                          evidence={"field": "claim_token", "task_run_id": run.id})
         if run.status is not tm.TaskRunStatus.running:
             task = await tx.task(run.task_id)
             raise errors.InvalidTransition(
                 f"run_id: task run {run.id} has already ended ({run.status}); the task is {task.status}"
                 + (f", now held by run {task.current_run_id}" if task.current_run_id else ""),
                 suggested_command=f"agentdock tasks get {run.task_id}",
-                evidence={"field": "run_id", "status": run.status, "task_status": task.status,
+                evidence={"field": "task_run_id", "status": run.status, "task_status": task.status,
                           "current_run_id": task.current_run_id})
         if run.lease_until <= tx.now:
             raise errors.InvalidTransition(
                 f"run_id: the lease of task run {run.id} expired at {run.lease_until.isoformat()}; the task goes "
                 "back to the queue", suggested_command="agentdock tasks claim",
-                evidence={"field": "run_id", "lease_until": run.lease_until.isoformat()})
+                evidence={"field": "task_run_id", "lease_until": run.lease_until.isoformat()})
         return run
 
     def _bounded(self, value: Any, field: str, setting: str) -> int:

@@ -8,7 +8,7 @@ engine errors, so a tool cannot tell which one it talks to.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from engine import approval_models as am
 from engine import channel_models as cm
@@ -19,9 +19,16 @@ from engine import group_models as gm
 from engine.app import Engine
 from engine.callers import Caller
 
+if TYPE_CHECKING:
+    from mcp_server import ops
+
 
 class AgentDockAPI(Protocol):
     """What the surfaces may ask of agentdock, as one caller. Every id is checked by shape."""
+
+    async def call(self, op: ops.Op[ops.I, ops.O], inp: ops.I | None = None, /, **fields: Any) -> ops.O:
+        """Carry out a declared operation: `inp`, or its input made from `fields` (checked)."""
+        ...
 
     # devices
     async def create_device(self, req: models.DeviceCreate) -> models.Device: ...
@@ -107,25 +114,6 @@ class AgentDockAPI(Protocol):
     async def cancel_group(self, group_id: str) -> gm.Group: ...
 
 
-    # tasks
-    async def create_task(self, req: tm.TaskCreate) -> tm.Task: ...
-
-    async def get_task(self, task_id: str) -> tm.Task: ...
-
-    async def list_tasks(self, q: tm.TaskListQuery) -> tm.TaskList: ...
-
-    async def claim_task(self, req: tm.ClaimNext) -> tm.ClaimResult:
-        """The next claimable task with a lease and its claim token (waited for up to `req.wait_seconds`)."""
-        ...
-
-    async def heartbeat_task(self, req: tm.Heartbeat) -> tm.LeaseResult: ...
-
-    async def complete_task(self, req: tm.Complete) -> tm.LeaseResult: ...
-
-    async def fail_task(self, req: tm.Fail) -> tm.LeaseResult: ...
-
-    async def release_task(self, req: tm.Holding) -> tm.LeaseResult: ...
-
     # channels
     async def list_channels(self) -> cm.ChannelList: ...
 
@@ -168,6 +156,9 @@ class InProcessAPI:
     def __init__(self, engine: Engine, caller: Caller) -> None:
         self.engine = engine
         self.caller = caller
+
+    async def call(self, op: ops.Op[ops.I, ops.O], inp: ops.I | None = None, /, **fields: Any) -> ops.O:
+        return await op.serve(self.engine, self.caller, op.parse(inp, **fields))
 
     async def create_device(self, req: models.DeviceCreate) -> models.Device:
         return await self.engine.devices.create(self.caller, req)
@@ -261,30 +252,6 @@ class InProcessAPI:
 
     async def cancel_group(self, group_id: str) -> gm.Group:
         return await self.engine.groups.cancel(self.caller, group_id)
-
-    async def create_task(self, req: tm.TaskCreate) -> tm.Task:
-        return await self.engine.tasks.create(self.caller, req)
-
-    async def get_task(self, task_id: str) -> tm.Task:
-        return await self.engine.tasks.get(self.caller, task_id)
-
-    async def list_tasks(self, q: tm.TaskListQuery) -> tm.TaskList:
-        return await self.engine.tasks.list(self.caller, q)
-
-    async def claim_task(self, req: tm.ClaimNext) -> tm.ClaimResult:
-        return await self.engine.tasks.claim_next(self.caller, req)
-
-    async def heartbeat_task(self, req: tm.Heartbeat) -> tm.LeaseResult:
-        return await self.engine.tasks.heartbeat(self.caller, req)
-
-    async def complete_task(self, req: tm.Complete) -> tm.LeaseResult:
-        return await self.engine.tasks.complete(self.caller, req)
-
-    async def fail_task(self, req: tm.Fail) -> tm.LeaseResult:
-        return await self.engine.tasks.fail(self.caller, req)
-
-    async def release_task(self, req: tm.Holding) -> tm.LeaseResult:
-        return await self.engine.tasks.release(self.caller, req)
 
     async def list_channels(self) -> cm.ChannelList:
         return await self.engine.channels.list(self.caller)

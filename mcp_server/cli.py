@@ -144,8 +144,7 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_runtimes)
 
     cli = commands.Commands(sub, common)
-    for area in areas.AREAS:
-        area.add_commands(cli)
+    areas.add_commands(cli)
     return p
 
 

@@ -21,6 +21,7 @@ from engine import profile_models as pm
 from engine import task_models as tm
 from engine import group_models as gm
 from engine.settings import Settings
+from mcp_server import ops
 
 
 class RemoteError(errors.EngineError):
@@ -92,6 +93,17 @@ class DaemonClient:
                 diag = errors.internal(RuntimeError(resp.text[:200])).model_dump()
             raise RemoteError(errors.Diagnostic.model_validate(diag), resp.status_code)
         return payload
+
+    async def call(self, op: ops.Op[ops.I, ops.O], inp: ops.I | None = None, /, **fields: Any) -> ops.O:
+        """A declared operation over the daemon's HTTP API: its method and path, the ids in the path
+        (checked by shape, escaped), the rest as the query or the JSON body, the answer from its envelope."""
+        inp = op.parse(inp, **fields)
+        rest = op.rest(inp)
+        reads = op.method in ("GET", "DELETE")
+        payload = await self.request(op.method, op.url(inp), json=None if reads else rest,
+                                     params=rest if reads else None, timeout=op.timeout(inp), accept=op.accept)
+        key = op.wrapped()
+        return op.output.model_validate(payload if key is None else payload[key])
 
     async def health(self) -> dict[str, Any]:
         return (await self.request("GET", "/health", timeout=5))["data"]
@@ -215,39 +227,6 @@ class DaemonClient:
         return souls.SoulImported.model_validate(await self.request("POST", SOUL + "/import", json=_body(req),
                                                                     accept=(422,)))
 
-
-    # tasks (the seed's agent routes answer with `claim` / `lease`, not under "data")
-    async def create_task(self, req: tm.TaskCreate) -> tm.Task:
-        return tm.Task.model_validate((await self.request("POST", "/tasks", json=_body(req)))["data"])
-
-    async def get_task(self, task_id: str) -> tm.Task:
-        path = f"/tasks/{_seg(ids.TASK, task_id, 'task_id')}"
-        return tm.Task.model_validate((await self.request("GET", path))["data"])
-
-    async def list_tasks(self, q: tm.TaskListQuery) -> tm.TaskList:
-        return tm.TaskList.model_validate(await self.request("GET", "/tasks", params=_query(q)))
-
-    async def claim_task(self, req: tm.ClaimNext) -> tm.ClaimResult:
-        payload = await self.request("POST", "/api/agent/tasks/claim-next", json=_body(req),
-                                     timeout=req.wait_seconds + 30)
-        return tm.ClaimResult.model_validate(payload)
-
-    async def heartbeat_task(self, req: tm.Heartbeat) -> tm.LeaseResult:
-        return await self._holding("heartbeat", req)
-
-    async def complete_task(self, req: tm.Complete) -> tm.LeaseResult:
-        return await self._holding("complete", req)
-
-    async def fail_task(self, req: tm.Fail) -> tm.LeaseResult:
-        return await self._holding("fail", req)
-
-    async def release_task(self, req: tm.Holding) -> tm.LeaseResult:
-        return await self._holding("release", req)
-
-    async def _holding(self, action: str, req: tm.Holding) -> tm.LeaseResult:
-        path = f"/api/agent/tasks/{_seg(ids.TASK_RUN, req.run_id, 'run_id')}/{action}"
-        body = {k: v for k, v in req.model_dump(mode="json").items() if k != "run_id" and v is not None}
-        return tm.LeaseResult.model_validate(await self.request("POST", path, json=body))
 
     # channels (seed 002's agent routes: `channels`, `message`, `messages`)
     async def list_channels(self) -> cm.ChannelList:

@@ -37,10 +37,10 @@ def build(api: AgentDockAPI, settings: Settings, toolsets: Iterable[str] | None 
         raise errors.InvalidInput("toolsets", f"unknown toolset(s) {sorted(unknown)}; known: {sorted(TOOLSETS)}")
     chosen = areas.by_toolset(wanted)
     server = MCPServer(name="agentdock", version="0.1.0", log_level="WARNING", instructions=INSTRUCTIONS,
-                       tools=[t for area in chosen for t in area.tools(api, settings)
+                       tools=[t for area in chosen for t in areas.tools(area, api, settings)
                               if lineage.tool_allowed(grants, t.name)])
     for area in chosen:
-        for r in area.resources(api):
+        for r in areas.resources(area, api):
             server.resource(r.uri_template, name=r.name, mime_type="application/json", description=r.description)(
                 r.read)
     return server

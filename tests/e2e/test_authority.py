@@ -59,7 +59,7 @@ ESCAPE = CLIENT + r'''
 attempt("group_create", "POST", "/api/v1/agent-run-groups", {"name": "g", "workspace_id": "B"})
 attempt("agent_spawn", "POST", "/api/agent/spawn", {"agent_name": "w", "workspace_id": "B"})
 attempt("agent_run", "POST", "/api/v1/agent-runs", {"prompt": "p", "command": "true", "workspace_id": "B"})
-attempt("task_create", "POST", "/api/v1/tasks", {"title": "t", "workspace": "B"})
+attempt("task_create", "POST", "/api/v1/tasks", {"title": "t", "workspace_id": "B"})
 attempt("profile_create", "POST", "/api/v1/agent-runtime-profiles",
         {"name": "mine", "runtime": "custom", "workspace_id": "B", "network": True, "is_default": True})
 attempt("sandbox_create", "POST", "/api/v1/sandboxes", {"workspace_id": "B", "network": True})
@@ -83,7 +83,7 @@ async def test_a_session_in_a_sandbox_creates_nothing_in_another_workspace_and_r
         b_profile = (await root.post(PROFILES, json={
             "name": "b-default", "runtime": "custom", "workspace_id": "B", "is_default": True,
             "secrets": ["B_KEY"]})).json()["data"]
-        b_task = (await root.post("/api/v1/tasks", json={"title": "private", "workspace": "B"})).json()["data"]
+        b_task = (await root.post("/api/v1/tasks", json={"title": "private", "workspace_id": "B"})).json()["data"]
         sandbox = (await root.post("/api/v1/sandboxes", json={"image": FULL})).json()["data"]
         child = await spawn(root, workspace_id="A", permissions={
             "tools": ["agent", "runs", "groups", "tasks", "profiles", "devices"], "sandbox_profiles": ["*"]},
@@ -99,7 +99,7 @@ async def test_a_session_in_a_sandbox_creates_nothing_in_another_workspace_and_r
     assert run["status"] == "succeeded", run
     seen = json.loads(run["output"])
     for name, field in (("group_create", "workspace_id"), ("agent_spawn", "workspace_id"),
-                        ("agent_run", "workspace_id"), ("task_create", "workspace"),
+                        ("agent_run", "workspace_id"), ("task_create", "workspace_id"),
                         ("profile_create", "workspace_id"), ("sandbox_create", "workspace_id"),
                         ("group_dispatch", "runs.0.workspace_id")):
         assert seen[name] == [403, "permission_denied", field], (name, seen[name])

@@ -35,7 +35,7 @@ async def test_a_session_claims_and_completes_over_agent_sock_and_another_sessio
     assert (claim["task"]["id"], claim["lease"]["session_id"], claim["run"]["attempt"]) == (
         task["id"], worker["session"]["id"], 1)
     assert token.startswith("tct_") and claim["lease"]["claim_token_hash"] != token
-    assert stolen.status_code == 403 and stolen.json()["diagnostic"]["evidence"]["field"] == "run_id", stolen.text
+    assert stolen.status_code == 403 and stolen.json()["diagnostic"]["evidence"]["field"] == "task_run_id", stolen.text
     assert beat.status_code == 200 and beat.json()["lease"]["status"] == "running"
     assert done.status_code == 200 and done.json()["task"]["status"] == "completed", done.text
     assert twice.status_code == 409 and twice.json()["diagnostic"]["code"] == "invalid_transition"
@@ -45,16 +45,16 @@ async def test_a_session_claims_and_completes_over_agent_sock_and_another_sessio
 def test_the_cli_creates_claims_and_completes_a_task_and_refuses_bad_input(daemon: Daemon):
     created = json.loads(daemon.cli("tasks", "create", "build", "--priority", "3", "--payload", '{"x": 1}',
                                     "--json").stdout)
-    claim = json.loads(daemon.cli("tasks", "claim", "--lease", "30", "--json").stdout)["claim"]
+    claim = json.loads(daemon.cli("tasks", "claim", "--lease-seconds", "30", "--json").stdout)["claim"]
     assert claim["task"]["id"] == created["id"]
-    done = json.loads(daemon.cli("tasks", "complete", claim["run"]["id"], "--token", claim["claim_token"],
+    done = json.loads(daemon.cli("tasks", "complete", claim["run"]["id"], "--claim-token", claim["claim_token"],
                                  "--json").stdout)
     assert done["task"]["status"] == "completed"
     listed = json.loads(daemon.cli("tasks", "list", "--json").stdout)["data"]
     assert [(t["id"], t["status"]) for t in listed] == [(created["id"], "completed")]
     for args, field in ((["create", "t", "--priority", "-1"], "priority"), (["create", "t", "--max-attempts", "0"],
                                                                               "max_attempts"),
-                        (["claim", "--wait", "1000"], "wait_seconds")):
+                        (["claim", "--wait-seconds", "1000"], "wait_seconds")):
         bad = subprocess.run([AGENTDOCK, "tasks", *args, "--json"], env=daemon.env, capture_output=True, text=True,
                              timeout=60)
         assert bad.returncode == 1 and "Traceback" not in bad.stderr, bad.stderr

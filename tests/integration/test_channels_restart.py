@@ -13,6 +13,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
+from mcp_server.areas import tasks
 from engine import channel_models as cm
 from engine import errors
 from engine import task_models as tm
@@ -32,11 +33,11 @@ async def test_a_kill_9_loses_no_acknowledged_message_repeats_none_and_keeps_eve
     async with DaemonClient(daemon.settings) as root:
         tokens = [(await root.spawn(SpawnRequest(agent_name=f"w{i}", permissions=everything))).token
                   for i in range(3)]
-        long_task = await root.create_task(tm.TaskCreate(title="long", priority=2))
-        short_task = await root.create_task(tm.TaskCreate(title="short", priority=1, max_attempts=1))
+        long_task = await root.call(tasks.CREATE, tm.TaskCreate(title="long", priority=2))
+        short_task = await root.call(tasks.CREATE, tm.TaskCreate(title="short", priority=1, max_attempts=1))
     sender, a, b = (DaemonClient(daemon.settings, token=t) for t in tokens)
-    held = (await sender.claim_task(tm.ClaimNext(lease_seconds=600))).claim
-    dropped = (await a.claim_task(tm.ClaimNext(lease_seconds=2))).claim
+    held = (await sender.call(tasks.CLAIM_NEXT, tm.ClaimNext(lease_seconds=600))).claim
+    dropped = (await a.call(tasks.CLAIM_NEXT, tm.ClaimNext(lease_seconds=2))).claim
     assert held is not None and dropped is not None and held.task.id == long_task.id
     stream = held.run.coordination_channel_id
 
@@ -87,12 +88,12 @@ async def test_a_kill_9_loses_no_acknowledged_message_repeats_none_and_keeps_eve
     acked.append(retried.message.message_id)
     async with root_client(daemon) as r:
         on_stream = (await r.recv_messages(cm.Recv(channel=stream, limit=500))).messages
-        beat = await sender.heartbeat_task(tm.Heartbeat(run_id=held.run.id, claim_token=held.claim_token))
-        done = await sender.complete_task(tm.Complete(run_id=held.run.id, claim_token=held.claim_token))
+        beat = await sender.call(tasks.HEARTBEAT, tm.Heartbeat(task_run_id=held.run.id, claim_token=held.claim_token))
+        done = await sender.call(tasks.COMPLETE, tm.Complete(task_run_id=held.run.id, claim_token=held.claim_token))
         with anyio.fail_after(30):
-            while (await r.get_task(short_task.id)).status != "failed":  # the reaper, on real time
+            while (await r.call(tasks.GET, task_id=short_task.id)).status != "failed":  # the reaper, on real time
                 await anyio.sleep(0.1)
-        expired = await r.get_task(short_task.id)
+        expired = await r.call(tasks.GET, task_id=short_task.id)
     for c in (sender, a, b):
         await c.__aexit__()
 

@@ -72,7 +72,7 @@ async def test_every_create_naming_another_workspace_is_refused_naming_its_field
             "dispatch": lambda: engine.groups.dispatch(a, own_group.id, models.parse(gm.DispatchRequest, {
                 "async": True, "runs": [{"prompt": "p", "command": "out=x"},
                                         {"prompt": "p", "command": "out=x", "workspace_id": "B"}]})),
-            "tasks": lambda: engine.tasks.create(a, tm.TaskCreate(title="t", workspace="B")),
+            "tasks": lambda: engine.tasks.create(a, tm.TaskCreate(title="t", workspace_id="B")),
             "profiles": lambda: engine.profiles.create(a, profile("p", workspace_id="B", network=True)),
             "devices": lambda: engine.devices.create(a, models.DeviceCreate(workspace_id="B")),
         }
@@ -106,7 +106,7 @@ async def test_the_local_user_may_name_any_workspace_and_a_groups_items_stay_in_
 async def test_a_child_spawned_into_its_workspace_by_the_local_user_cannot_reach_out_of_it(tmp_path):
     async with engine_for(tmp_path).running() as engine:
         b_profile = await engine.profiles.create(ROOT, profile("b", workspace_id="B", is_default=True))
-        task = await engine.tasks.create(ROOT, tm.TaskCreate(title="private", workspace="B"))
+        task = await engine.tasks.create(ROOT, tm.TaskCreate(title="private", workspace_id="B"))
         _, a = await spawn(engine, ROOT, workspace_id="A")
         claimed = await engine.tasks.claim_next(a, tm.ClaimNext())
         listed = await engine.tasks.list(a, tm.TaskListQuery())

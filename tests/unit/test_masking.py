@@ -72,11 +72,11 @@ async def test_every_record_a_session_holding_a_secret_writes_is_masked_before_i
                                                           metadata=cm.Metadata(ext={"k": said["hex"]})))).message
         task = await engine.tasks.create(holder, tm.TaskCreate(title=said["whole"], payload={"said": said}))
         claim = (await engine.tasks.claim_next(holder, tm.ClaimNext())).claim
-        done = await engine.tasks.complete(holder, tm.Complete(run_id=claim.run.id, claim_token=claim.claim_token,
+        done = await engine.tasks.complete(holder, tm.Complete(task_run_id=claim.run.id, claim_token=claim.claim_token,
                                                                result={"r": said["base64"]}))
         await engine.tasks.create(holder, tm.TaskCreate(title="second"))
         second = (await engine.tasks.claim_next(holder, tm.ClaimNext())).claim
-        await engine.tasks.fail(holder, tm.Fail(run_id=second.run.id, claim_token=second.claim_token,
+        await engine.tasks.fail(holder, tm.Fail(task_run_id=second.run.id, claim_token=second.claim_token,
                                                 error=said["reversed"]))
         group = await engine.groups.create(holder, gm.GroupCreate(name=said["upper"], metadata={"m": said["url"]}))
         device = await engine.devices.create(holder, models.DeviceCreate(name=said["lower"], metadata={"d": VALUE},

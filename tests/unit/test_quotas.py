@@ -98,12 +98,12 @@ async def test_task_bytes_count_payloads_results_and_errors_of_the_tree(tmp_path
         task = await engine.tasks.create(worker, tm.TaskCreate(title="t", payload={"p": "x" * 50_000}))
         claim = (await engine.tasks.claim_next(worker, tm.ClaimNext())).claim
         with pytest.raises(errors.LimitExceeded) as caught:
-            await engine.tasks.complete(worker, tm.Complete(run_id=claim.run.id, claim_token=claim.claim_token,
+            await engine.tasks.complete(worker, tm.Complete(task_run_id=claim.run.id, claim_token=claim.claim_token,
                                                             result={"r": "y" * 60_000}))
         assert (caught.value.evidence["resource"], caught.value.evidence["field"]) == ("task_bytes", "result")
         held = await engine.tasks.get(ROOT, task.id)
         assert held.status == "claimed" and held.result is None and held.runs[0].status == "running"
-        done = await engine.tasks.complete(worker, tm.Complete(run_id=claim.run.id, claim_token=claim.claim_token,
+        done = await engine.tasks.complete(worker, tm.Complete(task_run_id=claim.run.id, claim_token=claim.claim_token,
                                                                result={"r": "small"}))
         assert done.task.status == "completed"
         used = await engine.store.usage(f"tree:{worker.session_id}")
@@ -121,7 +121,7 @@ async def test_a_payload_or_result_past_its_bound_is_invalid_input_and_writes_no
         await engine.tasks.create(ROOT, tm.TaskCreate(title="fits", payload={"p": "x" * 2_000}))
         claim = (await engine.tasks.claim_next(ROOT, tm.ClaimNext())).claim
         with pytest.raises(errors.InvalidInput) as caught:
-            await engine.tasks.complete(ROOT, tm.Complete(run_id=claim.run.id, claim_token=claim.claim_token,
+            await engine.tasks.complete(ROOT, tm.Complete(task_run_id=claim.run.id, claim_token=claim.claim_token,
                                                           result="r" * 1_100))
         assert caught.value.field == "result"
         assert (await engine.tasks.get(ROOT, claim.task.id)).status == "claimed"
@@ -133,7 +133,7 @@ async def test_a_task_list_gives_summaries_unless_asked_and_bodies_only_within_i
             await engine.tasks.create(ROOT, tm.TaskCreate(title=f"t{i}", payload={"i": i, "p": "x" * 30_000},
                                                           max_attempts=1))
         claim = (await engine.tasks.claim_next(ROOT, tm.ClaimNext())).claim
-        await engine.tasks.fail(ROOT, tm.Fail(run_id=claim.run.id, claim_token=claim.claim_token, error="e" * 5_000))
+        await engine.tasks.fail(ROOT, tm.Fail(task_run_id=claim.run.id, claim_token=claim.claim_token, error="e" * 5_000))
 
         summaries = (await engine.tasks.list(ROOT, tm.TaskListQuery())).data
         assert [t.title for t in summaries] == [f"t{i}" for i in reversed(range(6))]

@@ -83,7 +83,7 @@ class TaskLeases(RuleBasedStateMachine):
     @rule(data=st.data(), action=st.sampled_from(["heartbeat", "complete", "fail", "release"]))
     def holder_acts(self, data: st.DataObject, action: str) -> None:
         worker, claim = data.draw(st.sampled_from(self.claims))
-        holding = {"run_id": claim.run.id, "claim_token": claim.claim_token}
+        holding = {"task_run_id": claim.run.id, "claim_token": claim.claim_token}
         req, fn = {"heartbeat": (tm.Heartbeat(**holding), self.engine.tasks.heartbeat),
                    "complete": (tm.Complete(**holding), self.engine.tasks.complete),
                    "fail": (tm.Fail(error="e", **holding), self.engine.tasks.fail),
@@ -93,7 +93,7 @@ class TaskLeases(RuleBasedStateMachine):
             answer = self.call(fn, self.workers[worker], req)
         except REFUSED as exc:
             assert not valid, f"the current holder's {action} was refused: {exc}"
-            assert exc.evidence.get("field") == "run_id"
+            assert exc.evidence.get("field") == "task_run_id"
             return
         assert valid, f"a stale holder's {action} applied"
         if action == "complete":
@@ -109,9 +109,9 @@ class TaskLeases(RuleBasedStateMachine):
         before = self.call(self.engine.tasks.get, ROOT, claim.task.id)
         try:
             self.call(self.engine.tasks.complete, self.workers[(worker + other) % WORKERS],
-                      tm.Complete(run_id=claim.run.id, claim_token=token))
+                      tm.Complete(task_run_id=claim.run.id, claim_token=token))
         except errors.PermissionDenied as exc:
-            assert exc.evidence["field"] == "run_id"
+            assert exc.evidence["field"] == "task_run_id"
         else:
             raise AssertionError("another session completed a task it does not hold")
         assert self.call(self.engine.tasks.get, ROOT, claim.task.id) == before

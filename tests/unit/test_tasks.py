@@ -42,7 +42,7 @@ async def claim(engine: Engine, caller, **kw) -> tm.Claim:
 
 
 def holding(c: tm.Claim) -> dict:
-    return {"run_id": c.run.id, "claim_token": c.claim_token}
+    return {"task_run_id": c.run.id, "claim_token": c.claim_token}
 
 
 async def test_claims_take_the_highest_priority_then_the_oldest_task(tmp_path):
@@ -89,13 +89,13 @@ async def test_a_stale_holder_is_fenced_off_once_its_task_is_claimed_again(tmp_p
                      engine.tasks.release(a, tm.Holding(**holding(first)))):
             with pytest.raises(errors.InvalidTransition) as caught:
                 await call
-            assert caught.value.evidence["field"] == "run_id"
+            assert caught.value.evidence["field"] == "task_run_id"
             assert caught.value.evidence["current_run_id"] == second.run.id
         with pytest.raises(errors.PermissionDenied) as foreign:
             await engine.tasks.complete(a, tm.Complete(**holding(second)))
-        assert foreign.value.evidence["field"] == "run_id"
+        assert foreign.value.evidence["field"] == "task_run_id"
         with pytest.raises(errors.PermissionDenied) as wrong_token:
-            await engine.tasks.complete(b, tm.Complete(run_id=second.run.id, claim_token=first.claim_token))
+            await engine.tasks.complete(b, tm.Complete(task_run_id=second.run.id, claim_token=first.claim_token))
         assert wrong_token.value.evidence["field"] == "claim_token"
         assert await engine.tasks.get(ROOT, task.id) == before  # nothing written
         done = await engine.tasks.complete(b, tm.Complete(result={"ok": True}, **holding(second)))
