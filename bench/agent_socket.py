@@ -31,6 +31,7 @@ N = int(os.environ.get("AGENTDOCK_BENCH_N", 5 if QUICK else 500))
 
 TIMER = r"""
 import http.client, json, os, socket, sys, time
+from mcp_server import areas
 class C(http.client.HTTPConnection):
     def connect(self):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); self.sock.connect(os.environ["SOCK"])
@@ -62,13 +63,13 @@ async def main() -> None:
                                   env={**os.environ, "SOCK": str(settings.control_socket)})
             from_host = json.loads(host.stdout)
             async with DaemonClient(settings, token="") as client:
-                device = await client.create_device(models.DeviceCreate(image=IMAGE))
+                device = await client.call(areas.devices.CREATE, models.DeviceCreate(image=IMAGE))
                 spawned = await client.spawn(sessions.SpawnRequest(
                     agent_name="bench", permissions={"tools": ["agent"]}, prompt="bench", target_id=device.id,
                     command=f"SOCK=$AGENTDOCK_SOCKET python3 -c '{TIMER}' {N}", timeout=600))
                 assert spawned.run is not None
                 run = await client.wait_run(spawned.run.id, 600)
-                await client.delete_device(device.id)
+                await client.call(areas.devices.DELETE, sandbox_id=device.id)
             if run.status != "succeeded":
                 raise SystemExit(f"the in-sandbox timer failed: {run.failure_kind} {run.stderr[-500:]}")
             from_sandbox = json.loads(run.output)

@@ -33,6 +33,7 @@ from engine import models  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from mcp_server import daemon  # noqa: E402
 from mcp_server.client import DaemonClient  # noqa: E402
+from mcp_server import areas
 
 QUICK = sizing.quick()
 IMAGE = os.environ.get("AGENTDOCK_BENCH_IMAGE", "agentdock-small:latest")
@@ -100,7 +101,7 @@ async def main() -> None:
                                 detach=True, init=True, network_mode="none", cap_drop=["ALL"])
     try:
         async with DaemonClient(settings) as api:
-            sandbox = await api.create_device(models.DeviceCreate(image=IMAGE))
+            sandbox = await api.call(areas.devices.CREATE, models.DeviceCreate(image=IMAGE))
 
             def raw_exec() -> None:
                 assert raw.exec_run(["sh", "-c", "echo hi"]).exit_code == 0
@@ -153,7 +154,7 @@ async def main() -> None:
                         raw_run()
                         w_raw.append((time.perf_counter() - t) * 1000)
                         w_run += await ad_warm(1)
-            await api.delete_device(sandbox.id)
+            await api.call(areas.devices.DELETE, sandbox_id=sandbox.id)
     finally:
         raw.remove(force=True)
         daemon.stop(settings)

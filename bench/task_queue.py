@@ -76,7 +76,7 @@ async def wakeup_latency(receivers: int, home: Path) -> list[float]:
         async def listen(i: int, caller: Caller) -> None:
             while True:
                 ready[i].set()
-                got = await engine.channels.recv(caller, cm.Recv(channel=channel, wait=True, wait_seconds=30))
+                got = await engine.channels.recv(caller, cm.Recv(channel_id=channel, wait=True, wait_seconds=30))
                 now = time.perf_counter()
                 seen.extend(now - sent_at for m in got.messages if m.body != "stop")
                 if any(m.body == "stop" for m in got.messages):
@@ -94,9 +94,9 @@ async def wakeup_latency(receivers: int, home: Path) -> list[float]:
             for i in range(ROUNDS):
                 await all_waiting()
                 sent_at = time.perf_counter()
-                await engine.channels.send(ROOT, cm.Send(channel=channel, body=i))
+                await engine.channels.send(ROOT, cm.Send(channel_id=channel, body=i))
             await all_waiting()
-            await engine.channels.send(ROOT, cm.Send(channel=channel, body="stop"))
+            await engine.channels.send(ROOT, cm.Send(channel_id=channel, body="stop"))
     assert len(seen) == ROUNDS * receivers, len(seen)
     return seen
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 
 from engine import errors, ids, models
 from engine.records import Row
@@ -84,19 +84,14 @@ class ApprovalRef(models.Input):
 
 
 class ApprovalWait(ApprovalRef):
-    wait_seconds: float = Field(default=0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
+    wait_seconds: float = Field(default=0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False,
+                                validation_alias=AliasChoices("wait_seconds", "wait"))
     """Wait up to this long while it is still pending (a decision or its expiry ends the wait)."""
-
-
-class ApprovalQuery(ApprovalRef):
-    """`GET /api/agent/approvals/{approval_id}?wait=S`."""
-
-    wait: float = Field(default=0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False)
-    """Seconds to wait while it is still pending (at most 45)."""
 
 
 class ApprovalListQuery(models.Input):
     status: ApprovalStatus | None = None
+    """Only approvals in this status."""
     """Only approvals in this status (default: all), newest first."""
     limit: int = Field(default=50, ge=1, le=500)
 
@@ -114,6 +109,7 @@ class ApprovalEventsQuery(models.Input):
     after_sequence: int = Field(default=0, ge=0, le=models.MAX_SEQUENCE)
     """Only events after this sequence number."""
     limit: int = Field(default=100, ge=1, le=1000)
+    """At most this many."""
 
 
 class Review(models.Input):

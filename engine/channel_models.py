@@ -150,22 +150,25 @@ class Outgoing(models.Input):
 
 
 class Send(Outgoing):
-    channel: ids.ChannelId
+    channel_id: ids.ChannelId
     """The channel id (chn_...): `channel_list` shows yours."""
     metadata: Metadata = Field(default_factory=Metadata)
+    """Its kind (`message_kind`) and what it is about (task, run, correlation)."""
 
 
 class Reply(Outgoing):
     reply_to_message_id: ids.MessageId
     """The message answered (msg_...): the reply goes to its sender, on its channel."""
     metadata: Metadata = Field(default_factory=lambda: Metadata(message_kind=MessageKind.reply))
+    """Its kind (default `reply`) and what it is about; the correlation id is the original's."""
 
 
 SendOrReply = TypeVar("SendOrReply", Send, Reply)
 
 
 class Recv(models.Input):
-    channel: ids.ChannelId
+    channel_id: ids.ChannelId
+    """The channel id (chn_...)."""
     limit: int = Field(default=DEFAULT_RECV_LIMIT, ge=1, le=MAX_RECV_LIMIT)
     """At most this many messages, and fewer once their bodies pass the answer's byte budget (1 MiB by
     default): the rest wait for the next recv."""

@@ -100,7 +100,7 @@ class ChannelService:
 
     async def send(self, caller: Caller, req: cm.Send) -> cm.MessageResult:
         caller.require("channels", "channel_send")
-        self._same_channel(req.metadata, req.channel)
+        self._same_channel(req.metadata, req.channel_id)
         if req.metadata.message_kind is cm.MessageKind.reply:
             raise errors.InvalidInput(
                 "metadata.message_kind", "a reply is sent with channel_reply, which addresses it to the sender of "
@@ -109,7 +109,7 @@ class ChannelService:
         req = await self._masked(caller, req)
         allowed = await self._network_channels(caller)
         async with self.store.write(self.clock.now()) as tx:
-            channel = await self._open(tx, caller, req.channel, allowed)
+            channel = await self._open(tx, caller, req.channel_id, allowed)
             self._kind_allowed(channel, req.metadata.message_kind)
             row = await self._stored(tx, caller, req)
             if row is None:
@@ -160,10 +160,10 @@ class ChannelService:
         deadline = self.clock.monotonic() + wait
         waited = False
         while True:
-            arrived = self.store.topics.watch(topics.channel(req.channel))
+            arrived = self.store.topics.watch(topics.channel(req.channel_id))
             async with self.store.write(self.clock.now()) as tx:
-                await self._open(tx, caller, req.channel, allowed)
-                rows = await tx.take_messages(req.channel, caller.session_id, req.limit, req.after_sequence,
+                await self._open(tx, caller, req.channel_id, allowed)
+                rows = await tx.take_messages(req.channel_id, caller.session_id, req.limit, req.after_sequence,
                                               self.settings.list_page_max_bytes)
             left = deadline - self.clock.monotonic()
             if rows or left <= 0:
@@ -201,11 +201,11 @@ class ChannelService:
         across a thread hop.)"""
         channel = await tx.channel(channel_id)
         if channel is None or not (caller.is_root or await tx.is_member(channel_id, caller.session_id)):
-            raise errors.NotFound("channel", channel_id, evidence={"field": "channel"})
+            raise errors.NotFound("channel", channel_id, evidence={"field": "channel_id"})
         if not permitted(allowed, channel):
             raise errors.PermissionDenied(
                 f"channel: your permissions' network_channels do not name {channel.channel} ({channel.id})",
-                evidence={"field": "channel", "channel": channel.channel, "session_id": caller.session_id})
+                evidence={"field": "channel_id", "channel": channel.channel, "session_id": caller.session_id})
         return channel
 
     @staticmethod

@@ -11,10 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol
 
 from engine import approval_models as am
-from engine import channel_models as cm
 from engine import context, models, sessions, souls
-from engine import profile_models as pm
-from engine import task_models as tm
 from engine import group_models as gm
 from engine.app import Engine
 from engine.callers import Caller
@@ -29,15 +26,6 @@ class AgentDockAPI(Protocol):
     async def call(self, op: ops.Op[ops.I, ops.O], inp: ops.I | None = None, /, **fields: Any) -> ops.O:
         """Carry out a declared operation: `inp`, or its input made from `fields` (checked)."""
         ...
-
-    # devices
-    async def create_device(self, req: models.DeviceCreate) -> models.Device: ...
-
-    async def list_devices(self) -> models.DeviceList: ...
-
-    async def get_device(self, device_id: str) -> models.Device: ...
-
-    async def delete_device(self, device_id: str) -> models.Device: ...
 
     # runs
     async def create_run(self, req: models.RunCreate) -> models.Run: ...
@@ -75,17 +63,6 @@ class AgentDockAPI(Protocol):
 
     async def stop_session(self, session_id: str) -> sessions.Session: ...
 
-    # soul
-    async def get_soul(self, agent_name: str | None = None) -> souls.Soul:
-        """An agent's soul (default: the caller's own); a missing one is `present: false`, not an error."""
-        ...
-
-    async def validate_soul(self, req: souls.SoulValidate) -> souls.Soul:
-        """The soul `req.content` would be, or the stored one's check; an invalid one is an answer, not an error."""
-        ...
-
-    async def import_soul(self, req: souls.SoulImport) -> souls.SoulImported: ...
-
     # groups
     async def create_group(self, req: gm.GroupCreate) -> gm.Group: ...
 
@@ -114,40 +91,6 @@ class AgentDockAPI(Protocol):
     async def cancel_group(self, group_id: str) -> gm.Group: ...
 
 
-    # channels
-    async def list_channels(self) -> cm.ChannelList: ...
-
-    async def send_message(self, req: cm.Send) -> cm.MessageResult: ...
-
-    async def recv_messages(self, req: cm.Recv) -> cm.Messages:
-        """What the caller has not yet received (waited for, bounded, when `req.wait`)."""
-        ...
-
-    async def reply_message(self, req: cm.Reply) -> cm.MessageResult: ...
-
-    # profiles
-    async def create_profile(self, req: pm.ProfileCreate) -> pm.Profile: ...
-
-    async def get_profile(self, profile_id: str) -> pm.Profile: ...
-
-    async def list_profiles(self, q: pm.ProfileListQuery) -> pm.ProfileList: ...
-
-    async def update_profile(self, req: pm.ProfileUpdate) -> pm.Profile: ...
-
-    async def delete_profile(self, profile_id: str) -> pm.Profile: ...
-
-    # approvals
-    async def get_approval(self, approval_id: str, wait: float = 0) -> am.Approval:
-        """An approval the caller may see; with `wait`, once it is no longer pending (at most 45 s)."""
-        ...
-
-    async def list_approvals(self, q: am.ApprovalListQuery) -> am.ApprovalList: ...
-
-    async def approve(self, approval_id: str, req: am.Decision) -> am.Approval: ...
-
-    async def deny(self, approval_id: str, req: am.Decision) -> am.Approval: ...
-
-    async def approval_events(self, q: am.ApprovalEventsQuery) -> am.ApprovalEventList: ...
 
 
 class InProcessAPI:
@@ -159,18 +102,6 @@ class InProcessAPI:
 
     async def call(self, op: ops.Op[ops.I, ops.O], inp: ops.I | None = None, /, **fields: Any) -> ops.O:
         return await op.serve(self.engine, self.caller, op.parse(inp, **fields))
-
-    async def create_device(self, req: models.DeviceCreate) -> models.Device:
-        return await self.engine.devices.create(self.caller, req)
-
-    async def list_devices(self) -> models.DeviceList:
-        return await self.engine.devices.list(self.caller)
-
-    async def get_device(self, device_id: str) -> models.Device:
-        return await self.engine.devices.get(self.caller, device_id)
-
-    async def delete_device(self, device_id: str) -> models.Device:
-        return await self.engine.devices.delete(self.caller, device_id)
 
     async def create_run(self, req: models.RunCreate) -> models.Run:
         return await self.engine.runs.create(self.caller, req)
@@ -217,15 +148,6 @@ class InProcessAPI:
     async def stop_session(self, session_id: str) -> sessions.Session:
         return await self.engine.sessions.stop(self.caller, session_id)
 
-    async def get_soul(self, agent_name: str | None = None) -> souls.Soul:
-        return await self.engine.souls.get(self.caller, agent_name)
-
-    async def validate_soul(self, req: souls.SoulValidate) -> souls.Soul:
-        return await self.engine.souls.validate(self.caller, req)
-
-    async def import_soul(self, req: souls.SoulImport) -> souls.SoulImported:
-        return await self.engine.souls.import_agent(self.caller, req)
-
     async def create_group(self, req: gm.GroupCreate) -> gm.Group:
         return await self.engine.groups.create(self.caller, req)
 
@@ -252,45 +174,3 @@ class InProcessAPI:
 
     async def cancel_group(self, group_id: str) -> gm.Group:
         return await self.engine.groups.cancel(self.caller, group_id)
-
-    async def list_channels(self) -> cm.ChannelList:
-        return await self.engine.channels.list(self.caller)
-
-    async def send_message(self, req: cm.Send) -> cm.MessageResult:
-        return await self.engine.channels.send(self.caller, req)
-
-    async def recv_messages(self, req: cm.Recv) -> cm.Messages:
-        return await self.engine.channels.recv(self.caller, req)
-
-    async def reply_message(self, req: cm.Reply) -> cm.MessageResult:
-        return await self.engine.channels.reply(self.caller, req)
-
-    async def create_profile(self, req: pm.ProfileCreate) -> pm.Profile:
-        return await self.engine.profiles.create(self.caller, req)
-
-    async def get_profile(self, profile_id: str) -> pm.Profile:
-        return await self.engine.profiles.get(self.caller, profile_id)
-
-    async def list_profiles(self, q: pm.ProfileListQuery) -> pm.ProfileList:
-        return await self.engine.profiles.list(self.caller, q)
-
-    async def update_profile(self, req: pm.ProfileUpdate) -> pm.Profile:
-        return await self.engine.profiles.update(self.caller, req)
-
-    async def delete_profile(self, profile_id: str) -> pm.Profile:
-        return await self.engine.profiles.delete(self.caller, profile_id)
-
-    async def get_approval(self, approval_id: str, wait: float = 0) -> am.Approval:
-        return await self.engine.approvals.get(self.caller, approval_id, wait)
-
-    async def list_approvals(self, q: am.ApprovalListQuery) -> am.ApprovalList:
-        return await self.engine.approvals.list(self.caller, q)
-
-    async def approve(self, approval_id: str, req: am.Decision) -> am.Approval:
-        return await self.engine.approvals.approve(self.caller, approval_id, req)
-
-    async def deny(self, approval_id: str, req: am.Decision) -> am.Approval:
-        return await self.engine.approvals.deny(self.caller, approval_id, req)
-
-    async def approval_events(self, q: am.ApprovalEventsQuery) -> am.ApprovalEventList:
-        return await self.engine.approvals.events(self.caller, q)

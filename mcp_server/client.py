@@ -15,10 +15,7 @@ import httpx
 from pydantic import BaseModel
 
 from engine import approval_models as am
-from engine import channel_models as cm
 from engine import context, errors, ids, models, sessions, souls
-from engine import profile_models as pm
-from engine import task_models as tm
 from engine import group_models as gm
 from engine.settings import Settings
 from mcp_server import ops
@@ -101,7 +98,8 @@ class DaemonClient:
         rest = op.rest(inp)
         reads = op.method in ("GET", "DELETE")
         payload = await self.request(op.method, op.url(inp), json=None if reads else rest,
-                                     params=rest if reads else None, timeout=op.timeout(inp), accept=op.accept)
+                                     params=rest if reads else None, timeout=op.timeout(inp),
+                                     accept=(422,) if op.invalid else ())
         key = op.wrapped()
         return op.output.model_validate(payload if key is None else payload[key])
 
@@ -110,20 +108,6 @@ class DaemonClient:
 
     # Every id is checked by shape before it goes into a path, and escaped there: an id is one path
     # segment, never `../other-route` or a query string.
-
-    # devices
-    async def create_device(self, req: models.DeviceCreate) -> models.Device:
-        payload = await self.request("POST", "/sandboxes", json=_body(req))
-        return models.Device.model_validate(payload["data"])
-
-    async def list_devices(self) -> models.DeviceList:
-        return models.DeviceList.model_validate(await self.request("GET", "/sandboxes"))
-
-    async def get_device(self, device_id: str) -> models.Device:
-        return models.Device.model_validate((await self.request("GET", _device_path(device_id)))["data"])
-
-    async def delete_device(self, device_id: str) -> models.Device:
-        return models.Device.model_validate((await self.request("DELETE", _device_path(device_id)))["data"])
 
     # runs
     async def create_run(self, req: models.RunCreate, *, wait: float = 0) -> models.Run:
@@ -215,87 +199,11 @@ class DaemonClient:
     async def stop_session(self, session_id: str) -> sessions.Session:
         return sessions.Session.model_validate((await self.request("POST", _session_path(session_id, "/stop")))["data"])
 
-    # soul (the seed's agent API answers with the soul itself, not under "data")
-    async def get_soul(self, agent_name: str | None = None) -> souls.Soul:
-        return souls.Soul.model_validate(await self.request("GET", SOUL, params={"agent_name": agent_name}))
-
-    async def validate_soul(self, req: souls.SoulValidate) -> souls.Soul:
-        return souls.Soul.model_validate(await self.request("POST", SOUL + "/validate", json=_body(req),
-                                                            accept=(422,)))
-
-    async def import_soul(self, req: souls.SoulImport) -> souls.SoulImported:
-        return souls.SoulImported.model_validate(await self.request("POST", SOUL + "/import", json=_body(req),
-                                                                    accept=(422,)))
 
 
-    # channels (seed 002's agent routes: `channels`, `message`, `messages`)
-    async def list_channels(self) -> cm.ChannelList:
-        return cm.ChannelList.model_validate(await self.request("GET", CHANNELS))
-
-    async def send_message(self, req: cm.Send) -> cm.MessageResult:
-        path = f"{CHANNELS}/{_seg(ids.CHANNEL, req.channel, 'channel')}/send"
-        body = {k: v for k, v in _body(req).items() if k != "channel"}
-        return cm.MessageResult.model_validate(await self.request("POST", path, json=body))
-
-    async def recv_messages(self, req: cm.Recv) -> cm.Messages:
-        path = f"{CHANNELS}/{_seg(ids.CHANNEL, req.channel, 'channel')}/recv"
-        query = {k: v for k, v in _query(req).items() if k != "channel"}
-        wait = req.wait_seconds if req.wait_seconds is not None else (self.settings.mcp_max_wait_seconds
-                                                                      if req.wait else 0)
-        payload = await self.request("GET", path, params=query, timeout=wait + 30)
-        return cm.Messages.model_validate(payload)
-
-    async def reply_message(self, req: cm.Reply) -> cm.MessageResult:
-        return cm.MessageResult.model_validate(await self.request("POST", CHANNELS + "/reply", json=_body(req)))
-
-    # profiles
-    async def create_profile(self, req: pm.ProfileCreate) -> pm.Profile:
-        return pm.Profile.model_validate((await self.request("POST", PROFILES, json=_body(req)))["data"])
-
-    async def get_profile(self, profile_id: str) -> pm.Profile:
-        return pm.Profile.model_validate((await self.request("GET", _profile_path(profile_id)))["data"])
-
-    async def list_profiles(self, q: pm.ProfileListQuery) -> pm.ProfileList:
-        return pm.ProfileList.model_validate(await self.request("GET", PROFILES, params=_query(q)))
-
-    async def update_profile(self, req: pm.ProfileUpdate) -> pm.Profile:
-        body = req.model_dump(mode="json", exclude={"profile_id"}, exclude_unset=True)
-        return pm.Profile.model_validate((await self.request("PUT", _profile_path(req.profile_id), json=body))["data"])
-
-    async def delete_profile(self, profile_id: str) -> pm.Profile:
-        return pm.Profile.model_validate((await self.request("DELETE", _profile_path(profile_id)))["data"])
-
-    # approvals (a session waits on its own through the agent route)
-    async def get_approval(self, approval_id: str, wait: float = 0) -> am.Approval:
-        path = f"/api/agent/approvals/{_seg(ids.APPROVAL, approval_id, 'approval_id')}"
-        payload = await self.request("GET", path, params={"wait": wait or None}, timeout=wait + 30)
-        return am.Approval.model_validate(payload["data"])
-
-    async def list_approvals(self, q: am.ApprovalListQuery) -> am.ApprovalList:
-        return am.ApprovalList.model_validate(await self.request("GET", APPROVALS, params=_query(q)))
-
-    async def approve(self, approval_id: str, req: am.Decision) -> am.Approval:
-        return await self._decide(approval_id, "approve", req)
-
-    async def deny(self, approval_id: str, req: am.Decision) -> am.Approval:
-        return await self._decide(approval_id, "deny", req)
-
-    async def _decide(self, approval_id: str, verb: str, req: am.Decision) -> am.Approval:
-        path = f"{APPROVALS}/{_seg(ids.APPROVAL, approval_id, 'approval_id')}/{verb}"
-        return am.Approval.model_validate((await self.request("POST", path, json=_body(req)))["data"])
-
-    async def approval_events(self, q: am.ApprovalEventsQuery) -> am.ApprovalEventList:
-        return am.ApprovalEventList.model_validate(await self.request("GET", "/approval-events", params=_query(q)))
 
 
-SOUL = "/api/agent/soul"
-CHANNELS = "/api/agent/channels"
-PROFILES = "/agent-runtime-profiles"
-APPROVALS = "/approvals"
 
-
-def _profile_path(profile_id: str) -> str:
-    return f"{PROFILES}/{_seg(ids.PROFILE, profile_id, 'profile_id')}"
 
 
 def _body(req: BaseModel) -> dict[str, Any]:
@@ -313,10 +221,6 @@ def _query(q: BaseModel) -> dict[str, Any]:
 def _seg(shape: ids.Shape, value: str, field: str) -> str:
     """`value` as one escaped path segment, once it has the shape of an id."""
     return quote(shape.check(value, field), safe="")
-
-
-def _device_path(device_id: str) -> str:
-    return f"/sandboxes/{_seg(ids.DEVICE, device_id, 'sandbox_id')}"
 
 
 def _run_path(run_id: str, rest: str = "") -> str:

@@ -74,8 +74,9 @@ class Op(Generic[I, O]):
     """The key the HTTP answer holds the output under (seed 002's agent routes use their own: `me`,
     `spawn`); None: the output is the body. A page (an output with a `data` list) is the body."""
     status: int = 200
-    accept: tuple[int, ...] = ()
-    """Statuses that carry an answer, not a failure (a soul found invalid: 422)."""
+    invalid: Callable[[Any], bool] | None = None
+    """For an answer that can report a refusal (a soul found invalid): whether this one does; HTTP then
+    answers 422 with it, which the client takes as the answer, not a failure."""
     tool: bool = True
     """Whether it is an MCP tool (False: only HTTP and the CLI, e.g. the local user's session list)."""
     wait: str | None = None
@@ -143,9 +144,7 @@ def endpoint(op: Op[Any, Any], engine: Engine) -> http.Endpoint:
             inp = models.parse(op.input, fields)
         result = await op.serve(engine, caller, inp)
         key = op.wrapped()
-        status = op.status
-        if op.accept and getattr(result, "valid", True) is False:
-            status = op.accept[0]
+        status = 422 if op.invalid is not None and op.invalid(result) else op.status
         body = result.model_dump(mode="json")
         return http.SafeJSONResponse(body if key is None else {key: body}, status_code=status)
 
@@ -185,8 +184,11 @@ def add_command(cli: commands.Commands, op: Op[Any, Any]) -> argparse.ArgumentPa
             value = getattr(args, field, None)
             if value is None:
                 continue
-            if _kind(info) == "json":
+            kind = _kind(info)
+            if kind == "json":
                 value = _json_arg(value, field)
+            elif kind == "pairs":
+                value = commands.env_pairs(value)
             given[info.alias or field] = value
         commands.show(await api.call(op, models.parse(op.input, given)), args.json, op.columns or None)
         return 0
@@ -209,7 +211,10 @@ def add_argument(parser: argparse.ArgumentParser, field: str, info: FieldInfo, *
     if kind is bool:
         parser.add_argument(flag, dest=field, action=argparse.BooleanOptionalAction, default=None, help=help_)
     elif kind == "list":
-        parser.add_argument(flag, dest=field, action="append", default=None, help=help_ + " (repeat for more)")
+        parser.add_argument(flag, dest=field, action="append", default=None, help=help_ + " (repeatable)")
+    elif kind == "pairs":
+        parser.add_argument(flag, dest=field, action="append", default=None, metavar="NAME=VALUE",
+                            help=help_ + " (repeatable)")
     elif kind in (int, float):
         parser.add_argument(flag, dest=field, type=kind, default=None, help=help_)
     elif isinstance(kind, list):
@@ -237,9 +242,18 @@ def _kind(info: FieldInfo) -> Any:
         return [m.value for m in ann]
     if origin is typing.Literal:
         return [str(a) for a in typing.get_args(ann)]
-    if origin in (list, tuple, set, frozenset) and all(_strip_optional(a) is str for a in typing.get_args(ann)[:1]):
+    if origin in (list, tuple, set, frozenset) and _scalar(typing.get_args(ann)[0]):
         return "list"
+    if origin is dict and typing.get_args(ann) == (str, str):
+        return "pairs"
     return "json" if origin in (dict, list) or ann in (Any, object) or _is_model(ann) else str
+
+
+def _scalar(ann: Any) -> bool:
+    """A string, an enum of strings or a string shape (an `Annotated[str, ...]`)."""
+    if typing.get_origin(ann) is typing.Annotated:
+        ann = typing.get_args(ann)[0]
+    return ann is str or (isinstance(ann, type) and issubclass(ann, Enum)) or typing.get_origin(ann) is typing.Literal
 
 
 def _strip_optional(ann: Any) -> Any:

@@ -8,83 +8,38 @@ response); a valid or missing soul is 200.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
-from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.tools import Tool
-from starlette.requests import Request
-from starlette.responses import Response
-
 from engine import errors, models, souls
-from engine.app import Engine
-from engine.callers import Caller
-from engine.settings import Settings
 from mcp_server import commands, mcp_tools
 from mcp_server.api import AgentDockAPI
-from mcp_server.http import Endpoint, SafeJSONResponse, body, params
+from mcp_server.ops import Op
 
 NAME = "soul"
 """The toolset (`--toolsets soul`) and the permission area."""
+op = partial(Op, NAME)
 PATH = "/api/agent/soul"
 
-
-def _answer(value: souls.Soul | souls.SoulImported, ok: bool, status: int = 200) -> Response:
-    return SafeJSONResponse(value.model_dump(mode="json"), status_code=status if ok else 422)
-
-
-# ---------------------------------------------------------------- HTTP
-
-
-def endpoints(engine: Engine) -> list[Endpoint]:
-    service = engine.souls
-
-    async def get(request: Request, caller: Caller) -> Response:
-        return _answer(await service.get(caller, params(request, souls.SoulGet).agent_name), True)
-
-    async def validate(request: Request, caller: Caller) -> Response:
-        params(request, models.Input)
-        soul = await service.validate(caller, models.parse(souls.SoulValidate, await body(request)))
-        return _answer(soul, soul.validation_status is not souls.Status.invalid)
-
-    async def import_(request: Request, caller: Caller) -> Response:
-        params(request, models.Input)
-        imported = await service.import_agent(caller, models.parse(souls.SoulImport, await body(request)))
-        return _answer(imported, imported.written, 201)
-
-    return [
-        Endpoint(PATH, get, ["GET"]),
-        Endpoint(PATH + "/validate", validate, ["POST"]),
-        Endpoint(PATH + "/import", import_, ["POST"]),
-    ]
-
-
-# ---------------------------------------------------------------- MCP
-
-
-def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
-    async def soul_get(inp: souls.SoulGet, ctx: Context) -> souls.Soul:
-        return await api.get_soul(inp.agent_name)
-
-    async def soul_validate(inp: souls.SoulValidate, ctx: Context) -> souls.Soul:
-        return await api.validate_soul(inp)
-
-    return [
-        mcp_tools.make_tool(
-            "soul_get", "Get an agent's soul (default: your own): its identity document's frontmatter (role, tone, "
-            "principles, constraints, collaboration, memory_policy, tags, version) and Markdown body, with digest, "
-            "limits, validation_status and diagnostics. No soul is `present: false`, not an error.",
-            souls.SoulGet, souls.Soul, soul_get, mcp_tools.READ),
-        mcp_tools.make_tool(
-            "soul_validate", "Check a soul document (`content`, not stored) or an agent's stored soul: every problem "
-            "(bad YAML, unknown keys, wrong types, oversize) is a diagnostic with line, column, field and severity.",
-            souls.SoulValidate, souls.Soul, soul_validate, mcp_tools.READ),
-    ]
+GET = op("soul_get", "Get an agent's soul (default: your own): its identity document's frontmatter (role, tone, "
+         "principles, constraints, collaboration, memory_policy, tags, version) and Markdown body, with digest, "
+         "limits, validation_status and diagnostics. No soul is `present: false`, not an error.", souls.SoulGet,
+         souls.Soul, lambda e, c, i: e.souls.get(c, i.agent_name), "GET", PATH, envelope=None)
+VALIDATE = op("soul_validate", "Check a soul document (`content`, not stored) or an agent's stored soul: every "
+              "problem (bad YAML, unknown keys, wrong types, oversize) is a diagnostic with line, column, field "
+              "and severity.", souls.SoulValidate, souls.Soul, lambda e, c, i: e.souls.validate(c, i),
+              "POST", PATH + "/validate", envelope=None, invalid=lambda s: s.validation_status is souls.Status.invalid)
+IMPORT = op("soul_import", "Write a Claude Code agent file as a soul.", souls.SoulImport, souls.SoulImported,
+            lambda e, c, i: e.souls.import_agent(c, i), "POST", PATH + "/import", envelope=None, status=201,
+            invalid=lambda r: not r.written, tool=False)
+OPS = (GET, VALIDATE, IMPORT)
+COMMANDS = {"soul": "agents' souls (identity documents)"}
 
 
 def resources(api: AgentDockAPI) -> list[mcp_tools.Resource]:
     async def soul(agent_name: str) -> str:
         with mcp_tools.resource_errors():
-            return (await api.get_soul(agent_name)).model_dump_json()
+            return (await api.call(GET, agent_name=agent_name)).model_dump_json()
 
     return [mcp_tools.Resource("agentdock://souls/{agent_name}", "soul", "An agent's soul, validated.", soul)]
 
@@ -137,14 +92,14 @@ def show_soul(soul: souls.Soul, as_json: bool, label: str | None = None) -> None
 
 
 async def cmd_get(api: AgentDockAPI, args: argparse.Namespace) -> int:
-    show_soul(await api.get_soul(args.name), args.json)
+    show_soul(await api.call(GET, souls.SoulGet(agent_name=args.name)), args.json)
     return 0
 
 
 async def cmd_validate(api: AgentDockAPI, args: argparse.Namespace) -> int:
     content = read_file(args.file) if args.file else None
     req = models.parse(souls.SoulValidate, commands.given(content=content, agent_name=args.name))
-    soul = await api.validate_soul(req)
+    soul = await api.call(VALIDATE, req)
     show_soul(soul, args.json, args.file)
     return 0 if soul.valid else 1
 
@@ -152,7 +107,7 @@ async def cmd_validate(api: AgentDockAPI, args: argparse.Namespace) -> int:
 async def cmd_import(api: AgentDockAPI, args: argparse.Namespace) -> int:
     req = models.parse(souls.SoulImport, commands.given(content=read_file(args.file), name=args.name,
                                                         force=args.force or None))
-    imported = await api.import_soul(req)
+    imported = await api.call(IMPORT, req)
     if args.json:
         commands.show(imported, True)
     else:
@@ -165,7 +120,6 @@ async def cmd_import(api: AgentDockAPI, args: argparse.Namespace) -> int:
 
 
 def add_commands(cli: commands.Commands) -> None:
-    cli.group("soul", "agents' souls (identity documents)")
     cli.add("soul", "get", cmd_get, help="show an agent's soul").add_argument(
         "name", nargs="?", help="agent name (default: AGENTDOCK_SOUL_AGENT_NAME, agentdock)")
     v = cli.add("soul", "validate", cmd_validate, help="check a soul file, or an agent's stored soul")

@@ -65,7 +65,7 @@ async def test_sessions_talk_over_agent_sock_and_a_waiting_receiver_wakes_on_the
     assert a_again == []  # handed once; b's reply went to the root only
     assert refused.status_code == 403 and "network_channels" in refused.json()["error"]
     assert muted_list == []
-    assert chat_in_unknown.status_code == 404 and chat_in_unknown.json()["diagnostic"]["evidence"]["field"] == "channel"
+    assert chat_in_unknown.status_code == 404 and chat_in_unknown.json()["diagnostic"]["evidence"]["field"] == "channel_id"
     for resp, field in ((too_long, "wait_seconds"), (too_big, "body"), (body_channel, "channel")):
         assert resp.status_code == 400 and resp.json()["diagnostic"]["evidence"]["field"] == field, resp.text
     assert after == []  # the refusals wrote nothing
@@ -80,16 +80,16 @@ async def test_the_mcp_tools_send_receive_and_reply_as_the_local_user(daemon: Da
         async with agent(daemon, child["token"]) as c:
             asked = (await c.post(f"{CHANNELS}/{FAMILY}/send", json={
                 "body": "which branch?", "metadata": {"message_kind": "request"}})).json()["message"]
-            got = await call(client, "channel_recv", {"channel": FAMILY, "wait": True, "wait_seconds": 5})
+            got = await call(client, "channel_recv", {"channel_id": FAMILY, "wait": True, "wait_seconds": 5})
             answered = await call(client, "channel_reply", {"reply_to_message_id": asked["message_id"],
                                                             "body": "main"})
-            sent = await call(client, "channel_send", {"channel": FAMILY, "body": {"go": True},
+            sent = await call(client, "channel_send", {"channel_id": FAMILY, "body": {"go": True},
                                                        "metadata": {"message_kind": "status"}})
             child_got = (await c.get(f"{CHANNELS}/{FAMILY}/recv")).json()["messages"]
-        bad_kind = await failing_call(client, "channel_send", {"channel": FAMILY, "body": 1,
+        bad_kind = await failing_call(client, "channel_send", {"channel_id": FAMILY, "body": 1,
                                                                "metadata": {"message_kind": "shout"}})
-        bad_wait = await failing_call(client, "channel_recv", {"channel": FAMILY, "wait_seconds": 51})
-        empty = await call(client, "channel_recv", {"channel": FAMILY, "wait_seconds": 0.2})
+        bad_wait = await failing_call(client, "channel_recv", {"channel_id": FAMILY, "wait_seconds": 51})
+        empty = await call(client, "channel_recv", {"channel_id": FAMILY, "wait_seconds": 0.2})
     assert [m["message_id"] for m in got["messages"]] == [asked["message_id"]]
     assert answered["message"]["metadata"]["correlation_id"] == asked["message_id"]
     assert [m["message_id"] for m in child_got] == [answered["message"]["message_id"], sent["message"]["message_id"]]

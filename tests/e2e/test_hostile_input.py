@@ -462,7 +462,7 @@ def poisons(model: type[models.Input]) -> dict[str, st.SearchStrategy[Any]]:
                        "include_payload": st.sampled_from(["maybe", 2, [1], {}])}
         out.update({name: strategy for name, strategy in task_fields.items() if name in model.model_fields})
     if model.__module__ == cm.__name__:
-        channel_fields = {"channel": not_an_id(ids.CHANNEL), "reply_to_message_id": not_an_id(ids.MESSAGE),
+        channel_fields = {"channel_id": not_an_id(ids.CHANNEL), "reply_to_message_id": not_an_id(ids.MESSAGE),
                           "body": st.just("x" * (cm.MAX_BODY_BYTES + 1)),
                           "wait": st.sampled_from(["maybe", 2, [1], {}]),
                           "wait_seconds": numbers_outside(0, 45, integer=False),
@@ -624,7 +624,7 @@ def junk_http(draw: st.DrawFn) -> Request:
             ("GET", f"{GROUPS}/{UNKNOWN_GROUP}/runs", gm.GroupRunsQuery), ("GET", f"{GROUPS}/{UNKNOWN_GROUP}",
                                                                              http_app.WaitQuery),
             ("GET", APPROVALS, am.ApprovalListQuery), ("GET", "/api/v1/approval-events", am.ApprovalEventsQuery),
-            ("GET", f"/api/agent/approvals/{UNKNOWN_APPROVAL}", am.ApprovalQuery),
+            ("GET", f"/api/agent/approvals/{UNKNOWN_APPROVAL}", am.ApprovalWait),
         ]))
         args = draw(junk_call(model))
         query = as_query(args)

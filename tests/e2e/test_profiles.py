@@ -123,7 +123,7 @@ async def test_a_session_over_agent_sock_sees_tenant_and_its_workspace_profiles_
 
 def test_the_profiles_cli_creates_lists_gets_updates_and_removes_with_json(daemon: Daemon):
     made = json.loads(daemon.cli("profiles", "create", "cli-one", "--runtime", "codex", "--env", "A=1",
-                                 "--tools", "exec,files", "--default", "--policy",
+                                 "--tools", "exec", "--tools", "files", "--is-default", "--policy",
                                  '{"max_child_sandboxes": 2}', "--json").stdout)
     assert made["id"].startswith("arp_") and made["tools"] == ["exec", "files"] and made["is_default"]
     assert made["policy"] == {"approval": "none", "max_child_sandboxes": 2}
@@ -136,7 +136,7 @@ def test_the_profiles_cli_creates_lists_gets_updates_and_removes_with_json(daemo
                      check=False)
     assert bad.returncode == 1 and json.loads(bad.stdout)["diagnostic"]["suggested_command"] == \
         "agentdock secrets set GH_TOKEN"
-    assert json.loads(daemon.cli("profiles", "rm", made["id"], "--json").stdout)["id"] == made["id"]
+    assert json.loads(daemon.cli("profiles", "delete", made["id"], "--json").stdout)["id"] == made["id"]
     assert json.loads(daemon.cli("profiles", "list", "--json").stdout)["data"] == []
 
 

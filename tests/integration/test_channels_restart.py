@@ -13,7 +13,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from mcp_server.areas import tasks
+from mcp_server.areas import channels, tasks
 from engine import channel_models as cm
 from engine import errors
 from engine import task_models as tm
@@ -49,7 +49,7 @@ async def test_a_kill_9_loses_no_acknowledged_message_repeats_none_and_keeps_eve
         n = 0
         while True:
             try:
-                sent = await sender.send_message(cm.Send(channel=stream, body={"n": n}, idempotency_key=f"n-{n}",
+                sent = await sender.call(channels.SEND, cm.Send(channel_id=stream, body={"n": n}, idempotency_key=f"n-{n}",
                                                          metadata=cm.Metadata(message_kind="progress")))
             except errors.EngineError:
                 cut_off.append(n)  # the daemon is gone: this send may or may not have been committed
@@ -61,14 +61,14 @@ async def test_a_kill_9_loses_no_acknowledged_message_repeats_none_and_keeps_eve
         """Wait on the family channel across the restart until `until` messages came."""
         while len(received[name]) < until:
             try:
-                got = await client.recv_messages(cm.Recv(channel=FAMILY, wait=True, wait_seconds=20))
+                got = await client.call(channels.RECV, cm.Recv(channel_id=FAMILY, wait=True, wait_seconds=20))
             except errors.EngineError:  # the daemon died under the wait: call again once it is back
                 await anyio.sleep(0.2)
                 continue
             received[name].extend(got.messages)
 
     async with root_client(daemon) as r:
-        first = [(await r.send_message(cm.Send(channel=FAMILY, body=i))).message.message_id for i in range(3)]
+        first = [(await r.call(channels.SEND, cm.Send(channel_id=FAMILY, body=i))).message.message_id for i in range(3)]
     with anyio.fail_after(120):
         async with anyio.create_task_group() as tg:
             tg.start_soon(receive, "a", a, 6)
@@ -79,15 +79,15 @@ async def test_a_kill_9_loses_no_acknowledged_message_repeats_none_and_keeps_eve
             await kill_daemon(daemon)
             daemon.start()
             async with root_client(daemon) as r:
-                rest = [(await r.send_message(cm.Send(channel=FAMILY, body=i))).message.message_id
+                rest = [(await r.call(channels.SEND, cm.Send(channel_id=FAMILY, body=i))).message.message_id
                         for i in range(3, 6)]
 
     (n,) = cut_off  # sent again with its key: stored once, whether or not the first attempt was
-    retried = await sender.send_message(cm.Send(channel=stream, body={"n": n}, idempotency_key=f"n-{n}",
+    retried = await sender.call(channels.SEND, cm.Send(channel_id=stream, body={"n": n}, idempotency_key=f"n-{n}",
                                                 metadata=cm.Metadata(message_kind="progress")))
     acked.append(retried.message.message_id)
     async with root_client(daemon) as r:
-        on_stream = (await r.recv_messages(cm.Recv(channel=stream, limit=500))).messages
+        on_stream = (await r.call(channels.RECV, cm.Recv(channel_id=stream, limit=500))).messages
         beat = await sender.call(tasks.HEARTBEAT, tm.Heartbeat(task_run_id=held.run.id, claim_token=held.claim_token))
         done = await sender.call(tasks.COMPLETE, tm.Complete(task_run_id=held.run.id, claim_token=held.claim_token))
         with anyio.fail_after(30):

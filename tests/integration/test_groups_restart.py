@@ -16,6 +16,7 @@ from engine import models
 from mcp_server.client import DaemonClient
 from tests.conftest import Daemon, owned_containers
 from tests.integration.test_restart import kill_daemon
+from mcp_server import areas
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -38,7 +39,7 @@ async def count_finished(client: DaemonClient, group_id: str, at_least: int) -> 
 async def test_kill_9_mid_group_every_entry_ends_once_the_lost_run_is_retried_and_nothing_is_orphaned(
         daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.create_device(models.DeviceCreate())
+        device = await client.call(areas.devices.CREATE, models.DeviceCreate())
         group = await client.create_group(gm.GroupCreate(name="crash", concurrency_limit=LIMIT,
                                                          expected_runs=ENTRIES))
         req = gm.DispatchRequest.model_validate({"async": True, "runs": [

@@ -13,6 +13,7 @@ from engine import models
 from mcp_server import daemon as daemon_mod
 from mcp_server.client import DaemonClient
 from tests.conftest import SMALL, Daemon, owned_containers
+from mcp_server import areas
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 RUNS_DIR = "/tmp/.agentdock/runs"
@@ -53,7 +54,7 @@ async def settled(d: Daemon, run_id: str) -> models.Run:
 
 async def test_run_that_finishes_while_the_daemon_is_down_ends_succeeded_after_restart(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.create_device(models.DeviceCreate())
+        device = await client.call(areas.devices.CREATE, models.DeviceCreate())
         run = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p",
                                                        command="echo before; sleep 1; echo after; exit 0"))
         await wait_for_event(client, run.id, "output")
@@ -66,7 +67,7 @@ async def test_run_that_finishes_while_the_daemon_is_down_ends_succeeded_after_r
 
 async def test_run_still_going_across_a_restart_finishes_normally_without_repeating_output(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.create_device(models.DeviceCreate())
+        device = await client.call(areas.devices.CREATE, models.DeviceCreate())
         run = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p",
                                                        command="echo one; sleep 2; echo two >&2; echo three"))
         await wait_for_event(client, run.id, "output")
@@ -97,7 +98,7 @@ async def test_ephemeral_run_across_a_restart_finishes_and_its_container_is_remo
 
 async def test_run_whose_container_vanished_while_the_daemon_was_down_fails_with_sandbox_lost(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.create_device(models.DeviceCreate())
+        device = await client.call(areas.devices.CREATE, models.DeviceCreate())
         run = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
         await wait_for_event(client, run.id, "run_started")
     await kill_daemon(daemon)
@@ -109,7 +110,7 @@ async def test_run_whose_container_vanished_while_the_daemon_was_down_fails_with
 
 async def test_run_whose_process_died_with_its_container_fails_with_process_lost(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.create_device(models.DeviceCreate())
+        device = await client.call(areas.devices.CREATE, models.DeviceCreate())
         run = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
         await wait_for_event(client, run.id, "run_started")
         await wait_in_container(device.id, run.id, "pid")
@@ -136,7 +137,7 @@ async def test_runs_queued_behind_the_cap_survive_a_kill_9_and_start_in_order_af
     daemon_mod.stop(daemon.settings)
     daemon.start()
     async with DaemonClient(daemon.settings) as client:
-        device = await client.create_device(models.DeviceCreate())
+        device = await client.call(areas.devices.CREATE, models.DeviceCreate())
         blocker = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
         await wait_for_event(client, blocker.id, "run_started")
         queued = [await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p", command=f"echo {i}"))

@@ -37,12 +37,12 @@ def family(session_id: str) -> str:
 
 
 async def send(engine: Engine, caller, channel: str, body, **meta) -> cm.Message:
-    return (await engine.channels.send(caller, cm.Send(channel=channel, body=body,
+    return (await engine.channels.send(caller, cm.Send(channel_id=channel, body=body,
                                                        metadata=cm.Metadata(**meta)))).message
 
 
 async def recv(engine: Engine, caller, channel: str, **kw) -> list[cm.Message]:
-    return (await engine.channels.recv(caller, cm.Recv(channel=channel, **kw))).messages
+    return (await engine.channels.recv(caller, cm.Recv(channel_id=channel, **kw))).messages
 
 
 async def waiting(clock: FakeClock, tg, fn, *args) -> None:  # type: ignore[no-untyped-def]
@@ -155,7 +155,7 @@ async def test_a_waiting_receiver_wakes_on_the_sends_commit_not_on_a_tick(tmp_pa
         got: list[cm.Messages] = []
 
         async def wait() -> None:
-            got.append(await engine.channels.recv(a, cm.Recv(channel=ch, wait=True)))
+            got.append(await engine.channels.recv(a, cm.Recv(channel_id=ch, wait=True)))
 
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
@@ -174,7 +174,7 @@ async def test_a_wait_ends_empty_at_its_bound_and_a_wait_beyond_the_servers_boun
         got: list[cm.Messages] = []
 
         async def wait() -> None:
-            got.append(await engine.channels.recv(a, cm.Recv(channel=ch, wait_seconds=5)))
+            got.append(await engine.channels.recv(a, cm.Recv(channel_id=ch, wait_seconds=5)))
 
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
@@ -187,10 +187,10 @@ async def test_bad_messages_are_refused_naming_the_field_and_write_nothing(tmp_p
     async with engine_for(tmp_path).running() as engine:
         await child(engine)
         ch = family(ROOT.session_id)
-        for data, field in (({"channel": ch, "body": "x" * (cm.MAX_BODY_BYTES + 1)}, "body"),
-                            ({"channel": "chn_nothex", "body": 1}, "channel"),
-                            ({"channel": ch, "body": 1, "metadata": {"message_kind": "shout"}}, "message_kind"),
-                            ({"channel": ch, "body": 1, "metadata": {"task_id": "../x"}}, "task_id"),
+        for data, field in (({"channel_id": ch, "body": "x" * (cm.MAX_BODY_BYTES + 1)}, "body"),
+                            ({"channel_id": "chn_nothex", "body": 1}, "channel"),
+                            ({"channel_id": ch, "body": 1, "metadata": {"message_kind": "shout"}}, "message_kind"),
+                            ({"channel_id": ch, "body": 1, "metadata": {"task_id": "../x"}}, "task_id"),
                             ({"channel": ch, "body": 1, "extra": 1}, "extra")):
             with pytest.raises(errors.InvalidInput, match=field):
                 await engine.channels.send(ROOT, cm.models.parse(cm.Send, data))
@@ -231,11 +231,11 @@ async def test_a_send_repeated_with_its_idempotency_key_returns_the_first_messag
     async with engine_for(tmp_path).running() as engine:
         a = await child(engine)
         ch = family(ROOT.session_id)
-        first = await engine.channels.send(ROOT, cm.Send(channel=ch, body={"n": 1}, idempotency_key="k-1"))
-        again = await engine.channels.send(ROOT, cm.Send(channel=ch, body={"n": 1}, idempotency_key="k-1"))
+        first = await engine.channels.send(ROOT, cm.Send(channel_id=ch, body={"n": 1}, idempotency_key="k-1"))
+        again = await engine.channels.send(ROOT, cm.Send(channel_id=ch, body={"n": 1}, idempotency_key="k-1"))
         with pytest.raises(errors.Conflict, match="idempotency_key"):
-            await engine.channels.send(ROOT, cm.Send(channel=ch, body={"n": 2}, idempotency_key="k-1"))
-        theirs = await engine.channels.send(a, cm.Send(channel=ch, body={"n": 1}, idempotency_key="k-1"))
+            await engine.channels.send(ROOT, cm.Send(channel_id=ch, body={"n": 2}, idempotency_key="k-1"))
+        theirs = await engine.channels.send(a, cm.Send(channel_id=ch, body={"n": 1}, idempotency_key="k-1"))
         assert again.message == first.message and theirs.message.message_id != first.message.message_id
         assert [m.message_id for m in await recv(engine, a, ch)] == [first.message.message_id]
         assert (await engine.store.channel(ch)).last_sequence == 2  # the root's one message and a's
@@ -256,7 +256,7 @@ async def test_a_session_stopped_while_it_waits_neither_receives_nor_claims(tmp_
 
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
-                await waiting(clock, tg, wait, engine.channels.recv(a, cm.Recv(channel=ch, wait=True)))
+                await waiting(clock, tg, wait, engine.channels.recv(a, cm.Recv(channel_id=ch, wait=True)))
                 await waiting(clock, tg, wait, engine.tasks.claim_next(a, tm.ClaimNext(wait_seconds=30)))
                 await engine.sessions.stop(ROOT, a.session_id)
                 await send(engine, ROOT, ch, "too late")

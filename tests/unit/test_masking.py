@@ -68,7 +68,7 @@ async def test_every_record_a_session_holding_a_secret_writes_is_masked_before_i
         holder = await child(engine, permissions=EVERYTHING, agent_runtime_profile_id=profile)
         said = disguises(VALUE)
         ch = family(ROOT.session_id)
-        msg = (await engine.channels.send(holder, cm.Send(channel=ch, body={"said": said, VALUE: 1},
+        msg = (await engine.channels.send(holder, cm.Send(channel_id=ch, body={"said": said, VALUE: 1},
                                                           metadata=cm.Metadata(ext={"k": said["hex"]})))).message
         task = await engine.tasks.create(holder, tm.TaskCreate(title=said["whole"], payload={"said": said}))
         claim = (await engine.tasks.claim_next(holder, tm.ClaimNext())).claim
@@ -112,8 +112,8 @@ async def test_an_id_holding_a_secret_is_refused_naming_it_and_nothing_is_writte
         ch = family(ROOT.session_id)
         refusals = {
             "metadata.correlation_id": engine.channels.send(holder, cm.Send(
-                channel=ch, body=1, metadata=cm.Metadata(correlation_id=VALUE))),
-            "idempotency_key": engine.channels.send(holder, cm.Send(channel=ch, body=1, idempotency_key=VALUE[::-1])),
+                channel_id=ch, body=1, metadata=cm.Metadata(correlation_id=VALUE))),
+            "idempotency_key": engine.channels.send(holder, cm.Send(channel_id=ch, body=1, idempotency_key=VALUE[::-1])),
             "identifier": engine.tasks.create(holder, tm.TaskCreate(title="t", identifier=VALUE)),
             "project_id": engine.groups.create(holder, gm.GroupCreate(project_id=VALUE.upper())),
             "spawn_role": engine.sessions.spawn(holder, SpawnRequest(agent_name="x", spawn_role=VALUE)),
@@ -140,7 +140,7 @@ async def test_a_tree_holds_the_secrets_of_its_runs_profiles_and_devices_and_onl
         ch = family(ROOT.session_id)
 
         async def body_sent_by(caller, channel: str = ch) -> object:
-            msg = await engine.channels.send(caller, cm.Send(channel=channel,
+            msg = await engine.channels.send(caller, cm.Send(channel_id=channel,
                                                              body=f"{VALUE} and another-value-of-a-key-1234"))
             return msg.message.body
 
