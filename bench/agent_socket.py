@@ -64,11 +64,11 @@ async def main() -> None:
             from_host = json.loads(host.stdout)
             async with DaemonClient(settings, token="") as client:
                 device = await client.call(areas.devices.CREATE, models.DeviceCreate(image=IMAGE))
-                spawned = await client.spawn(sessions.SpawnRequest(
+                spawned = await client.call(areas.agent.SPAWN, sessions.SpawnRequest(
                     agent_name="bench", permissions={"tools": ["agent"]}, prompt="bench", target_id=device.id,
                     command=f"SOCK=$AGENTDOCK_SOCKET python3 -c '{TIMER}' {N}", timeout=600))
                 assert spawned.run is not None
-                run = await client.wait_run(spawned.run.id, 600)
+                run = await areas.runs.until_ended(client, spawned.run.id)
                 await client.call(areas.devices.DELETE, sandbox_id=device.id)
             if run.status != "succeeded":
                 raise SystemExit(f"the in-sandbox timer failed: {run.failure_kind} {run.stderr[-500:]}")

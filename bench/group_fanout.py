@@ -35,6 +35,7 @@ from engine import group_models as gm  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from mcp_server import daemon  # noqa: E402
 from mcp_server.client import DaemonClient  # noqa: E402
+from mcp_server import areas
 
 QUICK = sizing.quick()
 IMAGE = os.environ.get("AGENTDOCK_BENCH_IMAGE", "agentdock-small:latest")
@@ -94,7 +95,7 @@ async def agentdock_fanout(api: DaemonClient, c: int, n: int = N,
         final = await api.wait_group(group.id, 600)
         wall = time.perf_counter() - t
     assert final.status == "succeeded" and final.entry_counts.succeeded == n, final.status_message
-    runs = [await api.get_run(r.run_id) for r in (await api.group_runs(group.id, gm.GroupRunsQuery(limit=1000))).data]
+    runs = [await api.call(areas.runs.GET, run_id=r.run_id) for r in (await api.group_runs(group.id, gm.GroupRunsQuery(limit=1000))).data]
     spans = [(r.started_at, r.finished_at) for r in runs]
     peak = max(sum(1 for s, f in spans if s <= start < f) for start, _ in spans)  # type: ignore[operator]
     phases = {  # created (claimed) -> started (admitted) -> result recorded -> end published (sandbox removed)

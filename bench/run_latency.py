@@ -107,7 +107,7 @@ async def main() -> None:
                 assert raw.exec_run(["sh", "-c", "echo hi"]).exit_code == 0
 
             async def ad_exec() -> None:
-                run = await api.create_run(models.RunCreate(sandbox_id=sandbox.id, prompt="bench", command="echo hi"),
+                run = await api.call(areas.runs.CREATE, models.RunCreate(sandbox_id=sandbox.id, prompt="bench", command="echo hi"),
                                            wait=30)
                 assert run.status == "succeeded", run
 
@@ -117,7 +117,7 @@ async def main() -> None:
                 assert out == b"hi\n"
 
             async def ad_ephemeral() -> None:
-                run = await api.create_run(models.RunCreate(prompt="bench", command="echo hi"), wait=60)
+                run = await areas.runs.until_ended(api, (await api.call(areas.runs.CREATE, prompt="bench", command="echo hi")).id)
                 assert run.status == "succeeded", run
 
             async with DaemonClient(warm_settings) as warm_api:
@@ -129,10 +129,10 @@ async def main() -> None:
                     for _ in range(n):
                         await anyio.to_thread.run_sync(pool_full, client, warm_home)
                         t = time.perf_counter()
-                        run = await warm_api.create_run(models.RunCreate(prompt="bench", command="echo hi"), wait=60)
+                        run = await areas.runs.until_ended(warm_api, (await warm_api.call(areas.runs.CREATE, prompt="bench", command="echo hi")).id)
                         elapsed = (time.perf_counter() - t) * 1000
                         assert run.status == "succeeded", run
-                        events = (await warm_api.run_events(run.id)).data
+                        events = (await warm_api.call(areas.runs.EVENTS, run_id=run.id)).data
                         if next(e for e in events if e.type == "run_started").payload.get("pooled"):
                             out.append(elapsed)
                         else:

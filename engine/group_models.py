@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import model_validator, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from engine import errors, ids, models
 from engine.models import IDEMPOTENCY_KEY, MAX_SEQUENCE, Input, Record, _check_metadata, _check_text
@@ -178,7 +178,9 @@ class GroupEventsQuery(Input):
     after_sequence: int = Field(default=0, ge=0, le=MAX_SEQUENCE)
     """Only events with a group sequence greater than this (a cursor: the last sequence you saw)."""
     limit: int = Field(default=500, ge=1, le=1000)
-    wait: float = Field(default=0, ge=0, le=MAX_EVENT_WAIT_SECONDS, allow_inf_nan=False)
+    """At most this many events."""
+    wait_seconds: float = Field(default=0, ge=0, le=MAX_EVENT_WAIT_SECONDS, allow_inf_nan=False,
+                                validation_alias=AliasChoices("wait_seconds", "wait"))
     """Seconds to wait for a new event when there is none and the group is active (long-poll)."""
 
 

@@ -294,7 +294,7 @@ class GroupService:
     # ------------------------------------------------------------ reading
 
     async def events(self, caller: Caller, group_id: str, q: gm.GroupEventsQuery) -> gm.GroupEventList:
-        """Events after `q.after_sequence`; with `q.wait`, long-poll until one is committed or the group ends."""
+        """Events after `q.after_sequence`; with `q.wait_seconds`, long-poll until one is committed or the group ends."""
         await self._row(caller, group_id)
         stream = topics.group(group_id)
         last = await self.store.stream_last(stream)
@@ -302,7 +302,7 @@ class GroupService:
             raise errors.InvalidInput("after_sequence", f"is beyond the end of the group's events (its last "
                                       f"sequence is {last}); pass a sequence you were given",
                                       evidence={"last_sequence": last})
-        deadline = self.clock.monotonic() + q.wait
+        deadline = self.clock.monotonic() + q.wait_seconds
         while True:
             changed = self.store.topics.watch(stream)
             # The status first: a group seen ended has committed its last event (group_finished) with that

@@ -9,7 +9,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+from pydantic.json_schema import SkipJsonSchema
 
 from engine import errors, ids, secrets
 
@@ -260,11 +262,11 @@ class RunCreate(Input):
     target_id: ids.DeviceId | None = None
     """Sandbox or computer id. Omit all targets for a fresh ephemeral sandbox removed after the run."""
     target_kind: TargetKind | None = None
-    """Target family; inferred from `sandbox_id`/`computer_id` or the device."""
-    sandbox_id: ids.SandboxId | None = None
-    """Shortcut for `target_id` with a sandbox target."""
-    computer_id: ids.ComputerId | None = None
-    """Shortcut for `target_id` with a computer target."""
+    """Target family (sandbox or computer); inferred from the id."""
+    sandbox_id: SkipJsonSchema[ids.SandboxId | None] = None
+    """Seed 001's shortcut for `target_id` with a sandbox target (accepted, not advertised: one name for a target)."""
+    computer_id: SkipJsonSchema[ids.ComputerId | None] = None
+    """Seed 001's shortcut for `target_id` with a computer target (accepted, not advertised)."""
     provider: Provider | None = None
     """osa, codex, claude, claude-code, pi, hermes or custom (default: custom when `command` is set, else claude-code)."""
     command: str | None = None
@@ -286,8 +288,8 @@ class RunCreate(Input):
     """The same key with the same body returns the same run."""
     agent_runtime_profile_id: ids.ProfileId | None = None
     """Run under this agent runtime profile (arp_...) instead of the workspace's or tenant's default."""
-    agent_profile_id: ids.ProfileId | None = None
-    """The same as agent_runtime_profile_id (the seed's other name for it)."""
+    agent_profile_id: SkipJsonSchema[ids.ProfileId | None] = None
+    """The same as agent_runtime_profile_id (the seed's other name for it; accepted, not advertised)."""
     skip_agent_runtime_profile: bool = False
     """Apply no profile at all, not even a default."""
     workspace_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -500,16 +502,19 @@ class RunEventList(Record):
     data: list[RunEvent]
     run_status: RunStatus
     """The run's status when this page was read; stop polling once it is terminal and `data` is empty."""
-    next_after: int
+    next_after_sequence: int
     """Pass as `after` to get the events that follow."""
 
 
 class EventsQuery(Input):
-    after: int = Field(default=0, ge=0, le=MAX_SEQUENCE)
-    """Only events with sequence greater than this."""
+    after_sequence: int = Field(default=0, ge=0, le=MAX_SEQUENCE,
+                                validation_alias=AliasChoices("after_sequence", "after"))
+    """Only events with a sequence greater than this (a cursor: the last sequence you saw)."""
     limit: int = Field(default=500, ge=1, le=1000)
-    wait: float = Field(default=0, ge=0, le=50, allow_inf_nan=False)
-    """Seconds to wait for a new event when there is none (long-poll)."""
+    """At most this many events."""
+    wait_seconds: float = Field(default=0, ge=0, le=50, allow_inf_nan=False,
+                                validation_alias=AliasChoices("wait_seconds", "wait"))
+    """Seconds to wait for a new event when there is none (long-poll, at most 45 s over MCP)."""
 
 
 class Artifact(Record):

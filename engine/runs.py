@@ -331,19 +331,19 @@ class RunService:
         return models.RunList(data=[r.record() for r in rows], next_cursor=rows[-1].id if more else None)
 
     async def events(self, caller: Caller, run_id: str, q: models.EventsQuery) -> models.RunEventList:
-        """Events after `q.after`; with `q.wait`, long-poll until one is committed or the run ends."""
-        deadline = self.clock.monotonic() + q.wait
+        """Events after `q.after_sequence`; with `q.wait_seconds`, long-poll until one is committed or the run ends."""
+        deadline = self.clock.monotonic() + q.wait_seconds
         stream = topics.run(run_id)
         while True:
             changed = self.store.topics.watch(stream)
             run = await self.get(caller, run_id)
-            rows = await self.store.events(stream, q.after, q.limit, self.settings.list_page_max_bytes)
+            rows = await self.store.events(stream, q.after_sequence, q.limit, self.settings.list_page_max_bytes)
             remaining = deadline - self.clock.monotonic()
             if rows or run.status in TERMINAL or remaining <= 0:
                 break
             await self.clock.wait(changed, remaining)
         data = [r.run_event() for r in rows]
-        return models.RunEventList(data=data, run_status=run.status, next_after=data[-1].sequence if data else q.after)
+        return models.RunEventList(data=data, run_status=run.status, next_after_sequence=data[-1].sequence if data else q.after_sequence)
 
     async def wait(self, caller: Caller, run_id: str, timeout: float) -> models.Run:
         """The run once it has ended, or as it is when `timeout` passes."""

@@ -28,40 +28,7 @@ class AgentDockAPI(Protocol):
         ...
 
     # runs
-    async def create_run(self, req: models.RunCreate) -> models.Run: ...
-
-    async def get_run(self, run_id: str) -> models.Run: ...
-
-    async def wait_run(self, run_id: str, timeout: float) -> models.Run:
-        """The run once it has ended, or as it is when `timeout` seconds pass (waited for on the server)."""
-        ...
-
-    async def list_runs(self, q: models.RunListQuery) -> models.RunList: ...
-
-    async def cancel_run(self, run_id: str) -> models.Run: ...
-
-    async def run_events(self, run_id: str, q: models.EventsQuery | None = None) -> models.RunEventList:
-        """Events after `q.after`; with `q.wait`, long-polls until one arrives or the run ends."""
-        ...
-
-    async def artifacts(self, run_id: str) -> models.ArtifactList: ...
-
     async def artifact_content(self, run_id: str, path: str) -> bytes: ...
-
-    # sessions
-    async def me(self) -> sessions.Me: ...
-
-    async def spawn(self, req: sessions.SpawnRequest) -> sessions.Spawned: ...
-
-    async def context(self) -> context.Context: ...
-
-    async def coordinator_config(self, workspace: str | None = None) -> context.CoordinatorConfig: ...
-
-    async def list_sessions(self) -> sessions.SessionList: ...
-
-    async def get_session(self, session_id: str) -> sessions.Session: ...
-
-    async def stop_session(self, session_id: str) -> sessions.Session: ...
 
     # groups
     async def create_group(self, req: gm.GroupCreate) -> gm.Group: ...
@@ -103,50 +70,8 @@ class InProcessAPI:
     async def call(self, op: ops.Op[ops.I, ops.O], inp: ops.I | None = None, /, **fields: Any) -> ops.O:
         return await op.serve(self.engine, self.caller, op.parse(inp, **fields))
 
-    async def create_run(self, req: models.RunCreate) -> models.Run:
-        return await self.engine.runs.create(self.caller, req)
-
-    async def get_run(self, run_id: str) -> models.Run:
-        return await self.engine.runs.get(self.caller, run_id)
-
-    async def wait_run(self, run_id: str, timeout: float) -> models.Run:
-        return await self.engine.runs.wait(self.caller, run_id, timeout)
-
-    async def list_runs(self, q: models.RunListQuery) -> models.RunList:
-        return await self.engine.runs.list(self.caller, q)
-
-    async def cancel_run(self, run_id: str) -> models.Run:
-        return await self.engine.runs.cancel(self.caller, run_id)
-
-    async def run_events(self, run_id: str, q: models.EventsQuery | None = None) -> models.RunEventList:
-        return await self.engine.runs.events(self.caller, run_id, q or models.EventsQuery())
-
-    async def artifacts(self, run_id: str) -> models.ArtifactList:
-        return await self.engine.runs.artifacts(self.caller, run_id)
-
     async def artifact_content(self, run_id: str, path: str) -> bytes:
         return await self.engine.runs.artifact_bytes(self.caller, run_id, path)
-
-    async def me(self) -> sessions.Me:
-        return await self.engine.sessions.me(self.caller)
-
-    async def spawn(self, req: sessions.SpawnRequest) -> sessions.Spawned:
-        return await self.engine.sessions.spawn(self.caller, req)
-
-    async def context(self) -> context.Context:
-        return await self.engine.context.context(self.caller)
-
-    async def coordinator_config(self, workspace: str | None = None) -> context.CoordinatorConfig:
-        return await self.engine.context.coordinator_config(self.caller, workspace)
-
-    async def list_sessions(self) -> sessions.SessionList:
-        return await self.engine.sessions.list(self.caller)
-
-    async def get_session(self, session_id: str) -> sessions.Session:
-        return await self.engine.sessions.get(self.caller, session_id)
-
-    async def stop_session(self, session_id: str) -> sessions.Session:
-        return await self.engine.sessions.stop(self.caller, session_id)
 
     async def create_group(self, req: gm.GroupCreate) -> gm.Group:
         return await self.engine.groups.create(self.caller, req)

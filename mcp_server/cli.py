@@ -56,7 +56,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         async with DaemonClient(settings) as client:
             grants = None
             if as_session:  # the tools this session may call (its permissions, its profile's bundles), no others
-                grants = frozenset(c.id for c in (await client.me()).capabilities)
+                grants = frozenset(c.id for c in (await client.call(areas.agent.ME)).capabilities)
             await mcp_app.serve_stdio(client, settings, toolsets, grants)
 
     anyio.run(go)

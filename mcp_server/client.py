@@ -110,32 +110,6 @@ class DaemonClient:
     # segment, never `../other-route` or a query string.
 
     # runs
-    async def create_run(self, req: models.RunCreate, *, wait: float = 0) -> models.Run:
-        payload = await self.request("POST", "/agent-runs", json=_body(req), params={"wait": wait or None},
-                                     timeout=wait + 60)
-        return models.Run.model_validate(payload["data"])
-
-    async def get_run(self, run_id: str) -> models.Run:
-        return models.Run.model_validate((await self.request("GET", _run_path(run_id)))["data"])
-
-    async def wait_run(self, run_id: str, timeout: float) -> models.Run:
-        payload = await self.request("GET", _run_path(run_id), params={"wait": timeout or None}, timeout=timeout + 30)
-        return models.Run.model_validate(payload["data"])
-
-    async def list_runs(self, q: models.RunListQuery) -> models.RunList:
-        return models.RunList.model_validate(await self.request("GET", "/agent-runs", params=_query(q)))
-
-    async def cancel_run(self, run_id: str) -> models.Run:
-        return models.Run.model_validate((await self.request("POST", _run_path(run_id, "/cancel")))["data"])
-
-    async def run_events(self, run_id: str, q: models.EventsQuery | None = None) -> models.RunEventList:
-        q = q or models.EventsQuery()
-        payload = await self.request("GET", _run_path(run_id, "/events"), params=_query(q), timeout=q.wait + 30)
-        return models.RunEventList.model_validate(payload)
-
-    async def artifacts(self, run_id: str) -> models.ArtifactList:
-        return models.ArtifactList.model_validate(await self.request("GET", _run_path(run_id, "/artifacts")))
-
     async def artifact_content(self, run_id: str, path: str) -> bytes:
         return await self.request("GET", _run_path(run_id, "/artifacts/content"), params={"path": path})
 
@@ -176,28 +150,6 @@ class DaemonClient:
     async def cancel_group(self, group_id: str) -> gm.Group:
         return gm.Group.model_validate((await self.request("POST", _group_path(group_id, "/cancel")))["data"])
 
-    # sessions
-    async def me(self) -> sessions.Me:
-        return sessions.Me.model_validate((await self.request("GET", "/api/agent/me"))["me"])
-
-    async def spawn(self, req: sessions.SpawnRequest) -> sessions.Spawned:
-        return sessions.Spawned.model_validate((await self.request("POST", "/api/agent/spawn", json=_body(req)))["spawn"])
-
-    async def context(self) -> context.Context:
-        return context.Context.model_validate((await self.request("GET", "/api/agent/context"))["context"])
-
-    async def coordinator_config(self, workspace: str | None = None) -> context.CoordinatorConfig:
-        payload = await self.request("GET", "/api/agent/coordinator/config", params={"workspace": workspace})
-        return context.CoordinatorConfig.model_validate(payload["coordinator"])
-
-    async def list_sessions(self) -> sessions.SessionList:
-        return sessions.SessionList.model_validate(await self.request("GET", "/sessions"))
-
-    async def get_session(self, session_id: str) -> sessions.Session:
-        return sessions.Session.model_validate((await self.request("GET", _session_path(session_id)))["data"])
-
-    async def stop_session(self, session_id: str) -> sessions.Session:
-        return sessions.Session.model_validate((await self.request("POST", _session_path(session_id, "/stop")))["data"])
 
 
 
@@ -225,10 +177,6 @@ def _seg(shape: ids.Shape, value: str, field: str) -> str:
 
 def _run_path(run_id: str, rest: str = "") -> str:
     return f"/agent-runs/{_seg(ids.RUN, run_id, 'run_id')}{rest}"
-
-
-def _session_path(session_id: str, rest: str = "") -> str:
-    return f"/sessions/{_seg(ids.SESSION, session_id, 'session_id')}{rest}"
 
 
 def _group_path(group_id: str, rest: str = "") -> str:

@@ -158,15 +158,21 @@ def endpoints(ops: Sequence[Op[Any, Any]], engine: Engine) -> list[http.Endpoint
 # ---------------------------------------------------------------- MCP
 
 
-def tool(op: Op[Any, Any], api: Caller_) -> Tool:
+def tool(op: Op[Any, Any], api: Caller_, max_wait: float) -> Tool:
+    """The op as an MCP tool. A long poll waits at most `max_wait` (clients give up on a call after about a
+    minute): the caller calls again with its cursor."""
+
     async def handler(inp: models.Input, ctx: Context) -> BaseModel:
+        waited = getattr(inp, op.wait, None) if op.wait else None
+        if isinstance(waited, (int, float)) and waited > max_wait:
+            inp = inp.model_copy(update={op.wait: max_wait})
         return await api.call(op, inp)
 
     return mcp_tools.make_tool(op.name, op.summary, op.input, op.output, handler, op.hints)
 
 
-def tools(ops: Sequence[Op[Any, Any]], api: Caller_) -> list[Tool]:
-    return [tool(op, api) for op in ops if op.tool]
+def tools(ops: Sequence[Op[Any, Any]], api: Caller_, max_wait: float) -> list[Tool]:
+    return [tool(op, api, max_wait) for op in ops if op.tool]
 
 
 # ---------------------------------------------------------------- CLI
@@ -179,24 +185,31 @@ def add_command(cli: commands.Commands, op: Op[Any, Any]) -> argparse.ArgumentPa
     group, _, name = op.cli.rpartition(" ")
 
     async def run(api: Caller_, args: argparse.Namespace) -> int:
-        given = {}
-        for field, info in op.input.model_fields.items():
-            value = getattr(args, field, None)
-            if value is None:
-                continue
-            kind = _kind(info)
-            if kind == "json":
-                value = _json_arg(value, field)
-            elif kind == "pairs":
-                value = commands.env_pairs(value)
-            given[info.alias or field] = value
-        commands.show(await api.call(op, models.parse(op.input, given)), args.json, op.columns or None)
+        inp = models.parse(op.input, given(op.input, args))
+        commands.show(await api.call(op, inp), args.json, op.columns or None)
         return 0
 
     parser = cli.add(group or None, name, run, help=op.summary)
     for field, info in op.input.model_fields.items():
         add_argument(parser, field, info, positional=field in op.args)
     return parser
+
+
+def given(model: type[models.Input], args: argparse.Namespace, fields: Sequence[str] | None = None) -> dict[str, Any]:
+    """The fields of `model` the user gave as arguments (made by `add_argument`), ready to parse."""
+    out = {}
+    for name in fields if fields is not None else model.model_fields:
+        info = model.model_fields[name]
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        kind = _kind(info)
+        if kind == "json":
+            value = _json_arg(value, name)
+        elif kind == "pairs":
+            value = commands.env_pairs(value)
+        out[info.alias or name] = value
+    return out
 
 
 def add_argument(parser: argparse.ArgumentParser, field: str, info: FieldInfo, *, positional: bool = False) -> None:

@@ -50,7 +50,7 @@ def endpoints(engine: Engine) -> list[Endpoint]:
 def tools(area: Area, api: AgentDockAPI, settings: Settings) -> list[Tool]:
     """The area's tools: its declared operations', then the explicit ones."""
     explicit = area.tools(api, settings) if hasattr(area, "tools") else []
-    return ops.tools(getattr(area, "OPS", ()), api) + explicit
+    return ops.tools(getattr(area, "OPS", ()), api, settings.mcp_max_wait_seconds) + explicit
 
 
 def resources(area: Area, api: AgentDockAPI) -> list[mcp_tools.Resource]:

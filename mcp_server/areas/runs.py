@@ -10,32 +10,33 @@ from __future__ import annotations
 
 import argparse
 import base64
-import json
 import math
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from functools import partial
 
 import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from engine import errors, ids, models
+from engine import ids, models
 from engine.app import Engine
 from engine.callers import Caller
 from engine.settings import Settings
-from mcp_server import commands, mcp_tools
+from mcp_server import commands, mcp_tools, ops
 from mcp_server.api import AgentDockAPI
-from mcp_server.http import (MAX_PATH_CHARS, MAX_WAIT_SECONDS, Endpoint, WaitQuery, body, data, params,
-                             with_idempotency_key)
+from mcp_server.http import MAX_PATH_CHARS, MAX_WAIT_SECONDS, Endpoint, params
+from mcp_server.ops import CHANGE, DESTROY, READ, Op
 
 NAME = "runs"
 """The toolset (`--toolsets runs`) and the permission area."""
-COLUMNS = ["id", "status", "provider", "target_id", "exit_code", "failure_kind", "created_at"]
+op = partial(Op, NAME)
 POLL_SECONDS = 10
 """How long one long-poll for a run's next events waits before it is asked again."""
+ONE = "/api/v1/agent-runs/{run_id}"
 
 
 class RunRef(models.Input):
@@ -43,8 +44,10 @@ class RunRef(models.Input):
     """The run id (run_...)."""
 
 
-class RunWait(RunRef, WaitQuery):
-    pass
+class RunWait(RunRef):
+    wait_seconds: float = Field(default=0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False,
+                                validation_alias=AliasChoices("wait_seconds", "wait"))
+    """Wait up to this long for the run to end before answering (0: at once); call again to go on waiting."""
 
 
 class AgentRunInput(models.RunCreate):
@@ -57,18 +60,19 @@ class AgentRunInput(models.RunCreate):
 
 class EventsInput(models.EventsQuery):
     run_id: ids.RunId
-    """The run id."""
+    """The run id (run_...)."""
 
 
 class ArtifactsInput(models.Input):
     run_id: ids.RunId
-    """The run id."""
+    """The run id (run_...)."""
     path: str | None = Field(default=None, min_length=1, max_length=MAX_PATH_CHARS)
     """An exported path to read; omit to list the run's artifacts."""
 
 
 class ArtifactPath(RunRef):
     path: str = Field(min_length=1, max_length=MAX_PATH_CHARS)
+    """The exported path to read."""
 
 
 class ArtifactContent(models.Record):
@@ -84,14 +88,41 @@ class ArtifactsResult(models.Record):
     content: ArtifactContent | None = None
 
 
+def _get(engine: Engine, caller: Caller, inp: RunWait) -> Awaitable[models.Run]:
+    if inp.wait_seconds:
+        return engine.runs.wait(caller, inp.run_id, inp.wait_seconds)
+    return engine.runs.get(caller, inp.run_id)
+
+
+CREATE = op("agent_run_create", "Queue an agent run (the HTTP and CLI create; the agent_run tool waits for it).",
+            models.RunCreate, models.Run, lambda e, c, i: e.runs.create(c, i), "POST", "/api/v1/agent-runs", CHANGE,
+            status=201, tool=False)
+GET = op("agent_run_get", "Get a run's record: status, output, stderr, exit code, failure_kind; wait_seconds waits "
+         "for its end (bounded).", RunWait, models.Run, _get, "GET", ONE, cli="runs get", args=("run_id",),
+         wait="wait_seconds")
+LIST = op("agent_run_list", "List runs, newest first, filtered by target_id and status, paged by cursor.",
+          models.RunListQuery, models.RunList, lambda e, c, i: e.runs.list(c, i), "GET", "/api/v1/agent-runs",
+          cli="runs list", columns=("id", "status", "provider", "target_id", "exit_code", "failure_kind", "created_at"))
+CANCEL = op("agent_run_cancel", "Cancel a run: TERM its process group, KILL after a grace; returns the settled "
+            "record.", RunRef, models.Run, lambda e, c, i: e.runs.cancel(c, i.run_id), "POST", ONE + "/cancel", DESTROY,
+            cli="runs cancel", args=("run_id",))
+EVENTS = op("agent_run_events", "A run's events after a sequence number (per-run sequence 1..n without gaps); "
+            "wait_seconds long-polls for new ones.", EventsInput, models.RunEventList,
+            lambda e, c, i: e.runs.events(c, i.run_id, i), "GET", ONE + "/events", wait="wait_seconds")
+ARTIFACTS = op("agent_run_artifact_list", "The files a run exported.", RunRef, models.ArtifactList,
+               lambda e, c, i: e.runs.artifacts(c, i.run_id), "GET", ONE + "/artifacts", tool=False)
+OPS = (CREATE, GET, LIST, CANCEL, EVENTS, ARTIFACTS)
+COMMANDS = {"runs": "agent runs: list, get, cancel, events [--follow], artifacts"}
+
+
 async def pages(api: AgentDockAPI, run_id: str, after: int = 0, limit: int = 500,
                 deadline: float = math.inf) -> AsyncIterator[models.RunEventList]:
     """A run's events after `after`, page by page as they come (long-poll), until it has ended and
     every event has been read, or `deadline` (anyio's clock) has passed. Each long-poll ends by
     itself, by the deadline at the latest."""
-    q = models.EventsQuery(after=after, limit=limit)
+    q = EventsInput(run_id=run_id, after_sequence=after, limit=limit)
     while True:
-        page = await api.run_events(run_id, q)
+        page = await api.call(EVENTS, q)
         if page.data:
             yield page
         elif page.run_status.terminal:
@@ -99,7 +130,8 @@ async def pages(api: AgentDockAPI, run_id: str, after: int = 0, limit: int = 500
         remaining = deadline - anyio.current_time()
         if remaining <= 0:
             return
-        q = models.EventsQuery(after=page.next_after, limit=limit, wait=min(POLL_SECONDS, remaining))
+        q = EventsInput(run_id=run_id, after_sequence=page.next_after_sequence, limit=limit,
+                        wait_seconds=min(POLL_SECONDS, remaining))
 
 
 async def wait_reporting(api: AgentDockAPI, run_id: str, timeout: float, ctx: Context) -> models.Run:
@@ -110,62 +142,25 @@ async def wait_reporting(api: AgentDockAPI, run_id: str, timeout: float, ctx: Co
     the cancelled future, and asyncio logs that InvalidStateError with a traceback on serve's stderr.)"""
     async for page in pages(api, run_id, deadline=anyio.current_time() + timeout):
         last = page.data[-1]
-        await ctx.report_progress(page.next_after, None, last.message or last.type)
-    return await api.get_run(run_id)
+        await ctx.report_progress(page.next_after_sequence, None, last.message or last.type)
+    return await api.call(GET, run_id=run_id)
 
 
 async def until_ended(api: AgentDockAPI, run_id: str) -> models.Run:
     """The run once it has ended, however long that takes (each wait bounded, asked again)."""
-    run = await api.wait_run(run_id, MAX_WAIT_SECONDS)
+    run = await api.call(GET, run_id=run_id, wait_seconds=MAX_WAIT_SECONDS)
     while not run.status.terminal:
-        run = await api.wait_run(run_id, MAX_WAIT_SECONDS)
+        run = await api.call(GET, run_id=run_id, wait_seconds=MAX_WAIT_SECONDS)
     return run
 
 
-# ---------------------------------------------------------------- HTTP
-
-
 def endpoints(engine: Engine) -> list[Endpoint]:
-    runs = engine.runs
-
-    async def create(request: Request, caller: Caller) -> Response:
-        wait = params(request, WaitQuery).wait
-        fields = with_idempotency_key(request, await body(request))
-        run = await runs.create(caller, models.parse(models.RunCreate, fields))
-        if wait:
-            run = await runs.wait(caller, run.id, wait)
-        return data(run, 201)
-
-    async def list_(request: Request, caller: Caller) -> Response:
-        return data(await runs.list(caller, params(request, models.RunListQuery)))
-
-    async def get(request: Request, caller: Caller) -> Response:
-        p = params(request, RunWait)
-        return data(await (runs.wait(caller, p.run_id, p.wait) if p.wait else runs.get(caller, p.run_id)))
-
-    async def cancel(request: Request, caller: Caller) -> Response:
-        return data(await runs.cancel(caller, params(request, RunRef).run_id))
-
-    async def events(request: Request, caller: Caller) -> Response:
-        p = params(request, EventsInput)
-        return data(await runs.events(caller, p.run_id, p))
-
-    async def artifacts(request: Request, caller: Caller) -> Response:
-        return data(await runs.artifacts(caller, params(request, RunRef).run_id))
-
     async def artifact_content(request: Request, caller: Caller) -> Response:
         p = params(request, ArtifactPath)
-        return Response(await runs.artifact_bytes(caller, p.run_id, p.path), media_type="application/octet-stream")
+        raw = await engine.runs.artifact_bytes(caller, p.run_id, p.path)
+        return Response(raw, media_type="application/octet-stream")
 
-    return [
-        Endpoint("/api/v1/agent-runs", create, ["POST"]),
-        Endpoint("/api/v1/agent-runs", list_, ["GET"]),
-        Endpoint("/api/v1/agent-runs/{run_id:id}", get, ["GET"]),
-        Endpoint("/api/v1/agent-runs/{run_id:id}/cancel", cancel, ["POST"]),
-        Endpoint("/api/v1/agent-runs/{run_id:id}/events", events, ["GET"]),
-        Endpoint("/api/v1/agent-runs/{run_id:id}/artifacts", artifacts, ["GET"]),
-        Endpoint("/api/v1/agent-runs/{run_id:id}/artifacts/content", artifact_content, ["GET"]),
-    ]
+    return [Endpoint("/api/v1/agent-runs/{run_id:id}/artifacts/content", artifact_content, ["GET"])]
 
 
 # ---------------------------------------------------------------- MCP
@@ -175,26 +170,13 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
     max_wait = settings.mcp_max_wait_seconds  # clients give up on a tool call after about a minute
 
     async def agent_run(inp: AgentRunInput, ctx: Context) -> models.Run:
-        run = await api.create_run(inp.request())
+        run = await api.call(CREATE, inp.request())
         if inp.async_:
             return run
         return await wait_reporting(api, run.id, max_wait, ctx)  # still running if the wait ran out
 
-    async def agent_run_get(inp: RunRef, ctx: Context) -> models.Run:
-        return await api.get_run(inp.run_id)
-
-    async def agent_run_list(inp: models.RunListQuery, ctx: Context) -> models.RunList:
-        return await api.list_runs(inp)
-
-    async def agent_run_cancel(inp: RunRef, ctx: Context) -> models.Run:
-        return await api.cancel_run(inp.run_id)
-
-    async def agent_run_events(inp: EventsInput, ctx: Context) -> models.RunEventList:
-        q = models.EventsQuery(after=inp.after, limit=inp.limit, wait=min(inp.wait, max_wait))
-        return await api.run_events(inp.run_id, q)
-
     async def agent_run_artifacts(inp: ArtifactsInput, ctx: Context) -> ArtifactsResult:
-        listing = await api.artifacts(inp.run_id)
+        listing = await api.call(ARTIFACTS, run_id=inp.run_id)
         content = None
         if inp.path is not None:
             raw = await api.artifact_content(inp.run_id, inp.path)
@@ -205,33 +187,22 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
                                           content=base64.b64encode(raw).decode())
         return ArtifactsResult(data=listing.data, content=content)
 
-    read, change = mcp_tools.READ, mcp_tools.annotations
     return [
         mcp_tools.make_tool(
             "agent_run", "Run a prompt through a runtime (claude-code, codex, custom command, ...) inside a sandbox or "
             "computer, or a fresh ephemeral sandbox when no target is given. Waits for the end (at most 45 s, then "
             "returns the record still running: follow it with agent_run_events or agent_run_get) reporting "
             "progress; with async=true returns the queued record at once. The run is durable: it keeps going if "
-            "this client exits.", AgentRunInput, models.Run, agent_run, change(open_world_hint=True)),
-        mcp_tools.make_tool("agent_run_get", "Get a run's record: status, output, stderr, exit code, failure_kind.",
-                            RunRef, models.Run, agent_run_get, read),
-        mcp_tools.make_tool("agent_run_list", "List runs, newest first, filtered by target_id and status, paged by "
-                            "cursor.", models.RunListQuery, models.RunList, agent_run_list, read),
-        mcp_tools.make_tool("agent_run_cancel", "Cancel a run: TERM its process group, KILL after a grace; returns "
-                            "the settled record.", RunRef, models.Run, agent_run_cancel,
-                            change(destructive_hint=True, idempotent_hint=True)),
-        mcp_tools.make_tool("agent_run_events", "A run's events after a sequence number (per-run sequence 1..n "
-                            "without gaps); with wait, long-polls for new ones.", EventsInput, models.RunEventList,
-                            agent_run_events, read),
+            "this client exits.", AgentRunInput, models.Run, agent_run, mcp_tools.annotations(open_world_hint=True)),
         mcp_tools.make_tool("agent_run_artifacts", "List the files a run exported (metadata.artifact_paths), or read "
-                            "one with path.", ArtifactsInput, ArtifactsResult, agent_run_artifacts, read),
+                            "one with path.", ArtifactsInput, ArtifactsResult, agent_run_artifacts, READ),
     ]
 
 
 def resources(api: AgentDockAPI) -> list[mcp_tools.Resource]:
     async def run(run_id: str) -> str:
         with mcp_tools.resource_errors():
-            return (await api.get_run(run_id)).model_dump_json()
+            return (await api.call(GET, run_id=run_id)).model_dump_json()
 
     return [mcp_tools.Resource("agentdock://runs/{run_id}", "run", "An agent run's record.", run)]
 
@@ -239,91 +210,98 @@ def resources(api: AgentDockAPI) -> list[mcp_tools.Resource]:
 # ---------------------------------------------------------------- CLI
 
 
-async def cmd_prompt(api: AgentDockAPI, args: argparse.Namespace) -> int:
-    fields = commands.given(
-        target_id=args.id, provider=args.provider, cwd=args.cwd, timeout=args.timeout, model=args.model,
-        command=args.runtime_command, prompt=" ".join(args.prompt), env=commands.env_pairs(args.env),
-        secrets=args.secret, idempotency_key=args.idempotency_key, agent_runtime_profile_id=args.profile,
-        skip_agent_runtime_profile=args.no_profile or None)
-    if args.metadata:
-        try:
-            fields["metadata"] = json.loads(args.metadata)
-        except json.JSONDecodeError as exc:
-            raise errors.InvalidInput("metadata", f"not valid JSON: {exc.msg}") from None
-    run = await api.create_run(models.parse(models.RunCreate, fields))
-    if not args.async_:
+RUN_FLAGS = [f for f in models.RunCreate.model_fields if f not in ("prompt", "target_kind", "sandbox_id", "computer_id",
+                                                                      "agent_profile_id")]
+"""The fields `agentdock run` takes as flags (the target is a flag too: none means a fresh sandbox)."""
+
+
+async def cmd_run(api: AgentDockAPI, args: argparse.Namespace) -> int:
+    """Queue the run; unless --async, print its output as it comes (human mode) and then how it ended."""
+    fields = ops.given(models.RunCreate, args, RUN_FLAGS)
+    if getattr(args, "sandbox_id", None):
+        fields["target_id"] = args.sandbox_id
+    fields["prompt"] = " ".join(args.prompt)
+    run = await api.call(CREATE, models.parse(models.RunCreate, fields))
+    if args.async_:
+        commands.show(run, args.json)
+        return 0
+    if args.json:
         run = await until_ended(api, run.id)
-    commands.show(run, args.json)
+        commands.show(run, True)
+    else:
+        async for page in pages(api, run.id):
+            for ev in page.data:
+                print_event(ev, verbose=False)
+        run = await api.call(GET, run_id=run.id)
+        show_ending(run)
     return 1 if run.status in (models.RunStatus.failed, models.RunStatus.canceled) else 0
 
 
-async def cmd_list(api: AgentDockAPI, args: argparse.Namespace) -> int:
-    q = models.parse(models.RunListQuery, commands.given(target_id=args.target_id, status=args.status,
-                                                         limit=args.limit, cursor=args.cursor))
-    commands.show(await api.list_runs(q), args.json, COLUMNS)
-    return 0
+def print_event(ev: models.RunEvent, *, verbose: bool = True) -> None:
+    """A run's event as plain text: its output on stdout, its stderr on stderr, the rest (when `verbose`)
+    as one line on stderr."""
+    text = ev.payload.get("text") if isinstance(ev.payload, dict) else None
+    if ev.type == "output" and isinstance(text, str):
+        sys.stdout.write(commands.safe(text))
+        sys.stdout.flush()
+    elif ev.type == "stderr" and isinstance(text, str):
+        sys.stderr.write(commands.safe(text))
+        sys.stderr.flush()
+    elif verbose:
+        print(commands.safe(f"· {ev.sequence} {ev.type} {ev.message}".rstrip()), file=sys.stderr, flush=True)
 
 
-async def cmd_get(api: AgentDockAPI, args: argparse.Namespace) -> int:
-    commands.show(await api.get_run(args.id), args.json)
-    return 0
-
-
-async def cmd_cancel(api: AgentDockAPI, args: argparse.Namespace) -> int:
-    commands.show(await api.cancel_run(args.id), args.json)
-    return 0
+def show_ending(run: models.Run) -> None:
+    """How a run ended, after its output: one line on stderr (and its error, if any)."""
+    how = run.status.value + (f", exit {run.exit_code}" if run.exit_code is not None else "")
+    if run.failure_kind:
+        how += f", {run.failure_kind}"
+    print(commands.safe(f"-- {run.id} {how}"), file=sys.stderr)
+    if run.error:
+        print(commands.safe(f"   {run.error}"), file=sys.stderr)
 
 
 async def cmd_events(api: AgentDockAPI, args: argparse.Namespace) -> int:
     if not args.follow:
-        q = models.parse(models.EventsQuery, {"after": args.after, "limit": args.limit})
-        commands.show(await api.run_events(args.id, q), args.json, ["sequence", "type", "message", "created_at"])
+        q = models.parse(EventsInput, {"run_id": args.run_id, "after_sequence": args.after, "limit": args.limit})
+        commands.show(await api.call(EVENTS, q), args.json, ["sequence", "type", "message", "created_at"])
         return 0
-    async for page in pages(api, args.id, args.after, args.limit):
+    async for page in pages(api, args.run_id, args.after, args.limit):
         for ev in page.data:
-            print(ev.model_dump_json() if args.json else commands.safe(
-                f"{ev.sequence:>5}  {ev.type:<18} {ev.message or json.dumps(ev.payload)[:120]}"), flush=True)
+            if args.json:
+                print(ev.model_dump_json(), flush=True)
+            else:
+                print_event(ev)
     return 0
 
 
 async def cmd_artifacts(api: AgentDockAPI, args: argparse.Namespace) -> int:
     if args.path:
-        sys.stdout.buffer.write(await api.artifact_content(args.id, args.path))
+        sys.stdout.buffer.write(await api.artifact_content(args.run_id, args.path))
     else:
-        commands.show(await api.artifacts(args.id), args.json, ["path", "size", "sha256"])
+        commands.show(await api.call(ARTIFACTS, run_id=args.run_id), args.json, ["path", "size", "sha256"])
     return 0
 
 
 def add_commands(cli: commands.Commands) -> None:
-    pr = cli.add("sandbox", "prompt", cmd_prompt, help="run a prompt in a sandbox")
-    pr.add_argument("id")
-    pr.add_argument("--provider")
-    pr.add_argument("--cwd")
-    pr.add_argument("--timeout", type=int)
-    pr.add_argument("--model")
-    pr.add_argument("--runtime-command")
-    pr.add_argument("--env", action="append", metavar="NAME=VALUE")
-    pr.add_argument("--secret", action="append", metavar="NAME", help="a stored secret the run needs (repeatable)")
-    pr.add_argument("--metadata", help="JSON object")
-    pr.add_argument("--idempotency-key")
-    pr.add_argument("--profile", help="run under this agent runtime profile (arp_...) instead of the defaults")
-    pr.add_argument("--no-profile", dest="no_profile", action="store_true", help="apply no profile at all")
-    pr.add_argument("--async", dest="async_", action="store_true", help="return at once")
-    pr.add_argument("prompt", nargs="*", help="the prompt (after --)")
+    run = cli.add(None, "run", cmd_run, help="run a prompt (in a fresh sandbox unless --target-id): agentdock run "
+                  "[flags] -- PROMPT")
+    prompt = cli.add("sandbox", "prompt", cmd_run, help="run a prompt in a sandbox: agentdock sandbox prompt ID -- "
+                     "PROMPT")
+    prompt.add_argument("sandbox_id", metavar="SANDBOX_ID", help="the sandbox or computer (sbx_/cmp_...)")
+    for parser in (run, prompt):
+        for field in RUN_FLAGS:
+            if parser is prompt and field == "target_id":
+                continue
+            ops.add_argument(parser, field, models.RunCreate.model_fields[field])
+        parser.add_argument("--async", dest="async_", action="store_true", help="return the queued run at once")
+        parser.add_argument("prompt", nargs="*", help="the prompt (after --)")
 
-    cli.group("runs", "agent runs")
-    ls = cli.add("runs", "list", cmd_list)
-    ls.add_argument("--target-id")
-    ls.add_argument("--status")
-    ls.add_argument("--limit", type=int, default=20)
-    ls.add_argument("--cursor")
-    cli.add("runs", "get", cmd_get).add_argument("id")
-    cli.add("runs", "cancel", cmd_cancel).add_argument("id")
-    ev = cli.add("runs", "events", cmd_events)
-    ev.add_argument("id")
-    ev.add_argument("--after", type=int, default=0)
-    ev.add_argument("--limit", type=int, default=500)
-    ev.add_argument("--follow", action="store_true")
-    ar = cli.add("runs", "artifacts", cmd_artifacts)
-    ar.add_argument("id")
-    ar.add_argument("--path")
+    ev = cli.add("runs", "events", cmd_events, help=EVENTS.summary)
+    ev.add_argument("run_id", metavar="RUN_ID", help="the run id (run_...)")
+    ev.add_argument("--after-sequence", dest="after", type=int, default=0, help="only events after this sequence")
+    ev.add_argument("--limit", type=int, default=500, help="at most this many events per page")
+    ev.add_argument("--follow", action="store_true", help="print events as they come until the run has ended")
+    ar = cli.add("runs", "artifacts", cmd_artifacts, help="list the files a run exported, or print one (--path)")
+    ar.add_argument("run_id", metavar="RUN_ID", help="the run id (run_...)")
+    ar.add_argument("--path", help="the exported file to print (its bytes, to stdout)")

@@ -123,7 +123,7 @@ async def test_stopping_a_parent_cancels_its_auto_stopping_childs_run_in_a_real_
             while "started" not in output:  # long-poll the run's events until its first output
                 page = (await root.get(f"/api/v1/agent-runs/{run_id}/events",
                                        params={"after": after, "wait": 30})).json()
-                after = page["next_after"]
+                after = page["next_after_sequence"]
                 output += "".join(e["payload"].get("text", "") for e in page["data"] if e["type"] == "output")
 
         stopped = await root.post(f"/api/v1/sessions/{parent['session']['id']}/stop")

@@ -207,7 +207,7 @@ async def test_spawns_racing_their_parents_stop_leave_no_live_session_under_it(d
             while output.count("ok ") < 8:  # every place under max_children taken; the racers keep asking
                 page = (await root.get(f"/api/v1/agent-runs/{run_id}/events",
                                        params={"after": after, "wait": 30})).json()
-                after = page["next_after"]
+                after = page["next_after_sequence"]
                 output += "".join(e["payload"].get("text", "") for e in page["data"] if e["type"] == "output")
         stopped = await root.post(f"/api/v1/sessions/{parent['session']['id']}/stop")
         assert stopped.status_code == 200, stopped.text

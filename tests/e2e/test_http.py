@@ -238,12 +238,12 @@ async def test_events_long_poll_returns_only_events_after_the_cursor(daemon):
 
     assert [e["sequence"] for e in seen] == list(range(1, n + 1))
     assert idle.status_code == 200
-    assert (idle.json()["data"], idle.json()["next_after"], idle.json()["run_status"]) == ([], n, "running")
+    assert (idle.json()["data"], idle.json()["next_after_sequence"], idle.json()["run_status"]) == ([], n, "running")
     assert woke.status_code == 200
     events = woke.json()["data"]
     assert events and events[0]["sequence"] == n + 1
     assert [e["sequence"] for e in events] == list(range(n + 1, n + 1 + len(events)))
-    assert woke.json()["next_after"] == events[-1]["sequence"]
+    assert woke.json()["next_after_sequence"] == events[-1]["sequence"]
 
 
 async def test_run_list_filters_by_status_and_pages_by_cursor(daemon):

@@ -83,8 +83,8 @@ async def wait_for_end(client: Client, run_id: str, seconds: float = 30) -> dict
     after = 0
     with anyio.fail_after(seconds):
         while True:
-            page = await call(client, "agent_run_events", {"run_id": run_id, "after": after, "wait": 5})
-            after = page["next_after"]
+            page = await call(client, "agent_run_events", {"run_id": run_id, "after_sequence": after, "wait_seconds": 5})
+            after = page["next_after_sequence"]
             if page["run_status"] in TERMINAL and not page["data"]:
                 return await call(client, "agent_run_get", {"run_id": run_id})
 
@@ -268,7 +268,7 @@ async def test_agent_run_events_are_numbered_one_to_n_from_queued_to_finished(da
             run = await call(client, "agent_run", {"sandbox_id": sid, "prompt": "p",
                                                    "command": "echo one; sleep 0.3; echo two >&2; exit 0"})
             page = await call(client, "agent_run_events", {"run_id": run["id"]})
-            tail = await call(client, "agent_run_events", {"run_id": run["id"], "after": 2})
+            tail = await call(client, "agent_run_events", {"run_id": run["id"], "after_sequence": 2})
 
     events = page["data"]
     seqs = [e["sequence"] for e in events]
@@ -276,7 +276,7 @@ async def test_agent_run_events_are_numbered_one_to_n_from_queued_to_finished(da
     assert events[0]["type"] == "run_queued" and events[-1]["type"] == "run_finished"
     assert {"run_started", "output", "stderr"} <= {e["type"] for e in events}
     assert all(e["agent_run_id"] == run["id"] for e in events)
-    assert page["next_after"] == len(seqs) and page["run_status"] == "succeeded"
+    assert page["next_after_sequence"] == len(seqs) and page["run_status"] == "succeeded"
     assert [e["sequence"] for e in tail["data"]] == seqs[2:]
 
 

@@ -22,6 +22,7 @@ from engine.lineage import PermissionPolicy
 from mcp_server.client import DaemonClient
 from tests.conftest import Daemon
 from tests.integration.test_restart import kill_daemon
+from mcp_server import areas
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -31,7 +32,7 @@ FAMILY = cm.channel_id(cm.family_name("ses_root"))
 async def test_a_kill_9_loses_no_acknowledged_message_repeats_none_and_keeps_every_lease(daemon: Daemon) -> None:
     everything = PermissionPolicy(tools=["channels", "tasks"], network_channels=["*"])
     async with DaemonClient(daemon.settings) as root:
-        tokens = [(await root.spawn(SpawnRequest(agent_name=f"w{i}", permissions=everything))).token
+        tokens = [(await root.call(areas.agent.SPAWN, SpawnRequest(agent_name=f"w{i}", permissions=everything))).token
                   for i in range(3)]
         long_task = await root.call(tasks.CREATE, tm.TaskCreate(title="long", priority=2))
         short_task = await root.call(tasks.CREATE, tm.TaskCreate(title="short", priority=1, max_attempts=1))

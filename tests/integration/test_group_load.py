@@ -74,7 +74,7 @@ async def run_under_kills(daemon: Daemon, entries: int, item: dict, seed: int) -
                 final = await client.wait_group(group.id, 45)
         rows = (await client.group_runs(group.id, gm.GroupRunsQuery(limit=1000))).data
         events = await all_events(client, group.id)
-        runs = [await client.get_run(e.run_id) for e in rows if e.run_id]
+        runs = [await client.call(areas.runs.GET, run_id=e.run_id) for e in rows if e.run_id]
     return final, events, runs
 
 

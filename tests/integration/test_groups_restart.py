@@ -65,8 +65,8 @@ async def test_kill_9_mid_group_every_entry_ends_once_the_lost_run_is_retried_an
                                                                                limit=1000))).data:
             events += page
             after = page[-1].sequence
-        runs = [await client.get_run(e.run_id) for e in entries if e.run_id]
-        lost = [r for r in (await client.list_runs(models.RunListQuery(
+        runs = [await client.call(areas.runs.GET, run_id=e.run_id) for e in entries if e.run_id]
+        lost = [r for r in (await client.call(areas.runs.LIST, models.RunListQuery(
             status="failed", limit=200))).data if r.agent_run_group_id == group.id]
 
     assert (final.status, final.entry_counts.succeeded, final.entry_counts.total) == ("succeeded", ENTRIES, ENTRIES)

@@ -24,6 +24,7 @@ from runtimes import harness, procs
 from runtimes.docker_backend import RUNS_DIR, WRAPPER, DockerBackend, _wrapper_command
 from runtimes.wiring import docker_engine
 from tests.conftest import FULL, SMALL, Daemon, Engine, owned_containers
+from mcp_server import areas
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -299,7 +300,7 @@ async def test_ten_ephemeral_runs_acknowledged_just_before_a_kill_9_each_run_exa
     from tests.integration.test_restart import kill_daemon, settled
 
     async with DaemonClient(daemon.settings) as client:
-        runs = [await client.create_run(models.RunCreate(prompt="p", command=f"echo run {i}")) for i in range(10)]
+        runs = [await client.call(areas.runs.CREATE, models.RunCreate(prompt="p", command=f"echo run {i}")) for i in range(10)]
     await kill_daemon(daemon)
     daemon.start()
 
@@ -307,7 +308,7 @@ async def test_ten_ephemeral_runs_acknowledged_just_before_a_kill_9_each_run_exa
         run = await settled(daemon, run.id)
         if (run.status, run.output, run.failure_kind) != ("succeeded", f"run {i}\n", None):
             async with DaemonClient(daemon.settings) as client:
-                events = (await client.run_events(run.id)).data
+                events = (await client.call(areas.runs.EVENTS, run_id=run.id)).data
             pytest.fail(f"{run!r}\nevents: {[(e.type, e.message, e.payload) for e in events]}")
     await eventually(lambda: owned_containers(daemon.settings.home) == [])
 

@@ -24,6 +24,7 @@ from mcp_server.client import DaemonClient
 from runtimes.docker_backend import KEEPALIVE
 from tests.conftest import SMALL, Daemon
 from tests.integration.test_restart import kill_daemon, settled, wait_for_event
+from mcp_server import areas
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -82,7 +83,7 @@ async def output_event(engine: Engine, run_id: str, text: str) -> None:
             if any(e.type == "output" and text in e.payload.get("text", "") for e in page.data):
                 return
             assert not page.run_status.terminal, f"the run ended without printing {text!r}"
-            after = page.next_after
+            after = page.next_after_sequence
 
 
 async def test_a_run_without_a_target_is_execd_in_a_pooled_container_that_never_holds_its_env_or_secret(
@@ -164,10 +165,10 @@ async def test_a_kill_9_leaves_no_orphan_and_a_run_in_a_pooled_container_finishe
     home = daemon.settings.home
     before = await restart_with_pool(daemon, monkeypatch, events)
     async with DaemonClient(daemon.settings) as client:
-        created = await client.create_run(models.RunCreate(prompt="p", command=(
+        created = await client.call(areas.runs.CREATE, models.RunCreate(prompt="p", command=(
             'n=$(cat /proc/sys/kernel/random/uuid); echo "start $n"; sleep 2; echo "end $n"')))
         await wait_for_event(client, created.id, "output")
-        target = (await client.get_run(created.id)).target_id
+        target = (await client.call(areas.runs.GET, run_id=created.id)).target_id
     held = docker.from_env().containers.get(f"agentdock-{target}")
     assert held.id in before  # it runs in a container of the pool
 
@@ -207,7 +208,7 @@ async def test_200_ephemeral_entries_with_a_warm_pool_survive_five_kills_each_ru
     assert set(started.values()) == {1}, "an entry was started twice"
     async with DaemonClient(daemon.settings) as client:
         pooled_runs = [r for r in runs if any(e.type == "run_started" and e.payload.get("pooled")
-                                              for e in (await client.run_events(r.id)).data)]
+                                              for e in (await client.call(areas.runs.EVENTS, run_id=r.id)).data)]
     assert pooled_runs, "no run claimed a pooled sandbox: the pool was not exercised"
     used = {r.target_id for r in runs}
 

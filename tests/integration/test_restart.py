@@ -32,10 +32,10 @@ async def wait_for_event(client: DaemonClient, run_id: str, type_: str) -> None:
     after = 0
     with anyio.fail_after(30):
         while True:
-            page = await client.run_events(run_id, models.EventsQuery(after=after, wait=5))
+            page = await client.call(areas.runs.EVENTS, run_id=run_id, after_sequence=after, wait_seconds=5)
             if any(e.type == type_ for e in page.data):
                 return
-            after = page.next_after
+            after = page.next_after_sequence
 
 
 async def wait_in_container(device_id: str, run_id: str, name: str) -> None:
@@ -49,13 +49,13 @@ async def wait_in_container(device_id: str, run_id: str, name: str) -> None:
 async def settled(d: Daemon, run_id: str) -> models.Run:
     async with DaemonClient(d.settings) as client:
         with anyio.fail_after(60):
-            return await client.wait_run(run_id, 55)
+            return await areas.runs.until_ended(client, run_id)
 
 
 async def test_run_that_finishes_while_the_daemon_is_down_ends_succeeded_after_restart(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
         device = await client.call(areas.devices.CREATE, models.DeviceCreate())
-        run = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p",
+        run = await client.call(areas.runs.CREATE, models.RunCreate(sandbox_id=device.id, prompt="p",
                                                        command="echo before; sleep 1; echo after; exit 0"))
         await wait_for_event(client, run.id, "output")
     await kill_daemon(daemon)
@@ -68,7 +68,7 @@ async def test_run_that_finishes_while_the_daemon_is_down_ends_succeeded_after_r
 async def test_run_still_going_across_a_restart_finishes_normally_without_repeating_output(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
         device = await client.call(areas.devices.CREATE, models.DeviceCreate())
-        run = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p",
+        run = await client.call(areas.runs.CREATE, models.RunCreate(sandbox_id=device.id, prompt="p",
                                                        command="echo one; sleep 2; echo two >&2; echo three"))
         await wait_for_event(client, run.id, "output")
     await kill_daemon(daemon)
@@ -76,7 +76,7 @@ async def test_run_still_going_across_a_restart_finishes_normally_without_repeat
     run = await settled(daemon, run.id)
     assert (run.status, run.output, run.stderr) == ("succeeded", "one\nthree\n", "two\n")
     async with DaemonClient(daemon.settings) as client:
-        events = (await client.run_events(run.id)).data
+        events = (await client.call(areas.runs.EVENTS, run_id=run.id)).data
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert "".join(e.payload["text"] for e in events if e.type == "output") == "one\nthree\n"
     assert [e.type for e in events].count("run_started") == 1
@@ -84,7 +84,7 @@ async def test_run_still_going_across_a_restart_finishes_normally_without_repeat
 
 async def test_ephemeral_run_across_a_restart_finishes_and_its_container_is_removed(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        run = await client.create_run(models.RunCreate(prompt="p", command="echo start; sleep 2; echo end"))
+        run = await client.call(areas.runs.CREATE, models.RunCreate(prompt="p", command="echo start; sleep 2; echo end"))
         await wait_for_event(client, run.id, "output")
     await kill_daemon(daemon)
     daemon.start()
@@ -99,7 +99,7 @@ async def test_ephemeral_run_across_a_restart_finishes_and_its_container_is_remo
 async def test_run_whose_container_vanished_while_the_daemon_was_down_fails_with_sandbox_lost(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
         device = await client.call(areas.devices.CREATE, models.DeviceCreate())
-        run = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
+        run = await client.call(areas.runs.CREATE, models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
         await wait_for_event(client, run.id, "run_started")
     await kill_daemon(daemon)
     docker.from_env().containers.get(f"agentdock-{device.id}").remove(force=True)
@@ -111,7 +111,7 @@ async def test_run_whose_container_vanished_while_the_daemon_was_down_fails_with
 async def test_run_whose_process_died_with_its_container_fails_with_process_lost(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
         device = await client.call(areas.devices.CREATE, models.DeviceCreate())
-        run = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
+        run = await client.call(areas.runs.CREATE, models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
         await wait_for_event(client, run.id, "run_started")
         await wait_in_container(device.id, run.id, "pid")
     await kill_daemon(daemon)
@@ -138,17 +138,17 @@ async def test_runs_queued_behind_the_cap_survive_a_kill_9_and_start_in_order_af
     daemon.start()
     async with DaemonClient(daemon.settings) as client:
         device = await client.call(areas.devices.CREATE, models.DeviceCreate())
-        blocker = await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
+        blocker = await client.call(areas.runs.CREATE, models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
         await wait_for_event(client, blocker.id, "run_started")
-        queued = [await client.create_run(models.RunCreate(sandbox_id=device.id, prompt="p", command=f"echo {i}"))
+        queued = [await client.call(areas.runs.CREATE, models.RunCreate(sandbox_id=device.id, prompt="p", command=f"echo {i}"))
                   for i in range(2)]
-        assert [(await client.get_run(r.id)).status for r in queued] == ["queued", "queued"]
+        assert [(await client.call(areas.runs.GET, run_id=r.id)).status for r in queued] == ["queued", "queued"]
     await kill_daemon(daemon)
     daemon.start()
 
     async with DaemonClient(daemon.settings) as client:
-        assert [(await client.get_run(r.id)).status for r in queued] == ["queued", "queued"]
-        assert (await client.cancel_run(blocker.id)).status == "canceled"
+        assert [(await client.call(areas.runs.GET, run_id=r.id)).status for r in queued] == ["queued", "queued"]
+        assert (await client.call(areas.runs.CANCEL, run_id=blocker.id)).status == "canceled"
     ended = [await settled(daemon, r.id) for r in queued]
     assert [(r.status, r.output) for r in ended] == [("succeeded", "0\n"), ("succeeded", "1\n")]
     assert ended[0].started_at < ended[1].started_at
@@ -160,7 +160,7 @@ async def test_an_ephemeral_run_given_a_secret_survives_a_restart_and_stays_mask
     value = "restart-secret-" + os.urandom(8).hex()
     SecretStore(daemon.settings.secrets_dir).set("TOKEN", value.encode())
     async with DaemonClient(daemon.settings) as client:
-        run = await client.create_run(models.RunCreate(prompt="p", secrets=["TOKEN"],
+        run = await client.call(areas.runs.CREATE, models.RunCreate(prompt="p", secrets=["TOKEN"],
                                                        command='echo "a=$TOKEN"; sleep 2; echo "b=$TOKEN"'))
         await wait_for_event(client, run.id, "output")
     container = next(c for c in owned_containers(daemon.settings.home) if c.labels.get("agentdock.run_id") == run.id)

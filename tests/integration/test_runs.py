@@ -50,7 +50,7 @@ async def all_events(engine: Any, run_id: str) -> list[models.RunEvent]:
         if not page.data:
             return out
         out += page.data
-        after = page.next_after
+        after = page.next_after_sequence
 
 
 async def wait_for_output(engine: Any, run_id: str, text: str, timeout: float = 20) -> None:
@@ -62,7 +62,7 @@ async def wait_for_output(engine: Any, run_id: str, text: str, timeout: float = 
             if any(e.type == "output" and text in e.payload.get("text", "") for e in page.data):
                 return
             assert page.data or not page.run_status.terminal, f"run ended without printing {text!r}"
-            after = page.next_after
+            after = page.next_after_sequence
 
 
 def container(device_id: str) -> Any:
@@ -122,7 +122,7 @@ async def test_events_are_numbered_without_gaps_and_bracketed_by_queued_started_
         while True:
             page = await engine.runs.events(ROOT, run.id, models.EventsQuery(after=after, wait=2))
             seen += page.data
-            after = page.next_after
+            after = page.next_after_sequence
             if page.run_status.terminal and not page.data:
                 break
 
