@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import sizing  # noqa: E402
 from engine import models, sessions  # noqa: E402
 from engine.settings import Settings  # noqa: E402
-from mcp_server import daemon  # noqa: E402
+from mcp_server import areas, daemon  # noqa: E402
 from mcp_server.client import DaemonClient  # noqa: E402
 
 QUICK = sizing.quick()
@@ -31,7 +31,6 @@ N = int(os.environ.get("AGENTDOCK_BENCH_N", 5 if QUICK else 500))
 
 TIMER = r"""
 import http.client, json, os, socket, sys, time
-from mcp_server import areas
 class C(http.client.HTTPConnection):
     def connect(self):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); self.sock.connect(os.environ["SOCK"])

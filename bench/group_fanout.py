@@ -33,9 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import sizing  # noqa: E402
 from engine import group_models as gm  # noqa: E402
 from engine.settings import Settings  # noqa: E402
-from mcp_server import daemon  # noqa: E402
+from mcp_server import areas, daemon  # noqa: E402
 from mcp_server.client import DaemonClient  # noqa: E402
-from mcp_server import areas
 
 QUICK = sizing.quick()
 IMAGE = os.environ.get("AGENTDOCK_BENCH_IMAGE", "agentdock-small:latest")
@@ -71,15 +70,15 @@ async def agentdock_fanout(api: DaemonClient, c: int, n: int = N,
                            ) -> tuple[float, list[float], list[float], int, dict[str, float]]:
     """Wall time from dispatch to the group's end; wake latencies, per-event latencies; peak concurrency;
     where each child's time went (medians, ms)."""
-    group = await api.create_group(gm.GroupCreate(name=f"bench-{c}", concurrency_limit=c, expected_runs=n))
-    req = gm.DispatchRequest.model_validate({"async": True, "runs": [{"prompt": "bench", "command": COMMAND}] * n})
+    group = await api.call(areas.groups.CREATE, gm.GroupCreate(name=f"bench-{c}", concurrency_limit=c, expected_runs=n))
+    req = areas.groups.DispatchInput.model_validate({"group_id": group.id, "async": True, "runs": [{"prompt": "bench", "command": COMMAND}] * n})
     woken: list[float] = []
     every: list[float] = []
 
     async def reader() -> None:
         after = 0
         while True:
-            page = await api.group_events(group.id, gm.GroupEventsQuery(after_sequence=after, wait=30, limit=1000))
+            page = await api.call(areas.groups.EVENTS, areas.groups.EventsInput(group_id=group.id, after_sequence=after, wait_seconds=30, limit=1000))
             now = datetime.now(UTC)
             if page.data:
                 woken.append((now - max(e.created_at for e in page.data)).total_seconds() * 1000)
@@ -91,11 +90,13 @@ async def agentdock_fanout(api: DaemonClient, c: int, n: int = N,
     t = time.perf_counter()
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
-        await api.dispatch_group(group.id, req)
-        final = await api.wait_group(group.id, 600)
+        await api.call(areas.groups.DISPATCH, req)
+        final = await api.call(areas.groups.GET, group_id=group.id, wait_seconds=50)
+        while final.is_active:
+            final = await api.call(areas.groups.GET, group_id=group.id, wait_seconds=50)
         wall = time.perf_counter() - t
     assert final.status == "succeeded" and final.entry_counts.succeeded == n, final.status_message
-    runs = [await api.call(areas.runs.GET, run_id=r.run_id) for r in (await api.group_runs(group.id, gm.GroupRunsQuery(limit=1000))).data]
+    runs = [await api.call(areas.runs.GET, run_id=r.run_id) for r in (await api.call(areas.groups.RUNS, areas.groups.RunsInput(group_id=group.id, limit=1000))).data]
     spans = [(r.started_at, r.finished_at) for r in runs]
     peak = max(sum(1 for s, f in spans if s <= start < f) for start, _ in spans)  # type: ignore[operator]
     phases = {  # created (claimed) -> started (admitted) -> result recorded -> end published (sandbox removed)

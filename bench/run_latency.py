@@ -31,9 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import sizing  # noqa: E402
 from engine import models  # noqa: E402
 from engine.settings import Settings  # noqa: E402
-from mcp_server import daemon  # noqa: E402
+from mcp_server import areas, daemon  # noqa: E402
 from mcp_server.client import DaemonClient  # noqa: E402
-from mcp_server import areas
 
 QUICK = sizing.quick()
 IMAGE = os.environ.get("AGENTDOCK_BENCH_IMAGE", "agentdock-small:latest")

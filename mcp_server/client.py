@@ -12,11 +12,8 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel
 
-from engine import approval_models as am
-from engine import context, errors, ids, models, sessions, souls
-from engine import group_models as gm
+from engine import errors, ids
 from engine.settings import Settings
 from mcp_server import ops
 
@@ -106,68 +103,8 @@ class DaemonClient:
     async def health(self) -> dict[str, Any]:
         return (await self.request("GET", "/health", timeout=5))["data"]
 
-    # Every id is checked by shape before it goes into a path, and escaped there: an id is one path
-    # segment, never `../other-route` or a query string.
-
-    # runs
     async def artifact_content(self, run_id: str, path: str) -> bytes:
         return await self.request("GET", _run_path(run_id, "/artifacts/content"), params={"path": path})
-
-    # groups
-    async def create_group(self, req: gm.GroupCreate) -> gm.Group:
-        return gm.Group.model_validate((await self.request("POST", "/agent-run-groups", json=_body(req)))["data"])
-
-    async def get_group(self, group_id: str) -> gm.Group:
-        return gm.Group.model_validate((await self.request("GET", _group_path(group_id)))["data"])
-
-    async def wait_group(self, group_id: str, timeout: float) -> gm.Group:
-        payload = await self.request("GET", _group_path(group_id), params={"wait": timeout or None},
-                                     timeout=timeout + 30)
-        return gm.Group.model_validate(payload["data"])
-
-    async def list_groups(self, q: gm.GroupListQuery) -> gm.GroupList:
-        return gm.GroupList.model_validate(await self.request("GET", "/agent-run-groups", params=_query(q)))
-
-    async def dispatch_group(self, group_id: str, req: gm.DispatchRequest, wait: float = 0) -> gm.DispatchResult:
-        payload = await self.request("POST", _group_path(group_id, "/dispatch"), json=_body(req),
-                                     params={"wait": None if req.async_ else wait}, timeout=wait + 120)
-        return gm.DispatchResult.model_validate(payload["data"])
-
-    async def wait_dispatch(self, group_id: str, dispatch_id: str, timeout: float) -> gm.DispatchResult:
-        path = _group_path(group_id, f"/dispatches/{_seg(ids.DISPATCH, dispatch_id, 'dispatch_id')}")
-        payload = await self.request("GET", path, params={"wait": timeout or None}, timeout=timeout + 30)
-        return gm.DispatchResult.model_validate(payload["data"])
-
-    async def group_runs(self, group_id: str, q: gm.GroupRunsQuery) -> gm.GroupRunList:
-        return gm.GroupRunList.model_validate(
-            await self.request("GET", _group_path(group_id, "/runs"), params=_query(q)))
-
-    async def group_events(self, group_id: str, q: gm.GroupEventsQuery | None = None) -> gm.GroupEventList:
-        q = q or gm.GroupEventsQuery()
-        payload = await self.request("GET", _group_path(group_id, "/events"), params=_query(q), timeout=q.wait + 30)
-        return gm.GroupEventList.model_validate(payload)
-
-    async def cancel_group(self, group_id: str) -> gm.Group:
-        return gm.Group.model_validate((await self.request("POST", _group_path(group_id, "/cancel")))["data"])
-
-
-
-
-
-
-
-
-
-def _body(req: BaseModel) -> dict[str, Any]:
-    """A request model as the JSON body the daemon parses back into the same model. What the caller
-    did not give stays left out: a run's defaulted provider is not one asked for (a profile's
-    applies), a spawn's omitted `network_channels` means the parent's, not none."""
-    return req.model_dump(mode="json", by_alias=True, exclude_none=True, exclude_unset=True)
-
-
-def _query(q: BaseModel) -> dict[str, Any]:
-    """A query model as query parameters: only what differs from the route's defaults."""
-    return q.model_dump(mode="json", exclude_defaults=True)
 
 
 def _seg(shape: ids.Shape, value: str, field: str) -> str:
@@ -176,8 +113,6 @@ def _seg(shape: ids.Shape, value: str, field: str) -> str:
 
 
 def _run_path(run_id: str, rest: str = "") -> str:
+    """An id is checked by shape before it goes into a path, and escaped there: one path segment, never
+    `../other-route` or a query string."""
     return f"/agent-runs/{_seg(ids.RUN, run_id, 'run_id')}{rest}"
-
-
-def _group_path(group_id: str, rest: str = "") -> str:
-    return f"/agent-run-groups/{_seg(ids.GROUP, group_id, 'group_id')}{rest}"

@@ -21,20 +21,21 @@ from rich.text import Text
 from engine import group_models as gm
 from mcp_server import commands
 from mcp_server.api import AgentDockAPI
+from mcp_server.areas import groups
 
 POLL_SECONDS = 30
 LATEST = 8
 """Events shown under the progress bar."""
 
 
-async def pages(api: AgentDockAPI, group_id: str, q: gm.GroupEventsQuery) -> AsyncIterator[gm.GroupEventList]:
+async def pages(api: AgentDockAPI, q: groups.EventsInput) -> AsyncIterator[gm.GroupEventList]:
     """The group's events page by page as they come, until it has ended and every event was read."""
     while True:
-        page = await api.group_events(group_id, q)
+        page = await api.call(groups.EVENTS, q)
         yield page
         if not page.data and not page.is_active:
             return
-        q = gm.GroupEventsQuery(after_sequence=page.next_after_sequence, limit=q.limit, wait=POLL_SECONDS)
+        q = q.model_copy(update={"after_sequence": page.next_after_sequence, "wait_seconds": POLL_SECONDS})
 
 
 def line(ev: gm.GroupEvent) -> str:
@@ -58,31 +59,31 @@ def _view(group: gm.Group, latest: deque[str]) -> Group:
 
 
 async def watch(api: AgentDockAPI, group_id: str, *, as_json: bool = False,
-                q: gm.GroupEventsQuery | None = None, show_events: bool = False) -> gm.Group:
+                q: groups.EventsInput | None = None, show_events: bool = False) -> gm.Group:
     """Follow the group until it has ended; returns its final record."""
-    group = await api.get_group(group_id)
-    q = q or gm.GroupEventsQuery()
+    group = await api.call(groups.GET, group_id=group_id)
+    q = q or groups.EventsInput(group_id=group_id)
     if sys.stdout.isatty() and not as_json:
         latest: deque[str] = deque(maxlen=LATEST)
         console = Console()
         with Live(_view(group, latest), console=console, refresh_per_second=8) as live:
-            async for page in pages(api, group_id, q):
+            async for page in pages(api, q):
                 latest.extend(line(ev) for ev in page.data)
-                group = await api.get_group(group_id)
+                group = await api.call(groups.GET, group_id=group_id)
                 live.update(_view(group, latest))
         return group
     status = None
-    async for page in pages(api, group_id, q):
+    async for page in pages(api, q):
         for ev in page.data:
             if show_events or as_json:
                 print(ev.model_dump_json() if as_json else line(ev), flush=True)
-        group = await api.get_group(group_id)
+        group = await api.call(groups.GET, group_id=group_id)
         if not as_json and not show_events and group.status_message != status:
             status = group.status_message
             print(commands.safe(f"{group.id}  {group.status.value}  {status}"), flush=True)
     return group
 
 
-async def stream(api: AgentDockAPI, group_id: str, q: gm.GroupEventsQuery, *, as_json: bool = False) -> None:
+async def stream(api: AgentDockAPI, q: groups.EventsInput, *, as_json: bool = False) -> None:
     """`events --stream`: every event from the cursor on, live, until the group has ended."""
-    await watch(api, group_id, as_json=as_json, q=q, show_events=True)
+    await watch(api, q.group_id, as_json=as_json, q=q, show_events=True)

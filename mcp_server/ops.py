@@ -78,7 +78,10 @@ class Op(Generic[I, O]):
     """For an answer that can report a refusal (a soul found invalid): whether this one does; HTTP then
     answers 422 with it, which the client takes as the answer, not a failure."""
     tool: bool = True
-    """Whether it is an MCP tool (False: only HTTP and the CLI, e.g. the local user's session list)."""
+    """Whether it is an MCP tool made from this row (False: HTTP and the CLI only, like the local user's
+    session list, or a tool the area writes itself, like `agent_run`, which waits reporting progress)."""
+    routed: bool = True
+    """Whether its HTTP route is made from this row (False: the area serves its path itself, e.g. SSE)."""
     wait: str | None = None
     """The input field bounding a long poll, so that a client gives the answer that long."""
     max_body: int = http.MAX_BODY_BYTES
@@ -152,7 +155,7 @@ def endpoint(op: Op[Any, Any], engine: Engine) -> http.Endpoint:
 
 
 def endpoints(ops: Sequence[Op[Any, Any]], engine: Engine) -> list[http.Endpoint]:
-    return [endpoint(op, engine) for op in ops]
+    return [endpoint(op, engine) for op in ops if op.routed]
 
 
 # ---------------------------------------------------------------- MCP

@@ -12,14 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
@@ -31,11 +32,12 @@ from engine.callers import Caller
 from engine.settings import Settings
 from mcp_server import commands, live, mcp_tools
 from mcp_server.api import AgentDockAPI
-from mcp_server.http import MAX_WAIT_SECONDS, Endpoint, WaitQuery, body, data, params, with_idempotency_key
+from mcp_server.http import MAX_WAIT_SECONDS, Endpoint, body, data, params, with_idempotency_key
+from mcp_server.ops import CHANGE, DESTROY, Op
 
 NAME = "groups"
 """The toolset (`--toolsets groups`) and the permission area."""
-COLUMNS = ["id", "status", "name", "concurrency_limit", "status_message", "created_at"]
+op = partial(Op, NAME)
 MAX_DISPATCH_BODY = 32 * 1024 * 1024
 """A manifest of 1,000 items of about 32 KiB each (prompts, env, metadata): a body past this is refused before
 it is read, so one request cannot make the daemon parse hundreds of megabytes of JSON."""
@@ -50,8 +52,10 @@ class GroupRef(models.Input):
     """The group id (grp_...)."""
 
 
-class GroupWait(GroupRef, WaitQuery):
-    pass
+class GroupWait(GroupRef):
+    wait_seconds: float = Field(default=0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False,
+                                validation_alias=AliasChoices("wait_seconds", "wait"))
+    """Wait up to this long for the group to end before answering (0: at once)."""
 
 
 class DispatchQuery(GroupRef):
@@ -63,15 +67,22 @@ class DispatchInput(gm.DispatchRequest):
     group_id: ids.GroupId
     """The group to dispatch into."""
 
+    def request(self) -> gm.DispatchRequest:
+        return gm.DispatchRequest.model_validate(self.model_dump(by_alias=True, exclude={"group_id"},
+                                                                 exclude_unset=True))
 
-class DispatchRef(GroupRef, WaitQuery):
+
+class DispatchRef(GroupRef):
     dispatch_id: ids.DispatchId
     """The dispatch id (gdsp_...) a dispatch answered with."""
+    wait_seconds: float = Field(default=0, ge=0, le=MAX_WAIT_SECONDS, allow_inf_nan=False,
+                                validation_alias=AliasChoices("wait_seconds", "wait"))
+    """Wait up to this long for all its entries to end before answering (0: at once)."""
 
 
 class EventsInput(gm.GroupEventsQuery):
     group_id: ids.GroupId
-    """The group id."""
+    """The group id (grp_...)."""
 
 
 class HttpEventsQuery(EventsInput):
@@ -81,27 +92,55 @@ class HttpEventsQuery(EventsInput):
 
 class RunsInput(gm.GroupRunsQuery):
     group_id: ids.GroupId
-    """The group id."""
+    """The group id (grp_...)."""
 
 
-# ---------------------------------------------------------------- HTTP
+def _get(engine: Engine, caller: Caller, inp: GroupWait) -> Awaitable[gm.Group]:
+    if inp.wait_seconds:
+        return engine.groups.wait(caller, inp.group_id, inp.wait_seconds)
+    return engine.groups.get(caller, inp.group_id)
+
+
+BASE = "/api/v1/agent-run-groups"
+ONE = BASE + "/{group_id}"
+CREATE = op("group_create", "Create an agent run group: many related runs under one concurrency_limit, one event "
+            "stream for all of them. Set expected_runs to keep it open across several dispatches.", gm.GroupCreate,
+            gm.Group, lambda e, c, i: e.groups.create(c, i), "POST", BASE, CHANGE, cli="agent-run-groups create",
+            status=201)
+DISPATCH = op("group_dispatch_queue", "Queue a manifest into a group (the HTTP and CLI dispatch; the group_dispatch "
+              "tool waits for it).", DispatchInput, gm.DispatchResult,
+              lambda e, c, i: e.groups.dispatch(c, i.group_id, i.request()), "POST", ONE + "/dispatch", CHANGE,
+              status=201, tool=False, routed=False)
+DISPATCH_GET = op("group_dispatch_get", "An earlier dispatch, once all its entries have ended or when wait_seconds "
+                  "pass.", DispatchRef, gm.DispatchResult,
+                  lambda e, c, i: e.groups.dispatch_status(c, i.group_id, i.dispatch_id, i.wait_seconds), "GET",
+                  ONE + "/dispatches/{dispatch_id}", tool=False, wait="wait_seconds")
+GET = op("group_get", "Get a group: status, counts, entry_counts, is_active, status_message; wait_seconds waits for "
+         "its end (bounded).", GroupWait, gm.Group, _get, "GET", ONE, wait="wait_seconds")
+LIST = op("group_list", "List groups, newest first, filtered by status, workspace_id or project_id, paged by cursor.",
+          gm.GroupListQuery, gm.GroupList, lambda e, c, i: e.groups.list(c, i), "GET", BASE,
+          cli="agent-run-groups list", columns=("id", "status", "name", "concurrency_limit", "status_message",
+                                                "created_at"))
+RUNS = op("group_runs", "A group's entries in order with their latest runs; include_input and include_output add "
+          "each run's prompt and output.", RunsInput, gm.GroupRunList,
+          lambda e, c, i: e.groups.group_runs(c, i.group_id, i), "GET", ONE + "/runs")
+EVENTS = op("group_event_page", "A page of the group's events (the group_events tool reports progress meanwhile).",
+            EventsInput, gm.GroupEventList, lambda e, c, i: e.groups.events(c, i.group_id, i), "GET",
+            ONE + "/events", tool=False, routed=False, wait="wait_seconds")
+CANCEL = op("group_cancel", "Cancel a group: queued entries end canceled without starting, running children are "
+            "canceled (processes killed); returns the group.", GroupRef, gm.Group,
+            lambda e, c, i: e.groups.cancel(c, i.group_id), "POST", ONE + "/cancel", DESTROY,
+            cli="agent-run-groups cancel", args=("group_id",))
+OPS = (CREATE, DISPATCH, DISPATCH_GET, GET, LIST, RUNS, EVENTS, CANCEL)
+COMMANDS = {"agent-run-groups": "agent run groups: many runs under one concurrency limit"}
+
+
+# ---------------------------------------------------------------- HTTP (dispatch with its wait, SSE events)
 
 
 def endpoints(engine: Engine) -> list[Endpoint]:
     groups = engine.groups
     heartbeat = engine.settings.sse_heartbeat_seconds
-
-    async def create(request: Request, caller: Caller) -> Response:
-        params(request, models.Input)
-        fields = with_idempotency_key(request, await body(request))
-        return data(await groups.create(caller, models.parse(gm.GroupCreate, fields)), 201)
-
-    async def list_(request: Request, caller: Caller) -> Response:
-        return data(await groups.list(caller, params(request, gm.GroupListQuery)))
-
-    async def get(request: Request, caller: Caller) -> Response:
-        p = params(request, GroupWait)
-        return data(await (groups.wait(caller, p.group_id, p.wait) if p.wait else groups.get(caller, p.group_id)))
 
     async def dispatch(request: Request, caller: Caller) -> Response:
         p = params(request, DispatchQuery)
@@ -109,14 +148,6 @@ def endpoints(engine: Engine) -> list[Endpoint]:
         req = models.parse(gm.DispatchRequest, fields)
         wait = MAX_WAIT_SECONDS if p.wait is None else p.wait
         return data(await groups.dispatch(caller, p.group_id, req, wait=wait), 201)
-
-    async def dispatch_status(request: Request, caller: Caller) -> Response:
-        p = params(request, DispatchRef)
-        return data(await groups.dispatch_status(caller, p.group_id, p.dispatch_id, p.wait))
-
-    async def runs(request: Request, caller: Caller) -> Response:
-        p = params(request, RunsInput)
-        return data(await groups.group_runs(caller, p.group_id, p))
 
     async def events(request: Request, caller: Caller) -> Response:
         p = params(request, HttpEventsQuery)
@@ -126,19 +157,9 @@ def endpoints(engine: Engine) -> list[Endpoint]:
         first = await groups.events(caller, p.group_id, gm.GroupEventsQuery(after_sequence=after, limit=p.limit))
         return EventSourceResponse(_sse(groups, caller, p.group_id, first, p.limit), ping=heartbeat)
 
-    async def cancel(request: Request, caller: Caller) -> Response:
-        return data(await groups.cancel(caller, params(request, GroupRef).group_id))
-
-    base = "/api/v1/agent-run-groups"
     return [
-        Endpoint(base, create, ["POST"]),
-        Endpoint(base, list_, ["GET"]),
-        Endpoint(base + "/{group_id:id}", get, ["GET"]),
-        Endpoint(base + "/{group_id:id}/dispatch", dispatch, ["POST"], MAX_DISPATCH_BODY),
-        Endpoint(base + "/{group_id:id}/dispatches/{dispatch_id:id}", dispatch_status, ["GET"]),
-        Endpoint(base + "/{group_id:id}/runs", runs, ["GET"]),
-        Endpoint(base + "/{group_id:id}/events", events, ["GET"]),
-        Endpoint(base + "/{group_id:id}/cancel", cancel, ["POST"]),
+        Endpoint(BASE + "/{group_id:id}/dispatch", dispatch, ["POST"], MAX_DISPATCH_BODY),
+        Endpoint(BASE + "/{group_id:id}/events", events, ["GET"]),
     ]
 
 
@@ -163,7 +184,7 @@ async def _sse(groups: Any, caller: Caller, group_id: str, page: gm.GroupEventLi
             if not page.data and not page.is_active:
                 return
             page = await groups.events(caller, group_id, gm.GroupEventsQuery(
-                after_sequence=page.next_after_sequence, limit=limit, wait=SSE_POLL_SECONDS))
+                after_sequence=page.next_after_sequence, limit=limit, wait_seconds=SSE_POLL_SECONDS))
     except errors.EngineError as exc:
         diag = exc.diagnostic()
         yield ServerSentEvent(data=json.dumps({"diagnostic": diag.model_dump(mode="json"), "error": diag.message}),
@@ -183,8 +204,8 @@ async def _reporting(api: AgentDockAPI, group_id: str, queued: gm.DispatchResult
     pending = {e.id for e in queued.entries if not e.status.terminal}
     cursor = queued.next_after_sequence  # taken before the entries were read: each pending end comes after it
     while pending and (remaining := deadline - anyio.current_time()) > 0:
-        page = await api.group_events(group_id, gm.GroupEventsQuery(after_sequence=cursor,
-                                                                    wait=min(remaining, PROGRESS_SECONDS)))
+        page = await api.call(EVENTS, group_id=group_id, after_sequence=cursor,
+                              wait_seconds=min(remaining, PROGRESS_SECONDS))
         cursor = page.next_after_sequence
         pending -= {e.payload.get("entry_id") for e in page.data if e.type == "entry_finished"}
         last = page.data[-1].message if page.data else "waiting for the group's children"
@@ -203,48 +224,27 @@ async def _ticking(ctx: Context, message: str, progress: float) -> None:
 def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
     max_wait = settings.mcp_max_wait_seconds
 
-    async def group_create(inp: gm.GroupCreate, ctx: Context) -> gm.Group:
-        return await api.create_group(inp)
-
     async def group_dispatch(inp: DispatchInput, ctx: Context) -> gm.DispatchResult:
-        req = gm.DispatchRequest.model_validate(inp.model_dump(by_alias=True, exclude={"group_id", "async_"},
-                                                               exclude_unset=True) | {"async": True})
-        queued = await api.dispatch_group(inp.group_id, req)
+        queued = await api.call(DISPATCH, inp.model_copy(update={"async_": True}))
         if inp.async_:
             return queued
         await _reporting(api, inp.group_id, queued, max_wait, ctx)  # returns once every item has ended
-        return await api.wait_dispatch(inp.group_id, queued.dispatch_id, 0)
-
-    async def group_get(inp: GroupRef, ctx: Context) -> gm.Group:
-        return await api.get_group(inp.group_id)
-
-    async def group_list(inp: gm.GroupListQuery, ctx: Context) -> gm.GroupList:
-        return await api.list_groups(inp)
-
-    async def group_runs(inp: RunsInput, ctx: Context) -> gm.GroupRunList:
-        return await api.group_runs(inp.group_id, gm.GroupRunsQuery.model_validate(inp.model_dump(exclude={"group_id"})))
+        return await api.call(DISPATCH_GET, group_id=inp.group_id, dispatch_id=queued.dispatch_id)
 
     async def group_events(inp: EventsInput, ctx: Context) -> gm.GroupEventList:
-        q = gm.GroupEventsQuery(after_sequence=inp.after_sequence, limit=inp.limit, wait=min(inp.wait, max_wait))
-        if not q.wait:
-            return await api.group_events(inp.group_id, q)
+        q = inp.model_copy(update={"wait_seconds": min(inp.wait_seconds, max_wait)})
+        if not q.wait_seconds:
+            return await api.call(EVENTS, q)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_ticking, ctx, f"waiting for events after {q.after_sequence}", q.after_sequence)
-            page = await api.group_events(inp.group_id, q)
+            page = await api.call(EVENTS, q)
             tg.cancel_scope.cancel()
         if page.data:
             await ctx.report_progress(page.next_after_sequence, None, page.data[-1].message or page.data[-1].type)
         return page
 
-    async def group_cancel(inp: GroupRef, ctx: Context) -> gm.Group:
-        return await api.cancel_group(inp.group_id)
-
-    read, change = mcp_tools.READ, mcp_tools.annotations
+    change = mcp_tools.annotations
     return [
-        mcp_tools.make_tool(
-            "group_create", "Create an agent run group: many related runs under one concurrency_limit, one event "
-            "stream for all of them. Set expected_runs to keep it open across several dispatches.",
-            gm.GroupCreate, gm.Group, group_create, change()),
         mcp_tools.make_tool(
             "group_dispatch", "Dispatch a manifest (runs: 1 to 1,000 agent runs, each with optional "
             "orchestration_role and parent_agent_run_id, in a device or a fresh ephemeral sandbox) into a group. "
@@ -252,28 +252,18 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
             "done=false, and a cursor for group_events; repeat with the same idempotency_key to wait again); "
             "async=true returns the queued entries at once. An item that cannot run (unknown target) fails as its "
             "own entry.", DispatchInput, gm.DispatchResult, group_dispatch, change(open_world_hint=True)),
-        mcp_tools.make_tool("group_get", "Get a group: status, counts, entry_counts, is_active, status_message.",
-                            GroupRef, gm.Group, group_get, read),
-        mcp_tools.make_tool("group_list", "List groups, newest first, filtered by status, workspace_id or "
-                            "project_id, paged by cursor.", gm.GroupListQuery, gm.GroupList, group_list, read),
-        mcp_tools.make_tool("group_runs", "A group's entries in order with their latest runs; include_input and "
-                            "include_output add each run's prompt and output.", RunsInput, gm.GroupRunList,
-                            group_runs, read),
         mcp_tools.make_tool(
             "group_events", "One stream for the whole group: every child's events and the group's own (entry "
             "queued/started/finished, group finished), one gapless sequence. Pass the last sequence you saw as "
-            f"after_sequence; wait (at most {int(max_wait)} s here) long-polls for the next.", EventsInput,
-            gm.GroupEventList, group_events, read),
-        mcp_tools.make_tool("group_cancel", "Cancel a group: queued entries end canceled without starting, running "
-                            "children are canceled (processes killed); returns the group.", GroupRef, gm.Group,
-                            group_cancel, change(destructive_hint=True, idempotent_hint=True)),
+            f"after_sequence; wait_seconds (at most {int(max_wait)} s here) long-polls for the next.", EventsInput,
+            gm.GroupEventList, group_events, mcp_tools.READ),
     ]
 
 
 def resources(api: AgentDockAPI) -> list[mcp_tools.Resource]:
     async def group(group_id: str) -> str:
         with mcp_tools.resource_errors():
-            return (await api.get_group(group_id)).model_dump_json()
+            return (await api.call(GET, group_id=group_id)).model_dump_json()
 
     return [mcp_tools.Resource("agentdock://groups/{group_id}", "group", "An agent run group.", group)]
 
@@ -288,22 +278,6 @@ def _json_arg(text: str, field: str) -> Any:
         raise errors.InvalidInput(field, f"not valid JSON: {exc.msg}") from None
 
 
-async def cmd_create(api: AgentDockAPI, args: argparse.Namespace) -> int:
-    fields = commands.given(name=args.name, workspace_id=args.workspace, project_id=args.project,
-                            concurrency_limit=args.concurrency, expected_runs=args.expected_runs,
-                            idempotency_key=args.idempotency_key)
-    if args.metadata:
-        fields["metadata"] = _json_arg(args.metadata, "metadata")
-    commands.show(await api.create_group(models.parse(gm.GroupCreate, fields)), args.json)
-    return 0
-
-
-async def cmd_list(api: AgentDockAPI, args: argparse.Namespace) -> int:
-    q = models.parse(gm.GroupListQuery, commands.given(status=args.status, limit=args.limit, cursor=args.cursor))
-    commands.show(await api.list_groups(q), args.json, COLUMNS)
-    return 0
-
-
 async def cmd_dispatch(api: AgentDockAPI, args: argparse.Namespace) -> int:
     items = [_json_arg(r, "runs") for r in args.run or []]
     if args.manifest:
@@ -312,9 +286,11 @@ async def cmd_dispatch(api: AgentDockAPI, args: argparse.Namespace) -> int:
         items += manifest.get("runs", manifest) if isinstance(manifest, dict) else manifest
     req = models.parse(gm.DispatchRequest, commands.given(runs=items, idempotency_key=args.idempotency_key)
                        | {"async": True})
-    result = await api.dispatch_group(args.id, req)
+    result = await api.call(DISPATCH, DispatchInput.model_validate({**req.model_dump(by_alias=True, exclude_unset=True),
+                                                                    "group_id": args.group_id}))
     while not args.async_ and not result.done:
-        result = await api.wait_dispatch(args.id, result.dispatch_id, MAX_WAIT_SECONDS)
+        result = await api.call(DISPATCH_GET, group_id=args.group_id, dispatch_id=result.dispatch_id,
+                                wait_seconds=MAX_WAIT_SECONDS)
     if args.json:
         commands.show(result, True)
     else:
@@ -329,13 +305,13 @@ async def cmd_dispatch(api: AgentDockAPI, args: argparse.Namespace) -> int:
 
 async def cmd_show(api: AgentDockAPI, args: argparse.Namespace) -> int:
     if args.watch:
-        group = await live.watch(api, args.id, as_json=args.json)
+        group = await live.watch(api, args.group_id, as_json=args.json)
     else:
-        group = await api.get_group(args.id)
+        group = await api.call(GET, group_id=args.group_id)
         if not args.runs:
             commands.show(group, args.json)
     if args.runs:
-        runs = await _all_runs(api, args.id)
+        runs = await _all_runs(api, args.group_id)
         if args.json:
             commands.show({"group": group.model_dump(mode="json"), "runs": runs}, True)
         else:
@@ -350,7 +326,7 @@ async def _all_runs(api: AgentDockAPI, group_id: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     cursor = None
     while True:
-        page = await api.group_runs(group_id, gm.GroupRunsQuery(limit=1000, cursor=cursor))
+        page = await api.call(RUNS, group_id=group_id, limit=1000, cursor=cursor)
         out += [r.model_dump(mode="json") for r in page.data]
         if page.next_cursor is None:
             return out
@@ -358,48 +334,28 @@ async def _all_runs(api: AgentDockAPI, group_id: str) -> list[dict[str, Any]]:
 
 
 async def cmd_events(api: AgentDockAPI, args: argparse.Namespace) -> int:
-    q = models.parse(gm.GroupEventsQuery, {"after_sequence": args.after, "limit": args.limit})
+    q = models.parse(EventsInput, {"group_id": args.group_id, "after_sequence": args.after, "limit": args.limit})
     if args.stream:
-        await live.stream(api, args.id, q, as_json=args.json)
+        await live.stream(api, q, as_json=args.json)
         return 0
-    commands.show(await api.group_events(args.id, q), args.json,
+    commands.show(await api.call(EVENTS, q), args.json,
                   ["sequence", "type", "agent_run_id", "message", "created_at"])
     return 0
 
 
-async def cmd_cancel(api: AgentDockAPI, args: argparse.Namespace) -> int:
-    commands.show(await api.cancel_group(args.id), args.json)
-    return 0
-
-
 def add_commands(cli: commands.Commands) -> None:
-    cli.group("agent-run-groups", "agent run groups: many runs under one concurrency limit")
-    cr = cli.add("agent-run-groups", "create", cmd_create)
-    cr.add_argument("--name")
-    cr.add_argument("--workspace")
-    cr.add_argument("--project")
-    cr.add_argument("--concurrency", type=int)
-    cr.add_argument("--expected-runs", type=int)
-    cr.add_argument("--metadata", help="JSON object")
-    cr.add_argument("--idempotency-key")
-    ls = cli.add("agent-run-groups", "list", cmd_list)
-    ls.add_argument("--status")
-    ls.add_argument("--limit", type=int)
-    ls.add_argument("--cursor")
     dp = cli.add("agent-run-groups", "dispatch", cmd_dispatch, help="dispatch child runs into a group")
-    dp.add_argument("id")
+    dp.add_argument("group_id", metavar="GROUP_ID", help="the group (grp_...)")
     dp.add_argument("--run", action="append", metavar="JSON", help="one manifest item (repeatable)")
     dp.add_argument("--manifest", metavar="FILE", help='a JSON file ({"runs": [...]} or [...]); - for stdin')
-    dp.add_argument("--idempotency-key")
+    dp.add_argument("--idempotency-key", help="the same key and manifest is the same dispatch (wait on it again)")
     dp.add_argument("--async", dest="async_", action="store_true", help="return the queued entries at once")
-    sh = cli.add("agent-run-groups", "show", cmd_show)
-    sh.add_argument("id")
+    sh = cli.add("agent-run-groups", "show", cmd_show, help="a group; --runs its entries, --watch live")
+    sh.add_argument("group_id", metavar="GROUP_ID", help="the group (grp_...)")
     sh.add_argument("--runs", action="store_true", help="also list its entries and runs")
     sh.add_argument("--watch", action="store_true", help="follow it live until it ends")
-    ev = cli.add("agent-run-groups", "events", cmd_events)
-    ev.add_argument("id")
-    ev.add_argument("--after", type=int, default=0, help="the last sequence already seen")
+    ev = cli.add("agent-run-groups", "events", cmd_events, help="the group's event stream")
+    ev.add_argument("group_id", metavar="GROUP_ID", help="the group (grp_...)")
+    ev.add_argument("--after-sequence", dest="after", type=int, default=0, help="the last sequence already seen")
     ev.add_argument("--limit", type=int, default=500, help="events per page")
     ev.add_argument("--stream", action="store_true", help="follow live until the group ends")
-    cli.add("agent-run-groups", "cancel", cmd_cancel).add_argument("id")
-

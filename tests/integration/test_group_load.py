@@ -37,7 +37,7 @@ class Follower:
     async def until(self, client: DaemonClient, at_least: int) -> None:
         with anyio.fail_after(600):
             while self.finished < at_least:
-                page = await client.group_events(self.group_id, gm.GroupEventsQuery(after_sequence=self.after, wait=10))
+                page = await client.group_events(self.group_id, gm.GroupEventsQuery(after_sequence=self.after, wait_seconds=10))
                 self.finished += sum(e.type == "entry_finished" for e in page.data)
                 self.after = page.next_after_sequence
 
@@ -45,7 +45,7 @@ class Follower:
 async def all_events(client: DaemonClient, group_id: str) -> list[gm.GroupEvent]:
     events: list[gm.GroupEvent] = []
     after = 0
-    while page := (await client.group_events(group_id, gm.GroupEventsQuery(after_sequence=after, limit=1000))).data:
+    while page := (await client.call(areas.groups.EVENTS, areas.groups.EventsInput(group_id=group_id, after_sequence=after, limit=1000))).data:
         events += page
         after = page[-1].sequence
     return events
@@ -54,11 +54,11 @@ async def all_events(client: DaemonClient, group_id: str) -> list[gm.GroupEvent]
 async def run_under_kills(daemon: Daemon, entries: int, item: dict, seed: int) -> tuple[gm.Group, list, list]:
     rng = random.Random(seed)
     async with DaemonClient(daemon.settings) as client:
-        group = await client.create_group(gm.GroupCreate(name="load", concurrency_limit=LIMIT, expected_runs=entries))
-        req = gm.DispatchRequest.model_validate({"async": True, "runs": [
+        group = await client.call(areas.groups.CREATE, gm.GroupCreate(name="load", concurrency_limit=LIMIT, expected_runs=entries))
+        req = areas.groups.DispatchInput.model_validate({"group_id": group.id, "async": True, "runs": [
             {**item, "prompt": f"item {i}", "command": item["command"].format(i=i), "timeout": TIMEOUT}
             for i in range(entries)]})
-        assert len((await client.dispatch_group(group.id, req)).entries) == entries
+        assert len((await client.call(areas.groups.DISPATCH, req)).entries) == entries
     marks = sorted(rng.sample(range(entries // 20, entries * 9 // 10), 5))
     follower = Follower(group.id)
     for mark in marks:
@@ -69,10 +69,10 @@ async def run_under_kills(daemon: Daemon, entries: int, item: dict, seed: int) -
         daemon.start()
     async with DaemonClient(daemon.settings) as client:
         with anyio.fail_after(900):
-            final = await client.wait_group(group.id, 45)
+            final = await client.call(areas.groups.GET, group_id=group.id, wait_seconds=45)
             while final.is_active:
-                final = await client.wait_group(group.id, 45)
-        rows = (await client.group_runs(group.id, gm.GroupRunsQuery(limit=1000))).data
+                final = await client.call(areas.groups.GET, group_id=group.id, wait_seconds=45)
+        rows = (await client.call(areas.groups.RUNS, areas.groups.RunsInput(group_id=group.id, limit=1000))).data
         events = await all_events(client, group.id)
         runs = [await client.call(areas.runs.GET, run_id=e.run_id) for e in rows if e.run_id]
     return final, events, runs

@@ -31,7 +31,7 @@ async def count_finished(client: DaemonClient, group_id: str, at_least: int) -> 
     after, finished = 0, 0
     with anyio.fail_after(120):
         while finished < at_least:
-            page = await client.group_events(group_id, gm.GroupEventsQuery(after_sequence=after, wait=10))
+            page = await client.call(areas.groups.EVENTS, areas.groups.EventsInput(group_id=group_id, after_sequence=after, wait_seconds=10))
             finished += sum(e.type == "entry_finished" for e in page.data)
             after = page.next_after_sequence
 
@@ -40,15 +40,15 @@ async def test_kill_9_mid_group_every_entry_ends_once_the_lost_run_is_retried_an
         daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
         device = await client.call(areas.devices.CREATE, models.DeviceCreate())
-        group = await client.create_group(gm.GroupCreate(name="crash", concurrency_limit=LIMIT,
+        group = await client.call(areas.groups.CREATE, gm.GroupCreate(name="crash", concurrency_limit=LIMIT,
                                                          expected_runs=ENTRIES))
-        req = gm.DispatchRequest.model_validate({"async": True, "runs": [
+        req = areas.groups.DispatchInput.model_validate({"group_id": group.id, "async": True, "runs": [
             {"prompt": "first", "command": ONCE, "sandbox_id": device.id},
             *[{"prompt": f"item {i}", "command": "sleep 0.3; echo done"} for i in range(1, ENTRIES)]]})
-        queued = await client.dispatch_group(group.id, req)
+        queued = await client.call(areas.groups.DISPATCH, req)
         assert len(queued.entries) == ENTRIES
         await count_finished(client, group.id, 10)
-        blocked = (await client.group_runs(group.id, gm.GroupRunsQuery(limit=1))).data[0]
+        blocked = (await client.call(areas.groups.RUNS, areas.groups.RunsInput(group_id=group.id, limit=1))).data[0]
         assert (blocked.status, blocked.attempts, blocked.run_status) == ("running", 1, "running")
     await kill_daemon(daemon)
     docker.from_env().containers.get(f"agentdock-{device.id}").restart(timeout=1)  # the run's process dies
@@ -56,12 +56,12 @@ async def test_kill_9_mid_group_every_entry_ends_once_the_lost_run_is_retried_an
     daemon.start()
     async with DaemonClient(daemon.settings) as client:
         with anyio.fail_after(300):
-            final = await client.wait_group(group.id, 55)
+            final = await client.call(areas.groups.GET, group_id=group.id, wait_seconds=50)
             while final.is_active:
-                final = await client.wait_group(group.id, 55)
-        entries = (await client.group_runs(group.id, gm.GroupRunsQuery(limit=1000))).data
+                final = await client.call(areas.groups.GET, group_id=group.id, wait_seconds=50)
+        entries = (await client.call(areas.groups.RUNS, areas.groups.RunsInput(group_id=group.id, limit=1000))).data
         events, after = [], 0
-        while page := (await client.group_events(group.id, gm.GroupEventsQuery(after_sequence=after,
+        while page := (await client.call(areas.groups.EVENTS, areas.groups.EventsInput(group_id=group.id, after_sequence=after,
                                                                                limit=1000))).data:
             events += page
             after = page[-1].sequence

@@ -85,7 +85,7 @@ async def test_every_create_naming_another_workspace_is_refused_naming_its_field
         own = await engine.groups.dispatch(a, own_group.id, models.parse(gm.DispatchRequest, {
             "async": True, "runs": [{"prompt": "p", "command": "out=x", "workspace_id": "A"}]}))
     assert fields == {"groups": "workspace_id", "spawn": "workspace_id", "runs": "workspace_id",
-                      "dispatch": "runs.1.workspace_id", "tasks": "workspace", "profiles": "workspace_id",
+                      "dispatch": "runs.1.workspace_id", "tasks": "workspace_id", "profiles": "workspace_id",
                       "devices": "workspace_id"}
     assert after == before
     assert len(own.entries) == 1  # its own workspace, named, is fine

@@ -191,7 +191,7 @@ async def test_bad_messages_are_refused_naming_the_field_and_write_nothing(tmp_p
                             ({"channel_id": "chn_nothex", "body": 1}, "channel"),
                             ({"channel_id": ch, "body": 1, "metadata": {"message_kind": "shout"}}, "message_kind"),
                             ({"channel_id": ch, "body": 1, "metadata": {"task_id": "../x"}}, "task_id"),
-                            ({"channel": ch, "body": 1, "extra": 1}, "extra")):
+                            ({"channel_id": ch, "body": 1, "extra": 1}, "extra")):
             with pytest.raises(errors.InvalidInput, match=field):
                 await engine.channels.send(ROOT, cm.models.parse(cm.Send, data))
         assert (await engine.channels.list(ROOT)).channels[0].id == ch
@@ -220,9 +220,9 @@ async def test_bodies_and_ext_nested_too_deep_or_too_large_are_refused(tmp_path)
     deep: object = 1
     for _ in range(cm.MAX_DEPTH + 1):
         deep = [deep]
-    for data, field in (({"channel": cm.channel_id("x"), "body": deep}, "body"),
-                        ({"channel": cm.channel_id("x"), "body": 1, "metadata": {"ext": {"k": "v" * 9000}}}, "ext"),
-                        ({"channel": cm.channel_id("x"), "body": 1, "metadata": {"ext": {"k": deep}}}, "ext")):
+    for data, field in (({"channel_id": cm.channel_id("x"), "body": deep}, "body"),
+                        ({"channel_id": cm.channel_id("x"), "body": 1, "metadata": {"ext": {"k": "v" * 9000}}}, "ext"),
+                        ({"channel_id": cm.channel_id("x"), "body": 1, "metadata": {"ext": {"k": deep}}}, "ext")):
         with pytest.raises(errors.InvalidInput, match=field):
             cm.models.parse(cm.Send, data)
 

@@ -9,7 +9,7 @@ import pytest
 
 from engine import errors, ids, models
 from engine.settings import Settings
-from mcp_server import mcp_app
+from mcp_server import areas, mcp_app
 from mcp_server.client import DaemonClient, DaemonUnavailable
 
 RUN = "run_0123456789abcdef0123"
@@ -66,16 +66,18 @@ def test_tool_schemas_publish_the_id_pattern_so_a_caller_can_see_the_shape():
     assert target["pattern"] == ids.DEVICE.pattern
 
 
-@pytest.mark.parametrize("call", ["get_run", "cancel_run", "run_events", "artifacts", "get_device", "delete_device"])
+@pytest.mark.parametrize("call", ["GET", "CANCEL", "EVENTS", "ARTIFACTS", "get_device", "delete_device"])
 def test_the_daemon_client_refuses_a_malformed_id_before_sending_anything(call, tmp_path: Path):
     # No daemon listens here: a request that were sent would fail as daemon_unavailable.
     settings = Settings(home=tmp_path)
     good = SANDBOX if call.endswith("device") else RUN
+    op = {"get_device": areas.devices.GET, "delete_device": areas.devices.DELETE}.get(call) or getattr(areas.runs, call)
+    field = "sandbox_id" if call.endswith("device") else "run_id"
 
     async def attempt(value: str) -> errors.EngineError:
         async with DaemonClient(settings, timeout=5) as client:
             with pytest.raises(errors.EngineError) as info:
-                await getattr(client, call)(value)
+                await client.call(op, **{field: value})
         return info.value
 
     refused = anyio.run(attempt, "../sandboxes?")
