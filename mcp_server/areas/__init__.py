@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from mcp.server.mcpserver.tools import Tool
 
+from engine import lineage
 from engine.app import Engine
 from engine.settings import Settings
 from mcp_server import commands, mcp_tools, ops
@@ -48,9 +49,12 @@ def endpoints(engine: Engine) -> list[Endpoint]:
 
 
 def tools(area: Area, api: AgentDockAPI, settings: Settings) -> list[Tool]:
-    """The area's tools: its declared operations', then the explicit ones."""
+    """The area's tools, made from its rows and written explicitly, in the order of the permission list
+    (`lineage.TOOLS_BY_TOOLSET`), which a test holds equal to them."""
     explicit = area.tools(api, settings) if hasattr(area, "tools") else []
-    return ops.tools(getattr(area, "OPS", ()), api, settings.mcp_max_wait_seconds) + explicit
+    made = ops.tools(getattr(area, "OPS", ()), api, settings.mcp_max_wait_seconds) + explicit
+    order = lineage.TOOLS_BY_TOOLSET.get(area.NAME, ())
+    return sorted(made, key=lambda t: order.index(t.name) if t.name in order else len(order))
 
 
 def resources(area: Area, api: AgentDockAPI) -> list[mcp_tools.Resource]:
