@@ -91,9 +91,9 @@ class ApprovalWait(ApprovalRef):
 
 class ApprovalListQuery(models.Input):
     status: ApprovalStatus | None = None
-    """Only approvals in this status."""
     """Only approvals in this status (default: all), newest first."""
     limit: int = Field(default=50, ge=1, le=500)
+    """At most this many."""
 
 
 class Decision(models.Input):

@@ -162,9 +162,13 @@ class DispatchRequest(Input):
 
 class GroupListQuery(Input):
     status: GroupStatus | None = None
+    """Only groups in this status."""
     workspace_id: str | None = Field(default=None, max_length=200)
+    """Only groups of this workspace."""
     project_id: str | None = Field(default=None, max_length=200)
+    """Only groups of this project."""
     limit: int = Field(default=20, ge=1, le=200)
+    """At most this many, newest first."""
     cursor: ids.GroupId | None = None
     """The `next_cursor` of the previous page."""
 

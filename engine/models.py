@@ -481,9 +481,13 @@ class RunList(Record):
 
 class RunListQuery(Input):
     target_id: ids.DeviceId | None = None
+    """Only runs in this sandbox or computer."""
     status: RunStatus | None = None
+    """Only runs in this status."""
     limit: int = Field(default=20, ge=1, le=200)
+    """At most this many, newest first."""
     cursor: ids.RunId | None = None
+    """The `next_cursor` of the previous page."""
 
 
 class RunEvent(Record):

@@ -252,7 +252,9 @@ class ProfileUpdate(_Fields):
     profile_id: ids.ProfileId
     """The profile id (arp_...)."""
     name: str | None = Field(default=None, min_length=1, max_length=100)
+    """A new name, unique in its scope."""
     runtime: Runtime | None = None
+    """A new runtime harness."""
     workspace_id: str | None = Field(default=None, pattern=LABEL)
     """A profile's scope cannot change; given, it must be the profile's own."""
 

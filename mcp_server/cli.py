@@ -15,6 +15,7 @@ from engine import errors
 from engine.settings import Settings
 from mcp_server import areas, commands, daemon
 from mcp_server.client import DaemonClient
+from mcp_server.http import VERSION
 from runtimes import adapters
 
 
@@ -114,15 +115,25 @@ def cmd_area(args: argparse.Namespace) -> int:
     return anyio.run(go)
 
 
+def _global_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    """--json and --home: taken before the command or after any subcommand (a subcommand's default is
+    `SUPPRESS`, so it never overwrites what was given earlier)."""
+    parser.add_argument("--json", action="store_true", default=default, help="exact JSON output")
+    parser.add_argument("--home", default=default, help="state directory (default $AGENTDOCK_HOME or ~/.agentdock)")
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", help="exact JSON output")
-    common.add_argument("--home", help="state directory (default $AGENTDOCK_HOME or ~/.agentdock)")
-    p = argparse.ArgumentParser(prog="agentdock", description="A local, durable control plane for agent work.")
-    sub = p.add_subparsers(dest="command", required=True)
+    _global_flags(common, argparse.SUPPRESS)
+    p = argparse.ArgumentParser(prog="agentdock", description="A local, durable control plane for agent work: "
+                                "runs in Docker sandboxes, groups, tasks, channels, spawned sessions.")
+    _global_flags(p, None)
+    p.add_argument("--version", action="version", version=f"agentdock {VERSION}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("daemon", parents=[common], help="run, start, stop or inspect the daemon")
-    d.add_argument("action", choices=["run", "start", "stop", "status"])
+    d.add_argument("action", choices=["run", "start", "stop", "status"],
+                   help="run in the foreground, start in the background, stop, or report its status")
     d.set_defaults(fn=cmd_daemon)
 
     s = sub.add_parser("serve", parents=[common], help="MCP server on stdio (starts the daemon if needed)")
@@ -130,17 +141,17 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_serve)
 
     i = sub.add_parser("image", parents=[common], help="build the sandbox images offline")
-    i.add_argument("action", choices=["build"])
-    i.add_argument("--small", action="store_true")
-    i.add_argument("--full", action="store_true")
-    i.add_argument("--all", action="store_true")
-    i.add_argument("--force", action="store_true")
+    i.add_argument("action", choices=["build"], help="build them")
+    i.add_argument("--small", action="store_true", help="the small sandbox image (the default)")
+    i.add_argument("--full", action="store_true", help="the full image (a Debian rootfs with tools)")
+    i.add_argument("--all", action="store_true", help="every image")
+    i.add_argument("--force", action="store_true", help="build again even if the image is there")
     i.add_argument("--runtimes", help="real agent CLIs for the agents image (agentdock-agents:latest), comma-"
                                       "separated: claude-code,codex,pi,hermes (default: $AGENTDOCK_IMAGE_RUNTIMES)")
     i.set_defaults(fn=cmd_image)
 
     r = sub.add_parser("runtimes", parents=[common], help="the runtime catalog, and the CLIs an image holds")
-    r.add_argument("--image", default="agentdock-agents:latest")
+    r.add_argument("--image", default="agentdock-agents:latest", help="the image whose CLIs to list")
     r.set_defaults(fn=cmd_runtimes)
 
     cli = commands.Commands(sub, common)
@@ -155,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cut = argv.index("--")
         argv, tail = argv[:cut], argv[cut + 1:]
     args = parser().parse_args(argv)
+    args.json = bool(args.json)
     if hasattr(args, "prompt"):
         args.prompt = [*(args.prompt or []), *tail]
     try:

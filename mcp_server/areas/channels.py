@@ -115,11 +115,11 @@ def add_commands(cli: commands.Commands) -> None:
     cli.add("channels", "list", cmd_list, help=LIST.summary)
     c = cli.add("channels", "send", cmd_send, help="send a message (BODY: JSON, or text)")
     c.add_argument("channel_id", metavar="CHANNEL_ID", help="channel id (chn_...)")
-    c.add_argument("body")
+    c.add_argument("body", help="the message: JSON, or text")
     c.add_argument("--correlation-id", dest="correlation_id", help="what the message answers or continues")
     r = cli.add("channels", "reply", cmd_reply, help="reply to a message: to its sender, with its correlation id")
     r.add_argument("message_id", help="message id (msg_...)")
-    r.add_argument("body")
+    r.add_argument("body", help="the reply: JSON, or text")
     for p in (c, r):
         p.add_argument("--kind", help="message_kind: " + ", ".join(cm.MessageKind))
         p.add_argument("--task-id", dest="task_id", help="the task it is about (tsk_...)")

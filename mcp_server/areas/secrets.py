@@ -78,7 +78,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 def add_commands(cli: commands.Commands) -> None:
     cli.group("secrets", "named secrets (API keys) for runs: set, list, rm")
     s = cli.local("secrets", "set", cmd_set, help="store a secret: the value from stdin or --file, never an argument")
-    s.add_argument("name")
+    s.add_argument("name", help="the secret's name, the environment variable a run gets (e.g. ANTHROPIC_API_KEY)")
     s.add_argument("--file", help="read the value from this file (one trailing newline is dropped)")
     cli.local("secrets", "list", cmd_list, help="names and sizes, never values")
-    cli.local("secrets", "rm", cmd_rm).add_argument("name")
+    cli.local("secrets", "rm", cmd_rm, help="remove a secret").add_argument("name", help="the secret's name")

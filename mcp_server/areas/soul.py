@@ -126,6 +126,6 @@ def add_commands(cli: commands.Commands) -> None:
     v.add_argument("file", nargs="?", metavar="FILE", help="a soul document to check (not stored)")
     v.add_argument("--name", help="the agent whose stored soul to check (or to report FILE as)")
     i = cli.add("soul", "import", cmd_import, help="write a Claude Code agent file as a soul")
-    i.add_argument("file", metavar="FILE")
+    i.add_argument("file", metavar="FILE", help="a Claude Code agent file (frontmatter and a system prompt)")
     i.add_argument("--name", help="the soul's agent name (default: the file's name)")
     i.add_argument("--force", action="store_true", help="replace an existing soul")
