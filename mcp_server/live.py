@@ -7,10 +7,11 @@ are fed by the server-side long-poll of the group's events, so a new event shows
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -24,6 +25,8 @@ from mcp_server.api import AgentDockAPI
 from mcp_server.areas import groups
 
 POLL_SECONDS = 30
+PROGRESS_WAIT_SECONDS = 10
+"""One wait for the group's next event while a dispatch is followed."""
 LATEST = 8
 """Events shown under the progress bar."""
 
@@ -82,6 +85,42 @@ async def watch(api: AgentDockAPI, group_id: str, *, as_json: bool = False,
             status = group.status_message
             print(commands.safe(f"{group.id}  {group.status.value}  {status}"), flush=True)
     return group
+
+
+async def dispatch(api: AgentDockAPI, result: gm.DispatchResult) -> gm.DispatchResult:
+    """A synchronous dispatch at a terminal: a progress bar of its entries ended, with the group's latest
+    events under it (plain lines elsewhere), until every entry of this dispatch has ended."""
+    group_id, total = result.group.id, len(result.entries)
+    q = groups.EventsInput(group_id=group_id, after_sequence=result.next_after_sequence,
+                           wait_seconds=PROGRESS_WAIT_SECONDS)
+    tty = sys.stdout.isatty()
+    latest: deque[str] = deque(maxlen=LATEST)
+    bar = Progress(TextColumn("[bold]dispatch {task.fields[dispatch]}"), BarColumn(),
+                   TextColumn("{task.completed}/{task.total} ended"), expand=False)
+    task = bar.add_task("dispatch", total=total, completed=len(result.results), dispatch=result.dispatch_id)
+    with Live(Group(bar, Table.grid()), console=Console(), refresh_per_second=8, transient=False) if tty \
+            else _quiet() as view:
+        while not result.done:
+            page = await api.call(groups.EVENTS, q)
+            q = q.model_copy(update={"after_sequence": page.next_after_sequence})
+            result = await api.call(groups.DISPATCH_GET, group_id=group_id, dispatch_id=result.dispatch_id)
+            if tty:
+                latest.extend(line(ev) for ev in page.data)
+                bar.update(task, completed=len(result.results))
+                events = Table.grid()
+                for text in latest:
+                    events.add_row(Text(text, overflow="ellipsis", no_wrap=True))
+                view.update(Group(bar, events))
+            elif page.data:
+                print(commands.safe(f"{result.dispatch_id}  {len(result.results)}/{total} ended"), flush=True)
+            if not page.data and not page.is_active:
+                break
+    return result
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    yield None
 
 
 async def stream(api: AgentDockAPI, q: groups.EventsInput, *, as_json: bool = False) -> None:

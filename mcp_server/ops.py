@@ -70,6 +70,8 @@ class Op(Generic[I, O]):
     """The input fields the command takes as positional arguments, in order."""
     columns: tuple[str, ...] = ()
     """For a page of records: the table the command prints."""
+    present: Callable[[Any], None] | None = None
+    """How the command prints its answer for a person (default: the record's fields, or a table)."""
     envelope: str | None = "data"
     """The key the HTTP answer holds the output under (seed 002's agent routes use their own: `me`,
     `spawn`); None: the output is the body. A page (an output with a `data` list) is the body."""
@@ -189,7 +191,11 @@ def add_command(cli: commands.Commands, op: Op[Any, Any]) -> argparse.ArgumentPa
 
     async def run(api: Caller_, args: argparse.Namespace) -> int:
         inp = models.parse(op.input, given(op.input, args))
-        commands.show(await api.call(op, inp), args.json, op.columns or None)
+        result = await api.call(op, inp)
+        if op.present is not None and not args.json:
+            op.present(result)
+        else:
+            commands.show(result, args.json, op.columns or None)
         return 0
 
     parser = cli.add(group or None, name, run, help=op.summary)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,6 @@ import anyio
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 from pydantic import AliasChoices, Field
-from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -30,7 +29,7 @@ from engine import group_models as gm
 from engine.app import Engine
 from engine.callers import Caller
 from engine.settings import Settings
-from mcp_server import commands, live, mcp_tools
+from mcp_server import commands, live, mcp_tools, sse
 from mcp_server.api import AgentDockAPI
 from mcp_server.http import MAX_WAIT_SECONDS, Endpoint, body, data, params, with_idempotency_key
 from mcp_server.ops import CHANGE, DESTROY, Op
@@ -41,8 +40,6 @@ op = partial(Op, NAME)
 MAX_DISPATCH_BODY = 32 * 1024 * 1024
 """A manifest of 1,000 items of about 32 KiB each (prompts, env, metadata): a body past this is refused before
 it is read, so one request cannot make the daemon parse hundreds of megabytes of JSON."""
-SSE_POLL_SECONDS = 30
-"""One server-side wait of the SSE stream for the next event (heartbeats go out meanwhile)."""
 PROGRESS_SECONDS = 10
 """Between progress notifications while an MCP call waits with nothing new to report."""
 
@@ -153,42 +150,19 @@ def endpoints(engine: Engine) -> list[Endpoint]:
         p = params(request, HttpEventsQuery)
         if not p.stream:
             return data(await groups.events(caller, p.group_id, p))
-        after = _last_event_id(request, p.after_sequence)
+        after = sse.resume_from(request, p.after_sequence)
         first = await groups.events(caller, p.group_id, gm.GroupEventsQuery(after_sequence=after, limit=p.limit))
-        return EventSourceResponse(_sse(groups, caller, p.group_id, first, p.limit), ping=heartbeat)
+
+        async def more(after: int, wait: float) -> gm.GroupEventList:
+            q = gm.GroupEventsQuery(after_sequence=after, limit=p.limit, wait_seconds=wait)
+            return await groups.events(caller, p.group_id, q)
+
+        return sse.response(first, more, lambda page: not page.is_active, heartbeat)
 
     return [
         Endpoint(BASE + "/{group_id:id}/dispatch", dispatch, ["POST"], MAX_DISPATCH_BODY),
         Endpoint(BASE + "/{group_id:id}/events", events, ["GET"]),
     ]
-
-
-def _last_event_id(request: Request, after: int) -> int:
-    """Where an SSE client resumes: its `Last-Event-ID` (the last sequence it saw) over the query's cursor."""
-    given = request.headers.getlist("last-event-id")
-    if not given:
-        return after
-    if len(given) > 1 or not given[0].isdigit() or len(given[0]) > 16 or int(given[0]) > models.MAX_SEQUENCE:
-        raise errors.InvalidInput("Last-Event-ID", "must be one event sequence number (digits) this stream sent")
-    return int(given[0])
-
-
-async def _sse(groups: Any, caller: Caller, group_id: str, page: gm.GroupEventList,
-               limit: int) -> AsyncIterator[ServerSentEvent]:
-    """Replay, then follow live: each event with its group sequence as its id; closed once the group has
-    ended and every event was sent. (Heartbeat comments come from the response while this waits.)"""
-    try:
-        while True:
-            for ev in page.data:
-                yield ServerSentEvent(data=ev.model_dump_json(), id=str(ev.sequence))
-            if not page.data and not page.is_active:
-                return
-            page = await groups.events(caller, group_id, gm.GroupEventsQuery(
-                after_sequence=page.next_after_sequence, limit=limit, wait_seconds=SSE_POLL_SECONDS))
-    except errors.EngineError as exc:
-        diag = exc.diagnostic()
-        yield ServerSentEvent(data=json.dumps({"diagnostic": diag.model_dump(mode="json"), "error": diag.message}),
-                              event="error")
 
 
 # ---------------------------------------------------------------- MCP
@@ -288,6 +262,8 @@ async def cmd_dispatch(api: AgentDockAPI, args: argparse.Namespace) -> int:
                        | {"async": True})
     result = await api.call(DISPATCH, DispatchInput.model_validate({**req.model_dump(by_alias=True, exclude_unset=True),
                                                                     "group_id": args.group_id}))
+    if not args.async_ and not args.json:
+        result = await live.dispatch(api, result)
     while not args.async_ and not result.done:
         result = await api.call(DISPATCH_GET, group_id=args.group_id, dispatch_id=result.dispatch_id,
                                 wait_seconds=MAX_WAIT_SECONDS)

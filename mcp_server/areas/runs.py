@@ -26,9 +26,10 @@ from engine import ids, models
 from engine.app import Engine
 from engine.callers import Caller
 from engine.settings import Settings
-from mcp_server import commands, mcp_tools, ops
+from mcp_server import commands, mcp_tools, ops, sse
 from mcp_server.api import AgentDockAPI
-from mcp_server.http import MAX_PATH_CHARS, MAX_WAIT_SECONDS, Endpoint, params
+from mcp_server.http import (MAX_PATH_CHARS, MAX_WAIT_SECONDS, Endpoint, WaitQuery, body, data, params,
+                             with_idempotency_key)
 from mcp_server.ops import CHANGE, DESTROY, READ, Op
 
 NAME = "runs"
@@ -61,6 +62,11 @@ class AgentRunInput(models.RunCreate):
 class EventsInput(models.EventsQuery):
     run_id: ids.RunId
     """The run id (run_...)."""
+
+
+class HttpEventsInput(EventsInput):
+    stream: bool = False
+    """Server-sent events: replay from the cursor, then live; closed once the run has ended."""
 
 
 class ArtifactsInput(models.Input):
@@ -96,10 +102,23 @@ def _get(engine: Engine, caller: Caller, inp: RunWait) -> Awaitable[models.Run]:
 
 CREATE = op("agent_run_create", "Queue an agent run (the HTTP and CLI create; the agent_run tool waits for it).",
             models.RunCreate, models.Run, lambda e, c, i: e.runs.create(c, i), "POST", "/api/v1/agent-runs", CHANGE,
-            status=201, tool=False)
+            status=201, tool=False, routed=False)
+def present(run: models.Run) -> None:
+    """A run for a person: its output first, then what it was and how it ended."""
+    if run.output:
+        sys.stdout.write(commands.safe(run.output if run.output.endswith("\n") else run.output + "\n"))
+    if run.stderr:
+        sys.stderr.write(commands.safe(run.stderr if run.stderr.endswith("\n") else run.stderr + "\n"))
+    commands.show({"id": run.id, "status": run.status.value, "provider": run.provider.value,
+                   "target": f"{run.target_id} ({run.target_kind.value})" if run.target_id else "ephemeral",
+                   "exit_code": run.exit_code, "failure_kind": run.failure_kind, "error": run.error,
+                   "created_at": run.created_at.isoformat(),
+                   "finished_at": run.finished_at.isoformat() if run.finished_at else None}, False)
+
+
 GET = op("agent_run_get", "Get a run's record: status, output, stderr, exit code, failure_kind; wait_seconds waits "
          "for its end (bounded).", RunWait, models.Run, _get, "GET", ONE, cli="runs get", args=("run_id",),
-         wait="wait_seconds")
+         wait="wait_seconds", present=present)
 LIST = op("agent_run_list", "List runs, newest first, filtered by target_id and status, paged by cursor.",
           models.RunListQuery, models.RunList, lambda e, c, i: e.runs.list(c, i), "GET", "/api/v1/agent-runs",
           cli="runs list", columns=("id", "status", "provider", "target_id", "exit_code", "failure_kind", "created_at"))
@@ -108,7 +127,8 @@ CANCEL = op("agent_run_cancel", "Cancel a run: TERM its process group, KILL afte
             cli="runs cancel", args=("run_id",))
 EVENTS = op("agent_run_events", "A run's events after a sequence number (per-run sequence 1..n without gaps); "
             "wait_seconds long-polls for new ones.", EventsInput, models.RunEventList,
-            lambda e, c, i: e.runs.events(c, i.run_id, i), "GET", ONE + "/events", wait="wait_seconds")
+            lambda e, c, i: e.runs.events(c, i.run_id, i), "GET", ONE + "/events", wait="wait_seconds",
+            routed=False)
 ARTIFACTS = op("agent_run_artifact_list", "The files a run exported.", RunRef, models.ArtifactList,
                lambda e, c, i: e.runs.artifacts(c, i.run_id), "GET", ONE + "/artifacts", tool=False)
 OPS = (CREATE, GET, LIST, CANCEL, EVENTS, ARTIFACTS)
@@ -160,7 +180,31 @@ def endpoints(engine: Engine) -> list[Endpoint]:
         raw = await engine.runs.artifact_bytes(caller, p.run_id, p.path)
         return Response(raw, media_type="application/octet-stream")
 
-    return [Endpoint("/api/v1/agent-runs/{run_id:id}/artifacts/content", artifact_content, ["GET"])]
+    async def create(request: Request, caller: Caller) -> Response:
+        """The run queued; with `?wait=S`, answered once it has ended or S seconds have passed."""
+        wait = params(request, WaitQuery).wait
+        run = await engine.runs.create(caller, models.parse(models.RunCreate,
+                                                            with_idempotency_key(request, await body(request))))
+        return data(await engine.runs.wait(caller, run.id, wait) if wait else run, 201)
+
+    async def events(request: Request, caller: Caller) -> Response:
+        """A page of the run's events; with `?stream=true`, server-sent events until the run has ended."""
+        p = params(request, HttpEventsInput)
+        q = EventsInput.model_validate(p.model_dump(exclude={"stream"}))
+        if not p.stream:
+            return data(await engine.runs.events(caller, p.run_id, q))
+        first = await engine.runs.events(caller, p.run_id, q.model_copy(update={
+            "after_sequence": sse.resume_from(request, p.after_sequence), "wait_seconds": 0}))
+
+        async def more(after: int, wait: float) -> models.RunEventList:
+            return await engine.runs.events(caller, p.run_id, q.model_copy(update={"after_sequence": after,
+                                                                                  "wait_seconds": wait}))
+
+        return sse.response(first, more, lambda page: page.run_status.terminal, engine.settings.sse_heartbeat_seconds)
+
+    return [Endpoint("/api/v1/agent-runs", create, ["POST"]),
+            Endpoint(ONE.replace("}", ":id}") + "/events", events, ["GET"]),
+            Endpoint("/api/v1/agent-runs/{run_id:id}/artifacts/content", artifact_content, ["GET"])]
 
 
 # ---------------------------------------------------------------- MCP
@@ -223,7 +267,10 @@ async def cmd_run(api: AgentDockAPI, args: argparse.Namespace) -> int:
     fields["prompt"] = " ".join(args.prompt)
     run = await api.call(CREATE, models.parse(models.RunCreate, fields))
     if args.async_:
-        commands.show(run, args.json)
+        if args.json:
+            commands.show(run, True)
+        else:
+            print(run.id)
         return 0
     if args.json:
         run = await until_ended(api, run.id)

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from httpx_sse import aconnect_sse
 
 from tests.conftest import Daemon
 
@@ -358,3 +359,30 @@ async def test_cli_bad_input_exits_nonzero_with_a_diagnostic_in_json_mode(daemon
     assert json.loads(missing.stdout)["diagnostic"]["code"] == "not_found"
     assert "Traceback" not in bad_timeout.stderr + missing.stderr
     assert listed["data"] == []
+
+
+async def test_a_runs_events_stream_as_server_sent_events_and_resume_from_the_last_id(daemon):
+    async with http(daemon) as client:
+        sid = await new_sandbox(client)
+        run = (await client.post(RUNS, json={"sandbox_id": sid, "prompt": "p",
+                                             "command": "echo one; sleep 1; echo two"})).json()["data"]
+        url = f"{RUNS}/{run['id']}/events"
+        seen: list[Any] = []
+        with anyio.fail_after(60):
+            async with aconnect_sse(client, "GET", url, params={"stream": "true"}) as source:
+                async for event in source.aiter_sse():
+                    seen.append(event)
+        sequences = [int(e.id) for e in seen]
+        assert sequences == list(range(1, len(seen) + 1))  # gapless, and closed once the run ended
+        texts = "".join(json.loads(e.data)["payload"].get("text", "") for e in seen
+                        if json.loads(e.data)["type"] == "output")
+        assert texts == "one\ntwo\n"
+        assert (await client.get(f"{RUNS}/{run['id']}")).json()["data"]["status"] == "succeeded"
+
+        with anyio.fail_after(30):
+            async with aconnect_sse(client, "GET", url, params={"stream": "true"},
+                                    headers={"Last-Event-ID": "2"}) as source:
+                resumed = [int(e.id) async for e in source.aiter_sse()]
+        assert resumed == sequences[2:]
+        bad = await client.get(url, params={"stream": "true"}, headers={"Last-Event-ID": "-1"})
+        assert diagnostic(bad, 400, "invalid_input")["evidence"]["field"] == "Last-Event-ID"
