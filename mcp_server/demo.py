@@ -35,6 +35,7 @@ from engine.settings import Settings
 SECRET = "DEMO_API_KEY"
 WAIT = 20
 """Seconds one long-poll waits (under the server's 45 s bound)."""
+ENDED = ("succeeded", "failed", "canceled")
 STORY_SECONDS = 120
 """The most the children's part may take before the demo says so and stops."""
 
@@ -81,17 +82,26 @@ class Agentdock:
     async def delete_profile(self, profile_id: str) -> dict[str, Any]:
         return await self.call("profile_delete", {"profile_id": profile_id})
 
-    # runs
+    # devices and runs
+    async def create_sandbox(self, name: str, image: str, network: bool) -> dict[str, Any]:
+        return await self.call("sandbox_create", {"name": name, "image": image, "network": network})
+
+    async def delete_sandbox(self, sandbox_id: str) -> dict[str, Any]:
+        return await self.call("sandbox_delete", {"sandbox_id": sandbox_id})
+
     async def run(self, progress: Progress | None = None, **fields: Any) -> dict[str, Any]:
         return await self.call("agent_run", fields, progress)
+
+    async def run_refused(self, **fields: Any) -> dict[str, Any]:
+        return await self.refused("agent_run", fields)
 
     async def run_get(self, run_id: str) -> dict[str, Any]:
         return await self.call("agent_run_get", {"run_id": run_id})
 
-    async def run_events(self, run_id: str, after: int, wait: float = 0) -> dict[str, Any]:
-        """A page: `data`, and `next_after` to continue from."""
+    async def run_events(self, run_id: str, after: int, wait: float = 0) -> tuple[list[dict[str, Any]], int, str]:
+        """A page of the run's events after `after`: the events, the cursor to continue from, the run's status."""
         page = await self.call("agent_run_events", {"run_id": run_id, "after": after, "wait": wait})
-        return {"data": page["data"], "next_after": page.get("next_after", after)}
+        return page["data"], page["next_after"], page["run_status"]
 
     async def artifact(self, run_id: str, path: str) -> dict[str, Any]:
         return await self.call("agent_run_artifacts", {"run_id": run_id, "path": path})
@@ -260,9 +270,6 @@ async def story(ad: Agentdock, exe: str) -> dict[str, Any]:
     me = await ad.me()
     me_id = me["session"]["id"]
     print(f"agentdock over MCP: {len(tools)} tools; the coordinator is {me_id} (the local user)")
-    suffix = secrets.token_hex(3)
-    workspace = f"demo-{suffix}"  # the demo's tasks and children, apart from anything else in this home
-
     try:
         await steps(ad, exe, me_id, seen)
     finally:
@@ -290,6 +297,7 @@ async def steps(ad: Agentdock, exe: str, me_id: str, seen: dict[str, Any]) -> No
 
     await dispatch_group(ad, workspace, profile["id"], seen)
     await children(ad, me_id, workspace, profile["id"], seen)
+    await group_stream(ad, seen["group"]["id"], seen["group_roles"])
 
     title("a run that fails (agent_run in an ephemeral sandbox)")
     failing = await ad.run(prompt="Run the tests.", command="echo 'running tests'; echo '2 tests failed' >&2; exit 1")
@@ -297,7 +305,7 @@ async def steps(ad: Agentdock, exe: str, me_id: str, seen: dict[str, Any]) -> No
         field(k, failing[k])
     seen["failing"] = failing
 
-    bad = await ad.refused("agent_run", {"prompt": "x", "command": "true", "timeout": 0})
+    bad = await ad.run_refused(prompt="x", command="true", timeout=0)
     title("agent_run with timeout=0: refused, nothing written")
     line(f"{bad.get('code')}: {bad.get('message')}")
     seen["bad_input"] = bad.get("code")
@@ -371,9 +379,9 @@ async def dispatch_group(ad: Agentdock, workspace: str, profile_id: str, seen: d
     final = await ad.group_get(group["id"])
     counts = final["entry_counts"]
     line(f"group {final['status']}: entries {counts['succeeded']} succeeded of {counts['total']}")
-    seen.update(group=final, group_outputs=[r["output"] for r in outputs], progress=len(notes),
-                group_roles={r["id"]: f"[{i}] {item['orchestration_role']}" for i, (r, item) in enumerate(zip(outputs, runs))},
-                artifact=files.get("content", {}).get("content"))
+    roles = {run["id"]: f"[{i}] {item['orchestration_role']}" for i, (run, item) in enumerate(zip(outputs, runs))}
+    seen.update(group=final, group_outputs=[r["output"] for r in outputs], group_roles=roles, progress=len(notes),
+                artifact=(files.get("content") or {}).get("content"))
 
 
 async def children(ad: Agentdock, me_id: str, workspace: str, profile_id: str, seen: dict[str, Any]) -> None:
@@ -446,8 +454,6 @@ async def children(ad: Agentdock, me_id: str, workspace: str, profile_id: str, s
         same = "the same one the child reported" if reported == [soul["digest"]] else f"the child reported {reported}"
         line(f"{name}: {soul['validation_status']}, role: {soul['frontmatter']['role']}")
         line(f"{'':<{len(name)}}  {soul['digest'][:23]}..., {same}")
-
-    await group_stream(ad, seen["group"]["id"], seen["group_roles"])
     seen.update(messages=received, child_runs=ended, tasks=done_tasks, souls=read)
 
 
@@ -458,7 +464,7 @@ async def group_stream(ad: Agentdock, group_id: str, roles: dict[str, str]) -> N
         page = await ad.group_events(group_id, cursor)
         for e in page["data"]:
             who = roles.get(e.get("agent_run_id") or "", "group")
-            text = e.get("message") or e.get("payload", {}).get("text") or e.get("payload")
+            text = e.get("message") or (e.get("payload") or {}).get("text") or e.get("payload")
             line(f"{e['sequence']:>3} {e['type']:<17} {who:<13} {one_line(text, 70)}")
         if not page["data"]:
             break
@@ -466,17 +472,15 @@ async def group_stream(ad: Agentdock, group_id: str, roles: dict[str, str]) -> N
 
 
 async def ended_already(ad: Agentdock, run_id: str) -> bool:
-    return (await ad.run_get(run_id))["status"] in ("succeeded", "failed", "canceled")
+    return (await ad.run_get(run_id))["status"] in ENDED
 
 
 async def until_ended(ad: Agentdock, run_id: str) -> dict[str, Any]:
-    """The run's record once it has ended: long-polls its events for `run_finished` (bound by the caller)."""
-    after = 0
-    while True:
-        page = await ad.run_events(run_id, after, WAIT)
-        if any(e["type"] == "run_finished" for e in page["data"]):
-            return await ad.run_get(run_id)
-        after = page["next_after"]
+    """The run's record once it has ended: long-polls its events until it has (the caller bounds the wait)."""
+    after, status = 0, "queued"
+    while status not in ENDED:
+        _, after, status = await ad.run_events(run_id, after, WAIT)
+    return await ad.run_get(run_id)
 
 
 def write_soul(souls_dir: Path, name: str, content: str) -> None:
@@ -512,7 +516,7 @@ async def real_claude(ad: Agentdock, exe: str) -> bool:
         line("storing $ANTHROPIC_API_KEY as the secret ANTHROPIC_API_KEY (value on stdin)")
         cli(exe, "secrets", "set", "ANTHROPIC_API_KEY", stdin=os.environ["ANTHROPIC_API_KEY"])
         have = True
-    box = await ad.call("sandbox_create", {"name": "claude", "image": images.AGENTS_IMAGE, "network": have})
+    box = await ad.create_sandbox("claude", images.AGENTS_IMAGE, network=have)
     prompt = "Reply with one short sentence: what is 6 times 7?"
     keyless = await ad.run(target_id=box["id"], provider="claude-code", prompt=prompt)
     show_run("agent_run (claude-code, real CLI, no secret given)", keyless)
@@ -526,7 +530,7 @@ async def real_claude(ad: Agentdock, exe: str) -> bool:
     else:
         line("(no ANTHROPIC_API_KEY secret: `agentdock secrets set ANTHROPIC_API_KEY < keyfile`, then "
              "`make demo` again for a real answer)")
-    await ad.call("sandbox_delete", {"sandbox_id": box["id"]})
+    await ad.delete_sandbox(box["id"])
     return keyless.get("failure_kind") == "auth_required" and (not have or answered.get("status") == "succeeded")
 
 
