@@ -208,8 +208,12 @@ import json, os, subprocess
 def call(method, path, body=None):  # the stdlib client the daemon puts beside agent.sock
     args = ["python3", "/run/agentdock/agentdock-agent", method, path] + ([json.dumps(body)] if body else [])
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    if done.returncode:
-        raise SystemExit(f"{method} {path}: {done.stderr.strip()}")
+    if done.returncode:  # the diagnostic is on stderr
+        try:
+            why = json.loads(done.stderr)["diagnostic"]["message"]
+        except (ValueError, KeyError):
+            why = done.stderr.strip()
+        raise SystemExit(f"{method} {path}: {why}")
     return json.loads(done.stdout)
 
 soul = call("GET", "/api/agent/soul")
@@ -423,7 +427,7 @@ async def children(ad: Agentdock, me_id: str, workspace: str, profile_id: str, s
                 received.append(m)
                 line(f"#{m['sequence']} {ours[m['from_session_id']]:<10} {m['metadata']['message_kind']:<8} "
                      f"{one_line(m['body'])}")
-            if not page and all(await ended_already(ad, c["run"]["id"]) for c in spawned):
+            if not page and all([await ended_already(ad, c["run"]["id"]) for c in spawned]):
                 line("(the children's runs have ended: nothing more will come)")
                 break
 
@@ -433,7 +437,8 @@ async def children(ad: Agentdock, me_id: str, workspace: str, profile_id: str, s
         for child in spawned:
             run = await until_ended(ad, child["run"]["id"])
             ended.append(run)
-            line(f"{run['id']} {ours[child['session']['id']]:<10} {run['status']:<9} {one_line(run['output'])}")
+            said = run["output"] if run["status"] == "succeeded" else f"{run['error']}: {run['stderr']}"
+            line(f"{run['id']} {ours[child['session']['id']]:<10} {run['status']:<9} {one_line(said, 200)}")
 
     title("task_get: who did what")
     done_tasks = []
@@ -566,6 +571,12 @@ def verdict(seen: dict[str, Any]) -> list[str]:
     return wrong
 
 
+def leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    """The exceptions in a (nested) exception group: the client's task groups wrap what the story raised."""
+    return [leaf for exc in group.exceptions
+            for leaf in (leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])]
+
+
 async def main() -> int:
     started = time.monotonic()
     beside = os.path.join(os.path.dirname(sys.executable), "agentdock")  # this install's, not another on PATH
@@ -577,7 +588,7 @@ async def main() -> int:
         async with Client(params) as client:
             seen = await story(Agentdock(client), exe)
     except* ToolFailed as failed:
-        for exc in failed.exceptions:
+        for exc in leaves(failed):
             problems.append(f"{exc}\n{json.dumps(getattr(exc, 'diagnostic', {}), indent=2)}")
     except* TimeoutError:
         problems.append(f"the children did not finish within {STORY_SECONDS} s")
