@@ -111,8 +111,11 @@ class Agentdock:
         return await self.call("group_create", {"name": name, "workspace_id": workspace_id,
                                                 "concurrency_limit": concurrency_limit})
 
-    async def dispatch(self, group_id: str, runs: list[dict[str, Any]], progress: Progress) -> dict[str, Any]:
-        return await self.call("group_dispatch", {"group_id": group_id, "runs": runs}, progress)
+    async def dispatch(self, group_id: str, runs: list[dict[str, Any]], idempotency_key: str,
+                       progress: Progress) -> dict[str, Any]:
+        """Waits for the runs (at most the server's bound; then `done` is false: the same call waits again)."""
+        return await self.call("group_dispatch", {"group_id": group_id, "runs": runs,
+                                                  "idempotency_key": idempotency_key}, progress)
 
     async def group_get(self, group_id: str) -> dict[str, Any]:
         return await self.call("group_get", {"group_id": group_id})
@@ -151,8 +154,9 @@ class Agentdock:
     async def channels(self) -> list[dict[str, Any]]:
         return (await self.call("channel_list", {}))["channels"]
 
-    async def recv(self, channel_id: str, wait_seconds: float) -> list[dict[str, Any]]:
-        return (await self.call("channel_recv", {"channel": channel_id, "wait_seconds": wait_seconds}))["messages"]
+    async def recv(self, channel_id: str) -> list[dict[str, Any]]:
+        """What came since the last recv; waits for the next message (at most the server's bound) if none."""
+        return (await self.call("channel_recv", {"channel": channel_id, "wait": True}))["messages"]
 
 
 def _diagnostic(result: Any) -> dict[str, Any]:
@@ -223,9 +227,9 @@ def report(kind, body, task_id):
     call("POST", f"/api/agent/channels/{family}/send",
          {"body": body, "metadata": {"message_kind": kind, "task_id": task_id}})
 
-claim = call("POST", "/api/agent/tasks/claim-next", {"lease_seconds": 60, "wait_seconds": 30})["claim"]
+claim = call("POST", "/api/agent/tasks/claim-next", {"lease_seconds": 60})["claim"]  # queued before we were
 if claim is None:
-    raise SystemExit("no task came in 30 s")
+    raise SystemExit("no task to claim")
 task, task_run, token = claim["task"], claim["run"]["id"], claim["claim_token"]
 report("progress", {"claimed": task["title"], "attempt": claim["run"]["attempt"]}, task["id"])
 below = task["payload"]["below"]
@@ -335,6 +339,9 @@ async def cleanup(ad: Agentdock, exe: str, seen: dict[str, Any]) -> None:
             stopped = await ad.stop(child["session"]["id"])
             return f"{stopped['id']} {stopped['agent_name']}: {stopped['state']}"
         await step(f"stop {child['session']['id']}", stop)
+    with anyio.move_on_after(60):  # a stop cancels the child's run; the profile is in use until it has ended
+        for child in seen.get("children", []):
+            await until_ended(ad, child["run"]["id"])
     if "profile" in seen:
         async def delete() -> str:
             await ad.delete_profile(seen["profile"])
@@ -368,7 +375,11 @@ async def dispatch_group(ad: Agentdock, workspace: str, profile_id: str, seen: d
         notes.append(message or "")
         line(f"progress {done:g}/{total:g}  {message}" if total else f"progress  {message}")
 
-    result = await ad.dispatch(group["id"], [{**r, "agent_runtime_profile_id": profile_id} for r in runs], progress)
+    manifest = [{**r, "agent_runtime_profile_id": profile_id} for r in runs]
+    with anyio.fail_after(STORY_SECONDS):
+        result = {"done": False}
+        while not result["done"]:
+            result = await ad.dispatch(group["id"], manifest, f"demo-{group['id']}", progress)
     by_index = {r["index"]: r for r in result["results"]}
     line(f"done: {result['done']}, {len(notes)} progress notifications")
     outputs = []
@@ -420,7 +431,7 @@ async def children(ad: Agentdock, me_id: str, workspace: str, profile_id: str, s
     received: list[dict[str, Any]] = []
     with anyio.fail_after(STORY_SECONDS):
         while sum(m["metadata"]["message_kind"] == "result" for m in received) < len(spawned):
-            page = await ad.recv(family["id"], WAIT)
+            page = await ad.recv(family["id"])
             for m in page:
                 if m["from_session_id"] not in ours:
                     continue  # an earlier spawn's news in this home
