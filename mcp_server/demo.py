@@ -198,10 +198,15 @@ def one_line(text: Any, limit: int = 90) -> str:
 
 
 def show_run(label: str, run: dict[str, Any]) -> None:
+    """A run, output first."""
     title(label)
-    for k in ("id", "status", "exit_code", "failure_kind", "output", "stderr", "error"):
-        if run.get(k) not in (None, ""):
+    for k in ("output", "stderr"):
+        if (run.get(k) or "").strip():
             field(k, run[k])
+    why = ", ".join(str(v) for v in (run.get("failure_kind"), run.get("exit_code") and f"exit {run['exit_code']}") if v)
+    field("status", f"{run['status']}" + (f" ({why})" if why else "") + f"  {run['id']}")
+    if run.get("error"):
+        field("error", run["error"])
 
 
 # ---------------------------------------------------------------- the children
@@ -307,10 +312,8 @@ async def steps(ad: Agentdock, exe: str, me_id: str, seen: dict[str, Any]) -> No
     await children(ad, me_id, workspace, profile["id"], seen)
     await group_stream(ad, seen["group"]["id"], seen["group_roles"])
 
-    title("a run that fails (agent_run in an ephemeral sandbox)")
     failing = await ad.run(prompt="Run the tests.", command="echo 'running tests'; echo '2 tests failed' >&2; exit 1")
-    for k in ("id", "status", "exit_code", "failure_kind", "output", "stderr"):
-        field(k, failing[k])
+    show_run("a run that fails (agent_run in an ephemeral sandbox)", failing)
     seen["failing"] = failing
 
     bad = await ad.run_refused(prompt="x", command="true", timeout=0)
