@@ -37,10 +37,9 @@ RUN_KEYS = ("id", "provider", "status", "exit_code", "failure_kind", "output", "
 
 async def call(client: Client, tool: str, args: dict[str, Any], **kw: Any) -> dict[str, Any]:
     result = await client.call_tool(tool, args, **kw)
-    data = result.structured_content or {}
-    if result.is_error:
-        return {"tool_error": True, **data}
-    return data
+    if result.is_error:  # the diagnostic is the error's JSON text (an error has no structured content)
+        return {"tool_error": True, **json.loads(result.content[0].text)}  # type: ignore[union-attr]
+    return result.structured_content or {}
 
 
 async def main() -> int:

@@ -1,7 +1,7 @@
 """What the areas' MCP tools share: the tool factory, annotations, and the one mapping of errors.
 
 Each tool's input schema is its input model (unknown fields refused), its output schema the record it
-returns; every failure comes back as `isError` with the seeds' diagnostic.
+returns; every failure comes back as `isError` with the seeds' diagnostic as its JSON text.
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ def _result(value: BaseModel) -> CallToolResult:
 
 
 def error_result(exc: BaseException) -> CallToolResult:
-    """The one mapping from exceptions to an MCP tool error. A task group's group of one error (a tool
-    that waits while it reports progress) is that error."""
+    """The one mapping from exceptions to an MCP tool error: the seeds' `{"diagnostic", "error"}` as the
+    result's JSON text, and no structured content, which would have to match the tool's output schema
+    (a client checks it, and would reject the result before anyone saw the diagnostic). A task group's
+    group of one error (a tool that waits while it reports progress) is that error."""
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     if isinstance(exc, errors.EngineError):
@@ -61,8 +63,7 @@ def error_result(exc: BaseException) -> CallToolResult:
         diag = errors.internal(exc)
         log.error("unexpected error in a tool (diagnostic %s)", diag.id, exc_info=exc)
     body = {"diagnostic": diag.model_dump(mode="json"), "error": diag.message}
-    return CallToolResult(is_error=True, content=[TextContent(type="text", text=json.dumps(body))],
-                          structured_content=body)
+    return CallToolResult(is_error=True, content=[TextContent(type="text", text=json.dumps(body))])
 
 
 Handler = Callable[[Any, Context], Awaitable[BaseModel]]

@@ -13,9 +13,9 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolResult
+from mcp_types import INVALID_PARAMS
 
-from tests.conftest import AGENTDOCK, Daemon, logged_errors, owned_containers
+from tests.conftest import AGENTDOCK, Daemon, logged_errors, owned_containers, tool_error
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("quiet_daemon")]
 
@@ -60,18 +60,8 @@ async def call(client: Client, name: str, args: dict[str, Any], **kw: Any) -> di
 
 
 async def failing_call(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Call a tool that must fail; return its diagnostic body after checking its shape."""
-    result: CallToolResult = await client.call_tool(name, args)
-    assert result.is_error, f"{name} unexpectedly succeeded: {result.structured_content}"
-    body = result.structured_content
-    assert body is not None and set(body) == {"diagnostic", "error"}, body
-    diag = body["diagnostic"]
-    assert {"code", "category", "severity", "title", "message", "evidence"} <= set(diag), diag
-    assert diag["message"] and body["error"] == diag["message"]
-    assert "Traceback" not in json.dumps(body)
-    # the text content carries the same body for clients that ignore structured content
-    assert json.loads(result.content[0].text) == body  # type: ignore[union-attr]
-    return diag
+    """Call a tool that must fail; return its diagnostic after checking the result's shape."""
+    return tool_error(await client.call_tool(name, args))
 
 
 async def sandbox(client: Client) -> str:
@@ -331,7 +321,7 @@ async def test_ephemeral_run_without_a_target_succeeds_and_leaves_no_device(daem
         "succeeded", "ephemeral\n", True, "sandbox")
     assert run["target_id"].startswith("sbx_")
     assert devices["data"] == []
-    assert gone.structured_content["diagnostic"]["code"] == "not_found"
+    assert tool_error(gone)["code"] == "not_found"
     assert containers == []
 
 
