@@ -99,6 +99,7 @@ class ApprovalListQuery(models.Input):
     status: ApprovalStatus | None = None
     """Only approvals in this status (default: all), newest first."""
     limit: int = Field(default=50, ge=1, le=500)
+    """At most this many approvals."""
 
 
 class Decision(models.Input):

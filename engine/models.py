@@ -9,7 +9,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator,
+                      model_validator)
 
 from engine import errors, ids, secrets
 
@@ -69,6 +70,11 @@ class DeviceStatus(StrEnum):
 
 SecretName = Annotated[str, AfterValidator(lambda v: _secret_name(v))]
 """The name of a stored secret (`agentdock secrets set NAME`); it becomes the run's environment variable."""
+
+
+JsonObject = Annotated[Any, WithJsonSchema({"type": "object"})]
+"""Free-form JSON an input field takes as an object (metadata, labels): its own validator checks that it is one
+and bounds its size; the schema says `object`, so a client knows what to send."""
 
 
 class Input(BaseModel):
@@ -275,7 +281,7 @@ class RunCreate(Input):
     """Working directory inside /workspace."""
     timeout: int = DEFAULT_TIMEOUT_SECONDS
     """Run timeout in seconds (1 to 86400)."""
-    metadata: Any = None
+    metadata: JsonObject = None
     """Product ids, labels; `artifact_paths` lists files under /workspace to copy out when the run ends."""
     env: dict[str, str] | None = None
     """Extra environment for this run; overrides the device's."""
@@ -479,9 +485,13 @@ class RunList(Record):
 
 class RunListQuery(Input):
     target_id: ids.DeviceId | None = None
+    """Only runs on this sandbox or computer."""
     status: RunStatus | None = None
+    """Only runs in this status."""
     limit: int = Field(default=20, ge=1, le=200)
+    """At most this many runs."""
     cursor: ids.RunId | None = None
+    """The `next_cursor` of the previous page."""
 
 
 class RunEvent(Record):
@@ -508,6 +518,7 @@ class EventsQuery(Input):
     after: int = Field(default=0, ge=0, le=MAX_SEQUENCE)
     """Only events with sequence greater than this."""
     limit: int = Field(default=500, ge=1, le=1000)
+    """At most this many events."""
     wait: float = Field(default=0, ge=0, le=50, allow_inf_nan=False)
     """Seconds to wait for a new event when there is none (long-poll)."""
 

@@ -53,6 +53,7 @@ class FailureKind(StrEnum):
 
 class TaskCreate(models.Input):
     title: str = Field(min_length=1, max_length=500)
+    """What the task is, in a line."""
     identifier: str | None = Field(default=None, pattern=LABEL)
     """Your own name for the task, unique in its workspace (e.g. `ISSUE-42`)."""
     priority: int = Field(default=0, ge=0, le=1_000_000)
@@ -64,6 +65,7 @@ class TaskCreate(models.Input):
     workspace: str | None = Field(default=None, pattern=LABEL)
     """Workspace id (default: yours; only the local user may name another)."""
     scope: str = Field(default="workspace", pattern=LABEL)
+    """A label of your own for the task's reach (default `workspace`), kept as given."""
     paused: bool = False
     """A paused task is never claimed."""
 
@@ -75,7 +77,9 @@ class TaskRef(models.Input):
 
 class TaskListQuery(models.Input):
     status: TaskStatus | None = None
+    """Only tasks in this status."""
     limit: int = Field(default=100, ge=1, le=500)
+    """At most this many tasks."""
     include_payload: bool = False
     """Carry each task's payload, result and whole error, up to the answer's byte budget (1 MiB by default;
     past it the rest are summaries, `bodies_omitted`). Left out: summaries only (`task_get` has the rest)."""
@@ -104,6 +108,7 @@ class Heartbeat(Holding):
 
 class Complete(Holding):
     result: JsonValue = None
+    """What the task produced: any JSON, kept with the task."""
 
 
 class Fail(Holding):
