@@ -35,6 +35,7 @@ READ_ONLY = {"sandbox_list", "sandbox_get", "agent_run_get", "agent_run_list", "
              "group_get", "group_list", "group_runs", "group_events", "task_get", "task_list", "channel_list",
              "profile_get", "profile_list", "approval_get", "approval_list"}
 DESTRUCTIVE = {"sandbox_delete", "agent_run_cancel", "agent_stop", "group_cancel", "profile_delete"}
+OPEN_WORLD = {"agent_run", "group_dispatch"}  # what runs an agent, which may reach outside when given a network
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 
@@ -95,8 +96,13 @@ async def test_list_tools_gives_every_tool_with_schemas_and_honest_annotations(d
         assert tool.output_schema.get("properties"), tool.name
         ann = tool.annotations
         assert ann is not None, tool.name
-        assert ann.read_only_hint is (tool.name in READ_ONLY), tool.name
-        assert ann.destructive_hint is (tool.name in DESTRUCTIVE), tool.name
+        # only what the protocol's defaults do not say (not read-only, not idempotent) is left out
+        assert (ann.read_only_hint or False) is (tool.name in READ_ONLY), tool.name
+        if tool.name in READ_ONLY:
+            assert (ann.destructive_hint, ann.idempotent_hint) == (None, None), tool.name
+        else:  # destructive is the default, so it is always said
+            assert ann.destructive_hint is (tool.name in DESTRUCTIVE), tool.name
+        assert ann.open_world_hint is (tool.name in OPEN_WORLD), tool.name
 
     by_name = {t.name: t for t in listed}
     run_schema = by_name["agent_run"].input_schema
