@@ -79,6 +79,7 @@ class Metadata(models.Input):
     """What a message says about itself, besides its body."""
 
     message_kind: MessageKind = MessageKind.status
+    """What the message is: status, progress, request, reply, result, error or chat."""
     correlation_id: str | None = Field(default=None, pattern=CORRELATION)
     """Ties a request to its replies: set it on a request; `channel_reply` copies it (or, when the message
     replied to has none, uses that message's id)."""
@@ -89,6 +90,7 @@ class Metadata(models.Input):
     task_id: ids.TaskId | None = None
     """The task it is about."""
     workflow_id: str | None = Field(default=None, pattern=WORKFLOW)
+    """Your own id of the workflow it belongs to."""
     ext: dict[str, JsonValue] = Field(default_factory=dict, max_length=MAX_EXT_KEYS)
     """Your own fields (at most 8 KiB of JSON)."""
 

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from engine import errors, ids, models
-from engine.models import IDEMPOTENCY_KEY, MAX_SEQUENCE, Input, Record, _check_metadata, _check_text
+from engine.models import IDEMPOTENCY_KEY, MAX_SEQUENCE, Input, JsonObject, Record, _check_metadata, _check_text
 
 MAX_MANIFEST_ITEMS = 1000
 """Items in one dispatch call."""
@@ -81,7 +81,7 @@ class GroupCreate(Input):
     """Most children running at once (default 4; at most the daemon's cap, AGENTDOCK_MAX_ACTIVE_RUNS)."""
     expected_runs: int | None = Field(default=None, ge=0, le=MAX_EXPECTED_RUNS)
     """The group stays active until at least this many runs were dispatched (and all ended)."""
-    metadata: Any = None
+    metadata: JsonObject = None
     """Your own ids and labels (at most 64 KiB of JSON)."""
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
     """The same key with the same body returns the same group."""
@@ -194,7 +194,9 @@ class GroupRunsQuery(Input):
     include_output: bool = False
     """Add each run's output and stderr (up to the answer's byte budget, 1 MiB; past it `output_omitted`)."""
     status: EntryStatus | None = None
+    """Only entries in this status."""
     limit: int = Field(default=100, ge=1, le=1000)
+    """At most this many entries."""
     cursor: int | None = Field(default=None, ge=0, le=MAX_SEQUENCE)
     """The `next_cursor` of the previous page (an entry index)."""
 

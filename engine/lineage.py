@@ -66,7 +66,9 @@ class PermissionPolicy(models.Input):
     sandbox_profiles: list[Name] = Field(default_factory=list, max_length=MAX_NAMES)
     """Runtime profiles it may start runs with (`*`: any)."""
     skills: list[Name] = Field(default_factory=list, max_length=MAX_NAMES)
+    """Skills it may use, by name (`*`: any)."""
     mcp_servers: list[Name] = Field(default_factory=list, max_length=MAX_NAMES)
+    """MCP servers it may use, by name (`*`: any)."""
     workspace_paths: list[str] = Field(default_factory=list, max_length=MAX_NAMES)
     """Paths under /workspace it may use (`/workspace`: all of it)."""
 

@@ -9,8 +9,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import (AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema,
+                      field_validator, model_validator)
 from pydantic.json_schema import SkipJsonSchema
 
 from engine import errors, ids, secrets
@@ -71,6 +71,11 @@ class DeviceStatus(StrEnum):
 
 SecretName = Annotated[str, AfterValidator(lambda v: _secret_name(v))]
 """The name of a stored secret (`agentdock secrets set NAME`); it becomes the run's environment variable."""
+
+
+JsonObject = Annotated[Any, WithJsonSchema({"type": "object"})]
+"""Free-form JSON an input field takes as an object (metadata, labels): its own validator checks that it is one
+and bounds its size; the schema says `object`, so a client knows what to send."""
 
 
 class Input(BaseModel):
@@ -277,7 +282,7 @@ class RunCreate(Input):
     """Working directory inside /workspace."""
     timeout: int = DEFAULT_TIMEOUT_SECONDS
     """Run timeout in seconds (1 to 86400)."""
-    metadata: Any = None
+    metadata: JsonObject = None
     """Product ids, labels; `artifact_paths` lists files under /workspace to copy out when the run ends."""
     env: dict[str, str] | None = None
     """Extra environment for this run; overrides the device's."""

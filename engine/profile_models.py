@@ -133,8 +133,11 @@ class Resources(models.Input):
     """Limits of the devices a run under this profile creates (each omitted: the device kind's default)."""
 
     cpus: float | None = Field(default=None, gt=0, le=16)
+    """CPUs, fractions allowed."""
     memory_mb: int | None = Field(default=None, ge=32, le=65_536)
+    """Memory in MiB."""
     pids_limit: int | None = Field(default=None, ge=16, le=32_768)
+    """Most processes at once."""
 
 
 class Policy(models.Input):
@@ -169,7 +172,7 @@ class _Fields(models.Input):
     """Give the devices a run under this profile creates a network (off unless true)."""
     policy: Policy | None = None
     """approval (none | confirm-risky) and max_child_sandboxes."""
-    metadata: Any = None
+    metadata: models.JsonObject = None
     """Product ids, labels, rollout data (at most 64 KiB of JSON)."""
     is_default: bool | None = None
     """Make this the default profile of its scope (the tenant, or its workspace); the old default stops being it."""

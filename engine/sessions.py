@@ -54,6 +54,7 @@ class SpawnRequest(models.Input):
     """What the child may use; within the parent's. Omitted: the parent's own, less `approvals` (deciding
     approvals is given only by naming it)."""
     spawn_role: str | None = Field(default=None, pattern=LABEL)
+    """What the child is for (`reviewer`, `worker`): a label kept in its lineage."""
     ttl_seconds: int | None = Field(default=None, ge=1)
     """The child's life; at most the spawn budget's `ttl_seconds`, and never past its parent's."""
     workspace_id: str | None = Field(default=None, pattern=LABEL)
@@ -61,10 +62,15 @@ class SpawnRequest(models.Input):
     prompt: str | None = None
     """Start the child as an agent run with this prompt (in a fresh sandbox unless `target_id`)."""
     provider: models.Provider | None = None
+    """The child's run: its runtime, as `agent_run`'s `provider`."""
     command: str | None = None
+    """The child's run: the command of a `custom` provider, as `agent_run`'s."""
     model: str | None = None
+    """The child's run: a provider-specific model override."""
     target_id: str | None = None
+    """The child's run: the sandbox or computer to run in (default: a fresh ephemeral sandbox)."""
     timeout: int | None = None
+    """The child's run: its timeout in seconds."""
     agent_runtime_profile_id: ids.ProfileId | None = None
     """Spawn the child under this agent runtime profile (its permissions' sandbox_profiles must allow it);
     omitted: the workspace's default profile, else the tenant's."""

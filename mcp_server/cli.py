@@ -48,10 +48,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from mcp_server import mcp_app
 
     settings = _settings(args)
+    toolsets = [t for t in args.toolsets.split(",") if t] if args.toolsets else None
+    mcp_app.chosen_tools(toolsets)  # an unknown name is refused before any daemon starts
     as_session = bool(os.environ.get("AGENTDOCK_TOKEN"))
     if not as_session:  # a session (inside a sandbox) reaches the daemon that runs it; it starts none
         daemon.ensure(settings)
-    toolsets = [t for t in args.toolsets.split(",") if t] if args.toolsets else None
 
     async def go() -> None:
         async with DaemonClient(settings) as client:
@@ -137,7 +138,8 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_daemon)
 
     s = sub.add_parser("serve", parents=[common], help="MCP server on stdio (starts the daemon if needed)")
-    s.add_argument("--toolsets", help=f"comma-separated: {','.join(a.NAME for a in areas.AREAS)} (default: all)")
+    s.add_argument("--toolsets", help=f"comma-separated toolsets ({','.join(a.NAME for a in areas.AREAS)}), single "
+                   "tools, or a preset: `coordinator` (a small set for handing work out), `all` (the default)")
     s.set_defaults(fn=cmd_serve)
 
     i = sub.add_parser("image", parents=[common], help="build the sandbox images offline")

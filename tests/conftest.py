@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import docker
 import pytest
+
+from mcp_types import CallToolResult, TextContent
 
 from engine.app import Engine
 from engine.settings import Settings
@@ -35,6 +38,22 @@ LOGGED_ERROR = re.compile(r"Traceback|\b(?:ERROR|CRITICAL)\b")
 def logged_errors(text: str) -> list[str]:
     """The lines of a log or a stderr that show an exception or an error logged: what a user must never see."""
     return [line for line in text.splitlines() if LOGGED_ERROR.search(line)]
+
+
+def tool_error(result: CallToolResult) -> dict:
+    """The diagnostic of an MCP tool result that must be an error, after checking the shape every client
+    accepts: `isError`, no structured content (it would have to match the tool's output schema), and one
+    text content holding the seeds' `{"diagnostic": ..., "error": ...}` as JSON."""
+    assert result.is_error, f"unexpectedly succeeded: {result.structured_content}"
+    assert result.structured_content is None, result.structured_content
+    assert len(result.content) == 1 and isinstance(result.content[0], TextContent), result.content
+    body = json.loads(result.content[0].text)
+    assert set(body) == {"diagnostic", "error"}, body
+    diag = body["diagnostic"]
+    assert {"code", "category", "severity", "title", "message", "evidence", "id"} <= set(diag), diag
+    assert diag["message"] and body["error"] == diag["message"], body
+    assert "Traceback" not in result.content[0].text
+    return diag
 
 
 @pytest.fixture(scope="session")

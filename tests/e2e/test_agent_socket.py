@@ -15,7 +15,7 @@ import anyio
 import httpx
 import pytest
 
-from tests.conftest import FULL, Daemon
+from tests.conftest import FULL, Daemon, tool_error
 from tests.e2e.test_http import http as control
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -157,7 +157,7 @@ async def test_agentdock_serve_with_a_token_lists_only_the_tools_the_session_may
         async with Client(StdioServerParameters(command=AGENTDOCK, args=["serve"], env=env)) as client:
             wider = await client.call_tool("agent_spawn", {"agent_name": "w", "permissions": {"tools": ["runs"]}})
             own = await client.call_tool("agent_spawn", {"agent_name": "w", "ttl_seconds": 60})
-    assert wider.is_error and wider.structured_content["diagnostic"]["code"] == "permission_denied"
+    assert tool_error(wider)["code"] == "permission_denied"
     assert not own.is_error and own.structured_content["lineage"]["parent_session_id"] == spawner["session"]["id"]
 
 

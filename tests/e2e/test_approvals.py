@@ -21,7 +21,7 @@ from mcp.client.stdio import StdioServerParameters
 from mcp_types import ElicitResult
 
 from engine import channel_models as cm
-from tests.conftest import AGENTDOCK, FULL, Daemon
+from tests.conftest import AGENTDOCK, FULL, Daemon, tool_error
 from tests.e2e.test_agent_socket import agent, ended, spawn
 from tests.e2e.test_http import diagnostic, http as control
 from tests.e2e.test_mcp import call
@@ -215,7 +215,7 @@ async def test_the_person_approves_in_their_own_serve_while_the_sessions_serve_a
         async with Client(as_session, mode=mode, elicitation_callback=session_client_answers) as agent_side:
             group = await call(agent_side, "group_create", {"name": "g"})
             refused = await agent_side.call_tool("group_cancel", {"group_id": group["id"]})
-            diag = refused.structured_content["diagnostic"]
+            diag = tool_error(refused)
             approval = diag["evidence"]["approval_id"]
             async with Client(as_user, mode=mode, elicitation_callback=person_answers) as user_side:
                 user_tools = {t.name for t in (await user_side.list_tools()).tools}

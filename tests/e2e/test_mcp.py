@@ -13,9 +13,9 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolResult
+from mcp_types import INVALID_PARAMS
 
-from tests.conftest import AGENTDOCK, Daemon, logged_errors, owned_containers
+from tests.conftest import AGENTDOCK, Daemon, logged_errors, owned_containers, tool_error
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker, pytest.mark.usefixtures("quiet_daemon")]
 
@@ -35,6 +35,7 @@ READ_ONLY = {"sandbox_list", "sandbox_get", "agent_run_get", "agent_run_list", "
              "group_get", "group_list", "group_runs", "group_events", "task_get", "task_list", "channel_list",
              "profile_get", "profile_list", "approval_get", "approval_list"}
 DESTRUCTIVE = {"sandbox_delete", "agent_run_cancel", "agent_stop", "group_cancel", "profile_delete"}
+OPEN_WORLD = {"agent_run", "group_dispatch"}  # what runs an agent, which may reach outside when given a network
 TERMINAL = {"succeeded", "failed", "canceled"}
 
 
@@ -60,18 +61,8 @@ async def call(client: Client, name: str, args: dict[str, Any], **kw: Any) -> di
 
 
 async def failing_call(client: Client, name: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Call a tool that must fail; return its diagnostic body after checking its shape."""
-    result: CallToolResult = await client.call_tool(name, args)
-    assert result.is_error, f"{name} unexpectedly succeeded: {result.structured_content}"
-    body = result.structured_content
-    assert body is not None and set(body) == {"diagnostic", "error"}, body
-    diag = body["diagnostic"]
-    assert {"code", "category", "severity", "title", "message", "evidence"} <= set(diag), diag
-    assert diag["message"] and body["error"] == diag["message"]
-    assert "Traceback" not in json.dumps(body)
-    # the text content carries the same body for clients that ignore structured content
-    assert json.loads(result.content[0].text) == body  # type: ignore[union-attr]
-    return diag
+    """Call a tool that must fail; return its diagnostic after checking the result's shape."""
+    return tool_error(await client.call_tool(name, args))
 
 
 async def sandbox(client: Client) -> str:
@@ -105,8 +96,13 @@ async def test_list_tools_gives_every_tool_with_schemas_and_honest_annotations(d
         assert tool.output_schema.get("properties"), tool.name
         ann = tool.annotations
         assert ann is not None, tool.name
-        assert ann.read_only_hint is (tool.name in READ_ONLY), tool.name
-        assert ann.destructive_hint is (tool.name in DESTRUCTIVE), tool.name
+        # only what the protocol's defaults do not say (not read-only, not idempotent) is left out
+        assert (ann.read_only_hint or False) is (tool.name in READ_ONLY), tool.name
+        if tool.name in READ_ONLY:
+            assert (ann.destructive_hint, ann.idempotent_hint) == (None, None), tool.name
+        else:  # destructive is the default, so it is always said
+            assert ann.destructive_hint is (tool.name in DESTRUCTIVE), tool.name
+        assert ann.open_world_hint is (tool.name in OPEN_WORLD), tool.name
 
     by_name = {t.name: t for t in listed}
     run_schema = by_name["agent_run"].input_schema
@@ -331,7 +327,7 @@ async def test_ephemeral_run_without_a_target_succeeds_and_leaves_no_device(daem
         "succeeded", "ephemeral\n", True, "sandbox")
     assert run["target_id"].startswith("sbx_")
     assert devices["data"] == []
-    assert gone.structured_content["diagnostic"]["code"] == "not_found"
+    assert tool_error(gone)["code"] == "not_found"
     assert containers == []
 
 

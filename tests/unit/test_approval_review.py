@@ -17,6 +17,7 @@ from engine import group_models as gm
 from engine.callers import ROOT
 from mcp_server import mcp_app
 from mcp_server.api import InProcessAPI
+from tests.conftest import tool_error
 from tests.unit.test_approvals import careful_profile, engine_for, session
 
 pytestmark = pytest.mark.anyio
@@ -84,8 +85,7 @@ async def test_a_client_that_cannot_ask_decides_nothing(tmp_path):
             async with Client(server) as client:
                 result = await client.call_tool("approval_review", {})
         pending = (await engine.approvals.list(ROOT, am.ApprovalListQuery(status=am.ApprovalStatus.pending))).data
-    assert result.is_error
-    assert result.structured_content["diagnostic"]["evidence"]["field"] == "elicitation"
+    assert tool_error(result)["evidence"]["field"] == "elicitation"
     assert len(pending) == 2
 
 
