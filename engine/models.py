@@ -101,7 +101,8 @@ def parse(model: type[M], data: Any) -> M:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "body"
         if err["type"] == "extra_forbidden":
-            known = ", ".join(sorted(f.alias or name for name, f in model.model_fields.items()))
+            known = ", ".join(sorted(f.alias or name for name, f in model.model_fields.items()
+                                     if not any(isinstance(m, SkipJsonSchema) for m in f.metadata)))
             raise errors.InvalidInput(field, f"unknown field; known fields are: {known}") from None
         msg = err["msg"].removeprefix("Value error, ")
         head, sep, rest = msg.partition(": ")

@@ -323,7 +323,7 @@ async def cli_all(daemon: Daemon, *commands: tuple[str, ...]) -> list[subprocess
 
 async def test_cli_prompt_runs_in_a_sandbox_and_runs_commands_read_it_back(daemon):
     sandbox = json.loads(daemon.cli("sandbox", "create", "--json").stdout)
-    prompted = daemon.cli("sandbox", "prompt", sandbox["id"], "--provider", "custom", "--runtime-command", "echo hi",
+    prompted = daemon.cli("sandbox", "prompt", sandbox["id"], "--provider", "custom", "--command", "echo hi",
                           "--timeout", "60", "--json", "--", "the prompt", check=False)
     assert prompted.returncode == 0, prompted.stdout + prompted.stderr
     run = json.loads(prompted.stdout)
@@ -346,7 +346,7 @@ async def test_cli_prompt_runs_in_a_sandbox_and_runs_commands_read_it_back(daemo
 async def test_cli_bad_input_exits_nonzero_with_a_diagnostic_in_json_mode(daemon):
     sandbox = json.loads(daemon.cli("sandbox", "create", "--json").stdout)
     bad_timeout, missing = await cli_all(
-        daemon, ("sandbox", "prompt", sandbox["id"], "--runtime-command", "echo hi", "--timeout", "0", "--json", "--",
+        daemon, ("sandbox", "prompt", sandbox["id"], "--command", "echo hi", "--timeout", "0", "--json", "--",
                  "p"),
         ("runs", "get", "run_0000000000000000dead", "--json"))
     listed = json.loads(daemon.cli("runs", "list", "--json").stdout)

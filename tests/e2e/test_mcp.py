@@ -106,7 +106,7 @@ async def test_list_tools_gives_every_tool_with_schemas_and_honest_annotations(d
 
     by_name = {t.name: t for t in listed}
     run_schema = by_name["agent_run"].input_schema
-    assert {"prompt", "async", "command", "sandbox_id", "timeout"} <= set(run_schema["properties"])
+    assert {"prompt", "async", "command", "target_id", "timeout"} <= set(run_schema["properties"])
     assert "prompt" in run_schema.get("required", [])
     assert run_schema.get("additionalProperties") is False
     assert {"id", "status", "output", "exit_code"} <= set(by_name["agent_run"].output_schema["properties"])

@@ -157,12 +157,13 @@ async def test_confirm_risky_turns_risky_calls_into_pending_approvals_that_no_he
             "agent_name": "w", "agent_runtime_profile_id": profile["id"]})).json()["spawn"]
     async with agent(daemon, spawned["token"]) as child:
         group = (await child.post(GROUPS, json={"name": "g"})).json()["data"]
-        cancel = await child.post(f"{GROUPS}/{group['id']}/cancel", headers={"X-Agentdock-Approved": "user"},
-                                  json={"approved": True, "approval": "user"})
+        claimed = await child.post(f"{GROUPS}/{group['id']}/cancel", json={"approved": True, "approval": "user"})
+        cancel = await child.post(f"{GROUPS}/{group['id']}/cancel", headers={"X-Agentdock-Approved": "user"})
         networked = await child.post("/api/v1/sandboxes", json={"network": True},
                                      headers={"X-Agentdock-Approved": "user"})
         sandboxes = (await child.get("/api/v1/sandboxes")).json()["data"]
     after = await group_status(daemon, group["id"])
+    assert claimed.status_code == 400 and claimed.json()["diagnostic"]["evidence"]["field"] == "approved"
     for resp, action in ((cancel, f"group.cancel:{group['id']}"), (networked, "device.create_networked:sandbox:")):
         assert resp.status_code == 403, resp.text
         diag = resp.json()["diagnostic"]
