@@ -47,7 +47,10 @@ def tool_error(result: CallToolResult) -> dict:
     assert result.is_error, f"unexpectedly succeeded: {result.structured_content}"
     assert result.structured_content is None, result.structured_content
     assert len(result.content) == 1 and isinstance(result.content[0], TextContent), result.content
-    body = json.loads(result.content[0].text)
+    try:
+        body = json.loads(result.content[0].text)
+    except ValueError:
+        raise AssertionError(f"a tool error that is not the diagnostic JSON: {result.content[0].text[:500]!r}") from None
     assert set(body) == {"diagnostic", "error"}, body
     diag = body["diagnostic"]
     assert {"code", "category", "severity", "title", "message", "evidence", "id"} <= set(diag), diag
