@@ -84,6 +84,12 @@ def pool_full(client: docker.DockerClient, home: Path) -> None:
     raise TimeoutError(f"the pool of {home} did not fill in 60 s")
 
 
+async def created_and_ended(api: DaemonClient, **fields: object) -> models.Run:
+    """One request, as a client that waits on the server does: the create with `?wait=`, answered at the end."""
+    payload = await api.request("POST", "/api/v1/agent-runs", json=fields, params={"wait": 30}, timeout=60)
+    return models.Run.model_validate(payload["data"])
+
+
 async def main() -> None:
     client = docker.from_env()
     home = Path(tempfile.mkdtemp(prefix="adb-", dir="/tmp"))
@@ -106,8 +112,7 @@ async def main() -> None:
                 assert raw.exec_run(["sh", "-c", "echo hi"]).exit_code == 0
 
             async def ad_exec() -> None:
-                run = await api.call(areas.runs.CREATE, models.RunCreate(sandbox_id=sandbox.id, prompt="bench", command="echo hi"),
-                                           wait=30)
+                run = await created_and_ended(api, target_id=sandbox.id, prompt="bench", command="echo hi")
                 assert run.status == "succeeded", run
 
             def raw_run() -> None:
@@ -116,7 +121,7 @@ async def main() -> None:
                 assert out == b"hi\n"
 
             async def ad_ephemeral() -> None:
-                run = await areas.runs.until_ended(api, (await api.call(areas.runs.CREATE, prompt="bench", command="echo hi")).id)
+                run = await created_and_ended(api, prompt="bench", command="echo hi")
                 assert run.status == "succeeded", run
 
             async with DaemonClient(warm_settings) as warm_api:
@@ -128,7 +133,7 @@ async def main() -> None:
                     for _ in range(n):
                         await anyio.to_thread.run_sync(pool_full, client, warm_home)
                         t = time.perf_counter()
-                        run = await areas.runs.until_ended(warm_api, (await warm_api.call(areas.runs.CREATE, prompt="bench", command="echo hi")).id)
+                        run = await created_and_ended(warm_api, prompt="bench", command="echo hi")
                         elapsed = (time.perf_counter() - t) * 1000
                         assert run.status == "succeeded", run
                         events = (await warm_api.call(areas.runs.EVENTS, run_id=run.id)).data

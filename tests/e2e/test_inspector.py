@@ -25,8 +25,11 @@ UNKNOWN_RUN = "run_0000000000000000dead"
 def inspector(daemon: Daemon, *args: str, version: str = INSPECTOR) -> subprocess.CompletedProcess[str]:
     npx = shutil.which("npx")
     assert npx, "npx is needed for the MCP Inspector check (Node.js is on every machine of this kind)"
-    return subprocess.run([npx, "--yes", version, "--cli", AGENTDOCK, "serve", *args], env=daemon.env,
-                          capture_output=True, text=True, timeout=300)
+    # The Inspector starts the server with a minimal environment (as `claude mcp add` does): AGENTDOCK_HOME
+    # would not reach it, so the home is said with --home, as the README's install line does.
+    home = str(daemon.settings.home)
+    return subprocess.run([npx, "--yes", version, "--cli", AGENTDOCK, "serve", "--home", home, *args],
+                          env=daemon.env, capture_output=True, text=True, timeout=300)
 
 
 def answered(proc: subprocess.CompletedProcess[str], exit_code: int = 0) -> dict:

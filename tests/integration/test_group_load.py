@@ -37,7 +37,7 @@ class Follower:
     async def until(self, client: DaemonClient, at_least: int) -> None:
         with anyio.fail_after(600):
             while self.finished < at_least:
-                page = await client.group_events(self.group_id, gm.GroupEventsQuery(after_sequence=self.after, wait_seconds=10))
+                page = await client.call(areas.groups.EVENTS, group_id=self.group_id, after_sequence=self.after, wait_seconds=10)
                 self.finished += sum(e.type == "entry_finished" for e in page.data)
                 self.after = page.next_after_sequence
 
