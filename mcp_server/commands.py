@@ -12,14 +12,16 @@ import json
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from engine import errors
-from mcp_server.api import AgentDockAPI
 
-Command = Callable[[AgentDockAPI, argparse.Namespace], Awaitable[int]]
+if TYPE_CHECKING:
+    from mcp_server.api import AgentDockAPI
+
+Command = Callable[["AgentDockAPI", argparse.Namespace], Awaitable[int]]
 """An area's command: runs against the API and prints its result; returns the exit code."""
 
 

@@ -12,6 +12,7 @@ import json
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
+from typing import Protocol
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -21,8 +22,6 @@ from rich.text import Text
 
 from engine import group_models as gm
 from mcp_server import commands
-from mcp_server.api import AgentDockAPI
-from mcp_server.areas import groups
 
 POLL_SECONDS = 30
 PROGRESS_WAIT_SECONDS = 10
@@ -31,14 +30,26 @@ LATEST = 8
 """Events shown under the progress bar."""
 
 
-async def pages(api: AgentDockAPI, q: groups.EventsInput) -> AsyncIterator[gm.GroupEventList]:
+class Source(Protocol):
+    """Where the display reads one group from (the groups area gives it, over the API)."""
+
+    group_id: str
+
+    async def events(self, after: int, wait: float) -> gm.GroupEventList: ...
+
+    async def group(self) -> gm.Group: ...
+
+    async def dispatch(self, dispatch_id: str) -> gm.DispatchResult: ...
+
+
+async def pages(source: Source, after: int) -> AsyncIterator[gm.GroupEventList]:
     """The group's events page by page as they come, until it has ended and every event was read."""
+    page = await source.events(after, 0)
     while True:
-        page = await api.call(groups.EVENTS, q)
         yield page
         if not page.data and not page.is_active:
             return
-        q = q.model_copy(update={"after_sequence": page.next_after_sequence, "wait_seconds": POLL_SECONDS})
+        page = await source.events(page.next_after_sequence, POLL_SECONDS)
 
 
 def line(ev: gm.GroupEvent) -> str:
@@ -61,38 +72,34 @@ def _view(group: gm.Group, latest: deque[str]) -> Group:
     return Group(bar, counts, events)
 
 
-async def watch(api: AgentDockAPI, group_id: str, *, as_json: bool = False,
-                q: groups.EventsInput | None = None, show_events: bool = False) -> gm.Group:
+async def watch(source: Source, *, as_json: bool = False, after: int = 0, show_events: bool = False) -> gm.Group:
     """Follow the group until it has ended; returns its final record."""
-    group = await api.call(groups.GET, group_id=group_id)
-    q = q or groups.EventsInput(group_id=group_id)
+    group = await source.group()
     if sys.stdout.isatty() and not as_json:
         latest: deque[str] = deque(maxlen=LATEST)
         console = Console()
         with Live(_view(group, latest), console=console, refresh_per_second=8) as live:
-            async for page in pages(api, q):
+            async for page in pages(source, after):
                 latest.extend(line(ev) for ev in page.data)
-                group = await api.call(groups.GET, group_id=group_id)
+                group = await source.group()
                 live.update(_view(group, latest))
         return group
     status = None
-    async for page in pages(api, q):
+    async for page in pages(source, after):
         for ev in page.data:
             if show_events or as_json:
                 print(ev.model_dump_json() if as_json else line(ev), flush=True)
-        group = await api.call(groups.GET, group_id=group_id)
+        group = await source.group()
         if not as_json and not show_events and group.status_message != status:
             status = group.status_message
             print(commands.safe(f"{group.id}  {group.status.value}  {status}"), flush=True)
     return group
 
 
-async def dispatch(api: AgentDockAPI, result: gm.DispatchResult) -> gm.DispatchResult:
+async def dispatch(source: Source, result: gm.DispatchResult) -> gm.DispatchResult:
     """A synchronous dispatch at a terminal: a progress bar of its entries ended, with the group's latest
     events under it (plain lines elsewhere), until every entry of this dispatch has ended."""
-    group_id, total = result.group.id, len(result.entries)
-    q = groups.EventsInput(group_id=group_id, after_sequence=result.next_after_sequence,
-                           wait_seconds=PROGRESS_WAIT_SECONDS)
+    total, after = len(result.entries), result.next_after_sequence
     tty = sys.stdout.isatty()
     latest: deque[str] = deque(maxlen=LATEST)
     bar = Progress(TextColumn("[bold]dispatch {task.fields[dispatch]}"), BarColumn(),
@@ -101,9 +108,9 @@ async def dispatch(api: AgentDockAPI, result: gm.DispatchResult) -> gm.DispatchR
     with Live(Group(bar, Table.grid()), console=Console(), refresh_per_second=8, transient=False) if tty \
             else _quiet() as view:
         while not result.done:
-            page = await api.call(groups.EVENTS, q)
-            q = q.model_copy(update={"after_sequence": page.next_after_sequence})
-            result = await api.call(groups.DISPATCH_GET, group_id=group_id, dispatch_id=result.dispatch_id)
+            page = await source.events(after, PROGRESS_WAIT_SECONDS)
+            after = page.next_after_sequence
+            result = await source.dispatch(result.dispatch_id)
             if tty:
                 latest.extend(line(ev) for ev in page.data)
                 bar.update(task, completed=len(result.results))
@@ -123,6 +130,6 @@ def _quiet() -> Iterator[None]:
     yield None
 
 
-async def stream(api: AgentDockAPI, q: groups.EventsInput, *, as_json: bool = False) -> None:
+async def stream(source: Source, after: int, *, as_json: bool = False) -> None:
     """`events --stream`: every event from the cursor on, live, until the group has ended."""
-    await watch(api, q.group_id, as_json=as_json, q=q, show_events=True)
+    await watch(source, as_json=as_json, after=after, show_events=True)

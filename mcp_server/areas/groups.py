@@ -252,6 +252,22 @@ def _json_arg(text: str, field: str) -> Any:
         raise errors.InvalidInput(field, f"not valid JSON: {exc.msg}") from None
 
 
+class Following:
+    """One group read over the API, for the live display (`mcp_server.live.Source`)."""
+
+    def __init__(self, api: AgentDockAPI, group_id: str) -> None:
+        self.api, self.group_id = api, group_id
+
+    async def events(self, after: int, wait: float) -> gm.GroupEventList:
+        return await self.api.call(EVENTS, group_id=self.group_id, after_sequence=after, wait_seconds=wait)
+
+    async def group(self) -> gm.Group:
+        return await self.api.call(GET, group_id=self.group_id)
+
+    async def dispatch(self, dispatch_id: str) -> gm.DispatchResult:
+        return await self.api.call(DISPATCH_GET, group_id=self.group_id, dispatch_id=dispatch_id)
+
+
 async def cmd_dispatch(api: AgentDockAPI, args: argparse.Namespace) -> int:
     items = [_json_arg(r, "runs") for r in args.run or []]
     if args.manifest:
@@ -263,7 +279,7 @@ async def cmd_dispatch(api: AgentDockAPI, args: argparse.Namespace) -> int:
     result = await api.call(DISPATCH, DispatchInput.model_validate({**req.model_dump(by_alias=True, exclude_unset=True),
                                                                     "group_id": args.group_id}))
     if not args.async_ and not args.json:
-        result = await live.dispatch(api, result)
+        result = await live.dispatch(Following(api, args.group_id), result)
     while not args.async_ and not result.done:
         result = await api.call(DISPATCH_GET, group_id=args.group_id, dispatch_id=result.dispatch_id,
                                 wait_seconds=MAX_WAIT_SECONDS)
@@ -281,7 +297,7 @@ async def cmd_dispatch(api: AgentDockAPI, args: argparse.Namespace) -> int:
 
 async def cmd_show(api: AgentDockAPI, args: argparse.Namespace) -> int:
     if args.watch:
-        group = await live.watch(api, args.group_id, as_json=args.json)
+        group = await live.watch(Following(api, args.group_id), as_json=args.json)
     else:
         group = await api.call(GET, group_id=args.group_id)
         if not args.runs:
@@ -312,7 +328,7 @@ async def _all_runs(api: AgentDockAPI, group_id: str) -> list[dict[str, Any]]:
 async def cmd_events(api: AgentDockAPI, args: argparse.Namespace) -> int:
     q = models.parse(EventsInput, {"group_id": args.group_id, "after_sequence": args.after, "limit": args.limit})
     if args.stream:
-        await live.stream(api, q, as_json=args.json)
+        await live.stream(Following(api, args.group_id), args.after, as_json=args.json)
         return 0
     commands.show(await api.call(EVENTS, q), args.json,
                   ["sequence", "type", "agent_run_id", "message", "created_at"])
