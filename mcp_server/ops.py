@@ -105,9 +105,10 @@ class Op(Generic[I, O]):
         return _PATH_FIELD.sub(lambda m: quote(str(getattr(inp, m.group(1))), safe=""), self.path)
 
     def rest(self, inp: I) -> dict[str, Any]:
-        """The input less its path fields, as JSON: what the caller gave (a left-out field means the
-        default on the other side too: a spawn's omitted `network_channels` is the parent's, not none)."""
-        dumped = inp.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True)
+        """The input less its path fields, as JSON: what the caller gave, and only that (a left-out field
+        means the default on the other side too: a spawn's omitted `network_channels` is the parent's, not
+        none), explicit nulls included (a profile update's `model: null` clears the model)."""
+        dumped = inp.model_dump(mode="json", by_alias=True, exclude_unset=True)
         return {k: v for k, v in dumped.items() if k not in self.path_fields}
 
     def wrapped(self) -> str | None:

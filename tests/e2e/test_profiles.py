@@ -187,3 +187,15 @@ async def test_an_mcp_agent_run_naming_no_runtime_takes_the_default_profiles_run
             await wait_for_end(client, run["id"], 60)
     assert (run["provider"], run["model"], run["profile_snapshot"]["name"]) == ("pi", "pi-model", "pi-default")
     assert own["provider"] == "custom" and done["output"] == "hello\n"
+
+
+async def test_an_update_through_the_daemon_client_clears_a_field_given_as_null(daemon: Daemon):
+    from mcp_server import areas
+    from mcp_server.client import DaemonClient
+
+    async with DaemonClient(daemon.settings) as client:
+        made = await client.call(areas.profiles.CREATE, name="nullable", runtime="codex", model="gpt-5")
+        kept = await client.call(areas.profiles.UPDATE, profile_id=made.id, description="d")
+        cleared = await client.call(areas.profiles.UPDATE, profile_id=made.id, model=None)
+    assert (made.model, kept.model, kept.description) == ("gpt-5", "gpt-5", "d")
+    assert cleared.model is None and cleared.description == "d"
