@@ -247,7 +247,8 @@ def add_argument(parser: argparse.ArgumentParser, field: str, info: FieldInfo, *
 
 
 def _help(info: FieldInfo, kind: object) -> str:
-    text = (info.description or "").split("\n")[0]
+    """The field's description up to its first blank line, on one line (argparse wraps it)."""
+    text = " ".join((info.description or "").split("\n\n")[0].split())
     return text + (" (JSON)" if kind == "json" else "")
 
 
