@@ -13,13 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+import httpx
 import pytest
 
 from mcp_types import CallToolResult, TextContent
 
 from engine.app import Engine
 from engine.settings import Settings
+from mcp_server import areas
 from mcp_server import daemon as daemon_mod
+from mcp_server import http as http_app
 from runtimes import images
 from runtimes.wiring import docker_engine
 
@@ -95,6 +98,16 @@ async def engine(settings: Settings) -> AsyncIterator[Engine]:
     """The engine on real SQLite and the real Docker engine, built by the composition root, running."""
     async with docker_engine(settings).running() as running:
         yield running
+
+
+@pytest.fixture
+async def app_client(engine: Engine) -> AsyncIterator[httpx.AsyncClient]:
+    """The daemon's control app in this process (httpx's ASGI transport) over the real engine: for
+    validation and status-code tests, which need neither a socket nor a second process. What only the
+    socket shows (its mode, uvicorn's framing, streams) stays on `daemon`."""
+    transport = httpx.ASGITransport(app=http_app.create_app(areas.endpoints(engine)))
+    async with httpx.AsyncClient(transport=transport, base_url="http://agentdock", timeout=60) as client:
+        yield client
 
 
 @dataclass

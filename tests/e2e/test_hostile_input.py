@@ -12,6 +12,7 @@ import math
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -29,8 +30,6 @@ from engine import profile_models as pm
 from engine import task_models as tm
 from mcp_server import areas, http as http_app
 from mcp_server import mcp_app
-from mcp_server.areas import agent as agent_area
-from mcp_server.areas import channels as channel_area
 from mcp_server.areas import groups as group_area
 from tests.conftest import Daemon, owned_containers
 from tests.e2e.test_http import RUNS, SANDBOXES, diagnostic, http
@@ -54,7 +53,7 @@ A_VALID_AGENT_FILE = {"content": "---\nname: planted\ndescription: d\n---\npromp
 """A Claude Code agent file: what a poisoned import would write as a soul if its poison went unnoticed."""
 
 
-async def nothing_created(daemon: Daemon, client: httpx.AsyncClient) -> None:
+async def nothing_created(home: Path, client: httpx.AsyncClient) -> None:
     runs = await client.get(RUNS, params={"limit": 200})
     sandboxes = await client.get(SANDBOXES)
     groups = await client.get(GROUPS)
@@ -76,8 +75,8 @@ async def nothing_created(daemon: Daemon, client: httpx.AsyncClient) -> None:
     assert approvals.status_code == 200 and approvals.json()["data"] == [], approvals.text
     history = await client.get("/api/v1/approval-events")
     assert history.status_code == 200 and history.json()["data"] == [], history.text
-    assert owned_containers(daemon.settings.home) == []
-    souls_dir = daemon.settings.home / "souls"
+    assert owned_containers(home) == []
+    souls_dir = home / "souls"
     assert not souls_dir.exists() or list(souls_dir.iterdir()) == []
 
 
@@ -125,7 +124,7 @@ async def test_a_run_id_shaped_like_a_path_cannot_steer_a_cancel_to_the_sandbox_
             diag = await failing_call(client, "agent_run_cancel", {"run_id": "../sandboxes?"})
         cli = daemon.cli("runs", "cancel", "../sandboxes?", "--json", check=False)
         async with http(daemon) as c:
-            await nothing_created(daemon, c)
+            await nothing_created(daemon.settings.home, c)
 
     assert (diag["code"], diag["evidence"]["field"]) == ("invalid_input", "run_id")
     assert "run_ then 20 lowercase hex digits" in diag["message"]
@@ -171,7 +170,7 @@ async def test_malformed_ids_and_numbers_at_the_mcp_tools_are_invalid_input_nami
             got = {case: await failing_call(client, tool, args) for case, tool, args, _ in MCP_CASES}
             unknown = await failing_call(client, "agent_run_get", {"run_id": UNKNOWN_RUN})
         async with http(daemon) as c:
-            await nothing_created(daemon, c)
+            await nothing_created(daemon.settings.home, c)
 
     for case, _, _, name in MCP_CASES:
         assert (got[case]["code"], got[case]["evidence"].get("field")) == ("invalid_input", name), (case, got[case])
@@ -291,7 +290,7 @@ async def test_a_duplicate_idempotency_key_header_is_refused(daemon):
     with anyio.fail_after(30):
         status, answer = await anyio.to_thread.run_sync(raw_exchange, daemon, head)
         async with http(daemon) as client:
-            await nothing_created(daemon, client)
+            await nothing_created(daemon.settings.home, client)
 
     assert status == 400, answer
     diag = answer["diagnostic"]
@@ -327,7 +326,7 @@ async def test_a_chunked_body_over_the_limit_is_413_and_one_just_under_it_is_rea
             chunked = await client.post(RUNS, content=chunks(over), headers=JSON)
             sized = await client.post(RUNS, content=over, headers=JSON)
             read = await client.post(RUNS, content=under, headers=JSON)
-            await nothing_created(daemon, client)
+            await nothing_created(daemon.settings.home, client)
 
     assert "content-length" not in chunked.request.headers
     assert diagnostic(chunked, 413, "payload_too_large")["category"] == "limit"
@@ -681,23 +680,22 @@ def run_examples(strategy: st.SearchStrategy[Any], max_examples: int, check: Cal
     one()
 
 
-async def test_generated_junk_at_every_http_route_is_refused_with_a_diagnostic_and_creates_nothing(daemon):
+async def test_generated_junk_at_every_http_route_is_refused_with_a_diagnostic_and_creates_nothing(app_client, home):
+    """In process (the app over httpx's ASGI transport): the routes' answers, not the socket's."""
     seen: dict[str, int] = {}
 
-    async with http(daemon) as client:
+    async def check(req: Request) -> None:
+        resp = await app_client.request(req.method, req.path, params=req.params, headers=req.headers,
+                                    content=req.content)
+        diag = diagnostic(resp, (400, 404, 405, 413, 415))
+        assert diag["code"] in REFUSALS, (req, diag)
+        if diag["code"] == "not_found":  # only a route that does not exist
+            assert diag["evidence"]["kind"] == "route", (req, diag)
+        seen[diag["code"]] = seen.get(diag["code"], 0) + 1
+        await nothing_created(home, app_client)
 
-        async def check(req: Request) -> None:
-            resp = await client.request(req.method, req.path, params=req.params, headers=req.headers,
-                                        content=req.content)
-            diag = diagnostic(resp, (400, 404, 405, 413, 415))
-            assert diag["code"] in REFUSALS, (req, diag)
-            if diag["code"] == "not_found":  # only a route that does not exist
-                assert diag["evidence"]["kind"] == "route", (req, diag)
-            seen[diag["code"]] = seen.get(diag["code"], 0) + 1
-            await nothing_created(daemon, client)
-
-        with anyio.fail_after(120):
-            await anyio.to_thread.run_sync(run_examples, junk_http(), 300, check)
+    with anyio.fail_after(120):
+        await anyio.to_thread.run_sync(run_examples, junk_http(), 300, check)
 
     assert {"invalid_input", "unsupported_media_type", "method_not_allowed"} <= set(seen), seen
 
@@ -723,7 +721,7 @@ async def test_generated_junk_at_every_mcp_tool_is_a_tool_error_with_a_diagnosti
             assert diag["code"] == "invalid_input", (tool, args, diag)
             assert isinstance(diag["evidence"].get("field"), str), (tool, diag)
             seen[tool] = seen.get(tool, 0) + 1
-            await nothing_created(daemon, client)
+            await nothing_created(daemon.settings.home, client)
 
         with anyio.fail_after(240):
             for tool in sorted(TOOL_INPUTS):  # every tool gets its share, however many there are

@@ -133,12 +133,12 @@ async def test_bad_run_body_is_400_with_a_diagnostic_naming_the_field_and_create
     assert ids == [] and devices == []
 
 
-async def test_unknown_run_and_unknown_route_are_404_diagnostics(daemon):
+async def test_unknown_run_and_unknown_route_are_404_diagnostics(app_client):
+    client = app_client  # in process: the routes' answers, not the socket's
     with anyio.fail_after(30):
-        async with http(daemon) as client:
-            run = await client.get(f"{RUNS}/run_0000000000000000dead")
-            events = await client.get(f"{RUNS}/run_0000000000000000dead/events")
-            route = await client.get("/api/v1/no-such-thing")
+        run = await client.get(f"{RUNS}/run_0000000000000000dead")
+        events = await client.get(f"{RUNS}/run_0000000000000000dead/events")
+        route = await client.get("/api/v1/no-such-thing")
 
     diag = diagnostic(run, 404, "not_found")
     assert diag["evidence"] == {"kind": "run", "id": "run_0000000000000000dead"}
@@ -163,11 +163,11 @@ async def test_diagnostics_suggest_only_commands_the_cli_has(daemon):
         assert helped.returncode == 0, f"{suggested!r} names a command the CLI does not have: {helped.stderr}"
 
 
-async def test_wrong_method_gets_a_diagnostic(daemon):
+async def test_wrong_method_gets_a_diagnostic(app_client):
+    client = app_client  # in process: the routes' answers, not the socket's
     with anyio.fail_after(30):
-        async with http(daemon) as client:
-            resp = await client.put(RUNS, json={"prompt": "p", "command": "echo x"})
-            ids = await run_ids(client)
+        resp = await client.put(RUNS, json={"prompt": "p", "command": "echo x"})
+        ids = await run_ids(client)
 
     diag = diagnostic(resp, (400, 405))
     assert "PUT" in diag["message"]
@@ -272,11 +272,11 @@ async def test_run_list_filters_by_status_and_pages_by_cursor(daemon):
     assert all(p["next_cursor"] for p in pages[:-1]) and pages[-1]["next_cursor"] is None
 
 
-async def test_run_list_refuses_a_cursor_it_never_handed_out(daemon):
+async def test_run_list_refuses_a_cursor_it_never_handed_out(app_client):
+    client = app_client  # in process: the routes' answers, not the socket's
     with anyio.fail_after(30):
-        async with http(daemon) as client:
-            await client.post(RUNS, params={"wait": 30}, json={"prompt": "p", "command": "echo x"})
-            resp = await client.get(RUNS, params={"cursor": "run_0000000000000000dead"})
+        await client.post(RUNS, params={"wait": 30}, json={"prompt": "p", "command": "echo x"})
+        resp = await client.get(RUNS, params={"cursor": "run_0000000000000000dead"})
 
     diag = diagnostic(resp, 400, "invalid_input")
     assert diag["evidence"]["field"] == "cursor"
