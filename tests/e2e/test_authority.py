@@ -70,6 +70,11 @@ claim = attempt("claim", "POST", "/api/agent/tasks/claim-next", {"lease_seconds"
 listed = attempt("task_list", "GET", "/api/v1/tasks")
 profiles = attempt("profile_list", "GET", "/api/v1/agent-runtime-profiles")
 attempt("profile_update", "PUT", "/api/v1/agent-runtime-profiles/" + os.environ["B_PROFILE"], {"network": True})
+for kind, path in (("run", "/api/v1/agent-runs/" + os.environ["B_RUN"]),
+                   ("group", "/api/v1/agent-run-groups/" + os.environ["B_GROUP"])):
+    attempt(kind + "_get", "GET", path)
+    attempt(kind + "_events", "GET", path + "/events")
+    attempt(kind + "_stream", "GET", path + "/events?stream=true")
 out["claimed"] = claim["claim"]
 out["tasks_seen"] = [t["workspace_id"] for t in listed["data"]]
 out["profiles_seen"] = [p["id"] for p in profiles["data"]]
@@ -84,10 +89,14 @@ async def test_a_session_in_a_sandbox_creates_nothing_in_another_workspace_and_r
             "name": "b-default", "runtime": "custom", "workspace_id": "B", "is_default": True,
             "secrets": ["B_KEY"]})).json()["data"]
         b_task = (await root.post("/api/v1/tasks", json={"title": "private", "workspace_id": "B"})).json()["data"]
+        b_run = (await root.post("/api/v1/agent-runs", params={"wait": 30}, json={
+            "prompt": "p", "command": "echo private", "workspace_id": "B"})).json()["data"]
+        b_group = (await root.post(GROUPS, json={"name": "private", "workspace_id": "B"})).json()["data"]
         sandbox = (await root.post("/api/v1/sandboxes", json={"image": FULL})).json()["data"]
         child = await spawn(root, workspace_id="A", permissions={
             "tools": ["agent", "runs", "groups", "tasks", "profiles", "devices"], "sandbox_profiles": ["*"]},
-            prompt=ESCAPE, command=f"B_PROFILE={b_profile['id']} python3 -", target_id=sandbox["id"])
+            prompt=ESCAPE, command=f"B_PROFILE={b_profile['id']} B_RUN={b_run['id']} B_GROUP={b_group['id']} "
+                                   "python3 -", target_id=sandbox["id"])
         run = await ended(root, child["run"]["id"])
         sessions = (await root.get("/api/v1/sessions")).json()["data"]
         groups = (await root.get(GROUPS)).json()["data"]
@@ -97,17 +106,21 @@ async def test_a_session_in_a_sandbox_creates_nothing_in_another_workspace_and_r
         sandboxes = (await root.get("/api/v1/sandboxes")).json()["data"]
 
     assert run["status"] == "succeeded", run
+    assert b_run["status"] == "succeeded", b_run
     seen = json.loads(run["output"])
     for name, field in (("group_create", "workspace_id"), ("agent_spawn", "workspace_id"),
                         ("agent_run", "workspace_id"), ("task_create", "workspace_id"),
                         ("profile_create", "workspace_id"), ("sandbox_create", "workspace_id"),
                         ("group_dispatch", "runs.0.workspace_id")):
         assert seen[name] == [403, "permission_denied", field], (name, seen[name])
+    for kind in ("run", "group"):  # the other workspace's records, their events and their streams
+        for read in ("get", "events", "stream"):
+            assert seen[f"{kind}_{read}"][:2] == [404, "not_found"], (kind, read, seen[f"{kind}_{read}"])
     assert seen["own_group"][0] == 201 and seen["profile_update"][:2] == [404, "not_found"]
     assert seen["claimed"] is None and seen["tasks_seen"] == [] and b_profile["id"] not in seen["profiles_seen"]
     assert [s["workspace_id"] for s in sessions] == ["default", "A"]  # the root and the child, nothing in B
-    assert [g["workspace_id"] for g in groups] == [None]
-    assert [r["id"] for r in runs] == [run["id"]]
+    assert sorted(g["workspace_id"] or "" for g in groups) == ["", "B"]
+    assert sorted(r["id"] for r in runs) == sorted([run["id"], b_run["id"]])
     assert (task["status"], task["runs"]) == ("queued", [])
     assert (profile["network"], profile["is_default"], profile["updated_at"]) == (
         False, True, b_profile["updated_at"])
