@@ -98,17 +98,23 @@ def parse(model: type[M], data: Any) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "body"
-        if err["type"] == "extra_forbidden":
-            known = ", ".join(sorted(f.alias or name for name, f in model.model_fields.items()
-                                     if not any(isinstance(m, SkipJsonSchema) for m in f.metadata)))
-            raise errors.InvalidInput(field, f"unknown field; known fields are: {known}") from None
-        msg = err["msg"].removeprefix("Value error, ")
-        head, sep, rest = msg.partition(": ")
-        if field == "body" and sep and head.isidentifier():
-            field, msg = head, rest  # a model-level check that names its field
-        raise errors.InvalidInput(field, msg) from None
+        raise invalid(exc, model) from None
+
+
+def invalid(exc: ValidationError, model: type[BaseModel] | None = None) -> errors.InvalidInput:
+    """The first problem of a failed validation as an `InvalidInput` naming the field (`model`, when
+    known, lists the fields an unknown one could have been)."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err["loc"]) or "body"
+    if err["type"] == "extra_forbidden" and model is not None:
+        known = ", ".join(sorted(f.alias or name for name, f in model.model_fields.items()
+                                 if not any(isinstance(m, SkipJsonSchema) for m in f.metadata)))
+        return errors.InvalidInput(field, f"unknown field; known fields are: {known}")
+    msg = err["msg"].removeprefix("Value error, ")
+    head, sep, rest = msg.partition(": ")
+    if field == "body" and sep and head.isidentifier():
+        field, msg = head, rest  # a model-level check that names its field
+    return errors.InvalidInput(field, msg)
 
 
 def _check_env(env: dict[str, str] | None) -> dict[str, str] | None:

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+from pydantic import ValidationError
 
-from engine import errors
+from engine import errors, models
 from engine.settings import Settings
 from mcp_server import areas, commands, daemon
 from mcp_server.client import DaemonClient
@@ -85,6 +86,8 @@ def cmd_runtimes(args: argparse.Namespace) -> int:
     """The runtime catalog, and which real CLIs an image holds (at which versions)."""
     from runtimes import clis, images
 
+    if not models.IMAGE_REF.fullmatch(args.image):
+        raise errors.InvalidInput("image", "must be an image reference (letters, digits and ._/:@-)")
     held = images.inspect_runtimes(args.image)
     rows = []
     for name, adapter in adapters.DEFAULT.items():
@@ -175,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_area(args) if hasattr(args, "call") else args.fn(args)
     except errors.EngineError as exc:
         return commands.fail(exc, getattr(args, "json", False))
+    except ValidationError as exc:  # a command that built its input without `models.parse`
+        return commands.fail(models.invalid(exc), getattr(args, "json", False))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

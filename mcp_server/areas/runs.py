@@ -140,7 +140,7 @@ async def pages(api: AgentDockAPI, run_id: str, after: int = 0, limit: int = 500
     """A run's events after `after`, page by page as they come (long-poll), until it has ended and
     every event has been read, or `deadline` (anyio's clock) has passed. Each long-poll ends by
     itself, by the deadline at the latest."""
-    q = EventsInput(run_id=run_id, after_sequence=after, limit=limit)
+    q = models.parse(EventsInput, {"run_id": run_id, "after_sequence": after, "limit": limit})
     while True:
         page = await api.call(EVENTS, q)
         if page.data:
