@@ -33,6 +33,12 @@ class HermesAdapter(Adapter):
     auth_patterns = re.compile(r"No inference provider configured|API key|401|AuthenticationError|"
                                r"authentication_error", re.IGNORECASE)
 
+    def gateway_env(self, provider: str, base_url: str, placeholder: str) -> dict[str, str]:
+        """Hermes' `auto` provider ignores OPENAI_BASE_URL (its config.yaml is where endpoints live);
+        its `openai-api` provider reads it, with the key from OPENAI_API_KEY."""
+        env = super().gateway_env(provider, base_url, placeholder)
+        return {**env, "HERMES_INFERENCE_PROVIDER": "openai-api"} if provider == "openai" else env
+
     def argv(self, run: HarnessInput) -> list[str]:
         argv = ["hermes", f"--oneshot={run.prompt}"]
         if run.model:

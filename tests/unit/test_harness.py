@@ -93,12 +93,15 @@ def test_codex_argv_is_exec_json_reading_the_prompt_from_stdin_behind_a_credenti
     assert h.binary == "codex" and h.structured is True
     argv = h.argv(run_input("secret prompt"))
     assert argv[:2] == ["sh", "-c"] and "CODEX_API_KEY" in argv[2] and "secret prompt" not in argv
-    assert argv[4:] == ["codex", "exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "-"]
+    assert argv[4:] == ["codex", "exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
+                        "-", "-c", "analytics.enabled=false", "-c", "check_for_update_on_startup=false"]
+    assert "OPENAI_BASE_URL" in argv[2]  # a provider of its own at a gateway's URL, codex ignoring the variable
 
 
 def test_codex_argv_passes_the_model_flag_before_the_stdin_marker() -> None:
     argv = get("codex").argv(run_input(model="gpt-5-codex"))[4:]
-    assert argv == ["codex", "exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "--model", "gpt-5-codex", "-"]
+    assert argv == ["codex", "exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
+                    "--model", "gpt-5-codex", "-", "-c", "analytics.enabled=false", "-c", "check_for_update_on_startup=false"]
 
 
 def test_osa_without_a_template_runs_its_binary_with_the_prompt_on_stdin() -> None:
@@ -205,8 +208,9 @@ def test_codex_stream_maps_commands_and_sets_output_to_the_agent_message() -> No
     assert [json.loads(line)["type"] for line in lines][:2] == ["thread.started", "turn.started"]
     events, output = fold(get("codex"), lines)
     assert output == "Done: list files"
-    assert types(events) == ["command_started", "command_finished", "message"]
-    started, finished, message = events
+    assert types(events) == ["command_started", "command_finished", "message", "message"]
+    started, finished, message, turn = events
+    assert turn.payload["usage"]["output_tokens"] > 0
     assert started.payload["command"] == "echo hello"
     assert finished.payload["command"] == "echo hello"
     assert finished.payload["exit_code"] == 0
@@ -337,7 +341,7 @@ def test_non_json_lines_become_output_events_with_the_line(name: str) -> None:
 @pytest.mark.parametrize("line", [
     '{"type": "system", "subtype": "init", "model": "x"}',
     '{"type": "thread.started", "thread_id": "t"}',
-    '{"type": "turn.completed", "usage": {}}',
+    '{"type": "turn.started"}',
     '{"type": "item.completed", "item": {"type": "reasoning", "text": "hmm"}}',
     '{"type": "stream_event", "event": {}}',
     "[]",
