@@ -16,11 +16,13 @@ from engine import models
 from engine.callers import ROOT
 from engine.settings import Settings
 from runtimes import adapters
-from tests.integration.test_real_clis import agents_image, run_in
+from tests.integration import test_real_clis
+from tests.integration.test_real_clis import run_in
 from tests.provider.openai import USAGE, ScriptedOpenAI, serve
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 PLACEHOLDER = "agentdock-placeholder-key"
+agents_image = test_real_clis.agents_image  # the fixture: the image, built (cached) on demand
 MODEL = "scripted-model"  # not in the CLIs' catalogs: codex's default model needs its code-mode host
 PROMPT = "Write the proof file, then say what you did."
 
@@ -90,3 +92,12 @@ async def test_real_hermes_completes_the_scripted_task(engine, provider):
         ("chat", "act", PLACEHOLDER, MODEL, True), ("chat", "final", PLACEHOLDER, MODEL, True)]
     assert turns[0].call == "write_file"
     assert turns[1].body["stream_options"] == {"include_usage": True}
+    texts = [p["text"] for p in of_type(events, "message") if "text" in p]
+    assert texts == [scripted.script.first, scripted.script.final]
+    [tool] = of_type(events, "tool_use")
+    assert (tool["name"], tool["input"]) == ("write_file", {"path": "agentdock-proof.txt",
+                                                           "content": scripted.script.content})
+    [result] = of_type(events, "command_finished")
+    assert result["tool_use_id"] == tool["id"] and '"bytes_written"' in result["output"]
+    [usage] = [p["usage"] for p in of_type(events, "message") if "usage" in p]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (2 * USAGE["input"], 2 * USAGE["output"])
