@@ -5,6 +5,7 @@ only the placeholder key, and the events carry the CLI's messages, tool use and 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ async def test_real_codex_completes_the_scripted_task(engine, provider):
     assert [(r.api, r.stage, r.key, r.model, r.stream) for r in turns] == [
         ("responses", "act", PLACEHOLDER, MODEL, True), ("responses", "final", PLACEHOLDER, MODEL, True)]
     assert turns[0].call == "exec_command"
+    assert json.loads(turns[0].body["client_metadata"]["x-codex-turn-metadata"])["analytics_enabled"] is False
     texts = [p["text"] for p in of_type(events, "message") if not p.get("error") and "text" in p]
     assert texts == [scripted.script.first, scripted.script.final]
     [started] = of_type(events, "command_started")
