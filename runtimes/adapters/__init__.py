@@ -13,8 +13,9 @@ from engine.ports import Harness
 from engine.settings import Settings
 from runtimes.adapters.claude import ClaudeCodeAdapter
 from runtimes.adapters.codex import CodexAdapter
+from runtimes.adapters.hermes import HermesAdapter
 from runtimes.adapters.pi import PiAdapter
-from runtimes.adapters.plain import CustomAdapter, HermesAdapter, TemplateAdapter
+from runtimes.adapters.plain import CustomAdapter, TemplateAdapter
 
 
 def adapters(osa_command: str | None = None) -> dict[str, Harness]:

@@ -79,6 +79,15 @@ class Adapter:
     def argv(self, run: HarnessInput) -> list[str]:
         raise NotImplementedError
 
+    def gateway_env(self, provider: str, base_url: str, placeholder: str) -> dict[str, str]:
+        """The environment that points this runtime at a model gateway for `provider` (`openai`,
+        `anthropic`) at `base_url`, holding only `placeholder` for the credential."""
+        if provider == "openai":
+            return {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": placeholder}
+        if provider == "anthropic":
+            return {"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": placeholder}
+        return {}
+
     def parse_line(self, line: str) -> Parsed:
         return raw_line(line) if line.strip() else Parsed()
 
@@ -121,11 +130,13 @@ class StructuredAdapter(Adapter):
         raise NotImplementedError
 
 
-def guarded(secrets: tuple[str, ...], provider: str, argv: list[str], files: tuple[str, ...] = ()) -> list[str]:
+def guarded(secrets: tuple[str, ...], provider: str, argv: list[str], files: tuple[str, ...] = (),
+            prelude: str = "") -> list[str]:
     """`argv` behind a check that one of `secrets` (or a credentials file) is there. For a runtime that,
     without a credential, retries a network it may not have until the run times out: the check ends
-    it at once with exit 78 and a line `classify` reads as `auth_required`."""
+    it at once with exit 78 and a line `classify` reads as `auth_required`. `prelude` is shell run
+    first, with `argv` as "$@" (to add arguments known only in the device)."""
     have = " || ".join([*(f'[ -n "${{{s}:-}}" ]' for s in secrets), *(f'[ -s "{f}" ]' for f in files)])
-    script = (f'if {have}; then exec "$@"; fi; '
+    script = (f'{prelude}if {have}; then exec "$@"; fi; '
               f'echo "agentdock: {provider}: no credential: set one of {", ".join(secrets)}" >&2; exit 78')
     return ["sh", "-c", script, argv[0], *argv]

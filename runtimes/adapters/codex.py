@@ -1,10 +1,16 @@
 """Codex (`codex`): `codex exec --json` JSONL events.
 
-`codex exec --json --skip-git-repo-check --dangerously-bypass-approvals-and-sandbox [--model M] -`, where
-`-` makes it read the prompt from stdin. Codex takes its key from CODEX_API_KEY (or OPENAI_API_KEY, or
-a `codex login` in $CODEX_HOME/auth.json). Without one the real CLI does not fail: it retries the
-network until the run times out, so the command line checks for a credential first and fails at once
-(`auth_required`); a key the API refuses shows up as a 401 in its `error` events.
+`codex exec --json --skip-git-repo-check --dangerously-bypass-approvals-and-sandbox [--model M] - -c ...`,
+where `-` makes it read the prompt from stdin; the device is the sandbox (no landlock/seccomp there).
+Codex takes its key from CODEX_API_KEY (or OPENAI_API_KEY, or a `codex login` in
+$CODEX_HOME/auth.json). Without one the real CLI does not fail: it retries the network until the run
+times out, so the command line checks for a credential first and fails at once (`auth_required`); a
+key the API refuses shows up as a 401 in its `error` events.
+
+Codex ignores OPENAI_BASE_URL: its built-in provider always goes to api.openai.com (WebSocket first).
+So when OPENAI_BASE_URL is set (a model gateway, a test's provider), the command line declares a
+provider of its own there, speaking the Responses API over HTTPS with the key from OPENAI_API_KEY.
+Analytics are off, so a device without internet is not slowed.
 """
 
 from __future__ import annotations
@@ -15,6 +21,13 @@ from typing import Any
 
 from engine.ports import EventDraft, HarnessInput, Parsed
 from runtimes.adapters.base import StructuredAdapter, as_dict, as_list, as_str, guarded, summarize, truncate
+
+
+BASE_URL_PROVIDER = (
+    'if [ -n "${OPENAI_BASE_URL:-}" ]; then set -- "$@" -c model_provider=agentdock -c '
+    '"model_providers.agentdock={name=\\"agentdock\\", base_url=\\"$OPENAI_BASE_URL\\", '
+    'env_key=\\"OPENAI_API_KEY\\", wire_api=\\"responses\\"}"; fi; ')
+"""Shell that adds, when OPENAI_BASE_URL is set, a provider at that URL to codex's arguments."""
 
 
 class CodexAdapter(StructuredAdapter):
@@ -28,8 +41,9 @@ class CodexAdapter(StructuredAdapter):
         argv = ["codex", "exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox"]
         if run.model:
             argv += ["--model", run.model]
-        return guarded(self.secrets, self.provider, argv + ["-"],
-                       files=("${CODEX_HOME:-$HOME/.codex}/auth.json",))
+        argv += ["-", "-c", "analytics.enabled=false", "-c", "check_for_update_on_startup=false"]
+        return guarded(self.secrets, self.provider, argv, files=("${CODEX_HOME:-$HOME/.codex}/auth.json",),
+                       prelude=BASE_URL_PROVIDER)
 
     def parse_object(self, obj: dict[str, Any]) -> Parsed:
         kind = obj.get("type")
@@ -37,6 +51,8 @@ class CodexAdapter(StructuredAdapter):
             return Parsed(events=self._started(as_dict(obj.get("item"))))
         if kind == "item.completed":
             return self._completed(as_dict(obj.get("item")))
+        if kind == "turn.completed":
+            return Parsed(events=[self._usage(as_dict(obj.get("usage")))])
         if kind == "turn.failed":
             return self._error(as_str(as_dict(obj.get("error")).get("message")) or "turn failed", kind)
         if kind == "error":
@@ -96,6 +112,14 @@ class CodexAdapter(StructuredAdapter):
                                              payload={"error": True, "text": message})],
                           failure=self.auth_failure(message))
         return Parsed()
+
+    @staticmethod
+    def _usage(usage: dict[str, Any]) -> EventDraft:
+        """The turn's end with its token counts (codex totals them over the turn's requests)."""
+        tokens = {k: v for k, v in usage.items() if isinstance(v, int)}
+        return EventDraft(type="message", message=summarize(
+            f"Turn finished: {tokens.get('input_tokens', 0)} input, {tokens.get('output_tokens', 0)} output tokens"),
+            payload={"final": True, "usage": tokens})
 
     def _error(self, message: str, source: str) -> Parsed:
         return Parsed(events=[EventDraft(type="message", message=summarize(message),

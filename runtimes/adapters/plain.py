@@ -1,5 +1,5 @@
-"""Runtimes whose stdout is the answer: `custom` (the user's own command), `hermes` (one-shot mode) and
-`osa` (its invocation is not public, so a setting gives the command template)."""
+"""Runtimes whose stdout is the answer: `custom` (the user's own command) and `osa` (its invocation is
+not public, so a setting gives the command template)."""
 
 from __future__ import annotations
 
@@ -20,24 +20,6 @@ class CustomAdapter(Adapter):
         if not run.command:
             raise ValueError("the custom provider needs a command")
         return ["sh", "-c", run.command]
-
-
-class HermesAdapter(Adapter):
-    """Hermes Agent in one-shot mode: `hermes --oneshot=PROMPT [-m MODEL]` prints only the final answer
-    (tools run, approvals bypassed). The `=` form keeps a prompt that starts with `-` a prompt. Without
-    a provider key the real CLI says "No inference provider configured" and exits 1."""
-
-    provider = "hermes"
-    binary = "hermes"
-    secrets = ("OPENROUTER_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY")
-    auth_patterns = re.compile(r"No inference provider configured|API key|401|AuthenticationError|"
-                               r"authentication_error", re.IGNORECASE)
-
-    def argv(self, run: HarnessInput) -> list[str]:
-        argv = ["hermes", f"--oneshot={run.prompt}"]
-        if run.model:
-            argv += ["--model", run.model]
-        return argv
 
 
 class TemplateAdapter(Adapter):

@@ -1,6 +1,8 @@
 """Every runtime adapter against its fake CLI (the real success format, and the real no-credential
 answer) in a real container of the small image: command line, typed events, final answer, and the
-failure classified (`auth_required` naming the secret to set)."""
+failure classified (`auth_required` naming the secret to set). Hermes' answer is read back from its
+session store by python3, which the small image lacks: its success path runs with the real CLI
+(tests/integration/test_real_cli_tasks_openai.py) and its reader in tests/unit/test_harness.py."""
 
 from __future__ import annotations
 
@@ -47,11 +49,6 @@ async def test_pi_fake_session_becomes_tool_events_and_its_last_assistant_text_i
     types = [e.type for e in evs if e.type in ("tool_use", "command_started", "command_finished", "message")]
     assert types == ["tool_use", "command_started", "command_finished", "message", "message"]
     assert next(e for e in evs if e.type == "command_started").payload["command"] == "echo hello"
-
-
-async def test_hermes_fake_one_shot_answer_is_the_output(engine):
-    done = await run(engine, "hermes", "-starts with a dash")
-    assert (done.status, done.output) == ("succeeded", "Done: -starts with a dash\n"), done
 
 
 async def test_osa_runs_the_command_template_from_the_setting_with_the_model_as_its_first_argument(engine):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from engine.ports import EventDraft, Harness, HarnessInput
 from runtimes import harness
+from runtimes.adapters import hermes as hermes_adapter
 from runtimes.harness import HARNESSES, get
 
 FAKES = Path(harness.__file__).resolve().parent / "fakes"
@@ -93,12 +95,15 @@ def test_codex_argv_is_exec_json_reading_the_prompt_from_stdin_behind_a_credenti
     assert h.binary == "codex" and h.structured is True
     argv = h.argv(run_input("secret prompt"))
     assert argv[:2] == ["sh", "-c"] and "CODEX_API_KEY" in argv[2] and "secret prompt" not in argv
-    assert argv[4:] == ["codex", "exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "-"]
+    assert argv[4:] == ["codex", "exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
+                        "-", "-c", "analytics.enabled=false", "-c", "check_for_update_on_startup=false"]
+    assert "OPENAI_BASE_URL" in argv[2]  # a provider of its own at a gateway's URL, codex ignoring the variable
 
 
 def test_codex_argv_passes_the_model_flag_before_the_stdin_marker() -> None:
     argv = get("codex").argv(run_input(model="gpt-5-codex"))[4:]
-    assert argv == ["codex", "exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox", "--model", "gpt-5-codex", "-"]
+    assert argv == ["codex", "exec", "--json", "--skip-git-repo-check", "--dangerously-bypass-approvals-and-sandbox",
+                    "--model", "gpt-5-codex", "-", "-c", "analytics.enabled=false", "-c", "check_for_update_on_startup=false"]
 
 
 def test_osa_without_a_template_runs_its_binary_with_the_prompt_on_stdin() -> None:
@@ -114,10 +119,47 @@ def test_pi_argv_is_print_mode_json_reading_the_prompt_from_stdin() -> None:
         "pi", "-p", "--mode", "json", "--no-session", "--model", "anthropic/claude-sonnet-4-5"]
 
 
-def test_hermes_argv_is_one_shot_with_the_prompt_as_one_option_value() -> None:
+def test_hermes_argv_is_one_shot_with_the_prompt_as_one_option_value_then_reads_its_session() -> None:
     h = get("hermes")
-    assert h.binary == "hermes" and h.structured is False
-    assert h.argv(run_input("--version please", model="m")) == ["hermes", "--oneshot=--version please", "--model", "m"]
+    assert h.binary == "hermes" and h.structured is True
+    argv = h.argv(run_input("--version please", model="m"))
+    assert argv[:2] == ["sh", "-c"] and argv[3:4] == ["hermes"] and "--usage-file" in argv[2]
+    assert argv[5:] == ["--oneshot=--version please", "--model", "m"]
+
+
+def test_hermes_session_read_back_becomes_messages_tool_use_results_usage_and_the_answer(tmp_path: Path) -> None:
+    """The command line's reader, run on a store shaped as hermes-agent 0.19.0 leaves it (the rows and
+    usage file a real run against the scripted provider left)."""
+    home, run = tmp_path / "hermes", tmp_path / "run"
+    home.mkdir()
+    run.mkdir()
+    db = sqlite3.connect(home / "state.db")
+    db.execute("create table messages (id integer primary key autoincrement, session_id text, role text, "
+               "content text, tool_call_id text, tool_calls text, tool_name text)")
+    calls = json.dumps([{"id": "call_1", "type": "function", "function": {
+        "name": "write_file", "arguments": json.dumps({"path": "proof.txt", "content": "hi\n"})}}])
+    db.executemany("insert into messages (session_id, role, content, tool_call_id, tool_calls, tool_name) "
+                   "values (?, ?, ?, ?, ?, ?)", [
+                       ("s1", "user", "write the file", None, None, None),
+                       ("s1", "assistant", "I will write the file now.", None, calls, None),
+                       ("s1", "tool", '{"bytes_written": 3}', "call_1", None, "write_file"),
+                       ("s1", "assistant", "Done.", None, None, None),
+                       ("s0", "assistant", "another session", None, None, None)])
+    db.commit()
+    (run / "usage.json").write_text(json.dumps({"input_tokens": 200, "output_tokens": 40, "total_tokens": 240,
+                                                "api_calls": 2, "session_id": "s1", "completed": True}, indent=2))
+    (run / "answer").write_text("Done.\n")
+    done = subprocess.run(["python3", "-c", hermes_adapter.READ_SESSION, str(run)], capture_output=True, text=True,
+                          env={"HERMES_HOME": str(home), "PATH": "/usr/bin:/bin"}, timeout=20)
+    assert done.returncode == 0, done.stderr
+    events, output = fold(get("hermes"), done.stdout.splitlines())
+    assert output == "Done."
+    assert types(events) == ["message", "tool_use", "command_finished", "message", "message"]
+    said, call, result, final, usage = (e.payload for e in events)
+    assert (said["text"], final["text"]) == ("I will write the file now.", "Done.")
+    assert call == {"id": "call_1", "name": "write_file", "input": {"path": "proof.txt", "content": "hi\n"}}
+    assert (result["tool_use_id"], result["output"]) == ("call_1", '{"bytes_written": 3}')
+    assert usage["usage"] == {"input_tokens": 200, "output_tokens": 40, "total_tokens": 240}
 
 
 # --- the fake CLIs, end to end ----------------------------------------------------------------
@@ -205,8 +247,9 @@ def test_codex_stream_maps_commands_and_sets_output_to_the_agent_message() -> No
     assert [json.loads(line)["type"] for line in lines][:2] == ["thread.started", "turn.started"]
     events, output = fold(get("codex"), lines)
     assert output == "Done: list files"
-    assert types(events) == ["command_started", "command_finished", "message"]
-    started, finished, message = events
+    assert types(events) == ["command_started", "command_finished", "message", "message"]
+    started, finished, message, turn = events
+    assert turn.payload["usage"]["output_tokens"] > 0
     assert started.payload["command"] == "echo hello"
     assert finished.payload["command"] == "echo hello"
     assert finished.payload["exit_code"] == 0
@@ -337,7 +380,7 @@ def test_non_json_lines_become_output_events_with_the_line(name: str) -> None:
 @pytest.mark.parametrize("line", [
     '{"type": "system", "subtype": "init", "model": "x"}',
     '{"type": "thread.started", "thread_id": "t"}',
-    '{"type": "turn.completed", "usage": {}}',
+    '{"type": "turn.started"}',
     '{"type": "item.completed", "item": {"type": "reasoning", "text": "hmm"}}',
     '{"type": "stream_event", "event": {}}',
     "[]",

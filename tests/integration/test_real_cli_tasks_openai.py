@@ -1,0 +1,105 @@
+"""The real OpenAI-speaking CLIs (codex, hermes) complete a task in real Docker against the scripted
+provider (tests/provider/openai.py): text, a tool call that writes a file, a final answer. The run
+ends succeeded with the final answer as its output, the file is in the workspace, the provider saw
+only the placeholder key, and the events carry the CLI's messages, tool use and token usage."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from engine import models
+from engine.callers import ROOT
+from engine.settings import Settings
+from runtimes import adapters
+from tests.integration import test_real_clis
+from tests.integration.test_real_clis import run_in
+from tests.provider.openai import USAGE, ScriptedOpenAI, serve
+
+pytestmark = [pytest.mark.anyio, pytest.mark.docker]
+PLACEHOLDER = "agentdock-placeholder-key"
+agents_image = test_real_clis.agents_image  # the fixture: the image, built (cached) on demand
+MODEL = "scripted-model"  # not in the CLIs' catalogs: codex's default model needs its code-mode host
+PROMPT = "Write the proof file, then say what you did."
+
+
+@pytest.fixture
+def settings(home: Path, agents_image: str) -> Settings:
+    return Settings(home=home, image=agents_image, cancel_grace_seconds=1.0)
+
+
+@pytest.fixture
+def provider() -> Iterator[tuple[ScriptedOpenAI, int]]:
+    scripted = ScriptedOpenAI()
+    with serve(scripted.app) as port:
+        yield scripted, port
+
+
+def model_env(runtime: str, port: int) -> dict[str, str]:
+    """Where a run's CLI finds its model, and the only credential it holds: for now the scripted
+    provider itself, reached on the Docker bridge (a model gateway will stand here)."""
+    bridge = docker.from_env().networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    return adapters.get(runtime).gateway_env("openai", f"http://{bridge}:{port}/v1", PLACEHOLDER)
+
+
+async def run_task(engine: Any, runtime: str, port: int) -> tuple[models.Run, list[models.RunEvent], str]:
+    """The scripted task run by `runtime` in a fresh networked sandbox: the run, its events, and the
+    file it wrote, read back by a second run in the same workspace."""
+    device = await engine.devices.create(ROOT, models.DeviceCreate(network=True))
+    done = await run_in(engine, device.id, prompt=PROMPT, provider=runtime, model=MODEL,
+                        env=model_env(runtime, port), timeout=110)
+    events = (await engine.runs.events(ROOT, done.id, models.EventsQuery(limit=1000))).data
+    proof = await run_in(engine, device.id, prompt="read", command="cat agentdock-proof.txt")
+    assert proof.status == "succeeded", proof
+    return done, events, proof.output
+
+
+def of_type(events: list[models.RunEvent], kind: str) -> list[dict[str, Any]]:
+    return [e.payload for e in events if e.type == kind]
+
+
+async def test_real_codex_completes_the_scripted_task(engine, provider):
+    scripted, port = provider
+    done, events, written = await run_task(engine, "codex", port)
+    assert done.status == "succeeded", (done, [r.stage for r in scripted.requests])
+    assert done.output == scripted.script.final
+    assert written == scripted.script.content
+    turns = [r for r in scripted.requests if r.stage != "side"]
+    assert [(r.api, r.stage, r.key, r.model, r.stream) for r in turns] == [
+        ("responses", "act", PLACEHOLDER, MODEL, True), ("responses", "final", PLACEHOLDER, MODEL, True)]
+    assert turns[0].call == "exec_command"
+    assert json.loads(turns[0].body["client_metadata"]["x-codex-turn-metadata"])["analytics_enabled"] is False
+    texts = [p["text"] for p in of_type(events, "message") if not p.get("error") and "text" in p]
+    assert texts == [scripted.script.first, scripted.script.final]
+    [started] = of_type(events, "command_started")
+    [finished] = of_type(events, "command_finished")
+    assert "agentdock-proof.txt" in started["command"] and finished["exit_code"] == 0
+    [usage] = [p["usage"] for p in of_type(events, "message") if "usage" in p]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (2 * USAGE["input"], 2 * USAGE["output"])
+
+
+async def test_real_hermes_completes_the_scripted_task(engine, provider):
+    scripted, port = provider
+    done, events, written = await run_task(engine, "hermes", port)
+    assert done.status == "succeeded", (done, [r.stage for r in scripted.requests])
+    assert done.output.strip() == scripted.script.final
+    assert written == scripted.script.content
+    turns = [r for r in scripted.requests if r.stage != "side"]
+    assert [(r.api, r.stage, r.key, r.model, r.stream) for r in turns] == [
+        ("chat", "act", PLACEHOLDER, MODEL, True), ("chat", "final", PLACEHOLDER, MODEL, True)]
+    assert turns[0].call == "write_file"
+    assert turns[1].body["stream_options"] == {"include_usage": True}
+    texts = [p["text"] for p in of_type(events, "message") if "text" in p]
+    assert texts == [scripted.script.first, scripted.script.final]
+    [tool] = of_type(events, "tool_use")
+    assert (tool["name"], tool["input"]) == ("write_file", {"path": "agentdock-proof.txt",
+                                                           "content": scripted.script.content})
+    [result] = of_type(events, "command_finished")
+    assert result["tool_use_id"] == tool["id"] and '"bytes_written"' in result["output"]
+    [usage] = [p["usage"] for p in of_type(events, "message") if "usage" in p]
+    assert (usage["input_tokens"], usage["output_tokens"]) == (2 * USAGE["input"], 2 * USAGE["output"])

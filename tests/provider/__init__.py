@@ -1,0 +1,1 @@
+"""Scripted model providers the real agent CLIs talk to in tests."""
