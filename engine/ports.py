@@ -30,6 +30,10 @@ class DeviceSpec(Port):
     run_id: str | None = None
     pool: str | None = None
     """For a pooled device (started ahead of any run, see `engine.pool`): its pool's key, labelled on it."""
+    workspace_mb: int | None = None
+    """The size of its /workspace (None: the backend's default for its kind)."""
+    tmp_mb: int | None = None
+    """The size of its /tmp (None: the backend's default for its kind)."""
 
 
 class DeviceState(Port):
@@ -99,6 +103,8 @@ class Ending(StrEnum):
     """It filled the device's pids limit (a fork bomb); the backend killed every process it started."""
     sandbox_lost = "sandbox_lost"
     """Its device stopped or disappeared under it."""
+    disk_full = "disk_full"
+    """It failed with its device's /workspace or /tmp full (their sizes are enforced by the kernel)."""
 
 
 class Exit(Port):
@@ -117,6 +123,8 @@ class Swept(Port):
     """The most processes the run had at once (its own cgroup's count; None where not measured)."""
     memory_peak_bytes: int | None = None
     """The most memory the run's processes used at once (None where not measured)."""
+    disk_full: bool = False
+    """The device's /workspace or /tmp was full when the run ended."""
 
 
 class SandboxBackend(Protocol):
