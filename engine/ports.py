@@ -30,10 +30,6 @@ class DeviceSpec(Port):
     run_id: str | None = None
     pool: str | None = None
     """For a pooled device (started ahead of any run, see `engine.pool`): its pool's key, labelled on it."""
-    workspace_mb: int | None = None
-    """The size of its /workspace (None: the backend's default for its kind)."""
-    tmp_mb: int | None = None
-    """The size of its /tmp (None: the backend's default for its kind)."""
 
 
 class DeviceState(Port):

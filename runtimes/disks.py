@@ -95,8 +95,9 @@ class DeviceDisks:
         """/workspace and /tmp are shared by the runs: the group's, setgid, group-writable (/tmp is not
         sticky, so a run may remove what an earlier one left there and filled it with). In the runs'
         directory each run makes its own; none may list, rename or remove another's (1733)."""
+        self.remove()  # what an earlier attempt under this id left
         self.top.parent.mkdir(mode=0o700, exist_ok=True)
-        self.top.mkdir(mode=0o700, exist_ok=True)
+        self.top.mkdir(mode=0o700)
         try:
             self.workspace.make(workspace_mb, uid, gid, 0o2775)
             self.tmp.make(tmp_mb, 0, gid, 0o2775)

@@ -181,8 +181,7 @@ class DockerBackend:
                                      read_only=True)]
         own = disks.DeviceDisks.of(self.home, spec.device_id)
         try:
-            own.make(spec.workspace_mb or self.workspace_mb[spec.kind], spec.tmp_mb or self.tmp_mb[spec.kind],
-                     *image_ids(run_user))
+            own.make(self.workspace_mb[spec.kind], self.tmp_mb[spec.kind], *image_ids(run_user))
         except disks.DiskError as exc:
             raise errors.SandboxUnavailable(f"cannot make the device's /workspace and /tmp: {exc}") from None
         mounts += [docker.types.Mount(path, str(disk.mount), type="bind")
@@ -322,11 +321,15 @@ class DockerBackend:
         """Mount again the workspaces of these devices whose mount went (a reboot of the host), and
         remove those of devices that are gone (a crash between the two steps of a create or remove)."""
         for device_id in disks.owned(self.home):
-            if device_id in devices:
-                self._remount(device_id)
-            elif device_id not in self._creating:
-                log.warning("removing the workspace of %s, whose container is gone", device_id)
-                disks.DeviceDisks.of(self.home, device_id).remove()
+            own = disks.DeviceDisks.of(self.home, device_id)
+            try:
+                if device_id in devices:
+                    own.ensure_mounted()
+                elif device_id not in self._creating:
+                    log.warning("removing the filesystems of %s, whose container is gone", device_id)
+                    own.remove()
+            except disks.DiskError as exc:  # said here; a run in it fails with it when the device starts
+                log.warning("the filesystems of %s: %s", device_id, exc)
 
     def _remount(self, device_id: str) -> None:
         try:
