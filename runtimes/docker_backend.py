@@ -184,8 +184,10 @@ class DockerBackend:
             own.make(self.workspace_mb[spec.kind], self.tmp_mb[spec.kind], *image_ids(run_user))
         except disks.DiskError as exc:
             raise errors.SandboxUnavailable(f"cannot make the device's /workspace and /tmp: {exc}") from None
-        mounts += [docker.types.Mount(path, str(disk.mount), type="bind")
-                   for path, disk in (("/workspace", own.workspace), ("/tmp", own.tmp), (RUNS_DIR, own.runs))]
+        # Nothing else is writable (the image's own files are read-only), so nothing a run writes is
+        # outside these sizes; /var/tmp is /tmp.
+        mounts += [docker.types.Mount(path, str(disk.mount), type="bind") for path, disk in (
+            ("/workspace", own.workspace), ("/tmp", own.tmp), ("/var/tmp", own.tmp), (RUNS_DIR, own.runs))]
         host_config = api.create_host_config(
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
@@ -195,6 +197,7 @@ class DockerBackend:
             nano_cpus=int(spec.cpus * 1e9),
             network_mode="bridge" if spec.network else "none",
             init=True,
+            read_only=True,
             mounts=mounts,
             log_config=docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
         )

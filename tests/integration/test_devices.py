@@ -70,7 +70,8 @@ async def test_sandbox_container_has_every_security_default_and_the_default_sand
     disks_of = disks.DeviceDisks.of(home, device.id)
     assert sorted((m["Destination"], m["Source"]) for m in own) == [
         (RUNS_DIR, str(disks_of.runs.mount)), ("/tmp", str(disks_of.tmp.mount)),
-        ("/workspace", str(disks_of.workspace.mount))]
+        ("/var/tmp", str(disks_of.tmp.mount)), ("/workspace", str(disks_of.workspace.mount))]
+    assert host["ReadonlyRootfs"] is True  # nothing a run writes is outside those sizes
 
     assert info["Config"]["WorkingDir"] == "/workspace"
     # The main process runs as a user no run shares (so no run can stop the sandbox); each run as its own uid.

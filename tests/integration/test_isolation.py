@@ -126,6 +126,20 @@ async def test_filling_tmp_ends_disk_full_and_the_next_run_works(home):
         assert 48 <= int(after.output.split()[1]) <= 64, after.output  # 64 MiB, less the filesystem's own
 
 
+@pytest.mark.parametrize("image", [SMALL, FULL])
+async def test_a_run_can_write_only_where_a_size_holds(engine, image):
+    device = await engine.devices.create(ROOT, models.DeviceCreate(image=image))
+    run = await run_in(engine, device.id, "for top in /*; do case $top in /proc|/sys|/dev) ;; *) "
+                       "find $top -type d 2>/dev/null;; esac; done | while read -r d; do [ -w \"$d\" ] && echo \"$d\"; done; true")
+    assert run.status == "succeeded", run
+    # /workspace, /tmp (also /var/tmp) and the run's own directory; no directory of the image's own (its
+    # files are on a read-only root). /dev/shm is Docker's 64 MiB tmpfs, counted against its memory.
+    written = run.output.splitlines()
+    assert {"/workspace", "/tmp", "/var/tmp", RUNS_DIR} <= set(written), written
+    allowed = ("/workspace", "/tmp", "/var/tmp", f"{RUNS_DIR}/{run.id}")
+    assert all(line == RUNS_DIR or line.startswith(allowed) for line in written), written
+
+
 async def test_a_computers_workspace_outlives_its_container_restart_and_goes_with_it(engine):
     device = await engine.devices.create(ROOT, models.DeviceCreate(kind=models.TargetKind.computer))
     own = disks.DeviceDisks.of(engine.settings.home, device.id)
