@@ -458,7 +458,7 @@ class Run(Record):
     stderr_truncated: bool
     exit_code: int | None
     failure_kind: str | None
-    """Why a run failed or was canceled: nonzero_exit, timeout, canceled, runtime_not_found, auth_required, secret_missing, pids_exhausted, sandbox_lost, process_lost, backend_error."""
+    """Why a run failed or was canceled: nonzero_exit, timeout, canceled, runtime_not_found, auth_required, secret_missing, pids_exhausted, disk_full, sandbox_lost, process_lost, backend_error."""
     error: str | None
     """Human-readable reason for failure_kind."""
     pids_peak: int | None = None

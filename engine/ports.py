@@ -99,6 +99,8 @@ class Ending(StrEnum):
     """It filled the device's pids limit (a fork bomb); the backend killed every process it started."""
     sandbox_lost = "sandbox_lost"
     """Its device stopped or disappeared under it."""
+    disk_full = "disk_full"
+    """It failed with its device's /workspace or /tmp full (their sizes are enforced by the kernel)."""
 
 
 class Exit(Port):
@@ -117,6 +119,8 @@ class Swept(Port):
     """The most processes the run had at once (its own cgroup's count; None where not measured)."""
     memory_peak_bytes: int | None = None
     """The most memory the run's processes used at once (None where not measured)."""
+    disk_full: bool = False
+    """The device's /workspace or /tmp was full when the run ended."""
 
 
 class SandboxBackend(Protocol):

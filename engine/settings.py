@@ -46,6 +46,15 @@ class Settings(BaseSettings):
     """Child runs a group entry may get: a run lost with its sandbox or process is retried until then."""
     sse_heartbeat_seconds: float = Field(default=15, gt=0, le=300)
     """Between heartbeat comments on an SSE stream of group events that is waiting for the next one."""
+    sandbox_workspace_mb: int = Field(default=1024, ge=16, le=1_048_576)
+    """The size of a sandbox's /workspace in MiB: a filesystem of its own (a loop-mounted image file under
+    the home, sparse: it takes room on the host only as it is written); a run that fills it ends `disk_full`."""
+    sandbox_tmp_mb: int = Field(default=256, ge=16, le=65_536)
+    """The size of a sandbox's /tmp in MiB (a tmpfs: what is in it counts against the sandbox's memory)."""
+    computer_workspace_mb: int = Field(default=8192, ge=16, le=1_048_576)
+    """The size of a computer's /workspace in MiB (see `sandbox_workspace_mb`)."""
+    computer_tmp_mb: int = Field(default=1024, ge=16, le=65_536)
+    """The size of a computer's /tmp in MiB (see `sandbox_tmp_mb`)."""
     docker_threads: int = 16
     """Bound on concurrent blocking Docker API calls."""
     docker_call_timeout_seconds: float = Field(default=30, gt=0, le=600)

@@ -237,6 +237,9 @@ class Supervision:
             swept = await self.backend.sweep(row.target_id, self.run_id)  # whatever the run left running
             if swept.pids_exhausted and (exit_ is None or exit_.ending in (Ending.exited, Ending.lost)):
                 exit_ = Exit(exit_code=None, ending=Ending.pids_exhausted)  # a fork bomb, spent or not
+            elif swept.disk_full and (exit_ is None or exit_.ending is Ending.lost or (
+                    exit_.ending is Ending.exited and exit_.exit_code != 0)):
+                exit_ = Exit(exit_code=exit_.exit_code if exit_ else None, ending=Ending.disk_full)
             usage = {"pids_peak": swept.pids_peak, "memory_peak_bytes": swept.memory_peak_bytes}
         kind, error = self._classify(exit_, row)
         if error and self.folder.mask:  # an adapter's message may quote what the runtime said
@@ -340,6 +343,10 @@ class Supervision:
         if ending is Ending.pids_exhausted:
             return "pids_exhausted", (
                 "the run filled its sandbox's process limit (a fork bomb?); every process it started was killed")
+        if ending is Ending.disk_full:
+            return "disk_full", (
+                "the run failed with its sandbox's /workspace or /tmp full; delete files there to make room "
+                "(their sizes: AGENTDOCK_SANDBOX_WORKSPACE_MB, AGENTDOCK_SANDBOX_TMP_MB and the computer ones)")
         if ending is Ending.runtime_not_found:
             return "runtime_not_found", (
                 f"the {row.provider.value} runtime ({self.harness.binary}) is not installed in the device's image; "

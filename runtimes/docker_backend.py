@@ -8,6 +8,7 @@ Docker's errors are translated here, once, into the engine's.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import logging
 import posixpath
@@ -28,17 +29,22 @@ from docker.utils.socket import frames_iter
 from engine import errors
 from engine.ports import Chunk, DeviceSpec, DeviceState, Ending, Exit, RunLaunch, Swept
 from engine.tokens import AGENT_SOCKET_IN_DEVICE
-from runtimes import procs
+from runtimes import disks, procs
 
 log = logging.getLogger("agentdock.docker")
 T = TypeVar("T")
-RUNS_DIR = "/tmp/.agentdock/runs"
+RUNS_DIR = "/agentdock/runs"
+"""Where the runs' files are: a filesystem of the device's own (`disks.DeviceDisks.runs`)."""
 WRAPPER = resources.files("runtimes").joinpath("wrapper.sh").read_text()
 # The main process of a long-lived device: wait for TERM, do nothing else. It runs as KEEPER, a user
 # no run shares, so no run can signal it; `docker stop`/`rm -f` still end it.
 KEEPALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
 KEEPER = "65534:65534"
-REMOVE_DELAY_SECONDS = 5.0
+RUN_UID_BASE = 1 << 20
+RUN_UID_SPAN = 1 << 30
+"""Each run executes as a uid of its own, from this range (above any image's users and KEEPER), with
+the group of the image's user: it shares /workspace with the runs beside it through that group, but
+cannot read their /proc/PID/environ (their tokens and secrets), signal them, or enter their files."""
 CALL_TIMEOUT_SECONDS = 30.0
 """The longest one Docker call may take before it is abandoned (setting `docker_call_timeout_seconds`)."""
 DEVICE_CALLS = 8
@@ -65,12 +71,38 @@ def container_name(device_id: str) -> str:
     return f"agentdock-{device_id}"
 
 
+def run_uid(run_id: str) -> int:
+    """The run's own uid, from its id: known again after a restart of the daemon without a record.
+    Two runs of one device share one only by a hash collision in RUN_UID_SPAN (about 1 in 10^9 a pair)."""
+    digest = hashlib.sha256(run_id.encode()).digest()
+    return RUN_UID_BASE + int.from_bytes(digest[:8], "big") % RUN_UID_SPAN
+
+
+def image_ids(image_user: str) -> tuple[int, int]:
+    """The uid and gid an image's USER names ('' or a name that is not a number: root's, 0)."""
+    user, _, group = image_user.partition(":")
+    uid = int(user) if user.isdigit() else 0
+    return uid, int(group) if group.isdigit() else uid
+
+
+def _run_id_of(path: str) -> str:
+    """The run whose directory `path` is in (RUNS_DIR/<run_id>/...)."""
+    return path.removeprefix(RUNS_DIR + "/").split("/", 1)[0]
+
+
 class DockerBackend:
     """Implements `engine.ports.SandboxBackend` on the local Docker engine."""
 
     def __init__(self, home: Path, *, client: docker.DockerClient | None = None, threads: int = 16,
-                 call_timeout: float = CALL_TIMEOUT_SECONDS) -> None:
+                 call_timeout: float = CALL_TIMEOUT_SECONDS, workspace_mb: dict[str, int] | None = None,
+                 tmp_mb: dict[str, int] | None = None) -> None:
         self.home = str(home)
+        self.workspace_mb = workspace_mb or {"sandbox": 1024, "computer": 8192}
+        """The size of a new device's /workspace, by kind (a filesystem of its own: see `disks`)."""
+        self.tmp_mb = tmp_mb or {"sandbox": 256, "computer": 1024}
+        """The size of a device's /tmp, by kind (a filesystem of its own, as /workspace)."""
+        self._creating: set[str] = set()
+        """Devices whose workspace is made and container not yet: not orphans."""
         self._client = client
         self._calls = anyio.CapacityLimiter(threads)
         self.call_timeout = call_timeout
@@ -81,8 +113,6 @@ class DockerBackend:
         self._image_users: dict[str, str] = {}
         self._run_users: dict[str, str] = {}
         self._cgroups: dict[str, procs.Cgroup] = {}
-        self._to_remove: dict[str, set[str]] = {}
-        """Per device: settled runs whose files are about to be removed."""
         self._whole: set[str] = set()
         """Runs whose last follow's stream ended with the wrapper's trailer: nothing was missed."""
         self._refusals_before: dict[str, int] = {}
@@ -149,10 +179,15 @@ class DockerBackend:
         agent_dir.mkdir(mode=0o755, exist_ok=True)
         mounts = [docker.types.Mount(posixpath.dirname(AGENT_SOCKET_IN_DEVICE), str(agent_dir), type="bind",
                                      read_only=True)]
-        if spec.kind == "computer":
-            volume = f"{container_name(spec.device_id)}-home"
-            api.create_volume(volume, labels={"agentdock.home": self.home, "agentdock.device_id": spec.device_id})
-            mounts.append(docker.types.Mount("/workspace", volume, type="volume"))
+        own = disks.DeviceDisks.of(self.home, spec.device_id)
+        try:
+            own.make(self.workspace_mb[spec.kind], self.tmp_mb[spec.kind], *image_ids(run_user))
+        except disks.DiskError as exc:
+            raise errors.SandboxUnavailable(f"cannot make the device's /workspace and /tmp: {exc}") from None
+        # Nothing else is writable (the image's own files are read-only), so nothing a run writes is
+        # outside these sizes; /var/tmp is /tmp.
+        mounts += [docker.types.Mount(path, str(disk.mount), type="bind") for path, disk in (
+            ("/workspace", own.workspace), ("/tmp", own.tmp), ("/var/tmp", own.tmp), (RUNS_DIR, own.runs))]
         host_config = api.create_host_config(
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
@@ -162,6 +197,7 @@ class DockerBackend:
             nano_cpus=int(spec.cpus * 1e9),
             network_mode="bridge" if spec.network else "none",
             init=True,
+            read_only=True,
             mounts=mounts,
             log_config=docker.types.LogConfig(type="json-file", config={"max-size": "10m", "max-file": "1"}),
         )
@@ -172,9 +208,7 @@ class DockerBackend:
                 host_config=host_config, user=user,
             )
         except docker.errors.DockerException:
-            for m in mounts:
-                if m["Type"] == "volume":
-                    api.remove_volume(m["Source"], force=True)
+            own.remove()
             raise
         self._run_users[spec.device_id] = run_user
         return created["Id"]
@@ -183,7 +217,11 @@ class DockerBackend:
         # The device's main process runs as a user no run shares, so a run cannot signal it (or the
         # init above it) and stop the sandbox for the runs after it.
         run_user = await self._image_user(spec.image)
-        cid = await self._call(self._create, spec, KEEPALIVE, {}, user=KEEPER, run_user=run_user)
+        self._creating.add(spec.device_id)
+        try:
+            cid = await self._call(self._create, spec, KEEPALIVE, {}, user=KEEPER, run_user=run_user)
+        finally:
+            self._creating.discard(spec.device_id)
         try:
             await self._call(self.api.start, cid)
             # Up means a shell answers in it (runs are started with one): a container whose main
@@ -208,6 +246,7 @@ class DockerBackend:
         if state is not None and state.paused:
             await self._call(self.api.unpause, container_name(device_id))
         else:
+            await anyio.to_thread.run_sync(self._remount, device_id)
             await self._call(self.api.start, container_name(device_id))
         state = await self.inspect(device_id)
         if state is None or not state.running:
@@ -276,8 +315,30 @@ class DockerBackend:
 
     async def list_owned(self) -> list[DeviceState]:
         found = await self._call(self.api.containers, all=True, filters={"label": f"agentdock.home={self.home}"})
-        return [_state(c["Id"], c["Labels"] or {}, c["State"] == "running", paused=c["State"] == "paused")
-                for c in found]
+        states = [_state(c["Id"], c["Labels"] or {}, c["State"] == "running", paused=c["State"] == "paused")
+                  for c in found]
+        await anyio.to_thread.run_sync(self._tend_disks, {s.device_id for s in states})
+        return states
+
+    def _tend_disks(self, devices: set[str]) -> None:
+        """Mount again the workspaces of these devices whose mount went (a reboot of the host), and
+        remove those of devices that are gone (a crash between the two steps of a create or remove)."""
+        for device_id in disks.owned(self.home):
+            own = disks.DeviceDisks.of(self.home, device_id)
+            try:
+                if device_id in devices:
+                    own.ensure_mounted()
+                elif device_id not in self._creating:
+                    log.warning("removing the filesystems of %s, whose container is gone", device_id)
+                    own.remove()
+            except disks.DiskError as exc:  # said here; a run in it fails with it when the device starts
+                log.warning("the filesystems of %s: %s", device_id, exc)
+
+    def _remount(self, device_id: str) -> None:
+        try:
+            disks.DeviceDisks.of(self.home, device_id).ensure_mounted()
+        except disks.DiskError as exc:
+            raise errors.SandboxUnavailable(f"cannot mount the /workspace of {device_id}: {exc}") from None
 
     async def remove(self, device_id: str) -> None:
         name = container_name(device_id)
@@ -287,30 +348,37 @@ class DockerBackend:
             await self._call(self.api.remove_container, name, force=True, v=True)
         except errors.NotFound:
             pass
-        try:
+        try:  # a computer made before workspaces had a size had a volume
             await self._call(self.api.remove_volume, f"{name}-home", force=True)
         except errors.NotFound:
             pass
+        await anyio.to_thread.run_sync(disks.DeviceDisks.of(self.home, device_id).remove)
 
-    async def _run_user(self, device_id: str) -> str:
+    async def _run_user(self, device_id: str, run_id: str) -> str:
+        """The run's own uid, in the group of the device's image user."""
         if device_id not in self._run_users:
             info = await self._inspect(container_name(device_id))
             if info is None:
                 raise errors.SandboxUnavailable(f"the container of {device_id} is gone")
             labels = info["Config"]["Labels"] or {}
             self._run_users[device_id] = labels.get("agentdock.run_user", info["Config"].get("User") or "")
-        return self._run_users[device_id]
+        return f"{run_uid(run_id)}:{image_ids(self._run_users[device_id])[1]}"
 
     # ------------------------------------------------------------ runs
 
     def _wrapper_env(self, launch: RunLaunch, stdout_offset: int, stderr_offset: int) -> dict[str, str]:
         """The exec's environment. Secrets go only here, in an exec's environment, never into a
         container's configuration (which `docker inspect` shows): see `_follow_ephemeral_exec`."""
+        run_dir = f"{RUNS_DIR}/{launch.run_id}"
         return {
+            # A HOME of its own, in its directory (removed with it): a HOME shared with the runs beside
+            # it would let one plant a ~/.bashrc or ~/.gitconfig that runs as the next. No passwd entry
+            # names its uid: these say who it is to the tools that ask.
+            "HOME": f"{run_dir}/home", "USER": "agent", "LOGNAME": "agent",
             **launch.env,
             **launch.secret_env,
             "AGENTDOCK_RUN_ID": launch.run_id,
-            "AGENTDOCK_RUN_DIR": f"{RUNS_DIR}/{launch.run_id}",
+            "AGENTDOCK_RUN_DIR": run_dir,
             "AGENTDOCK_CWD": launch.cwd,
             "AGENTDOCK_PROMPT": launch.prompt,
             "AGENTDOCK_REQUIRE": launch.require or "",
@@ -413,7 +481,7 @@ class DockerBackend:
         name = container_name(spec.device_id)
         run_user = await self._image_user(spec.image)
         await self._call(self._create, spec, _wrapper_command(launch), self._wrapper_env(launch, 0, 0),
-                         user=run_user, run_user=run_user)
+                         user=f"{run_uid(launch.run_id)}:{image_ids(run_user)[1]}", run_user=run_user)
         sock = await self._call(self.api.attach_socket, name, params={"stdout": 1, "stderr": 1, "stream": 1})
         tail = b""
         seen = {"stdout": 0, "stderr": 0}
@@ -466,13 +534,12 @@ class DockerBackend:
         failures = cuts = 0
         while failures < 3:
             env = self._wrapper_env(launch, offsets["stdout"], offsets["stderr"])
-            env["AGENTDOCK_REMOVE"] = self._take_removals(launch.device_id)
             cgroup = await self._cgroup(name)
             run_cgroup = cgroup.run(launch.run_id) if cgroup is not None else None
             if run_cgroup is not None:
                 env["AGENTDOCK_CGROUP"] = procs.run_cgroup_name(launch.run_id)
             try:
-                user = await self._run_user(launch.device_id)
+                user = await self._run_user(launch.device_id, launch.run_id)
                 exec_id = (await self._call(self.api.exec_create, name, _wrapper_command(launch),
                                             environment=env, user=user))["Id"]
             except (errors.NotFound, errors.Conflict, errors.SandboxUnavailable):
@@ -608,7 +675,6 @@ class DockerBackend:
         name = container_name(launch.device_id)
         run_dir = f"{RUNS_DIR}/{launch.run_id}"
         try:
-            await self._run_user(launch.device_id)  # the owner check needs it
             files = await self._call(self._read_files, name, run_dir, ("stdout", "stderr", "exit"))
             if files.get("exit", b"").strip() == b"127":
                 files.update(await self._call(self._read_files, name, run_dir, ("missing",)))
@@ -660,7 +726,7 @@ class DockerBackend:
         try:
             exec_id = (await self._call(self.api.exec_create, container_name(device_id),
                                         ["sh", "-c", script, "agentdock-signal", f"{RUNS_DIR}/{run_id}"],
-                                        user=await self._run_user(device_id)))["Id"]
+                                        user=await self._run_user(device_id, run_id)))["Id"]
             await self._call(self.api.exec_start, exec_id)
             return (await self._call(self.api.exec_inspect, exec_id))["ExitCode"] == 0
         except (errors.NotFound, errors.Conflict, errors.SandboxUnavailable):
@@ -684,7 +750,11 @@ class DockerBackend:
             exhausted = await anyio.to_thread.run_sync(cgroup.exhausted) and bool(await anyio.to_thread.run_sync(find))
         killed, _ = await self._end_run(name, run_id)
         return Swept(killed=killed, pids_exhausted=exhausted, pids_peak=usage.pids_peak,
-                     memory_peak_bytes=usage.memory_peak_bytes)
+                     memory_peak_bytes=usage.memory_peak_bytes, disk_full=await self._disk_full(device_id))
+
+    async def _disk_full(self, device_id: str) -> bool:
+        """Whether the device's /workspace, /tmp or runs' directory is full (each is mounted on the host)."""
+        return await anyio.to_thread.run_sync(disks.DeviceDisks.of(self.home, device_id).full)
 
     async def _up(self, name: str) -> bool:
         """Is the container running? A container being stopped has lost its main process before
@@ -723,40 +793,23 @@ class DockerBackend:
         return await anyio.to_thread.run_sync(end, limiter=self._streams)
 
     async def remove_run_files(self, device_id: str, run_id: str) -> None:
-        """Batched per device: the next run's wrapper removes them on its way (no exec of its own);
-        if no run comes within a few seconds, the first caller removes the batch in one exec."""
-        pending = self._to_remove.setdefault(device_id, set())
-        pending.add(run_id)
-        if len(pending) > 1:
-            return  # the batch's first caller removes it
-        await anyio.sleep(REMOVE_DELAY_SECONDS)
-        batch = sorted(self._to_remove.pop(device_id, set()))
-        if not batch:
-            return  # a wrapper took them
+        """Removed by the run's own user: no other may enter its directory (and root in a device, with
+        every capability dropped, may not either)."""
         try:
             exec_id = (await self._call(self.api.exec_create, container_name(device_id),
-                                        ["rm", "-rf", *(f"{RUNS_DIR}/{r}" for r in batch)],
-                                        user=await self._run_user(device_id)))["Id"]
+                                        ["rm", "-rf", f"{RUNS_DIR}/{run_id}"],
+                                        user=await self._run_user(device_id, run_id)))["Id"]
             await self._call(self.api.exec_start, exec_id)
         except errors.NotFound:
             pass  # the device is gone, and the files with it
         except (errors.Conflict, errors.SandboxUnavailable) as exc:
-            log.warning("could not remove the files of %s in %s: %s", ", ".join(batch), device_id, exc.message)
-
-    def _take_removals(self, device_id: str) -> str:
-        """Settled runs whose files the next wrapper in this device removes (their ids are hex)."""
-        batch = self._to_remove.get(device_id)
-        if not batch:
-            return ""
-        taken = " ".join(sorted(batch))
-        batch.clear()
-        return taken
+            log.warning("could not remove the files of %s in %s: %s", run_id, device_id, exc.message)
 
     # ------------------------------------------------------------ files
 
     def _read_files(self, name: str, path: str, wanted: tuple[str, ...]) -> dict[str, bytes]:
         """Read the regular files named `wanted` in the run directory `path`. Only files owned by
-        the run's user are read: the run could have swapped any of them for a link elsewhere."""
+        the run's own uid are read: the run could have swapped any of them for a link elsewhere."""
         out: dict[str, bytes] = {}
         for file in wanted:
             try:
@@ -782,8 +835,7 @@ class DockerBackend:
             member = tar.next()
             if member is None or not member.isfile():
                 raise errors.InvalidInput("path", f"{path} is not a regular file")
-            owner = self._run_users.get(name.removeprefix("agentdock-"), "").split(":")[0]
-            if owner and str(member.uid) != owner and member.uname != owner:
+            if member.uid != run_uid(_run_id_of(path)):
                 raise errors.PermissionDenied(f"{path} is not the run's own file")
             f = tar.extractfile(member)
             assert f is not None
@@ -791,7 +843,6 @@ class DockerBackend:
 
     async def artifact(self, device_id: str, run_id: str, index: int, path: str, max_bytes: int) -> bytes:
         name = container_name(device_id)
-        await self._run_user(device_id)  # the owner check needs it
         base = f"{RUNS_DIR}/{run_id}/artifacts/{index}"
         try:
             data = await self._call(self._read_file, name, base, max_bytes)

@@ -10,6 +10,9 @@ from runtimes.docker_backend import DockerBackend
 
 
 def docker_engine(settings: Settings, *, clock: Clock | None = None) -> Engine:
-    return Engine(settings, backend=DockerBackend(settings.home, threads=settings.docker_threads,
-                                                  call_timeout=settings.docker_call_timeout_seconds),
+    backend = DockerBackend(
+        settings.home, threads=settings.docker_threads, call_timeout=settings.docker_call_timeout_seconds,
+        workspace_mb={"sandbox": settings.sandbox_workspace_mb, "computer": settings.computer_workspace_mb},
+        tmp_mb={"sandbox": settings.sandbox_tmp_mb, "computer": settings.computer_tmp_mb})
+    return Engine(settings, backend=backend,
                   harnesses=adapters.resolver(settings), clock=clock)

@@ -7,11 +7,13 @@
 # and dropped, so a run that prints without end cannot fill the disk.
 # When the process ends, the launcher copies the requested artifacts into $d/artifacts as the run's
 # own user (so only what that user can read is exported), then records the exit code.
+# It runs as the run's own uid, in the group the runs of its device share: $d is its own (0700), with
+# its HOME in it; what the run makes elsewhere is the group's to read and change (umask 002).
 # Usage: sh -c "$(cat wrapper.sh)" agentdock-run ARGV...
 # Env: AGENTDOCK_RUN_DIR, AGENTDOCK_CWD, AGENTDOCK_PROMPT, AGENTDOCK_REQUIRE (optional),
 #      AGENTDOCK_STDOUT_OFFSET, AGENTDOCK_STDERR_OFFSET (resume points, bytes),
 #      AGENTDOCK_STDOUT_CAP, AGENTDOCK_STDERR_CAP (bytes kept), AGENTDOCK_ARTIFACTS (one path a line),
-#      AGENTDOCK_ARTIFACT_MAX (bytes), AGENTDOCK_REMOVE (ids of settled runs whose files to remove).
+#      AGENTDOCK_ARTIFACT_MAX (bytes).
 #      AGENTDOCK_CGROUP (optional): the name of the run's own cgroup, which the daemon moves this
 #      wrapper into from the host; the wrapper waits (bounded) for it before it starts anything, so
 #      every process of the run is born there and `cgroup.kill` ends them all at once.
@@ -41,8 +43,10 @@ se=${AGENTDOCK_STDERR_OFFSET:-0}
 command -v setsid >/dev/null 2>&1 || setsid() { "$@"; }
 
 mkdir -p "${d%/*}" 2>/dev/null
-if mkdir "$d" 2>/dev/null; then
+if mkdir -m 700 "$d" 2>/dev/null; then
   : >"$d/stdout"; : >"$d/stderr"
+  # git refuses a repository another uid made ("dubious ownership"): every run's is the group's
+  mkdir -m 700 "$d/home" && printf '[safe]\n\tdirectory = *\n' >"$d/home/.gitconfig"
   if [ -n "${AGENTDOCK_REQUIRE:-}" ] && ! command -v "$AGENTDOCK_REQUIRE" >/dev/null 2>&1; then
     echo "agentdock: runtime not found: '$AGENTDOCK_REQUIRE' is not on PATH in this image" >"$d/stderr"
     echo "$AGENTDOCK_REQUIRE" >"$d/missing"
@@ -54,6 +58,7 @@ if mkdir "$d" 2>/dev/null; then
     # launcher alive to record the exit code.
     AGENTDOCK_WRAPPER_PID=$$ setsid sh -c '
       d=$1; shift
+      umask 002
       mkdir -p "$AGENTDOCK_CWD" 2>/dev/null
       cd "$AGENTDOCK_CWD" || { echo "agentdock: cannot enter $AGENTDOCK_CWD" >>"$d/stderr"; echo 126 >"$d/exit"; exit; }
       echo $$ >"$d/launcher"
@@ -106,11 +111,10 @@ EOF
       esac
     ' agentdock-launcher "$d" "$@" </dev/null >/dev/null 2>&1 &
   fi
+elif [ ! -O "$d" ]; then  # made by another (a sibling that guessed the run's id): not followed
+  echo "agentdock: $d is not the run's own directory" >&2
+  exit 126
 fi
-
-# the files of runs settled since the last wrapper here (run ids: letters, digits, underscores),
-# removed while the run goes and before this wrapper follows it, so nothing of it outlives the run
-[ -n "${AGENTDOCK_REMOVE:-}" ] && (cd "${d%/*}" && exec rm -rf $AGENTDOCK_REMOVE) >/dev/null 2>&1
 
 emit() {  # emit FILE OFFSET: write FILE's bytes from OFFSET to its current end; sets $n to that end
   n=$(($(wc -c <"$1")))

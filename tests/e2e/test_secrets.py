@@ -16,6 +16,7 @@ import anyio
 import docker
 import pytest
 
+from runtimes.docker_backend import RUNS_DIR, run_uid
 from tests.conftest import AGENTDOCK, FULL, Daemon, owned_containers
 from tests.e2e.test_http import RUNS, SANDBOXES, diagnostic, http, run_ids
 
@@ -93,8 +94,8 @@ async def test_a_secret_reaches_the_run_and_appears_nowhere_else(daemon: Daemon,
         # while it runs: the container's configuration and its main process know nothing of it
         container = await wait_for(lambda: container_of(daemon.settings.home, run["id"]) or (
             docker.from_env().containers.get(f"agentdock-{sbx}") if where == "sandbox" else None), "container")
-        await wait_for(lambda: b"whole=" in container.exec_run(["sh", "-c", "cat /tmp/.agentdock/runs/*/stdout"],
-                                                               user="1000").output, "output")
+        await wait_for(lambda: b"whole=" in container.exec_run(["cat", f"{RUNS_DIR}/{run['id']}/stdout"],
+                                                               user=f"{run_uid(run['id'])}:1000").output, "output")
         info = docker.APIClient().inspect_container(container.id)
         assert VALUE not in json.dumps(info)
         if where == "profile":

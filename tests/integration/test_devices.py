@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import secrets
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -13,6 +13,8 @@ import pytest
 
 from engine import errors, models
 from engine.callers import ROOT
+from runtimes import disks
+from runtimes.docker_backend import RUNS_DIR, run_uid
 from tests.conftest import SMALL, owned_containers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -24,13 +26,9 @@ def inspect(device_id: str) -> dict[str, Any]:
     return docker.from_env().api.inspect_container(f"agentdock-{device_id}")
 
 
-def exec_in(device_id: str, *cmd: str) -> tuple[int, str]:
-    result = docker.from_env().containers.get(f"agentdock-{device_id}").exec_run(list(cmd))
+def exec_in(device_id: str, *cmd: str, user: str = "") -> tuple[int, str]:
+    result = docker.from_env().containers.get(f"agentdock-{device_id}").exec_run(list(cmd), user=user)
     return result.exit_code, result.output.decode()
-
-
-def volumes_of(home: Path) -> list[str]:
-    return [v.name for v in docker.from_env().volumes.list(filters={"label": f"agentdock.home={home}"})]
 
 
 async def finish(engine: Any, run_id: str, timeout: float = 30) -> models.Run:
@@ -65,17 +63,22 @@ async def test_sandbox_container_has_every_security_default_and_the_default_sand
     assert not any("docker.sock" in (m.get("Source") or "") for m in host_mounts)
     assert not any("docker.sock" in (m.get("Source") or "") or "docker.sock" in (m.get("Destination") or "")
                    for m in info["Mounts"])
-    # a sandbox mounts one thing only: the agent socket's directory, read-only (never control.sock)
-    [agent_dir] = info["Mounts"]
+    # a sandbox mounts the agent socket's directory, read-only (never control.sock), and its own filesystems
+    agent_dir, *own = sorted(info["Mounts"], key=lambda m: m["Destination"] != "/run/agentdock")
     assert (agent_dir["Type"], agent_dir["Destination"], agent_dir["RW"]) == ("bind", "/run/agentdock", False)
     assert agent_dir["Source"] == str(engine.settings.agent_socket.parent)
+    disks_of = disks.DeviceDisks.of(home, device.id)
+    assert sorted((m["Destination"], m["Source"]) for m in own) == [
+        (RUNS_DIR, str(disks_of.runs.mount)), ("/tmp", str(disks_of.tmp.mount)),
+        ("/var/tmp", str(disks_of.tmp.mount)), ("/workspace", str(disks_of.workspace.mount))]
+    assert host["ReadonlyRootfs"] is True  # nothing a run writes is outside those sizes
 
     assert info["Config"]["WorkingDir"] == "/workspace"
-    # The main process runs as a user no run shares (so no run can stop the sandbox); runs as the image's user.
+    # The main process runs as a user no run shares (so no run can stop the sandbox); each run as its own uid.
     assert info["Config"]["User"] == "65534:65534"
     assert exec_in(device.id, "id", "-u") == (0, "65534\n")
     run = await engine.runs.create(ROOT, models.RunCreate(prompt="who", command="id -u", sandbox_id=device.id))
-    assert (await finish(engine, run.id)).output == "1000\n"
+    assert (await finish(engine, run.id)).output == f"{run_uid(run.id)}\n"
 
     labels = info["Config"]["Labels"]
     assert labels["agentdock.device_id"] == device.id
@@ -109,7 +112,7 @@ async def test_pids_limit_stops_a_process_from_forking_past_it(engine):
         "( for i in $(seq 40); do sleep 60 & echo $! >>/tmp/pids; done ) 2>/tmp/err; "
         "n=0; while read p; do kill $p; n=$((n+1)); done </tmp/pids; echo started=$n; cat /tmp/err"
     )
-    code, out = exec_in(device.id, "sh", "-c", script)
+    code, out = exec_in(device.id, "sh", "-c", script, user="1000:1000")  # /tmp is the runs' group's
     assert code == 0, out
     started = int(out.split("started=")[1].split()[0])
     assert 0 < started < 16
@@ -119,7 +122,7 @@ async def test_pids_limit_stops_a_process_from_forking_past_it(engine):
 # ---------------------------------------------------------------- computers
 
 
-async def test_computer_gets_larger_defaults_and_a_workspace_volume_removed_with_it(engine, home):
+async def test_computer_gets_larger_defaults_and_a_workspace_removed_with_it(engine, home):
     device = await engine.devices.create(ROOT, models.DeviceCreate(kind=models.TargetKind.computer))
     assert device.id.startswith("cmp_")
     assert (device.kind, device.cpus, device.memory_mb, device.pids_limit) == ("computer", 2.0, 2048, 1024)
@@ -127,20 +130,19 @@ async def test_computer_gets_larger_defaults_and_a_workspace_volume_removed_with
     host = info["HostConfig"]
     assert (host["NanoCpus"], host["Memory"], host["PidsLimit"]) == (2_000_000_000, 2048 * MiB, 1024)
     assert info["Config"]["Labels"]["agentdock.kind"] == "computer"
-    [mount] = [m for m in info["Mounts"] if m["Destination"] != "/run/agentdock"]
-    assert (mount["Type"], mount["Destination"]) == ("volume", "/workspace")
-    volume = mount["Name"]
-    assert volume in volumes_of(home)
+    [mount] = [m for m in info["Mounts"] if m["Destination"] == "/workspace"]
+    workspace = disks.DeviceDisks.of(home, device.id).workspace
+    assert (mount["Type"], mount["Source"]) == ("bind", str(workspace.mount))
+    assert os.path.ismount(workspace.mount)
 
-    # the volume is usable by the image's non-root user
+    # the workspace is usable by a run
     run = await engine.runs.create(ROOT, models.RunCreate(computer_id=device.id, prompt="p",
                                                     command="echo kept >/workspace/f && cat /workspace/f"))
     run = await finish(engine, run.id)
     assert (run.status, run.output, run.target_kind) == ("succeeded", "kept\n", "computer")
 
     await engine.devices.delete(ROOT, device.id)
-    with pytest.raises(docker.errors.NotFound):
-        docker.from_env().volumes.get(volume)
+    assert not os.path.ismount(workspace.mount) and not workspace.image.exists()
     assert owned_containers(home) == []
 
 
@@ -217,7 +219,7 @@ async def test_creating_with_a_missing_image_names_image_and_leaves_nothing(engi
     assert await engine.store.devices(include_ephemeral=True) == []
     assert (await engine.devices.list(ROOT)).data == []
     assert owned_containers(home) == []
-    assert volumes_of(home) == []
+    assert disks.owned(home) == []
 
 
 # ---------------------------------------------------------------- reconcile

@@ -21,7 +21,7 @@ from engine.callers import ROOT
 from engine.secrets import MASK, SecretStore
 from mcp_server import daemon as daemon_mod
 from runtimes import harness, procs
-from runtimes.docker_backend import RUNS_DIR, WRAPPER, DockerBackend, _wrapper_command
+from runtimes.docker_backend import RUNS_DIR, WRAPPER, DockerBackend, _wrapper_command, run_uid
 from runtimes.wiring import docker_engine
 from tests.conftest import FULL, SMALL, Daemon, Engine, owned_containers
 from mcp_server import areas
@@ -109,7 +109,8 @@ async def test_a_run_whose_sandbox_stops_under_it_ends_sandbox_lost_and_the_next
     await run_in(engine, device.id, "echo kept > /workspace/mark")
     run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p",
                                                     command="echo started; sleep 1000"))
-    await eventually(lambda: container(device.id).exec_run(["test", "-s", f"{RUNS_DIR}/{run.id}/pid"]).exit_code == 0)
+    await eventually(lambda: container(device.id).exec_run(["test", "-s", f"{RUNS_DIR}/{run.id}/pid"],
+                                                           user=f"{run_uid(run.id)}:1000").exit_code == 0)
 
     container(device.id).stop(timeout=1)
 
@@ -138,7 +139,8 @@ async def test_output_without_end_keeps_only_the_cap_inside_the_sandbox_and_the_
     stdout = f"{RUNS_DIR}/{run.id}/stdout"
     await eventually(lambda: container(device.id).exec_run(["test", "-e", "/workspace/done"]).exit_code == 0)
 
-    sizes = container(device.id).exec_run(["sh", "-c", f"wc -c < {stdout}; wc -c < {RUNS_DIR}/{run.id}/stderr"])
+    sizes = container(device.id).exec_run(["sh", "-c", f"wc -c < {stdout}; wc -c < {RUNS_DIR}/{run.id}/stderr"],
+                                          user=f"{run_uid(run.id)}:1000")
     kept_out, kept_err = (int(n) for n in sizes.output.split())
     assert kept_out == kept_err == 65_537  # the cap, and one byte to know it was cut
 

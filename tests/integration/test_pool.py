@@ -109,7 +109,7 @@ async def test_a_run_without_a_target_is_execd_in_a_pooled_container_that_never_
     assert container.id == ready[run.target_id].id  # the very container started ahead
     assert mine not in str(container.attrs) and secret not in str(container.attrs)  # `docker inspect`
     assert "agentdock.run_id" not in container.labels
-    container.exec_run(["touch", "/tmp/go"])
+    container.exec_run(["touch", "/tmp/go"], user="1000:1000")  # /tmp is the group's
     with anyio.fail_after(30):
         run = await engine.runs.wait(ROOT, run.id, 30)
     assert (run.status, run.output) == ("succeeded", f"mine={mine} key=********\n")

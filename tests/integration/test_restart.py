@@ -12,11 +12,11 @@ import pytest
 from engine import models
 from mcp_server import daemon as daemon_mod
 from mcp_server.client import DaemonClient
+from runtimes.docker_backend import RUNS_DIR, run_uid
 from tests.conftest import SMALL, Daemon, owned_containers
 from mcp_server import areas
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
-RUNS_DIR = "/tmp/.agentdock/runs"
 
 
 async def kill_daemon(d: Daemon) -> None:
@@ -42,7 +42,8 @@ async def wait_in_container(device_id: str, run_id: str, name: str) -> None:
     """Wait until the run's process has written `name` in its run directory (it does so without us)."""
     container = docker.from_env().containers.get(f"agentdock-{device_id}")
     with anyio.fail_after(30):
-        while container.exec_run(["test", "-e", f"{RUNS_DIR}/{run_id}/{name}"]).exit_code != 0:
+        while container.exec_run(["test", "-e", f"{RUNS_DIR}/{run_id}/{name}"],
+                                 user=f"{run_uid(run_id)}:1000").exit_code != 0:  # its directory is its own
             await anyio.sleep(0.1)
 
 

@@ -12,7 +12,7 @@ import pytest
 from engine import errors, models
 from engine.callers import ROOT
 from runtimes import procs
-from runtimes.docker_backend import RUNS_DIR
+from runtimes.docker_backend import RUNS_DIR, run_uid
 from tests.integration.test_hostile_runs import FORK_BOMB, container, eventually, finish, pids_in, run_in
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -117,7 +117,8 @@ async def test_a_frozen_device_holds_no_other_run_its_runs_end_and_it_is_repaire
     other = await engine.devices.create(ROOT, models.DeviceCreate())
     run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=stuck.id, prompt="p",
                                                           command="echo started; sleep 1000", timeout=4))
-    await eventually(lambda: container(stuck.id).exec_run(["test", "-s", f"{RUNS_DIR}/{run.id}/pid"]).exit_code == 0)
+    await eventually(lambda: container(stuck.id).exec_run(["test", "-s", f"{RUNS_DIR}/{run.id}/pid"],
+                                                          user=f"{run_uid(run.id)}:1000").exit_code == 0)
     cgroup = freeze(stuck.id)
 
     beside = await run_in(engine, other.id, "echo beside")  # not held by the frozen device
