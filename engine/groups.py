@@ -18,7 +18,7 @@ import logging
 import anyio
 from pydantic import ValidationError
 
-from engine import approval_models, authority, errors, ids, lineage, masking, profiles, topics
+from engine import approval_models, authority, errors, ids, lineage, masking, topics
 from engine.approvals import ApprovalService
 from engine import group_models as gm
 from engine.callers import ROOT, Caller
