@@ -90,6 +90,9 @@ if mkdir -m 700 "$d" 2>/dev/null; then
        kill $po $pe) >/dev/null 2>&1 & k=$!
       wait $po $pe
       kill $k 2>/dev/null
+      # What the run made with a private mode (a tool writing through mkstemp makes 0600) is shared with
+      # the group, so the next run in the device can read and change it: the workspace is shared.
+      find /workspace /tmp -xdev -user "$(id -u)" ! -perm -g+rw -exec chmod g+rwX {} + 2>/dev/null
       if [ -n "${AGENTDOCK_ARTIFACTS:-}" ] && mkdir "$d/artifacts" 2>/dev/null; then
         i=0
         while IFS= read -r p; do

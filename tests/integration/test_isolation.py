@@ -85,6 +85,11 @@ async def test_runs_share_the_workspace_through_their_group(engine, image):
     assert (second.status, second.output) == ("succeeded", "one\ntwo\nhome ok\n"), second
     third = await run_in(engine, device.id, "cat sub/c.txt && echo three >sub/c.txt && rm -r sub && ls")
     assert (third.status, third.output) == ("succeeded", "two\n"), third
+    # A tool that writes through mkstemp makes its files 0600 (hermes does): they are shared at the run's end.
+    private = await run_in(engine, device.id, "umask 077 && mkdir p && echo secret-ish >p/f && echo x >/tmp/t && echo ok")
+    assert (private.status, private.output) == ("succeeded", "ok\n"), private
+    after = await run_in(engine, device.id, "cat p/f /tmp/t && echo more >>p/f && rm -r p /tmp/t && ls")
+    assert (after.status, after.output) == ("succeeded", "secret-ish\nx\n"), after
 
 
 async def test_git_and_python_work_across_runs(engine):

@@ -55,7 +55,7 @@ async def run_task(engine: Any, runtime: str, port: int) -> tuple[models.Run, li
                         env=model_env(runtime, port), timeout=110)
     events = (await engine.runs.events(ROOT, done.id, models.EventsQuery(limit=1000))).data
     proof = await run_in(engine, device.id, prompt="read", command="cat agentdock-proof.txt")
-    assert proof.status == "succeeded", proof
+    assert proof.status == "succeeded", (proof.failure_kind, proof.stderr, done.status, done.stderr[-2000:])
     return done, events, proof.output
 
 
