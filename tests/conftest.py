@@ -23,7 +23,7 @@ from engine.settings import Settings
 from mcp_server import areas
 from mcp_server import daemon as daemon_mod
 from mcp_server import http as http_app
-from runtimes import images
+from runtimes import gateway, images
 from runtimes.wiring import docker_engine
 
 os.environ["AGENTDOCK_POOL_SIZE"] = "0"
@@ -87,6 +87,7 @@ def remove_owned_containers(home: Path) -> None:
         c.remove(force=True, v=True)
     for v in client.volumes.list(filters={"label": f"agentdock.home={home}"}):
         v.remove(force=True)
+    gateway.remove_egress(str(home))  # the model gateway's network, once no device is on it
 
 
 def owned_containers(home: Path) -> list[docker.models.containers.Container]:

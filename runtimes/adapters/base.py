@@ -91,6 +91,11 @@ class Adapter:
                     return auth_required(self.provider, self.secrets, line.strip())
         return None
 
+    def gateway_env(self, provider: str, base_url: str, placeholder: str) -> dict[str, str]:
+        """`<PROVIDER>_BASE_URL` and `<PROVIDER>_API_KEY`, what the Anthropic and OpenAI SDKs (and most CLIs
+        built on them) read: an adapter whose CLI reads others overrides this."""
+        return {f"{provider.upper()}_BASE_URL": base_url, f"{provider.upper()}_API_KEY": placeholder}
+
     def auth_failure(self, text: str) -> Failure | None:
         """`text` (an error the runtime reported) as an `auth_required` failure, if it is one."""
         if self.auth_patterns is not None and self.auth_patterns.search(text):
