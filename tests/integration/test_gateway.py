@@ -5,7 +5,9 @@ the run's record counts requests and tokens, and nothing of the key is anywhere 
 from __future__ import annotations
 
 import json
+import os
 import secrets as pysecrets
+import signal
 import socket
 import subprocess
 from collections.abc import AsyncIterator, Iterator
@@ -17,12 +19,16 @@ import pytest
 
 from engine import models
 from engine.callers import ROOT
-from engine.secrets import MASK
+from engine.secrets import MASK, SecretStore
 from engine.settings import Settings
+from mcp_server import areas
+from mcp_server import daemon as daemon_mod
+from mcp_server.client import DaemonClient
 from runtimes.docker_backend import container_name
 from runtimes.wiring import docker_engine
 from tests.canned_upstream import PLAIN_USAGE, STREAM_INPUT, STREAM_OUTPUT, CannedUpstream
-from tests.conftest import FULL, Engine
+from tests.conftest import FULL, Daemon, Engine, owned_containers
+from tests.integration.test_restart import settled, wait_for_event
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
@@ -191,3 +197,47 @@ async def test_a_run_without_the_credential_cannot_use_the_gateway_and_other_sec
     done = await engine.runs.wait(ROOT, run.id, 120)
     assert (done.status, done.output, done.model_requests) == (models.RunStatus.succeeded, "plain\n", 0), done
     assert upstream.keys == []
+
+
+WAITS_THEN_ASKS = r"""
+import json, os, time, urllib.request
+print("waiting", flush=True)
+while not os.path.exists("/tmp/go"):
+    time.sleep(0.1)
+req = urllib.request.Request(os.environ["ANTHROPIC_BASE_URL"] + "/v1/messages", data=b"{}", method="POST",
+                             headers={"x-api-key": os.environ["ANTHROPIC_API_KEY"]})
+print(json.load(urllib.request.urlopen(req, timeout=60))["content"][0]["text"])
+"""
+
+
+@pytest.fixture
+def gw_daemon(settings, upstream, monkeypatch) -> Iterator[Daemon]:
+    env = {**os.environ, "AGENTDOCK_HOME": str(settings.home), "AGENTDOCK_IMAGE": FULL,
+           "AGENTDOCK_GATEWAY_UPSTREAMS": f"anthropic={upstream.url}"}
+    for k in ("AGENTDOCK_HOME", "AGENTDOCK_IMAGE", "AGENTDOCK_GATEWAY_UPSTREAMS"):
+        monkeypatch.setenv(k, env[k])
+    d = Daemon(Settings(home=settings.home), env)
+    SecretStore(settings.secrets_dir).set("ANTHROPIC_API_KEY", REAL.encode())
+    d.start()
+    yield d
+    daemon_mod.stop(d.settings)
+
+
+async def test_a_run_resumed_after_a_kill_9_of_the_daemon_still_reaches_its_provider(gw_daemon, upstream):
+    async with DaemonClient(gw_daemon.settings) as client:
+        run = await client.call(areas.runs.CREATE, models.RunCreate(
+            prompt="p", secrets=["ANTHROPIC_API_KEY"], command=f"python3 -c '{WAITS_THEN_ASKS}'", timeout=120))
+        await wait_for_event(client, run.id, "output")
+    pid = gw_daemon.pid()
+    os.kill(pid, signal.SIGKILL)
+    with anyio.fail_after(10):
+        while gw_daemon.pid() is not None:
+            await anyio.sleep(0.05)
+    gw_daemon.start()
+    [container] = [c for c in owned_containers(gw_daemon.settings.home) if c.labels.get("agentdock.run_id") == run.id]
+    assert container.exec_run(["touch", "/tmp/go"]).exit_code == 0
+
+    done = await settled(gw_daemon, run.id)
+    assert (done.status, done.output, done.model_requests) == ("succeeded", "waiting\nhello\n", 1), done
+    assert upstream.keys == [REAL]
+    assert gw_daemon.logged_errors() == []
