@@ -126,7 +126,7 @@ class Egress:
         try:
             network, iface, address = await self.backend.egress_network()
             await anyio.to_thread.run_sync(firewall, iface, address, self.port)
-            listener = socket.create_server((address, self.port), backlog=512, reuse_port=False)
+            listener = tcp_listener(address, self.port)
         except (errors.EngineError, OSError, FirewallError) as exc:
             # Devices then stay without any network, and runs given a provider's credential fail at launch.
             log.warning("the model gateway cannot serve: %s", getattr(exc, "message", exc))
@@ -158,6 +158,21 @@ class Egress:
             with anyio.CancelScope(shield=True):
                 if await self.backend.remove_egress_network():  # no device is left on it
                     await anyio.to_thread.run_sync(remove_firewall, iface)
+
+
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket that says it is TCP (`socket.create_server`'s says protocol 0): asyncio
+    turns Nagle off only on such sockets, and with it on, a streamed answer's first chunk waits for the
+    client's delayed ACK of the headers (about 40 ms)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class FirewallError(Exception):

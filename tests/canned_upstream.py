@@ -7,7 +7,6 @@ engine in it are not involved in serving it."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from typing import Any
 
@@ -17,6 +16,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from runtimes.gateway import tcp_listener
 
 PLAIN_USAGE = {"input_tokens": 7, "output_tokens": 3}
 STREAM_INPUT, STREAM_OUTPUT = 11, 5
@@ -33,7 +34,7 @@ class CannedUpstream:
         self.bodies: list[dict[str, Any]] = []
         self.go_on = threading.Event()
         """Set by a request to /v1/go-on: the held stream sends the rest."""
-        self.listener = socket.create_server((host, 0))
+        self.listener = tcp_listener(host, 0)
         self.port = self.listener.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
         app = Starlette(routes=[Route("/v1/messages", self.messages, methods=["POST"]),
