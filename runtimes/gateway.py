@@ -63,6 +63,8 @@ def refusal(exc: errors.EngineError) -> JSONResponse:
 def create_app(gateway: Gateway, upstreams: dict[str, str], client: httpx.AsyncClient) -> Starlette:
     async def forward(request: Request) -> Response:
         name = request.path_params["provider"]
+        if name not in upstreams:
+            return await unknown(request)
         try:
             grant = await gateway.admit(name, placeholder_of(request))
         except errors.EngineError as exc:
