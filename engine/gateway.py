@@ -60,15 +60,21 @@ class Gateway:
         self.address: str | None = None
         """`http://host:port` where devices reach the gateway, once it serves."""
 
+    def require(self, secret_names: list[str]) -> None:
+        """Refuse a run given a provider's credential while the gateway cannot serve it."""
+        granted = providers.granted(secret_names)
+        if self.enabled and granted and self.address is None:
+            raise GatewayUnavailable("the model gateway is not serving (see the daemon's log), so a run cannot be "
+                                     f"given {', '.join(p.secret for p in granted)}",
+                                     evidence={"secrets": [p.secret for p in granted]})
+
     def launch_env(self, run_id: str, secret_env: dict[str, str], harness: Harness) -> tuple[dict[str, str], dict[str, str]]:
         """Split a run's secrets into those its process gets (every one but a provider's credential) and
         the environment that points its runtime at the gateway instead (the adapter's `gateway_env`)."""
         granted = providers.granted(list(secret_env))
         if not self.enabled or not granted:
             return secret_env, {}
-        if self.address is None:
-            raise GatewayUnavailable("the model gateway is not serving (see the daemon's log), so the run cannot be "
-                                     f"given {', '.join(p.secret for p in granted)}")
+        self.require(list(secret_env))
         kept = {k: v for k, v in secret_env.items() if k not in providers.BY_SECRET}
         env: dict[str, str] = {}
         for p in granted:

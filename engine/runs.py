@@ -229,6 +229,7 @@ class RunService:
         for name in profile.secrets if profile else []:
             if name not in run_secrets:
                 run_secrets.append(name)
+        self.gateway.require(run_secrets)  # refused now, not when it starts
         if profile is not None and profile.secrets:
             self.secrets.require(profile.secrets, "profile.secrets")  # removed since the profile named it
             clash = sorted(set(profile.secrets) & set(req.env or {}))

@@ -132,6 +132,8 @@ class Egress:
         except (errors.EngineError, OSError, FirewallError) as exc:
             # Devices then stay without any network, and runs given a provider's credential fail at launch.
             log.warning("the model gateway cannot serve: %s", getattr(exc, "message", exc))
+            with anyio.CancelScope(shield=True):
+                await self.backend.remove_egress_network()
             task_status.started()
             return
         self.backend.join_egress(network)

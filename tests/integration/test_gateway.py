@@ -19,12 +19,13 @@ import pytest
 
 from engine import models
 from engine.callers import ROOT
+from engine.gateway import GatewayUnavailable
 from engine.secrets import MASK, SecretStore
 from engine.settings import Settings
 from mcp_server import areas
 from mcp_server import daemon as daemon_mod
 from mcp_server.client import DaemonClient
-from runtimes.docker_backend import container_name
+from runtimes.docker_backend import container_name, egress_names
 from runtimes.wiring import docker_engine
 from tests.canned_upstream import PLAIN_USAGE, STREAM_INPUT, STREAM_OUTPUT, CannedUpstream
 from tests.conftest import FULL, Daemon, Engine, owned_containers
@@ -241,3 +242,19 @@ async def test_a_run_resumed_after_a_kill_9_of_the_daemon_still_reaches_its_prov
     assert (done.status, done.output, done.model_requests) == ("succeeded", "waiting\nhello\n", 1), done
     assert upstream.keys == [REAL]
     assert gw_daemon.logged_errors() == []
+
+
+async def test_without_a_firewall_devices_get_no_network_and_a_run_given_a_providers_key_is_refused(home, monkeypatch):
+    monkeypatch.setenv("PATH", str(home))  # no iptables: the gateway cannot keep the host's other ports out
+    settings = Settings(home=home, image=FULL)
+    async with docker_engine(settings).running() as engine:
+        engine.secrets.set("ANTHROPIC_API_KEY", REAL.encode())
+        assert engine.gateway.address is None
+        device = await engine.devices.create(ROOT, models.DeviceCreate())
+        assert docker.from_env().api.inspect_container(container_name(device.id))["HostConfig"]["NetworkMode"] == "none"
+        with pytest.raises(GatewayUnavailable) as refused:
+            await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="env",
+                                                            secrets=["ANTHROPIC_API_KEY"]))
+        assert refused.value.evidence == {"secrets": ["ANTHROPIC_API_KEY"]}
+        await engine.devices.delete(ROOT, device.id)
+    assert [n for n in docker.from_env().networks.list() if n.name == egress_names(str(home))[0]] == []
