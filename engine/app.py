@@ -1,5 +1,5 @@
 """The composition root: one place builds the engine from settings, a sandbox backend, the runtime
-harnesses and a clock, and runs its background services in one task group. The daemon, the
+harnesses, a clock and the model gateway's egress, and runs its background services in one task group. The daemon, the
 tests, the demo and the benchmarks all build it here; swap the backend, keep the rest."""
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from engine.channels import ChannelService
 from engine.clock import SystemClock
 from engine.context import ContextService
 from engine.devices import DeviceService
+from engine.gateway import Egress, Gateway
 from engine.groups import GroupService
 from engine.masking import Masking
 from engine.pool import Pool
@@ -37,8 +38,9 @@ class Engine:
     """The services over one store and one backend. Use `async with engine.running():`."""
 
     def __init__(self, settings: Settings, *, backend: SandboxBackend, harnesses: Callable[[str], Harness],
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, egress: Egress | None = None) -> None:
         self.settings = settings
+        self.egress = egress
         self.backend = backend
         self.clock = clock or SystemClock()
         self.topics = Topics()
@@ -51,8 +53,9 @@ class Engine:
         self.devices = DeviceService(self.store, backend, self.clock, settings, self.profiles, self.approvals,
                                      quotas=self.quotas, masks=self.masks)
         self.tokens = Tokens(settings.home)
+        self.gateway = Gateway(self.store, self.secrets, self.tokens, self.clock, enabled=egress is not None)
         self.runs = RunService(self.store, backend, self.devices, harnesses, self.clock, settings, self.tokens,
-                               self.secrets, self.profiles, masks=self.masks)
+                               self.secrets, self.profiles, masks=self.masks, gateway=self.gateway)
         self.groups = GroupService(self.store, self.runs, self.clock, settings, self.approvals, masks=self.masks)
         self.pool = Pool(self.store, backend, self.clock, settings, active=lambda: self.runs.active)
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups,
@@ -77,6 +80,8 @@ class Engine:
         """Open the store, reconcile, start every background service (each reports ready before the
         next starts), and stop them all on the way out."""
         async with self.store, anyio.create_task_group() as tg:
+            if self.egress is not None:  # before runs resume: they need its address
+                await tg.start(self.egress.serve, self.gateway)
             await tg.start(self.runs.serve)
             await tg.start(self.pool.serve)  # after the reconcile: it starts the pool afresh
             await tg.start(self.admission.serve)

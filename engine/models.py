@@ -465,6 +465,12 @@ class Run(Record):
     """The most processes the run had at once (measured in a sandbox or computer it shared; null otherwise)."""
     memory_peak_bytes: int | None = None
     """The most memory the run's processes used at once, in bytes (measured as pids_peak is)."""
+    model_requests: int = 0
+    """Requests the run made to model providers through the model gateway."""
+    input_tokens: int = 0
+    """Input tokens those requests used, as the providers' answers reported them."""
+    output_tokens: int = 0
+    """Output tokens those requests used, as the providers' answers reported them."""
     ephemeral: bool
     agent_run_group_id: str | None = None
     orchestration_role: str | None = None

@@ -203,6 +203,10 @@ class Harness(Protocol):
         """Why a run that exited non-zero failed, when the runtime said so (its stderr's last lines,
         or a `Parsed.failure` its stream gave); None: an ordinary `nonzero_exit`."""
         ...
+    def gateway_env(self, provider: str, base_url: str, placeholder: str) -> dict[str, str]:
+        """The environment that sends this runtime's requests to `provider` through the model gateway at
+        `base_url`, with `placeholder` where its key would be."""
+        ...
 
 
 class Clock(Protocol):

@@ -77,6 +77,9 @@ class RunRow(Row):
     error: str | None
     pids_peak: int | None = None
     memory_peak_bytes: int | None = None
+    model_requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
     ephemeral: bool
     cancel_requested: datetime | None
     agent_run_group_id: str | None
@@ -104,6 +107,7 @@ class RunRow(Row):
             stderr=self.stderr, output_truncated=self.output_truncated, stderr_truncated=self.stderr_truncated,
             exit_code=self.exit_code, failure_kind=self.failure_kind, error=self.error, ephemeral=self.ephemeral,
             pids_peak=self.pids_peak, memory_peak_bytes=self.memory_peak_bytes,
+            model_requests=self.model_requests, input_tokens=self.input_tokens, output_tokens=self.output_tokens,
             agent_run_group_id=self.agent_run_group_id, orchestration_role=self.orchestration_role,
             parent_agent_run_id=self.parent_agent_run_id, profile_id=self.profile_id,
             profile_snapshot=self.profile_snapshot, workspace_id=self.workspace_id, idempotency_key=self.idempotency_key, started_at=self.started_at, finished_at=self.finished_at,

@@ -21,6 +21,7 @@ from engine.callers import ROOT, Caller
 from engine.masking import Masking
 from engine.secrets import SecretStore
 from engine.devices import DeviceService
+from engine.gateway import Gateway
 from engine.ports import Clock, DeviceSpec, Harness, SandboxBackend
 from engine.profile_models import ProfileRow
 from engine.profiles import ProfileService
@@ -48,12 +49,13 @@ class RunService:
     def __init__(self, store: Store, backend: SandboxBackend, devices: DeviceService,
                  harnesses: Callable[[str], Harness], clock: Clock, settings: Settings, tokens: Tokens,
                  secrets: SecretStore | None = None, profiles: ProfileService | None = None, *,
-                 masks: Masking | None = None) -> None:
+                 masks: Masking | None = None, gateway: Gateway | None = None) -> None:
         self.store = store
         self.tokens = tokens
         self.secrets = secrets or SecretStore(settings.secrets_dir)
         self.profiles = profiles or ProfileService(store, self.secrets, clock)
         self.masks = masks or self.profiles.masks
+        self.gateway = gateway or Gateway(store, self.secrets, tokens, clock, enabled=False)
         self.backend = backend
         self.devices = devices
         self.harnesses = harnesses
@@ -129,7 +131,7 @@ class RunService:
         supervision = Supervision(run_id, store=self.store, backend=self.backend, harnesses=self.harnesses,
                                   ephemeral_spec=self._ephemeral_spec, identity=self._identity, clock=self.clock,
                                   settings=self.settings, cancel=cancel, secrets=self.secrets,
-                                  resumed=run_id in self._resumed)
+                                  gateway=self.gateway, resumed=run_id in self._resumed)
         self._resumed.discard(run_id)
         try:
             await supervision.run()
@@ -227,6 +229,7 @@ class RunService:
         for name in profile.secrets if profile else []:
             if name not in run_secrets:
                 run_secrets.append(name)
+        self.gateway.require(run_secrets)  # refused now, not when it starts
         if profile is not None and profile.secrets:
             self.secrets.require(profile.secrets, "profile.secrets")  # removed since the profile named it
             clash = sorted(set(profile.secrets) & set(req.env or {}))

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     """The real agent CLIs `agentdock image build` puts in the agents image when `--runtimes` is not given
     (comma-separated: claude-code,codex,pi,hermes); empty: no agents image."""
 
+    gateway_port: int = Field(default=47180, ge=1, le=65_535)
+    """The model gateway's port, on the address of its network that only this home's devices reach."""
+    gateway_upstreams: str = ""
+    """Where the model gateway forwards each provider's requests, overriding the real APIs:
+    `anthropic=http://127.0.0.1:8080,openai=http://127.0.0.1:8081` (tests point it at a scripted server)."""
+
     @classmethod
     def load(cls, **overrides: object) -> Settings:
         """Settings from the environment (and flags), a bad value refused as a diagnostic naming

@@ -48,7 +48,8 @@ _KEPT = (
 RUN_COLUMNS = (
     "agent_runs.id, target_kind, target_id, provider, prompt, command, model, cwd, timeout, metadata, env, secrets, "
     "status, " + _KEPT.format(t="agent_runs") + ", output_truncated, stderr_truncated, stdout_offset, "
-    "stderr_offset, exit_code, failure_kind, error, pids_peak, memory_peak_bytes, ephemeral, cancel_requested, "
+    "stderr_offset, exit_code, failure_kind, error, pids_peak, memory_peak_bytes, model_requests, input_tokens, "
+    "output_tokens, ephemeral, cancel_requested, "
     "agent_run_group_id, "
     "orchestration_role, parent_agent_run_id, profile_id, profile_snapshot, workspace_id, idempotency_key, "
     "request_hash, started_at, "
@@ -98,6 +99,11 @@ SQL = {
         ":created_by, :profile_id, :profile_snapshot, :workspace_id)"
     ),
     "run_get": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE id = ?",
+    "run_grant": "SELECT status, secrets, agent_run_group_id FROM agent_runs WHERE id = ?",
+    "run_model_usage": (
+        "UPDATE agent_runs SET model_requests = model_requests + 1, input_tokens = input_tokens + :input_tokens, "
+        "output_tokens = output_tokens + :output_tokens, updated_at = :now WHERE id = :id"
+    ),
     "run_by_idempotency_key": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE created_by = ? AND idempotency_key = ?",
     "runs_unfinished": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE status IN ('queued', 'running') ORDER BY rowid",
     "runs_queued": (
@@ -360,6 +366,12 @@ class Tx(group_store.GroupWrites, task_store.TaskWrites, channel_store.ChannelWr
         if text:
             await self.conn.execute(SQL["chunk_insert"], {"run_id": run_id, "stream": stream, "text": text})
 
+    async def add_model_usage(self, run_id: str, input_tokens: int, output_tokens: int) -> None:
+        """Count one model request of a run, and the tokens its answer reported, onto its record."""
+        await self.conn.execute(SQL["run_model_usage"], encode({"id": run_id, "input_tokens": input_tokens,
+                                                                "output_tokens": output_tokens, "now": self.now}))
+        self.touch(topics.run(run_id))
+
     async def fold_output(self, run_id: str) -> None:
         """Move a run's chunks into its record (once, when its result is recorded)."""
         await self.conn.execute(SQL["chunks_fold"], {"id": run_id})
@@ -598,6 +610,14 @@ class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelR
     async def run(self, run_id: str) -> RunRow | None:
         row = await self._one(SQL["run_get"], (run_id,))
         return RunRow.model_validate(row) if row else None
+
+    async def run_grant(self, run_id: str) -> tuple[models.RunStatus, list[str], str | None] | None:
+        """What the gateway checks on each request, without reading the run's output: its status, its
+        secrets' names and its group."""
+        row = await self._one(SQL["run_grant"], (run_id,))
+        if row is None:
+            return None
+        return models.RunStatus(row["status"]), json.loads(row["secrets"] or "[]"), row["agent_run_group_id"]
 
     async def run_by_idempotency_key(self, created_by: str, key: str) -> RunRow | None:
         row = await self._one(SQL["run_by_idempotency_key"], (created_by, key))

@@ -23,6 +23,7 @@ import anyio
 from engine import errors, models
 from engine.output import Folded, OutputFolder
 from engine.ports import Clock, DeviceSpec, Ending, Exit, Harness, HarnessInput, RunLaunch, SandboxBackend
+from engine.gateway import Gateway
 from engine.records import DeviceRow, RunRow
 from engine.secrets import Masker, SecretStore
 from engine.settings import Settings
@@ -41,9 +42,10 @@ class Supervision:
     def __init__(self, run_id: str, *, store: Store, backend: SandboxBackend, harnesses: Callable[[str], Harness],
                  ephemeral_spec: Callable[[DeviceRow, str], DeviceSpec], identity: Callable[[RunRow], dict[str, str]],
                  clock: Clock, settings: Settings, cancel: anyio.Event, secrets: SecretStore | None = None,
-                 resumed: bool = False) -> None:
+                 gateway: Gateway, resumed: bool = False) -> None:
         self.run_id = run_id
         self.secrets = secrets or SecretStore(settings.secrets_dir)
+        self.gateway = gateway
         self.secret_env: dict[str, str] = {}
         self.resumed = resumed
         """Followed again after a restart: its process may have been started by the daemon before."""
@@ -107,6 +109,10 @@ class Supervision:
             # restart: without the value its output could not be masked (its process is stopped then).
             self.secret_env = self.secrets.environment(row.secrets)
             self.folder.mask = Masker(list(self.secret_env.values()))
+            # A provider's credential stays with the gateway: the run gets a placeholder and its address
+            # (kept out of the container's configuration like a secret, but not masked: it is no secret).
+            kept, via_gateway = self.gateway.launch_env(self.run_id, self.secret_env, self.harness)
+            self.secret_env = {**kept, **via_gateway}
         assert row.started_at is not None
         deadline = row.started_at + timedelta(seconds=row.timeout)
         for attempt in range(3):

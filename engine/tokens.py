@@ -11,6 +11,7 @@ import secrets
 from pathlib import Path
 
 PREFIX = "adt_"
+PLACEHOLDER_PREFIX = "adgw_"
 AGENT_SOCKET_IN_DEVICE = "/run/agentdock/agent.sock"
 """Where `agent.sock` appears inside every sandbox and computer (its directory is mounted there)."""
 
@@ -38,6 +39,13 @@ class Tokens:
 
     def token_for(self, session_id: str) -> str:
         return PREFIX + hmac.new(self.key, session_id.encode(), hashlib.sha256).hexdigest()
+
+    def placeholder(self, run_id: str, provider: str) -> str:
+        """The key a run holds for `provider` in place of the credential: only the model gateway takes
+        it, for this run and provider, while the run is running. Derived, never stored, so it holds
+        across a restart of the daemon."""
+        mac = hmac.new(self.key, f"gateway:{run_id}:{provider}".encode(), hashlib.sha256).hexdigest()
+        return f"{PLACEHOLDER_PREFIX}{run_id}_{mac}"
 
     @staticmethod
     def digest(token: str) -> str:

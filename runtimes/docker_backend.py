@@ -90,6 +90,12 @@ def _run_id_of(path: str) -> str:
     return path.removeprefix(RUNS_DIR + "/").split("/", 1)[0]
 
 
+def egress_names(home: str) -> tuple[str, str]:
+    """A home's internal network and its bridge interface (at most 15 characters)."""
+    digest = hashlib.sha256(home.encode()).hexdigest()[:10]
+    return f"agentdock-egress-{digest}", f"adgw{digest}"
+
+
 class DockerBackend:
     """Implements `engine.ports.SandboxBackend` on the local Docker engine."""
 
@@ -117,6 +123,8 @@ class DockerBackend:
         """Runs whose last follow's stream ended with the wrapper's trailer: nothing was missed."""
         self._refusals_before: dict[str, int] = {}
         """Per run: the device's count of refused forks when the run was first followed."""
+        self._egress: str | None = None
+        """The internal network devices without `network` join (`join_egress`); None: no network at all."""
 
     @property
     def api(self) -> docker.APIClient:
@@ -195,7 +203,7 @@ class DockerBackend:
             mem_limit=f"{spec.memory_mb}m",
             memswap_limit=f"{spec.memory_mb}m",
             nano_cpus=int(spec.cpus * 1e9),
-            network_mode="bridge" if spec.network else "none",
+            network_mode="bridge" if spec.network else self._egress or "none",
             init=True,
             read_only=True,
             mounts=mounts,
@@ -212,6 +220,41 @@ class DockerBackend:
             raise
         self._run_users[spec.device_id] = run_user
         return created["Id"]
+
+    # ------------------------------------------------------------ the model gateway's network
+
+    async def egress_network(self) -> tuple[str, str, str]:
+        """This home's internal network (made if missing): no route out, no traffic between its
+        containers, only the host's address on it, where the model gateway listens. Returns its name,
+        its bridge interface on the host and that address. Devices join it only after `join_egress`."""
+        name, iface = egress_names(self.home)
+
+        def ensure() -> str:
+            try:
+                info = self.api.inspect_network(name)
+            except docker.errors.NotFound:
+                self.api.create_network(name, driver="bridge", internal=True, labels={"agentdock.home": self.home},
+                                        options={"com.docker.network.bridge.enable_icc": "false",
+                                                 "com.docker.network.bridge.name": iface})
+                info = self.api.inspect_network(name)
+            return info["IPAM"]["Config"][0]["Gateway"].split("/")[0]
+
+        return name, iface, await self._call(ensure)
+
+    def join_egress(self, network: str) -> None:
+        """Devices created from now on (without `network`) are on `network` instead of none."""
+        self._egress = network
+
+    async def remove_egress_network(self) -> bool:
+        """Remove this home's internal network if no container is on it; says whether it is gone."""
+        name, _ = egress_names(self.home)
+        try:
+            await self._call(self.api.remove_network, name)
+        except errors.NotFound:
+            pass
+        except (errors.Conflict, errors.SandboxUnavailable):
+            return False  # devices still on it (they outlive the daemon), or Docker is away
+        return True
 
     async def create(self, spec: DeviceSpec) -> DeviceState:
         # The device's main process runs as a user no run shares, so a run cannot signal it (or the

@@ -23,7 +23,7 @@ from engine.settings import Settings
 from mcp_server import areas
 from mcp_server import daemon as daemon_mod
 from mcp_server import http as http_app
-from runtimes import disks, images
+from runtimes import disks, gateway, images
 from runtimes.wiring import docker_engine
 
 os.environ["AGENTDOCK_POOL_SIZE"] = "0"
@@ -89,6 +89,7 @@ def remove_owned_containers(home: Path) -> None:
         v.remove(force=True)
     for device_id in disks.owned(home):  # the workspaces' mounts outlive the daemon
         disks.DeviceDisks.of(home, device_id).remove()
+    gateway.remove_egress(str(home))  # the model gateway's network, once no device is on it
 
 
 def owned_containers(home: Path) -> list[docker.models.containers.Container]:

@@ -79,15 +79,6 @@ class Adapter:
     def argv(self, run: HarnessInput) -> list[str]:
         raise NotImplementedError
 
-    def gateway_env(self, provider: str, base_url: str, placeholder: str) -> dict[str, str]:
-        """The environment that points this runtime at a model gateway for `provider` (`openai`,
-        `anthropic`) at `base_url`, holding only `placeholder` for the credential."""
-        if provider == "openai":
-            return {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": placeholder}
-        if provider == "anthropic":
-            return {"ANTHROPIC_BASE_URL": base_url, "ANTHROPIC_API_KEY": placeholder}
-        return {}
-
     def parse_line(self, line: str) -> Parsed:
         return raw_line(line) if line.strip() else Parsed()
 
@@ -99,6 +90,11 @@ class Adapter:
                 if self.auth_patterns.search(line):
                     return auth_required(self.provider, self.secrets, line.strip())
         return None
+
+    def gateway_env(self, provider: str, base_url: str, placeholder: str) -> dict[str, str]:
+        """`<PROVIDER>_BASE_URL` and `<PROVIDER>_API_KEY`, what the Anthropic and OpenAI SDKs (and most CLIs
+        built on them) read: an adapter whose CLI reads others overrides this."""
+        return {f"{provider.upper()}_BASE_URL": base_url, f"{provider.upper()}_API_KEY": placeholder}
 
     def auth_failure(self, text: str) -> Failure | None:
         """`text` (an error the runtime reported) as an `auth_required` failure, if it is one."""

@@ -45,6 +45,11 @@ FIGURES = {
         rf"workers: {NUM} claim\+complete pairs/s",
         rf"receivers: p50 {NUM} ms, p99 {NUM} ms",
     ],
+    "bench/gateway.py": [
+        rf"direct to the upstream +p50 {NUM} ms +p99 {NUM} ms",
+        rf"through the gateway +p50 {NUM} ms +p99 {NUM} ms",
+        rf"added latency +p50 -?{NUM} ms +p99 -?{NUM} ms",
+    ],
 }
 """Per benchmark, lines it must print, each with its figures (a nan or inf is not a figure)."""
 

@@ -14,7 +14,7 @@ import pytest
 from engine import errors, models
 from engine.callers import ROOT
 from runtimes import disks
-from runtimes.docker_backend import RUNS_DIR, run_uid
+from runtimes.docker_backend import RUNS_DIR, egress_names, run_uid
 from tests.conftest import SMALL, owned_containers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
@@ -53,7 +53,7 @@ async def test_sandbox_container_has_every_security_default_and_the_default_sand
     assert host["PidsLimit"] == 256
     assert host["Memory"] == 512 * MiB
     assert host["NanoCpus"] == 1_000_000_000
-    assert host["NetworkMode"] == "none"
+    assert host["NetworkMode"] == egress_names(str(home))[0]  # only the model gateway answers there
     assert host["Init"] is True
     assert (device.cpus, device.memory_mb, device.pids_limit, device.network) == (1.0, 512, 256, False)
 

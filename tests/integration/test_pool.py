@@ -21,7 +21,7 @@ from engine.callers import ROOT
 from engine.settings import Settings
 from mcp_server import daemon as daemon_mod
 from mcp_server.client import DaemonClient
-from runtimes.docker_backend import KEEPALIVE
+from runtimes.docker_backend import KEEPALIVE, egress_names
 from tests.conftest import SMALL, Daemon
 from tests.integration.test_restart import kill_daemon, settled, wait_for_event
 from mcp_server import areas
@@ -96,7 +96,7 @@ async def test_a_run_without_a_target_is_execd_in_a_pooled_container_that_never_
     assert len(ready) == 2
     for c in ready.values():
         assert c.labels["agentdock.pool"] == engine.pool.default.key and c.labels["agentdock.ephemeral"] == "1"
-        assert "agentdock.run_id" not in c.labels and c.attrs["HostConfig"]["NetworkMode"] == "none"
+        assert "agentdock.run_id" not in c.labels and c.attrs["HostConfig"]["NetworkMode"] == egress_names(str(home))[0]
         assert c.attrs["Config"]["Cmd"] == KEEPALIVE
 
     created = await engine.runs.create(ROOT, models.RunCreate(
