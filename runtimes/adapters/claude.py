@@ -4,6 +4,12 @@
 on stdin. Without a credential the real CLI answers with an assistant message carrying
 `"error": "authentication_failed"` ("Not logged in · Please run /login") and a `result` with
 `is_error: true`, and exits 1; an API key it rejects gives `authentication_failed` too.
+
+Against another endpoint it needs only `ANTHROPIC_BASE_URL` and `ANTHROPIC_API_KEY` (it checks the
+endpoint with `HEAD /api/hello`, then streams `POST /v1/messages`). Each assistant line holds one content
+block (text, or one tool use) with a partial usage; the token usage of the whole run is the `result`'s.
+Its telemetry, error reports, update checks and other side traffic are turned off (`QUIET`): a sandbox
+without the internet would otherwise wait on them.
 """
 
 from __future__ import annotations
@@ -13,8 +19,11 @@ import re
 from typing import Any
 
 from engine.ports import EventDraft, HarnessInput, Parsed
-from runtimes.adapters.base import (StructuredAdapter, as_dict, as_list, as_str, summarize, text_of,
-                                    truncate)
+from runtimes.adapters.base import (StructuredAdapter, as_dict, as_list, as_str, summarize, text_of, tokens,
+                                    truncate, with_env)
+
+QUIET = {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
+         "DISABLE_AUTOUPDATER": "1", "DISABLE_BUG_COMMAND": "1", "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1"}
 
 
 class ClaudeCodeAdapter(StructuredAdapter):
@@ -30,7 +39,7 @@ class ClaudeCodeAdapter(StructuredAdapter):
         argv = ["claude", "-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions"]
         if run.model:
             argv += ["--model", run.model]
-        return argv
+        return with_env(QUIET, argv)
 
     def parse_object(self, obj: dict[str, Any]) -> Parsed:
         kind = obj.get("type")
@@ -96,6 +105,11 @@ class ClaudeCodeAdapter(StructuredAdapter):
         errors = [e for e in as_list(obj.get("errors")) if isinstance(e, str)]
         if errors:
             payload["errors"] = errors
+        usage = as_dict(obj.get("usage"))
+        used = tokens(usage.get("input_tokens"), usage.get("output_tokens"), usage.get("cache_read_input_tokens"),
+                      usage.get("cache_creation_input_tokens"))
+        if used:
+            payload["usage"] = used
         turns = obj.get("num_turns")
         message = f"Run failed ({subtype})" if is_error else "Run finished"
         if isinstance(turns, int):
