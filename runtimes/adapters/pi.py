@@ -11,8 +11,10 @@ Pi does not read `ANTHROPIC_BASE_URL`: its Anthropic endpoint is the model's `ba
 one for the run (`{"providers": {"anthropic": {"baseUrl": ...}}}`) into a directory of its own and points
 `PI_CODING_AGENT_DIR` there, and pi works with the same two variables as claude (`ANTHROPIC_BASE_URL`,
 `ANTHROPIC_API_KEY`). Its startup network calls (version check, tool downloads) and install telemetry
-are turned off (`PI_OFFLINE`, `PI_TELEMETRY`). Usage: each assistant message's `usage`, summed over the
-run's messages in `agent_end`.
+are turned off (`PI_OFFLINE`, `PI_TELEMETRY`). In `--mode json` pi exits 0 even when the model call
+failed (a refused key: a `message_end` with `stopReason: "error"` and `errorMessage: "401 {...}"`), so
+the command line passes its stream through `awk` and exits 1 when the last assistant message failed.
+Usage: each assistant message's `usage`, summed over the run's messages in `agent_end`.
 """
 
 from __future__ import annotations
@@ -26,16 +28,23 @@ from runtimes.adapters.base import (StructuredAdapter, as_dict, as_list, as_str,
                                     truncate)
 
 LAUNCH = r"""export PI_OFFLINE=1 PI_TELEMETRY=0
-if [ -z "${ANTHROPIC_BASE_URL:-}" ]; then exec "$@"; fi
 dir="$(mktemp -d)" || exit 1
-url="$(printf %s "$ANTHROPIC_BASE_URL" | sed 's/[\\"]/\\&/g')"
-printf '{"providers": {"anthropic": {"baseUrl": "%s"}}}\n' "$url" > "$dir/models.json"
-PI_CODING_AGENT_DIR="$dir" "$@"
-code=$?
+if [ -n "${ANTHROPIC_BASE_URL:-}" ]; then
+  mkdir "$dir/agent" && export PI_CODING_AGENT_DIR="$dir/agent"
+  url="$(printf %s "$ANTHROPIC_BASE_URL" | sed 's/[\\"]/\\&/g')"
+  printf '{"providers": {"anthropic": {"baseUrl": "%s"}}}\n' "$url" > "$dir/agent/models.json"
+fi
+{ "$@"; echo "$?" > "$dir/exit"; } | awk '{ print; fflush() }
+  /^\{"type":"message_end","message":\{"role":"assistant"/ { failed = /"stopReason":"(error|aborted)"/ }
+  END { exit failed }'
+failed=$?
+code="$(cat "$dir/exit" 2>/dev/null || echo 1)"
 rm -rf "$dir"
-exit $code
+[ "$code" = 0 ] || exit "$code"
+exit "$failed"
 """
-"""Pi's command line behind `sh -c`: quiet, and pointed at `ANTHROPIC_BASE_URL` when that is set."""
+"""Pi's command line behind `sh -c`: quiet, pointed at `ANTHROPIC_BASE_URL` when that is set, and
+exiting 1 when its last assistant message failed (in `--mode json` pi itself exits 0 then)."""
 
 
 class PiAdapter(StructuredAdapter):

@@ -1,7 +1,8 @@
 """The real claude and pi complete a task in a real sandbox of the agents image, against the scripted
 Anthropic Messages API (tests/provider/anthropic.py): some text, a tool call that writes a file, then the
 final answer. The run succeeds with that answer as its output, the file is in the workspace, and the
-events carry the CLI's messages, its tool use and result, and the token usage the server reported.
+events carry the CLI's messages, its tool use and result, and the token usage the server reported. A key
+the API refuses ends the run `auth_required`.
 
 How a run reaches the model is in one place, `model_route`: today straight to the scripted server over
 the Docker bridge with the key as a stored secret; through the model gateway, only it changes."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import closing
+from dataclasses import replace
 from typing import Any
 
 import docker
@@ -87,3 +89,18 @@ async def test_a_real_cli_completes_the_scripted_task_with_its_events_and_usage(
 
     written = await real.run_in(engine, device.id, prompt="read", command=f"cat {SCRIPT.path}")
     assert (written.status, written.output) == ("succeeded", SCRIPT.content), written
+
+
+@pytest.mark.parametrize("provider", ["claude-code", "pi"])
+async def test_a_real_cli_whose_key_the_api_refuses_fails_auth_required(engine, provider):
+    server = ScriptedAnthropic(replace(SCRIPT, key="sk-ant-another-key"))
+    with server.serving("0.0.0.0") as port:
+        device_fields, run_fields = model_route(engine, port)
+        # claude retries a 401 ten times (minutes, with its backoff); here once is enough
+        env = {**run_fields.pop("env", {}), "CLAUDE_CODE_MAX_RETRIES": "0"}
+        device = await engine.devices.create(ROOT, device_fields)
+        done = await real.run_in(engine, device.id, prompt="Write notes.txt.", provider=provider, timeout=120,
+                                 env=env, **run_fields)
+    assert (done.status, done.failure_kind) == ("failed", "auth_required"), done
+    assert "agentdock secrets set ANTHROPIC_API_KEY" in (done.error or "")
+    assert server.seen and {s.answered for s in server.seen} == {"refused"}

@@ -5,6 +5,7 @@ same answer: a request offering a file-writing tool (claude's `Write`, pi's `wri
 tool result yet gets some text and one call of that tool; once a tool result is in the messages, the
 final answer. Any other request (a title or summary with a small model, no tools) gets a short text;
 `/v1/messages/count_tokens` a count; anything else is answered (GET/HEAD: 200, else 404) and recorded.
+With `Script.key` set, a message request carrying another key is refused as the API does (401).
 Every request is kept in `seen`, for assertions on the key and the tools a CLI sent.
 
 Both the streaming (SSE: message_start, content_block_start/delta/stop, message_delta with the stop
@@ -46,6 +47,8 @@ class Script:
     answer: str = "Done: the file is written."
     side: str = "Scripted task"
     """What a request outside the task (a title, a summary) is answered."""
+    key: str | None = None
+    """The only API key accepted, when set: a message request with another gets the API's 401."""
 
 
 @dataclass
@@ -128,6 +131,10 @@ class ScriptedAnthropic:
 
     async def _messages(self, request: Request) -> Response:
         seen = await self._record(request)
+        if self.script.key is not None and seen.api_key != self.script.key:
+            seen.answered = "refused"
+            return JSONResponse({"type": "error", "error": {"type": "authentication_error",
+                                                            "message": "invalid x-api-key"}}, status_code=401)
         body = seen.body if isinstance(seen.body, dict) else {}
         tool = write_tool(body.get("tools"))
         blocks: list[dict[str, Any]]

@@ -128,6 +128,24 @@ def test_pi_argv_is_print_mode_json_reading_the_prompt_from_stdin_behind_its_set
     assert argv[3:] == ["pi", "pi", "-p", "--mode", "json", "--no-session", "--model", "anthropic/claude-sonnet-4-5"]
 
 
+@pytest.mark.parametrize(("printed", "exit_code", "expected"), [
+    (['{"type":"message_end","message":{"role":"assistant","content":[],"stopReason":"error","errorMessage":"401"}}'],
+     0, 1),
+    (['{"type":"message_end","message":{"role":"assistant","content":[],"stopReason":"error"}}',
+      '{"type":"message_end","message":{"role":"assistant","content":[],"stopReason":"stop"}}'], 0, 0),
+    (['{"type":"message_end","message":{"role":"assistant","content":[{"type":"text","text":"\\"stopReason\\":\\"error\\""}],'
+      '"stopReason":"stop"}}'], 0, 0),
+    ([], 3, 3),
+])
+def test_pi_setup_exits_1_when_the_last_assistant_message_failed(printed, exit_code, expected) -> None:
+    """pi --mode json exits 0 after a failed model call; its setup reads the stream it passes on."""
+    argv = get("pi").argv(run_input())
+    script = "".join(f"echo '{line}'; " for line in printed) + f"exit {exit_code}"
+    done = subprocess.run([*argv[:4], "sh", "-c", script], capture_output=True, text=True, timeout=20,
+                          env={"PATH": "/usr/bin:/bin"})
+    assert (done.returncode, done.stdout.splitlines()) == (expected, printed), done.stderr
+
+
 @pytest.mark.parametrize("base_url", [None, 'http://gw:8080/v1/"odd\\path'])
 def test_pi_setup_points_pi_at_anthropic_base_url_through_a_models_json_of_the_run(tmp_path, base_url) -> None:
     """Pi reads no ANTHROPIC_BASE_URL; its setup writes the override pi reads, and removes it after."""
