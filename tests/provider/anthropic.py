@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -186,7 +187,7 @@ class ScriptedAnthropic:
             while not server.started:
                 if not thread.is_alive():
                     raise RuntimeError("the scripted Anthropic server did not start")
-                threading.Event().wait(0.02)
+                time.sleep(0.02)
             yield server.servers[0].sockets[0].getsockname()[1]
         finally:
             server.should_exit = True
