@@ -40,12 +40,13 @@ def settings(home, agents_image: str) -> Settings:
 @pytest.fixture
 def scripted() -> Iterator[tuple[ScriptedAnthropic, int]]:
     server = ScriptedAnthropic(SCRIPT)
-    with server.serving("0.0.0.0") as port:
+    with server.serving(bridge_host()) as port:
         yield server, port
 
 
 def bridge_host() -> str:
-    """The host's address on Docker's default bridge: where a sandbox with `network: true` finds it."""
+    """The host's address on Docker's default bridge: where a sandbox with `network: true` finds the
+    scripted server (bound there only, not on every interface)."""
     with closing(docker.from_env()) as api:
         return api.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
 
@@ -94,7 +95,7 @@ async def test_a_real_cli_completes_the_scripted_task_with_its_events_and_usage(
 @pytest.mark.parametrize("provider", ["claude-code", "pi"])
 async def test_a_real_cli_whose_key_the_api_refuses_fails_auth_required(engine, provider):
     server = ScriptedAnthropic(replace(SCRIPT, key="sk-ant-another-key"))
-    with server.serving("0.0.0.0") as port:
+    with server.serving(bridge_host()) as port:
         device_fields, run_fields = model_route(engine, port)
         # claude retries a 401 ten times (minutes, with its backoff); here once is enough
         env = {**run_fields.pop("env", {}), "CLAUDE_CODE_MAX_RETRIES": "0"}

@@ -178,7 +178,7 @@ class ScriptedAnthropic:
                             status_code=404)
 
     @contextmanager
-    def serving(self, host: str = "0.0.0.0") -> Iterator[int]:
+    def serving(self, host: str = "127.0.0.1") -> Iterator[int]:
         """Serve on a free port of `host` in a thread; yields the port."""
         server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=0, log_level="warning", lifespan="off"))
         thread = threading.Thread(target=server.run, name="scripted-anthropic", daemon=True)
