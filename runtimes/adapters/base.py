@@ -55,6 +55,19 @@ def text_of(content: Any) -> str:
     return "\n".join(part for part in parts if part)
 
 
+def tokens(input_tokens: Any, output_tokens: Any, cache_read: Any = None, cache_write: Any = None) -> dict[str, int]:
+    """A model's token usage in one shape for every adapter (the integer figures it gave; others left out)."""
+    figures = {"input_tokens": input_tokens, "output_tokens": output_tokens,
+               "cache_read_tokens": cache_read, "cache_write_tokens": cache_write}
+    return {k: v for k, v in figures.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def with_env(env: dict[str, str], argv: list[str]) -> list[str]:
+    """`argv` started by `env` with `env` added: a runtime's own settings (no telemetry, say), which win
+    over a device's or a run's environment."""
+    return ["env", *(f"{k}={v}" for k, v in env.items()), *argv]
+
+
 def auth_required(provider: str, secrets: tuple[str, ...], said: str) -> Failure:
     """The failure of a run whose runtime had no credential, or had one refused: which secret to set."""
     first = secrets[0] if secrets else "API_KEY"

@@ -1,5 +1,6 @@
 """The adapters' failure classification, fed what the real CLIs printed on this machine without a
-credential (claude-code 2.1.332, pi 0.73.1, hermes-agent 0.19.0; lines trimmed of unrelated fields)."""
+credential, or with a key the (scripted) API refused with a 401 (claude-code 2.1.332, pi 0.73.1,
+hermes-agent 0.19.0; lines trimmed of unrelated fields)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,15 @@ CLAUDE_NO_CREDENTIAL = [
     '{"type":"system","subtype":"init","cwd":"/workspace","session_id":"ae75","tools":["Bash"],"model":"claude-opus-5-5","apiKeySource":"none","claude_code_version":"2.1.332"}',
     '{"type":"assistant","message":{"id":"ddd9","model":"<synthetic>","role":"assistant","stop_reason":"stop_sequence","type":"message","content":[{"type":"text","text":"Not logged in · Please run /login"}]},"parent_tool_use_id":null,"session_id":"ae75","error":"authentication_failed","is_api_error_message":true}',
     '{"duration_api_ms":0,"stop_reason":"stop_sequence","session_id":"ae75","total_cost_usd":0,"permission_denials":[],"terminal_reason":"api_error","is_error":true,"num_turns":1,"subtype":"success","result":"Not logged in · Please run /login","type":"result","duration_ms":141}',
+]
+CLAUDE_REFUSED_KEY = [
+    '{"type":"system","subtype":"api_retry","attempt":1,"max_retries":10,"retry_delay_ms":609,"error_status":401,"error":"authentication_failed","session_id":"5c3a"}',
+    '{"type":"assistant","message":{"id":"27f4","model":"<synthetic>","role":"assistant","stop_reason":"stop_sequence","type":"message","content":[{"type":"text","text":"Invalid API key · Fix external API key"}]},"session_id":"5c3a","error":"authentication_failed"}',
+    '{"duration_api_ms":0,"stop_reason":"stop_sequence","session_id":"5c3a","total_cost_usd":0,"is_error":true,"num_turns":1,"subtype":"success","api_error_status":401,"result":"Invalid API key · Fix external API key","type":"result","terminal_reason":"api_error"}',
+]
+PI_REFUSED_KEY = [
+    '{"type":"message_end","message":{"role":"assistant","content":[],"api":"anthropic-messages","provider":"anthropic","model":"claude-opus-4-7","usage":{"input":0,"output":0,"cacheRead":0,"cacheWrite":0,"totalTokens":0},"stopReason":"error","errorMessage":"401 {\\"type\\":\\"error\\",\\"error\\":{\\"type\\":\\"authentication_error\\",\\"message\\":\\"invalid x-api-key\\"}}"}}',
+    '{"type":"agent_end","messages":[{"role":"user","content":[{"type":"text","text":"go"}]},{"role":"assistant","content":[],"usage":{"input":0,"output":0,"cacheRead":0,"cacheWrite":0},"stopReason":"error"}]}',
 ]
 PI_NO_KEY = ("No API key found for the selected model.\n\nUse /login to log into a provider via OAuth or API key. See:\n"
              "  /opt/agentdock/pi/node_modules/@mariozechner/pi-coding-agent/docs/providers.md\n")
@@ -35,6 +45,23 @@ def test_claude_not_logged_in_is_auth_required_naming_anthropic_api_key() -> Non
     assert failure is not None and failure.kind == "auth_required"
     assert "agentdock secrets set ANTHROPIC_API_KEY" in failure.message and "Not logged in" in failure.message
     assert output == "Not logged in · Please run /login"
+
+
+def test_claude_refused_key_is_auth_required_and_each_retry_an_error_event() -> None:
+    retry = get("claude-code").parse_line(CLAUDE_REFUSED_KEY[0])
+    assert [(e.type, e.payload["error"], e.payload["status"], e.payload["attempt"]) for e in retry.events] == [
+        ("message", True, 401, 1)]
+    hint, output = fold_failure("claude-code", CLAUDE_REFUSED_KEY)
+    failure = get("claude-code").classify(1, "", hint)
+    assert failure is not None and failure.kind == "auth_required" and "Invalid API key" in failure.message
+    assert output == "Invalid API key · Fix external API key"
+
+
+def test_pi_refused_key_in_its_last_message_is_auth_required() -> None:
+    hint, output = fold_failure("pi", PI_REFUSED_KEY)
+    failure = get("pi").classify(1, "", hint)
+    assert failure is not None and failure.kind == "auth_required" and "invalid x-api-key" in failure.message
+    assert output is None
 
 
 def test_pi_and_hermes_no_key_on_stderr_is_auth_required() -> None:

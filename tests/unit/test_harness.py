@@ -37,8 +37,10 @@ def fold(h: Harness, lines: list[str]) -> tuple[list[EventDraft], str | None]:
 def run_fake(h: Harness, prompt: str, *, model: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run the harness's own argv against the fake CLI of the same name, prompt on stdin."""
     argv = h.argv(run_input(prompt, model=model))
-    if argv[:2] == ["sh", "-c"]:  # behind the adapter's credential check: what it execs
+    if argv[:2] == ["sh", "-c"]:  # behind the adapter's credential check or setup: what it execs
         argv = argv[4:]
+    while argv[0] == "env" or "=" in argv[0]:  # after the runtime's own environment
+        argv = argv[1:]
     assert h.binary is not None and argv[0] == h.binary
     shell = [SH, "sh"] if SH.endswith("busybox") else [SH]
     return subprocess.run(
@@ -77,17 +79,23 @@ def test_custom_without_a_command_is_refused() -> None:
         get("custom").argv(run_input())
 
 
-def test_claude_argv_is_headless_stream_json_with_the_prompt_on_stdin() -> None:
+QUIET_CLAUDE = ["env", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1", "DISABLE_TELEMETRY=1", "DISABLE_ERROR_REPORTING=1",
+                "DISABLE_AUTOUPDATER=1", "DISABLE_BUG_COMMAND=1", "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY=1"]
+
+
+def test_claude_argv_is_headless_stream_json_with_the_prompt_on_stdin_and_no_side_traffic() -> None:
     for name in ("claude-code", "claude"):
         h = get(name)
         assert h.binary == "claude" and h.structured is True
         argv = h.argv(run_input("do not put me on the command line"))
-        assert argv == ["claude", "-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions"]
+        assert argv == [*QUIET_CLAUDE, "claude", "-p", "--output-format", "stream-json", "--verbose",
+                        "--dangerously-skip-permissions"]
 
 
 def test_claude_argv_passes_the_model_flag_when_a_model_is_set() -> None:
     argv = get("claude-code").argv(run_input(model="opus"))
-    assert argv == ["claude", "-p", "--output-format", "stream-json", "--verbose", "--dangerously-skip-permissions", "--model", "opus"]
+    assert argv == [*QUIET_CLAUDE, "claude", "-p", "--output-format", "stream-json", "--verbose",
+                    "--dangerously-skip-permissions", "--model", "opus"]
 
 
 def test_codex_argv_is_exec_json_reading_the_prompt_from_stdin_behind_a_credential_check() -> None:
@@ -112,11 +120,50 @@ def test_osa_without_a_template_runs_its_binary_with_the_prompt_on_stdin() -> No
     assert h.argv(run_input(model="m")) == ["osa"]
 
 
-def test_pi_argv_is_print_mode_json_reading_the_prompt_from_stdin() -> None:
+def test_pi_argv_is_print_mode_json_reading_the_prompt_from_stdin_behind_its_setup() -> None:
     h = get("pi")
     assert h.binary == "pi" and h.structured is True
-    assert h.argv(run_input("do not put me on the command line", model="anthropic/claude-sonnet-4-5")) == [
-        "pi", "-p", "--mode", "json", "--no-session", "--model", "anthropic/claude-sonnet-4-5"]
+    argv = h.argv(run_input("do not put me on the command line", model="anthropic/claude-sonnet-4-5"))
+    assert argv[:2] == ["sh", "-c"] and "PI_OFFLINE=1" in argv[2]
+    assert argv[3:] == ["pi", "pi", "-p", "--mode", "json", "--no-session", "--model", "anthropic/claude-sonnet-4-5"]
+
+
+@pytest.mark.parametrize(("printed", "exit_code", "expected"), [
+    (['{"type":"message_end","message":{"role":"assistant","content":[],"stopReason":"error","errorMessage":"401"}}'],
+     0, 1),
+    (['{"type":"message_end","message":{"role":"assistant","content":[],"stopReason":"error"}}',
+      '{"type":"message_end","message":{"role":"assistant","content":[],"stopReason":"stop"}}'], 0, 0),
+    (['{"type":"message_end","message":{"role":"assistant","content":[{"type":"text","text":"\\"stopReason\\":\\"error\\""}],'
+      '"stopReason":"stop"}}'], 0, 0),
+    ([], 3, 3),
+])
+def test_pi_setup_exits_1_when_the_last_assistant_message_failed(printed, exit_code, expected) -> None:
+    """pi --mode json exits 0 after a failed model call; its setup reads the stream it passes on."""
+    argv = get("pi").argv(run_input())
+    script = "".join(f"echo '{line}'; " for line in printed) + f"exit {exit_code}"
+    done = subprocess.run([*argv[:4], "sh", "-c", script], capture_output=True, text=True, timeout=20,
+                          env={"PATH": "/usr/bin:/bin"})
+    assert (done.returncode, done.stdout.splitlines()) == (expected, printed), done.stderr
+
+
+@pytest.mark.parametrize("base_url", [None, 'http://gw:8080/v1/"odd\\path'])
+def test_pi_setup_points_pi_at_anthropic_base_url_through_a_models_json_of_the_run(tmp_path, base_url) -> None:
+    """Pi reads no ANTHROPIC_BASE_URL; its setup writes the override pi reads, and removes it after."""
+    argv = get("pi").argv(run_input())
+    probe = ('echo "offline=$PI_OFFLINE telemetry=$PI_TELEMETRY"; '
+             '[ -z "${PI_CODING_AGENT_DIR:-}" ] || { cat "$PI_CODING_AGENT_DIR/models.json"; '
+             'echo "$PI_CODING_AGENT_DIR" > "$0"; }; exit 7')
+    env = {"PATH": "/usr/bin:/bin", **({"ANTHROPIC_BASE_URL": base_url} if base_url else {})}
+    done = subprocess.run([*argv[:3], str(tmp_path / "dir"), "sh", "-c", probe, str(tmp_path / "dir")],
+                          capture_output=True, text=True, timeout=20, env=env)
+    assert done.returncode == 7, done.stderr
+    first, _, rest = done.stdout.partition("\n")
+    assert first == "offline=1 telemetry=0"
+    if base_url is None:
+        assert rest == ""
+    else:
+        assert json.loads(rest) == {"providers": {"anthropic": {"baseUrl": base_url}}}
+        assert not Path((tmp_path / "dir").read_text().strip()).exists()
 
 
 def test_hermes_argv_is_one_shot_with_the_prompt_as_one_option_value_then_reads_its_session() -> None:
