@@ -1,7 +1,8 @@
 """The real OpenAI-speaking CLIs (codex, hermes) complete a task in real Docker against the scripted
 provider (tests/provider/openai.py): text, a tool call that writes a file, a final answer. The run
-ends succeeded with the final answer as its output, the file is in the workspace, the provider saw
-only the placeholder key, and the events carry the CLI's messages, tool use and token usage."""
+ends succeeded with the final answer as its output, the file is in the workspace, and the events carry
+the CLI's messages, tool use and token usage. The run reaches the provider only through the model
+gateway: its sandbox has no network, it holds a placeholder, and the gateway puts the stored key on."""
 
 from __future__ import annotations
 
@@ -10,52 +11,50 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from engine import models
 from engine.callers import ROOT
 from engine.settings import Settings
-from runtimes import adapters
 from tests.integration import test_real_clis
 from tests.integration.test_real_clis import run_in
 from tests.provider.openai import USAGE, ScriptedOpenAI, serve
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
-PLACEHOLDER = "agentdock-placeholder-key"
+KEY = "sk-openai-scripted-0123456789abcdef"
 agents_image = test_real_clis.agents_image  # the fixture: the image, built (cached) on demand
 MODEL = "scripted-model"  # not in the CLIs' catalogs: codex's default model needs its code-mode host
 PROMPT = "Write the proof file, then say what you did."
 
 
 @pytest.fixture
-def settings(home: Path, agents_image: str) -> Settings:
-    return Settings(home=home, image=agents_image, cancel_grace_seconds=1.0)
-
-
-@pytest.fixture
 def provider() -> Iterator[tuple[ScriptedOpenAI, int]]:
     scripted = ScriptedOpenAI()
-    with serve(scripted.app) as port:
+    with serve(scripted.app, "127.0.0.1") as port:  # the gateway calls it from the host
         yield scripted, port
 
 
-def model_env(runtime: str, port: int) -> dict[str, str]:
-    """Where a run's CLI finds its model, and the only credential it holds: for now the scripted
-    provider itself, reached on the Docker bridge (a model gateway will stand here)."""
-    bridge = docker.from_env().networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
-    return adapters.get(runtime).gateway_env("openai", f"http://{bridge}:{port}/v1", PLACEHOLDER)
+@pytest.fixture
+def settings(home: Path, agents_image: str, provider: tuple[ScriptedOpenAI, int]) -> Settings:
+    return Settings(home=home, image=agents_image, cancel_grace_seconds=1.0,
+                    gateway_upstreams=f"openai=http://127.0.0.1:{provider[1]}")
 
 
-async def run_task(engine: Any, runtime: str, port: int) -> tuple[models.Run, list[models.RunEvent], str]:
-    """The scripted task run by `runtime` in a fresh networked sandbox: the run, its events, and the
-    file it wrote, read back by a second run in the same workspace."""
-    device = await engine.devices.create(ROOT, models.DeviceCreate(network=True))
+async def run_task(engine: Any, runtime: str) -> tuple[models.Run, list[models.RunEvent], str]:
+    """The scripted task run by `runtime` in a fresh sandbox without a network, given the provider's key
+    as a stored secret (so through the gateway): the run, its events, and the file it wrote, read back
+    by a second run in the same workspace."""
+    engine.secrets.set("OPENAI_API_KEY", KEY.encode())
+    device = await engine.devices.create(ROOT, models.DeviceCreate())
     done = await run_in(engine, device.id, prompt=PROMPT, provider=runtime, model=MODEL,
-                        env=model_env(runtime, port), timeout=110)
+                        secrets=["OPENAI_API_KEY"], timeout=110)
     events = (await engine.runs.events(ROOT, done.id, models.EventsQuery(limit=1000))).data
     proof = await run_in(engine, device.id, prompt="read", command="cat agentdock-proof.txt")
     assert proof.status == "succeeded", (proof.failure_kind, proof.stderr, done.status, done.stderr[-2000:])
+    assert KEY not in done.model_dump_json() + "".join(e.model_dump_json() for e in events)
+    # Every request through the gateway counts (hermes also probes endpoints the scripted server 404s).
+    assert done.model_requests >= 2 and (done.input_tokens, done.output_tokens) == (
+        2 * USAGE["input"], 2 * USAGE["output"]), [e.payload for e in events if e.type == "model_request"]
     return done, events, proof.output
 
 
@@ -64,14 +63,14 @@ def of_type(events: list[models.RunEvent], kind: str) -> list[dict[str, Any]]:
 
 
 async def test_real_codex_completes_the_scripted_task(engine, provider):
-    scripted, port = provider
-    done, events, written = await run_task(engine, "codex", port)
+    scripted, _ = provider
+    done, events, written = await run_task(engine, "codex")
     assert done.status == "succeeded", (done, [r.stage for r in scripted.requests])
     assert done.output == scripted.script.final
     assert written == scripted.script.content
     turns = [r for r in scripted.requests if r.stage != "side"]
     assert [(r.api, r.stage, r.key, r.model, r.stream) for r in turns] == [
-        ("responses", "act", PLACEHOLDER, MODEL, True), ("responses", "final", PLACEHOLDER, MODEL, True)]
+        ("responses", "act", KEY, MODEL, True), ("responses", "final", KEY, MODEL, True)]
     assert turns[0].call == "exec_command"
     assert json.loads(turns[0].body["client_metadata"]["x-codex-turn-metadata"])["analytics_enabled"] is False
     texts = [p["text"] for p in of_type(events, "message") if not p.get("error") and "text" in p]
@@ -84,14 +83,14 @@ async def test_real_codex_completes_the_scripted_task(engine, provider):
 
 
 async def test_real_hermes_completes_the_scripted_task(engine, provider):
-    scripted, port = provider
-    done, events, written = await run_task(engine, "hermes", port)
+    scripted, _ = provider
+    done, events, written = await run_task(engine, "hermes")
     assert done.status == "succeeded", (done, [r.stage for r in scripted.requests])
     assert done.output.strip() == scripted.script.final
     assert written == scripted.script.content
     turns = [r for r in scripted.requests if r.stage != "side"]
     assert [(r.api, r.stage, r.key, r.model, r.stream) for r in turns] == [
-        ("chat", "act", PLACEHOLDER, MODEL, True), ("chat", "final", PLACEHOLDER, MODEL, True)]
+        ("chat", "act", KEY, MODEL, True), ("chat", "final", KEY, MODEL, True)]
     assert turns[0].call == "write_file"
     assert turns[1].body["stream_options"] == {"include_usage": True}
     texts = [p["text"] for p in of_type(events, "message") if "text" in p]
