@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import secrets as pysecrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -236,7 +237,7 @@ async def test_a_run_resumed_after_a_kill_9_of_the_daemon_still_reaches_its_prov
             await anyio.sleep(0.05)
     gw_daemon.start()
     [container] = [c for c in owned_containers(gw_daemon.settings.home) if c.labels.get("agentdock.run_id") == run.id]
-    assert container.exec_run(["touch", "/tmp/go"]).exit_code == 0
+    assert container.exec_run(["touch", "/tmp/go"], user="0").exit_code == 0
 
     done = await settled(gw_daemon, run.id)
     assert (done.status, done.output, done.model_requests) == ("succeeded", "waiting\nhello\n", 1), done
@@ -245,7 +246,12 @@ async def test_a_run_resumed_after_a_kill_9_of_the_daemon_still_reaches_its_prov
 
 
 async def test_without_a_firewall_devices_get_no_network_and_a_run_given_a_providers_key_is_refused(home, monkeypatch):
-    monkeypatch.setenv("PATH", str(home))  # no iptables: the gateway cannot keep the host's other ports out
+    # No iptables (the gateway cannot keep the host's other ports out); what the devices' disks need stays.
+    tools = home / "bin"
+    tools.mkdir()
+    for name in ("mkfs.ext4", "mount", "umount"):
+        (tools / name).symlink_to(shutil.which(name))
+    monkeypatch.setenv("PATH", str(tools))
     settings = Settings(home=home, image=FULL)
     async with docker_engine(settings).running() as engine:
         engine.secrets.set("ANTHROPIC_API_KEY", REAL.encode())
