@@ -4,17 +4,17 @@ final answer. The run succeeds with that answer as its output, the file is in th
 events carry the CLI's messages, its tool use and result, and the token usage the server reported. A key
 the API refuses ends the run `auth_required`.
 
-How a run reaches the model is in one place, `model_route`: today straight to the scripted server over
-the Docker bridge with the key as a stored secret; through the model gateway, only it changes."""
+The run reaches the model only through the model gateway: its sandbox has no network, it holds a
+placeholder and the gateway's base URL, and the gateway puts the stored key on (the scripted server sees
+the real key; the run, its events and its environment never do)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import closing
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 
 from engine import models
@@ -33,36 +33,29 @@ WRITE_TOOL = {"claude-code": ("Write", "file_path"), "pi": ("write", "path")}
 
 
 @pytest.fixture
-def settings(home, agents_image: str) -> Settings:
-    return Settings(home=home, image=agents_image, cancel_grace_seconds=1.0)
-
-
-@pytest.fixture
 def scripted() -> Iterator[tuple[ScriptedAnthropic, int]]:
     server = ScriptedAnthropic(SCRIPT)
-    with server.serving(bridge_host()) as port:
+    with server.serving("127.0.0.1") as port:  # the gateway calls it from the host
         yield server, port
 
 
-def bridge_host() -> str:
-    """The host's address on Docker's default bridge: where a sandbox with `network: true` finds the
-    scripted server (bound there only, not on every interface)."""
-    with closing(docker.from_env()) as api:
-        return api.networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+@pytest.fixture
+def settings(home: Path, agents_image: str, scripted: tuple[ScriptedAnthropic, int]) -> Settings:
+    return Settings(home=home, image=agents_image, cancel_grace_seconds=1.0,
+                    gateway_upstreams=f"anthropic=http://127.0.0.1:{scripted[1]}")
 
 
-def model_route(engine: Any, port: int) -> tuple[models.DeviceCreate, dict[str, Any]]:
-    """The device and the run fields through which a run reaches the model (the scripted server on
-    `port`): ANTHROPIC_BASE_URL, and the key as a stored secret ANTHROPIC_API_KEY."""
+def model_route(engine: Any) -> tuple[models.DeviceCreate, dict[str, Any]]:
+    """The device and the run fields through which a run reaches the model: a sandbox without a network,
+    and the key as a stored secret ANTHROPIC_API_KEY (so the run goes through the gateway)."""
     engine.secrets.set("ANTHROPIC_API_KEY", KEY.encode())
-    return models.DeviceCreate(network=True), {"env": {"ANTHROPIC_BASE_URL": f"http://{bridge_host()}:{port}"},
-                                               "secrets": ["ANTHROPIC_API_KEY"]}
+    return models.DeviceCreate(), {"secrets": ["ANTHROPIC_API_KEY"]}
 
 
 @pytest.mark.parametrize("provider", ["claude-code", "pi"])
 async def test_a_real_cli_completes_the_scripted_task_with_its_events_and_usage(engine, scripted, provider):
-    server, port = scripted
-    device_fields, run_fields = model_route(engine, port)
+    server, _ = scripted
+    device_fields, run_fields = model_route(engine)
     device = await engine.devices.create(ROOT, device_fields)
     done = await real.run_in(engine, device.id, prompt="Write notes.txt with two lines.", provider=provider,
                              timeout=120, **run_fields)
@@ -86,6 +79,8 @@ async def test_a_real_cli_completes_the_scripted_task_with_its_events_and_usage(
     assert final.payload["usage"] == {"input_tokens": turns * MAIN_USAGE["input_tokens"],
                                       "output_tokens": turns * MAIN_USAGE["output_tokens"],
                                       "cache_read_tokens": 0, "cache_write_tokens": 0}, final.payload
+    assert (done.model_requests, done.input_tokens, done.output_tokens) == (
+        turns, turns * MAIN_USAGE["input_tokens"], turns * MAIN_USAGE["output_tokens"]), "counted by the gateway"
     assert KEY not in done.model_dump_json() and not [e for e in evs if KEY in e.model_dump_json()]
 
     written = await real.run_in(engine, device.id, prompt="read", command=f"cat {SCRIPT.path}")
@@ -93,15 +88,14 @@ async def test_a_real_cli_completes_the_scripted_task_with_its_events_and_usage(
 
 
 @pytest.mark.parametrize("provider", ["claude-code", "pi"])
-async def test_a_real_cli_whose_key_the_api_refuses_fails_auth_required(engine, provider):
-    server = ScriptedAnthropic(replace(SCRIPT, key="sk-ant-another-key"))
-    with server.serving(bridge_host()) as port:
-        device_fields, run_fields = model_route(engine, port)
-        # claude retries a 401 ten times (minutes, with its backoff); here once is enough
-        env = {**run_fields.pop("env", {}), "CLAUDE_CODE_MAX_RETRIES": "0"}
-        device = await engine.devices.create(ROOT, device_fields)
-        done = await real.run_in(engine, device.id, prompt="Write notes.txt.", provider=provider, timeout=120,
-                                 env=env, **run_fields)
+async def test_a_real_cli_whose_key_the_api_refuses_fails_auth_required(engine, scripted, provider):
+    server, _ = scripted
+    server.script = replace(SCRIPT, key="sk-ant-another-key")  # the stored key is not the one it takes
+    device_fields, run_fields = model_route(engine)
+    # claude retries a 401 ten times (minutes, with its backoff); here once is enough
+    device = await engine.devices.create(ROOT, device_fields)
+    done = await real.run_in(engine, device.id, prompt="Write notes.txt.", provider=provider, timeout=120,
+                             env={"CLAUDE_CODE_MAX_RETRIES": "0"}, **run_fields)
     assert (done.status, done.failure_kind) == ("failed", "auth_required"), done
     assert "agentdock secrets set ANTHROPIC_API_KEY" in (done.error or "")
     assert server.seen and {s.answered for s in server.seen} == {"refused"}

@@ -407,7 +407,8 @@ STRUCTURED = {
     # provider -> (event types the fake's session maps to, in order; the raw line that echoes the model)
     "claude-code": (["message", "tool_use", "command_started", "command_finished", "message", "message"], "init"),
     "claude": (["message", "tool_use", "command_started", "command_finished", "message", "message"], "init"),
-    "codex": (["command_started", "command_finished", "message"], "thread.started"),
+    # codex: its agent message, then `turn.completed` as the final message carrying the usage
+    "codex": (["command_started", "command_finished", "message", "message"], "thread.started"),
 }
 AGENT_TYPES = {"message", "tool_use", "command_started", "command_finished"}
 KEYS = {"codex": {"CODEX_API_KEY": "fake-key-for-the-fake-cli"}}
@@ -445,6 +446,8 @@ async def test_structured_runtime_succeeds_with_its_final_answer_typed_events_an
     assert started.payload["command"] == "echo hello"
     assert "hello" in finished.payload["output"]
     assert any(e.type == "message" and "Done: write a haiku" in e.payload.get("text", "") for e in events)
+    final = [e for e in events if e.type == "message" and e.payload.get("final")]
+    assert len(final) == 1 and final[0].payload["usage"]["output_tokens"] > 0, final
     lines = await raw_stdout(engine, device.id, provider, "test-model-7")
     echoed = [line for line in lines if line.get("subtype") == model_line or line.get("type") == model_line]
     assert [line["model"] for line in echoed] == ["test-model-7"]
