@@ -151,6 +151,14 @@ class LimitExceeded(EngineError):
     http_status = 413
 
 
+class TooManyRequests(LimitExceeded):
+    """Too many at once from one caller: wait for some to end, then send again."""
+
+    code = "rate_limited"
+    title = "Too many requests at once"
+    http_status = 429
+
+
 class SandboxUnavailable(EngineError):
     code = "sandbox_unavailable"
     category = "backend"

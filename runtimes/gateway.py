@@ -20,7 +20,8 @@ import logging
 import socket
 import subprocess
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -32,13 +33,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from engine import errors, providers
-from engine.gateway import Gateway, Usage
+from engine.gateway import Gateway, Grant, Usage
 from engine.settings import Settings
 from runtimes.docker_backend import DockerBackend, egress_names
 
 log = logging.getLogger("agentdock.gateway")
 MAX_REQUEST_BYTES = 32 * 1_048_576
-"""The largest request body forwarded (prompts with images and long histories stay well under it)."""
+"""The largest request body forwarded (prompts with images and long histories stay well under it); a
+larger one is refused as it arrives, never held whole in the daemon's memory."""
+MAX_IN_FLIGHT_PER_RUN = 16
+"""Requests one run may have open through the gateway at once (a CLI with its sub-agents keeps a few);
+more are answered 429, which the CLIs' SDKs retry with backoff. A run hammering the gateway so holds
+at most this many upstream connections and store writes at a time."""
 HOP = frozenset({"host", "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
                  "te", "trailer", "transfer-encoding", "upgrade", "content-length", "accept-encoding"})
 """Request headers not passed on: the connection's own, and the body's length and encodings (httpx sets them)."""
@@ -60,7 +66,26 @@ def refusal(exc: errors.EngineError) -> JSONResponse:
     return JSONResponse({"diagnostic": exc.diagnostic().model_dump(), "error": exc.message}, status_code=exc.http_status)
 
 
+async def bounded_body(request: Request) -> bytes:
+    """The request's body, refused (`LimitExceeded`) once it passes `MAX_REQUEST_BYTES`, before or as it
+    arrives."""
+    too_big = errors.LimitExceeded(f"a request to the model gateway is at most {MAX_REQUEST_BYTES} bytes",
+                                   evidence={"limit_bytes": MAX_REQUEST_BYTES})
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+        raise too_big
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_REQUEST_BYTES:
+            raise too_big
+    return bytes(body)
+
+
 def create_app(gateway: Gateway, upstreams: dict[str, str], client: httpx.AsyncClient) -> Starlette:
+    in_flight: dict[str, int] = {}
+    """Open requests per run: taken once a request is admitted, given back when its answer has ended."""
+
     async def forward(request: Request) -> Response:
         name = request.path_params["provider"]
         if name not in upstreams:
@@ -69,9 +94,29 @@ def create_app(gateway: Gateway, upstreams: dict[str, str], client: httpx.AsyncC
             grant = await gateway.admit(name, placeholder_of(request))
         except errors.EngineError as exc:
             return refusal(exc)
-        body = await request.body()
-        if len(body) > MAX_REQUEST_BYTES:
-            return refusal(errors.LimitExceeded(f"a request to the model gateway is at most {MAX_REQUEST_BYTES} bytes"))
+        if in_flight.get(grant.run_id, 0) >= MAX_IN_FLIGHT_PER_RUN:
+            return refusal(errors.TooManyRequests(
+                f"run {grant.run_id} has {MAX_IN_FLIGHT_PER_RUN} requests open through the model gateway; "
+                "wait for one to end", evidence={"limit": MAX_IN_FLIGHT_PER_RUN}))
+        in_flight[grant.run_id] = in_flight.get(grant.run_id, 0) + 1
+        relaying = False
+        try:
+            answer = await send(request, name, grant)
+            relaying = isinstance(answer, Relay)
+            return answer
+        finally:
+            if not relaying:
+                release(grant.run_id)
+
+    def release(run_id: str) -> None:
+        if (left := in_flight.pop(run_id, 1) - 1) > 0:
+            in_flight[run_id] = left
+
+    async def send(request: Request, name: str, grant: Grant) -> Response:
+        try:
+            body = await bounded_body(request)
+        except errors.EngineError as exc:
+            return refusal(exc)
         raw = request.scope.get("raw_path") or request.url.path.encode()
         path = raw.decode("latin-1")[len(name) + 1:]  # `/<provider>` off, the rest exactly as sent
         query = request.scope.get("query_string", b"").decode("latin-1")
@@ -88,18 +133,18 @@ def create_app(gateway: Gateway, upstreams: dict[str, str], client: httpx.AsyncC
         meter = providers.Meter(answer.headers.get("content-type", ""))
 
         async def relay() -> AsyncIterator[bytes]:
-            try:
-                async for chunk in answer.aiter_raw():
-                    meter.feed(chunk)
-                    yield chunk
-                meter.end()
-            finally:
-                with anyio.CancelScope(shield=True):  # a client gone mid-answer still counts
-                    await answer.aclose()
-                    await gateway.account(grant, Usage(answer.status_code, meter.input_tokens, meter.output_tokens))
+            async for chunk in answer.aiter_raw():
+                meter.feed(chunk)
+                yield chunk
+            meter.end()
+
+        async def ended() -> None:
+            release(grant.run_id)
+            await answer.aclose()
+            await gateway.account(grant, Usage(answer.status_code, meter.input_tokens, meter.output_tokens))
 
         kept = {k: v for k, v in answer.headers.items() if k not in ANSWER_HOP}
-        return StreamingResponse(relay(), status_code=answer.status_code, headers=kept)
+        return Relay(relay(), ended, status_code=answer.status_code, headers=kept)
 
     async def unknown(request: Request) -> Response:
         return refusal(errors.NotFound("gateway route", request.url.path, evidence={
@@ -107,6 +152,22 @@ def create_app(gateway: Gateway, upstreams: dict[str, str], client: httpx.AsyncC
 
     return Starlette(routes=[Route("/{provider}/{path:path}", forward, methods=METHODS),
                              Route("/{path:path}", unknown, methods=METHODS)])
+
+
+class Relay(StreamingResponse):
+    """An upstream's answer streamed to the client; `ended` runs once it is over, however it ended (the
+    client gone before the first byte or mid-answer included), so the answer counts and is closed."""
+
+    def __init__(self, content: AsyncIterator[bytes], ended: Callable[[], Awaitable[None]], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.ended = ended
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.ended()
 
 
 class _Server(uvicorn.Server):

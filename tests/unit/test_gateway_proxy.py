@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 
+import anyio
 import httpx
 import pytest
+from starlette.requests import ClientDisconnect
 
 from engine import errors, providers
 from engine.gateway import Grant, Usage
+from runtimes import gateway as gateway_app
 from runtimes.gateway import create_app
 
 pytestmark = pytest.mark.anyio
@@ -84,3 +87,74 @@ async def test_what_the_gateway_refuses_is_never_forwarded(client, seen, method,
     if status != 405:
         assert answer.json()["diagnostic"]["code"] in ("unauthenticated", "not_found")
     assert seen == [] and client.gateway.usage == []
+
+
+async def test_a_body_past_the_limit_is_refused_as_it_arrives_and_never_forwarded(client, seen, monkeypatch):
+    monkeypatch.setattr(gateway_app, "MAX_REQUEST_BYTES", 1000)
+    declared = await client.post("/openai/v1/responses", content=b"x" * 1001, headers={"authorization": f"Bearer {GOOD}"})
+
+    async def chunks():  # no content-length: the gateway counts what arrives
+        for _ in range(50):
+            yield b"y" * 100
+
+    streamed = await client.post("/openai/v1/responses", content=chunks(), headers={"authorization": f"Bearer {GOOD}"})
+    for answer in (declared, streamed):
+        assert answer.status_code == 413 and answer.json()["diagnostic"]["code"] == "limit_exceeded", answer.text
+    assert seen == [] and client.gateway.usage == []
+    fits = await client.post("/openai/v1/responses", content=b"z" * 1000, headers={"authorization": f"Bearer {GOOD}"})
+    assert fits.status_code == 200
+
+
+async def test_one_run_has_at_most_its_share_of_requests_open_and_each_ended_one_frees_a_place():
+    release, arrived = anyio.Event(), []
+
+    async def upstream(request: httpx.Request) -> httpx.Response:
+        arrived.append(request)
+        await release.wait()
+        body = json.dumps({"usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
+        return httpx.Response(200, headers={"content-type": "application/json"}, stream=httpx.ByteStream(body))
+
+    gateway, limit = Admits(), gateway_app.MAX_IN_FLIGHT_PER_RUN
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as out:
+        app = create_app(gateway, {"openai": "https://openai.test"}, out)  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+            answers: list[httpx.Response] = []
+
+            async def call() -> None:
+                answers.append(await c.post("/openai/v1/responses", content=b"{}",
+                                            headers={"authorization": f"Bearer {GOOD}"}))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(limit):
+                    tg.start_soon(call)
+                while len(arrived) < limit:
+                    await anyio.sleep(0.01)
+                await call()  # one more while all are open
+                assert [a.status_code for a in answers] == [429], answers[0].text
+                assert answers[0].json()["diagnostic"]["code"] == "rate_limited"
+                release.set()
+            assert sorted(a.status_code for a in answers) == [200] * limit + [429]
+            await call()  # every place was given back
+            assert answers[-1].status_code == 200 and len(arrived) == limit + 1
+            assert len(gateway.usage) == limit + 1
+
+
+async def test_an_answer_whose_client_is_gone_before_its_first_byte_still_ends_and_counts():
+    ended: list[bool] = []
+
+    async def content():
+        yield b"never sent"
+
+    async def on_end() -> None:
+        ended.append(True)
+
+    async def send(message: dict) -> None:
+        raise OSError("the client hung up")
+
+    async def receive() -> dict:
+        await anyio.sleep_forever()
+        return {}
+
+    with pytest.raises(ClientDisconnect):
+        await gateway_app.Relay(content(), on_end)({"type": "http", "asgi": {"spec_version": "2.4"}}, receive, send)
+    assert ended == [True]
