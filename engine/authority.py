@@ -12,8 +12,10 @@ How each limit intersects (the issue leaves the details to us):
   restriction of its own.
 - `image`: a profile that names an image pins its tree to it; a child may name the same one or none
   (it inherits it), and a child's profile naming another is refused at spawn.
-- `resources` (`cpus`, `memory_mb`, `pids_limit`): the least of each, a ceiling for every device the
-  session creates (a default size above it is lowered to it; asking for more is refused).
+- `resources` (`cpus`, `memory_mb`, `pids_limit`, `workspace_mb`, `tmp_mb`): the least of each, a
+  ceiling for every device the session creates (a default size above it is lowered to it; asking for
+  more is refused). Below the local user, a device's disk sizes are also held to the daemon's setting
+  for its kind (`engine.devices`): only the user makes a device's disks larger than the operator set.
 - `max_child_sandboxes`: the least; each session's tree is also counted against every ancestor's.
 - `approval: confirm-risky`: sticky; once set nothing below can drop it.
 
@@ -33,7 +35,8 @@ from engine import profile_models as pm
 if TYPE_CHECKING:
     from engine.callers import Caller
 
-RESOURCES = ("cpus", "memory_mb", "pids_limit")
+RESOURCES = ("cpus", "memory_mb", "pids_limit", "workspace_mb", "tmp_mb")
+DISKS = ("workspace_mb", "tmp_mb")
 DEVICE_FIELDS = ("image", "network", *RESOURCES)
 
 
@@ -43,6 +46,8 @@ class Ceilings(models.Record):
     cpus: float | None = None
     memory_mb: int | None = None
     pids_limit: int | None = None
+    workspace_mb: int | None = None
+    tmp_mb: int | None = None
 
 
 class Limits(models.Record):
@@ -55,7 +60,7 @@ class Limits(models.Record):
     image: str | None = None
     """The one image its devices may use; None: any."""
     resources: Ceilings = Field(default_factory=Ceilings)
-    """Ceilings on cpus, memory_mb and pids_limit of the devices it creates."""
+    """Ceilings on cpus, memory_mb, pids_limit, workspace_mb and tmp_mb of the devices it creates."""
     max_child_sandboxes: int | None = None
     """Most live devices it and the sessions below it may have created; None: no limit of its own."""
     approval: pm.Approval = pm.Approval.none
@@ -124,7 +129,7 @@ def wider(child: Limits, parent: Limits) -> list[str]:
 
 def fit_device(limits: Limits, values: dict[str, Any], *, asked: Collection[str], defaulted: Collection[str] = (),
                what: str = "the device") -> dict[str, Any]:
-    """`values` (image, network, cpus, memory_mb, pids_limit of a device) within `limits`. What the caller
+    """`values` (image, network and the resources of a device) within `limits`. What the caller
     `asked` for beyond them is refused, naming the field; a network or a size that came from a profile
     or a default is lowered to them; an image is replaced only when it is `defaulted` (the daemon's, or a
     profile's the caller did not name for a device): a run's profile image, or a profile the caller

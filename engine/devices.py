@@ -50,11 +50,24 @@ class DeviceService:
         values = {k: getattr(spec, k) for k in authority.DEVICE_FIELDS}
         defaulted = defaulted | {k for k in ("image", *authority.RESOURCES) if getattr(req, k) is None}
         what = f"this {req.kind.value}" if run_id is None else f"the ephemeral sandbox of run {run_id}"
-        return spec.model_copy(update=authority.fit_device(caller.limits, values, asked=asked, defaulted=defaulted,
+        limits = caller.limits
+        if not caller.is_root:  # only the local user makes disks larger than the operator's setting
+            disks = self.disk_sizes(req.kind)
+            limits = limits.model_copy(update={"resources": limits.resources.model_copy(update={
+                k: min(v for v in (getattr(limits.resources, k), disks[k]) if v is not None)
+                for k in authority.DISKS})})
+        return spec.model_copy(update=authority.fit_device(limits, values, asked=asked, defaulted=defaulted,
                                                            what=what))
 
+    def disk_sizes(self, kind: models.TargetKind) -> dict[str, int]:
+        """A device kind's /workspace and /tmp sizes in MiB, as the daemon's settings give them."""
+        s = self.settings
+        if kind is models.TargetKind.computer:
+            return {"workspace_mb": s.computer_workspace_mb, "tmp_mb": s.computer_tmp_mb}
+        return {"workspace_mb": s.sandbox_workspace_mb, "tmp_mb": s.sandbox_tmp_mb}
+
     def spec(self, req: models.DeviceCreate, *, device_id: str | None = None, run_id: str | None = None) -> DeviceSpec:
-        size = SIZES[req.kind]
+        size = SIZES[req.kind] | self.disk_sizes(req.kind)
         return DeviceSpec(
             device_id=device_id or new_id(PREFIX[req.kind]),
             kind=req.kind.value,
@@ -62,6 +75,8 @@ class DeviceService:
             cpus=req.cpus or size["cpus"],
             memory_mb=req.memory_mb or size["memory_mb"],
             pids_limit=req.pids_limit or size["pids_limit"],
+            workspace_mb=req.workspace_mb or size["workspace_mb"],
+            tmp_mb=req.tmp_mb or size["tmp_mb"],
             network=req.network,
             env=req.env or {},
             ephemeral=run_id is not None,
@@ -72,7 +87,8 @@ class DeviceService:
         now = self.clock.now()
         return {"created_by": caller.session_id,
             "id": spec.device_id, "kind": spec.kind, "name": req.name, "image": spec.image, "cpus": spec.cpus,
-            "memory_mb": spec.memory_mb, "pids_limit": spec.pids_limit, "network": spec.network,
+            "memory_mb": spec.memory_mb, "pids_limit": spec.pids_limit, "workspace_mb": spec.workspace_mb,
+            "tmp_mb": spec.tmp_mb, "network": spec.network,
             "env": spec.env, "metadata": req.metadata, "ephemeral": spec.ephemeral, "run_id": spec.run_id,
             "created_at": now, "updated_at": now,
         }
@@ -131,7 +147,7 @@ class DeviceService:
         return await self.get(caller, spec.device_id)
 
     async def _with_profile(self, caller: Caller, req: models.DeviceCreate, workspace: str) -> models.DeviceCreate:
-        """The request with what it leaves out (image, cpus, memory_mb, pids_limit, network) taken from its
+        """The request with what it leaves out (image, resources, network) taken from its
         profile: the one it names, else the caller session's, else the workspace's or tenant's default.
         (What the caller's effective limits allow is `bounded_spec`'s to decide.)"""
         session = None if caller.is_root else await self.store.session(caller.session_id)
@@ -154,7 +170,7 @@ class DeviceService:
         given = req.model_fields_set
         return req.model_copy(update={
             "image": req.image or governing.get("image"),
-            **{k: getattr(req, k) or limits.get(k) for k in ("cpus", "memory_mb", "pids_limit")},
+            **{k: getattr(req, k) or limits.get(k) for k in authority.RESOURCES},
             "network": req.network if "network" in given else bool(governing.get("network"))})
 
     async def restart(self, caller: Caller, device_id: str) -> None:

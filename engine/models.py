@@ -205,6 +205,11 @@ class DeviceCreate(Input):
     """Memory limit in MiB (default 512 for a sandbox, 2048 for a computer)."""
     pids_limit: int | None = Field(default=None, ge=16, le=32_768)
     """Most processes at once (default 256 for a sandbox, 1024 for a computer)."""
+    workspace_mb: int | None = Field(default=None, ge=16, le=1_048_576)
+    """Size of /workspace in MiB, enforced by the kernel (default: the daemon's setting for the kind, 1024 for
+    a sandbox, 8192 for a computer; a session may not ask for more than that)."""
+    tmp_mb: int | None = Field(default=None, ge=16, le=65_536)
+    """Size of /tmp in MiB (default: the daemon's setting, 256 for a sandbox, 1024 for a computer)."""
     network: bool = False
     """Give the device a network. Off by default."""
     env: dict[str, str] | None = None
@@ -249,6 +254,9 @@ class Device(Record):
     cpus: float
     memory_mb: int
     pids_limit: int
+    workspace_mb: int | None
+    """Size of /workspace in MiB (None: made before sizes were recorded)."""
+    tmp_mb: int | None
     network: bool
     ephemeral: bool
     """Created for one run and removed after it."""

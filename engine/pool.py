@@ -60,7 +60,8 @@ class Pool:
         self.active = active
         """Runs admitted and not yet settled (`RunService.active`)."""
         size = SIZES[models.TargetKind.sandbox]
-        self.default = Shape(settings.image, size["cpus"], size["memory_mb"], size["pids_limit"])
+        self.default = Shape(settings.image, size["cpus"], size["memory_mb"], size["pids_limit"],
+                             settings.sandbox_workspace_mb, settings.sandbox_tmp_mb)
         """A run's sandbox when neither it nor a profile says otherwise: pooled from the start."""
         self._ready: dict[Shape, deque[str]] = {}
         self._starting: dict[Shape, int] = {}
@@ -167,7 +168,8 @@ class Pool:
         leaves a labelled container with no record, which the reconciler removes)."""
         device_id = new_id("sbx")
         spec = DeviceSpec(device_id=device_id, kind="sandbox", image=shape.image, cpus=shape.cpus,
-                          memory_mb=shape.memory_mb, pids_limit=shape.pids_limit, ephemeral=True, pool=shape.key)
+                          memory_mb=shape.memory_mb, pids_limit=shape.pids_limit, workspace_mb=shape.workspace_mb,
+                          tmp_mb=shape.tmp_mb, ephemeral=True, pool=shape.key)
         self._starting[shape] = self._starting.get(shape, 0) + 1
         try:
             await self.backend.create(spec)
@@ -176,7 +178,8 @@ class Pool:
                 async with self.store.write(now) as tx:
                     await tx.insert_device({
                         "id": device_id, "kind": "sandbox", "name": None, "image": shape.image, "cpus": shape.cpus,
-                        "memory_mb": shape.memory_mb, "pids_limit": shape.pids_limit, "network": False, "env": {},
+                        "memory_mb": shape.memory_mb, "pids_limit": shape.pids_limit,
+                        "workspace_mb": shape.workspace_mb, "tmp_mb": shape.tmp_mb, "network": False, "env": {},
                         "metadata": {}, "ephemeral": True, "run_id": None, "pool": shape.key,
                         "created_by": ROOT.session_id, "created_at": now, "updated_at": now})
             except BaseException:

@@ -24,6 +24,9 @@ class DeviceSpec(Port):
     cpus: float
     memory_mb: int
     pids_limit: int
+    workspace_mb: int | None = None
+    """Size of /workspace in MiB (None: the backend's default for the kind)."""
+    tmp_mb: int | None = None
     network: bool = False
     env: dict[str, str] = Field(default_factory=dict)
     ephemeral: bool = False

@@ -138,6 +138,10 @@ class Resources(models.Input):
     """Memory in MiB."""
     pids_limit: int | None = Field(default=None, ge=16, le=32_768)
     """Most processes at once."""
+    workspace_mb: int | None = Field(default=None, ge=16, le=1_048_576)
+    """Size of /workspace in MiB, enforced by the kernel (a run that fills it ends `disk_full`)."""
+    tmp_mb: int | None = Field(default=None, ge=16, le=65_536)
+    """Size of /tmp in MiB, enforced the same way."""
 
 
 class Policy(models.Input):
@@ -167,7 +171,7 @@ class _Fields(models.Input):
     image: str | None = Field(default=None, max_length=200)
     """Image of the devices a run under this profile creates."""
     resources: Resources | None = None
-    """cpus, memory_mb, pids_limit of the devices a run under this profile creates."""
+    """cpus, memory_mb, pids_limit, workspace_mb, tmp_mb of the devices a run under this profile creates."""
     network: bool | None = None
     """Give the devices a run under this profile creates a network (off unless true)."""
     policy: Policy | None = None

@@ -31,6 +31,8 @@ class DeviceRow(Row):
     cpus: float
     memory_mb: int
     pids_limit: int
+    workspace_mb: int | None = None
+    tmp_mb: int | None = None
     network: bool
     env: dict[str, str]
     metadata: dict[str, Any]
@@ -45,7 +47,8 @@ class DeviceRow(Row):
     def record(self, status: models.DeviceStatus) -> models.Device:
         return models.Device(
             id=self.id, kind=self.kind, name=self.name, image=self.image, status=status, cpus=self.cpus,
-            memory_mb=self.memory_mb, pids_limit=self.pids_limit, network=self.network, ephemeral=self.ephemeral,
+            memory_mb=self.memory_mb, pids_limit=self.pids_limit, workspace_mb=self.workspace_mb,
+            tmp_mb=self.tmp_mb, network=self.network, ephemeral=self.ephemeral,
             run_id=self.run_id, metadata=self.metadata, created_at=self.created_at, updated_at=self.updated_at,
         )
 
@@ -246,8 +249,11 @@ class Shape(NamedTuple):
     cpus: float
     memory_mb: int
     pids_limit: int
+    workspace_mb: int
+    tmp_mb: int
 
     @property
     def key(self) -> str:
         """The pool's name: on the pooled device's record and its container's `agentdock.pool` label."""
-        return f"{self.image}|{self.cpus:g}cpu|{self.memory_mb}m|{self.pids_limit}pids"
+        return (f"{self.image}|{self.cpus:g}cpu|{self.memory_mb}m|{self.pids_limit}pids|"
+                f"{self.workspace_mb}+{self.tmp_mb}disk")

@@ -160,7 +160,8 @@ class RunService:
         """The container of a run's ephemeral sandbox, as its record (a profile's image, limits, network) says."""
         return self.devices.spec(models.DeviceCreate(kind=models.TargetKind.sandbox, image=device.image,
                                                      cpus=device.cpus, memory_mb=device.memory_mb,
-                                                     pids_limit=device.pids_limit, network=device.network),
+                                                     pids_limit=device.pids_limit, workspace_mb=device.workspace_mb,
+                                                     tmp_mb=device.tmp_mb, network=device.network),
                                  device_id=device.id, run_id=run_id).model_copy(update={"pool": device.pool})
 
     @staticmethod

@@ -74,10 +74,10 @@ assert _LISTED != RUN_COLUMNS and _SUMMARY != RUN_COLUMNS
 
 SQL = {
     "device_insert": (
-        "INSERT INTO devices (id, kind, name, image, cpus, memory_mb, pids_limit, network, env, metadata, "
-        "ephemeral, run_id, created_at, updated_at, created_by, pool) "
-        "VALUES (:id, :kind, :name, :image, :cpus, :memory_mb, :pids_limit, :network, :env, :metadata, "
-        ":ephemeral, :run_id, :created_at, :updated_at, :created_by, :pool)"
+        "INSERT INTO devices (id, kind, name, image, cpus, memory_mb, pids_limit, workspace_mb, tmp_mb, network, "
+        "env, metadata, ephemeral, run_id, created_at, updated_at, created_by, pool) "
+        "VALUES (:id, :kind, :name, :image, :cpus, :memory_mb, :pids_limit, :workspace_mb, :tmp_mb, :network, "
+        ":env, :metadata, :ephemeral, :run_id, :created_at, :updated_at, :created_by, :pool)"
     ),
     "device_claim": (
         "UPDATE devices SET run_id = :run_id, created_by = :created_by, updated_at = :now "
@@ -107,7 +107,8 @@ SQL = {
     "run_by_idempotency_key": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE created_by = ? AND idempotency_key = ?",
     "runs_unfinished": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE status IN ('queued', 'running') ORDER BY rowid",
     "runs_queued": (
-        "SELECT r.id, r.target_id, r.agent_run_group_id, r.created_by, d.image, d.cpus, d.memory_mb, d.pids_limit "
+        "SELECT r.id, r.target_id, r.agent_run_group_id, r.created_by, d.image, d.cpus, d.memory_mb, d.pids_limit, "
+        "d.workspace_mb, d.tmp_mb "
         "FROM agent_runs r LEFT JOIN devices d ON r.ephemeral = 1 AND d.id = r.target_id AND d.deleted_at IS NULL "
         "AND d.kind = 'sandbox' AND d.network = 0 AND d.pool IS NULL "
         "WHERE r.status = 'queued' ORDER BY r.rowid LIMIT ?"
@@ -629,7 +630,8 @@ class Store(group_store.GroupReads, task_store.TaskReads, channel_store.ChannelR
     async def queued_runs(self, limit: int) -> list[Queued]:
         """The oldest queued runs, in the order they were created."""
         return [Queued(r["id"], r["target_id"], r["agent_run_group_id"], r["created_by"],
-                       Shape(r["image"], r["cpus"], r["memory_mb"], r["pids_limit"]) if r["image"] else None)
+                       Shape(r["image"], r["cpus"], r["memory_mb"], r["pids_limit"], r["workspace_mb"], r["tmp_mb"])
+                       if r["image"] and r["workspace_mb"] else None)
                 for r in await self._all(SQL["runs_queued"], (limit,))]
 
     async def active_runs_on(self, target_id: str) -> list[str]:

@@ -5,7 +5,7 @@ real credential put on them (`engine.gateway` decides who may, `engine.providers
 Reaching it: the network is `internal` (no route out) with traffic between its containers off, so a
 device reaches nothing but the host's address on it. A host process listening there is reachable,
 but so would be every other port of the host (a packet to any of the host's addresses is the host's
-to take), so a firewall chain on the network's interface lets in only the gateway's port and drops
+to take), so a firewall chain on the network's interface lets in only the gateway's port and refuses
 the rest. Devices given `network` keep Docker's default bridge and reach the gateway's address
 through the host as they reach anything.
 
@@ -252,20 +252,32 @@ def _iptables(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["iptables", "-w", "5", *args], capture_output=True, text=True, timeout=30)
 
 
+REFUSE = (["-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"],
+          ["-j", "REJECT", "--reject-with", "icmp-port-unreachable"])
+"""How the rest is refused: at once (a reset, an unreachable), so a CLI trying a host it cannot reach
+fails in a moment, where a dropped packet keeps it waiting for its timeout (a minute for some)."""
+HOOKS = (("INPUT", "1"), ("DOCKER-USER", "1"))
+"""Where the chain is hooked: what devices send the host, and what they send through it (the internet:
+Docker's isolation rules drop that after DOCKER-USER, which Docker keeps first in FORWARD)."""
+
+
 def firewall(iface: str, address: str, port: int) -> None:
-    """Let in from `iface` only TCP to the gateway's `address:port`; drop the rest of what devices send
-    the host. Idempotent: rules already there are left as they are."""
+    """Let in from `iface` only TCP to the gateway's `address:port`; refuse the rest of what devices send
+    the host or through it. Idempotent: rules already there are left as they are."""
     chain = _chain(iface)
     accept = ["-p", "tcp", "-d", address, "--dport", str(port), "-j", "ACCEPT"]
     try:
         if _iptables("-n", "-L", chain).returncode != 0:
             _check(_iptables("-N", chain))
-        if _iptables("-C", chain, *accept).returncode != 0 or _iptables("-C", chain, "-j", "DROP").returncode != 0:
+        if any(_iptables("-C", chain, *rule).returncode != 0 for rule in (accept, *REFUSE)):
             _check(_iptables("-F", chain))
-            _check(_iptables("-A", chain, *accept))
-            _check(_iptables("-A", chain, "-j", "DROP"))
-        if _iptables("-C", "INPUT", "-i", iface, "-j", chain).returncode != 0:
-            _check(_iptables("-I", "INPUT", "1", "-i", iface, "-j", chain))
+            for rule in (accept, *REFUSE):
+                _check(_iptables("-A", chain, *rule))
+        for hook, at in HOOKS:
+            if hook == "DOCKER-USER" and _iptables("-n", "-L", hook).returncode != 0:
+                continue  # Docker without its iptables rules: nothing forwards for devices anyway
+            if _iptables("-C", hook, "-i", iface, "-j", chain).returncode != 0:
+                _check(_iptables("-I", hook, at, "-i", iface, "-j", chain))
     except (OSError, subprocess.SubprocessError) as exc:
         raise FirewallError(f"cannot set the firewall on {iface} (iptables, as root): {exc}") from exc
 
@@ -273,8 +285,9 @@ def firewall(iface: str, address: str, port: int) -> None:
 def remove_firewall(iface: str) -> None:
     chain = _chain(iface)
     try:
-        while _iptables("-D", "INPUT", "-i", iface, "-j", chain).returncode == 0:
-            pass
+        for hook, _ in HOOKS:
+            while _iptables("-D", hook, "-i", iface, "-j", chain).returncode == 0:
+                pass
         _iptables("-F", chain)
         _iptables("-X", chain)
     except (OSError, subprocess.SubprocessError) as exc:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from engine import models
+from engine import profile_models as pm
 from engine.callers import ROOT
 from engine.settings import Settings
 from runtimes import disks
@@ -129,6 +130,28 @@ async def test_filling_tmp_ends_disk_full_and_the_next_run_works(home):
         after = await run_in(engine, device.id, "rm /tmp/big && df -m /tmp | tail -1")
         assert after.status == "succeeded", (after.stderr, after.output, after.error)
         assert 48 <= int(after.output.split()[1]) <= 64, after.output  # 64 MiB, less the filesystem's own
+
+
+async def test_a_profile_and_a_device_size_their_disks_and_a_run_past_its_profiles_size_ends_disk_full(engine):
+    small = await engine.profiles.create(ROOT, models.parse(pm.ProfileCreate, {
+        "name": "small-disks", "runtime": "custom", "resources": {"workspace_mb": 64, "tmp_mb": 32}}))
+    sizes = "df -m /workspace /tmp | tail -2 | awk '{print $2}'"
+    run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command=sizes, agent_runtime_profile_id=small.id))
+    run = await finish(engine, run.id)
+    assert run.status == "succeeded", run
+    workspace, tmp = map(int, run.output.split())
+    assert (48 <= workspace <= 64, 16 <= tmp <= 32) == (True, True), run.output  # less the filesystems' own
+
+    filled = await engine.runs.create(ROOT, models.RunCreate(
+        prompt="p", command="dd if=/dev/zero of=big bs=1M count=100", agent_runtime_profile_id=small.id))
+    filled = await finish(engine, filled.id)
+    assert (filled.status, filled.failure_kind) == ("failed", "disk_full"), filled
+
+    device = await engine.devices.create(ROOT, models.DeviceCreate(workspace_mb=48, agent_runtime_profile_id=small.id))
+    assert (device.workspace_mb, device.tmp_mb) == (48, 32)  # its own ask, the profile's for the rest
+    run = await run_in(engine, device.id, sizes)
+    workspace, tmp = map(int, run.output.split())
+    assert (32 <= workspace <= 48, 16 <= tmp <= 32) == (True, True), run.output
 
 
 @pytest.mark.parametrize("image", [SMALL, FULL])

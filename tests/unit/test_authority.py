@@ -220,6 +220,30 @@ async def test_a_groups_children_are_held_to_the_limits_of_the_session_that_crea
     assert device_row(engine, run.target_id) == (0, 512)  # ... but its network did not
 
 
+async def test_disk_sizes_narrow_down_the_tree_and_only_the_local_user_goes_past_the_daemons_setting(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        setting = engine.settings.sandbox_workspace_mb
+        big = await engine.profiles.create(ROOT, profile("big-disks", resources={"workspace_mb": 4 * setting}))
+        small = await engine.profiles.create(ROOT, profile("small-disks", resources={"workspace_mb": 64, "tmp_mb": 32}))
+        mine = await engine.devices.create(ROOT, models.DeviceCreate(workspace_mb=2 * setting))
+        _, c = await spawn(engine, ROOT)
+        with pytest.raises(errors.LimitExceeded) as asked:
+            await engine.devices.create(c, models.DeviceCreate(workspace_mb=setting + 1))
+        lowered = await engine.devices.create(c, models.DeviceCreate(agent_runtime_profile_id=big.id))
+        _, s = await spawn(engine, ROOT, agent_runtime_profile_id=small.id, skip_agent_runtime_profile=False)
+        _, g = await spawn(engine, s, skip_agent_runtime_profile=True)
+        with pytest.raises(errors.LimitExceeded) as beyond:
+            await engine.devices.create(g, models.DeviceCreate(tmp_mb=64))
+        held = await engine.devices.create(g, models.DeviceCreate())
+        run = await engine.runs.create(g, models.RunCreate(prompt="p", command="true"))
+        ephemeral = await engine.devices.get(ROOT, run.target_id)
+    assert mine.workspace_mb == 2 * setting  # the local user sizes past the operator's default
+    assert asked.value.evidence == {"field": "workspace_mb", "limit": setting}
+    assert lowered.workspace_mb == setting  # a profile's size past the setting is lowered to it below the user
+    assert beyond.value.evidence == {"field": "tmp_mb", "limit": 32}
+    assert (held.workspace_mb, held.tmp_mb) == (64, 32) == (ephemeral.workspace_mb, ephemeral.tmp_mb)
+
+
 def test_limits_intersect_as_documented():
     parent = Limits(network=True, tools=["exec", "files"], image=None, resources=Ceilings(memory_mb=512),
                     max_child_sandboxes=4)
@@ -241,7 +265,9 @@ limits = st.builds(
     image=st.one_of(st.none(), st.sampled_from(["img:a", "img:b"])),
     resources=st.builds(Ceilings, cpus=st.one_of(st.none(), st.sampled_from([0.5, 1.0, 2.0])),
                         memory_mb=st.one_of(st.none(), st.integers(32, 4096)),
-                        pids_limit=st.one_of(st.none(), st.integers(16, 1024))),
+                        pids_limit=st.one_of(st.none(), st.integers(16, 1024)),
+                        workspace_mb=st.one_of(st.none(), st.integers(16, 4096)),
+                        tmp_mb=st.one_of(st.none(), st.integers(16, 1024))),
     max_child_sandboxes=st.one_of(st.none(), st.integers(0, 10)), approval=st.sampled_from(list(pm.Approval)))
 
 
