@@ -32,6 +32,8 @@ class Provider(NamedTuple):
 CATALOG: dict[str, Provider] = {p.name: p for p in (
     Provider("anthropic", "https://api.anthropic.com", "ANTHROPIC_API_KEY", "x-api-key", "", ""),
     Provider("openai", "https://api.openai.com", "OPENAI_API_KEY", "authorization", "Bearer ", "/v1"),
+    # An OpenAI key stored under the name codex reads first (its adapter points codex's OpenAI side here).
+    Provider("codex", "https://api.openai.com", "CODEX_API_KEY", "authorization", "Bearer ", "/v1"),
 )}
 BY_SECRET = {p.secret: p for p in CATALOG.values()}
 

@@ -45,6 +45,13 @@ class CodexAdapter(StructuredAdapter):
         return guarded(self.secrets, self.provider, argv, files=("${CODEX_HOME:-$HOME/.codex}/auth.json",),
                        prelude=BASE_URL_PROVIDER)
 
+    def gateway_env(self, provider: str, base_url: str, placeholder: str) -> dict[str, str]:
+        """A CODEX_API_KEY reaches codex as the OpenAI side of the gateway: the provider the command line
+        declares at OPENAI_BASE_URL takes its key from OPENAI_API_KEY."""
+        if provider == "codex":
+            return {"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": placeholder}
+        return super().gateway_env(provider, base_url, placeholder)
+
     def parse_object(self, obj: dict[str, Any]) -> Parsed:
         kind = obj.get("type")
         if kind == "item.started":

@@ -37,17 +37,17 @@ def provider() -> Iterator[tuple[ScriptedOpenAI, int]]:
 @pytest.fixture
 def settings(home: Path, agents_image: str, provider: tuple[ScriptedOpenAI, int]) -> Settings:
     return Settings(home=home, image=agents_image, cancel_grace_seconds=1.0,
-                    gateway_upstreams=f"openai=http://127.0.0.1:{provider[1]}")
+                    gateway_upstreams=f"openai=http://127.0.0.1:{provider[1]},codex=http://127.0.0.1:{provider[1]}")
 
 
-async def run_task(engine: Any, runtime: str) -> tuple[models.Run, list[models.RunEvent], str]:
+async def run_task(engine: Any, runtime: str, secret: str = "OPENAI_API_KEY") -> tuple[models.Run, list[models.RunEvent], str]:
     """The scripted task run by `runtime` in a fresh sandbox without a network, given the provider's key
     as a stored secret (so through the gateway): the run, its events, and the file it wrote, read back
     by a second run in the same workspace."""
-    engine.secrets.set("OPENAI_API_KEY", KEY.encode())
+    engine.secrets.set(secret, KEY.encode())
     device = await engine.devices.create(ROOT, models.DeviceCreate())
     done = await run_in(engine, device.id, prompt=PROMPT, provider=runtime, model=MODEL,
-                        secrets=["OPENAI_API_KEY"], timeout=110)
+                        secrets=[secret], timeout=110)
     events = (await engine.runs.events(ROOT, done.id, models.EventsQuery(limit=1000))).data
     proof = await run_in(engine, device.id, prompt="read", command="cat agentdock-proof.txt")
     assert proof.status == "succeeded", (proof.failure_kind, proof.stderr, done.status, done.stderr[-2000:])
@@ -62,9 +62,10 @@ def of_type(events: list[models.RunEvent], kind: str) -> list[dict[str, Any]]:
     return [e.payload for e in events if e.type == kind]
 
 
-async def test_real_codex_completes_the_scripted_task(engine, provider):
+@pytest.mark.parametrize("secret", ["OPENAI_API_KEY", "CODEX_API_KEY"])
+async def test_real_codex_completes_the_scripted_task(engine, provider, secret):
     scripted, _ = provider
-    done, events, written = await run_task(engine, "codex")
+    done, events, written = await run_task(engine, "codex", secret)
     assert done.status == "succeeded", (done, [r.stage for r in scripted.requests])
     assert done.output == scripted.script.final
     assert written == scripted.script.content

@@ -51,7 +51,8 @@ def test_usage_is_read_from_each_providers_answer_whatever_its_chunks(name, size
 
 
 def test_upstreams_are_the_real_apis_unless_a_setting_overrides_one():
-    assert providers.upstreams("") == {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com"}
+    assert providers.upstreams("") == {"anthropic": "https://api.anthropic.com", "openai": "https://api.openai.com",
+                                       "codex": "https://api.openai.com"}
     assert providers.upstreams(" anthropic=http://127.0.0.1:9/ ")["anthropic"] == "http://127.0.0.1:9"
     for bad in ("anthropic", "gemini=http://x", "openai=ftp://x"):
         with pytest.raises(errors.InvalidInput) as exc:
