@@ -150,6 +150,9 @@ class SandboxBackend(Protocol):
     async def sweep(self, device_id: str, run_id: str) -> Swept:
         """Kill every process the run started that is still there, even at the device's pids limit."""
         ...
+    async def disk_full(self, device_id: str) -> bool:
+        """Whether the device's /workspace or /tmp is full (what `sweep` reports, for a device not swept)."""
+        ...
     async def remove_run_files(self, device_id: str, run_id: str) -> None:
         """Remove the run's files inside the device once its result is recorded."""
         ...

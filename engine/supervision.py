@@ -247,6 +247,9 @@ class Supervision:
                     exit_.ending is Ending.exited and exit_.exit_code != 0)):
                 exit_ = Exit(exit_code=exit_.exit_code if exit_ else None, ending=Ending.disk_full)
             usage = {"pids_peak": swept.pids_peak, "memory_peak_bytes": swept.memory_peak_bytes}
+        elif exit_ is not None and exit_.ending is Ending.exited and exit_.exit_code != 0 and \
+                await self.backend.disk_full(row.target_id):  # the run was the sandbox's own process
+            exit_ = Exit(exit_code=exit_.exit_code, ending=Ending.disk_full)
         kind, error = self._classify(exit_, row)
         if error and self.folder.mask:  # an adapter's message may quote what the runtime said
             error = self.folder.mask.line(error)

@@ -798,9 +798,9 @@ class DockerBackend:
             exhausted = await anyio.to_thread.run_sync(cgroup.exhausted) and bool(await anyio.to_thread.run_sync(find))
         killed, _ = await self._end_run(name, run_id)
         return Swept(killed=killed, pids_exhausted=exhausted, pids_peak=usage.pids_peak,
-                     memory_peak_bytes=usage.memory_peak_bytes, disk_full=await self._disk_full(device_id))
+                     memory_peak_bytes=usage.memory_peak_bytes, disk_full=await self.disk_full(device_id))
 
-    async def _disk_full(self, device_id: str) -> bool:
+    async def disk_full(self, device_id: str) -> bool:
         """Whether the device's /workspace, /tmp or runs' directory is full (each is mounted on the host)."""
         return await anyio.to_thread.run_sync(disks.DeviceDisks.of(self.home, device_id).full)
 

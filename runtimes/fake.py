@@ -170,6 +170,9 @@ class FakeBackend:
         self.swept[run_id] = self.swept.get(run_id, 0) + 1
         return Swept()
 
+    async def disk_full(self, device_id: str) -> bool:
+        return False
+
     async def remove_run_files(self, device_id: str, run_id: str) -> None:
         self.removed_files.add(run_id)
 
