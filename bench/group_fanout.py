@@ -31,7 +31,7 @@ import docker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sizing  # noqa: E402
-from engine import group_models as gm  # noqa: E402
+from engine.groups import models as gm  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from mcp_server import areas, daemon  # noqa: E402
 from mcp_server.client import DaemonClient  # noqa: E402

@@ -29,8 +29,8 @@ import anyio  # noqa: E402
 
 from bench import sizing  # noqa: E402
 from bench.engine_throughput import sqlite_commit_rate  # noqa: E402
-from engine import channel_models as cm  # noqa: E402
-from engine import task_models as tm  # noqa: E402
+from engine.channels import models as cm  # noqa: E402
+from engine.tasks import models as tm  # noqa: E402
 from engine.app import Engine  # noqa: E402
 from engine.callers import ROOT, Caller  # noqa: E402
 from engine.lineage import SpawnBudget  # noqa: E402

@@ -21,7 +21,7 @@ from engine.runs import RunService
 from engine.store import Store
 
 if TYPE_CHECKING:
-    from engine.groups import GroupService
+    from engine.groups.service import GroupService
 
 log = logging.getLogger("agentdock.admission")
 

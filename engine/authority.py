@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field
 
 from engine import errors, models
-from engine import profile_models as pm
+from engine.profiles import models as pm
 
 if TYPE_CHECKING:
     from engine.callers import Caller

@@ -27,7 +27,7 @@ class Caller(BaseModel):
     visible: frozenset[str] = frozenset()
     """Sessions whose records this caller sees besides its own: those spawned below it."""
     denied: frozenset[str] = frozenset()
-    """Tool names its effective limits' `tools` bundles leave out (`engine.profile_models.BUNDLE_TOOLS`)."""
+    """Tool names its effective limits' `tools` bundles leave out (`engine.profiles.models.BUNDLE_TOOLS`)."""
     denied_toolsets: frozenset[str] = frozenset()
     """Toolsets none of whose tools those bundles open."""
     workspace_id: str = DEFAULT_WORKSPACE

@@ -10,13 +10,13 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from engine import channel_models as cm
+from engine.channels import models as cm
 from engine import models, souls
 from engine.callers import Caller
-from engine.channels import ChannelService
+from engine.channels.service import ChannelService
 from engine.ports import Clock
 from engine.soul_service import SoulService
-from engine.tasks import TaskService
+from engine.tasks.service import TaskService
 from engine.sessions import (CONTEXT_SECTION_LIMIT, Capability, Limits, MeSelf, Session, SessionService,
                              Workspace)
 

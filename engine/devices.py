@@ -8,12 +8,13 @@ from typing import Any
 
 import anyio
 
-from engine import approval_models, authority, errors, ids, lineage, masking, models
-from engine.approvals import ApprovalService
+from engine import authority, errors, ids, lineage, masking, models
+from engine.approvals import models as approval_models
+from engine.approvals.service import ApprovalService
 from engine.callers import ROOT, Caller
 from engine.masking import Masking
-from engine.profiles import ProfileService
-from engine.quotas import Quotas
+from engine.profiles.service import ProfileService
+from engine.quotas.service import Quotas
 from engine.secrets import SecretStore
 from engine.ports import Clock, DeviceSpec, SandboxBackend
 from engine.settings import Settings

@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import Field, StringConstraints, model_validator
 
 from engine import errors, models
-from engine import profile_models as pm
+from engine.profiles import models as pm
 from engine.authority import Limits
 from engine.callers import TOOLSETS, Caller
 from engine.records import SessionRow

@@ -23,8 +23,8 @@ from engine.secrets import SecretStore
 from engine.devices import DeviceService
 from engine.gateway import Gateway
 from engine.ports import Clock, DeviceSpec, Harness, SandboxBackend
-from engine.profile_models import ProfileRow
-from engine.profiles import ProfileService
+from engine.profiles.models import ProfileRow
+from engine.profiles.service import ProfileService
 from engine.records import DeviceRow, RunRow
 from engine.settings import Settings
 from engine.store import Store, Tx, new_id

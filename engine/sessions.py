@@ -17,13 +17,14 @@ from typing import Any
 import anyio
 from pydantic import ConfigDict, Field
 
-from engine import authority, channels, errors, ids, lineage, masking, models, souls, topics
+from engine import authority, errors, ids, lineage, masking, models, souls, topics
+from engine.channels import service as channels
 from engine.callers import DEFAULT_WORKSPACE, ROOT, Caller
 from engine.clock import SystemClock
 from engine.lineage import PermissionPolicy, SpawnBudget
 from engine.ports import Clock
 from engine.records import SessionRow
-from engine.profiles import ProfileService
+from engine.profiles.service import ProfileService
 from engine.runs import RunService, require_profile
 from engine.settings import Settings
 from engine.soul_service import SoulService

@@ -1,5 +1,5 @@
 """How values go into SQLite (one sortable text form for timestamps, JSON columns, ids), and what the
-store's per-area mixins (`group_store`, `task_store`, `channel_store`, `profile_store`) may use of the
+store's per-area mixins (each area's `repository`) may use of the
 transaction and the store they are mixed into."""
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ Reads, which may carry a run's whole output, stay on the reader's own thread (ai
 
 This module holds the connections, the transaction, migrations and the core records (devices, runs,
 events, sessions, souls); each later area keeps its SQL and operations in its own module, mixed into
-`Tx` and `Store` here: `group_store`, `task_store`, `channel_store`, `profile_store`, `quota_store`,
-`approval_store`.
+`Tx` and `Store` here: the `repository` module of each area package (tasks, channels, profiles,
+groups, quotas, approvals).
 """
 
 from __future__ import annotations
@@ -32,8 +32,13 @@ from typing import Any, NamedTuple
 import aiosqlite
 import anyio
 
-from engine import (approval_store, channel_store, errors, group_store, models, profile_store, quota_store,
-                    task_store, topics)
+from engine import errors, models, topics
+from engine.approvals import repository as approval_store
+from engine.channels import repository as channel_store
+from engine.groups import repository as group_store
+from engine.profiles import repository as profile_store
+from engine.quotas import repository as quota_store
+from engine.tasks import repository as task_store
 from engine.records import ArtifactRow, DeviceRow, EventRow, RunRow, SessionRow, Shape, SoulSnapshotRow
 from engine.sqlvalues import encode, new_id, ts
 

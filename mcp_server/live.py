@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 from rich.text import Text
 
-from engine import group_models as gm
+from engine.groups import models as gm
 from mcp_server import commands
 
 POLL_SECONDS = 30

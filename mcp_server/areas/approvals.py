@@ -15,7 +15,7 @@ from functools import partial
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.tools import Tool
 
-from engine import approval_models as am
+from engine.approvals import models as am
 from engine import errors
 from engine.app import Engine
 from engine.settings import Settings

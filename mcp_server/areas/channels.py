@@ -9,7 +9,7 @@ import json
 import sys
 from functools import partial
 
-from engine import channel_models as cm
+from engine.channels import models as cm
 from engine import models
 from mcp_server import commands
 from mcp_server.api import AgentDockAPI

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine import errors, ids, models
-from engine import group_models as gm
+from engine.groups import models as gm
 from engine.app import Engine
 from engine.callers import Caller
 from engine.settings import Settings

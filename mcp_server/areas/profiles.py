@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from functools import partial
 
-from engine import profile_models as pm
+from engine.profiles import models as pm
 from mcp_server import mcp_tools
 from mcp_server.api import AgentDockAPI
 from mcp_server.ops import CHANGE, DESTROY, IDEMPOTENT, Op

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from functools import partial
 
-from engine import task_models as tm
+from engine.tasks import models as tm
 from mcp_server import commands
 from mcp_server.ops import CHANGE, Op
 

@@ -20,7 +20,7 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp_types import ElicitResult
 
-from engine import channel_models as cm
+from engine.channels import models as cm
 from tests.conftest import AGENTDOCK, FULL, Daemon, tool_error
 from tests.e2e.test_agent_socket import agent, ended, spawn
 from tests.e2e.test_http import diagnostic, http as control

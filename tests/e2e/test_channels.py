@@ -10,7 +10,7 @@ import subprocess
 import anyio
 import pytest
 
-from engine import channel_models as cm
+from engine.channels import models as cm
 from tests.conftest import AGENTDOCK, Daemon
 from tests.e2e.test_agent_socket import agent, spawn
 from tests.e2e.test_http import http as control

@@ -22,12 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine import approval_models as am
-from engine import channel_models as cm
-from engine import group_models as gm
+from engine.approvals import models as am
+from engine.channels import models as cm
+from engine.groups import models as gm
 from engine import ids, lineage, models, sessions, souls
-from engine import profile_models as pm
-from engine import task_models as tm
+from engine.profiles import models as pm
+from engine.tasks import models as tm
 from mcp_server import areas, http as http_app
 from mcp_server import mcp_app
 from mcp_server.areas import groups as group_area

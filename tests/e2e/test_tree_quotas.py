@@ -14,7 +14,7 @@ from urllib.parse import quote
 import anyio
 import pytest
 
-from engine import channel_models as cm
+from engine.channels import models as cm
 from engine.secrets import forms
 from tests.conftest import FULL, Daemon
 from tests.e2e.test_agent_socket import agent, ended, spawn

@@ -14,9 +14,9 @@ import anyio
 import pytest
 
 from mcp_server.areas import channels, tasks
-from engine import channel_models as cm
+from engine.channels import models as cm
 from engine import errors
-from engine import task_models as tm
+from engine.tasks import models as tm
 from engine.sessions import SpawnRequest
 from engine.lineage import PermissionPolicy
 from mcp_server.client import DaemonClient

@@ -14,7 +14,7 @@ import anyio
 import docker
 import pytest
 
-from engine import group_models as gm
+from engine.groups import models as gm
 from engine import models
 from mcp_server.client import DaemonClient
 from tests.conftest import Daemon, owned_containers

@@ -15,7 +15,7 @@ import docker
 import pytest
 
 from engine import models, topics
-from engine import profile_models as pm
+from engine.profiles import models as pm
 from engine.app import Engine
 from engine.callers import ROOT
 from engine.settings import Settings

@@ -14,7 +14,7 @@ import collections
 import anyio
 import pytest
 
-from engine import channel_models as cm
+from engine.channels import models as cm
 from tests.conftest import FULL, Daemon
 from tests.e2e.test_agent_socket import ended
 from tests.e2e.test_http import http as control

@@ -8,7 +8,7 @@ import pytest
 
 from mcp_server.areas import tasks
 from engine import errors
-from engine import task_models as tm
+from engine.tasks import models as tm
 from mcp_server.client import DaemonClient
 from tests.conftest import Daemon
 from tests.integration.test_restart import kill_daemon

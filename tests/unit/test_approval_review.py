@@ -11,9 +11,9 @@ import pytest
 from mcp import Client
 from mcp_types import ElicitResult
 
-from engine import approval_models as am
+from engine.approvals import models as am
 from engine import errors
-from engine import group_models as gm
+from engine.groups import models as gm
 from engine.callers import ROOT
 from mcp_server import mcp_app
 from mcp_server.api import InProcessAPI

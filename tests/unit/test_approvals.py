@@ -11,10 +11,10 @@ import sqlite3
 import anyio
 import pytest
 
-from engine import approval_models as am
+from engine.approvals import models as am
 from engine import errors, models, topics
-from engine import group_models as gm
-from engine import profile_models as pm
+from engine.groups import models as gm
+from engine.profiles import models as pm
 from engine.app import Engine
 from engine.callers import ROOT, Caller
 from engine.clock import FakeClock

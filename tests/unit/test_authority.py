@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from engine import authority, errors, models, topics
-from engine import group_models as gm
-from engine import profile_models as pm
-from engine import task_models as tm
+from engine.groups import models as gm
+from engine.profiles import models as pm
+from engine.tasks import models as tm
 from engine.app import Engine
 from engine.authority import Ceilings, Limits
 from engine.callers import ROOT

@@ -7,9 +7,9 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from engine import channel_models as cm
+from engine.channels import models as cm
 from engine import errors
-from engine import task_models as tm
+from engine.tasks import models as tm
 from engine.app import Engine
 from engine.callers import ROOT
 from engine.clock import FakeClock

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from engine import errors, topics
-from engine import group_models as gm
+from engine.groups import models as gm
 from engine.app import Engine
 from engine.callers import ROOT
 from engine.settings import Settings

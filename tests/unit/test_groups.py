@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from engine import errors, models, topics
-from engine import group_models as gm
+from engine.groups import models as gm
 from engine.app import Engine
 from engine.callers import ROOT, Caller
 from engine.settings import Settings

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
-from engine import group_models as gm
+from engine.groups import models as gm
 from mcp_server import live
 
 

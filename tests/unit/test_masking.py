@@ -10,11 +10,11 @@ from urllib.parse import quote
 
 import pytest
 
-from engine import channel_models as cm
+from engine.channels import models as cm
 from engine import errors, models
-from engine import group_models as gm
-from engine import profile_models as pm
-from engine import task_models as tm
+from engine.groups import models as gm
+from engine.profiles import models as pm
+from engine.tasks import models as tm
 from engine.callers import ROOT
 from engine.lineage import PermissionPolicy
 from engine.secrets import MASK, Masker, forms

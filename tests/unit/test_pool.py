@@ -10,7 +10,7 @@ from hypothesis import settings as examples
 from hypothesis.stateful import invariant
 
 from engine import errors, models, topics
-from engine import profile_models as pm
+from engine.profiles import models as pm
 from engine.app import Engine
 from engine.callers import ROOT
 from engine.clock import FakeClock

@@ -11,8 +11,8 @@ import anyio
 import pytest
 
 from engine import errors, models
-from engine import group_models as gm
-from engine import profile_models as pm
+from engine.groups import models as gm
+from engine.profiles import models as pm
 from engine.app import Engine
 from engine.callers import ROOT
 from engine.lineage import PermissionPolicy

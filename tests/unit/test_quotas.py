@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 import anyio
 import pytest
 
-from engine import channel_models as cm
+from engine.channels import models as cm
 from engine import errors, models
-from engine import group_models as gm
-from engine import task_models as tm
+from engine.groups import models as gm
+from engine.tasks import models as tm
 from engine.callers import ROOT
 from engine.lineage import PermissionPolicy
-from engine.quota_store import Usage
+from engine.quotas.repository import Usage
 from engine.store import Store, migrations
 from tests.unit.test_channels import child, engine_for, family, recv, send
 

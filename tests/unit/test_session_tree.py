@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from engine import authority, errors, lineage, models
-from engine import profile_models as pm
+from engine.profiles import models as pm
 from engine.app import Engine
 from engine.callers import ROOT
 from engine.lineage import PermissionPolicy

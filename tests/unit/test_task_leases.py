@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from engine import errors
-from engine import task_models as tm
+from engine.tasks import models as tm
 from engine.app import Engine
 from engine.callers import ROOT
 from engine.clock import FakeClock

@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from engine import errors, topics
-from engine import task_models as tm
+from engine.tasks import models as tm
 from engine.app import Engine
 from engine.callers import ROOT
 from engine.clock import FakeClock

@@ -13,7 +13,7 @@ from jsonschema import Draft202012Validator
 from mcp import Client
 from mcp_types import ListToolsResult, Tool
 
-from engine import channel_models as cm
+from engine.channels import models as cm
 from engine import errors, lineage
 from engine.app import Engine
 from engine.callers import ROOT

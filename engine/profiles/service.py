@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from engine import errors, ids, masking
-from engine import profile_models as pm
+from engine.profiles import models as pm
 from engine.callers import Caller
 from engine.clock import SystemClock
 from engine.masking import Masking

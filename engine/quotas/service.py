@@ -16,7 +16,7 @@ from typing import Any
 
 from engine import errors
 from engine.callers import Caller
-from engine.quota_store import Tree, Usage
+from engine.quotas.repository import Tree, Usage
 from engine.settings import Settings
 from engine.store import Store, Tx
 

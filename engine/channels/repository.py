@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine import topics
-from engine.channel_models import ChannelRow, MessageRow
+from engine.channels.models import ChannelRow, MessageRow
 from engine.sqlvalues import Connected, Reading, encode
 
 SQL = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.group_store import ENTRIES
-from engine.profile_models import ProfileRow
+from engine.groups.repository import ENTRIES
+from engine.profiles.models import ProfileRow
 from engine.sqlvalues import Connected, Reading, encode
 
 # Agent runtime profiles (issue 10). A scope is the tenant ('' : workspace_id NULL) or one workspace.

@@ -22,14 +22,15 @@ from typing import Any
 
 import anyio
 
-from engine import channels, errors, ids, masking, topics
-from engine import task_models as tm
+from engine import errors, ids, masking, topics
+from engine.channels import service as channels
+from engine.tasks import models as tm
 from engine.callers import Caller
 from engine.clock import SystemClock
 from engine.masking import Masking
 from engine.ports import Clock
-from engine.quota_store import Usage
-from engine.quotas import Quotas, env_name
+from engine.quotas.repository import Usage
+from engine.quotas.service import Quotas, env_name
 from engine.secrets import SecretStore
 from engine.settings import Settings
 from engine.store import Store, new_id

@@ -25,8 +25,9 @@ from typing import Any
 
 import anyio
 
-from engine import approval_models as am
-from engine import errors, ids, profiles, topics
+from engine.approvals import models as am
+from engine import errors, ids, topics
+from engine.profiles import service as profiles
 from engine.callers import Caller
 from engine.clock import SystemClock
 from engine.ports import Clock

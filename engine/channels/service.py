@@ -20,13 +20,13 @@ import json
 from typing import Any
 
 from engine import errors, masking, topics
-from engine import channel_models as cm
+from engine.channels import models as cm
 from engine.callers import Caller
 from engine.clock import SystemClock
 from engine.masking import Masking
 from engine.ports import Clock
-from engine.quota_store import Usage
-from engine.quotas import Quotas
+from engine.quotas.repository import Usage
+from engine.quotas.service import Quotas
 from engine.secrets import SecretStore
 from engine.settings import Settings
 from engine.store import Store, Tx, new_id

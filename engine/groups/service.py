@@ -18,9 +18,10 @@ import logging
 import anyio
 from pydantic import ValidationError
 
-from engine import approval_models, authority, errors, ids, lineage, masking, topics
-from engine.approvals import ApprovalService
-from engine import group_models as gm
+from engine import authority, errors, ids, lineage, masking, topics
+from engine.approvals import models as approval_models
+from engine.approvals.service import ApprovalService
+from engine.groups import models as gm
 from engine.callers import ROOT, Caller
 from engine.masking import Masking
 from engine.ports import Clock

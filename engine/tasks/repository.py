@@ -8,7 +8,7 @@ from typing import Any
 
 from engine import topics
 from engine.sqlvalues import Connected, Reading, encode, ts
-from engine.task_models import TaskRow, TaskRunRow
+from engine.tasks.models import TaskRow, TaskRunRow
 
 SUMMARY_COLUMNS = (
     "id", "title", "identifier", "priority", "max_attempts", "workspace_id", "scope", "status", "paused", "attempts",

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from engine import topics
-from engine.approval_models import ApprovalRow
+from engine.approvals.models import ApprovalRow
 from engine.sqlvalues import Connected, Reading, encode, ts
 
 OPEN = "('pending', 'approved')"

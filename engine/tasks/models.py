@@ -11,7 +11,8 @@ from typing import Any
 
 from pydantic import Field, JsonValue
 
-from engine import channel_models, ids, models
+from engine import ids, models
+from engine.channels import models as channel_models
 from engine.records import Row
 
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"

@@ -1,0 +1,1 @@
+"""Approvals: a person's yes or no to a session's risky action."""

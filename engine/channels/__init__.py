@@ -1,0 +1,1 @@
+"""Channels between sessions: send, recv with wait, reply; family and named channels."""

@@ -1,0 +1,1 @@
+"""The task queue: tasks, leases (claim, heartbeat, complete, fail, release) and task runs."""
