@@ -23,6 +23,7 @@ from bench import sizing  # noqa: E402
 from engine import models  # noqa: E402
 from engine.callers import ROOT  # noqa: E402
 from engine.settings import Settings  # noqa: E402
+from runtimes.docker_backend import host_address  # noqa: E402
 from runtimes.gateway import remove_egress  # noqa: E402
 from runtimes.wiring import docker_engine  # noqa: E402
 from tests.canned_upstream import CannedUpstream  # noqa: E402
@@ -62,7 +63,7 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def main() -> None:
-    bridge = docker.from_env().api.inspect_network("bridge")["IPAM"]["Config"][0]["Gateway"]
+    bridge = host_address(docker.from_env().api.inspect_network("bridge"))
     with tempfile.TemporaryDirectory(prefix="ad-bench-", dir="/tmp") as tmp, CannedUpstream(bridge) as upstream:
         settings = Settings(home=Path(tmp), image=IMAGE, pool_size=0, gateway_upstreams=f"anthropic={upstream.url}")
         try:

@@ -7,6 +7,7 @@ Docker's errors are translated here, once, into the engine's.
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import hashlib
 import io
@@ -14,6 +15,8 @@ import logging
 import posixpath
 import re
 import signal
+import socket
+import struct
 import tarfile
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
@@ -88,6 +91,25 @@ def image_ids(image_user: str) -> tuple[int, int]:
 def _run_id_of(path: str) -> str:
     """The run whose directory `path` is in (RUNS_DIR/<run_id>/...)."""
     return path.removeprefix(RUNS_DIR + "/").split("/", 1)[0]
+
+
+def host_address(network: dict[str, Any]) -> str:
+    """The host's address on a Docker bridge network (as `inspect_network` gives it): its IPAM gateway,
+    or, where Docker did not record one (the default bridge, after dockerd restarts on an existing
+    docker0), the IPv4 address of its bridge interface."""
+    config = ((network.get("IPAM") or {}).get("Config") or [{}])[0]
+    if config.get("Gateway"):
+        return str(config["Gateway"]).split("/")[0]
+    iface = (network.get("Options") or {}).get("com.docker.network.bridge.name") or (
+        "docker0" if network.get("Name") == "bridge" else None)
+    if iface:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            try:  # SIOCGIFADDR
+                packed = fcntl.ioctl(sock.fileno(), 0x8915, struct.pack("256s", iface[:15].encode()))
+                return socket.inet_ntoa(packed[20:24])
+            except OSError:
+                pass
+    raise errors.SandboxUnavailable(f"Docker network {network.get('Name')!r} shows no address of the host")
 
 
 def egress_names(home: str) -> tuple[str, str]:
@@ -242,7 +264,7 @@ class DockerBackend:
                                         options={"com.docker.network.bridge.enable_icc": "false",
                                                  "com.docker.network.bridge.name": iface})
                 info = self.api.inspect_network(name)
-            return info["IPAM"]["Config"][0]["Gateway"].split("/")[0]
+            return host_address(info)
 
         return name, iface, await self._call(ensure)
 
