@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from engine import models
-from engine import profile_models as pm
+from engine.profiles import models as pm
 from engine.callers import ROOT
 from engine.settings import Settings
 from runtimes import disks
