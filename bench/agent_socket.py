@@ -20,7 +20,8 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sizing  # noqa: E402
-from engine import models, sessions  # noqa: E402
+from engine import models  # noqa: E402
+from engine.sessions import service as sessions
 from engine.settings import Settings  # noqa: E402
 from mcp_server import areas, daemon  # noqa: E402
 from mcp_server.client import DaemonClient  # noqa: E402

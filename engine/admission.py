@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from engine import models, topics
-from engine.pool import Pool
+from engine.devices.pool import Pool
 from engine.ports import Clock
 from engine.records import Shape
-from engine.runs import RunService
+from engine.runs.service import RunService
 from engine.store import Store
 
 if TYPE_CHECKING:

@@ -15,19 +15,19 @@ from engine.approvals.service import ApprovalService
 from engine.channels.service import ChannelService
 from engine.clock import SystemClock
 from engine.context import ContextService
-from engine.devices import DeviceService
+from engine.devices.service import DeviceService
 from engine.gateway import Egress, Gateway
 from engine.groups.service import GroupService
 from engine.masking import Masking
-from engine.pool import Pool
+from engine.devices.pool import Pool
 from engine.ports import Clock, Harness, SandboxBackend
 from engine.profiles.service import ProfileService
 from engine.quotas.service import Quotas
-from engine.runs import RunService
-from engine.sessions import MAX_ACTIVE_TASK_LEASES, SessionService
+from engine.runs.service import RunService
+from engine.sessions.service import MAX_ACTIVE_TASK_LEASES, SessionService
 from engine.secrets import SecretStore
 from engine.settings import Settings
-from engine.soul_service import SoulService
+from engine.souls.service import SoulService
 from engine.store import Store
 from engine.tasks.service import TaskService
 from engine.tokens import Tokens

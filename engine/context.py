@@ -11,13 +11,14 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from engine.channels import models as cm
-from engine import models, souls
+from engine import models
+from engine.souls import models as souls
 from engine.callers import Caller
 from engine.channels.service import ChannelService
 from engine.ports import Clock
-from engine.soul_service import SoulService
+from engine.souls.service import SoulService
 from engine.tasks.service import TaskService
-from engine.sessions import (CONTEXT_SECTION_LIMIT, Capability, Limits, MeSelf, Session, SessionService,
+from engine.sessions.service import (CONTEXT_SECTION_LIMIT, Capability, Limits, MeSelf, Session, SessionService,
                              Workspace)
 
 RECENT_TASK_EVENTS = 20

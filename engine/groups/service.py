@@ -26,7 +26,7 @@ from engine.callers import ROOT, Caller
 from engine.masking import Masking
 from engine.ports import Clock
 from engine.records import EntryRow, GroupRow, RunRow
-from engine.runs import Prepared, RunService
+from engine.runs.service import Prepared, RunService
 from engine.settings import Settings
 from engine.store import Store, Tx, new_id
 

@@ -11,7 +11,8 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from engine import errors, models, souls
+from engine import errors, models
+from engine.souls import models as souls
 from mcp_server import commands, mcp_tools
 from mcp_server.api import AgentDockAPI
 from mcp_server.ops import Op

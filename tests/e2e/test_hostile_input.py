@@ -25,7 +25,9 @@ from hypothesis import strategies as st
 from engine.approvals import models as am
 from engine.channels import models as cm
 from engine.groups import models as gm
-from engine import ids, lineage, models, sessions, souls
+from engine import ids, lineage, models
+from engine.sessions import service as sessions
+from engine.souls import models as souls
 from engine.profiles import models as pm
 from engine.tasks import models as tm
 from mcp_server import areas, http as http_app

@@ -11,7 +11,7 @@ from engine import errors, models
 from engine.app import Engine
 from engine.callers import ROOT, Caller
 from engine.lineage import PermissionPolicy
-from engine.sessions import SpawnRequest
+from engine.sessions.service import SpawnRequest
 from engine.settings import Settings
 from runtimes import harness
 from runtimes.fake import FakeBackend

@@ -16,7 +16,7 @@ from engine.profiles import models as pm
 from engine.app import Engine
 from engine.callers import ROOT
 from engine.lineage import PermissionPolicy
-from engine.sessions import SpawnRequest
+from engine.sessions.service import SpawnRequest
 from engine.settings import Settings
 from runtimes import adapters
 from runtimes.fake import FakeBackend

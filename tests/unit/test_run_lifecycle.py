@@ -19,7 +19,7 @@ from engine import errors, models
 from engine.app import Engine
 from engine.clock import FakeClock
 from engine.callers import ROOT
-from engine.runs import RunService
+from engine.runs.service import RunService
 from engine.settings import Settings
 from engine.store import Store
 from runtimes import harness

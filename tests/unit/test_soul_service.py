@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engine import errors, models, soul_import, souls
+from engine import errors, models
+from engine.souls import claude_agent as soul_import
+from engine.souls import models as souls
 from engine.app import Engine
 from engine.callers import ROOT, Caller
 from engine.settings import Settings

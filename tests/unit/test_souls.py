@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from engine import souls
-from engine.souls import Limits, Severity, Status
+from engine.souls import models as souls
+from engine.souls.models import Limits, Severity, Status
 
 E, W, I = Severity.error, Severity.warning, Severity.info
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.output import OutputFolder
+from engine.runs.output import OutputFolder
 from engine.ports import Chunk
 from runtimes import harness
 

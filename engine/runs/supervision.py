@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 
 from engine import errors, models
-from engine.output import Folded, OutputFolder
+from engine.runs.output import Folded, OutputFolder
 from engine.ports import Clock, DeviceSpec, Ending, Exit, Harness, HarnessInput, RunLaunch, SandboxBackend
 from engine.gateway import Gateway
 from engine.records import DeviceRow, RunRow

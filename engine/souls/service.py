@@ -20,7 +20,9 @@ from typing import Any, NamedTuple
 
 import anyio
 
-from engine import errors, soul_import, souls
+from engine import errors
+from engine.souls import claude_agent as soul_import
+from engine.souls import models as souls
 from engine.callers import Caller
 from engine.ports import Clock
 from engine.settings import Settings

@@ -4,7 +4,7 @@
 YAML, unknown keys, wrong types, oversize, bytes that are not text), each pointing at the line and
 column of the ORIGINAL document (1-based; columns count characters). The frontmatter is composed,
 never constructed, so every key and value keeps its position and nothing in it can build objects or
-expand aliases. Reading files and snapshots lives in `engine.soul_service`.
+expand aliases. Reading files and snapshots lives in `engine.souls.service`.
 """
 
 from __future__ import annotations

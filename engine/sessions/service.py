@@ -17,7 +17,8 @@ from typing import Any
 import anyio
 from pydantic import ConfigDict, Field
 
-from engine import authority, errors, ids, lineage, masking, models, souls, topics
+from engine import authority, errors, ids, lineage, masking, models, topics
+from engine.souls import models as souls
 from engine.channels import service as channels
 from engine.callers import DEFAULT_WORKSPACE, ROOT, Caller
 from engine.clock import SystemClock
@@ -25,9 +26,9 @@ from engine.lineage import PermissionPolicy, SpawnBudget
 from engine.ports import Clock
 from engine.records import SessionRow
 from engine.profiles.service import ProfileService
-from engine.runs import RunService, require_profile
+from engine.runs.service import RunService, require_profile
 from engine.settings import Settings
-from engine.soul_service import SoulService
+from engine.souls.service import SoulService
 from engine.store import Store, new_id
 from engine.tokens import Tokens
 

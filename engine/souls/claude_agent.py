@@ -13,7 +13,8 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from engine import errors, souls
+from engine import errors
+from engine.souls import models as souls
 
 MAPPED = ("name", "description", "tools", "model")
 ROLE_SENTENCE = re.compile(r"(.+?[.!?])(?:\s|$)", re.S)

@@ -20,7 +20,7 @@ from engine import authority, errors, ids, masking, models, topics
 from engine.callers import ROOT, Caller
 from engine.masking import Masking
 from engine.secrets import SecretStore
-from engine.devices import DeviceService
+from engine.devices.service import DeviceService
 from engine.gateway import Gateway
 from engine.ports import Clock, DeviceSpec, Harness, SandboxBackend
 from engine.profiles.models import ProfileRow
@@ -28,7 +28,7 @@ from engine.profiles.service import ProfileService
 from engine.records import DeviceRow, RunRow
 from engine.settings import Settings
 from engine.store import Store, Tx, new_id
-from engine.supervision import TERMINAL, Supervision
+from engine.runs.supervision import TERMINAL, Supervision
 from engine.tokens import Tokens
 
 log = logging.getLogger("agentdock.runs")

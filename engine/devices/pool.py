@@ -30,7 +30,7 @@ from anyio.abc import TaskGroup
 
 from engine import errors, models, topics
 from engine.callers import ROOT
-from engine.devices import SIZES
+from engine.devices.service import SIZES
 from engine.ports import Clock, DeviceSpec, SandboxBackend
 from engine.records import Shape
 from engine.settings import Settings

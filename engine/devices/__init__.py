@@ -1,0 +1,1 @@
+"""Devices (sandboxes and computers) and the pool of warm sandboxes."""

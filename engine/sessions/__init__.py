@@ -1,0 +1,1 @@
+"""Sessions: spawn, me, stop and its cascade, tokens, the TTL reaper."""
