@@ -108,16 +108,19 @@ class ApprovalService:
         if not 0 <= wait <= bound:
             raise errors.InvalidInput("wait", f"between 0 and {bound:g} seconds; ask again to wait longer",
                                       evidence={"limit": bound})
-        deadline = self.clock.monotonic() + wait
-        while True:
-            changed = self.store.topics.watch(topics.approval(approval_id))
+        expires_at = None
+
+        async def look() -> tuple[bool, am.Approval]:
+            nonlocal expires_at
             row = await self._visible(caller, approval_id)
-            now = self.clock.now()
-            record = row.record(now)
-            left = deadline - self.clock.monotonic()
-            if record.status is not am.ApprovalStatus.pending or left <= 0:
-                return record
-            await self.clock.wait(changed, min(left, max((row.expires_at - now).total_seconds(), 0.001)))
+            expires_at = row.expires_at
+            record = row.record(self.clock.now())
+            return record.status is not am.ApprovalStatus.pending, record
+
+        async def due() -> float | None:  # its expiry ends the wait without a commit
+            return None if expires_at is None else (expires_at - self.clock.now()).total_seconds()
+
+        return await topics.until(self.store.topics, self.clock, topics.approval(approval_id), wait, look, due=due)
 
     async def list(self, caller: Caller, q: am.ApprovalListQuery) -> am.ApprovalList:
         """Newest first: every approval for the local user; for a session holding the `approvals`

@@ -157,20 +157,19 @@ class ChannelService:
                                       evidence={"limit": bound})
         wait = req.wait_seconds if req.wait_seconds is not None else (bound if req.wait else 0.0)
         allowed = await self._network_channels(caller)
-        deadline = self.clock.monotonic() + wait
-        waited = False
-        while True:
-            arrived = self.store.topics.watch(topics.channel(req.channel_id))
+        looks = 0
+
+        async def look() -> tuple[bool, cm.Messages]:
+            nonlocal looks
             async with self.store.write(self.clock.now()) as tx:
                 await self._open(tx, caller, req.channel_id, allowed)
                 rows = await tx.take_messages(req.channel_id, caller.session_id, req.limit, req.after_sequence,
                                               self.settings.list_page_max_bytes)
-            left = deadline - self.clock.monotonic()
-            if rows or left <= 0:
-                return cm.Messages(messages=[r.record() for r in rows], waited=waited)
-            waited = True
-            await self.clock.wait(arrived, left)
-            await still_active(self.store, caller)
+            looks += 1
+            return bool(rows), cm.Messages(messages=[r.record() for r in rows], waited=looks > 1)
+
+        return await topics.until(self.store.topics, self.clock, topics.channel(req.channel_id), wait, look,
+                                  between=lambda: still_active(self.store, caller))
 
     async def inbox(self, caller: Caller, limit: int) -> tuple[list[cm.InboxItem], int]:
         """What is waiting for the caller on its channels (not received, nothing moved), oldest first,

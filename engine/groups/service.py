@@ -25,7 +25,7 @@ from engine.groups import models as gm
 from engine.callers import ROOT, Caller
 from engine.masking import Masking
 from engine.ports import Clock
-from engine.records import EntryRow, GroupRow, RunRow
+from engine.records import EntryRow, EventRow, GroupRow, RunRow
 from engine.runs.service import Prepared, RunService
 from engine.settings import Settings
 from engine.store import Store, Tx, new_id
@@ -158,14 +158,11 @@ class GroupService:
 
     async def wait(self, caller: Caller, group_id: str, timeout: float) -> gm.Group:
         """The group once it has ended, or as it is when `timeout` passes."""
-        deadline = self.clock.monotonic() + timeout
-        while True:
-            changed = self.store.topics.watch(topics.group(group_id))
+        async def look() -> tuple[bool, gm.Group]:
             group = await self.get(caller, group_id)
-            remaining = deadline - self.clock.monotonic()
-            if not group.is_active or remaining <= 0:
-                return group
-            await self.clock.wait(changed, remaining)
+            return not group.is_active, group
+
+        return await topics.until(self.store.topics, self.clock, topics.group(group_id), timeout, look)
 
     # ------------------------------------------------------------ dispatch
 
@@ -271,17 +268,15 @@ class GroupService:
 
     async def _answer(self, caller: Caller, group_id: str, dispatch_id: str, wait: float, *,
                       with_results: bool) -> gm.DispatchResult:
-        deadline = self.clock.monotonic() + wait
         stream = topics.group(group_id)
-        while True:
-            changed = self.store.topics.watch(stream)
+
+        async def look() -> tuple[bool, tuple[bool, int, list[EntryRow]]]:
             cursor = await self.store.stream_last(stream)
             rows = await self.store.dispatch_entries(dispatch_id)
             done = all(gm.EntryStatus(e.status).terminal for e in rows)
-            remaining = deadline - self.clock.monotonic()
-            if done or remaining <= 0:
-                break
-            await self.clock.wait(changed, remaining)
+            return done, (done, cursor, rows)
+
+        done, cursor, rows = await topics.until(self.store.topics, self.clock, stream, wait, look)
         results = []
         if with_results:
             ended = [e for e in rows if gm.EntryStatus(e.status).terminal]
@@ -303,18 +298,15 @@ class GroupService:
             raise errors.InvalidInput("after_sequence", f"is beyond the end of the group's events (its last "
                                       f"sequence is {last}); pass a sequence you were given",
                                       evidence={"last_sequence": last})
-        deadline = self.clock.monotonic() + q.wait_seconds
-        while True:
-            changed = self.store.topics.watch(stream)
+        async def look() -> tuple[bool, tuple[gm.GroupStatus, list[EventRow]]]:
             # The status first: a group seen ended has committed its last event (group_finished) with that
             # status, so the read after it has every event. The other order could see no events, then
             # the end committed in between, and tell the reader to stop with two events unread.
             status = gm.GroupStatus((await self._row(caller, group_id)).status)
             rows = await self.store.events(stream, q.after_sequence, q.limit, self.settings.list_page_max_bytes)
-            remaining = deadline - self.clock.monotonic()
-            if rows or status.terminal or remaining <= 0:
-                break
-            await self.clock.wait(changed, remaining)
+            return bool(rows) or status.terminal, (status, rows)
+
+        status, rows = await topics.until(self.store.topics, self.clock, stream, q.wait_seconds, look)
         data = [gm.GroupEvent(id=r.id, agent_run_group_id=group_id, agent_run_id=r.run_id, sequence=r.sequence,
                               type=r.type, message=r.message, payload=r.payload, created_at=r.created_at)
                 for r in rows]

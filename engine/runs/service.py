@@ -25,7 +25,7 @@ from engine.gateway import Gateway
 from engine.ports import Clock, DeviceSpec, Harness, SandboxBackend
 from engine.profiles.models import ProfileRow
 from engine.profiles.service import ProfileService
-from engine.records import DeviceRow, RunRow
+from engine.records import DeviceRow, EventRow, RunRow
 from engine.settings import Settings
 from engine.store import Store, Tx, new_id
 from engine.runs.supervision import TERMINAL, Supervision
@@ -336,29 +336,24 @@ class RunService:
 
     async def events(self, caller: Caller, run_id: str, q: models.EventsQuery) -> models.RunEventList:
         """Events after `q.after_sequence`; with `q.wait_seconds`, long-poll until one is committed or the run ends."""
-        deadline = self.clock.monotonic() + q.wait_seconds
         stream = topics.run(run_id)
-        while True:
-            changed = self.store.topics.watch(stream)
+
+        async def look() -> tuple[bool, tuple[models.Run, list[EventRow]]]:
             run = await self.get(caller, run_id)
             rows = await self.store.events(stream, q.after_sequence, q.limit, self.settings.list_page_max_bytes)
-            remaining = deadline - self.clock.monotonic()
-            if rows or run.status in TERMINAL or remaining <= 0:
-                break
-            await self.clock.wait(changed, remaining)
+            return bool(rows) or run.status in TERMINAL, (run, rows)
+
+        run, rows = await topics.until(self.store.topics, self.clock, stream, q.wait_seconds, look)
         data = [r.run_event() for r in rows]
         return models.RunEventList(data=data, run_status=run.status, next_after_sequence=data[-1].sequence if data else q.after_sequence)
 
     async def wait(self, caller: Caller, run_id: str, timeout: float) -> models.Run:
         """The run once it has ended, or as it is when `timeout` passes."""
-        deadline = self.clock.monotonic() + timeout
-        while True:
-            changed = self.store.topics.watch(topics.run(run_id))
+        async def look() -> tuple[bool, models.Run]:
             run = await self.get(caller, run_id)
-            remaining = deadline - self.clock.monotonic()
-            if run.status in TERMINAL or remaining <= 0:
-                return run
-            await self.clock.wait(changed, remaining)
+            return run.status in TERMINAL, run
+
+        return await topics.until(self.store.topics, self.clock, topics.run(run_id), timeout, look)
 
     async def cancel(self, caller: Caller, run_id: str) -> models.Run:
         """Stop a run: one still queued ends `canceled` without starting; a started one gets TERM, then

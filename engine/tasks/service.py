@@ -151,18 +151,17 @@ class TaskService:
             raise errors.InvalidInput("wait_seconds", f"at most {bound:g} seconds; claim again to wait longer",
                                       evidence={"limit": bound})
         workspace = await self._workspace_of(caller)
-        deadline = self.clock.monotonic() + req.wait_seconds
-        while True:
-            changed = self.store.topics.watch(topics.TASKS)
+        async def look() -> tuple[bool, tm.Claim | None]:
             claim = await self._claim_once(caller, workspace, req.lease_seconds)
-            left = deadline - self.clock.monotonic()
-            if claim is not None or left <= 0:
-                return tm.ClaimResult(claim=claim)
+            return claim is not None, claim
+
+        async def due() -> float | None:  # a task in backoff becomes claimable without any commit
             nxt = await self.store.next_task_available(workspace)
-            if nxt is not None:  # a task in backoff becomes claimable without any commit
-                left = min(left, max((nxt - self.clock.now()).total_seconds(), 0.001))
-            await self.clock.wait(changed, left)
-            await channels.still_active(self.store, caller)
+            return None if nxt is None else (nxt - self.clock.now()).total_seconds()
+
+        claim = await topics.until(self.store.topics, self.clock, topics.TASKS, req.wait_seconds, look, due=due,
+                                   between=lambda: channels.still_active(self.store, caller))
+        return tm.ClaimResult(claim=claim)
 
     async def _claim_once(self, caller: Caller, workspace: str | None, lease_seconds: float) -> tm.Claim | None:
         token = CLAIM_TOKEN_PREFIX + secrets.token_hex(24)
