@@ -54,6 +54,9 @@ class Connected:
     def touch(self, topic: str) -> None:
         raise NotImplementedError
 
+    async def cas(self, sql: str, params: Any, *touched: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
     async def _cas(self, table: str, allowed: frozenset[str], id_: str, expected: list[str],
                    fields: dict[str, Any], topic: str) -> bool:
         raise NotImplementedError

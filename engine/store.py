@@ -237,12 +237,19 @@ class Tx(runs.RunWrites, devices.DeviceWrites, sessions.SessionWrites, souls.Sou
         sets = ", ".join(f"{k} = :{k}" for k in fields)
         marks = ", ".join(f":expected_{i}" for i in range(len(expected)))
         params = {**fields, "id": id_, **{f"expected_{i}": s for i, s in enumerate(expected)}}
-        cur = await self.conn.execute(f"UPDATE {table} SET {sets} WHERE id = :id AND status IN ({marks})",
-                                      {k: ts(v) if isinstance(v, datetime) else v for k, v in params.items()})
-        if cur.rowcount == 1:
+        return await self.cas(f"UPDATE {table} SET {sets} WHERE id = :id AND status IN ({marks}) RETURNING id",
+                              {k: ts(v) if isinstance(v, datetime) else v for k, v in params.items()}, topic) is not None
+
+    async def cas(self, sql: str, params: Any, *touched: str) -> dict[str, Any] | None:
+        """The one compare-and-set: `sql` is an UPDATE whose WHERE holds the state it expects and which
+        returns (RETURNING) what it changed. The changed row, or None when that state no longer held; the
+        `touched` topics wake once the transaction commits, when it applied."""
+        rows = await self.conn.execute_fetchall(sql, params)
+        if not rows:
+            return None
+        for topic in touched:
             self.touch(topic)
-            return True
-        return False
+        return dict(rows[0])
 
 
 class Store(runs.RunReads, devices.DeviceReads, sessions.SessionReads, souls.SoulReads, groups.GroupReads,

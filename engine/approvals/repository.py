@@ -30,15 +30,16 @@ SQL = {
     ),
     "approval_decide": (
         "UPDATE approvals SET status = :status, decided_by = :decided_by, decided_at = :now, reason = :reason, "
-        "expires_at = :expires_at, updated_at = :now WHERE id = :id AND status = 'pending' AND expires_at > :now"
+        "expires_at = :expires_at, updated_at = :now WHERE id = :id AND status = 'pending' AND expires_at > :now "
+        "RETURNING id"
     ),
     "approval_use": (
         "UPDATE approvals SET status = 'used', used_at = :now, updated_at = :now WHERE id = :id "
-        "AND session_id = :session_id AND action = :action AND status = 'approved' AND expires_at > :now"
+        "AND session_id = :session_id AND action = :action AND status = 'approved' AND expires_at > :now RETURNING id"
     ),
     "approval_expire": (
         f"UPDATE approvals SET status = 'expired', updated_at = :now WHERE id = :id AND status IN {OPEN} "
-        "AND expires_at <= :now"
+        "AND expires_at <= :now RETURNING id"
     ),
     "approvals_due": f"SELECT * FROM approvals WHERE status IN {OPEN} AND expires_at <= ? ORDER BY expires_at LIMIT 500",
     "approvals_next_expiry": f"SELECT min(expires_at) AS at FROM approvals WHERE status IN {OPEN}",
@@ -77,26 +78,18 @@ class ApprovalWrites(Connected):
     async def decide_approval(self, approval_id: str, status: str, decided_by: str, reason: str | None,
                               expires_at: datetime) -> bool:
         """Compare-and-set: decide a pending approval whose time has not run out; says whether it did."""
-        cur = await self.conn.execute(SQL["approval_decide"], {
+        return await self.cas(SQL["approval_decide"], {
             "id": approval_id, "status": status, "decided_by": decided_by, "reason": reason,
-            "expires_at": ts(expires_at), "now": self.stamp})
-        return self._applied(cur.rowcount, approval_id)
+            "expires_at": ts(expires_at), "now": self.stamp}, topics.approval(approval_id)) is not None
 
     async def use_approval(self, approval_id: str, session_id: str, action: str) -> bool:
         """Compare-and-set: use an approved, unexpired approval of this session for this action, once."""
-        cur = await self.conn.execute(SQL["approval_use"], {"id": approval_id, "session_id": session_id,
-                                                            "action": action, "now": self.stamp})
-        return self._applied(cur.rowcount, approval_id)
+        return await self.cas(SQL["approval_use"], {"id": approval_id, "session_id": session_id, "action": action,
+                                                    "now": self.stamp}, topics.approval(approval_id)) is not None
 
     async def expire_approval(self, approval_id: str) -> bool:
-        cur = await self.conn.execute(SQL["approval_expire"], {"id": approval_id, "now": self.stamp})
-        return self._applied(cur.rowcount, approval_id)
-
-    def _applied(self, rowcount: int, approval_id: str) -> bool:
-        if rowcount == 1:
-            self.touch(topics.approval(approval_id))
-            return True
-        return False
+        return await self.cas(SQL["approval_expire"], {"id": approval_id, "now": self.stamp},
+                              topics.approval(approval_id)) is not None
 
 
 class ApprovalReads(Reading):

@@ -16,7 +16,7 @@ SQL = {
     ),
     "device_claim": (
         "UPDATE devices SET run_id = :run_id, created_by = :created_by, updated_at = :now "
-        "WHERE id = :id AND pool IS NOT NULL AND run_id IS NULL AND deleted_at IS NULL"
+        "WHERE id = :id AND pool IS NOT NULL AND run_id IS NULL AND deleted_at IS NULL RETURNING id"
     ),
     "device_get": "SELECT * FROM devices WHERE id = ? AND deleted_at IS NULL",
     "device_list": "SELECT * FROM devices WHERE deleted_at IS NULL AND ephemeral = 0 ORDER BY created_at, id",
@@ -37,9 +37,8 @@ class DeviceWrites(Connected):
     async def claim_device(self, device_id: str, run_id: str, created_by: str) -> bool:
         """Compare-and-set: give a ready pooled device to a run (counted from now on as its creator's);
         False if it is not a ready pooled device."""
-        cur = await self.conn.execute(SQL["device_claim"], {"id": device_id, "run_id": run_id,
-                                                            "created_by": created_by, "now": self.stamp})
-        return cur.rowcount == 1
+        return await self.cas(SQL["device_claim"], {"id": device_id, "run_id": run_id, "created_by": created_by,
+                                                    "now": self.stamp}) is not None
 
     async def delete_device(self, device_id: str) -> None:
         await self.conn.execute(SQL["device_delete"], {"id": device_id, "now": self.stamp})

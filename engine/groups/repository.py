@@ -68,11 +68,11 @@ SQL = {
     ),
     "group_open": (
         "UPDATE agent_run_groups SET status = 'running', updated_at = ? "
-        "WHERE id = ? AND status IN ('queued', 'running') AND cancel_requested IS NULL"
+        "WHERE id = ? AND status IN ('queued', 'running') AND cancel_requested IS NULL RETURNING id"
     ),
     "group_request_cancel": (
         "UPDATE agent_run_groups SET cancel_requested = COALESCE(cancel_requested, ?), updated_at = ? "
-        "WHERE id = ? AND status IN ('queued', 'running')"
+        "WHERE id = ? AND status IN ('queued', 'running') RETURNING id"
     ),
 }
 
@@ -124,16 +124,11 @@ class GroupWrites(Connected):
 
     async def open_group(self, group_id: str) -> bool:
         """Mark the group running for a dispatch, unless it has ended or its cancel was asked for."""
-        cur = await self.conn.execute(SQL["group_open"], (self.stamp, group_id))
-        return cur.rowcount == 1
+        return await self.cas(SQL["group_open"], (self.stamp, group_id)) is not None
 
     async def request_group_cancel(self, group_id: str) -> bool:
-        cur = await self.conn.execute(SQL["group_request_cancel"], (self.stamp, self.stamp, group_id))
-        if cur.rowcount == 1:
-            self.touch(topics.group(group_id))
-            self.touch(topics.ADMISSION)
-            return True
-        return False
+        return await self.cas(SQL["group_request_cancel"], (self.stamp, self.stamp, group_id),
+                              topics.group(group_id), topics.ADMISSION) is not None
 
     async def cancel_queued_entries(self, group_id: str) -> list[tuple[str, int]]:
         """End every queued entry of the group `canceled`; returns their (id, position)."""

@@ -138,13 +138,8 @@ class RunWrites(Connected):
         if expected is not None:
             sql += " AND status IN (" + ", ".join(f":expected_{i}" for i in range(len(expected))) + ")"
             params.update({f"expected_{i}": s for i, s in enumerate(expected)})
-        cur = await self.conn.execute(sql, encode(params))
-        applied = cur.rowcount == 1
-        if applied:
-            self.touch(topics.run(run_id))
-            if "status" in fields:
-                self.touch(topics.ADMISSION)
-        return applied
+        touched = (topics.run(run_id), topics.ADMISSION) if "status" in fields else (topics.run(run_id),)
+        return await self.cas(sql + " RETURNING id", encode(params), *touched) is not None
 
     async def append_output(self, run_id: str, stream: str, text: str) -> None:
         """Keep more of a run's stdout or stderr: one new chunk, not a rewrite of what is kept."""

@@ -26,7 +26,7 @@ SQL = {
     "session_by_token": "SELECT * FROM sessions WHERE token_hash = ?",
     "session_end": (
         "UPDATE sessions SET status = :status, stop_reason = :reason, stopped_at = :now, updated_at = :now "
-        "WHERE id = :id AND status = 'active'"
+        "WHERE id = :id AND status = 'active' RETURNING id"
     ),
     "session_set_run": "UPDATE sessions SET run_id = :run_id, updated_at = :now WHERE id = :id",
     "session_active": "SELECT 1 FROM sessions WHERE id = ? AND status = 'active'",
@@ -55,10 +55,8 @@ class SessionWrites(Connected):
 
     async def end_session(self, session_id: str, status: str, reason: str) -> bool:
         """Compare-and-set: stop or expire a session that is still active; says whether it did."""
-        cur = await self.conn.execute(SQL["session_end"], {"id": session_id, "status": status, "reason": reason,
-                                                           "now": self.stamp})
-        self.touch(topics.SESSIONS)
-        return cur.rowcount == 1
+        return await self.cas(SQL["session_end"], {"id": session_id, "status": status, "reason": reason,
+                                                   "now": self.stamp}, topics.SESSIONS) is not None
 
     async def set_session_run(self, session_id: str, run_id: str) -> None:
         await self.conn.execute(SQL["session_set_run"], {"id": session_id, "run_id": run_id, "now": self.stamp})

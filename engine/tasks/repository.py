@@ -58,13 +58,15 @@ SQL = {
     ),
     "task_requeue": (
         "UPDATE tasks SET status = 'queued', failures = failures + :failed, available_at = :available_at, "
-        "current_run_id = NULL, updated_at = :now WHERE id = :id AND status = 'claimed' AND current_run_id = :run_id"
+        "current_run_id = NULL, updated_at = :now WHERE id = :id AND status = 'claimed' AND current_run_id = :run_id "
+        "RETURNING id"
     ),
     "task_finish": (
         "UPDATE tasks SET status = :status, failures = failures + :failed, failure_kind = :failure_kind, "
         "error = :error, result = :result, finished_at = :now, updated_at = :now, "
         "body_bytes = body_bytes + COALESCE(length(CAST(:result AS BLOB)), 0) "
-        "+ COALESCE(length(CAST(:error AS BLOB)), 0) WHERE id = :id AND status = 'claimed' AND current_run_id = :run_id"
+        "+ COALESCE(length(CAST(:error AS BLOB)), 0) WHERE id = :id AND status = 'claimed' AND current_run_id = :run_id "
+        "RETURNING id"
     ),
     "task_event_bump": "UPDATE tasks SET latest_event_seq = latest_event_seq + 1 WHERE id = ? RETURNING *",
     "task_event_insert": (
@@ -92,7 +94,8 @@ SQL = {
     ),
     "task_run_expire": (
         "UPDATE task_runs SET status = 'expired', ended_at = :now, failure_kind = 'lease_expired', "
-        "error = 'the lease ran out without a heartbeat' WHERE id = :id AND status = 'running' AND lease_until <= :now"
+        "error = 'the lease ran out without a heartbeat' WHERE id = :id AND status = 'running' AND lease_until <= :now "
+        "RETURNING id"
     ),
     "task_runs_expired": "SELECT * FROM task_runs WHERE status = 'running' AND lease_until <= ? ORDER BY lease_until",
     "task_runs_next_expiry": "SELECT min(lease_until) AS at FROM task_runs WHERE status = 'running'",
@@ -165,26 +168,20 @@ class TaskWrites(Connected):
 
     async def expire_task_run(self, run_id: str) -> bool:
         """Compare-and-set: a running run whose lease has passed becomes expired."""
-        cur = await self.conn.execute(SQL["task_run_expire"], {"id": run_id, "now": self.stamp})
-        if cur.rowcount == 1:
-            self.touch(topics.TASKS)
-        return cur.rowcount == 1
+        return await self.cas(SQL["task_run_expire"], {"id": run_id, "now": self.stamp}, topics.TASKS) is not None
 
     async def requeue_task(self, task_id: str, run_id: str, *, failed: bool, available_at: datetime) -> bool:
-        cur = await self.conn.execute(SQL["task_requeue"], {
+        return await self.cas(SQL["task_requeue"], {
             "id": task_id, "run_id": run_id, "failed": int(failed), "available_at": ts(available_at),
-            "now": self.stamp})
-        self.touch(topics.TASKS)
-        return cur.rowcount == 1
+            "now": self.stamp}, topics.TASKS) is not None
 
     async def finish_task(self, task_id: str, run_id: str, status: str, *, failed: bool = False,
                           failure_kind: str | None = None, error: str | None = None, result: Any = None) -> bool:
-        cur = await self.conn.execute(SQL["task_finish"], {
+        return await self.cas(SQL["task_finish"], {
             "id": task_id, "run_id": run_id, "status": str(status), "failed": int(failed),
             "failure_kind": None if failure_kind is None else str(failure_kind),
-            "error": error, "result": None if result is None else json.dumps(result), "now": self.stamp})
-        self.touch(topics.TASKS)
-        return cur.rowcount == 1
+            "error": error, "result": None if result is None else json.dumps(result), "now": self.stamp},
+            topics.TASKS) is not None
 
     async def task_event(self, task_id: str, run_id: str | None, type_: str, message: str,
                          payload: dict[str, Any]) -> TaskRow:
