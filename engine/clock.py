@@ -35,7 +35,8 @@ class FakeClock:
     def __init__(self, start: datetime | None = None) -> None:
         self._start = start or datetime(2026, 1, 1, tzinfo=UTC)
         self._elapsed = 0.0
-        self._sleepers: list[tuple[float, int, anyio.Event]] = []
+        self._sleepers: list[tuple[float, int, anyio.Event, int]] = []
+        """(deadline, order, its event, the sleeping task's id)"""
         self._order = itertools.count()
         self._changed = anyio.Event()
 
@@ -50,7 +51,8 @@ class FakeClock:
             await anyio.lowlevel.checkpoint()
             return
         woken = anyio.Event()
-        heapq.heappush(self._sleepers, (self._elapsed + seconds, next(self._order), woken))
+        heapq.heappush(self._sleepers, (self._elapsed + seconds, next(self._order), woken,
+                                        anyio.get_current_task().id))
         self._poke()
         await woken.wait()
 
@@ -60,7 +62,7 @@ class FakeClock:
         # The deadline counts from the call, not from when a timer task first runs: time advanced in
         # between must not push it later.
         woken = anyio.Event()
-        entry = (self._elapsed + max(timeout, 0), next(self._order), woken)
+        entry = (self._elapsed + max(timeout, 0), next(self._order), woken, anyio.get_current_task().id)
         heapq.heappush(self._sleepers, entry)
         self._poke()
         try:
@@ -87,6 +89,12 @@ class FakeClock:
     @property
     def sleepers(self) -> int:
         return len(self._sleepers)
+
+    async def until_asleep(self, task_id: int) -> None:
+        """Wait (in real time, bounded by the caller) until the task `task_id` sleeps on this clock."""
+        while not any(entry[3] == task_id for entry in self._sleepers):
+            changed = self._changed
+            await changed.wait()
 
     async def until_sleepers(self, count: int) -> None:
         """Wait (in real time, bounded by the caller) until `count` tasks sleep on this clock."""

@@ -46,11 +46,17 @@ async def recv(engine: Engine, caller, channel: str, **kw) -> list[cm.Message]:
 
 
 async def waiting(clock: FakeClock, tg, fn, *args) -> None:  # type: ignore[no-untyped-def]
-    """Start `fn` and return once it waits on the clock (its wait registered, nothing else pending)."""
-    await anyio.wait_all_tasks_blocked()
-    before = clock.sleepers
-    tg.start_soon(fn, *args)
-    await clock.until_sleepers(before + 1)
+    """Start `fn` and return once it waits on the clock (its own wait: another task's sleep does not count)."""
+    started: list[int] = []
+
+    async def run() -> None:
+        started.append(anyio.get_current_task().id)
+        await fn(*args)
+
+    tg.start_soon(run)
+    while not started:
+        await anyio.sleep(0)
+    await clock.until_asleep(started[0])
 
 
 async def test_a_spawn_makes_the_parents_family_channel_and_every_child_joins_it(tmp_path):
