@@ -15,6 +15,7 @@ import yaml
 
 from engine import errors
 from engine.souls import models as souls
+from engine.souls import parser as soul_parser
 
 MAPPED = ("name", "description", "tools", "model")
 ROLE_SENTENCE = re.compile(r"(.+?[.!?])(?:\s|$)", re.S)
@@ -51,7 +52,7 @@ def convert(text: str, name: str | None, max_bytes: int) -> Converted:
         tags.append(f"model:{model.strip()}")
     tags += [f"tool:{t}" for t in _tools(fm.get("tools"))]
     dropped = sorted(str(k) for k in fm if k not in MAPPED)
-    document = souls.as_document({"role": role, "tags": tags}, body)
+    document = soul_parser.as_document({"role": role, "tags": tags}, body)
     return Converted(name, document, dropped)
 
 
@@ -96,12 +97,12 @@ def _role(description: str) -> tuple[str, str]:
     """The role, and what of the description did not fit in it (kept in the body). A description of one
     paragraph that fits is the role; a longer one (Claude Code's often carry examples) gives its first
     sentence."""
-    if "\n" not in description and len(description) <= souls.MAX_TEXT_CHARS:
+    if "\n" not in description and len(description) <= soul_parser.MAX_TEXT_CHARS:
         return description, ""
     first = ROLE_SENTENCE.match(description)
     role = " ".join((first.group(1) if first else description).split())
-    if len(role) > souls.MAX_TEXT_CHARS:
-        role = role[:souls.MAX_TEXT_CHARS - 3].rstrip() + "..."
+    if len(role) > soul_parser.MAX_TEXT_CHARS:
+        role = role[:soul_parser.MAX_TEXT_CHARS - 3].rstrip() + "..."
     return role, description
 
 

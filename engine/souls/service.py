@@ -23,6 +23,7 @@ import anyio
 from engine import errors
 from engine.souls import claude_agent as soul_import
 from engine.souls import models as souls
+from engine.souls import parser as soul_parser
 from engine.callers import Caller
 from engine.ports import Clock
 from engine.settings import Settings
@@ -96,7 +97,7 @@ class SoulService:
             soul, _ = await self._load(name)
             return soul
         return await anyio.to_thread.run_sync(partial(
-            souls.parse, req.content, None, agent_name=name, limits=self.limits, enabled=self.settings.soul_enabled,
+            soul_parser.parse, req.content, None, agent_name=name, limits=self.limits, enabled=self.settings.soul_enabled,
             source=souls.Source.request, created_at=self.clock.now()))
 
     async def snapshot(self, caller: Caller, agent_name: str | None = None) -> tuple[str, souls.Soul]:
@@ -128,8 +129,8 @@ class SoulService:
         common = {"limits": self.limits, "enabled": self.settings.soul_enabled, "source": souls.Source.snapshot,
                   "snapshot_id": snapshot_id, "created_at": row.created_at}
         if row.content is None:
-            return souls.missing(row.agent_name, row.source_path, **common)
-        return await anyio.to_thread.run_sync(partial(souls.parse, row.content, row.source_path,
+            return soul_parser.missing(row.agent_name, row.source_path, **common)
+        return await anyio.to_thread.run_sync(partial(soul_parser.parse, row.content, row.source_path,
                                                       agent_name=row.agent_name, **common))
 
     async def _load(self, name: str) -> tuple[souls.Soul, bytes | None]:
@@ -143,10 +144,10 @@ class SoulService:
         assert found is not None
         path = str(found.path)
         if found.problem is not None:
-            return souls.unreadable(name, path, found.problem, source=found.source, **common), None
+            return soul_parser.unreadable(name, path, found.problem, source=found.source, **common), None
         if found.data is None:
-            return souls.missing(name, path, source=found.source, **common), None
-        soul = await anyio.to_thread.run_sync(partial(souls.parse, found.data, path, agent_name=name,
+            return soul_parser.missing(name, path, source=found.source, **common), None
+        soul = await anyio.to_thread.run_sync(partial(soul_parser.parse, found.data, path, agent_name=name,
                                                       source=found.source, created_at=found.modified, **common))
         return soul, found.data
 
@@ -168,7 +169,7 @@ class SoulService:
         converted = soul_import.convert(req.content, req.name, self.settings.soul_max_bytes)
         path = self.settings.souls_dir / f"{converted.name}.md"
         soul = await anyio.to_thread.run_sync(partial(
-            souls.parse, converted.document, str(path), agent_name=converted.name, limits=self.limits,
+            soul_parser.parse, converted.document, str(path), agent_name=converted.name, limits=self.limits,
             enabled=self.settings.soul_enabled, source=souls.Source.home, created_at=self.clock.now()))
         if not soul.valid:
             return souls.SoulImported(soul=soul, path=str(path), written=False, replaced=False,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from engine import errors, models
 from engine.souls import models as souls
+from engine.souls import parser as soul_parser
 from mcp_server import commands, mcp_tools
 from mcp_server.api import AgentDockAPI
 from mcp_server.ops import Op
@@ -62,7 +63,7 @@ def read_file(name: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        bad = next(d for d in souls.parse(data).diagnostics if d.code == "not_utf8")
+        bad = next(d for d in soul_parser.parse(data).diagnostics if d.code == "not_utf8")
         raise errors.InvalidInput("FILE", f"{name!r} line {bad.line}, column {bad.column}: not UTF-8; save it as "
                                   "UTF-8", evidence={"line": bad.line, "column": bad.column}) from None
 
@@ -76,7 +77,7 @@ def show_soul(soul: souls.Soul, as_json: bool, label: str | None = None) -> None
     state = soul.validation_status.value + (" (active)" if soul.active else "")
     summary = {"agent_name": soul.agent_name, "status": state, "source": soul.source_path or label or "-",
                "digest": soul.digest or "-", "role": fm.role or "-"}
-    for field in souls.LIST_FIELDS:
+    for field in soul_parser.LIST_FIELDS:
         if getattr(fm, field):
             summary[field] = ", ".join(getattr(fm, field))
     if fm.version:

@@ -12,6 +12,7 @@ import pytest
 from engine import errors, models
 from engine.souls import claude_agent as soul_import
 from engine.souls import models as souls
+from engine.souls import parser as soul_parser
 from engine.app import Engine
 from engine.callers import ROOT, Caller
 from engine.settings import Settings
@@ -358,7 +359,7 @@ async def test_a_long_description_gives_its_first_sentence_as_role_and_keeps_the
     description = "Use this agent after edits. It reviews code.\n<example>user: review</example>"
     converted = soul_import.convert(f"---\nname: r\ndescription: {description!r}\n---\nPrompt.\n".replace(
         "'", '"'), None, 65_536)
-    soul = souls.parse(converted.document)
+    soul = soul_parser.parse(converted.document)
     assert soul.valid and soul.frontmatter.role == "Use this agent after edits."
     assert soul.body.startswith("Prompt.\n\n## When to use this agent\n\nUse this agent after edits.")
 

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from engine.souls import models as souls
+from engine.souls import parser as soul_parser
 from engine.souls.models import Limits, Severity, Status
 
 E, W, I = Severity.error, Severity.warning, Severity.info
@@ -68,7 +69,7 @@ def found(soul: souls.Soul) -> list[tuple[str, int | None, int | None, str | Non
 
 @pytest.mark.parametrize(("document", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_each_problem_is_one_diagnostic_at_its_line_and_column(document, expected):
-    soul = souls.parse(document, "/souls/x.md")
+    soul = soul_parser.parse(document, "/souls/x.md")
 
     assert found(soul) == expected
     errors = any(sev is E for *_, sev in expected)
@@ -81,7 +82,7 @@ def test_each_problem_is_one_diagnostic_at_its_line_and_column(document, expecte
 
 def test_a_valid_soul_has_its_fields_body_digest_and_revision():
     text = "---\nrole: Reviews code\ntone: [calm, terse]\nprinciples:\n  - cite lines\nversion: '1'\n---\n# Hi\n"
-    soul = souls.parse(text, agent_name="rev")
+    soul = soul_parser.parse(text, agent_name="rev")
 
     assert soul.frontmatter.model_dump() == {
         "role": "Reviews code", "tone": ["calm", "terse"], "principles": ["cite lines"], "constraints": [],
@@ -93,20 +94,20 @@ def test_a_valid_soul_has_its_fields_body_digest_and_revision():
 
 
 def test_coercions_keep_the_value_as_written():
-    soul = souls.parse("---\nrole: r\ntone: calm\nversion: 2.10\n---\n")
+    soul = soul_parser.parse("---\nrole: r\ntone: calm\nversion: 2.10\n---\n")
     assert (soul.frontmatter.tone, soul.frontmatter.version) == (["calm"], "2.10")
     assert soul.valid
 
 
 def test_a_duplicate_key_keeps_the_first_value():
-    assert souls.parse("---\nrole: a\nrole: b\n---\n").frontmatter.role == "a"
+    assert soul_parser.parse("---\nrole: a\nrole: b\n---\n").frontmatter.role == "a"
 
 
 def test_the_size_limits_point_where_they_are_crossed_and_the_body_is_cut_there():
     limits = Limits(max_bytes=40, max_body_bytes=30, context_projection_bytes=100)
     text = "---\nrole: r\n---\n" + "0123456789\n" * 4  # 16 bytes of frontmatter, 44 of body
 
-    soul = souls.parse(text, limits=limits)
+    soul = soul_parser.parse(text, limits=limits)
 
     assert found(soul) == [("soul_too_large", 6, 3, "document", E), ("body_too_large", 6, 9, "body", E)]
     assert soul.truncated and soul.body == ("0123456789\n" * 4)[:30]
@@ -116,59 +117,59 @@ def test_the_size_limits_point_where_they_are_crossed_and_the_body_is_cut_there(
 def test_a_limit_crossed_inside_a_character_points_at_that_character():
     text = "---\nrole: r\n---\néééé"  # the third é is bytes 20 and 21
     for limit in (20, 21):
-        soul = souls.parse(text, limits=Limits(max_bytes=limit))
+        soul = soul_parser.parse(text, limits=Limits(max_bytes=limit))
         assert found(soul)[0] == ("soul_too_large", 4, 3, "document", E), limit
 
 
 def test_frontmatter_past_the_size_limit_is_not_parsed():
-    soul = souls.parse("---\nrole: 5\n---\n", limits=Limits(max_bytes=10))
+    soul = soul_parser.parse("---\nrole: 5\n---\n", limits=Limits(max_bytes=10))
     assert found(soul) == [("soul_too_large", 2, 7, "document", E)]
 
 
 @pytest.mark.parametrize("nested", ["[" * 5000 + "]" * 5000, "[a, " * 40, "{a: " * 40, "- " * 5000 + "x"])
 def test_deep_nesting_is_a_yaml_diagnostic_not_a_crash(nested):
-    soul = souls.parse("---\nrole: r\ntags: " + nested + "\n---\n")
+    soul = soul_parser.parse("---\nrole: r\ntags: " + nested + "\n---\n")
     assert [(d.code, d.line) for d in soul.diagnostics] == [("yaml_error", 3)]
 
 
 def test_flow_nesting_is_refused_where_it_passes_the_bound():
-    (diag,) = souls.parse("---\nrole: r\ntags: " + "[" * 40 + "\n---\n").diagnostics
-    assert (diag.code, diag.line, diag.column) == ("yaml_error", 3, 7 + souls.MAX_FLOW_DEPTH)
+    (diag,) = soul_parser.parse("---\nrole: r\ntags: " + "[" * 40 + "\n---\n").diagnostics
+    assert (diag.code, diag.line, diag.column) == ("yaml_error", 3, 7 + soul_parser.MAX_FLOW_DEPTH)
 
 
 def test_yaml_messages_say_where_the_unfinished_thing_started():
-    (diag,) = souls.parse('---\nrole: "r\n---\n').diagnostics
+    (diag,) = soul_parser.parse('---\nrole: "r\n---\n').diagnostics
     assert "line 2, column 7" in diag.message
 
 
 def test_unknown_keys_get_a_suggestion():
-    (typo,) = souls.parse("---\nrole: r\nprinciple: [a]\n---\n").diagnostics
-    (claude,) = souls.parse("---\nrole: r\ndescription: d\n---\n").diagnostics
+    (typo,) = soul_parser.parse("---\nrole: r\nprinciple: [a]\n---\n").diagnostics
+    (claude,) = soul_parser.parse("---\nrole: r\ndescription: d\n---\n").diagnostics
     assert "did you mean principles" in typo.message
     assert "agentdock soul import" in claude.message
 
 
 def test_a_document_with_very_many_problems_reports_the_first_ones_and_a_count():
     text = "---\nrole: r\n" + "".join(f"k{i}: x\n" for i in range(150)) + "---\n"
-    soul = souls.parse(text)
-    assert len(soul.diagnostics) == souls.MAX_DIAGNOSTICS
+    soul = soul_parser.parse(text)
+    assert len(soul.diagnostics) == soul_parser.MAX_DIAGNOSTICS
     assert soul.diagnostics[-1].code == "too_many_diagnostics" and "51 more" in soul.diagnostics[-1].message
 
 
 def test_a_lone_surrogate_in_text_is_not_utf8_not_a_crash():
-    soul = souls.parse("---\nrole: r\n---\nx\ud800\n")
+    soul = soul_parser.parse("---\nrole: r\n---\nx\ud800\n")
     assert found(soul) == [("not_utf8", 4, 2, None, E)]
 
 
 def test_switched_off_souls_are_checked_but_never_active():
-    soul = souls.parse("---\nrole: r\n---\n", enabled=False)
+    soul = soul_parser.parse("---\nrole: r\n---\n", enabled=False)
     assert (soul.valid, soul.enabled, soul.active) == (True, False, False)
     assert [(d.code, d.owner_surface) for d in soul.diagnostics] == [("soul_disabled", "settings")]
 
 
 def test_the_context_projection_keeps_whole_items_within_its_budget():
     text = "---\nrole: r\nprinciples: [" + ", ".join(["p" * 20] * 10) + "]\ntone: [calm]\n---\n"
-    soul = souls.parse(text, limits=Limits(context_projection_bytes=100))
+    soul = soul_parser.parse(text, limits=Limits(context_projection_bytes=100))
 
     ctx = souls.projection(soul)
 
@@ -176,24 +177,24 @@ def test_the_context_projection_keeps_whole_items_within_its_budget():
     assert len(ctx.principles) == 4 and ctx.tone == []  # 3 + 4 * 23 bytes fit in 100, a fifth would not
     assert len(json.dumps(ctx.role)) + sum(len(json.dumps(p)) + 1 for p in ctx.principles + ctx.tone) <= 100
     assert ctx.config_digest == soul.config_provenance.digest
-    whole = souls.projection(souls.parse(text))
+    whole = souls.projection(soul_parser.parse(text))
     assert not whole.truncated and len(whole.principles) == 10 and whole.tone == ["calm"]
 
 
 def test_an_invalid_soul_projects_nothing_into_context():
-    ctx = souls.projection(souls.parse("---\nrole: r\nbad: 1\n---\n"))
+    ctx = souls.projection(soul_parser.parse("---\nrole: r\nbad: 1\n---\n"))
     assert (ctx.role, ctx.principles, ctx.active, ctx.validation_status) == (None, [], False, Status.invalid)
 
 
 def test_config_provenance_digest_changes_with_the_limits():
-    a = souls.parse("---\nrole: r\n---\n").config_provenance
-    b = souls.parse("---\nrole: r\n---\n", limits=Limits(max_bytes=1000)).config_provenance
+    a = soul_parser.parse("---\nrole: r\n---\n").config_provenance
+    b = soul_parser.parse("---\nrole: r\n---\n", limits=Limits(max_bytes=1000)).config_provenance
     assert a.digest != b.digest and a.source is souls.Source.request
 
 
 def test_a_megabyte_of_control_characters_is_a_bounded_report():
-    soul = souls.parse("---\nrole: r\n---\n" + "\x1b" * souls.MAX_SOURCE_BYTES)
-    assert len(soul.diagnostics) == souls.MAX_DIAGNOSTICS
+    soul = soul_parser.parse("---\nrole: r\n---\n" + "\x1b" * souls.MAX_SOURCE_BYTES)
+    assert len(soul.diagnostics) == soul_parser.MAX_DIAGNOSTICS
     assert found(soul)[0] == ("control_character", 4, 1, None, E)
     assert soul.diagnostics[-1].code == "too_many_diagnostics"
-    assert f"{souls.MAX_SOURCE_BYTES + 2 - souls.MAX_DIAGNOSTICS + 1} more" in soul.diagnostics[-1].message
+    assert f"{souls.MAX_SOURCE_BYTES + 2 - soul_parser.MAX_DIAGNOSTICS + 1} more" in soul.diagnostics[-1].message
