@@ -174,7 +174,8 @@ async def test_a_grandchild_that_opts_out_of_its_parents_profile_keeps_every_lim
     for opt in ("none", "skip"):
         assert closed_out[f"{opt}.limits"] == {
             "network": False, "tools": ["exec", "files"], "image": None, "max_child_sandboxes": None,
-            "resources": {"cpus": None, "memory_mb": 256, "pids_limit": None}, "approval": "confirm-risky"}
+            "resources": {"cpus": None, "memory_mb": 256, "pids_limit": None, "workspace_mb": None, "tmp_mb": None},
+            "approval": "confirm-risky"}
         assert closed_out[f"{opt}.networked"] == [403, "permission_denied", "network"]
         assert closed_out[f"{opt}.made"] == [False, 256]
         assert closed_out[f"{opt}.bigger"] == [413, "limit_exceeded", "memory_mb"]
