@@ -23,7 +23,7 @@ from bench import sizing  # noqa: E402
 from engine import models  # noqa: E402
 from engine.callers import ROOT  # noqa: E402
 from engine.settings import Settings  # noqa: E402
-from runtimes.docker_backend import host_address  # noqa: E402
+from runtimes.egress_network import host_address  # noqa: E402
 from runtimes.gateway import remove_egress  # noqa: E402
 from runtimes.wiring import docker_engine  # noqa: E402
 from tests.canned_upstream import CannedUpstream  # noqa: E402

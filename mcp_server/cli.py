@@ -84,11 +84,11 @@ def cmd_image(args: argparse.Namespace) -> int:
 
 def cmd_runtimes(args: argparse.Namespace) -> int:
     """The runtime catalog, and which real CLIs an image holds (at which versions)."""
-    from runtimes import clis, images
+    from runtimes import agents_image, clis
 
     if not models.IMAGE_REF.fullmatch(args.image):
         raise errors.InvalidInput("image", "must be an image reference (letters, digits and ._/:@-)")
-    held = images.inspect_runtimes(args.image)
+    held = agents_image.inspect_runtimes(args.image)
     rows = []
     for name, adapter in adapters.DEFAULT.items():
         cli = clis.CATALOG.get(clis.ALIASES.get(name, name))

@@ -521,12 +521,12 @@ def cli(exe: str, *args: str, stdin: str | None = None) -> str:
 
 async def real_claude(ad: Agentdock, exe: str) -> bool:
     """claude-code through the real CLI: `auth_required` without a key, a real answer with the secret."""
-    from runtimes import clis, images
+    from runtimes import agents_image, clis, images
 
     title("the real Claude Code CLI (agentdock image build --runtimes claude-code)")
-    held = await anyio.to_thread.run_sync(images.inspect_runtimes, images.AGENTS_IMAGE)
+    held = await anyio.to_thread.run_sync(agents_image.inspect_runtimes, agents_image.AGENTS_IMAGE)
     if (held or {}).get("claude-code") == clis.CATALOG["claude-code"].version:
-        line(f"{images.AGENTS_IMAGE} holds claude-code {held['claude-code']}")  # type: ignore[index]
+        line(f"{agents_image.AGENTS_IMAGE} holds claude-code {held['claude-code']}")  # type: ignore[index]
     else:
         await anyio.to_thread.run_sync(lambda: images.build([], runtimes=["claude-code"], log=line))
     listed = json.loads(cli(exe, "secrets", "list", "--json"))
@@ -535,7 +535,7 @@ async def real_claude(ad: Agentdock, exe: str) -> bool:
         line("storing $ANTHROPIC_API_KEY as the secret ANTHROPIC_API_KEY (value on stdin)")
         cli(exe, "secrets", "set", "ANTHROPIC_API_KEY", stdin=os.environ["ANTHROPIC_API_KEY"])
         have = True
-    box = await ad.create_sandbox("claude", images.AGENTS_IMAGE, network=have)
+    box = await ad.create_sandbox("claude", agents_image.AGENTS_IMAGE, network=have)
     prompt = "Reply with one short sentence: what is 6 times 7?"
     keyless = await ad.run(target_id=box["id"], provider="claude-code", prompt=prompt)
     show_run("agent_run (claude-code, real CLI, no secret given)", keyless)

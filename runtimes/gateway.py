@@ -35,7 +35,7 @@ from starlette.routing import Route
 from engine import errors, providers
 from engine.gateway import Gateway, Grant, Usage
 from engine.settings import Settings
-from runtimes.docker_backend import DockerBackend, egress_names
+from runtimes import egress_network
 
 log = logging.getLogger("agentdock.gateway")
 MAX_REQUEST_BYTES = 32 * 1_048_576
@@ -180,7 +180,7 @@ class _Server(uvicorn.Server):
 class Egress:
     """Implements `engine.gateway.Egress`: the network, the firewall on it, and the proxy."""
 
-    def __init__(self, backend: DockerBackend, settings: Settings) -> None:
+    def __init__(self, backend: egress_network.EgressNetwork, settings: Settings) -> None:
         self.backend = backend
         self.port = settings.gateway_port
         self.upstreams = providers.upstreams(settings.gateway_upstreams)
@@ -303,7 +303,7 @@ def remove_egress(home: str) -> None:
     """Remove a home's network and its firewall chain (tests, after its containers are gone)."""
     import docker
 
-    name, iface = egress_names(home)
+    name, iface = egress_network.egress_names(home)
     try:
         docker.from_env().networks.get(name).remove()
     except docker.errors.NotFound:

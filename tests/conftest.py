@@ -23,14 +23,14 @@ from engine.settings import Settings
 from mcp_server import areas
 from mcp_server import daemon as daemon_mod
 from mcp_server import http as http_app
-from runtimes import disks, gateway, images
+from runtimes import disks, gateway, small_image
 from runtimes.wiring import docker_engine
 
 os.environ["AGENTDOCK_POOL_SIZE"] = "0"
 """The warm pool is off unless a test turns it on (tests/*/test_pool.py): the rest of the suite counts
 containers and starts, and a pool would add its own."""
 
-SMALL = images.small_tag()
+SMALL = small_image.small_tag()
 """agentdock-small for this checkout's fakes (`latest` may be another checkout's on a shared engine)."""
 FULL = "agentdock-full:latest"
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ import anyio
 import docker
 import pytest
 
-from runtimes.docker_backend import RUNS_DIR, run_uid
+from runtimes.naming import RUNS_DIR, run_uid
 from tests.conftest import AGENTDOCK, FULL, Daemon, owned_containers
 from tests.e2e.test_http import RUNS, SANDBOXES, diagnostic, http, run_ids
 

@@ -14,7 +14,8 @@ import pytest
 from engine import errors, models
 from engine.callers import ROOT
 from runtimes import disks
-from runtimes.docker_backend import RUNS_DIR, egress_names, run_uid
+from runtimes.egress_network import egress_names
+from runtimes.naming import RUNS_DIR, run_uid
 from tests.conftest import SMALL, owned_containers
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]

@@ -26,7 +26,8 @@ from engine.settings import Settings
 from mcp_server import areas
 from mcp_server import daemon as daemon_mod
 from mcp_server.client import DaemonClient
-from runtimes.docker_backend import container_name, egress_names
+from runtimes.egress_network import egress_names
+from runtimes.naming import container_name
 from runtimes.wiring import docker_engine
 from tests.canned_upstream import PLAIN_USAGE, STREAM_INPUT, STREAM_OUTPUT, CannedUpstream
 from tests.conftest import FULL, Daemon, Engine, owned_containers

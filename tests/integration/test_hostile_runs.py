@@ -20,8 +20,9 @@ from engine import errors, models, ports
 from engine.callers import ROOT
 from engine.secrets import MASK, SecretStore
 from mcp_server import daemon as daemon_mod
-from runtimes import harness, procs
-from runtimes.docker_backend import RUNS_DIR, WRAPPER, DockerBackend, _wrapper_command, run_uid
+from runtimes import harness, procs, wrapper
+from runtimes.docker_backend import DockerBackend
+from runtimes.naming import RUNS_DIR, run_uid
 from runtimes.wiring import docker_engine
 from tests.conftest import FULL, SMALL, Daemon, Engine, owned_containers
 from mcp_server import areas
@@ -197,7 +198,7 @@ class CrashAfterCreate(DockerBackend):
 
     async def _run_ephemeral(self, launch: ports.RunLaunch, spec: ports.DeviceSpec):  # type: ignore[override]
         user = await self._image_user(spec.image)
-        await self._call(self._create, spec, _wrapper_command(launch), self._wrapper_env(launch, 0, 0),
+        await self._call(self._create, spec, wrapper.command(launch), wrapper.environment(launch, 0, 0),
                          user=user, run_user=user)
         self.created.set()
         await anyio.sleep_forever()
@@ -428,7 +429,7 @@ def test_the_wrappers_trailer_counts_exactly_the_bytes_it_emitted():
     try:
         for command, out, err in (("echo done 7", b"done 7\n", b""), ("echo a; echo bb >&2", b"a\n", b"bb\n"),
                                   ("true", b"", b"")):
-            result = box.exec_run(["/bin/sh", "-c", WRAPPER, "agentdock-run", "sh", "-c", command], demux=True,
+            result = box.exec_run(["/bin/sh", "-c", wrapper.SCRIPT, "agentdock-run", "sh", "-c", command], demux=True,
                                   environment={"AGENTDOCK_RUN_DIR": f"/tmp/r{len(command)}", "AGENTDOCK_CWD": "/tmp",
                                                "AGENTDOCK_PROMPT": "p"})
             stdout, stderr = result.output[0] or b"", result.output[1] or b""

@@ -17,7 +17,7 @@ from engine.profiles import models as pm
 from engine.callers import ROOT
 from engine.settings import Settings
 from runtimes import disks
-from runtimes.docker_backend import RUNS_DIR, run_uid
+from runtimes.naming import RUNS_DIR, run_uid
 from runtimes.wiring import docker_engine
 from tests.conftest import FULL, SMALL, Engine
 from tests.integration.test_hostile_runs import container, eventually, finish, pids_in, run_in

@@ -21,7 +21,8 @@ from engine.callers import ROOT
 from engine.settings import Settings
 from mcp_server import daemon as daemon_mod
 from mcp_server.client import DaemonClient
-from runtimes.docker_backend import KEEPALIVE, egress_names
+from runtimes.egress_network import egress_names
+from runtimes.naming import KEEPALIVE
 from tests.conftest import SMALL, Daemon
 from tests.integration.test_restart import kill_daemon, settled, wait_for_event
 from mcp_server import areas

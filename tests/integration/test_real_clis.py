@@ -21,10 +21,11 @@ from engine import models
 from engine.callers import ROOT
 from engine.settings import Settings
 from runtimes import clis, images
+from runtimes.agents_image import AGENTS_IMAGE, inspect_runtimes
 from tests.conftest import AGENTDOCK
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
-AGENTS = images.AGENTS_IMAGE
+AGENTS = AGENTS_IMAGE
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ async def run_in(engine: Any, device_id: str, **fields: Any) -> models.Run:
 
 
 def test_the_agents_image_labels_each_cli_with_its_pinned_version(agents_image: str, home: Path) -> None:
-    assert images.inspect_runtimes(agents_image) == {n: c.version for n, c in clis.CATALOG.items()}
+    assert inspect_runtimes(agents_image) == {n: c.version for n, c in clis.CATALOG.items()}
     out = subprocess.run([AGENTDOCK, "runtimes", "--json", "--home", str(home)], capture_output=True, text=True,
                          timeout=60)
     rows = {r["runtime"]: r for r in json.loads(out.stdout)["data"]}

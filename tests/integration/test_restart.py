@@ -12,7 +12,7 @@ import pytest
 from engine import models
 from mcp_server import daemon as daemon_mod
 from mcp_server.client import DaemonClient
-from runtimes.docker_backend import RUNS_DIR, run_uid
+from runtimes.naming import RUNS_DIR, run_uid
 from tests.conftest import SMALL, Daemon, owned_containers
 from mcp_server import areas
 

@@ -12,7 +12,7 @@ import pytest
 from engine import errors, models
 from engine.callers import ROOT
 from runtimes import procs
-from runtimes.docker_backend import RUNS_DIR, run_uid
+from runtimes.naming import RUNS_DIR, run_uid
 from tests.integration.test_hostile_runs import FORK_BOMB, container, eventually, finish, pids_in, run_in
 
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]

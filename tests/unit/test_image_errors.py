@@ -10,7 +10,7 @@ import docker.errors
 import pytest
 
 from mcp_server import cli
-from runtimes import images
+from runtimes import image_build, images
 
 
 class FakeDockerAPI:
@@ -34,7 +34,7 @@ def test_a_failing_build_step_is_an_image_build_failed_diagnostic_in_json_mode(e
     def builder(api: Any, force: bool, log: Any) -> str:
         raise exc
 
-    monkeypatch.setattr(images, "_client", FakeDockerAPI)
+    monkeypatch.setattr(image_build, "client", FakeDockerAPI)
     monkeypatch.setitem(images._BUILDERS, "small", builder)
     code = cli.main(["image", "build", "--small", "--json"])
     out, err = capsys.readouterr()
@@ -51,7 +51,7 @@ def test_a_failing_build_step_in_text_mode_prints_the_error_and_what_to_try(monk
     def builder(api: Any, force: bool, log: Any) -> str:
         raise subprocess.CalledProcessError(1, ["docker", "import"])
 
-    monkeypatch.setattr(images, "_client", FakeDockerAPI)
+    monkeypatch.setattr(image_build, "client", FakeDockerAPI)
     monkeypatch.setitem(images._BUILDERS, "small", builder)
     code = cli.main(["image", "build", "--small"])
     out, err = capsys.readouterr()

@@ -1,9 +1,9 @@
-"""The wrapper's trailer on stderr, read off the end of a run's stream (runtimes.docker_backend.Trailer)."""
+"""The wrapper's trailer on stderr, read off the end of a run's stream (runtimes.wrapper.Trailer)."""
 
 from __future__ import annotations
 
 from engine.ports import Chunk
-from runtimes.docker_backend import Trailer
+from runtimes.wrapper import Trailer
 
 REAL = b"\x1eagentdock-end 4 6 0\x1e"
 
