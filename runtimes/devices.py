@@ -46,6 +46,16 @@ class Devices(egress_network.EgressNetwork):
 
     def _create(self, spec: DeviceSpec, command: list[str], env: dict[str, str], *, user: str,
                 run_user: str) -> str:
+        """Make the device's disks, then its container (not started). While it does, `_tend_disks` leaves
+        those disks alone: they have no container yet."""
+        self._creating.add(spec.device_id)
+        try:
+            return self._create_container(spec, command, env, user=user, run_user=run_user)
+        finally:
+            self._creating.discard(spec.device_id)
+
+    def _create_container(self, spec: DeviceSpec, command: list[str], env: dict[str, str], *, user: str,
+                          run_user: str) -> str:
         api = self.api
         # The agent socket's directory, read-only: a run calls back as its session (a token on every
         # request). Only that directory: never control.sock, never the Docker socket.
@@ -96,11 +106,7 @@ class Devices(egress_network.EgressNetwork):
         # The device's main process runs as a user no run shares, so a run cannot signal it (or the
         # init above it) and stop the sandbox for the runs after it.
         run_user = await self._image_user(spec.image)
-        self._creating.add(spec.device_id)
-        try:
-            cid = await self._call(self._create, spec, naming.KEEPALIVE, {}, user=naming.KEEPER, run_user=run_user)
-        finally:
-            self._creating.discard(spec.device_id)
+        cid = await self._call(self._create, spec, naming.KEEPALIVE, {}, user=naming.KEEPER, run_user=run_user)
         try:
             await self._call(self.api.start, cid)
             # Up means a shell answers in it (runs are started with one): a container whose main
@@ -201,17 +207,31 @@ class Devices(egress_network.EgressNetwork):
 
     def _tend_disks(self, devices: set[str]) -> None:
         """Mount again the workspaces of these devices whose mount went (a reboot of the host), and
-        remove those of devices that are gone (a crash between the two steps of a create or remove)."""
+        remove those of devices that are gone (a crash between the two steps of a create or remove).
+
+        `devices` was listed a moment ago: a device being made since has disks and no container in it.
+        So a device's disks go only when it is not being made now and Docker, asked again, has no
+        container for it (in that order: one made after the first check has its container by the second)."""
         for device_id in disks.owned(self.home):
             own = disks.DeviceDisks.of(self.home, device_id)
             try:
                 if device_id in devices:
                     own.ensure_mounted()
-                elif device_id not in self._creating:
+                elif device_id not in self._creating and not self._exists(device_id):
                     log.warning("removing the filesystems of %s, whose container is gone", device_id)
                     own.remove()
             except disks.DiskError as exc:  # said here; a run in it fails with it when the device starts
                 log.warning("the filesystems of %s: %s", device_id, exc)
+
+    def _exists(self, device_id: str) -> bool:
+        """Whether Docker has the device's container now (when it cannot say, as if it had: disks stay)."""
+        try:
+            self.api.inspect_container(naming.container_name(device_id))
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.DockerException:
+            return True
+        return True
 
     def _remount(self, device_id: str) -> None:
         try:

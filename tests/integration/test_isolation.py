@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import anyio
 import pytest
 
 from engine import models
@@ -166,6 +167,20 @@ async def test_a_run_can_write_only_where_a_size_holds(engine, image):
     assert {"/workspace", "/tmp", "/var/tmp", RUNS_DIR} <= set(written), written
     allowed = ("/workspace", "/tmp", "/var/tmp", f"{RUNS_DIR}/{run.id}")
     assert all(line == RUNS_DIR or line.startswith(allowed) for line in written), written
+
+
+async def test_a_listing_taken_before_a_device_was_made_leaves_its_disks_alone(engine):
+    """Listing the owned containers tends their disks; a listing taken just before a device was made (a
+    restart's reconcile while a resumed ephemeral run makes its sandbox) has no container for it: its
+    disks must stay, or the run in it loses its /workspace and its end (seen as a group entry started
+    twice under load)."""
+    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    own = disks.DeviceDisks.of(engine.settings.home, device.id)
+    await anyio.to_thread.run_sync(engine.backend._tend_disks, set())  # as a listing from before it existed
+
+    assert os.path.ismount(own.workspace.mount) and os.path.ismount(own.runs.mount)
+    run = await run_in(engine, device.id, "echo kept > f && cat f")
+    assert (run.status, run.output) == ("succeeded", "kept\n"), run
 
 
 async def test_a_computers_workspace_outlives_its_container_restart_and_goes_with_it(engine):
