@@ -20,7 +20,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sizing  # noqa: E402
-from engine import models  # noqa: E402
+from engine.devices import models as dm
 from engine.sessions import service as sessions
 from engine.settings import Settings  # noqa: E402
 from mcp_server import areas, daemon  # noqa: E402
@@ -63,7 +63,7 @@ async def main() -> None:
                                   env={**os.environ, "SOCK": str(settings.control_socket)})
             from_host = json.loads(host.stdout)
             async with DaemonClient(settings, token="") as client:
-                device = await client.call(areas.devices.CREATE, models.DeviceCreate(image=IMAGE))
+                device = await client.call(areas.devices.CREATE, dm.DeviceCreate(image=IMAGE))
                 spawned = await client.call(areas.agent.SPAWN, sessions.SpawnRequest(
                     agent_name="bench", permissions={"tools": ["agent"]}, prompt="bench", target_id=device.id,
                     command=f"SOCK=$AGENTDOCK_SOCKET python3 -c '{TIMER}' {N}", timeout=600))

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sizing  # noqa: E402
 from engine import models, topics  # noqa: E402
+from engine.runs import models as rm
 from engine.app import Engine  # noqa: E402
 from engine.callers import ROOT  # noqa: E402
 from engine.settings import Settings  # noqa: E402
@@ -79,10 +80,10 @@ async def burst(cap: int, home: Path) -> dict[str, float]:
         watch.start_soon(loop_watch)
         commits_before = engine.store.commits
         start = time.perf_counter()
-        runs: list[models.Run] = []
+        runs: list[rm.Run] = []
 
         async def create(i: int) -> None:
-            runs.append(await engine.runs.create(ROOT, models.RunCreate(prompt="p", command=f"out=line{i} err=w")))
+            runs.append(await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command=f"out=line{i} err=w")))
 
         async with anyio.create_task_group() as tg:  # all at once
             for i in range(N_RUNS):
@@ -122,7 +123,7 @@ async def free_slot_latency(home: Path, n: int = N_ONE_AT_A_TIME) -> list[float]
     async with Engine(settings, backend=FakeBackend(), harnesses=harness.get).running() as engine:
         out = []
         for _ in range(n):
-            run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=x"))
+            run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=x"))
             done = await engine.runs.wait(ROOT, run.id, 60)
             assert done.started_at is not None
             out.append((done.started_at - done.created_at).total_seconds() * 1000)

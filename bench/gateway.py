@@ -20,7 +20,8 @@ import docker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sizing  # noqa: E402
-from engine import models  # noqa: E402
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.callers import ROOT  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from runtimes.egress_network import host_address  # noqa: E402
@@ -70,8 +71,8 @@ async def main() -> None:
             async with docker_engine(settings).running() as engine:
                 engine.secrets.set("ANTHROPIC_API_KEY", b"sk-ant-bench-" + os.urandom(8).hex().encode())
                 # `network`: the sandbox reaches the canned server straight, and the gateway through the host
-                device = await engine.devices.create(ROOT, models.DeviceCreate(network=True))
-                run = await engine.runs.create(ROOT, models.RunCreate(
+                device = await engine.devices.create(ROOT, dm.DeviceCreate(network=True))
+                run = await engine.runs.create(ROOT, rm.RunCreate(
                     sandbox_id=device.id, prompt="p", secrets=["ANTHROPIC_API_KEY"], timeout=600,
                     command=f"python3 -c '{TIMER}' {N} {upstream.url}"))
                 done = await engine.runs.wait(ROOT, run.id, 600)

@@ -29,7 +29,8 @@ import docker
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sizing  # noqa: E402
-from engine import models  # noqa: E402
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.settings import Settings  # noqa: E402
 from mcp_server import areas, daemon  # noqa: E402
 from mcp_server.client import DaemonClient  # noqa: E402
@@ -84,10 +85,10 @@ def pool_full(client: docker.DockerClient, home: Path) -> None:
     raise TimeoutError(f"the pool of {home} did not fill in 60 s")
 
 
-async def created_and_ended(api: DaemonClient, **fields: object) -> models.Run:
+async def created_and_ended(api: DaemonClient, **fields: object) -> rm.Run:
     """One request, as a client that waits on the server does: the create with `?wait=`, answered at the end."""
     payload = await api.request("POST", "/api/v1/agent-runs", json=fields, params={"wait": 30}, timeout=60)
-    return models.Run.model_validate(payload["data"])
+    return rm.Run.model_validate(payload["data"])
 
 
 async def main() -> None:
@@ -106,7 +107,7 @@ async def main() -> None:
                                 detach=True, init=True, network_mode="none", cap_drop=["ALL"])
     try:
         async with DaemonClient(settings) as api:
-            sandbox = await api.call(areas.devices.CREATE, models.DeviceCreate(image=IMAGE))
+            sandbox = await api.call(areas.devices.CREATE, dm.DeviceCreate(image=IMAGE))
 
             def raw_exec() -> None:
                 assert raw.exec_run(["sh", "-c", "echo hi"]).exit_code == 0

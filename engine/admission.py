@@ -16,7 +16,7 @@ import anyio
 from engine import models, topics
 from engine.devices.pool import Pool
 from engine.ports import Clock
-from engine.records import Shape
+from engine.devices.models import Shape
 from engine.runs.service import RunService
 from engine.store import Store
 

@@ -17,7 +17,7 @@ from engine import errors, models
 from engine.profiles import models as pm
 from engine.authority import Limits
 from engine.callers import TOOLSETS, Caller
-from engine.records import SessionRow
+from engine.sessions.models import SessionRow
 
 TOOLS_BY_TOOLSET: dict[str, tuple[str, ...]] = {
     "devices": ("sandbox_create", "sandbox_list", "sandbox_get", "sandbox_delete"),

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from pydantic import AliasChoices, Field, field_validator
 
 from engine import errors, ids, models
+from engine.devices import models as dm
 from engine.records import Row
 
 MAX_WAIT_SECONDS = 45.0
@@ -63,7 +64,7 @@ def cancel_group(group_id: str) -> Action:
                   {"group_id": group_id})
 
 
-def create_networked_device(req: models.DeviceCreate) -> Action:
+def create_networked_device(req: dm.DeviceCreate) -> Action:
     """Bound to the whole request (by its digest): an approval of one such create approves no other."""
     asked = req.model_dump(mode="json", exclude_unset=True)
     digest = hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()[:32]

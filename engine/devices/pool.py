@@ -32,7 +32,7 @@ from engine import errors, models, topics
 from engine.callers import ROOT
 from engine.devices.service import SIZES
 from engine.ports import Clock, DeviceSpec, SandboxBackend
-from engine.records import Shape
+from engine.devices.models import Shape
 from engine.settings import Settings
 from engine.store import Store, new_id
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.records import DeviceRow
+from engine.devices.models import DeviceRow
 from engine.sqlvalues import Connected, Reading, encode
 
 SQL = {

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 
 from engine import authority, errors, ids, lineage, masking, models
+from engine.devices import models as dm
 from engine.approvals import models as approval_models
 from engine.approvals.service import ApprovalService
 from engine.callers import ROOT, Caller
@@ -42,7 +43,7 @@ class DeviceService:
         self.settings = settings
         self._repairing: dict[str, anyio.Lock] = {}
 
-    def bounded_spec(self, caller: Caller, req: models.DeviceCreate, *, asked: frozenset[str] = frozenset(),
+    def bounded_spec(self, caller: Caller, req: dm.DeviceCreate, *, asked: frozenset[str] = frozenset(),
                      defaulted: frozenset[str] = frozenset(), run_id: str | None = None) -> DeviceSpec:
         """`spec()` within the caller's effective limits: what it `asked` for beyond them is refused, a
         network or size from a profile or a default is lowered to them, an image that was a default
@@ -67,7 +68,7 @@ class DeviceService:
             return {"workspace_mb": s.computer_workspace_mb, "tmp_mb": s.computer_tmp_mb}
         return {"workspace_mb": s.sandbox_workspace_mb, "tmp_mb": s.sandbox_tmp_mb}
 
-    def spec(self, req: models.DeviceCreate, *, device_id: str | None = None, run_id: str | None = None) -> DeviceSpec:
+    def spec(self, req: dm.DeviceCreate, *, device_id: str | None = None, run_id: str | None = None) -> DeviceSpec:
         size = SIZES[req.kind] | self.disk_sizes(req.kind)
         return DeviceSpec(
             device_id=device_id or new_id(PREFIX[req.kind]),
@@ -84,7 +85,7 @@ class DeviceService:
             run_id=run_id,
         )
 
-    def row(self, caller: Caller, spec: DeviceSpec, req: models.DeviceCreate) -> dict[str, Any]:
+    def row(self, caller: Caller, spec: DeviceSpec, req: dm.DeviceCreate) -> dict[str, Any]:
         now = self.clock.now()
         return {"created_by": caller.session_id,
             "id": spec.device_id, "kind": spec.kind, "name": req.name, "image": spec.image, "cpus": spec.cpus,
@@ -117,7 +118,7 @@ class DeviceService:
                                   "session_id": row.id, "profile_id": row.profile_id})
             session_id = row.parent_session_id
 
-    async def create(self, caller: Caller, req: models.DeviceCreate) -> models.Device:
+    async def create(self, caller: Caller, req: dm.DeviceCreate) -> dm.Device:
         """Create the container first, then its row: a crash in between leaves a labelled container
         with no row, which the reconciler removes; a failed create leaves nothing."""
         caller.require("devices", "sandbox_create")
@@ -147,7 +148,7 @@ class DeviceService:
             raise
         return await self.get(caller, spec.device_id)
 
-    async def _with_profile(self, caller: Caller, req: models.DeviceCreate, workspace: str) -> models.DeviceCreate:
+    async def _with_profile(self, caller: Caller, req: dm.DeviceCreate, workspace: str) -> dm.DeviceCreate:
         """The request with what it leaves out (image, resources, network) taken from its
         profile: the one it names, else the caller session's, else the workspace's or tenant's default.
         (What the caller's effective limits allow is `bounded_spec`'s to decide.)"""
@@ -179,7 +180,7 @@ class DeviceService:
         await self.get(caller, device_id)
         await self.backend.start(device_id)
 
-    async def get(self, caller: Caller, device_id: str) -> models.Device:
+    async def get(self, caller: Caller, device_id: str) -> dm.Device:
         caller.require("devices")
         ids.DEVICE.check(device_id, "sandbox_id")  # the surfaces check it too; this is the last line
         row = await self.store.device(device_id)
@@ -190,7 +191,7 @@ class DeviceService:
             models.DeviceStatus.running if state.running else models.DeviceStatus.stopped)
         return row.record(status)
 
-    async def list(self, caller: Caller) -> models.DeviceList:
+    async def list(self, caller: Caller) -> dm.DeviceList:
         caller.require("devices")
         live = {s.device_id: s for s in await self.backend.list_owned()}
         out = []
@@ -199,9 +200,9 @@ class DeviceService:
             status = models.DeviceStatus.missing if s is None else (
                 models.DeviceStatus.running if s.running else models.DeviceStatus.stopped)
             out.append(row.record(status))
-        return models.DeviceList(data=out)
+        return dm.DeviceList(data=out)
 
-    async def delete(self, caller: Caller, device_id: str) -> models.Device:
+    async def delete(self, caller: Caller, device_id: str) -> dm.Device:
         caller.require("devices", "sandbox_delete")
         device = await self.get(caller, device_id)
         if device.ephemeral and device.run_id is None:

@@ -7,6 +7,8 @@ that run goes, and ends with it. Inputs forbid unknown fields.
 
 from __future__ import annotations
 
+import json
+
 import re
 from datetime import datetime
 from enum import StrEnum
@@ -15,7 +17,9 @@ from typing import Any
 from pydantic import AliasChoices, Field, field_validator, model_validator
 
 from engine import errors, ids, models
+from engine.runs import models as rm
 from engine.models import IDEMPOTENCY_KEY, MAX_SEQUENCE, Input, JsonObject, Record, _check_metadata, _check_text
+from engine.records import Row
 
 MAX_MANIFEST_ITEMS = 1000
 """Items in one dispatch call."""
@@ -117,7 +121,7 @@ class GroupCreate(Input):
         return _check_text(v, "idempotency key (printable ASCII, no spaces)", IDEMPOTENCY_KEY)
 
 
-class ManifestItem(models.RunCreate):
+class ManifestItem(rm.RunCreate):
     """One child run: the agent-run fields, targeting a device or none (a fresh ephemeral sandbox)."""
 
     orchestration_role: str | None = Field(default=None, max_length=100)
@@ -138,8 +142,8 @@ class ManifestItem(models.RunCreate):
                              "covers the whole manifest")
         return v
 
-    def run_request(self) -> models.RunCreate:
-        return models.RunCreate.model_validate(
+    def run_request(self) -> rm.RunCreate:
+        return rm.RunCreate.model_validate(
             self.model_dump(exclude={"orchestration_role", "parent_agent_run_id"}, exclude_none=True,
                             exclude_unset=True))
 
@@ -272,7 +276,7 @@ class DispatchResultItem(Record):
     entry_id: str
     ok: bool
     """The child ended succeeded."""
-    run: models.Run | None
+    run: rm.Run | None
     diagnostic: errors.Diagnostic | None
     """Why it did not succeed: the item's own failure (unknown target) or its run's."""
 
@@ -349,3 +353,53 @@ class GroupRun(Record):
 class GroupRunList(Record):
     data: list[GroupRun]
     next_cursor: int | None
+
+
+class GroupRow(Row):
+    id: str
+    name: str | None
+    workspace_id: str | None
+    project_id: str | None
+    concurrency_limit: int
+    expected_runs: int | None
+    metadata: dict[str, Any]
+    status: str
+    cancel_requested: datetime | None
+    idempotency_key: str | None
+    request_hash: str | None
+    finished_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    created_by: str
+
+
+class EntryRow(Row):
+    id: str
+    group_id: str
+    dispatch_id: str
+    position: int
+    item_index: int
+    status: str
+    attempts: int
+    run_id: str | None
+    request: dict[str, Any]
+    diagnostic: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+
+    @field_validator("request", "diagnostic", mode="before")
+    @classmethod
+    def _decode(cls, value: Any) -> Any:
+        return json.loads(value) if isinstance(value, str) else value
+
+
+class DispatchRow(Row):
+    id: str
+    group_id: str
+    first_index: int
+    count: int
+    is_async: bool
+    idempotency_key: str | None
+    request_hash: str
+    created_at: datetime
+    created_by: str

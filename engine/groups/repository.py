@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from engine import topics
-from engine.records import DispatchRow, EntryRow, GroupRow
+from engine.groups.models import DispatchRow, EntryRow, GroupRow
 from engine.sqlvalues import Connected, Reading, encode
 
 ENTRIES = "agent_run_group_entries"

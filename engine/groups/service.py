@@ -25,7 +25,9 @@ from engine.groups import models as gm
 from engine.callers import ROOT, Caller
 from engine.masking import Masking
 from engine.ports import Clock
-from engine.records import EntryRow, EventRow, GroupRow, RunRow
+from engine.records import EventRow
+from engine.groups.models import EntryRow, GroupRow
+from engine.runs.models import RunRow
 from engine.runs.service import Prepared, RunService
 from engine.settings import Settings
 from engine.store import Store, Tx, new_id

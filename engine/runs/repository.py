@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from engine import models, topics
-from engine.records import ArtifactRow, RunRow, Shape
+from engine.runs import models as rm
+from engine.runs.models import ArtifactRow, RunRow
+from engine.devices.models import Shape
 from engine.sqlvalues import Connected, Reading, encode
 
 _KEPT = (
@@ -193,7 +195,7 @@ class RunReads(Reading):
     async def active_runs_on(self, target_id: str) -> list[str]:
         return [r["id"] for r in await self._all(SQL["runs_active_on_target"], (target_id,))]
 
-    async def runs(self, q: models.RunListQuery, *, created_by: str | None = None,
+    async def runs(self, q: rm.RunListQuery, *, created_by: str | None = None,
                    budget: int = 1 << 62) -> list[RunRow]:
         """Newest first, keyset-paged by (created_at, id); fetches one extra row to know if more follow.
         Output and stderr only while the page's running total of them is within `budget` bytes; past it

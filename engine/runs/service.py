@@ -17,6 +17,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from engine import authority, errors, ids, masking, models, topics
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.callers import ROOT, Caller
 from engine.masking import Masking
 from engine.secrets import SecretStore
@@ -25,7 +27,9 @@ from engine.gateway import Gateway
 from engine.ports import Clock, DeviceSpec, Harness, SandboxBackend
 from engine.profiles.models import ProfileRow
 from engine.profiles.service import ProfileService
-from engine.records import DeviceRow, EventRow, RunRow
+from engine.records import EventRow
+from engine.devices.models import DeviceRow
+from engine.runs.models import RunRow
 from engine.settings import Settings
 from engine.store import Store, Tx, new_id
 from engine.runs.supervision import TERMINAL, Supervision
@@ -158,23 +162,23 @@ class RunService:
 
     def _ephemeral_spec(self, device: DeviceRow, run_id: str) -> DeviceSpec:
         """The container of a run's ephemeral sandbox, as its record (a profile's image, limits, network) says."""
-        return self.devices.spec(models.DeviceCreate(kind=models.TargetKind.sandbox, image=device.image,
+        return self.devices.spec(dm.DeviceCreate(kind=models.TargetKind.sandbox, image=device.image,
                                                      cpus=device.cpus, memory_mb=device.memory_mb,
                                                      pids_limit=device.pids_limit, workspace_mb=device.workspace_mb,
                                                      tmp_mb=device.tmp_mb, network=device.network),
                                  device_id=device.id, run_id=run_id).model_copy(update={"pool": device.pool})
 
     @staticmethod
-    def _device_request(profile: ProfileRow | None) -> models.DeviceCreate:
+    def _device_request(profile: ProfileRow | None) -> dm.DeviceCreate:
         """A run's ephemeral sandbox: the profile's image, resources and network, else the defaults."""
         if profile is None:
-            return models.DeviceCreate(kind=models.TargetKind.sandbox)
-        return models.DeviceCreate(kind=models.TargetKind.sandbox, image=profile.image, network=profile.network,
+            return dm.DeviceCreate(kind=models.TargetKind.sandbox)
+        return dm.DeviceCreate(kind=models.TargetKind.sandbox, image=profile.image, network=profile.network,
                                    **profile.resources)
 
     # ------------------------------------------------------------ requests
 
-    async def create(self, caller: Caller, req: models.RunCreate) -> models.Run:
+    async def create(self, caller: Caller, req: rm.RunCreate) -> rm.Run:
         caller.require("runs", "agent_run")
         req = await self.masked(caller, req)
         if req.idempotency_key:
@@ -197,13 +201,13 @@ class RunService:
             raise
         return await self.get(caller, prepared.run_id)  # queued: admission starts it when a slot is free
 
-    async def masked(self, caller: Caller, req: models.RunCreateT) -> models.RunCreateT:
+    async def masked(self, caller: Caller, req: rm.RunCreateT) -> rm.RunCreateT:
         """A run request as it may be stored: its prompt, command, metadata and env values masked for the
         secrets the caller holds (`engine.masking`); a model, key or workspace holding one is refused."""
         return masking.masked(await self.masks.masker(caller), req, text=("prompt", "command"), json=("metadata",),
                               envs=("env",), ids=("model", "cwd", "idempotency_key", "workspace_id"))
 
-    async def prepare(self, caller: Caller, req: models.RunCreate, *, workspace: str | None = None) -> Prepared:
+    async def prepare(self, caller: Caller, req: rm.RunCreate, *, workspace: str | None = None) -> Prepared:
         """Check a run request against the world (its target, the image, its profile) and build its records,
         writing nothing: `record()` writes them, in the caller's transaction (a group's claim writes many).
         `workspace`: the run's, when a group decides it. The run and its device are held to the caller's
@@ -300,7 +304,7 @@ class RunService:
             "provider": row["provider"], "target_id": row["target_id"], "runtime_binary": prepared.binary})],
             group_id=group_id)
 
-    async def _same_request(self, caller: Caller, req: models.RunCreate) -> models.Run | None:
+    async def _same_request(self, caller: Caller, req: rm.RunCreate) -> rm.Run | None:
         row = await self.store.run_by_idempotency_key(caller.session_id, req.idempotency_key)  # type: ignore[arg-type]
         if row is None:
             return None
@@ -320,11 +324,11 @@ class RunService:
             raise errors.NotFound("run", run_id)
         return row
 
-    async def get(self, caller: Caller, run_id: str) -> models.Run:
+    async def get(self, caller: Caller, run_id: str) -> rm.Run:
         caller.require("runs", "agent_run_get")
         return (await self._row(caller, run_id)).record()
 
-    async def list(self, caller: Caller, q: models.RunListQuery) -> models.RunList:
+    async def list(self, caller: Caller, q: rm.RunListQuery) -> rm.RunList:
         caller.require("runs", "agent_run_list")
         if q.cursor and await self.store.run(q.cursor) is None:
             raise errors.InvalidInput("cursor", "unknown cursor; pass the next_cursor of a previous page")
@@ -332,30 +336,30 @@ class RunService:
                                      budget=self.settings.list_page_max_bytes)
         more = len(rows) > q.limit
         rows = rows[: q.limit]
-        return models.RunList(data=[r.record() for r in rows], next_cursor=rows[-1].id if more else None)
+        return rm.RunList(data=[r.record() for r in rows], next_cursor=rows[-1].id if more else None)
 
-    async def events(self, caller: Caller, run_id: str, q: models.EventsQuery) -> models.RunEventList:
+    async def events(self, caller: Caller, run_id: str, q: rm.EventsQuery) -> rm.RunEventList:
         """Events after `q.after_sequence`; with `q.wait_seconds`, long-poll until one is committed or the run ends."""
         stream = topics.run(run_id)
 
-        async def look() -> tuple[bool, tuple[models.Run, list[EventRow]]]:
+        async def look() -> tuple[bool, tuple[rm.Run, list[EventRow]]]:
             run = await self.get(caller, run_id)
             rows = await self.store.events(stream, q.after_sequence, q.limit, self.settings.list_page_max_bytes)
             return bool(rows) or run.status in TERMINAL, (run, rows)
 
         run, rows = await topics.until(self.store.topics, self.clock, stream, q.wait_seconds, look)
-        data = [r.run_event() for r in rows]
-        return models.RunEventList(data=data, run_status=run.status, next_after_sequence=data[-1].sequence if data else q.after_sequence)
+        data = [rm.RunEvent.of(r) for r in rows]
+        return rm.RunEventList(data=data, run_status=run.status, next_after_sequence=data[-1].sequence if data else q.after_sequence)
 
-    async def wait(self, caller: Caller, run_id: str, timeout: float) -> models.Run:
+    async def wait(self, caller: Caller, run_id: str, timeout: float) -> rm.Run:
         """The run once it has ended, or as it is when `timeout` passes."""
-        async def look() -> tuple[bool, models.Run]:
+        async def look() -> tuple[bool, rm.Run]:
             run = await self.get(caller, run_id)
             return run.status in TERMINAL, run
 
         return await topics.until(self.store.topics, self.clock, topics.run(run_id), timeout, look)
 
-    async def cancel(self, caller: Caller, run_id: str) -> models.Run:
+    async def cancel(self, caller: Caller, run_id: str) -> rm.Run:
         """Stop a run: one still queued ends `canceled` without starting; a started one gets TERM, then
         KILL after a grace. Waits, bounded, for it to settle."""
         caller.require("runs", "agent_run_cancel")
@@ -399,9 +403,9 @@ class RunService:
                 await tx.delete_device(row.target_id)
         return True
 
-    async def artifacts(self, caller: Caller, run_id: str) -> models.ArtifactList:
+    async def artifacts(self, caller: Caller, run_id: str) -> rm.ArtifactList:
         await self._row(caller, run_id)
-        return models.ArtifactList(data=[a.record() for a in await self.store.artifacts(run_id)])
+        return rm.ArtifactList(data=[a.record() for a in await self.store.artifacts(run_id)])
 
     async def artifact_bytes(self, caller: Caller, run_id: str, path: str) -> bytes:
         await self._row(caller, run_id)

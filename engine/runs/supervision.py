@@ -24,7 +24,8 @@ from engine import errors, models
 from engine.runs.output import Folded, OutputFolder
 from engine.ports import Clock, DeviceSpec, Ending, Exit, Harness, HarnessInput, RunLaunch, SandboxBackend
 from engine.gateway import Gateway
-from engine.records import DeviceRow, RunRow
+from engine.devices.models import DeviceRow
+from engine.runs.models import RunRow
 from engine.secrets import Masker, SecretStore
 from engine.settings import Settings
 from engine.store import Draft, Store, Tx

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from engine import topics
-from engine.records import SessionRow
+from engine.sessions.models import SessionRow
 from engine.sqlvalues import Connected, Reading, encode, ts
 
 SQL = {

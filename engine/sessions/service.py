@@ -18,13 +18,14 @@ import anyio
 from pydantic import ConfigDict, Field
 
 from engine import authority, errors, ids, lineage, masking, models, topics
+from engine.runs import models as rm
 from engine.souls import models as souls
 from engine.channels import service as channels
 from engine.callers import DEFAULT_WORKSPACE, ROOT, Caller
 from engine.clock import SystemClock
 from engine.lineage import PermissionPolicy, SpawnBudget
 from engine.ports import Clock
-from engine.records import SessionRow
+from engine.sessions.models import SessionRow
 from engine.profiles.service import ProfileService
 from engine.runs.service import RunService, require_profile
 from engine.settings import Settings
@@ -128,7 +129,7 @@ class Spawned(models.Record):
     permissions: PermissionPolicy
     token: str
     """The child's bearer token, shown this once (its runs receive it as AGENTDOCK_TOKEN)."""
-    run: models.Run | None = None
+    run: rm.Run | None = None
 
 
 class MeSelf(models.Record):
@@ -423,14 +424,14 @@ class SessionService:
             raise errors.Unauthenticated(f"no session {caller.session_id}")
         return self._record(row)
 
-    def _run_request(self, req: SpawnRequest) -> models.RunCreate | None:
+    def _run_request(self, req: SpawnRequest) -> rm.RunCreate | None:
         if req.prompt is None:
             for field in ("provider", "command", "model", "target_id", "timeout"):
                 if getattr(req, field) is not None:
                     raise errors.InvalidInput(field, "starts the child's run, so it needs a prompt too")
             return None
         fields = {k: getattr(req, k) for k in ("prompt", "provider", "command", "model", "target_id", "timeout")}
-        return models.parse(models.RunCreate, {k: v for k, v in fields.items() if v is not None})
+        return models.parse(rm.RunCreate, {k: v for k, v in fields.items() if v is not None})
 
     def _root(self) -> Session:
         return Session(

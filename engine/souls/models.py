@@ -16,6 +16,7 @@ from pydantic import BeforeValidator, Field, StringConstraints
 
 from engine import ids
 from engine.models import Input, Record
+from engine.records import Row
 
 AGENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 """An agent's name is also its soul's file name (`<agent_name>.md`): lowercase letters, digits, `-` and
@@ -272,3 +273,14 @@ def _cut_json(text: str, budget: int) -> str:
     return text
 
 
+class SoulSnapshotRow(Row):
+    id: str
+    agent_name: str
+    digest: str | None
+    """None: there was no soul at spawn."""
+    content: bytes | None
+    source: str
+    source_path: str | None
+    document_modified: datetime | None
+    created_at: datetime
+    created_by: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.records import SoulSnapshotRow
+from engine.souls.models import SoulSnapshotRow
 from engine.sqlvalues import Connected, Reading, encode
 
 SQL = {

@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 
 from engine import ids, models
+from engine.devices import models as dm
 from mcp_server import mcp_tools
 from mcp_server.api import AgentDockAPI
 from mcp_server.ops import CHANGE, DESTROY, Op
@@ -26,16 +27,16 @@ class NoInput(models.Input):
 
 CREATE = op(
     "sandbox_create", "Create a sandbox (small, disposable) or a computer (larger, persistent /workspace volume): a "
-    "locked-down Docker container with no network unless asked.", models.DeviceCreate, models.Device,
+    "locked-down Docker container with no network unless asked.", dm.DeviceCreate, dm.Device,
     lambda e, c, i: e.devices.create(c, i), "POST", "/api/v1/sandboxes", CHANGE, cli="sandbox create", status=201)
-LIST = op("sandbox_list", "List sandboxes and computers with their live status.", NoInput, models.DeviceList,
+LIST = op("sandbox_list", "List sandboxes and computers with their live status.", NoInput, dm.DeviceList,
           lambda e, c, i: e.devices.list(c), "GET", "/api/v1/sandboxes", cli="sandbox list",
           columns=("id", "kind", "status", "image", "name", "created_at"))
-GET = op("sandbox_get", "Get one sandbox or computer.", SandboxRef, models.Device,
+GET = op("sandbox_get", "Get one sandbox or computer.", SandboxRef, dm.Device,
          lambda e, c, i: e.devices.get(c, i.sandbox_id), "GET", "/api/v1/sandboxes/{sandbox_id}", cli="sandbox get",
          args=("sandbox_id",))
 DELETE = op("sandbox_delete", "Delete a sandbox or computer and its container (refused while runs are active on "
-            "it).", SandboxRef, models.Device, lambda e, c, i: e.devices.delete(c, i.sandbox_id),
+            "it).", SandboxRef, dm.Device, lambda e, c, i: e.devices.delete(c, i.sandbox_id),
             "DELETE", "/api/v1/sandboxes/{sandbox_id}", DESTROY, cli="sandbox delete", args=("sandbox_id",))
 OPS = (CREATE, LIST, GET, DELETE)
 COMMANDS = {"sandbox": "sandboxes and computers: create, list, get, delete, prompt"}

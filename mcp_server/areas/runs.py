@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine import ids, models
+from engine.runs import models as rm
 from engine.app import Engine
 from engine.callers import Caller
 from engine.settings import Settings
@@ -51,15 +52,15 @@ class RunWait(RunRef):
     """Wait up to this long for the run to end before answering (0: at once); call again to go on waiting."""
 
 
-class AgentRunInput(models.RunCreate):
+class AgentRunInput(rm.RunCreate):
     async_: bool = Field(default=False, alias="async")
     """Return the queued record at once instead of waiting for the run to end."""
 
-    def request(self) -> models.RunCreate:
-        return models.RunCreate.model_validate(self.model_dump(exclude={"async_"}, exclude_unset=True))
+    def request(self) -> rm.RunCreate:
+        return rm.RunCreate.model_validate(self.model_dump(exclude={"async_"}, exclude_unset=True))
 
 
-class EventsInput(models.EventsQuery):
+class EventsInput(rm.EventsQuery):
     run_id: ids.RunId
     """The run id (run_...)."""
 
@@ -90,20 +91,20 @@ class ArtifactContent(models.Record):
 
 
 class ArtifactsResult(models.Record):
-    data: list[models.Artifact]
+    data: list[rm.Artifact]
     content: ArtifactContent | None = None
 
 
-def _get(engine: Engine, caller: Caller, inp: RunWait) -> Awaitable[models.Run]:
+def _get(engine: Engine, caller: Caller, inp: RunWait) -> Awaitable[rm.Run]:
     if inp.wait_seconds:
         return engine.runs.wait(caller, inp.run_id, inp.wait_seconds)
     return engine.runs.get(caller, inp.run_id)
 
 
 CREATE = op("agent_run_create", "Queue an agent run (the HTTP and CLI create; the agent_run tool waits for it).",
-            models.RunCreate, models.Run, lambda e, c, i: e.runs.create(c, i), "POST", "/api/v1/agent-runs", CHANGE,
+            rm.RunCreate, rm.Run, lambda e, c, i: e.runs.create(c, i), "POST", "/api/v1/agent-runs", CHANGE,
             status=201, tool=False, routed=False)
-def present(run: models.Run) -> None:
+def present(run: rm.Run) -> None:
     """A run for a person: its output first, then what it was and how it ended."""
     if run.output:
         sys.stdout.write(commands.safe(run.output if run.output.endswith("\n") else run.output + "\n"))
@@ -117,26 +118,26 @@ def present(run: models.Run) -> None:
 
 
 GET = op("agent_run_get", "Get a run's record: status, output, stderr, exit code, failure_kind; wait_seconds waits "
-         "for its end (bounded).", RunWait, models.Run, _get, "GET", ONE, cli="runs get", args=("run_id",),
+         "for its end (bounded).", RunWait, rm.Run, _get, "GET", ONE, cli="runs get", args=("run_id",),
          wait="wait_seconds", present=present)
 LIST = op("agent_run_list", "List runs, newest first, filtered by target_id and status, paged by cursor.",
-          models.RunListQuery, models.RunList, lambda e, c, i: e.runs.list(c, i), "GET", "/api/v1/agent-runs",
+          rm.RunListQuery, rm.RunList, lambda e, c, i: e.runs.list(c, i), "GET", "/api/v1/agent-runs",
           cli="runs list", columns=("id", "status", "provider", "target_id", "exit_code", "failure_kind", "created_at"))
 CANCEL = op("agent_run_cancel", "Cancel a run: TERM its process group, KILL after a grace; returns the settled "
-            "record.", RunRef, models.Run, lambda e, c, i: e.runs.cancel(c, i.run_id), "POST", ONE + "/cancel", DESTROY,
+            "record.", RunRef, rm.Run, lambda e, c, i: e.runs.cancel(c, i.run_id), "POST", ONE + "/cancel", DESTROY,
             cli="runs cancel", args=("run_id",))
 EVENTS = op("agent_run_events", "A run's events after a sequence number (per-run sequence 1..n without gaps); "
-            "wait_seconds long-polls for new ones.", EventsInput, models.RunEventList,
+            "wait_seconds long-polls for new ones.", EventsInput, rm.RunEventList,
             lambda e, c, i: e.runs.events(c, i.run_id, i), "GET", ONE + "/events", wait="wait_seconds",
             routed=False)
-ARTIFACTS = op("agent_run_artifact_list", "The files a run exported.", RunRef, models.ArtifactList,
+ARTIFACTS = op("agent_run_artifact_list", "The files a run exported.", RunRef, rm.ArtifactList,
                lambda e, c, i: e.runs.artifacts(c, i.run_id), "GET", ONE + "/artifacts", tool=False)
 OPS = (CREATE, GET, LIST, CANCEL, EVENTS, ARTIFACTS)
 COMMANDS = {"runs": "agent runs: list, get, cancel, events [--follow], artifacts"}
 
 
 async def pages(api: AgentDockAPI, run_id: str, after: int = 0, limit: int = 500,
-                deadline: float = math.inf) -> AsyncIterator[models.RunEventList]:
+                deadline: float = math.inf) -> AsyncIterator[rm.RunEventList]:
     """A run's events after `after`, page by page as they come (long-poll), until it has ended and
     every event has been read, or `deadline` (anyio's clock) has passed. Each long-poll ends by
     itself, by the deadline at the latest."""
@@ -154,7 +155,7 @@ async def pages(api: AgentDockAPI, run_id: str, after: int = 0, limit: int = 500
                         wait_seconds=min(POLL_SECONDS, remaining))
 
 
-async def wait_reporting(api: AgentDockAPI, run_id: str, timeout: float, ctx: Context) -> models.Run:
+async def wait_reporting(api: AgentDockAPI, run_id: str, timeout: float, ctx: Context) -> rm.Run:
     """The run once it has ended (or as it is when `timeout` passes), sending a progress notification
     for each page of its events meanwhile. The events' long-poll is the wait: it returns once the run
     has ended, so no second request waits beside it to be cancelled. (Cancelling a read pending on
@@ -166,7 +167,7 @@ async def wait_reporting(api: AgentDockAPI, run_id: str, timeout: float, ctx: Co
     return await api.call(GET, run_id=run_id)
 
 
-async def until_ended(api: AgentDockAPI, run_id: str) -> models.Run:
+async def until_ended(api: AgentDockAPI, run_id: str) -> rm.Run:
     """The run once it has ended, however long that takes (each wait bounded, asked again)."""
     run = await api.call(GET, run_id=run_id, wait_seconds=MAX_WAIT_SECONDS)
     while not run.status.terminal:
@@ -183,7 +184,7 @@ def endpoints(engine: Engine) -> list[Endpoint]:
     async def create(request: Request, caller: Caller) -> Response:
         """The run queued; with `?wait=S`, answered once it has ended or S seconds have passed."""
         wait = params(request, WaitQuery).wait
-        run = await engine.runs.create(caller, models.parse(models.RunCreate,
+        run = await engine.runs.create(caller, models.parse(rm.RunCreate,
                                                             with_idempotency_key(request, await body(request))))
         return data(await engine.runs.wait(caller, run.id, wait) if wait else run, 201)
 
@@ -196,7 +197,7 @@ def endpoints(engine: Engine) -> list[Endpoint]:
         first = await engine.runs.events(caller, p.run_id, q.model_copy(update={
             "after_sequence": sse.resume_from(request, p.after_sequence), "wait_seconds": 0}))
 
-        async def more(after: int, wait: float) -> models.RunEventList:
+        async def more(after: int, wait: float) -> rm.RunEventList:
             return await engine.runs.events(caller, p.run_id, q.model_copy(update={"after_sequence": after,
                                                                                   "wait_seconds": wait}))
 
@@ -213,7 +214,7 @@ def endpoints(engine: Engine) -> list[Endpoint]:
 def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
     max_wait = settings.mcp_max_wait_seconds  # clients give up on a tool call after about a minute
 
-    async def agent_run(inp: AgentRunInput, ctx: Context) -> models.Run:
+    async def agent_run(inp: AgentRunInput, ctx: Context) -> rm.Run:
         run = await api.call(CREATE, inp.request())
         if inp.async_:
             return run
@@ -237,7 +238,7 @@ def tools(api: AgentDockAPI, settings: Settings) -> list[Tool]:
             "computer, or a fresh ephemeral sandbox when no target is given. Waits for the end (at most 45 s, then "
             "returns the record still running: follow it with agent_run_events or agent_run_get) reporting "
             "progress; with async=true returns the queued record at once. The run is durable: it keeps going if "
-            "this client exits.", AgentRunInput, models.Run, agent_run, mcp_tools.annotations(open_world_hint=True)),
+            "this client exits.", AgentRunInput, rm.Run, agent_run, mcp_tools.annotations(open_world_hint=True)),
         mcp_tools.make_tool("agent_run_artifacts", "List the files a run exported (metadata.artifact_paths), or read "
                             "one with path.", ArtifactsInput, ArtifactsResult, agent_run_artifacts, READ),
     ]
@@ -254,18 +255,18 @@ def resources(api: AgentDockAPI) -> list[mcp_tools.Resource]:
 # ---------------------------------------------------------------- CLI
 
 
-RUN_FLAGS = [f for f in models.RunCreate.model_fields if f not in ("prompt", "target_kind", "sandbox_id", "computer_id",
+RUN_FLAGS = [f for f in rm.RunCreate.model_fields if f not in ("prompt", "target_kind", "sandbox_id", "computer_id",
                                                                       "agent_profile_id")]
 """The fields `agentdock run` takes as flags (the target is a flag too: none means a fresh sandbox)."""
 
 
 async def cmd_run(api: AgentDockAPI, args: argparse.Namespace) -> int:
     """Queue the run; unless --async, print its output as it comes (human mode) and then how it ended."""
-    fields = ops.given(models.RunCreate, args, RUN_FLAGS)
+    fields = ops.given(rm.RunCreate, args, RUN_FLAGS)
     if getattr(args, "sandbox_id", None):
         fields["target_id"] = args.sandbox_id
     fields["prompt"] = " ".join(args.prompt)
-    run = await api.call(CREATE, models.parse(models.RunCreate, fields))
+    run = await api.call(CREATE, models.parse(rm.RunCreate, fields))
     if args.async_:
         if args.json:
             commands.show(run, True)
@@ -284,7 +285,7 @@ async def cmd_run(api: AgentDockAPI, args: argparse.Namespace) -> int:
     return 1 if run.status in (models.RunStatus.failed, models.RunStatus.canceled) else 0
 
 
-def print_event(ev: models.RunEvent, *, verbose: bool = True) -> None:
+def print_event(ev: rm.RunEvent, *, verbose: bool = True) -> None:
     """A run's event as plain text: its output on stdout, its stderr on stderr, the rest (when `verbose`)
     as one line on stderr."""
     text = ev.payload.get("text") if isinstance(ev.payload, dict) else None
@@ -298,7 +299,7 @@ def print_event(ev: models.RunEvent, *, verbose: bool = True) -> None:
         print(commands.safe(f"· {ev.sequence} {ev.type} {ev.message}".rstrip()), file=sys.stderr, flush=True)
 
 
-def show_ending(run: models.Run) -> None:
+def show_ending(run: rm.Run) -> None:
     """How a run ended, after its output: one line on stderr (and its error, if any)."""
     how = run.status.value + (f", exit {run.exit_code}" if run.exit_code is not None else "")
     if run.failure_kind:
@@ -340,7 +341,7 @@ def add_commands(cli: commands.Commands) -> None:
         for field in RUN_FLAGS:
             if parser is prompt and field == "target_id":
                 continue
-            ops.add_argument(parser, field, models.RunCreate.model_fields[field])
+            ops.add_argument(parser, field, rm.RunCreate.model_fields[field])
         parser.add_argument("--async", dest="async_", action="store_true", help="return the queued run at once")
         parser.add_argument("prompt", nargs="*", help="the prompt (after --)")
 

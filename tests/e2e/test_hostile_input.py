@@ -26,6 +26,8 @@ from engine.approvals import models as am
 from engine.channels import models as cm
 from engine.groups import models as gm
 from engine import ids, lineage, models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.sessions import service as sessions
 from engine.souls import models as souls
 from engine.profiles import models as pm
@@ -612,8 +614,8 @@ def junk_http(draw: st.DrawFn) -> Request:
         return Request(method, template.format(quote(bad, safe="")), query, {}, None)
     if kind == "query":
         method, template, model = draw(st.sampled_from([
-            ("GET", RUNS, models.RunListQuery), ("GET", SANDBOXES, models.Input), ("GET", "/api/v1/health", models.Input),
-            ("GET", f"{RUNS}/{UNKNOWN_RUN}/events", models.EventsQuery), ("POST", RUNS, http_app.WaitQuery),
+            ("GET", RUNS, rm.RunListQuery), ("GET", SANDBOXES, models.Input), ("GET", "/api/v1/health", models.Input),
+            ("GET", f"{RUNS}/{UNKNOWN_RUN}/events", rm.EventsQuery), ("POST", RUNS, http_app.WaitQuery),
             ("GET", SOUL, souls.SoulGet), ("GET", "/api/v1/tasks", tm.TaskListQuery),
             ("GET", PROFILES, pm.ProfileListQuery), ("GET", GROUPS, gm.GroupListQuery), ("GET", f"{GROUPS}/{UNKNOWN_GROUP}/events", gm.GroupEventsQuery),
             ("GET", f"{GROUPS}/{UNKNOWN_GROUP}/runs", gm.GroupRunsQuery), ("GET", f"{GROUPS}/{UNKNOWN_GROUP}",
@@ -628,7 +630,7 @@ def junk_http(draw: st.DrawFn) -> Request:
         body = json.dumps(A_VALID_RUN).encode() if method == "POST" else None
         return Request(method, template, query, JSON if body else {}, body)
     if kind == "body":
-        path, model = draw(st.sampled_from([(RUNS, models.RunCreate), (SANDBOXES, models.DeviceCreate),
+        path, model = draw(st.sampled_from([(RUNS, rm.RunCreate), (SANDBOXES, dm.DeviceCreate),
                                             ("/api/agent/spawn", sessions.SpawnRequest),
                                             (f"{SOUL}/validate", souls.SoulValidate),
                                             (f"{SOUL}/import", souls.SoulImport),

@@ -12,7 +12,8 @@ from typing import Any
 import anyio
 import pytest
 
-from engine import models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.callers import ROOT
 from engine.settings import Settings
 from tests.conftest import SMALL
@@ -28,9 +29,9 @@ def settings(home: Path) -> Settings:
                     osa_command='pi -p --mode text --model "${1:-none}"')
 
 
-async def run(engine: Any, provider: str, prompt: str, **fields: Any) -> models.Run:
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
-    created = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt=prompt,
+async def run(engine: Any, provider: str, prompt: str, **fields: Any) -> rm.Run:
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
+    created = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt=prompt,
                                                               provider=provider, **fields))
     with anyio.fail_after(60):
         done = await engine.runs.wait(ROOT, created.id, 65)
@@ -38,8 +39,8 @@ async def run(engine: Any, provider: str, prompt: str, **fields: Any) -> models.
     return done
 
 
-async def events(engine: Any, run_id: str) -> list[models.RunEvent]:
-    return (await engine.runs.events(ROOT, run_id, models.EventsQuery(limit=1000))).data
+async def events(engine: Any, run_id: str) -> list[rm.RunEvent]:
+    return (await engine.runs.events(ROOT, run_id, rm.EventsQuery(limit=1000))).data
 
 
 async def test_pi_fake_session_becomes_tool_events_and_its_last_assistant_text_is_the_answer(engine):

@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from engine import errors, models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.callers import ROOT
 from tests.conftest import owned_containers
 
@@ -65,20 +67,20 @@ def fill(value: Any, ids: dict[str, str]) -> Any:
 async def test_bad_run_request_is_refused_with_a_diagnostic_and_creates_nothing(engine, home, raw, fields, hint):
     ids = {}
     if DELETED in raw.values():
-        gone = await engine.devices.create(ROOT, models.DeviceCreate())
+        gone = await engine.devices.create(ROOT, dm.DeviceCreate())
         await engine.devices.delete(ROOT, gone.id)
         ids[DELETED] = gone.id
     raw = fill(raw, ids)
     containers_before = sorted(c.id for c in owned_containers(home))
 
     with pytest.raises(errors.EngineError) as caught:
-        await engine.runs.create(ROOT, models.parse(models.RunCreate, raw))
+        await engine.runs.create(ROOT, models.parse(rm.RunCreate, raw))
 
     diagnostic = caught.value.diagnostic()
     assert diagnostic.evidence.get("field") in fields, diagnostic
     advice = f"{diagnostic.message}\n{diagnostic.suggested_command or ''}"
     assert re.search(hint, advice), diagnostic
     assert "Traceback" not in diagnostic.message and "pydantic" not in diagnostic.message.lower()
-    assert await engine.store.runs(models.RunListQuery()) == []
+    assert await engine.store.runs(rm.RunListQuery()) == []
     assert sorted(c.id for c in owned_containers(home)) == containers_before
     assert await engine.store.devices(include_ephemeral=True) == []

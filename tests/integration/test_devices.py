@@ -12,6 +12,8 @@ import docker.errors
 import pytest
 
 from engine import errors, models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.callers import ROOT
 from runtimes import disks
 from runtimes.egress_network import egress_names
@@ -32,7 +34,7 @@ def exec_in(device_id: str, *cmd: str, user: str = "") -> tuple[int, str]:
     return result.exit_code, result.output.decode()
 
 
-async def finish(engine: Any, run_id: str, timeout: float = 30) -> models.Run:
+async def finish(engine: Any, run_id: str, timeout: float = 30) -> rm.Run:
     with anyio.fail_after(timeout):
         run = await engine.runs.wait(ROOT, run_id, timeout + 5)
     assert run.status.terminal, run
@@ -43,7 +45,7 @@ async def finish(engine: Any, run_id: str, timeout: float = 30) -> models.Run:
 
 
 async def test_sandbox_container_has_every_security_default_and_the_default_sandbox_size(engine, home):
-    device = await engine.devices.create(ROOT, models.DeviceCreate(name="secure"))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(name="secure"))
     info = inspect(device.id)
     host = info["HostConfig"]
 
@@ -78,7 +80,7 @@ async def test_sandbox_container_has_every_security_default_and_the_default_sand
     # The main process runs as a user no run shares (so no run can stop the sandbox); each run as its own uid.
     assert info["Config"]["User"] == "65534:65534"
     assert exec_in(device.id, "id", "-u") == (0, "65534\n")
-    run = await engine.runs.create(ROOT, models.RunCreate(prompt="who", command="id -u", sandbox_id=device.id))
+    run = await engine.runs.create(ROOT, rm.RunCreate(prompt="who", command="id -u", sandbox_id=device.id))
     assert (await finish(engine, run.id)).output == f"{run_uid(run.id)}\n"
 
     labels = info["Config"]["Labels"]
@@ -90,13 +92,13 @@ async def test_sandbox_container_has_every_security_default_and_the_default_sand
 
 
 async def test_network_true_gives_the_device_a_bridge_network(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate(network=True))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(network=True))
     assert inspect(device.id)["HostConfig"]["NetworkMode"] == "bridge"
     assert device.network is True
 
 
 async def test_requested_cpus_memory_and_pids_limit_are_applied_to_the_container(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate(cpus=0.5, memory_mb=64, pids_limit=32))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(cpus=0.5, memory_mb=64, pids_limit=32))
     host = inspect(device.id)["HostConfig"]
     assert host["NanoCpus"] == 500_000_000
     assert host["Memory"] == 64 * MiB
@@ -108,7 +110,7 @@ async def test_requested_cpus_memory_and_pids_limit_are_applied_to_the_container
 async def test_pids_limit_stops_a_process_from_forking_past_it(engine):
     """Forked through `docker exec` rather than a run: a run's own wrapper shares the pid budget, so
     exhausting it from a run would make the wrapper's forks fail at random."""
-    device = await engine.devices.create(ROOT, models.DeviceCreate(pids_limit=16))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(pids_limit=16))
     script = (
         "( for i in $(seq 40); do sleep 60 & echo $! >>/tmp/pids; done ) 2>/tmp/err; "
         "n=0; while read p; do kill $p; n=$((n+1)); done </tmp/pids; echo started=$n; cat /tmp/err"
@@ -124,7 +126,7 @@ async def test_pids_limit_stops_a_process_from_forking_past_it(engine):
 
 
 async def test_computer_gets_larger_defaults_and_a_workspace_removed_with_it(engine, home):
-    device = await engine.devices.create(ROOT, models.DeviceCreate(kind=models.TargetKind.computer))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(kind=models.TargetKind.computer))
     assert device.id.startswith("cmp_")
     assert (device.kind, device.cpus, device.memory_mb, device.pids_limit) == ("computer", 2.0, 2048, 1024)
     info = inspect(device.id)
@@ -137,7 +139,7 @@ async def test_computer_gets_larger_defaults_and_a_workspace_removed_with_it(eng
     assert os.path.ismount(workspace.mount)
 
     # the workspace is usable by a run
-    run = await engine.runs.create(ROOT, models.RunCreate(computer_id=device.id, prompt="p",
+    run = await engine.runs.create(ROOT, rm.RunCreate(computer_id=device.id, prompt="p",
                                                     command="echo kept >/workspace/f && cat /workspace/f"))
     run = await finish(engine, run.id)
     assert (run.status, run.output, run.target_kind) == ("succeeded", "kept\n", "computer")
@@ -151,8 +153,8 @@ async def test_computer_gets_larger_defaults_and_a_workspace_removed_with_it(eng
 
 
 async def test_get_and_list_report_stopped_then_missing_as_the_container_changes(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
-    other = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
+    other = await engine.devices.create(ROOT, dm.DeviceCreate())
     container = docker.from_env().containers.get(f"agentdock-{device.id}")
 
     container.stop(timeout=5)
@@ -170,8 +172,8 @@ async def test_get_and_list_report_stopped_then_missing_as_the_container_changes
 
 
 async def test_delete_removes_the_container_and_the_row(engine, home):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
-    keep = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
+    keep = await engine.devices.create(ROOT, dm.DeviceCreate())
 
     deleted = await engine.devices.delete(ROOT, device.id)
 
@@ -185,8 +187,8 @@ async def test_delete_removes_the_container_and_the_row(engine, home):
 
 
 async def test_delete_while_a_run_is_active_is_refused_and_changes_nothing(engine, home):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
 
     with pytest.raises(errors.Conflict) as caught:
         await engine.devices.delete(ROOT, device.id)
@@ -213,7 +215,7 @@ async def test_creating_with_a_missing_image_names_image_and_leaves_nothing(engi
     missing = f"agentdock-no-such-image-{secrets.token_hex(4)}:latest"
 
     with pytest.raises(errors.InvalidInput) as caught:
-        await engine.devices.create(ROOT, models.DeviceCreate(kind=kind, image=missing))
+        await engine.devices.create(ROOT, dm.DeviceCreate(kind=kind, image=missing))
 
     assert caught.value.diagnostic().evidence["field"] == "image"
     assert "build" in caught.value.message or caught.value.suggested_command
@@ -228,7 +230,7 @@ async def test_creating_with_a_missing_image_names_image_and_leaves_nothing(engi
 
 async def test_reconcile_removes_a_labelled_container_without_a_row_and_spares_other_homes(engine, home):
     client = docker.from_env()
-    kept = await engine.devices.create(ROOT, models.DeviceCreate())
+    kept = await engine.devices.create(ROOT, dm.DeviceCreate())
     orphan_id = f"sbx_x{secrets.token_hex(6)}"
     foreign_id = f"sbx_x{secrets.token_hex(6)}"
     other_home = f"/tmp/ad-other-{secrets.token_hex(4)}"

@@ -19,6 +19,8 @@ import docker
 import pytest
 
 from engine import models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.callers import ROOT
 from engine.gateway import GatewayUnavailable
 from engine.secrets import MASK, SecretStore
@@ -122,7 +124,7 @@ async def output_shows(engine: Engine, run_id: str, text: str) -> None:
     after = 0
     with anyio.fail_after(120):
         while True:
-            page = await engine.runs.events(ROOT, run_id, models.EventsQuery(after_sequence=after, wait_seconds=10))
+            page = await engine.runs.events(ROOT, run_id, rm.EventsQuery(after_sequence=after, wait_seconds=10))
             if any(text in json.dumps(e.payload) for e in page.data):
                 return
             assert page.run_status not in (models.RunStatus.succeeded, models.RunStatus.failed), \
@@ -132,8 +134,8 @@ async def output_shows(engine: Engine, run_id: str, text: str) -> None:
 
 async def test_a_run_reaches_its_provider_only_through_the_gateway_with_a_placeholder_for_the_key(gw_engine, upstream):
     engine = gw_engine
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command=f"python3 -c '{CLIENT}'",
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p", command=f"python3 -c '{CLIENT}'",
                                                           secrets=["ANTHROPIC_API_KEY"], timeout=180))
 
     # The stream's first event reached the run while the upstream holds the rest: nothing buffered it.
@@ -161,7 +163,7 @@ async def test_a_run_reaches_its_provider_only_through_the_gateway_with_a_placeh
     assert upstream.keys == [REAL, REAL]  # the forged request was never forwarded
     assert (done.model_requests, done.input_tokens, done.output_tokens) == (
         2, PLAIN_USAGE["input_tokens"] + STREAM_INPUT, PLAIN_USAGE["output_tokens"] + STREAM_OUTPUT)
-    events = (await engine.runs.events(ROOT, run.id, models.EventsQuery(limit=500))).data
+    events = (await engine.runs.events(ROOT, run.id, rm.EventsQuery(limit=500))).data
     usage = [e.payload for e in events if e.type == "model_request"]
     assert usage == [{"provider": "anthropic", "status": 200, "input_tokens": 7, "output_tokens": 3},
                      {"provider": "anthropic", "status": 200, "input_tokens": STREAM_INPUT, "output_tokens": STREAM_OUTPUT}]
@@ -169,7 +171,7 @@ async def test_a_run_reaches_its_provider_only_through_the_gateway_with_a_placeh
 
     # From inside a device nothing but the gateway answers (the host's other ports, the host on Docker's
     # bridge, the internet, another device), and the gateway refuses the finished run's placeholder.
-    other = await engine.devices.create(ROOT, models.DeviceCreate())
+    other = await engine.devices.create(ROOT, dm.DeviceCreate())
     docker.from_env().containers.get(container_name(other.id)).exec_run(
         ["python3", "-m", "http.server", "8000"], detach=True)
     net = docker.from_env().api.inspect_container(container_name(other.id))["NetworkSettings"]["Networks"]
@@ -180,7 +182,7 @@ async def test_a_run_reaches_its_provider_only_through_the_gateway_with_a_placeh
         targets = {"host_other_port": [gw_host, port], "docker_bridge_host": ["172.17.0.1", port],
                    "internet": ["1.1.1.1", 80], "other_device": [other_ip, 8000],
                    "gateway": [gw_host, engine.settings.gateway_port]}
-        probe = await engine.runs.create(ROOT, models.RunCreate(
+        probe = await engine.runs.create(ROOT, rm.RunCreate(
             sandbox_id=device.id, prompt="p", timeout=120,
             command=f"python3 -c '{PROBE}' {engine.gateway.address}/anthropic {placeholder} '{json.dumps(targets)}'"))
         probed = await engine.runs.wait(ROOT, probe.id, 120)
@@ -199,7 +201,7 @@ async def test_a_run_reaches_its_provider_only_through_the_gateway_with_a_placeh
 async def test_a_run_without_the_credential_cannot_use_the_gateway_and_other_secrets_stay_plain_env(gw_engine, upstream):
     engine = gw_engine
     engine.secrets.set("OTHER_TOKEN", b"other-token-value")
-    run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", secrets=["OTHER_TOKEN"], command=(
+    run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", secrets=["OTHER_TOKEN"], command=(
         'test "${#OTHER_TOKEN}" = 17 && test -z "${ANTHROPIC_API_KEY:-}${ANTHROPIC_BASE_URL:-}" && echo plain')))
     done = await engine.runs.wait(ROOT, run.id, 120)
     assert (done.status, done.output, done.model_requests) == (models.RunStatus.succeeded, "plain\n", 0), done
@@ -232,7 +234,7 @@ def gw_daemon(settings, upstream, monkeypatch) -> Iterator[Daemon]:
 
 async def test_a_run_resumed_after_a_kill_9_of_the_daemon_still_reaches_its_provider(gw_daemon, upstream):
     async with DaemonClient(gw_daemon.settings) as client:
-        run = await client.call(areas.runs.CREATE, models.RunCreate(
+        run = await client.call(areas.runs.CREATE, rm.RunCreate(
             prompt="p", secrets=["ANTHROPIC_API_KEY"], command=f"python3 -c '{WAITS_THEN_ASKS}'", timeout=120))
         await wait_for_event(client, run.id, "output")
     pid = gw_daemon.pid()
@@ -261,10 +263,10 @@ async def test_without_a_firewall_devices_get_no_network_and_a_run_given_a_provi
     async with docker_engine(settings).running() as engine:
         engine.secrets.set("ANTHROPIC_API_KEY", REAL.encode())
         assert engine.gateway.address is None
-        device = await engine.devices.create(ROOT, models.DeviceCreate())
+        device = await engine.devices.create(ROOT, dm.DeviceCreate())
         assert docker.from_env().api.inspect_container(container_name(device.id))["HostConfig"]["NetworkMode"] == "none"
         with pytest.raises(GatewayUnavailable) as refused:
-            await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="env",
+            await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p", command="env",
                                                             secrets=["ANTHROPIC_API_KEY"]))
         assert refused.value.evidence == {"secrets": ["ANTHROPIC_API_KEY"]}
         await engine.devices.delete(ROOT, device.id)

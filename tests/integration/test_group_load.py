@@ -15,7 +15,7 @@ import docker
 import pytest
 
 from engine.groups import models as gm
-from engine import models
+from engine.devices import models as dm
 from mcp_server.client import DaemonClient
 from tests.conftest import Daemon, owned_containers
 from tests.integration.test_restart import kill_daemon
@@ -93,7 +93,7 @@ def check(final: gm.Group, events: list, runs: list, entries: int) -> None:
 
 async def test_1000_entries_in_one_shared_sandbox_survive_five_kills_each_running_exactly_once(daemon: Daemon):
     async with DaemonClient(daemon.settings) as client:
-        device = await client.call(areas.devices.CREATE, models.DeviceCreate(pids_limit=512))
+        device = await client.call(areas.devices.CREATE, dm.DeviceCreate(pids_limit=512))
     final, events, runs = await run_under_kills(
         daemon, 1000, {"sandbox_id": device.id, "command": "echo {i} >> /workspace/ledger; echo done {i}"}, seed=15)
 

@@ -12,7 +12,8 @@ import docker
 import pytest
 
 from engine.groups import models as gm
-from engine import models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from mcp_server.client import DaemonClient
 from tests.conftest import Daemon, owned_containers
 from tests.integration.test_restart import kill_daemon
@@ -39,7 +40,7 @@ async def count_finished(client: DaemonClient, group_id: str, at_least: int) -> 
 async def test_kill_9_mid_group_every_entry_ends_once_the_lost_run_is_retried_and_nothing_is_orphaned(
         daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.call(areas.devices.CREATE, models.DeviceCreate())
+        device = await client.call(areas.devices.CREATE, dm.DeviceCreate())
         group = await client.call(areas.groups.CREATE, gm.GroupCreate(name="crash", concurrency_limit=LIMIT,
                                                          expected_runs=ENTRIES))
         req = areas.groups.DispatchInput.model_validate({"group_id": group.id, "async": True, "runs": [
@@ -66,7 +67,7 @@ async def test_kill_9_mid_group_every_entry_ends_once_the_lost_run_is_retried_an
             events += page
             after = page[-1].sequence
         runs = [await client.call(areas.runs.GET, run_id=e.run_id) for e in entries if e.run_id]
-        lost = [r for r in (await client.call(areas.runs.LIST, models.RunListQuery(
+        lost = [r for r in (await client.call(areas.runs.LIST, rm.RunListQuery(
             status="failed", limit=200))).data if r.agent_run_group_id == group.id]
 
     assert (final.status, final.entry_counts.succeeded, final.entry_counts.total) == ("succeeded", ENTRIES, ENTRIES)

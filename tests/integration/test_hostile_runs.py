@@ -17,6 +17,8 @@ import httpx
 import pytest
 
 from engine import errors, models, ports
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.callers import ROOT
 from engine.secrets import MASK, SecretStore
 from mcp_server import daemon as daemon_mod
@@ -33,15 +35,15 @@ FORK_BOMB = "bomb() { bomb | bomb & }; bomb"
 MEMORY_BOMB = 'x=aaaaaaaaaaaaaaaa; while :; do x="$x$x"; done'
 
 
-async def finish(engine: Engine, run_id: str, timeout: float = 60) -> models.Run:
+async def finish(engine: Engine, run_id: str, timeout: float = 60) -> rm.Run:
     with anyio.fail_after(timeout):
         run = await engine.runs.wait(ROOT, run_id, timeout + 5)
     assert run.status.terminal, run
     return run
 
 
-async def run_in(engine: Engine, device_id: str, command: str, **kw: Any) -> models.Run:
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device_id, prompt="p", command=command, **kw))
+async def run_in(engine: Engine, device_id: str, command: str, **kw: Any) -> rm.Run:
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device_id, prompt="p", command=command, **kw))
     return await finish(engine, run.id)
 
 
@@ -67,7 +69,7 @@ async def eventually(check: Callable[[], bool], timeout: float = 20) -> None:
 
 
 async def test_fork_bomb_ends_pids_exhausted_with_every_process_killed_and_the_next_run_succeeds(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate(pids_limit=64))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(pids_limit=64))
     baseline = pids_in(device.id)
 
     run = await run_in(engine, device.id, FORK_BOMB, timeout=120)
@@ -81,7 +83,7 @@ async def test_fork_bomb_ends_pids_exhausted_with_every_process_killed_and_the_n
 
 
 async def test_processes_a_run_leaves_behind_are_killed_when_it_ends(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
     baseline = pids_in(device.id)
 
     run = await run_in(engine, device.id, "sleep 1000 & setsid sleep 1001 & echo left")
@@ -94,7 +96,7 @@ async def test_processes_a_run_leaves_behind_are_killed_when_it_ends(engine):
 
 
 async def test_a_run_cannot_stop_its_sandbox_by_signalling_init(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
     await run_in(engine, device.id, "echo kept > /workspace/mark")
 
     run = await run_in(engine, device.id, "kill -TERM 1; kill -KILL 1; kill -TERM -1; kill -USR1 1; sleep 0.5")
@@ -106,9 +108,9 @@ async def test_a_run_cannot_stop_its_sandbox_by_signalling_init(engine):
 
 
 async def test_a_run_whose_sandbox_stops_under_it_ends_sandbox_lost_and_the_next_run_starts_it_again(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
     await run_in(engine, device.id, "echo kept > /workspace/mark")
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p",
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p",
                                                     command="echo started; sleep 1000"))
     await eventually(lambda: container(device.id).exec_run(["test", "-s", f"{RUNS_DIR}/{run.id}/pid"],
                                                            user=f"{run_uid(run.id)}:1000").exit_code == 0)
@@ -132,8 +134,8 @@ def settings(settings):
 
 
 async def test_output_without_end_keeps_only_the_cap_inside_the_sandbox_and_the_files_go_once_settled(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
-    run = await engine.runs.create(ROOT, models.RunCreate(
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
+    run = await engine.runs.create(ROOT, rm.RunCreate(
         sandbox_id=device.id, prompt="p",
         command="head -c 20000000 /dev/zero | tr '\\0' a; head -c 5000000 /dev/zero >&2; echo printed > /workspace/done; "
                 "sleep 1000"))
@@ -154,13 +156,13 @@ async def test_output_without_end_keeps_only_the_cap_inside_the_sandbox_and_the_
 
 
 async def test_artifact_export_refuses_what_the_run_cannot_read_even_through_a_symlinked_directory(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate(image=FULL))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(image=FULL))
     run = await run_in(engine, device.id, "ln -s /etc /workspace/etclink; echo mine > /workspace/mine.txt",
                        metadata={"artifact_paths": ["/workspace/etclink/shadow", "/workspace/etclink/hostname",
                                                     "/workspace/mine.txt", "/workspace/etclink"]})
 
     assert run.status == "succeeded", run
-    events = {e.payload["path"]: e.payload for e in (await engine.runs.events(ROOT, run.id, models.EventsQuery())).data
+    events = {e.payload["path"]: e.payload for e in (await engine.runs.events(ROOT, run.id, rm.EventsQuery())).data
               if e.type == "artifact_exported"}
     shadow = events["/workspace/etclink/shadow"]
     assert shadow["ok"] is False and shadow["error"] == "permission_denied"
@@ -175,12 +177,12 @@ async def test_artifact_export_refuses_what_the_run_cannot_read_even_through_a_s
 
 
 async def test_a_run_that_plants_a_link_where_its_artifacts_are_copied_exports_nothing_it_could_not_read(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate(image=FULL))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(image=FULL))
     plant = ('mkdir -p "$AGENTDOCK_RUN_DIR/artifacts" && ln -s /etc/shadow "$AGENTDOCK_RUN_DIR/artifacts/0" && '
              'ln -s /etc/shadow "$AGENTDOCK_RUN_DIR/exit"; echo > /workspace/a.txt')
     run = await run_in(engine, device.id, plant, metadata={"artifact_paths": ["/workspace/a.txt"]})
 
-    events = [e.payload for e in (await engine.runs.events(ROOT, run.id, models.EventsQuery())).data
+    events = [e.payload for e in (await engine.runs.events(ROOT, run.id, rm.EventsQuery())).data
               if e.type == "artifact_exported"]
     assert [(e["path"], e["ok"]) for e in events] == [("/workspace/a.txt", False)]
     assert (await engine.runs.artifacts(ROOT, run.id)).data == []
@@ -209,7 +211,7 @@ async def test_an_ephemeral_run_whose_container_was_created_but_never_started_ru
     created = anyio.Event()
     crashing = Engine(settings, backend=CrashAfterCreate(settings.home, created), harnesses=harness.get)
     async with crashing.running():
-        run = await crashing.runs.create(ROOT, models.RunCreate(prompt="p", command="echo once"))
+        run = await crashing.runs.create(ROOT, rm.RunCreate(prompt="p", command="echo once"))
         with anyio.fail_after(30):
             await created.wait()
     # the daemon died here, between creating the container and starting it
@@ -277,7 +279,7 @@ async def test_a_device_whose_container_does_not_stay_up_is_not_kept_and_says_wh
                                                   tag=image.split(":")[1])
     try:
         with pytest.raises(Exception) as caught:
-            await engine.devices.create(ROOT, models.DeviceCreate(image=image))
+            await engine.devices.create(ROOT, dm.DeviceCreate(image=image))
         assert getattr(caught.value, "code", None) in ("invalid_input", "sandbox_unavailable"), caught.value
         assert (await engine.devices.list(ROOT)).data == []
         assert owned_containers(home) == []
@@ -303,7 +305,7 @@ async def test_ten_ephemeral_runs_acknowledged_just_before_a_kill_9_each_run_exa
     from tests.integration.test_restart import kill_daemon, settled
 
     async with DaemonClient(daemon.settings) as client:
-        runs = [await client.call(areas.runs.CREATE, models.RunCreate(prompt="p", command=f"echo run {i}")) for i in range(10)]
+        runs = [await client.call(areas.runs.CREATE, rm.RunCreate(prompt="p", command=f"echo run {i}")) for i in range(10)]
     await kill_daemon(daemon)
     daemon.start()
 
@@ -317,29 +319,29 @@ async def test_ten_ephemeral_runs_acknowledged_just_before_a_kill_9_each_run_exa
 
 
 async def test_one_idempotency_key_with_sandbox_id_or_target_id_is_one_run(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
-    first = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="true",
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
+    first = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p", command="true",
                                                       idempotency_key="same-request"))
-    again = await engine.runs.create(ROOT, models.RunCreate(target_id=device.id, prompt="p", command="true",
+    again = await engine.runs.create(ROOT, rm.RunCreate(target_id=device.id, prompt="p", command="true",
                                                       idempotency_key="same-request"))
     assert again.id == first.id
 
 
 async def test_a_sandbox_left_frozen_by_a_crash_mid_sweep_is_thawed_when_the_daemon_starts(settings):
     async with docker_engine(settings).running() as engine:
-        device = await engine.devices.create(ROOT, models.DeviceCreate())
+        device = await engine.devices.create(ROOT, dm.DeviceCreate())
     container(device.id).pause()
 
     async with docker_engine(settings).running() as engine:
         assert docker.from_env().api.inspect_container(f"agentdock-{device.id}")["State"]["Paused"] is False
-        run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="echo thawed"))
+        run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p", command="echo thawed"))
         with anyio.fail_after(30):
             run = await engine.runs.wait(ROOT, run.id, 30)
     assert run.output == "thawed\n"
 
 
 async def test_a_run_that_removes_its_own_run_files_still_ends_at_its_timeout(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
 
     run = await run_in(engine, device.id, 'rm -rf "$AGENTDOCK_RUN_DIR"; sleep 1000', timeout=2)
 
@@ -358,7 +360,7 @@ class DeafAttach(DockerBackend):
 async def test_an_ephemeral_run_whose_attached_stream_missed_its_output_still_records_all_of_it(settings):
     engine = Engine(settings, backend=DeafAttach(settings.home), harnesses=harness.get)
     async with engine.running():
-        run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="echo hello; echo oops >&2"))
+        run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="echo hello; echo oops >&2"))
         with anyio.fail_after(60):
             run = await engine.runs.wait(ROOT, run.id, 60)
     assert (run.status, run.output, run.stderr) == ("succeeded", "hello\n", "oops\n"), run
@@ -369,7 +371,7 @@ async def test_a_run_in_a_sandbox_whose_attached_stream_missed_its_output_still_
     files are the record, and what the stream missed is read from them."""
     engine = Engine(settings, backend=DeafAttach(settings.home), harnesses=harness.get)
     async with engine.running():
-        device = await engine.devices.create(ROOT, models.DeviceCreate())
+        device = await engine.devices.create(ROOT, dm.DeviceCreate())
         run = await run_in(engine, device.id, "echo hello; echo oops >&2; exit 3")
         quiet = await run_in(engine, device.id, "true")
     assert (run.status, run.exit_code, run.output, run.stderr) == ("failed", 3, "hello\n", "oops\n"), run
@@ -393,7 +395,7 @@ class DeafAttachFlakyStat(DeafAttach):
 async def test_a_run_whose_output_files_docker_fails_to_stat_still_records_all_its_output(settings):
     engine = Engine(settings, backend=DeafAttachFlakyStat(settings.home), harnesses=harness.get)
     async with engine.running():
-        device = await engine.devices.create(ROOT, models.DeviceCreate())
+        device = await engine.devices.create(ROOT, dm.DeviceCreate())
         run = await run_in(engine, device.id, "echo '{\"one\": \"json line\"}'")
     assert (run.status, run.output) == ("succeeded", '{"one": "json line"}\n'), run
     assert engine.backend.failures == 0
@@ -405,7 +407,7 @@ async def test_an_ephemeral_run_given_a_secret_whose_stream_missed_its_output_st
     SecretStore(settings.secrets_dir).set("MISSED_TOKEN", b"s3cr3t-value-for-the-missed-test")
     engine = Engine(settings, backend=DeafAttach(settings.home), harnesses=harness.get)
     async with engine.running():
-        run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="echo printed; echo $MISSED_TOKEN",
+        run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="echo printed; echo $MISSED_TOKEN",
                                                               secrets=["MISSED_TOKEN"]))
         run = await finish(engine, run.id)
     assert (run.status, run.output) == ("succeeded", f"printed\n{MASK}\n"), run
@@ -414,7 +416,7 @@ async def test_an_ephemeral_run_given_a_secret_whose_stream_missed_its_output_st
 async def test_a_run_that_prints_the_wrappers_trailer_keeps_its_text_and_its_own_exit_code(engine):
     """The wrapper's last write on stderr (its offsets and the exit code) spares the calls that would
     ask Docker; a run printing the same must neither lose that text nor pass off its exit code."""
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
     forged = "\x1eagentdock-end 0 0 0\x1e"
 
     run = await run_in(engine, device.id, f"echo out; printf '{forged}' >&2; exit 3")

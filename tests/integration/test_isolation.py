@@ -14,6 +14,8 @@ import anyio
 import pytest
 
 from engine import models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.profiles import models as pm
 from engine.callers import ROOT
 from engine.settings import Settings
@@ -26,13 +28,13 @@ from tests.integration.test_hostile_runs import container, eventually, finish, p
 pytestmark = [pytest.mark.anyio, pytest.mark.docker]
 
 
-async def in_computer(engine: Engine, device_id: str, command: str) -> models.Run:
-    run = await engine.runs.create(ROOT, models.RunCreate(computer_id=device_id, prompt="p", command=command))
+async def in_computer(engine: Engine, device_id: str, command: str) -> rm.Run:
+    run = await engine.runs.create(ROOT, rm.RunCreate(computer_id=device_id, prompt="p", command=command))
     return await finish(engine, run.id)
 
 
-async def start(engine: Engine, device_id: str, command: str, **kw: Any) -> models.Run:
-    return await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device_id, prompt="p", command=command, **kw))
+async def start(engine: Engine, device_id: str, command: str, **kw: Any) -> rm.Run:
+    return await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device_id, prompt="p", command=command, **kw))
 
 
 def pid_of(device_id: str, run_id: str) -> int:
@@ -48,7 +50,7 @@ async def started(device_id: str, run_id: str) -> int:
 
 @pytest.mark.parametrize("image", [SMALL, FULL])
 async def test_a_run_cannot_read_a_siblings_environment_or_signal_it(engine, image):
-    device = await engine.devices.create(ROOT, models.DeviceCreate(image=image))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(image=image))
     victim = await start(engine, device.id, 'sleep 4; echo "done $AGENTDOCK_RUN_ID"',
                          env={"PRIVATE_NOTE": "victim-marker-77"})
     pid = await started(device.id, victim.id)
@@ -70,7 +72,7 @@ async def test_a_run_cannot_read_a_siblings_environment_or_signal_it(engine, ima
 
 
 async def test_an_env_i_setsid_leftover_is_swept(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
     baseline = pids_in(device.id)
     run = await run_in(engine, device.id, "env -i setsid sleep 600 >/dev/null 2>&1 </dev/null & echo started")
     assert (run.status, run.output) == ("succeeded", "started\n"), run
@@ -79,7 +81,7 @@ async def test_an_env_i_setsid_leftover_is_swept(engine):
 
 @pytest.mark.parametrize("image", [SMALL, FULL])
 async def test_runs_share_the_workspace_through_their_group(engine, image):
-    device = await engine.devices.create(ROOT, models.DeviceCreate(image=image))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(image=image))
     first = await run_in(engine, device.id, "mkdir -p sub && echo one >sub/a.txt && echo one >b.txt && echo ok")
     assert (first.status, first.output) == ("succeeded", "ok\n"), first
     second = await run_in(engine, device.id, "echo two >>sub/a.txt && rm b.txt && echo two >sub/c.txt && "
@@ -95,7 +97,7 @@ async def test_runs_share_the_workspace_through_their_group(engine, image):
 
 
 async def test_git_and_python_work_across_runs(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate(image=FULL))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(image=FULL))
     setup = ("git init -q repo && cd repo && git config user.email a@b && git config user.name a && "
              "echo x >f && git add f && git commit -qm one && python3 -c 'import json; print(json.dumps(1))'")
     first = await run_in(engine, device.id, setup)
@@ -109,7 +111,7 @@ async def test_git_and_python_work_across_runs(engine):
 
 
 async def test_filling_the_workspace_ends_disk_full_and_the_next_run_works(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())  # the default: 1 GiB
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())  # the default: 1 GiB
     assert os.path.ismount(disks.DeviceDisks.of(engine.settings.home, device.id).workspace.mount)
 
     run = await run_in(engine, device.id, "dd if=/dev/zero of=big bs=1M count=2048", timeout=300)
@@ -125,7 +127,7 @@ async def test_filling_the_workspace_ends_disk_full_and_the_next_run_works(engin
 async def test_filling_tmp_ends_disk_full_and_the_next_run_works(home):
     settings = Settings(home=home, image=SMALL, cancel_grace_seconds=1.0, sandbox_tmp_mb=64)
     async with docker_engine(settings).running() as engine:
-        device = await engine.devices.create(ROOT, models.DeviceCreate())
+        device = await engine.devices.create(ROOT, dm.DeviceCreate())
         run = await run_in(engine, device.id, "dd if=/dev/zero of=/tmp/big bs=1M count=128; exit 1")
         assert (run.status, run.failure_kind) == ("failed", "disk_full"), run
         after = await run_in(engine, device.id, "rm /tmp/big && df -m /tmp | tail -1")
@@ -137,18 +139,18 @@ async def test_a_profile_and_a_device_size_their_disks_and_a_run_past_its_profil
     small = await engine.profiles.create(ROOT, models.parse(pm.ProfileCreate, {
         "name": "small-disks", "runtime": "custom", "resources": {"workspace_mb": 64, "tmp_mb": 32}}))
     sizes = "df -m /workspace /tmp | tail -2 | awk '{print $2}'"
-    run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command=sizes, agent_runtime_profile_id=small.id))
+    run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command=sizes, agent_runtime_profile_id=small.id))
     run = await finish(engine, run.id)
     assert run.status == "succeeded", run
     workspace, tmp = map(int, run.output.split())
     assert (48 <= workspace <= 64, 16 <= tmp <= 32) == (True, True), run.output  # less the filesystems' own
 
-    filled = await engine.runs.create(ROOT, models.RunCreate(
+    filled = await engine.runs.create(ROOT, rm.RunCreate(
         prompt="p", command="dd if=/dev/zero of=big bs=1M count=100", agent_runtime_profile_id=small.id))
     filled = await finish(engine, filled.id)
     assert (filled.status, filled.failure_kind) == ("failed", "disk_full"), filled
 
-    device = await engine.devices.create(ROOT, models.DeviceCreate(workspace_mb=48, agent_runtime_profile_id=small.id))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(workspace_mb=48, agent_runtime_profile_id=small.id))
     assert (device.workspace_mb, device.tmp_mb) == (48, 32)  # its own ask, the profile's for the rest
     run = await run_in(engine, device.id, sizes)
     workspace, tmp = map(int, run.output.split())
@@ -157,7 +159,7 @@ async def test_a_profile_and_a_device_size_their_disks_and_a_run_past_its_profil
 
 @pytest.mark.parametrize("image", [SMALL, FULL])
 async def test_a_run_can_write_only_where_a_size_holds(engine, image):
-    device = await engine.devices.create(ROOT, models.DeviceCreate(image=image))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(image=image))
     run = await run_in(engine, device.id, "for top in /*; do case $top in /proc|/sys|/dev) ;; *) "
                        "find $top -type d 2>/dev/null;; esac; done | while read -r d; do [ -w \"$d\" ] && echo \"$d\"; done; true")
     assert run.status == "succeeded", run
@@ -174,7 +176,7 @@ async def test_a_listing_taken_before_a_device_was_made_leaves_its_disks_alone(e
     restart's reconcile while a resumed ephemeral run makes its sandbox) has no container for it: its
     disks must stay, or the run in it loses its /workspace and its end (seen as a group entry started
     twice under load)."""
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
     own = disks.DeviceDisks.of(engine.settings.home, device.id)
     await anyio.to_thread.run_sync(engine.backend._tend_disks, set())  # as a listing from before it existed
 
@@ -184,7 +186,7 @@ async def test_a_listing_taken_before_a_device_was_made_leaves_its_disks_alone(e
 
 
 async def test_a_computers_workspace_outlives_its_container_restart_and_goes_with_it(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate(kind=models.TargetKind.computer))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(kind=models.TargetKind.computer))
     own = disks.DeviceDisks.of(engine.settings.home, device.id)
     wrote = await in_computer(engine, device.id, "echo kept >note && df -m /workspace | tail -1")
     assert int(wrote.output.split()[1]) > 7000, wrote  # the computer's 8 GiB
@@ -197,7 +199,7 @@ async def test_a_computers_workspace_outlives_its_container_restart_and_goes_wit
 
 
 async def test_a_workspace_whose_mount_went_is_mounted_again_and_an_orphan_removed(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
     await run_in(engine, device.id, "echo kept >note")
     own = disks.DeviceDisks.of(engine.settings.home, device.id)
     container(device.id).stop(timeout=1)

@@ -15,6 +15,7 @@ import docker
 import pytest
 
 from engine import models, topics
+from engine.runs import models as rm
 from engine.profiles import models as pm
 from engine.app import Engine
 from engine.callers import ROOT
@@ -80,7 +81,7 @@ async def output_event(engine: Engine, run_id: str, text: str) -> None:
     after = 0
     with anyio.fail_after(30):
         while True:
-            page = await engine.runs.events(ROOT, run_id, models.EventsQuery(after=after, wait=5))
+            page = await engine.runs.events(ROOT, run_id, rm.EventsQuery(after=after, wait=5))
             if any(e.type == "output" and text in e.payload.get("text", "") for e in page.data):
                 return
             assert not page.run_status.terminal, f"the run ended without printing {text!r}"
@@ -100,7 +101,7 @@ async def test_a_run_without_a_target_is_execd_in_a_pooled_container_that_never_
         assert "agentdock.run_id" not in c.labels and c.attrs["HostConfig"]["NetworkMode"] == egress_names(str(home))[0]
         assert c.attrs["Config"]["Cmd"] == KEEPALIVE
 
-    created = await engine.runs.create(ROOT, models.RunCreate(
+    created = await engine.runs.create(ROOT, rm.RunCreate(
         prompt="p", env={"MINE": mine}, secrets=["API_KEY"],
         command='echo "mine=$MINE key=$API_KEY"; while [ ! -e /tmp/go ]; do sleep 0.05; done'))
     await output_event(engine, created.id, "mine=")
@@ -115,7 +116,7 @@ async def test_a_run_without_a_target_is_execd_in_a_pooled_container_that_never_
         run = await engine.runs.wait(ROOT, run.id, 30)
     assert (run.status, run.output) == ("succeeded", f"mine={mine} key=********\n")
     assert run.pids_peak is not None and run.memory_peak_bytes is not None  # swept and measured like any device's
-    started = next(e for e in (await engine.runs.events(ROOT, run.id, models.EventsQuery())).data
+    started = next(e for e in (await engine.runs.events(ROOT, run.id, rm.EventsQuery())).data
                    if e.type == "run_started")
     assert started.payload == {"target_id": run.target_id, "pooled": True}
 
@@ -127,7 +128,7 @@ async def test_a_run_without_a_target_is_execd_in_a_pooled_container_that_never_
 @pytest.mark.parametrize("settings", [{"pool_size": 0}], indirect=True)
 async def test_with_pool_size_0_nothing_is_started_ahead_and_a_run_makes_its_own_sandbox_as_before(
         engine: Engine, home: Path) -> None:
-    created = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="echo hi"))
+    created = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="echo hi"))
     with anyio.fail_after(30):
         run = await engine.runs.wait(ROOT, created.id, 30)
     assert (run.status, run.output, run.target_id) == ("succeeded", "hi\n", created.target_id)
@@ -138,17 +139,17 @@ async def test_with_pool_size_0_nothing_is_started_ahead_and_a_run_makes_its_own
 async def test_a_fork_bomb_in_a_pooled_container_ends_pids_exhausted(engine: Engine, home: Path) -> None:
     small = await engine.profiles.create(ROOT, models.parse(pm.ProfileCreate, {
         "name": "small", "runtime": "custom", "resources": {"pids_limit": 64}}))
-    first = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="true",
+    first = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="true",
                                                             agent_runtime_profile_id=small.id))
     with anyio.fail_after(30):
         await engine.runs.wait(ROOT, first.id, 30)
     await until_ready(engine, 4)  # that shape is pooled now, next to the default one
-    bomb = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="bomb() { bomb | bomb & }; bomb",
+    bomb = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="bomb() { bomb | bomb & }; bomb",
                                                            agent_runtime_profile_id=small.id, timeout=120))
     with anyio.fail_after(130):
         run = await engine.runs.wait(ROOT, bomb.id, 125)
     assert (run.status, run.failure_kind) == ("failed", "pids_exhausted"), run
-    started = next(e for e in (await engine.runs.events(ROOT, run.id, models.EventsQuery())).data
+    started = next(e for e in (await engine.runs.events(ROOT, run.id, rm.EventsQuery())).data
                    if e.type == "run_started")
     assert started.payload.get("pooled") is True
 
@@ -166,7 +167,7 @@ async def test_a_kill_9_leaves_no_orphan_and_a_run_in_a_pooled_container_finishe
     home = daemon.settings.home
     before = await restart_with_pool(daemon, monkeypatch, events)
     async with DaemonClient(daemon.settings) as client:
-        created = await client.call(areas.runs.CREATE, models.RunCreate(prompt="p", command=(
+        created = await client.call(areas.runs.CREATE, rm.RunCreate(prompt="p", command=(
             'n=$(cat /proc/sys/kernel/random/uuid); echo "start $n"; sleep 2; echo "end $n"')))
         await wait_for_event(client, created.id, "output")
         target = (await client.call(areas.runs.GET, run_id=created.id)).target_id

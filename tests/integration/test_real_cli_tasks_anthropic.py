@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from engine import models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.callers import ROOT
 from engine.settings import Settings
 from tests.integration import test_real_clis as real
@@ -45,11 +46,11 @@ def settings(home: Path, agents_image: str, scripted: tuple[ScriptedAnthropic, i
                     gateway_upstreams=f"anthropic=http://127.0.0.1:{scripted[1]}")
 
 
-def model_route(engine: Any) -> tuple[models.DeviceCreate, dict[str, Any]]:
+def model_route(engine: Any) -> tuple[dm.DeviceCreate, dict[str, Any]]:
     """The device and the run fields through which a run reaches the model: a sandbox without a network,
     and the key as a stored secret ANTHROPIC_API_KEY (so the run goes through the gateway)."""
     engine.secrets.set("ANTHROPIC_API_KEY", KEY.encode())
-    return models.DeviceCreate(), {"secrets": ["ANTHROPIC_API_KEY"]}
+    return dm.DeviceCreate(), {"secrets": ["ANTHROPIC_API_KEY"]}
 
 
 @pytest.mark.parametrize("provider", ["claude-code", "pi"])
@@ -67,7 +68,7 @@ async def test_a_real_cli_completes_the_scripted_task_with_its_events_and_usage(
     assert all(s.api_key == KEY and s.stream and tool in s.tools for s in task)
     assert server.seen == task, "side traffic (claude's HEAD /api/hello, say) is turned off by the adapter"
 
-    evs = (await engine.runs.events(ROOT, done.id, models.EventsQuery(limit=1000))).data
+    evs = (await engine.runs.events(ROOT, done.id, rm.EventsQuery(limit=1000))).data
     texts = [e.payload.get("text") for e in evs if e.type == "message" and "text" in e.payload]
     assert texts == [SCRIPT.opening, SCRIPT.answer], texts
     (use,) = [e for e in evs if e.type == "tool_use"]

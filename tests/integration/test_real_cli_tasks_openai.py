@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from engine import models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.callers import ROOT
 from engine.settings import Settings
 from tests.integration import test_real_clis
@@ -40,15 +41,15 @@ def settings(home: Path, agents_image: str, provider: tuple[ScriptedOpenAI, int]
                     gateway_upstreams=f"openai=http://127.0.0.1:{provider[1]},codex=http://127.0.0.1:{provider[1]}")
 
 
-async def run_task(engine: Any, runtime: str, secret: str = "OPENAI_API_KEY") -> tuple[models.Run, list[models.RunEvent], str]:
+async def run_task(engine: Any, runtime: str, secret: str = "OPENAI_API_KEY") -> tuple[rm.Run, list[rm.RunEvent], str]:
     """The scripted task run by `runtime` in a fresh sandbox without a network, given the provider's key
     as a stored secret (so through the gateway): the run, its events, and the file it wrote, read back
     by a second run in the same workspace."""
     engine.secrets.set(secret, KEY.encode())
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
     done = await run_in(engine, device.id, prompt=PROMPT, provider=runtime, model=MODEL,
                         secrets=[secret], timeout=110)
-    events = (await engine.runs.events(ROOT, done.id, models.EventsQuery(limit=1000))).data
+    events = (await engine.runs.events(ROOT, done.id, rm.EventsQuery(limit=1000))).data
     proof = await run_in(engine, device.id, prompt="read", command="cat agentdock-proof.txt")
     assert proof.status == "succeeded", (proof.failure_kind, proof.stderr, done.status, done.stderr[-2000:])
     assert KEY not in done.model_dump_json() + "".join(e.model_dump_json() for e in events)
@@ -58,7 +59,7 @@ async def run_task(engine: Any, runtime: str, secret: str = "OPENAI_API_KEY") ->
     return done, events, proof.output
 
 
-def of_type(events: list[models.RunEvent], kind: str) -> list[dict[str, Any]]:
+def of_type(events: list[rm.RunEvent], kind: str) -> list[dict[str, Any]]:
     return [e.payload for e in events if e.type == kind]
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import anyio
 import pytest
 
-from engine import models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.callers import ROOT
 from engine.settings import Settings
 from runtimes import clis, images
@@ -46,8 +47,8 @@ def settings(home: Path, agents_image: str) -> Settings:
     return Settings(home=home, image=agents_image, cancel_grace_seconds=1.0)
 
 
-async def run_in(engine: Any, device_id: str, **fields: Any) -> models.Run:
-    created = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device_id, **fields))
+async def run_in(engine: Any, device_id: str, **fields: Any) -> rm.Run:
+    created = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device_id, **fields))
     with anyio.fail_after(180):
         done = await engine.runs.wait(ROOT, created.id, 185)
     assert done.status.terminal, done
@@ -64,7 +65,7 @@ def test_the_agents_image_labels_each_cli_with_its_pinned_version(agents_image: 
 
 
 async def test_each_real_cli_runs_in_a_sandbox_and_reports_its_version_and_help(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
     command = ("claude --version; codex --version; pi --version 2>&1; hermes --version | head -1; "
                "claude --help | grep -c -- --output-format; codex exec --help | grep -c -- --json; "
                "pi --help 2>&1 | grep -c -- --mode; hermes --help | grep -c -- --oneshot")
@@ -85,7 +86,7 @@ async def test_each_real_cli_runs_in_a_sandbox_and_reports_its_version_and_help(
     ("codex", "CODEX_API_KEY", "no credential"),  # codex itself would retry the network until the timeout
 ])
 async def test_a_real_cli_without_a_credential_fails_auth_required_naming_the_secret(engine, provider, secret, said):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
     done = await run_in(engine, device.id, prompt="say hello", provider=provider, timeout=170)
     assert (done.status, done.failure_kind) == ("failed", "auth_required"), done
     assert f"agentdock secrets set {secret}" in (done.error or "")
@@ -97,7 +98,7 @@ async def test_a_real_cli_without_a_credential_fails_auth_required_naming_the_se
 async def test_real_claude_code_answers_with_the_key_given_as_a_secret(engine):
     key = os.environ["ANTHROPIC_API_KEY"]
     engine.secrets.set("ANTHROPIC_API_KEY", key.encode())
-    device = await engine.devices.create(ROOT, models.DeviceCreate(network=True))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(network=True))
     done = await run_in(engine, device.id, prompt="Reply with the single word: pong", provider="claude-code",
                         secrets=["ANTHROPIC_API_KEY"], timeout=170)
     assert done.status == "succeeded", done

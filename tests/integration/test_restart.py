@@ -9,7 +9,8 @@ import anyio
 import docker
 import pytest
 
-from engine import models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from mcp_server import daemon as daemon_mod
 from mcp_server.client import DaemonClient
 from runtimes.naming import RUNS_DIR, run_uid
@@ -47,7 +48,7 @@ async def wait_in_container(device_id: str, run_id: str, name: str) -> None:
             await anyio.sleep(0.1)
 
 
-async def settled(d: Daemon, run_id: str) -> models.Run:
+async def settled(d: Daemon, run_id: str) -> rm.Run:
     async with DaemonClient(d.settings) as client:
         with anyio.fail_after(60):
             return await areas.runs.until_ended(client, run_id)
@@ -55,8 +56,8 @@ async def settled(d: Daemon, run_id: str) -> models.Run:
 
 async def test_run_that_finishes_while_the_daemon_is_down_ends_succeeded_after_restart(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.call(areas.devices.CREATE, models.DeviceCreate())
-        run = await client.call(areas.runs.CREATE, models.RunCreate(sandbox_id=device.id, prompt="p",
+        device = await client.call(areas.devices.CREATE, dm.DeviceCreate())
+        run = await client.call(areas.runs.CREATE, rm.RunCreate(sandbox_id=device.id, prompt="p",
                                                        command="echo before; sleep 1; echo after; exit 0"))
         await wait_for_event(client, run.id, "output")
     await kill_daemon(daemon)
@@ -68,8 +69,8 @@ async def test_run_that_finishes_while_the_daemon_is_down_ends_succeeded_after_r
 
 async def test_run_still_going_across_a_restart_finishes_normally_without_repeating_output(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.call(areas.devices.CREATE, models.DeviceCreate())
-        run = await client.call(areas.runs.CREATE, models.RunCreate(sandbox_id=device.id, prompt="p",
+        device = await client.call(areas.devices.CREATE, dm.DeviceCreate())
+        run = await client.call(areas.runs.CREATE, rm.RunCreate(sandbox_id=device.id, prompt="p",
                                                        command="echo one; sleep 2; echo two >&2; echo three"))
         await wait_for_event(client, run.id, "output")
     await kill_daemon(daemon)
@@ -85,7 +86,7 @@ async def test_run_still_going_across_a_restart_finishes_normally_without_repeat
 
 async def test_ephemeral_run_across_a_restart_finishes_and_its_container_is_removed(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        run = await client.call(areas.runs.CREATE, models.RunCreate(prompt="p", command="echo start; sleep 2; echo end"))
+        run = await client.call(areas.runs.CREATE, rm.RunCreate(prompt="p", command="echo start; sleep 2; echo end"))
         await wait_for_event(client, run.id, "output")
     await kill_daemon(daemon)
     daemon.start()
@@ -99,8 +100,8 @@ async def test_ephemeral_run_across_a_restart_finishes_and_its_container_is_remo
 
 async def test_run_whose_container_vanished_while_the_daemon_was_down_fails_with_sandbox_lost(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.call(areas.devices.CREATE, models.DeviceCreate())
-        run = await client.call(areas.runs.CREATE, models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
+        device = await client.call(areas.devices.CREATE, dm.DeviceCreate())
+        run = await client.call(areas.runs.CREATE, rm.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
         await wait_for_event(client, run.id, "run_started")
     await kill_daemon(daemon)
     docker.from_env().containers.get(f"agentdock-{device.id}").remove(force=True)
@@ -111,8 +112,8 @@ async def test_run_whose_container_vanished_while_the_daemon_was_down_fails_with
 
 async def test_run_whose_process_died_with_its_container_fails_with_process_lost(daemon: Daemon) -> None:
     async with DaemonClient(daemon.settings) as client:
-        device = await client.call(areas.devices.CREATE, models.DeviceCreate())
-        run = await client.call(areas.runs.CREATE, models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
+        device = await client.call(areas.devices.CREATE, dm.DeviceCreate())
+        run = await client.call(areas.runs.CREATE, rm.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
         await wait_for_event(client, run.id, "run_started")
         await wait_in_container(device.id, run.id, "pid")
     await kill_daemon(daemon)
@@ -138,10 +139,10 @@ async def test_runs_queued_behind_the_cap_survive_a_kill_9_and_start_in_order_af
     daemon_mod.stop(daemon.settings)
     daemon.start()
     async with DaemonClient(daemon.settings) as client:
-        device = await client.call(areas.devices.CREATE, models.DeviceCreate())
-        blocker = await client.call(areas.runs.CREATE, models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
+        device = await client.call(areas.devices.CREATE, dm.DeviceCreate())
+        blocker = await client.call(areas.runs.CREATE, rm.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
         await wait_for_event(client, blocker.id, "run_started")
-        queued = [await client.call(areas.runs.CREATE, models.RunCreate(sandbox_id=device.id, prompt="p", command=f"echo {i}"))
+        queued = [await client.call(areas.runs.CREATE, rm.RunCreate(sandbox_id=device.id, prompt="p", command=f"echo {i}"))
                   for i in range(2)]
         assert [(await client.call(areas.runs.GET, run_id=r.id)).status for r in queued] == ["queued", "queued"]
     await kill_daemon(daemon)
@@ -161,7 +162,7 @@ async def test_an_ephemeral_run_given_a_secret_survives_a_restart_and_stays_mask
     value = "restart-secret-" + os.urandom(8).hex()
     SecretStore(daemon.settings.secrets_dir).set("TOKEN", value.encode())
     async with DaemonClient(daemon.settings) as client:
-        run = await client.call(areas.runs.CREATE, models.RunCreate(prompt="p", secrets=["TOKEN"],
+        run = await client.call(areas.runs.CREATE, rm.RunCreate(prompt="p", secrets=["TOKEN"],
                                                        command='echo "a=$TOKEN"; sleep 2; echo "b=$TOKEN"'))
         await wait_for_event(client, run.id, "output")
     container = next(c for c in owned_containers(daemon.settings.home) if c.labels.get("agentdock.run_id") == run.id)

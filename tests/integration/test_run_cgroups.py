@@ -9,7 +9,9 @@ import anyio
 import docker
 import pytest
 
-from engine import errors, models
+from engine import errors
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.callers import ROOT
 from runtimes import procs
 from runtimes.naming import RUNS_DIR, run_uid
@@ -26,7 +28,7 @@ def host_cgroup(device_id: str) -> procs.Cgroup:
 
 
 async def test_a_run_is_born_in_its_own_cgroup_and_records_its_process_and_memory_peaks(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
 
     run = await run_in(engine, device.id, "cat /proc/self/cgroup; sleep 0.3 & sleep 0.3 & sleep 0.3 & wait")
 
@@ -39,7 +41,7 @@ async def test_a_run_is_born_in_its_own_cgroup_and_records_its_process_and_memor
 
 
 async def test_a_process_that_clears_its_environment_and_leaves_its_session_is_still_killed_at_the_end(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate())
+    device = await engine.devices.create(ROOT, dm.DeviceCreate())
     baseline = pids_in(device.id)
 
     run = await run_in(engine, device.id, "env -i setsid sh -c 'exec sleep 1002' </dev/null >/dev/null 2>&1 & "
@@ -53,11 +55,11 @@ async def test_a_process_that_clears_its_environment_and_leaves_its_session_is_s
 async def test_a_fork_bomb_beside_other_runs_never_freezes_the_device_and_they_all_finish(engine):
     """The sweep that used to `docker pause` the device could catch an exec half made and leave the
     device frozen; now only the bomb's own cgroup is killed, while other runs exec beside it."""
-    device = await engine.devices.create(ROOT, models.DeviceCreate(pids_limit=96))
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(pids_limit=96))
     since = int(time.time()) - 1
-    bomb = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p",
+    bomb = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p",
                                                            command=f"sleep 1; {FORK_BOMB}; sleep 3", timeout=120))
-    neighbours: list[models.Run] = []
+    neighbours: list[rm.Run] = []
 
     async def neighbour(i: int) -> None:
         neighbours.append(await run_in(engine, device.id, f"echo n{i}", timeout=120))
@@ -82,8 +84,8 @@ async def test_a_fork_bomb_beside_other_runs_never_freezes_the_device_and_they_a
 
 
 async def test_cancelling_a_run_at_the_pids_limit_ends_it_and_leaves_the_device_usable(engine):
-    device = await engine.devices.create(ROOT, models.DeviceCreate(pids_limit=64))
-    run = await engine.runs.create(ROOT, models.RunCreate(
+    device = await engine.devices.create(ROOT, dm.DeviceCreate(pids_limit=64))
+    run = await engine.runs.create(ROOT, rm.RunCreate(
         sandbox_id=device.id, prompt="p", command="while :; do sleep 1000 & done", timeout=300))
     await eventually(lambda: host_cgroup(device.id).exhausted(), timeout=60)  # (no exec fits in it now)
 
@@ -113,9 +115,9 @@ def freeze(device_id: str) -> procs.Cgroup:
 
 
 async def test_a_frozen_device_holds_no_other_run_its_runs_end_and_it_is_repaired(engine):
-    stuck = await engine.devices.create(ROOT, models.DeviceCreate())
-    other = await engine.devices.create(ROOT, models.DeviceCreate())
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=stuck.id, prompt="p",
+    stuck = await engine.devices.create(ROOT, dm.DeviceCreate())
+    other = await engine.devices.create(ROOT, dm.DeviceCreate())
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=stuck.id, prompt="p",
                                                           command="echo started; sleep 1000", timeout=4))
     await eventually(lambda: container(stuck.id).exec_run(["test", "-s", f"{RUNS_DIR}/{run.id}/pid"],
                                                           user=f"{run_uid(run.id)}:1000").exit_code == 0)
@@ -148,9 +150,9 @@ async def test_the_daemon_starts_and_runs_when_a_device_cannot_be_repaired(setti
             return await super()._call(fn, *args, **kw)
 
     async with docker_engine(settings).running() as engine:
-        device = await engine.devices.create(ROOT, models.DeviceCreate())
+        device = await engine.devices.create(ROOT, dm.DeviceCreate())
     container(device.id).pause()
     async with Engine(settings, backend=Unrepairable(settings.home), harnesses=harness.get).running() as engine:
-        run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="echo started anyway"))
+        run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="echo started anyway"))
         run = await finish(engine, run.id)
     assert run.output == "started anyway\n"

@@ -15,6 +15,8 @@ import docker
 import pytest
 
 from engine import errors, models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.ports import HarnessInput
 from engine.settings import Settings
 from engine.callers import ROOT
@@ -34,7 +36,7 @@ def settings(home: Path, request: pytest.FixtureRequest) -> Settings:
 # ---------------------------------------------------------------- helpers
 
 
-async def finish(engine: Any, run_id: str, timeout: float = 30) -> models.Run:
+async def finish(engine: Any, run_id: str, timeout: float = 30) -> rm.Run:
     """The run once it is terminal; fails the test if that takes longer than `timeout`."""
     with anyio.fail_after(timeout):
         run = await engine.runs.wait(ROOT, run_id, timeout + 5)
@@ -42,11 +44,11 @@ async def finish(engine: Any, run_id: str, timeout: float = 30) -> models.Run:
     return run
 
 
-async def all_events(engine: Any, run_id: str) -> list[models.RunEvent]:
-    out: list[models.RunEvent] = []
+async def all_events(engine: Any, run_id: str) -> list[rm.RunEvent]:
+    out: list[rm.RunEvent] = []
     after = 0
     while True:
-        page = await engine.runs.events(ROOT, run_id, models.EventsQuery(after=after, limit=1000))
+        page = await engine.runs.events(ROOT, run_id, rm.EventsQuery(after=after, limit=1000))
         if not page.data:
             return out
         out += page.data
@@ -58,7 +60,7 @@ async def wait_for_output(engine: Any, run_id: str, text: str, timeout: float = 
     after = 0
     with anyio.fail_after(timeout):
         while True:
-            page = await engine.runs.events(ROOT, run_id, models.EventsQuery(after=after, wait=2))
+            page = await engine.runs.events(ROOT, run_id, rm.EventsQuery(after=after, wait=2))
             if any(e.type == "output" and text in e.payload.get("text", "") for e in page.data):
                 return
             assert page.data or not page.run_status.terminal, f"run ended without printing {text!r}"
@@ -85,8 +87,8 @@ def assert_only_keepalive_left(device_id: str) -> None:
     assert all(KEEPALIVE in p or p == "sleep 3600" for p in procs), procs
 
 
-async def sandbox(engine: Any, **kw: Any) -> models.Device:
-    return await engine.devices.create(ROOT, models.DeviceCreate(**kw))
+async def sandbox(engine: Any, **kw: Any) -> dm.Device:
+    return await engine.devices.create(ROOT, dm.DeviceCreate(**kw))
 
 
 # ---------------------------------------------------------------- prompt, cwd, env
@@ -95,7 +97,7 @@ async def sandbox(engine: Any, **kw: Any) -> models.Device:
 async def test_prompt_reaches_stdin_and_env_cwd_is_created_and_run_env_overrides_device_env(engine):
     device = await sandbox(engine, env={"SHARED": "device", "DEVICE_ONLY": "d"})
     prompt = "line one\nit's \"quoted\" $HOME `x`"
-    run = await engine.runs.create(ROOT, models.RunCreate(
+    run = await engine.runs.create(ROOT, rm.RunCreate(
         sandbox_id=device.id, prompt=prompt, cwd="sub/dir", env={"SHARED": "run", "RUN_ONLY": "r"},
         command='printf "stdin=%s|\\n" "$(cat)"; printf "env=%s|\\n" "$AGENTDOCK_PROMPT"; '
                 'echo "pwd=$(pwd)"; echo "vars=$SHARED,$DEVICE_ONLY,$RUN_ONLY"',
@@ -114,13 +116,13 @@ async def test_prompt_reaches_stdin_and_env_cwd_is_created_and_run_env_overrides
 
 async def test_events_are_numbered_without_gaps_and_bracketed_by_queued_started_finished(engine):
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p",
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p",
                                                     command="echo out; echo err >&2"))
-    seen: list[models.RunEvent] = []
+    seen: list[rm.RunEvent] = []
     after = 0
     with anyio.fail_after(30):  # follow live by long-poll, as a client would
         while True:
-            page = await engine.runs.events(ROOT, run.id, models.EventsQuery(after=after, wait=2))
+            page = await engine.runs.events(ROOT, run.id, rm.EventsQuery(after=after, wait=2))
             seen += page.data
             after = page.next_after_sequence
             if page.run_status.terminal and not page.data:
@@ -141,7 +143,7 @@ async def test_events_are_numbered_without_gaps_and_bracketed_by_queued_started_
 async def test_many_short_lines_are_coalesced_into_few_output_events_that_add_up_to_the_output(engine):
     device = await sandbox(engine)
     lines = 2000
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command=f"seq {lines}"))
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p", command=f"seq {lines}"))
     run = await finish(engine, run.id)
 
     expected = "".join(f"{i}\n" for i in range(1, lines + 1))
@@ -158,7 +160,7 @@ async def test_a_long_poll_that_reads_just_before_the_run_ends_still_returns_whe
     """Forces the interleaving where the run finishes (and notifies) between the long-poll's read
     and its wait: the poll must not sleep through to its full `wait`."""
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="echo done"))
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p", command="echo done"))
     notified = [anyio.Event()]
     real_publish, real_events = engine.topics.publish, engine.store.events
 
@@ -182,7 +184,7 @@ async def test_a_long_poll_that_reads_just_before_the_run_ends_still_returns_whe
     engine.topics.publish = publish
     engine.store.events = events_read_then_held_until_the_run_ends
     with anyio.fail_after(3):
-        page = await engine.runs.events(ROOT, run.id, models.EventsQuery(after=10_000, wait=30))
+        page = await engine.runs.events(ROOT, run.id, rm.EventsQuery(after=10_000, wait=30))
     assert held == [[]]
     assert page.run_status is models.RunStatus.succeeded and page.data == []
 
@@ -192,7 +194,7 @@ async def test_a_long_poll_that_reads_just_before_the_run_ends_still_returns_whe
 
 async def test_cancel_of_a_running_command_ends_canceled_and_leaves_only_the_keepalive(engine):
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p",
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p",
                                                     command="echo started; sleep 1000"))
     await wait_for_output(engine, run.id, "started")
     assert any("sleep 1000" in p for p in processes(device.id))  # the check below can see it
@@ -210,7 +212,7 @@ async def test_cancel_of_a_running_command_ends_canceled_and_leaves_only_the_kee
 async def test_cancel_right_after_create_still_stops_the_process(engine):
     """Forces the interleaving where the cancel lands before the process has started."""
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000"))
     with anyio.fail_after(20):
         canceled = await engine.runs.cancel(ROOT, run.id)
     assert (canceled.status, canceled.failure_kind) == ("canceled", "canceled")
@@ -219,7 +221,7 @@ async def test_cancel_right_after_create_still_stops_the_process(engine):
 
 async def test_cancel_of_a_finished_run_is_an_invalid_transition(engine):
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="true"))
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p", command="true"))
     run = await finish(engine, run.id)
     assert run.status is models.RunStatus.succeeded
 
@@ -230,7 +232,7 @@ async def test_cancel_of_a_finished_run_is_an_invalid_transition(engine):
 
 async def test_cancel_twice_returns_the_canceled_run_and_adds_no_events(engine):
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p",
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p",
                                                     command="echo started; sleep 1000"))
     await wait_for_output(engine, run.id, "started")
     with anyio.fail_after(20):
@@ -247,7 +249,7 @@ async def test_cancel_twice_returns_the_canceled_run_and_adds_no_events(engine):
 
 async def test_timeout_fails_the_run_with_failure_kind_timeout_and_kills_the_process(engine):
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000",
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p", command="sleep 1000",
                                                     timeout=2))
     run = await finish(engine, run.id, timeout=20)
 
@@ -262,7 +264,7 @@ async def test_timeout_fails_the_run_with_failure_kind_timeout_and_kills_the_pro
 
 
 async def test_a_run_without_target_gets_an_ephemeral_sandbox_that_is_gone_once_the_run_ends(engine, home):
-    run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="echo hi"))
+    run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="echo hi"))
     assert run.ephemeral is True
     assert run.target_kind is models.TargetKind.sandbox and run.target_id.startswith("sbx_")
 
@@ -282,7 +284,7 @@ async def test_a_run_without_target_gets_an_ephemeral_sandbox_that_is_gone_once_
 @pytest.mark.parametrize("settings", [{"output_cap_bytes": 1000}], indirect=True)
 async def test_output_and_stderr_are_cut_at_the_cap_and_flagged_and_the_run_still_succeeds(engine):
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(
+    run = await engine.runs.create(ROOT, rm.RunCreate(
         sandbox_id=device.id, prompt="p",
         command="head -c 5000 /dev/zero | tr '\\0' a; head -c 5000 /dev/zero | tr '\\0' b >&2"))
     run = await finish(engine, run.id)
@@ -298,7 +300,7 @@ async def test_output_and_stderr_are_cut_at_the_cap_and_flagged_and_the_run_stil
 @pytest.mark.parametrize("settings", [{"output_cap_bytes": 1000}], indirect=True)
 async def test_output_under_the_cap_is_not_flagged(engine):
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p",
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p",
                                                     command="head -c 1000 /dev/zero | tr '\\0' a"))
     run = await finish(engine, run.id)
     assert run.output == "a" * 1000
@@ -309,7 +311,7 @@ async def test_output_under_the_cap_is_not_flagged(engine):
 async def test_a_structured_runtimes_answer_is_cut_at_the_cap_in_bytes(engine):
     device = await sandbox(engine)
     prompt = "é" * 1500  # 2 bytes each in UTF-8
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt=prompt, provider="claude-code"))
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt=prompt, provider="claude-code"))
     run = await finish(engine, run.id)
 
     assert run.status is models.RunStatus.succeeded, run
@@ -329,7 +331,7 @@ def write_artifacts_command() -> str:
     return f"mkdir -p out && printf '%s\\n' '{HTML.decode().strip()}' >report.html && printf '{octal}' >out/data.bin"
 
 
-def check_exported(events: list[models.RunEvent], ok: dict[str, bytes], missing: list[str]) -> None:
+def check_exported(events: list[rm.RunEvent], ok: dict[str, bytes], missing: list[str]) -> None:
     exported = {e.payload["path"]: e.payload for e in events if e.type == "artifact_exported"}
     assert set(exported) == set(ok) | set(missing)
     for path, data in ok.items():
@@ -342,7 +344,7 @@ def check_exported(events: list[models.RunEvent], ok: dict[str, bytes], missing:
 
 async def test_artifacts_named_in_metadata_are_exported_with_size_and_digest_and_a_missing_one_is_reported(engine):
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(
+    run = await engine.runs.create(ROOT, rm.RunCreate(
         sandbox_id=device.id, prompt="p", command=write_artifacts_command(),
         metadata={"artifact_paths": ["report.html", "/workspace/out/data.bin", "missing.txt"], "task": "t1"}))
     run = await finish(engine, run.id)
@@ -368,7 +370,7 @@ async def test_artifacts_named_in_metadata_are_exported_with_size_and_digest_and
 
 async def test_artifact_bytes_finds_an_artifact_by_the_relative_path_used_in_artifact_paths(engine):
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(
+    run = await engine.runs.create(ROOT, rm.RunCreate(
         sandbox_id=device.id, prompt="p", command=write_artifacts_command(),
         metadata={"artifact_paths": ["report.html"]}))
     run = await finish(engine, run.id)
@@ -379,7 +381,7 @@ async def test_artifact_bytes_finds_an_artifact_by_the_relative_path_used_in_art
 
 async def test_artifact_bytes_for_a_path_outside_the_workspace_is_invalid_input(engine):
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="true"))
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p", command="true"))
     run = await finish(engine, run.id)
 
     with pytest.raises(errors.InvalidInput) as caught:
@@ -388,7 +390,7 @@ async def test_artifact_bytes_for_a_path_outside_the_workspace_is_invalid_input(
 
 
 async def test_artifacts_of_an_ephemeral_run_are_exported_before_its_sandbox_goes(engine, home):
-    run = await engine.runs.create(ROOT, models.RunCreate(
+    run = await engine.runs.create(ROOT, rm.RunCreate(
         prompt="p", command=write_artifacts_command(),
         metadata={"artifact_paths": ["out/data.bin", "report.html"]}))
     run = await finish(engine, run.id)
@@ -420,7 +422,7 @@ async def raw_stdout(engine: Any, device_id: str, provider: str, model: str) -> 
     removed once it is settled, so this runs that command line again, as a custom command)."""
     argv = harness.get(provider).argv(HarnessInput(prompt="write a haiku", command=None, model=model,
                                                    cwd="/workspace"))
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device_id, prompt="write a haiku",
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device_id, prompt="write a haiku",
                                                     command=shlex.join(argv), env=KEYS.get(provider)))
     out = (await finish(engine, run.id)).output
     return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -429,7 +431,7 @@ async def raw_stdout(engine: Any, device_id: str, provider: str, model: str) -> 
 @pytest.mark.parametrize("provider", sorted(STRUCTURED))
 async def test_structured_runtime_succeeds_with_its_final_answer_typed_events_and_the_model(engine, provider):
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="write a haiku",
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="write a haiku",
                                                     provider=provider, model="test-model-7",
                                                     env=KEYS.get(provider)))
     run = await finish(engine, run.id)
@@ -456,7 +458,7 @@ async def test_structured_runtime_succeeds_with_its_final_answer_typed_events_an
 @pytest.mark.parametrize("provider", sorted(STRUCTURED))
 async def test_structured_runtime_reporting_failure_fails_the_run_with_nonzero_exit(engine, provider):
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="please FAIL now",
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="please FAIL now",
                                                     provider=provider, env=KEYS.get(provider)))
     run = await finish(engine, run.id)
 
@@ -469,7 +471,7 @@ async def test_structured_runtime_reporting_failure_fails_the_run_with_nonzero_e
 @pytest.mark.parametrize(("provider", "image"), [("osa", SMALL), ("claude-code", FULL), ("codex", FULL)])
 async def test_a_runtime_missing_from_the_image_fails_at_once_with_runtime_not_found(engine, provider, image):
     device = await sandbox(engine, image=image)
-    run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="hello", provider=provider))
+    run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="hello", provider=provider))
     run = await finish(engine, run.id, timeout=10)
 
     assert (run.status, run.failure_kind) == ("failed", "runtime_not_found"), run
@@ -484,26 +486,26 @@ async def test_a_runtime_missing_from_the_image_fails_at_once_with_runtime_not_f
 async def test_same_idempotency_key_and_body_returns_the_same_run(engine):
     device = await sandbox(engine)
     body = {"sandbox_id": device.id, "prompt": "p", "command": "echo once", "idempotency_key": "k-1"}
-    first = await engine.runs.create(ROOT, models.parse(models.RunCreate, body))
-    second = await engine.runs.create(ROOT, models.parse(models.RunCreate, dict(body)))
+    first = await engine.runs.create(ROOT, models.parse(rm.RunCreate, body))
+    second = await engine.runs.create(ROOT, models.parse(rm.RunCreate, dict(body)))
 
     assert second.id == first.id
-    assert [r.id for r in await engine.store.runs(models.RunListQuery())] == [first.id]
+    assert [r.id for r in await engine.store.runs(rm.RunListQuery())] == [first.id]
     run = await finish(engine, first.id)
     assert run.output == "once\n"
 
 
 async def test_same_idempotency_key_with_a_different_body_is_a_conflict_naming_the_first_run(engine):
     device = await sandbox(engine)
-    first = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="true",
+    first = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p", command="true",
                                                       idempotency_key="k-2"))
     with pytest.raises(errors.Conflict) as caught:
-        await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="other", command="true",
+        await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="other", command="true",
                                                   idempotency_key="k-2"))
 
     assert caught.value.diagnostic().evidence["run_id"] == first.id
     assert first.id in caught.value.message
-    assert [r.id for r in await engine.store.runs(models.RunListQuery())] == [first.id]
+    assert [r.id for r in await engine.store.runs(rm.RunListQuery())] == [first.id]
 
 
 async def test_concurrent_creates_with_one_idempotency_key_make_one_run(engine, home):
@@ -511,7 +513,7 @@ async def test_concurrent_creates_with_one_idempotency_key_make_one_run(engine, 
     got: list[str] = []
 
     async def create() -> None:
-        run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=device.id, prompt="p", command="true",
+        run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=device.id, prompt="p", command="true",
                                                         idempotency_key="k-3"))
         got.append(run.id)
 
@@ -521,17 +523,17 @@ async def test_concurrent_creates_with_one_idempotency_key_make_one_run(engine, 
                 tg.start_soon(create)
 
     assert len(got) == 5 and len(set(got)) == 1
-    assert [r.id for r in await engine.store.runs(models.RunListQuery())] == got[:1]
+    assert [r.id for r in await engine.store.runs(rm.RunListQuery())] == got[:1]
     await finish(engine, got[0])
     assert len(await all_events(engine, got[0])) > 0
     assert [e.type for e in await all_events(engine, got[0])].count("run_queued") == 1
 
 
 async def test_concurrent_ephemeral_creates_with_one_idempotency_key_make_one_run_and_one_sandbox(engine, home):
-    got: list[models.Run] = []
+    got: list[rm.Run] = []
 
     async def create() -> None:
-        got.append(await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="true", idempotency_key="k-4")))
+        got.append(await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="true", idempotency_key="k-4")))
 
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
@@ -539,7 +541,7 @@ async def test_concurrent_ephemeral_creates_with_one_idempotency_key_make_one_ru
                 tg.start_soon(create)
 
     assert len({r.id for r in got}) == 1 and len({r.target_id for r in got}) == 1
-    assert [r.id for r in await engine.store.runs(models.RunListQuery())] == [got[0].id]
+    assert [r.id for r in await engine.store.runs(rm.RunListQuery())] == [got[0].id]
     assert [d.id for d in await engine.store.devices(include_ephemeral=True)] == [got[0].target_id]
     run = await finish(engine, got[0].id)
     assert run.status is models.RunStatus.succeeded
@@ -553,14 +555,14 @@ async def test_list_filters_by_target_and_status_and_pages_newest_first_without_
     b = await sandbox(engine)
     created: list[tuple[str, str, str]] = []  # (id, target, expected status), oldest first
     for target, command in [(a, "true"), (b, "true"), (a, "false"), (a, "true"), (b, "false")]:
-        run = await engine.runs.create(ROOT, models.RunCreate(sandbox_id=target.id, prompt="p", command=command))
+        run = await engine.runs.create(ROOT, rm.RunCreate(sandbox_id=target.id, prompt="p", command=command))
         created.append((run.id, target.id, "succeeded" if command == "true" else "failed"))
     for run_id, _, status in created:
         assert (await finish(engine, run_id)).status == status
     newest_first = [c[0] for c in reversed(created)]
 
     async def ids(**q: Any) -> list[str]:
-        return [r.id for r in (await engine.runs.list(ROOT, models.RunListQuery(**q))).data]
+        return [r.id for r in (await engine.runs.list(ROOT, rm.RunListQuery(**q))).data]
 
     assert await ids() == newest_first
     assert await ids(target_id=a.id) == [i for i, t, _ in reversed(created) if t == a.id]
@@ -572,7 +574,7 @@ async def test_list_filters_by_target_and_status_and_pages_newest_first_without_
     pages: list[list[str]] = []
     cursor = None
     while True:
-        page = await engine.runs.list(ROOT, models.RunListQuery(limit=2, cursor=cursor))
+        page = await engine.runs.list(ROOT, rm.RunListQuery(limit=2, cursor=cursor))
         pages.append([r.id for r in page.data])
         cursor = page.next_cursor
         if cursor is None:
@@ -584,7 +586,7 @@ async def test_list_filters_by_target_and_status_and_pages_newest_first_without_
     filtered: list[str] = []
     cursor = None
     while True:
-        page = await engine.runs.list(ROOT, models.RunListQuery(target_id=a.id, limit=1, cursor=cursor))
+        page = await engine.runs.list(ROOT, rm.RunListQuery(target_id=a.id, limit=1, cursor=cursor))
         filtered += [r.id for r in page.data]
         cursor = page.next_cursor
         if cursor is None:
@@ -594,7 +596,7 @@ async def test_list_filters_by_target_and_status_and_pages_newest_first_without_
 
 async def test_cancel_kills_a_process_tree_that_ignores_term_after_the_grace(engine):
     device = await sandbox(engine)
-    run = await engine.runs.create(ROOT, models.RunCreate(
+    run = await engine.runs.create(ROOT, rm.RunCreate(
         sandbox_id=device.id, prompt="p",
         command="trap '' TERM; sh -c \"trap '' TERM; sleep 1000\" & echo started; wait"))
     await wait_for_output(engine, run.id, "started")

@@ -8,6 +8,8 @@ import anyio
 import pytest
 
 from engine import models, topics
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.app import Engine
 from engine.callers import ROOT
 from engine.clock import FakeClock
@@ -23,7 +25,7 @@ def settings_for(tmp_path, **kw) -> Settings:
     return Settings(home=tmp_path, image="fake:latest", cancel_grace_seconds=0.02, **kw)
 
 
-async def settled(engine: Engine, run_id: str) -> models.Run:
+async def settled(engine: Engine, run_id: str) -> rm.Run:
     with anyio.fail_after(10):
         return await engine.runs.wait(ROOT, run_id, 3600)
 
@@ -42,7 +44,7 @@ async def test_a_burst_never_runs_more_than_the_cap_at_once_and_starts_in_creati
     backend = FakeBackend()
     async with Engine(settings_for(tmp_path, max_active_runs=2), backend=backend,
                       harnesses=harness.get).running() as engine:
-        runs = [await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="block")) for _ in range(6)]
+        runs = [await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="block")) for _ in range(6)]
         ids = [r.id for r in runs]
         await until_running(engine, ids[0])
         await until_running(engine, ids[1])
@@ -62,8 +64,8 @@ async def test_a_queued_run_canceled_before_admission_ends_canceled_without_ever
     backend = FakeBackend()
     async with Engine(settings_for(tmp_path, max_active_runs=1), backend=backend,
                       harnesses=harness.get).running() as engine:
-        first = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="block"))
-        queued = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=never"))
+        first = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="block"))
+        queued = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=never"))
         assert (await engine.runs.get(ROOT, queued.id)).status is models.RunStatus.queued
 
         canceled = await engine.runs.cancel(ROOT, queued.id)
@@ -71,7 +73,7 @@ async def test_a_queued_run_canceled_before_admission_ends_canceled_without_ever
         assert (canceled.status, canceled.failure_kind, canceled.started_at) == ("canceled", "canceled", None)
         assert queued.id not in backend.starts
         assert await engine.store.device(queued.target_id) is None  # its ephemeral sandbox was never made
-        types = [e.type for e in (await engine.runs.events(ROOT, queued.id, models.EventsQuery())).data]
+        types = [e.type for e in (await engine.runs.events(ROOT, queued.id, rm.EventsQuery())).data]
         assert types == ["run_queued", "run_finished"]
         backend.end(first.id)
         await settled(engine, first.id)
@@ -81,8 +83,8 @@ async def test_queued_runs_survive_a_restart_and_are_admitted_after_it(tmp_path)
     backend = FakeBackend()
     settings = settings_for(tmp_path, max_active_runs=1)
     async with Engine(settings, backend=backend, harnesses=harness.get).running() as engine:
-        blocker = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="block"))
-        later = [await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=later")) for _ in range(2)]
+        blocker = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="block"))
+        later = [await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=later")) for _ in range(2)]
     assert [r.id for r in later if r.id in backend.starts] == []
 
     async with Engine(settings, backend=backend, harnesses=harness.get).running() as engine:
@@ -109,8 +111,8 @@ async def test_a_transition_applies_only_from_the_expected_status_and_says_so(tm
     backend = FakeBackend()
     async with Engine(settings_for(tmp_path, max_active_runs=1), backend=backend,
                       harnesses=harness.get).running() as engine:
-        blocker = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="block"))
-        run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=x"))
+        blocker = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="block"))
+        run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=x"))
         now = engine.clock.now()
         async with engine.store.write(now) as tx:
             assert not await tx.transition_run(run.id, [models.RunStatus.running], status="failed")
@@ -126,7 +128,7 @@ async def test_a_run_times_out_on_the_fake_clock_without_real_waiting(tmp_path):
     backend = FakeBackend()
     async with Engine(settings_for(tmp_path), backend=backend, harnesses=harness.get,
                       clock=clock).running() as engine:
-        run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="block", timeout=3600))
+        run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="block", timeout=3600))
         await until_running(engine, run.id)
         with anyio.fail_after(10):
             await clock.until_sleepers(2)  # the watchdog's deadline and the output flusher
@@ -149,8 +151,8 @@ async def test_removing_a_settled_runs_files_does_not_hold_its_slot(tmp_path):
     backend = SlowCleanup()
     async with Engine(settings_for(tmp_path, max_active_runs=1), backend=backend,
                       harnesses=harness.get).running() as engine:
-        device = await engine.devices.create(ROOT, models.DeviceCreate())
-        first = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=a", sandbox_id=device.id))
+        device = await engine.devices.create(ROOT, dm.DeviceCreate())
+        first = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=a", sandbox_id=device.id))
         assert (await settled(engine, first.id)).status is models.RunStatus.succeeded
-        second = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=b", sandbox_id=device.id))
+        second = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=b", sandbox_id=device.id))
         assert (await settled(engine, second.id)).output == "b\n"

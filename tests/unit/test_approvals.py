@@ -13,6 +13,7 @@ import pytest
 
 from engine.approvals import models as am
 from engine import errors, models, topics
+from engine.devices import models as dm
 from engine.groups import models as gm
 from engine.profiles import models as pm
 from engine.app import Engine
@@ -70,7 +71,7 @@ async def test_a_risky_delete_waits_for_approval_then_goes_ahead_once(tmp_path):
     async with engine_for(tmp_path).running() as engine:
         await careful_profile(engine)
         child = await session(engine)
-        box = await engine.devices.create(child, models.DeviceCreate())
+        box = await engine.devices.create(child, dm.DeviceCreate())
 
         first = await refused(engine.devices.delete(child, box.id))
         again = await refused(engine.devices.delete(child, box.id))
@@ -106,11 +107,11 @@ async def test_an_approval_is_used_once_and_approves_no_other_call_nor_session(t
 
         other_call = await refused(engine.groups.cancel(child, other_group.id))
         canceled = await engine.groups.cancel(child, group.id)
-        net = await refused(engine.devices.create(child, models.DeviceCreate(network=True)))
+        net = await refused(engine.devices.create(child, dm.DeviceCreate(network=True)))
         await engine.approvals.approve(ROOT, net.evidence["approval_id"], am.Decision())
-        other_request = await refused(engine.devices.create(child, models.DeviceCreate(network=True, name="x")))
-        made = await engine.devices.create(child, models.DeviceCreate(network=True))
-        twice = await refused(engine.devices.create(child, models.DeviceCreate(network=True)))
+        other_request = await refused(engine.devices.create(child, dm.DeviceCreate(network=True, name="x")))
+        made = await engine.devices.create(child, dm.DeviceCreate(network=True))
+        twice = await refused(engine.devices.create(child, dm.DeviceCreate(network=True)))
 
     assert other_call.evidence["approval_id"] != asked.evidence["approval_id"]
     assert canceled.status is gm.GroupStatus.canceled
@@ -124,13 +125,13 @@ async def test_two_racing_calls_with_one_approval_go_ahead_once(tmp_path):
     async with engine_for(tmp_path).running() as engine:
         await careful_profile(engine)
         child = await session(engine)
-        asked = await refused(engine.devices.create(child, models.DeviceCreate(network=True)))
+        asked = await refused(engine.devices.create(child, dm.DeviceCreate(network=True)))
         await engine.approvals.approve(ROOT, asked.evidence["approval_id"], am.Decision())
         outcomes: list[str] = []
 
         async def create() -> None:
             try:
-                await engine.devices.create(child, models.DeviceCreate(network=True))
+                await engine.devices.create(child, dm.DeviceCreate(network=True))
                 outcomes.append("made")
             except errors.ApprovalRequired:
                 outcomes.append("refused")
@@ -148,7 +149,7 @@ async def test_a_denied_call_stays_refused_naming_who_denied_and_is_asked_anew_a
     async with engine_for(tmp_path, clock).running() as engine:
         await careful_profile(engine)
         child = await session(engine)
-        box = await engine.devices.create(child, models.DeviceCreate())
+        box = await engine.devices.create(child, dm.DeviceCreate())
         asked = await refused(engine.devices.delete(child, box.id))
         denied = await engine.approvals.deny(ROOT, asked.evidence["approval_id"], am.Decision(reason="keep it"))
         again = await refused(engine.devices.delete(child, box.id))
@@ -170,7 +171,7 @@ async def test_a_pending_approval_expires_as_denied_and_an_approved_one_unused_e
         await careful_profile(engine)
         child = await session(engine)
         group = await engine.groups.create(child, gm.GroupCreate(name="g"))
-        box = await engine.devices.create(child, models.DeviceCreate())
+        box = await engine.devices.create(child, dm.DeviceCreate())
         pending = (await refused(engine.groups.cancel(child, group.id))).evidence["approval_id"]
         approved = (await refused(engine.devices.delete(child, box.id))).evidence["approval_id"]
         clock.advance(TTL / 2)
@@ -321,9 +322,9 @@ async def test_a_session_cannot_flood_the_person_with_pending_approvals(tmp_path
         await careful_profile(engine)
         child = await session(engine)
         for i in range(am.MAX_PENDING_PER_SESSION):
-            await refused(engine.devices.create(child, models.DeviceCreate(network=True, name=f"n{i}")))
+            await refused(engine.devices.create(child, dm.DeviceCreate(network=True, name=f"n{i}")))
         with pytest.raises(errors.LimitExceeded) as caught:
-            await engine.devices.create(child, models.DeviceCreate(network=True, name="one more"))
+            await engine.devices.create(child, dm.DeviceCreate(network=True, name="one more"))
         pending = count(engine, "SELECT count(*) FROM approvals WHERE status = 'pending'")
     assert caught.value.evidence["limit"] == am.MAX_PENDING_PER_SESSION
     assert pending == am.MAX_PENDING_PER_SESSION
@@ -333,8 +334,8 @@ async def test_the_local_user_and_sessions_without_confirm_risky_need_no_approva
     async with engine_for(tmp_path).running() as engine:
         await careful_profile(engine)
         free = await session(engine, careful=False)
-        box = await engine.devices.create(free, models.DeviceCreate(network=True))
-        mine = await engine.devices.create(ROOT, models.DeviceCreate(network=True))
+        box = await engine.devices.create(free, dm.DeviceCreate(network=True))
+        mine = await engine.devices.create(ROOT, dm.DeviceCreate(network=True))
         await engine.devices.delete(free, box.id)
         await engine.devices.delete(ROOT, mine.id)
         approvals = count(engine, "SELECT count(*) FROM approvals")

@@ -13,6 +13,8 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from engine import authority, errors, models, topics
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.groups import models as gm
 from engine.profiles import models as pm
 from engine.tasks import models as tm
@@ -68,13 +70,13 @@ async def test_every_create_naming_another_workspace_is_refused_naming_its_field
         attempts = {
             "groups": lambda: engine.groups.create(a, gm.GroupCreate(name="g", workspace_id="B")),
             "spawn": lambda: engine.sessions.spawn(a, SpawnRequest(agent_name="w", workspace_id="B")),
-            "runs": lambda: engine.runs.create(a, models.RunCreate(prompt="p", command="out=x", workspace_id="B")),
+            "runs": lambda: engine.runs.create(a, rm.RunCreate(prompt="p", command="out=x", workspace_id="B")),
             "dispatch": lambda: engine.groups.dispatch(a, own_group.id, models.parse(gm.DispatchRequest, {
                 "async": True, "runs": [{"prompt": "p", "command": "out=x"},
                                         {"prompt": "p", "command": "out=x", "workspace_id": "B"}]})),
             "tasks": lambda: engine.tasks.create(a, tm.TaskCreate(title="t", workspace_id="B")),
             "profiles": lambda: engine.profiles.create(a, profile("p", workspace_id="B", network=True)),
-            "devices": lambda: engine.devices.create(a, models.DeviceCreate(workspace_id="B")),
+            "devices": lambda: engine.devices.create(a, dm.DeviceCreate(workspace_id="B")),
         }
         fields = {}
         for what, attempt in attempts.items():
@@ -130,13 +132,13 @@ async def test_a_grandchild_that_opts_out_of_a_profile_keeps_every_limit_of_its_
         child, c = await spawn(engine, ROOT, agent_runtime_profile_id=closed.id, skip_agent_runtime_profile=False)
         grandchild, g = await spawn(engine, c, **opt_out)
         with pytest.raises(errors.PermissionDenied) as network:
-            await engine.devices.create(g, models.DeviceCreate(network=True))
+            await engine.devices.create(g, dm.DeviceCreate(network=True))
         with pytest.raises(errors.LimitExceeded) as memory:
-            await engine.devices.create(g, models.DeviceCreate(memory_mb=1024))
-        made = await engine.devices.create(g, models.DeviceCreate())
+            await engine.devices.create(g, dm.DeviceCreate(memory_mb=1024))
+        made = await engine.devices.create(g, dm.DeviceCreate())
         with pytest.raises(errors.PermissionDenied) as approval:
             await engine.devices.delete(g, made.id)
-        run = await engine.runs.create(g, models.RunCreate(prompt="p", command="out=x"))
+        run = await engine.runs.create(g, rm.RunCreate(prompt="p", command="out=x"))
         ephemeral = device_row(engine, run.target_id)
     expected = Limits(network=False, tools=["exec", "files"], resources=Ceilings(cpus=0.5, memory_mb=256),
                       max_child_sandboxes=3, approval=pm.Approval.confirm_risky)
@@ -155,9 +157,9 @@ async def test_a_grandchild_under_a_files_only_parent_runs_nothing_whatever_prof
         _, c = await spawn(engine, ROOT, agent_runtime_profile_id=files.id)
         grandchild, g = await spawn(engine, c, agent_runtime_profile_id=everything.id)
         with pytest.raises(errors.PermissionDenied) as run:
-            await engine.runs.create(g, models.RunCreate(prompt="p", command="out=x"))
+            await engine.runs.create(g, rm.RunCreate(prompt="p", command="out=x"))
         with pytest.raises(errors.PermissionDenied):
-            await engine.devices.create(g, models.DeviceCreate())
+            await engine.devices.create(g, dm.DeviceCreate())
         with pytest.raises(errors.PermissionDenied):
             await engine.sessions.spawn(c, SpawnRequest(agent_name="w", prompt="p", command="out=x"))
         caps = {cap.id for cap in (await engine.sessions.me(g)).capabilities}
@@ -180,10 +182,10 @@ async def test_an_image_pins_its_tree_and_a_child_profile_naming_another_is_refu
         snapshots = count(engine, "SELECT count(*) FROM soul_snapshots")
         _, g = await spawn(engine, c, skip_agent_runtime_profile=True)
         with pytest.raises(errors.PermissionDenied) as asked:
-            await engine.devices.create(g, models.DeviceCreate(image="img:z"))
+            await engine.devices.create(g, dm.DeviceCreate(image="img:z"))
         with pytest.raises(errors.PermissionDenied) as by_profile:
-            await engine.runs.create(g, models.RunCreate(prompt="p", command="out=x", agent_runtime_profile_id=b.id))
-        made = await engine.devices.create(g, models.DeviceCreate())
+            await engine.runs.create(g, rm.RunCreate(prompt="p", command="out=x", agent_runtime_profile_id=b.id))
+        made = await engine.devices.create(g, dm.DeviceCreate())
     assert moved.value.evidence["field"] == "image" and sessions_after == sessions_before
     assert snapshots == sessions_before  # a refused spawn keeps no soul snapshot either
     assert asked.value.evidence["field"] == "image" and by_profile.value.evidence["field"] == "image"
@@ -193,7 +195,7 @@ async def test_an_image_pins_its_tree_and_a_child_profile_naming_another_is_refu
 async def test_a_child_may_not_run_in_a_networked_device_its_limits_forbid_even_its_parents(tmp_path):
     async with engine_for(tmp_path).running() as engine:
         closed = await engine.profiles.create(ROOT, profile("closed", network=False))
-        sandbox = await engine.devices.create(ROOT, models.DeviceCreate(network=True))
+        sandbox = await engine.devices.create(ROOT, dm.DeviceCreate(network=True))
         with pytest.raises(errors.PermissionDenied) as refused:
             await engine.sessions.spawn(ROOT, SpawnRequest(agent_name="w", agent_runtime_profile_id=closed.id,
                                                            prompt="p", command="out=x", target_id=sandbox.id))
@@ -215,7 +217,7 @@ async def test_a_groups_children_are_held_to_the_limits_of_the_session_that_crea
             "async": True, "runs": [{"prompt": "p", "command": "out=x"}]}))
         with anyio.fail_after(10):
             await engine.groups.wait(c, group.id, 10)
-        (run,) = (await engine.runs.list(ROOT, models.RunListQuery())).data
+        (run,) = (await engine.runs.list(ROOT, rm.RunListQuery())).data
     assert run.status == "succeeded" and run.profile_id is not None  # the open default applied ...
     assert device_row(engine, run.target_id) == (0, 512)  # ... but its network did not
 
@@ -225,17 +227,17 @@ async def test_disk_sizes_narrow_down_the_tree_and_only_the_local_user_goes_past
         setting = engine.settings.sandbox_workspace_mb
         big = await engine.profiles.create(ROOT, profile("big-disks", resources={"workspace_mb": 4 * setting}))
         small = await engine.profiles.create(ROOT, profile("small-disks", resources={"workspace_mb": 64, "tmp_mb": 32}))
-        mine = await engine.devices.create(ROOT, models.DeviceCreate(workspace_mb=2 * setting))
+        mine = await engine.devices.create(ROOT, dm.DeviceCreate(workspace_mb=2 * setting))
         _, c = await spawn(engine, ROOT)
         with pytest.raises(errors.LimitExceeded) as asked:
-            await engine.devices.create(c, models.DeviceCreate(workspace_mb=setting + 1))
-        lowered = await engine.devices.create(c, models.DeviceCreate(agent_runtime_profile_id=big.id))
+            await engine.devices.create(c, dm.DeviceCreate(workspace_mb=setting + 1))
+        lowered = await engine.devices.create(c, dm.DeviceCreate(agent_runtime_profile_id=big.id))
         _, s = await spawn(engine, ROOT, agent_runtime_profile_id=small.id, skip_agent_runtime_profile=False)
         _, g = await spawn(engine, s, skip_agent_runtime_profile=True)
         with pytest.raises(errors.LimitExceeded) as beyond:
-            await engine.devices.create(g, models.DeviceCreate(tmp_mb=64))
-        held = await engine.devices.create(g, models.DeviceCreate())
-        run = await engine.runs.create(g, models.RunCreate(prompt="p", command="true"))
+            await engine.devices.create(g, dm.DeviceCreate(tmp_mb=64))
+        held = await engine.devices.create(g, dm.DeviceCreate())
+        run = await engine.runs.create(g, rm.RunCreate(prompt="p", command="true"))
         ephemeral = await engine.devices.get(ROOT, run.target_id)
     assert mine.workspace_mb == 2 * setting  # the local user sizes past the operator's default
     assert asked.value.evidence == {"field": "workspace_mb", "limit": setting}
@@ -309,8 +311,8 @@ async def test_a_session_stopped_after_it_authenticated_creates_nothing(tmp_path
         parent, p = await spawn(engine, ROOT)
         group = await engine.groups.create(p, gm.GroupCreate(name="g"))
         await engine.sessions.stop(ROOT, parent.session.id)
-        for attempt in (lambda: engine.runs.create(p, models.RunCreate(prompt="p", command="out=x")),
-                        lambda: engine.devices.create(p, models.DeviceCreate()),
+        for attempt in (lambda: engine.runs.create(p, rm.RunCreate(prompt="p", command="out=x")),
+                        lambda: engine.devices.create(p, dm.DeviceCreate()),
                         lambda: engine.groups.create(p, gm.GroupCreate(name="g2")),
                         lambda: engine.groups.dispatch(p, group.id, models.parse(gm.DispatchRequest, {
                             "async": True, "runs": [{"prompt": "p", "command": "out=x"}]})),
@@ -351,12 +353,12 @@ async def test_a_sandbox_of_a_session_pinned_to_an_image_takes_it_over_a_default
         other = await engine.profiles.create(ROOT, profile("other-default", image="img:x", is_default=True))
         _, c = await spawn(engine, ROOT, agent_runtime_profile_id=a.id)
         _, g = await spawn(engine, c, skip_agent_runtime_profile=True)
-        made = await engine.devices.create(g, models.DeviceCreate())  # the default's image is only a default
+        made = await engine.devices.create(g, dm.DeviceCreate())  # the default's image is only a default
         with pytest.raises(errors.PermissionDenied) as named:
-            await engine.devices.create(g, models.DeviceCreate(agent_runtime_profile_id=other.id))
+            await engine.devices.create(g, dm.DeviceCreate(agent_runtime_profile_id=other.id))
         with pytest.raises(errors.PermissionDenied) as run:  # a run under the default would not be what it says
-            await engine.runs.create(g, models.RunCreate(prompt="p", command="out=x"))
-        skipped = await engine.runs.create(g, models.RunCreate(prompt="p", command="out=x",
+            await engine.runs.create(g, rm.RunCreate(prompt="p", command="out=x"))
+        skipped = await engine.runs.create(g, rm.RunCreate(prompt="p", command="out=x",
                                                                skip_agent_runtime_profile=True))
     assert made.image == "img:a"
     assert named.value.evidence["field"] == "image" and run.value.evidence["field"] == "image"

@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from engine import errors, models, topics
+from engine.runs import models as rm
 from engine.groups import models as gm
 from engine.app import Engine
 from engine.callers import ROOT, Caller
@@ -119,7 +120,7 @@ async def test_synchronous_dispatch_returns_each_item_ok_or_its_diagnostic_and_a
 
 async def test_an_unknown_parent_run_fails_its_entry_alone_and_a_known_one_is_recorded(tmp_path):
     async with engine_on(tmp_path, FakeBackend()) as engine:
-        parent = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=parent"))
+        parent = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=parent"))
         group = await engine.groups.create(ROOT, gm.GroupCreate(concurrency_limit=2))
         req = gm.DispatchRequest.model_validate({"runs": [
             {"prompt": "p", "command": "out=a", "parent_agent_run_id": parent.id},

@@ -7,16 +7,18 @@ from typing import Any
 import pytest
 
 from engine import errors, models
+from engine.devices import models as dm
+from engine.runs import models as rm
 
 SBX = "sbx_" + "0" * 20
 
 
-def run(**raw: Any) -> models.RunCreate:
-    return models.parse(models.RunCreate, {"prompt": "p", "command": "true", **raw})
+def run(**raw: Any) -> rm.RunCreate:
+    return models.parse(rm.RunCreate, {"prompt": "p", "command": "true", **raw})
 
 
-def device(**raw: Any) -> models.DeviceCreate:
-    return models.parse(models.DeviceCreate, raw)
+def device(**raw: Any) -> dm.DeviceCreate:
+    return models.parse(dm.DeviceCreate, raw)
 
 
 @pytest.mark.parametrize(("make", "raw", "field", "hint"), [

@@ -8,6 +8,7 @@ import anyio
 import pytest
 
 from engine import errors, ids, models
+from engine.runs import models as rm
 from engine.settings import Settings
 from mcp_server import areas, mcp_app
 from mcp_server.client import DaemonClient, DaemonUnavailable
@@ -24,11 +25,11 @@ FIELDS = [  # (model, field, an id of the right shape, other required fields)
     (mcp_app.EventsInput, "run_id", RUN, {}),
     (mcp_app.ArtifactsInput, "run_id", RUN, {}),
     (mcp_app.SandboxRef, "sandbox_id", SANDBOX, {}),
-    (models.RunListQuery, "cursor", RUN, {}),
-    (models.RunListQuery, "target_id", COMPUTER, {}),
-    (models.RunCreate, "target_id", SANDBOX, {"prompt": "p", "command": "true"}),
-    (models.RunCreate, "sandbox_id", SANDBOX, {"prompt": "p", "command": "true"}),
-    (models.RunCreate, "computer_id", COMPUTER, {"prompt": "p", "command": "true"}),
+    (rm.RunListQuery, "cursor", RUN, {}),
+    (rm.RunListQuery, "target_id", COMPUTER, {}),
+    (rm.RunCreate, "target_id", SANDBOX, {"prompt": "p", "command": "true"}),
+    (rm.RunCreate, "sandbox_id", SANDBOX, {"prompt": "p", "command": "true"}),
+    (rm.RunCreate, "computer_id", COMPUTER, {"prompt": "p", "command": "true"}),
 ]
 
 
@@ -45,11 +46,11 @@ def test_every_id_field_refuses_a_malformed_id_naming_the_field_without_echoing_
 
 def test_a_device_id_may_be_a_sandbox_or_a_computer_but_the_shortcuts_take_only_their_kind():
     assert models.parse(mcp_app.SandboxRef, {"sandbox_id": COMPUTER}).sandbox_id == COMPUTER
-    assert models.parse(models.RunCreate, {"prompt": "p", "target_id": COMPUTER}).target_id == COMPUTER
+    assert models.parse(rm.RunCreate, {"prompt": "p", "target_id": COMPUTER}).target_id == COMPUTER
     with pytest.raises(errors.InvalidInput, match="sandbox_id: must be a sandbox id"):
-        models.parse(models.RunCreate, {"prompt": "p", "sandbox_id": COMPUTER})
+        models.parse(rm.RunCreate, {"prompt": "p", "sandbox_id": COMPUTER})
     with pytest.raises(errors.InvalidInput, match="computer_id: must be a computer id"):
-        models.parse(models.RunCreate, {"prompt": "p", "computer_id": SANDBOX})
+        models.parse(rm.RunCreate, {"prompt": "p", "computer_id": SANDBOX})
     with pytest.raises(errors.InvalidInput, match="run_id: must be a run id"):
         models.parse(mcp_app.RunRef, {"run_id": SANDBOX})
 
@@ -61,7 +62,7 @@ def test_an_id_that_is_not_a_string_is_refused_as_such():
 
 def test_tool_schemas_publish_the_id_pattern_so_a_caller_can_see_the_shape():
     run_ref = mcp_app.RunRef.model_json_schema()["properties"]["run_id"]
-    target = models.RunCreate.model_json_schema()["properties"]["target_id"]["anyOf"][0]
+    target = rm.RunCreate.model_json_schema()["properties"]["target_id"]["anyOf"][0]
     assert run_ref["pattern"] == ids.RUN.pattern == "^run_[0-9a-f]{20}$"
     assert target["pattern"] == ids.DEVICE.pattern
 

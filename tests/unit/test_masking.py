@@ -12,6 +12,8 @@ import pytest
 
 from engine.channels import models as cm
 from engine import errors, models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.groups import models as gm
 from engine.profiles import models as pm
 from engine.tasks import models as tm
@@ -79,11 +81,11 @@ async def test_every_record_a_session_holding_a_secret_writes_is_masked_before_i
         await engine.tasks.fail(holder, tm.Fail(task_run_id=second.run.id, claim_token=second.claim_token,
                                                 error=said["reversed"]))
         group = await engine.groups.create(holder, gm.GroupCreate(name=said["upper"], metadata={"m": said["url"]}))
-        device = await engine.devices.create(holder, models.DeviceCreate(name=said["lower"], metadata={"d": VALUE},
+        device = await engine.devices.create(holder, dm.DeviceCreate(name=said["lower"], metadata={"d": VALUE},
                                                                          env={"TOKEN": VALUE}))
         spawned = await engine.sessions.spawn(holder, SpawnRequest(agent_name="helper", prompt=said["whole"],
                                                                    command=f"echo {VALUE}", target_id=device.id))
-        run = await engine.runs.create(holder, models.RunCreate(prompt=said["HEX"], command="true",
+        run = await engine.runs.create(holder, rm.RunCreate(prompt=said["HEX"], command="true",
                                                                  metadata={"m": said["urlsafe"]}, env={"K": VALUE}))
         made = await engine.profiles.create(holder, models.parse(pm.ProfileCreate, {
             "name": "mine", "runtime": "custom", "workspace_id": "default", "description": said["whole"],
@@ -119,8 +121,8 @@ async def test_an_id_holding_a_secret_is_refused_naming_it_and_nothing_is_writte
             "spawn_role": engine.sessions.spawn(holder, SpawnRequest(agent_name="x", spawn_role=VALUE)),
             "permissions.skills.1": engine.sessions.spawn(holder, SpawnRequest(
                 agent_name="x", permissions=PermissionPolicy(skills=["ok", f"s/{VALUE}"]))),
-            "cwd": engine.runs.create(holder, models.RunCreate(prompt="p", command="true", cwd=f"/workspace/{VALUE}")),
-            "env": engine.runs.create(holder, models.RunCreate(prompt="p", command="true",
+            "cwd": engine.runs.create(holder, rm.RunCreate(prompt="p", command="true", cwd=f"/workspace/{VALUE}")),
+            "env": engine.runs.create(holder, rm.RunCreate(prompt="p", command="true",
                                                                 env={f"K_{VALUE.encode().hex()}": "x"})),
         }
         for field, call in refusals.items():
@@ -154,11 +156,11 @@ async def test_a_tree_holds_the_secrets_of_its_runs_profiles_and_devices_and_onl
 
         runner = await child(engine, permissions=PermissionPolicy(tools=["channels", "runs", "secrets"],
                                                                   network_channels=["*"]))
-        await engine.runs.create(runner, models.RunCreate(prompt="p", command="true", secrets=["OTHER_KEY"]))
+        await engine.runs.create(runner, rm.RunCreate(prompt="p", command="true", secrets=["OTHER_KEY"]))
         assert await body_sent_by(runner) == f"{VALUE} and {MASK}"  # a run of its own named OTHER_KEY
 
-        device = await engine.devices.create(ROOT, models.DeviceCreate())
-        await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="true", secrets=[NAME],
+        device = await engine.devices.create(ROOT, dm.DeviceCreate())
+        await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="true", secrets=[NAME],
                                                         target_id=device.id))
         guest = await child(engine, permissions=EVERYTHING, prompt="p", command="true", target_id=device.id)
         assert await body_sent_by(guest) == f"{MASK} and another-value-of-a-key-1234"  # a run on that device did

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from engine import errors, models
+from engine.runs import models as rm
 
 
 def parse(**raw):
-    return models.parse(models.RunCreate, {"prompt": "p", "command": "true", **raw})
+    return models.parse(rm.RunCreate, {"prompt": "p", "command": "true", **raw})
 
 
 @pytest.mark.parametrize(("raw", "field"), [
@@ -44,7 +45,7 @@ def test_unknown_field_lists_the_known_ones():
 
 def test_provider_defaults_to_custom_with_a_command_and_claude_code_without():
     assert parse().provider is models.Provider.custom
-    assert models.parse(models.RunCreate, {"prompt": "p"}).provider is models.Provider.claude_code
+    assert models.parse(rm.RunCreate, {"prompt": "p"}).provider is models.Provider.claude_code
 
 
 def test_cwd_is_resolved_inside_the_workspace():
@@ -66,4 +67,4 @@ def test_the_idempotency_fingerprint_ignores_the_key_but_not_the_body():
 
 def test_a_body_that_is_not_an_object_is_refused():
     with pytest.raises(errors.InvalidInput, match="JSON object"):
-        models.parse(models.RunCreate, [1, 2])
+        models.parse(rm.RunCreate, [1, 2])

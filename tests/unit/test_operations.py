@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from engine import errors, lineage, models
+from engine.runs import models as rm
 from engine.settings import Settings
 from mcp_server import areas, cli, http, mcp_app, ops, reference
 from mcp_server.api import InProcessAPI
@@ -91,7 +92,7 @@ def test_a_wait_past_the_mcp_bound_is_cut_to_it(tmp_path):
 
 
 def test_the_http_input_takes_the_seed_names_the_schema_does_not_advertise():
-    run = models.parse(models.RunCreate, {"prompt": "p", "sandbox_id": "sbx_" + "a" * 20})
+    run = models.parse(rm.RunCreate, {"prompt": "p", "sandbox_id": "sbx_" + "a" * 20})
     assert run.sandbox_id == "sbx_" + "a" * 20
     schema = json.dumps(mcp_app.AgentRunInput.model_json_schema())
     assert "sandbox_id" not in schema and "computer_id" not in schema and "agent_profile_id" not in schema

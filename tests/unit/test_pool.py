@@ -10,6 +10,8 @@ from hypothesis import settings as examples
 from hypothesis.stateful import invariant
 
 from engine import errors, models, topics
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.profiles import models as pm
 from engine.app import Engine
 from engine.callers import ROOT
@@ -77,7 +79,7 @@ async def until_ready(engine: Engine, count: int) -> None:
             await changed.wait()
 
 
-async def settled(engine: Engine, run_id: str) -> models.Run:
+async def settled(engine: Engine, run_id: str) -> rm.Run:
     with anyio.fail_after(10):
         return await engine.runs.wait(ROOT, run_id, 3600)
 
@@ -91,8 +93,8 @@ async def until_running(engine: Engine, run_id: str) -> None:
             await changed.wait()
 
 
-async def started_event(engine: Engine, run_id: str) -> models.RunEvent:
-    events = (await engine.runs.events(ROOT, run_id, models.EventsQuery())).data
+async def started_event(engine: Engine, run_id: str) -> rm.RunEvent:
+    events = (await engine.runs.events(ROOT, run_id, rm.EventsQuery())).data
     return next(e for e in events if e.type == "run_started")
 
 
@@ -102,7 +104,7 @@ async def test_a_run_without_a_target_claims_a_ready_sandbox_given_its_env_and_s
     async with Engine(settings_for(tmp_path), backend=backend, harnesses=harness.get).running() as engine:
         await until_ready(engine, 2)
         ready = {d.device_id for d in pooled(backend)}
-        created = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=hi", env={"MINE": "1"},
+        created = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=hi", env={"MINE": "1"},
                                                                   secrets=["API_KEY"]))
         run = await settled(engine, created.id)
 
@@ -131,7 +133,7 @@ async def test_runs_created_together_never_share_a_pooled_sandbox(tmp_path):
         created = []
         async with anyio.create_task_group() as tg:
             async def create() -> None:
-                created.append(await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="block")))
+                created.append(await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="block")))
 
             for _ in range(8):
                 tg.start_soon(create)
@@ -153,7 +155,7 @@ async def test_runs_created_together_never_share_a_pooled_sandbox(tmp_path):
 async def test_pool_size_0_starts_no_sandbox_ahead_and_a_run_makes_its_own_as_before(tmp_path):
     backend = Watched()
     async with Engine(settings_for(tmp_path, pool_size=0), backend=backend, harnesses=harness.get).running() as engine:
-        created = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=hi"))
+        created = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=hi"))
         run = await settled(engine, created.id)
         assert (run.status, run.target_id) == ("succeeded", created.target_id)
         assert (await started_event(engine, run.id)).payload == {"target_id": created.target_id}
@@ -172,20 +174,20 @@ async def test_pooled_and_active_runs_never_pass_the_cap(tmp_path):
             assert engine.runs.active + engine.pool.held <= cap
 
         await until_ready(engine, 2)
-        device = await engine.devices.create(ROOT, models.DeviceCreate())
+        device = await engine.devices.create(ROOT, dm.DeviceCreate())
         blockers = []
         for _ in range(2):  # runs in a sandbox of their own take slots: the pool gives up its own for them
-            blockers.append(await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="block",
+            blockers.append(await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="block",
                                                                             sandbox_id=device.id)))
             await until_running(engine, blockers[-1].id)
             check()
         assert (engine.runs.active, engine.pool.ready) == (2, 1)
-        ephemeral = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="block"))
+        ephemeral = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="block"))
         await until_running(engine, ephemeral.id)  # claims the last ready one
         check()
         assert (engine.runs.active, engine.pool.held) == (3, 0)
         assert (await started_event(engine, ephemeral.id)).payload.get("pooled") is True
-        queued = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=later"))
+        queued = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=later"))
         assert (await engine.runs.get(ROOT, queued.id)).status is models.RunStatus.queued  # no slot, none ready
         for run in [*blockers, ephemeral]:
             backend.end(run.id)
@@ -208,16 +210,16 @@ async def test_a_run_of_another_shape_makes_its_own_then_that_shape_is_pooled_un
         networked = await engine.profiles.create(ROOT, models.parse(pm.ProfileCreate, {
             "name": "net", "runtime": "custom", "network": True}))
 
-        first = await settled(engine, (await engine.runs.create(ROOT, models.RunCreate(
+        first = await settled(engine, (await engine.runs.create(ROOT, rm.RunCreate(
             prompt="p", command="out=a", agent_runtime_profile_id=small.id))).id)
         assert (await started_event(engine, first.id)).payload.get("pooled") is None
         await until_ready(engine, 4)  # two of the default shape, two of the one asked for
-        second = await settled(engine, (await engine.runs.create(ROOT, models.RunCreate(
+        second = await settled(engine, (await engine.runs.create(ROOT, rm.RunCreate(
             prompt="p", command="out=b", agent_runtime_profile_id=small.id))).id)
         assert (await started_event(engine, second.id)).payload.get("pooled") is True
         assert backend.specs[second.target_id].memory_mb == 256
 
-        online = await settled(engine, (await engine.runs.create(ROOT, models.RunCreate(
+        online = await settled(engine, (await engine.runs.create(ROOT, rm.RunCreate(
             prompt="p", command="out=c", agent_runtime_profile_id=networked.id))).id)
         assert (await started_event(engine, online.id)).payload.get("pooled") is None  # network: never pooled
         assert all(not s.network for s in backend.specs.values() if s.pool is not None)
@@ -261,7 +263,7 @@ async def test_after_a_crash_unused_pooled_sandboxes_go_and_one_claimed_by_a_run
         await until_ready(engine, 2)
         before = {d.device_id for d in pooled(backend)}
         backend.hold_launches = True  # the daemon dies after the claim, before the run's exec
-        created = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=once"))
+        created = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=once"))
         with anyio.fail_after(10):
             await backend.held.wait()
         claimed = (await engine.runs.get(ROOT, created.id)).target_id
@@ -289,7 +291,7 @@ async def test_a_claimed_sandbox_is_replaced_only_a_moment_after_the_claim(tmp_p
     async with Engine(settings_for(tmp_path, pool_size=1), backend=backend, harnesses=harness.get,
                       clock=clock).running() as engine:
         await until_ready(engine, 1)
-        run = await settled(engine, (await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=a"))).id)
+        run = await settled(engine, (await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=a"))).id)
         assert (await started_event(engine, run.id)).payload.get("pooled") is True
         with anyio.fail_after(10):
             await backend.gone(run.target_id).wait()

@@ -11,6 +11,8 @@ import anyio
 import pytest
 
 from engine import errors, models
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.groups import models as gm
 from engine.profiles import models as pm
 from engine.app import Engine
@@ -33,8 +35,8 @@ def profile(name: str = "builder", **kw) -> pm.ProfileCreate:
     return models.parse(pm.ProfileCreate, {"name": name, "runtime": kw.pop("runtime", "custom"), **kw})
 
 
-def run(**kw) -> models.RunCreate:
-    return models.parse(models.RunCreate, {"prompt": "p", "command": "out=ok", **kw})
+def run(**kw) -> rm.RunCreate:
+    return models.parse(rm.RunCreate, {"prompt": "p", "command": "out=ok", **kw})
 
 
 def rows(engine: Engine, table: str) -> int:
@@ -166,8 +168,8 @@ async def test_run_env_overrides_profile_env_and_the_snapshot_survives_a_later_u
 async def test_a_profile_runtime_and_model_apply_only_when_the_run_names_none(tmp_path):
     async with engine_for(tmp_path).running() as engine:
         await engine.profiles.create(ROOT, profile(runtime="codex", model="gpt-x", is_default=True))
-        bare = await engine.runs.create(ROOT, models.RunCreate(prompt="p"))
-        own = await engine.runs.create(ROOT, models.RunCreate(prompt="p", provider="pi", model="mine"))
+        bare = await engine.runs.create(ROOT, rm.RunCreate(prompt="p"))
+        own = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", provider="pi", model="mine"))
         custom = await engine.runs.create(ROOT, run())
     assert (bare.provider, bare.model) == ("codex", "gpt-x")
     assert (own.provider, own.model) == ("pi", "mine")
@@ -295,13 +297,13 @@ async def test_max_child_sandboxes_refuses_the_sandbox_past_the_limit_under_that
         p = await engine.profiles.create(ROOT, profile(policy={"max_child_sandboxes": 1}))
         child = await engine.sessions.spawn(ROOT, SpawnRequest(agent_name="w", agent_runtime_profile_id=p.id))
         caller = await engine.sessions.authenticate(child.token)
-        first = await engine.devices.create(caller, models.DeviceCreate())
+        first = await engine.devices.create(caller, dm.DeviceCreate())
         with pytest.raises(errors.LimitExceeded) as caught:
-            await engine.devices.create(caller, models.DeviceCreate())
+            await engine.devices.create(caller, dm.DeviceCreate())
         with pytest.raises(errors.LimitExceeded):
             await engine.runs.create(caller, run())  # its ephemeral sandbox would be one more
         await engine.devices.delete(caller, first.id)
-        second = await engine.devices.create(caller, models.DeviceCreate())
+        second = await engine.devices.create(caller, dm.DeviceCreate())
         live = len(await engine.backend.list_owned())
     assert caught.value.evidence["field"] == "max_child_sandboxes" and caught.value.evidence["limit"] == 1
     assert second.id != first.id and live == 1
@@ -316,7 +318,7 @@ async def test_tool_bundles_decide_which_tools_a_session_under_the_profile_sees_
         with pytest.raises(errors.PermissionDenied) as run_refused:
             await engine.runs.create(caller, run())
         with pytest.raises(errors.PermissionDenied):
-            await engine.devices.create(caller, models.DeviceCreate())
+            await engine.devices.create(caller, dm.DeviceCreate())
         with pytest.raises(errors.PermissionDenied):
             await engine.groups.list(caller, gm.GroupListQuery())
         unrestricted = await engine.sessions.spawn(ROOT, SpawnRequest(agent_name="w", skip_agent_runtime_profile=True))
@@ -364,7 +366,7 @@ async def test_a_groups_child_runs_resolve_the_default_of_the_groups_workspace(t
             "runs": [{"prompt": "p", "command": "out=x"}], "async": True}))
         with anyio.fail_after(10):
             await engine.groups.wait(ROOT, group.id, 10)
-        (child,) = (await engine.runs.list(ROOT, models.RunListQuery())).data
+        (child,) = (await engine.runs.list(ROOT, rm.RunListQuery())).data
     assert child.profile_id == ws.id and child.model == "team-m" and child.workspace_id == "team"
 
 
@@ -390,13 +392,13 @@ async def test_a_sandbox_created_under_a_profile_takes_what_the_request_leaves_o
     async with engine_for(tmp_path).running() as engine:
         p = await engine.profiles.create(ROOT, profile(image="prof:1", resources={"cpus": 0.5, "pids_limit": 64},
                                                        network=True))
-        named = await engine.devices.create(ROOT, models.DeviceCreate(agent_runtime_profile_id=p.id))
-        own = await engine.devices.create(ROOT, models.DeviceCreate(agent_runtime_profile_id=p.id, image="mine:2",
+        named = await engine.devices.create(ROOT, dm.DeviceCreate(agent_runtime_profile_id=p.id))
+        own = await engine.devices.create(ROOT, dm.DeviceCreate(agent_runtime_profile_id=p.id, image="mine:2",
                                                                     cpus=2, network=False))
-        plain = await engine.devices.create(ROOT, models.DeviceCreate())
+        plain = await engine.devices.create(ROOT, dm.DeviceCreate())
         only_computers = await engine.profiles.create(ROOT, profile("c", applies_to={"resources": ["computer"]}))
         with pytest.raises(errors.InvalidInput) as caught:
-            await engine.devices.create(ROOT, models.DeviceCreate(agent_runtime_profile_id=only_computers.id))
+            await engine.devices.create(ROOT, dm.DeviceCreate(agent_runtime_profile_id=only_computers.id))
     assert (named.image, named.cpus, named.pids_limit, named.memory_mb, named.network) == (
         "prof:1", 0.5, 64, 512, True)
     assert (own.image, own.cpus, own.network) == ("mine:2", 2, False)
@@ -410,8 +412,8 @@ async def test_a_session_under_a_profile_without_network_may_not_create_a_networ
         child = await engine.sessions.spawn(ROOT, SpawnRequest(agent_name="w", agent_runtime_profile_id=p.id))
         caller = await engine.sessions.authenticate(child.token)
         with pytest.raises(errors.PermissionDenied) as caught:
-            await engine.devices.create(caller, models.DeviceCreate(network=True))
-        made = await engine.devices.create(caller, models.DeviceCreate())
+            await engine.devices.create(caller, dm.DeviceCreate(network=True))
+        made = await engine.devices.create(caller, dm.DeviceCreate())
         live = len(await engine.backend.list_owned())
     assert caught.value.evidence["field"] == "network"
     assert (made.image, made.network, live) == ("prof:1", False, 1)

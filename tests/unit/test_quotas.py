@@ -11,7 +11,9 @@ import anyio
 import pytest
 
 from engine.channels import models as cm
-from engine import errors, models
+from engine import errors
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.groups import models as gm
 from engine.tasks import models as tm
 from engine.callers import ROOT
@@ -156,11 +158,11 @@ async def test_a_run_list_carries_outputs_only_within_its_byte_budget_and_get_ha
     async with engine_for(tmp_path, list_page_max_bytes=65_536).running() as engine:
         made = []
         for i in range(6):
-            run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command=f"out={i}{'x' * 15_000}"))
+            run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command=f"out={i}{'x' * 15_000}"))
             with anyio.fail_after(10):
                 made.append(await engine.runs.wait(ROOT, run.id, 10))
         assert all(r.status == "succeeded" and len(r.output) == 15_002 for r in made)
-        listed = (await engine.runs.list(ROOT, models.RunListQuery(limit=10))).data
+        listed = (await engine.runs.list(ROOT, rm.RunListQuery(limit=10))).data
         newest_first = sorted(made, key=lambda r: (r.created_at, r.id), reverse=True)  # one instant on the fake clock
         assert [r.id for r in listed] == [r.id for r in newest_first]
         assert [r.output_omitted for r in listed] == [False] * 4 + [True] * 2  # 4 x 15 KB within 64 KiB
@@ -168,7 +170,7 @@ async def test_a_run_list_carries_outputs_only_within_its_byte_budget_and_get_ha
         assert all(r.output == r.stderr == "" for r in listed[4:])
         got = await engine.runs.get(ROOT, listed[-1].id)
         assert got.output == newest_first[-1].output and not got.output_omitted
-        paged = (await engine.runs.list(ROOT, models.RunListQuery(limit=2, cursor=listed[3].id))).data
+        paged = (await engine.runs.list(ROOT, rm.RunListQuery(limit=2, cursor=listed[3].id))).data
         assert [r.output_omitted for r in paged] == [False, False]  # each page has its own budget
 
 
@@ -221,23 +223,23 @@ async def test_sandboxes_are_bounded_per_tree_and_per_workspace_and_a_deleted_on
     async with engine_for(tmp_path, tree_max_live_sandboxes=2, workspace_max_live_sandboxes=3).running() as engine:
         parent = await child(engine, permissions=TALKERS)
         kid = await child(engine, parent, permissions=TALKERS)
-        made = [await engine.devices.create(parent, models.DeviceCreate()),
-                await engine.devices.create(kid, models.DeviceCreate())]
+        made = [await engine.devices.create(parent, dm.DeviceCreate()),
+                await engine.devices.create(kid, dm.DeviceCreate())]
         for who in (kid, parent):
             with pytest.raises(errors.LimitExceeded, match="live sandboxes") as caught:
-                await engine.devices.create(who, models.DeviceCreate())
+                await engine.devices.create(who, dm.DeviceCreate())
             assert caught.value.evidence["scope"] == "tree" and caught.value.evidence["live"] == 2
         with pytest.raises(errors.LimitExceeded, match="live sandboxes"):  # a run's ephemeral sandbox counts too
-            await engine.runs.create(kid, models.RunCreate(prompt="p", command="true"))
+            await engine.runs.create(kid, rm.RunCreate(prompt="p", command="true"))
         other = await child(engine, permissions=TALKERS)
-        await engine.devices.create(other, models.DeviceCreate())
+        await engine.devices.create(other, dm.DeviceCreate())
         with pytest.raises(errors.LimitExceeded) as caught:
-            await engine.devices.create(other, models.DeviceCreate())
+            await engine.devices.create(other, dm.DeviceCreate())
         assert (caught.value.evidence["scope"], caught.value.evidence["live"]) == ("workspace", 3)
         assert len(await engine.store.devices(include_ephemeral=True)) == 3  # nothing written by the refusals
         await engine.devices.delete(parent, made[0].id)
-        await engine.devices.create(kid, models.DeviceCreate())
-        await engine.devices.create(ROOT, models.DeviceCreate())  # the local user has no quota
+        await engine.devices.create(kid, dm.DeviceCreate())
+        await engine.devices.create(ROOT, dm.DeviceCreate())  # the local user has no quota
 
 
 async def test_a_send_cannot_pass_for_a_reply_nor_take_another_sessions_correlation(tmp_path):

@@ -9,7 +9,9 @@ from typing import Any
 import anyio
 import pytest
 
-from engine import errors, models, ports
+from engine import errors, ports
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.app import Engine
 from engine.settings import Settings
 from engine.callers import ROOT
@@ -38,16 +40,16 @@ class BrokenFollower(FakeBackend):
         await super().remove(device_id)
 
 
-async def run_once(tmp_path, backend: FakeBackend) -> tuple[models.Run, list[str], dict[str, Any] | None]:
+async def run_once(tmp_path, backend: FakeBackend) -> tuple[rm.Run, list[str], dict[str, Any] | None]:
     settings = Settings(home=tmp_path, image="fake:latest", cancel_grace_seconds=0.02)
     engine = Engine(settings, backend=backend, harnesses=harness.get)
     async with engine.running():
         runs, store = engine.runs, engine.store
-        run = await runs.create(ROOT, models.RunCreate(prompt="p", command="out=x"))
+        run = await runs.create(ROOT, rm.RunCreate(prompt="p", command="out=x"))
         with anyio.fail_after(10):
             run = await runs.wait(ROOT, run.id, 10)
         # the service is still up: it takes and finishes another run
-        ok = await runs.create(ROOT, models.RunCreate(prompt="p", command="out=x", sandbox_id=None))
+        ok = await runs.create(ROOT, rm.RunCreate(prompt="p", command="out=x", sandbox_id=None))
         with anyio.fail_after(10):
             await runs.wait(ROOT, ok.id, 10)
         events = [e.type for e in await store.events(f"run:{run.id}", 0, 100)]
@@ -91,8 +93,8 @@ async def test_a_docker_error_mid_run_is_followed_again_from_where_it_was_and_th
     backend = FlakyFollower()
     settings = Settings(home=tmp_path, image="fake:latest", cancel_grace_seconds=0.02)
     async with Engine(settings, backend=backend, harnesses=harness.get).running() as engine:
-        device = await engine.devices.create(ROOT, models.DeviceCreate())
-        run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=one err=two out=three",
+        device = await engine.devices.create(ROOT, dm.DeviceCreate())
+        run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=one err=two out=three",
                                                               sandbox_id=device.id))
         with anyio.fail_after(10):
             run = await engine.runs.wait(ROOT, run.id, 3600)
@@ -122,8 +124,8 @@ async def test_a_run_that_ends_while_a_flush_waits_for_the_writer_keeps_its_outp
     backend = EndsDuringAFlush()
     settings = Settings(home=tmp_path, image="fake:latest", flush_interval_seconds=0.01)
     async with Engine(settings, backend=backend, harnesses=harness.get).running() as engine:
-        device = await engine.devices.create(ROOT, models.DeviceCreate())
-        run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="x", sandbox_id=device.id))
+        device = await engine.devices.create(ROOT, dm.DeviceCreate())
+        run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="x", sandbox_id=device.id))
         release = anyio.Event()
         holding = anyio.Event()
 

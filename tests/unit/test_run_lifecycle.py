@@ -15,7 +15,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from engine import errors, models
+from engine import errors
+from engine.devices import models as dm
+from engine.runs import models as rm
 from engine.app import Engine
 from engine.clock import FakeClock
 from engine.callers import ROOT
@@ -56,7 +58,7 @@ class RunLifecycle(RuleBasedStateMachine):
         self.seen_terminal: dict[str, str] = {}
         self.kinds: dict[str, str] = {}
         self.start_service()
-        self.device = self.portal.call(self.engine.devices.create, ROOT, models.DeviceCreate())  # type: ignore[union-attr]
+        self.device = self.portal.call(self.engine.devices.create, ROOT, dm.DeviceCreate())  # type: ignore[union-attr]
 
     def start_service(self) -> None:
         """A new engine on the same database and backend: what a daemon restart is."""
@@ -91,7 +93,7 @@ class RunLifecycle(RuleBasedStateMachine):
 
     @rule(target=runs, kind=st.sampled_from(sorted(SCRIPTS)), ephemeral=st.booleans())
     def create(self, kind: str, ephemeral: bool) -> str:
-        req = models.RunCreate(prompt="p", command=SCRIPTS[kind][0], timeout=TIMEOUTS.get(kind, 1800),
+        req = rm.RunCreate(prompt="p", command=SCRIPTS[kind][0], timeout=TIMEOUTS.get(kind, 1800),
                                sandbox_id=None if ephemeral else self.device.id)
         run = self.portal.call(self.service.create, ROOT, req)  # type: ignore[union-attr]
         self.kinds[run.id] = kind
@@ -123,7 +125,7 @@ class RunLifecycle(RuleBasedStateMachine):
             run = self.portal.call(self._settled, run_id)
             assert run.status in TERMINAL, run
 
-    async def _settled(self, run_id: str) -> models.Run:
+    async def _settled(self, run_id: str) -> rm.Run:
         with anyio.fail_after(10):  # real time: a run that never ends fails the example
             return await self.service.wait(ROOT, run_id, 3600)
 

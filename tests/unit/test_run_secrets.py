@@ -6,7 +6,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from engine import models
+from engine.runs import models as rm
 from engine.app import Engine
 from engine.callers import ROOT
 from engine.ports import RunLaunch
@@ -30,7 +30,7 @@ class Recording(FakeBackend):
         return super().follow(launch)
 
 
-async def ended(engine: Engine, run_id: str) -> models.Run:
+async def ended(engine: Engine, run_id: str) -> rm.Run:
     with anyio.fail_after(10):
         return await engine.runs.wait(ROOT, run_id, 10)
 
@@ -40,7 +40,7 @@ async def test_a_secret_goes_to_the_launch_secret_env_only_and_never_to_the_data
     settings = Settings(home=tmp_path, image="fake:latest", cancel_grace_seconds=0.02)
     async with Engine(settings, backend=backend, harnesses=adapters.get).running() as engine:
         engine.secrets.set("TOKEN", VALUE.encode())
-        run = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=hello",
+        run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=hello",
                                                               secrets=["TOKEN"], env={"OTHER": "x"}))
         done = await ended(engine, run.id)
     assert done.status == "succeeded" and done.secrets == ["TOKEN"], done
@@ -56,8 +56,8 @@ async def test_a_secret_removed_between_create_and_start_fails_the_run_secret_mi
     settings = Settings(home=tmp_path, image="fake:latest", cancel_grace_seconds=0.02, max_active_runs=1)
     async with Engine(settings, backend=backend, harnesses=adapters.get).running() as engine:
         engine.secrets.set("TOKEN", VALUE.encode())
-        blocker = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="block"))
-        waiting = await engine.runs.create(ROOT, models.RunCreate(prompt="p", command="out=x", secrets=["TOKEN"]))
+        blocker = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="block"))
+        waiting = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=x", secrets=["TOKEN"]))
         assert (await engine.runs.get(ROOT, waiting.id)).status == "queued"
         engine.secrets.remove("TOKEN")
         await engine.runs.cancel(ROOT, blocker.id)

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine import errors, models
+from engine.runs import models as rm
 from engine.secrets import MASK, Masker, SecretStore
 
 VALUE = "sk-ant-api03-abcdefghijklmnop"
@@ -57,11 +58,11 @@ def test_an_unknown_secret_is_named_with_the_command_that_sets_it(tmp_path: Path
 
 
 def test_run_requests_check_secret_names_by_index_and_refuse_duplicates() -> None:
-    assert models.parse(models.RunCreate, {"prompt": "p", "secrets": ["A_KEY"]}).secrets == ["A_KEY"]
+    assert models.parse(rm.RunCreate, {"prompt": "p", "secrets": ["A_KEY"]}).secrets == ["A_KEY"]
     for bad, field in (({"secrets": ["ok_KEY", "bad name"]}, "secrets.1"), ({"secrets": ["K1", "K1"]}, "secrets"),
                        ({"secrets": "K1"}, "secrets"), ({"secrets": ["K"] * 40}, "secrets")):
         with pytest.raises(errors.InvalidInput) as caught:
-            models.parse(models.RunCreate, {"prompt": "p", **bad})
+            models.parse(rm.RunCreate, {"prompt": "p", **bad})
         assert caught.value.field == field, (bad, caught.value.message)
 
 
@@ -88,5 +89,5 @@ def test_a_value_split_across_chunks_anywhere_is_still_masked(cuts: list[int], b
 
 def test_a_secret_also_given_in_env_is_refused_naming_secrets() -> None:
     with pytest.raises(errors.InvalidInput) as caught:
-        models.parse(models.RunCreate, {"prompt": "p", "secrets": ["A_KEY"], "env": {"A_KEY": "x"}})
+        models.parse(rm.RunCreate, {"prompt": "p", "secrets": ["A_KEY"], "env": {"A_KEY": "x"}})
     assert caught.value.field == "secrets"

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from engine import authority, errors, lineage, models
+from engine.devices import models as dm
 from engine.profiles import models as pm
 from engine.app import Engine
 from engine.callers import ROOT
@@ -172,7 +173,7 @@ class SessionTree(RuleBasedStateMachine):
             except errors.Unauthenticated:
                 return None, None
             try:
-                return caller, await self.engine.devices.create(caller, models.DeviceCreate(network=network))
+                return caller, await self.engine.devices.create(caller, dm.DeviceCreate(network=network))
             except errors.EngineError as exc:
                 return caller, exc
 

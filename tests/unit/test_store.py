@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import anyio
 import pytest
 
-from engine import models
+from engine.runs import models as rm
 from engine.store import SQL, Store, migrations
 
 pytestmark = pytest.mark.anyio
@@ -55,7 +55,7 @@ async def test_reopening_an_existing_database_applies_nothing_twice(tmp_path):
 async def test_migrated_schema_has_the_columns_the_run_record_needs(store):
     cur = await store._writer.execute("SELECT name FROM pragma_table_info('agent_runs')")
     columns = {r[0] for r in await cur.fetchall()}
-    needed = set(models.Run.model_fields) - {"env_keys", "output_omitted"}
+    needed = set(rm.Run.model_fields) - {"env_keys", "output_omitted"}
     assert needed <= columns, needed - columns
 
 
@@ -116,7 +116,7 @@ async def test_run_list_pages_newest_first_without_repeats(store):
             await tx.insert_run(run_row(f"run_{i:020x}", created_at=NOW.replace(minute=i)))
     seen, cursor = [], None
     while True:
-        rows = await store.runs(models.RunListQuery(limit=3, cursor=cursor))
+        rows = await store.runs(rm.RunListQuery(limit=3, cursor=cursor))
         page = rows[:3]
         seen += [r.id for r in page]
         if len(rows) <= 3:
@@ -131,7 +131,7 @@ async def test_a_read_right_after_a_write_sees_it_while_other_reads_run(store):
 
     async def busy_reader() -> None:
         while not stop.is_set():
-            await store.runs(models.RunListQuery(limit=200))
+            await store.runs(rm.RunListQuery(limit=200))
 
     async with anyio.create_task_group() as tg:
         for _ in range(4):
