@@ -74,7 +74,7 @@ class GroupEntries(RuleBasedStateMachine):
     @rule(data=st.data(), lose=st.booleans())
     def end_or_lose_a_running_child(self, data: st.DataObject, lose: bool) -> None:
         running = [r.run_id for r in self.entries() if r.status == "running" and r.run_id in self.backend.processes
-                   and self.backend.processes[r.run_id].exit_code is None]
+                   and not self.backend.processes[r.run_id].done]
         if not running:
             return
         run_id = data.draw(st.sampled_from(running))

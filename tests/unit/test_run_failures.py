@@ -29,7 +29,7 @@ class BrokenFollower(FakeBackend):
         self.removal_fails = removal_fails
 
     async def follow(self, launch: ports.RunLaunch) -> AsyncIterator[ports.Chunk | ports.Exit]:
-        if launch.ephemeral is not None:
+        if launch.ephemeral is not None and launch.device_id not in self.devices:  # followed again: made once
             await self.create(launch.ephemeral)
         raise errors.SandboxUnavailable("Docker went away")
         yield  # pragma: no cover - makes this an async generator
