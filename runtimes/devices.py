@@ -63,6 +63,8 @@ class Devices(egress_network.EgressNetwork):
         agent_dir.mkdir(mode=0o755, exist_ok=True)
         mounts = [docker.types.Mount(posixpath.dirname(AGENT_SOCKET_IN_DEVICE), str(agent_dir), type="bind",
                                      read_only=True)]
+        if self._exists(spec.device_id):  # before its disks are made: making them clears what is there
+            raise errors.Conflict(f"device {spec.device_id} already exists", evidence={"device_id": spec.device_id})
         own = disks.DeviceDisks.of(self.home, spec.device_id)
         try:
             own.make(spec.workspace_mb or self.workspace_mb[spec.kind], spec.tmp_mb or self.tmp_mb[spec.kind],

@@ -178,11 +178,7 @@ async def test_a_taken_device_id_is_refused_with_conflict(side: Side):
         await side.backend.remove(device_id)
 
 
-async def test_a_refused_create_leaves_the_device_of_that_id_working(side: Side, request: pytest.FixtureRequest):
-    if side.name == "docker":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "DockerBackend.create makes the device's disks (DeviceDisks.make removes what is there first) before "
-            "Docker refuses the taken name: the device's mounts are gone from the host, its runs end `lost`")))
+async def test_a_refused_create_leaves_the_device_of_that_id_working(side: Side):
     device_id = new_id("sbx")
     await side.backend.create(side.spec(device_id))
     try:
