@@ -127,6 +127,9 @@ class FakeBackend:
 
     async def remove(self, device_id: str) -> None:
         self.devices.pop(device_id, None)
+        for proc in self.processes.values():  # what ran in it goes with it, without an exit code
+            if proc.device_id == device_id:
+                proc.finish(None, Ending.sandbox_lost)
         for key in [k for k in self.files if k[0] == device_id]:  # its filesystems go with it
             del self.files[key]
 

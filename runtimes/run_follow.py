@@ -218,8 +218,8 @@ class RunFollow(run_signals.RunSignals, run_files.RunFiles):
                     info = await self._call(self.api.exec_inspect, exec_id)
                     code = info["ExitCode"] if info["ExitCode"] is not None else -1
                     running = bool(info.get("Running"))
-            except errors.SandboxUnavailable:
-                pass  # the exec could not start (at the pids limit, say): look closer below
+            except (errors.SandboxUnavailable, errors.NotFound):
+                pass  # the exec could not start (at the pids limit, say), or its container went: look closer below
             if running and cuts < MAX_STREAM_CUTS:
                 # The stream ended while the wrapper still runs: a loaded Docker engine cut it. The
                 # run's end, if recorded, is in its files; else follow again, a little later, from the

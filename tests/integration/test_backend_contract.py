@@ -273,6 +273,19 @@ async def test_a_sweep_of_a_running_run_kills_it_and_its_follow_ends_lost(side: 
     assert swept[0].killed >= 1 and not swept[0].pids_exhausted
 
 
+async def test_a_device_removed_under_a_running_run_ends_its_follow_sandbox_lost(side: Side):
+    device_id = new_id("sbx")
+    await side.backend.create(side.spec(device_id))
+    launch = side.launch(Script(out=("started",), block=True), device_id=device_id)
+
+    async def remove() -> None:  # from outside the engine (`docker rm -f`): the engine never does under a run
+        await side.backend.remove(device_id)
+
+    done = await follow(side.backend, launch, once_started=remove)
+
+    assert done.exit == Exit(exit_code=None, ending=Ending.sandbox_lost)
+
+
 async def test_an_ephemeral_launch_makes_its_own_device_named_for_the_run(side: Side):
     run_id, device_id = new_id("run"), new_id("sbx")
     spec = side.spec(device_id, ephemeral=True, run_id=run_id)
