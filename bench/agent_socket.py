@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sizing  # noqa: E402
 from engine.devices import models as dm
-from engine.sessions import service as sessions
+from engine.sessions import models as sessions
 from engine.settings import Settings  # noqa: E402
 from mcp_server import areas, daemon  # noqa: E402
 from mcp_server.client import DaemonClient  # noqa: E402

@@ -34,7 +34,7 @@ from engine.tasks import models as tm  # noqa: E402
 from engine.app import Engine  # noqa: E402
 from engine.callers import ROOT, Caller  # noqa: E402
 from engine.lineage import SpawnBudget  # noqa: E402
-from engine.sessions.service import SpawnRequest  # noqa: E402
+from engine.sessions.models import SpawnRequest  # noqa: E402
 from engine.settings import Settings  # noqa: E402
 from runtimes import harness  # noqa: E402
 from runtimes.fake import FakeBackend  # noqa: E402

@@ -24,7 +24,8 @@ from engine.ports import Clock, Harness, SandboxBackend
 from engine.profiles.service import ProfileService
 from engine.quotas.service import Quotas
 from engine.runs.service import RunService
-from engine.sessions.service import MAX_ACTIVE_TASK_LEASES, SessionService
+from engine.sessions.service import SessionService
+from engine.sessions.models import MAX_ACTIVE_TASK_LEASES
 from engine.secrets import SecretStore
 from engine.settings import Settings
 from engine.souls.service import SoulService

@@ -18,8 +18,8 @@ from engine.channels.service import ChannelService
 from engine.ports import Clock
 from engine.souls.service import SoulService
 from engine.tasks.service import TaskService
-from engine.sessions.service import (CONTEXT_SECTION_LIMIT, Capability, Limits, MeSelf, Session, SessionService,
-                             Workspace)
+from engine.sessions.service import SessionService
+from engine.sessions.models import CONTEXT_SECTION_LIMIT, Capability, Limits, MeSelf, Session, Workspace
 
 RECENT_TASK_EVENTS = 20
 

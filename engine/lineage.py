@@ -9,7 +9,7 @@ stands for when it calls: its permissions, its workspace and its effective limit
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field, StringConstraints, model_validator
 
@@ -17,7 +17,9 @@ from engine import errors, models
 from engine.profiles import models as pm
 from engine.authority import Limits
 from engine.callers import TOOLSETS, Caller
-from engine.sessions.models import SessionRow
+
+if TYPE_CHECKING:  # the sessions' models use this module's policies
+    from engine.sessions.models import SessionRow
 
 TOOLS_BY_TOOLSET: dict[str, tuple[str, ...]] = {
     "devices": ("sandbox_create", "sandbox_list", "sandbox_get", "sandbox_delete"),

@@ -9,7 +9,7 @@ from functools import partial
 from pydantic import Field
 
 from engine import context, ids, models
-from engine.sessions import service as sessions
+from engine.sessions import models as sessions
 from mcp_server import commands
 from mcp_server.api import AgentDockAPI
 from mcp_server.ops import CHANGE, DESTROY, Op

@@ -28,7 +28,7 @@ from engine.groups import models as gm
 from engine import ids, lineage, models
 from engine.devices import models as dm
 from engine.runs import models as rm
-from engine.sessions import service as sessions
+from engine.sessions import models as sessions
 from engine.souls import models as souls
 from engine.profiles import models as pm
 from engine.tasks import models as tm

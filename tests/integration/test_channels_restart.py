@@ -17,7 +17,7 @@ from mcp_server.areas import channels, tasks
 from engine.channels import models as cm
 from engine import errors
 from engine.tasks import models as tm
-from engine.sessions.service import SpawnRequest
+from engine.sessions.models import SpawnRequest
 from engine.lineage import PermissionPolicy
 from mcp_server.client import DaemonClient
 from tests.conftest import Daemon

@@ -20,7 +20,7 @@ from engine.app import Engine
 from engine.callers import ROOT, Caller
 from engine.clock import FakeClock
 from engine.lineage import PermissionPolicy
-from engine.sessions.service import SpawnRequest
+from engine.sessions.models import SpawnRequest
 from engine.settings import Settings
 from runtimes import adapters
 from runtimes.fake import FakeBackend

@@ -22,7 +22,7 @@ from engine.app import Engine
 from engine.authority import Ceilings, Limits
 from engine.callers import ROOT
 from engine.lineage import PermissionPolicy
-from engine.sessions.service import SpawnRequest
+from engine.sessions.models import SpawnRequest
 from engine.settings import Settings
 from runtimes import harness
 from runtimes.fake import FakeBackend

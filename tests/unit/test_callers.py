@@ -13,7 +13,7 @@ from engine.runs import models as rm
 from engine.app import Engine
 from engine.callers import ROOT, Caller
 from engine.lineage import PermissionPolicy
-from engine.sessions.service import SpawnRequest
+from engine.sessions.models import SpawnRequest
 from engine.settings import Settings
 from runtimes import harness
 from runtimes.fake import FakeBackend

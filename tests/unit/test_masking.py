@@ -20,7 +20,7 @@ from engine.tasks import models as tm
 from engine.callers import ROOT
 from engine.lineage import PermissionPolicy
 from engine.secrets import MASK, Masker, forms
-from engine.sessions.service import SpawnRequest
+from engine.sessions.models import SpawnRequest
 from tests.unit.test_channels import child, engine_for, family, recv
 
 pytestmark = pytest.mark.anyio

@@ -18,7 +18,7 @@ from engine.profiles import models as pm
 from engine.app import Engine
 from engine.callers import ROOT
 from engine.lineage import PermissionPolicy
-from engine.sessions.service import SpawnRequest
+from engine.sessions.models import SpawnRequest
 from engine.settings import Settings
 from runtimes import adapters
 from runtimes.fake import FakeBackend

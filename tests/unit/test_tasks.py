@@ -13,7 +13,7 @@ from engine.app import Engine
 from engine.callers import ROOT
 from engine.clock import FakeClock
 from engine.lineage import PermissionPolicy
-from engine.sessions.service import MAX_ACTIVE_TASK_LEASES, SpawnRequest
+from engine.sessions.models import MAX_ACTIVE_TASK_LEASES, SpawnRequest
 from engine.settings import Settings
 from runtimes import harness
 from runtimes.fake import FakeBackend
