@@ -3,23 +3,18 @@ child inside its parent (seed 002's `lineage`, `permission_policy`, `spawn_budge
 
 Pure rules, no I/O: `engine.sessions` applies them under a transaction. A child's permissions are
 always a subset of its parent's, its depth below the budget's `max_depth`, and its life inside its
-parent's (`ttl_expires_at` never later than the parent's). `caller_for` is what a session's row
-stands for when it calls: its permissions, its workspace and its effective limits."""
+parent's (`ttl_expires_at` never later than the parent's). What a session's row stands for when it
+calls is `SessionRow.caller` (`engine.sessions.models`)."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from pydantic import Field, StringConstraints, model_validator
 
 from engine import errors, models
-from engine.profiles import models as pm
-from engine.authority import Limits
-from engine.callers import TOOLSETS, Caller
-
-if TYPE_CHECKING:  # the sessions' models use this module's policies
-    from engine.sessions.models import SessionRow
+from engine.callers import TOOLSETS
 
 TOOLS_BY_TOOLSET: dict[str, tuple[str, ...]] = {
     "devices": ("sandbox_create", "sandbox_list", "sandbox_get", "sandbox_delete"),
@@ -174,21 +169,3 @@ def check_room(*, depth: int, children: int, active_in_workspace: int, budget: S
             f"max_active_per_workspace: {active_in_workspace} sessions are live in this workspace; the budget "
             f"allows {budget.max_active_per_workspace}",
             evidence={"field": "max_active_per_workspace", "limit": budget.max_active_per_workspace})
-
-
-def limits_of(row: SessionRow) -> Limits:
-    """A session's effective limits as recorded at spawn (a session from before they were recorded,
-    until the daemon fills them in: its own profile's)."""
-    return Limits.model_validate(row.limits) if row.limits is not None else Limits.of_profile(row.profile_snapshot)
-
-
-def caller_for(row: SessionRow, *, visible: frozenset[str] = frozenset(),
-               toolsets: frozenset[str] | None = None) -> Caller:
-    """The caller a session is: its permissions (or `toolsets`, for a step taken on its behalf), the tools
-    its effective limits' bundles leave out, its workspace and those limits."""
-    limits = limits_of(row)
-    denied = pm.denied_tools(limits.tools)
-    return Caller(session_id=row.id, toolsets=toolsets if toolsets is not None else PermissionPolicy(
-        **row.permissions).grants(), visible=visible, denied=denied,
-        denied_toolsets=frozenset(ts for ts, tools in TOOLS_BY_TOOLSET.items() if tools and set(tools) <= denied),
-        workspace_id=row.workspace_id, limits=limits)

@@ -8,7 +8,7 @@ from typing import Any
 
 import anyio
 
-from engine import authority, errors, ids, lineage, masking, models
+from engine import authority, errors, ids, masking, models
 from engine.devices import models as dm
 from engine.approvals import models as approval_models
 from engine.approvals.service import ApprovalService
@@ -105,7 +105,7 @@ class DeviceService:
             row = await self.store.session(session_id)
             if row is None:
                 return
-            limit = lineage.limits_of(row).max_child_sandboxes
+            limit = row.effective_limits().max_child_sandboxes
             if limit is not None:
                 live = await (tx.live_devices_of_tree(row.id) if tx else self.store.live_devices_of_tree(row.id))
                 if live + extra > limit:

@@ -18,7 +18,7 @@ import logging
 import anyio
 from pydantic import ValidationError
 
-from engine import authority, errors, ids, lineage, masking, topics
+from engine import authority, errors, ids, masking, topics
 from engine.approvals import models as approval_models
 from engine.approvals.service import ApprovalService
 from engine.groups import models as gm
@@ -481,7 +481,7 @@ class GroupService:
         if row is None:  # cannot happen (sessions are never deleted); nothing is then allowed beyond the defaults
             return Caller(session_id=group.created_by, toolsets=toolsets,
                           limits=authority.Limits(network=False, tools=[]))
-        return lineage.caller_for(row, toolsets=toolsets)
+        return row.caller(toolsets=toolsets)
 
 
 # ---------------------------------------------------------------- records

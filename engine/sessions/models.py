@@ -9,7 +9,9 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from engine import authority, ids, models
-from engine.lineage import PermissionPolicy, SpawnBudget
+from engine.callers import Caller
+from engine.lineage import TOOLS_BY_TOOLSET, PermissionPolicy, SpawnBudget
+from engine.profiles import models as pm
 from engine.records import Row
 from engine.runs import models as rm
 from engine.souls import models as souls
@@ -189,3 +191,19 @@ class SessionRow(Row):
     profile_snapshot: dict[str, Any] | None = None
     limits: dict[str, Any] | None = None
     """Its effective limits (`engine.authority.Limits`); None only before the daemon filled them in."""
+
+    def effective_limits(self) -> authority.Limits:
+        """Its effective limits as recorded at spawn (a session from before they were recorded, until the
+        daemon fills them in: its own profile's)."""
+        return authority.Limits.model_validate(self.limits) if self.limits is not None else \
+            authority.Limits.of_profile(self.profile_snapshot)
+
+    def caller(self, *, visible: frozenset[str] = frozenset(), toolsets: frozenset[str] | None = None) -> Caller:
+        """The caller this session is: its permissions (or `toolsets`, for a step taken on its behalf), the
+        tools its effective limits' bundles leave out, its workspace and those limits."""
+        limits = self.effective_limits()
+        denied = pm.denied_tools(limits.tools)
+        return Caller(session_id=self.id, toolsets=toolsets if toolsets is not None else PermissionPolicy(
+            **self.permissions).grants(), visible=visible, denied=denied,
+            denied_toolsets=frozenset(ts for ts, tools in TOOLS_BY_TOOLSET.items() if tools and set(tools) <= denied),
+            workspace_id=self.workspace_id, limits=limits)

@@ -77,7 +77,7 @@ class SessionService:
         known: dict[str, authority.Limits] = {}
         for row in rows:
             parent = await self.store.session(row.parent_session_id)
-            above = authority.UNBOUNDED if parent is None else known.get(parent.id) or lineage.limits_of(parent)
+            above = authority.UNBOUNDED if parent is None else known.get(parent.id) or parent.effective_limits()
             own = authority.Limits.of_profile(row.profile_snapshot)
             if above.image is not None and own.image not in (None, above.image):
                 own = own.model_copy(update={"image": None})
@@ -114,7 +114,7 @@ class SessionService:
 
     async def caller_of(self, row: SessionRow) -> Caller:
         below = await self.store.descendants(row.id)
-        return lineage.caller_for(row, visible=frozenset(d.id for d in below))
+        return row.caller(visible=frozenset(d.id for d in below))
 
     # ------------------------------------------------------------ requests
 
@@ -304,7 +304,7 @@ class SessionService:
             id=row.id, agent_name=row.agent_name, name=row.name, type="agent", state=SessionState(row.status),
             stop_reason=row.stop_reason, workspace_id=row.workspace_id, run_id=row.run_id, provider=row.provider,
             model=row.model, created_at=row.created_at, updated_at=row.updated_at, stopped_at=row.stopped_at,
-            profile_id=row.profile_id, profile=row.profile_snapshot, effective_limits=lineage.limits_of(row),
+            profile_id=row.profile_id, profile=row.profile_snapshot, effective_limits=row.effective_limits(),
             lineage=Lineage(auto_stop_on_parent=row.auto_stop_on_parent, parent_session_id=row.parent_session_id,
                             permission_policy=PermissionPolicy(**row.permissions), root_session_id=row.root_session_id,
                             spawn_budget=SpawnBudget(**row.spawn_budget), spawn_depth=row.spawn_depth,

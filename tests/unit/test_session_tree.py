@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from engine import authority, errors, lineage, models
+from engine import authority, errors, models
 from engine.devices import models as dm
 from engine.profiles import models as pm
 from engine.app import Engine
@@ -201,8 +201,8 @@ class SessionTree(RuleBasedStateMachine):
         rows = {r.id: r for r in self.call(self.engine.store.sessions)}
         for row in rows.values():
             parent = rows.get(row.parent_session_id)
-            above = authority.UNBOUNDED if parent is None else lineage.limits_of(parent)
-            limits = lineage.limits_of(row)
+            above = authority.UNBOUNDED if parent is None else parent.effective_limits()
+            limits = row.effective_limits()
             assert row.limits is not None
             assert limits == authority.narrow(above, authority.Limits.of_profile(row.profile_snapshot)), row.id
             assert authority.wider(limits, above) == [], row.id
