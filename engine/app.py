@@ -29,7 +29,7 @@ from engine.sessions.models import MAX_ACTIVE_TASK_LEASES
 from engine.secrets import SecretStore
 from engine.settings import Settings
 from engine.souls.service import SoulService
-from engine.store import Store
+from engine.store import open_store
 from engine.tasks.service import TaskService
 from engine.tokens import Tokens
 from engine.topics import Topics
@@ -45,7 +45,7 @@ class Engine:
         self.backend = backend
         self.clock = clock or SystemClock()
         self.topics = Topics()
-        self.store = Store(settings.db_path, self.topics)
+        self.store = open_store(settings, self.topics)
         self.secrets = SecretStore(settings.secrets_dir)
         self.quotas = Quotas(self.store, settings)
         self.masks = Masking(self.store, self.secrets)
@@ -81,6 +81,7 @@ class Engine:
         """Open the store, reconcile, start every background service (each reports ready before the
         next starts), and stop them all on the way out."""
         async with self.store, anyio.create_task_group() as tg:
+            await tg.start(self.store.serve)
             if self.egress is not None:  # before runs resume: they need its address
                 await tg.start(self.egress.serve, self.gateway)
             await tg.start(self.runs.serve)

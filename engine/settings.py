@@ -116,6 +116,10 @@ class Settings(BaseSettings):
     """Where the model gateway forwards each provider's requests, overriding the real APIs:
     `anthropic=http://127.0.0.1:8080,openai=http://127.0.0.1:8081` (tests point it at a scripted server)."""
 
+    database_url: str | None = Field(default=None, pattern=r"^postgres(ql)?://", max_length=4096)
+    """A PostgreSQL database (`postgresql://user@host/db`, or `postgresql:///db?host=/socket/dir`) shared by
+    several daemons, each with its own home and Docker engine. Unset: the home's SQLite file."""
+
     @classmethod
     def load(cls, **overrides: object) -> Settings:
         """Settings from the environment (and flags), a bad value refused as a diagnostic naming

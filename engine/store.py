@@ -46,13 +46,13 @@ from engine.tasks import repository as tasks
 from engine.records import EventRow
 from engine.sqlvalues import new_id, ts
 
-__all__ = ["SQL", "Store", "Tx", "migrations", "new_id", "ts"]
+__all__ = ["SQL", "Store", "Tx", "migrations", "new_id", "open_store", "ts"]
 
 
 SQL = {
     "stream_bump": (
         "INSERT INTO streams (name, last_sequence) VALUES (?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET last_sequence = last_sequence + ? RETURNING last_sequence"
+        "ON CONFLICT (name) DO UPDATE SET last_sequence = streams.last_sequence + ? RETURNING last_sequence"
     ),
     "event_insert": (
         "INSERT INTO events (id, run_id, group_id, type, message, payload, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
@@ -69,7 +69,7 @@ SQL = {
         "sum(length(CAST(x.payload AS BLOB)) + length(CAST(x.message AS BLOB))) OVER (ORDER BY x.sequence) AS running, "
         "row_number() OVER (ORDER BY x.sequence) AS n FROM (SELECT e.id, e.run_id, e.group_id, s.sequence, e.type, "
         "e.message, e.payload, e.created_at FROM stream_events s JOIN events e ON e.id = s.event_id "
-        "WHERE s.stream = ? AND s.sequence > ? ORDER BY s.sequence LIMIT ?) x) WHERE running <= ? OR n = 1 "
+        "WHERE s.stream = ? AND s.sequence > ? ORDER BY s.sequence LIMIT ?) x) w WHERE running <= ? OR n = 1 "
         "ORDER BY sequence"
     ),
     "stream_last": "SELECT last_sequence FROM streams WHERE name = ?",
@@ -168,7 +168,7 @@ class Tx(runs.RunWrites, devices.DeviceWrites, sessions.SessionWrites, souls.Sou
          tasks.TaskWrites, channels.ChannelWrites, profiles.ProfileWrites, quotas.QuotaWrites, approvals.ApprovalWrites):
     """One open write transaction; `touched` are the topics to wake once it commits."""
 
-    def __init__(self, conn: InlineConnection, now: datetime) -> None:
+    def __init__(self, conn: Any, now: datetime) -> None:
         self.conn = conn
         self.now = now
         self.stamp = ts(now)
@@ -309,6 +309,21 @@ class Store(runs.RunReads, devices.DeviceReads, sessions.SessionReads, souls.Sou
             await self._writer.execute("PRAGMA foreign_keys = ON")
         return current
 
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """What the store does in the background while the engine runs: nothing for one SQLite file
+        (PostgreSQL's listens for the other daemons' commits)."""
+        task_status.started()
+
+    driver_error: type[Exception] = sqlite3.Error
+    """The driver's errors, which `write` translates (`translated`)."""
+
+    @staticmethod
+    def translated(exc: Exception) -> errors.EngineError:
+        return _translated(exc)  # type: ignore[arg-type]
+
+    async def before_commit(self, tx: Tx) -> None:
+        """Said in the transaction just before it commits (PostgreSQL's notifies its topics)."""
+
     @asynccontextmanager
     async def write(self, now: datetime) -> AsyncIterator[Tx]:
         """One serialized write transaction, shielded from cancellation once begun; its topics are
@@ -318,18 +333,23 @@ class Store(runs.RunReads, devices.DeviceReads, sessions.SessionReads, souls.Sou
             with anyio.CancelScope(shield=True):
                 try:
                     await self._writer.begin()
-                except sqlite3.OperationalError as exc:
-                    raise _translated(exc) from exc
+                except self.driver_error as exc:
+                    raise self.translated(exc) from exc
                 tx = Tx(self._writer, now)
                 try:
                     yield tx
+                    await self.before_commit(tx)
                 except BaseException as exc:
                     await self._writer.rollback()
-                    if isinstance(exc, sqlite3.Error):
-                        raise _translated(exc) from exc
+                    if isinstance(exc, self.driver_error):
+                        raise self.translated(exc) from exc
                     raise
                 else:
-                    await self._writer.commit()
+                    try:
+                        await self._writer.commit()
+                    except self.driver_error as exc:
+                        await self._writer.rollback()
+                        raise self.translated(exc) from exc
         self.topics.publish(tx.touched)
         self.commits += 1
         if self.commits % CHECKPOINT_EVERY == 0:
@@ -351,20 +371,12 @@ class Store(runs.RunReads, devices.DeviceReads, sessions.SessionReads, souls.Sou
         rows = await self._all(sql, params)
         return rows[0] if rows else None
 
-    # ------------------------------------------------------------ devices
-
-    # ------------------------------------------------------------ runs
-
     async def events(self, stream: str, after: int, limit: int, budget: int | None = None) -> list[EventRow]:
         """A stream's events after a sequence number (`topics.run(id)`, `topics.group(id)`); with `budget`,
         no more once their payloads and messages pass that many bytes (the first always)."""
         rows = await (self._all(SQL["stream_after"], (stream, after, limit)) if budget is None else
                       self._all(SQL["stream_after_within"], (stream, after, limit, budget)))
         return [EventRow.model_validate(r) for r in rows]
-
-    # ------------------------------------------------------------ sessions
-
-    # ------------------------------------------------------------ souls
 
     async def stream_last(self, stream: str) -> int:
         """The last sequence given out in a stream (0 when it has none)."""
@@ -390,3 +402,12 @@ def _translated(exc: sqlite3.Error) -> errors.EngineError:
     if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
         return errors.Busy(f"the database is busy ({text}); retry", suggested_command="agentdock daemon status")
     return errors.EngineError(f"database error: {text}")
+
+
+def open_store(settings: Any, notifier: topics.Topics) -> Store:
+    """The store the settings name: PostgreSQL at `database_url` when set, else the home's SQLite file."""
+    if settings.database_url:
+        from engine.postgres import PostgresStore  # only a daemon that uses PostgreSQL loads psycopg
+
+        return PostgresStore(settings.database_url, notifier)
+    return Store(settings.db_path, notifier)

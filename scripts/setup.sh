@@ -2,7 +2,7 @@
 # Idempotent setup for agentdock on Debian (fresh machine, developer box or CI).
 #
 #   * installs missing system packages with apt (one `apt-get update` at most):
-#     python3/python3-venv, docker.io, busybox-static, debootstrap
+#     python3/python3-venv, docker.io, busybox-static, debootstrap, postgresql (for the suite's second store)
 #   * starts the Docker engine when `docker info` fails
 #   * creates .venv and `pip install -e '.[dev]'` (skipped while pyproject.toml is unchanged)
 #   * builds the agentdock images (skipped while their inputs are unchanged)
@@ -57,6 +57,10 @@ if [ ! -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then
 fi
 if ! command -v debootstrap >/dev/null 2>&1 && [ ! -x /usr/sbin/debootstrap ]; then
   apt_pkgs+=(debootstrap)
+fi
+# the suite's PostgreSQL pass starts its own throwaway cluster with initdb and pg_ctl (tests/pgcluster.py)
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  apt_pkgs+=(postgresql)
 fi
 
 if [ ${#apt_pkgs[@]} -gt 0 ]; then

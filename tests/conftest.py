@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -18,13 +19,18 @@ import pytest
 
 from mcp_types import CallToolResult, TextContent
 
+from engine import app as app_mod
+from engine import store as store_mod
 from engine.app import Engine
+from engine.store import Store
+from engine.topics import Topics
 from engine.settings import Settings
 from mcp_server import areas
 from mcp_server import daemon as daemon_mod
 from mcp_server import http as http_app
 from runtimes import disks, gateway, small_image
 from runtimes.wiring import docker_engine
+from tests import pgcluster
 
 os.environ["AGENTDOCK_POOL_SIZE"] = "0"
 """The warm pool is off unless a test turns it on (tests/*/test_pool.py): the rest of the suite counts
@@ -65,6 +71,50 @@ def tool_error(result: CallToolResult) -> dict:
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+STORE = os.environ.get("AGENTDOCK_TEST_STORE", "sqlite")
+"""The store the suite runs on: `sqlite` (each home's file) or `postgres` (a fresh database per test in a
+throwaway cluster: `AGENTDOCK_TEST_STORE=postgres pytest tests/unit`)."""
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[pgcluster.Cluster]:
+    """A throwaway PostgreSQL cluster for the session (unix socket, no fsync)."""
+    if pgcluster.bindir() is None:
+        pytest.fail("PostgreSQL is not installed: run scripts/setup.sh (it installs Debian's postgresql)")
+    root = Path(tempfile.mkdtemp(prefix="ad-pg-", dir="/tmp"))
+    cluster = pgcluster.Cluster(root).start()
+    yield cluster
+    cluster.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_url(pg_cluster: pgcluster.Cluster) -> Iterator[str]:
+    """The URL of a new empty database, dropped after the test."""
+    name = f"t_{secrets.token_hex(6)}"
+    yield pg_cluster.create_database(name)
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture(autouse=True)
+def store_under_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """On `AGENTDOCK_TEST_STORE=postgres`, every engine a test makes keeps its state in PostgreSQL: a
+    database per home, as each home has its SQLite file (`pgcluster.Homes`), unless it names one."""
+    if STORE != "postgres":
+        yield
+        return
+    homes = pgcluster.HOMES = pgcluster.Homes(request.getfixturevalue("pg_cluster"))
+
+    def per_home(settings: Settings, notifier: Topics) -> Store:
+        return store_mod.open_store(settings.model_copy(update={"database_url": settings.database_url or
+                                                                 homes.url(settings.home)}), notifier)
+
+    monkeypatch.setattr(app_mod, "open_store", per_home)
+    yield
+    homes.drop_all()
+    pgcluster.HOMES = None
 
 
 @pytest.fixture

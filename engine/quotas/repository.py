@@ -19,9 +19,9 @@ TREE_SESSIONS = (
 SQL = {
     "usage_add": (
         "INSERT INTO usage (scope, messages, message_bytes, tasks, task_bytes) VALUES (:scope, :messages, "
-        ":message_bytes, :tasks, :task_bytes) ON CONFLICT (scope) DO UPDATE SET messages = messages + "
-        "excluded.messages, message_bytes = message_bytes + excluded.message_bytes, tasks = tasks + excluded.tasks, "
-        "task_bytes = task_bytes + excluded.task_bytes RETURNING messages, message_bytes, tasks, task_bytes"
+        ":message_bytes, :tasks, :task_bytes) ON CONFLICT (scope) DO UPDATE SET messages = usage.messages + "
+        "excluded.messages, message_bytes = usage.message_bytes + excluded.message_bytes, tasks = usage.tasks + "
+        "excluded.tasks, task_bytes = usage.task_bytes + excluded.task_bytes RETURNING messages, message_bytes, tasks, task_bytes"
     ),
     "usage_get": "SELECT messages, message_bytes, tasks, task_bytes FROM usage WHERE scope = ?",
     "session_tree": (

@@ -14,9 +14,9 @@ from engine.sqlvalues import Connected, Reading, encode
 
 _KEPT = (
     "{t}.output || COALESCE((SELECT group_concat(text, '') FROM (SELECT text FROM output_chunks c "
-    "WHERE c.run_id = {t}.id AND c.stream = 'stdout' ORDER BY c.seq)), '') AS output, "
+    "WHERE c.run_id = {t}.id AND c.stream = 'stdout' ORDER BY c.seq) AS kept), '') AS output, "
     "{t}.stderr || COALESCE((SELECT group_concat(text, '') FROM (SELECT text FROM output_chunks c "
-    "WHERE c.run_id = {t}.id AND c.stream = 'stderr' ORDER BY c.seq)), '') AS stderr"
+    "WHERE c.run_id = {t}.id AND c.stream = 'stderr' ORDER BY c.seq) AS kept), '') AS stderr"
 )
 
 RUN_COLUMNS = (
@@ -40,9 +40,9 @@ _BODY_SIZE = (
 _LISTED = RUN_COLUMNS.replace(
     _KEPT.format(t="agent_runs"),
     "CASE WHEN w.running <= :budget THEN agent_runs.output || COALESCE((SELECT group_concat(text, '') FROM (SELECT "
-    "text FROM output_chunks c WHERE c.run_id = agent_runs.id AND c.stream = 'stdout' ORDER BY c.seq)), '') ELSE '' "
+    "text FROM output_chunks c WHERE c.run_id = agent_runs.id AND c.stream = 'stdout' ORDER BY c.seq) AS kept), '') ELSE '' "
     "END AS output, CASE WHEN w.running <= :budget THEN agent_runs.stderr || COALESCE((SELECT group_concat(text, '') "
-    "FROM (SELECT text FROM output_chunks c WHERE c.run_id = agent_runs.id AND c.stream = 'stderr' ORDER BY c.seq)), "
+    "FROM (SELECT text FROM output_chunks c WHERE c.run_id = agent_runs.id AND c.stream = 'stderr' ORDER BY c.seq) AS kept), "
     "'') ELSE '' END AS stderr, w.running > :budget AS output_omitted")
 
 _SUMMARY = RUN_COLUMNS.replace(_KEPT.format(t="agent_runs"), "'' AS output, '' AS stderr, 1 AS output_omitted")
@@ -101,14 +101,15 @@ SQL = {
     "chunks_fold": (
         "UPDATE agent_runs SET "
         "output = output || COALESCE((SELECT group_concat(text, '') FROM (SELECT text FROM output_chunks "
-        "WHERE run_id = :id AND stream = 'stdout' ORDER BY seq)), ''), "
+        "WHERE run_id = :id AND stream = 'stdout' ORDER BY seq) AS kept), ''), "
         "stderr = stderr || COALESCE((SELECT group_concat(text, '') FROM (SELECT text FROM output_chunks "
-        "WHERE run_id = :id AND stream = 'stderr' ORDER BY seq)), '') WHERE id = :id"
+        "WHERE run_id = :id AND stream = 'stderr' ORDER BY seq) AS kept), '') WHERE id = :id"
     ),
     "chunks_delete": "DELETE FROM output_chunks WHERE run_id = ?",
     "artifact_upsert": (
-        "INSERT OR REPLACE INTO artifacts (run_id, path, size, sha256, stored_as, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)"
+        "INSERT INTO artifacts (run_id, path, size, sha256, stored_as, created_at) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (run_id, path) DO UPDATE SET size = excluded.size, sha256 = excluded.sha256, "
+        "stored_as = excluded.stored_as, created_at = excluded.created_at"
     ),
     "artifacts_of_run": "SELECT * FROM artifacts WHERE run_id = ? ORDER BY path",
     "artifact_get": "SELECT * FROM artifacts WHERE run_id = ? AND path = ?",

@@ -8,7 +8,7 @@ from engine.souls.models import SoulSnapshotRow
 from engine.sqlvalues import Connected, Reading, encode
 
 SQL = {
-    "soul_document_insert": "INSERT OR IGNORE INTO soul_documents (digest, content, created_at) VALUES (?, ?, ?)",
+    "soul_document_insert": "INSERT INTO soul_documents (digest, content, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
     "soul_snapshot_insert": (
         "INSERT INTO soul_snapshots (id, agent_name, digest, source, source_path, document_modified, created_at, "
         "created_by) VALUES (:id, :agent_name, :digest, :source, :source_path, :document_modified, :created_at, "

@@ -6,7 +6,6 @@ every change is in the audit stream with who decided."""
 
 from __future__ import annotations
 
-import sqlite3
 
 import anyio
 import pytest
@@ -24,6 +23,7 @@ from engine.sessions.models import SpawnRequest
 from engine.settings import Settings
 from runtimes import adapters
 from runtimes.fake import FakeBackend
+from tests import peek
 
 pytestmark = pytest.mark.anyio
 TTL = 600.0
@@ -58,8 +58,7 @@ async def refused(call) -> errors.EngineError:
 
 
 def count(engine: Engine, sql: str) -> int:
-    with sqlite3.connect(engine.settings.db_path) as db:
-        return db.execute(sql).fetchone()[0]
+    return peek.count(engine.settings, sql)
 
 
 async def history(engine: Engine) -> list[tuple[str, dict]]:
@@ -351,7 +350,6 @@ async def test_approval_history_is_the_local_users_to_read(tmp_path):
 
 async def test_migrations_give_the_approvals_table_every_column_the_record_needs(tmp_path):
     async with engine_for(tmp_path).running() as engine:
-        cur = await engine.store._writer.execute("SELECT name FROM pragma_table_info('approvals')")
-        columns = {r[0] for r in await cur.fetchall()}
+        columns = peek.columns(engine.settings, "approvals") - {"rowid"}
     assert set(am.Approval.model_fields) <= columns, set(am.Approval.model_fields) - columns
     assert set(am.ApprovalRow.model_fields) == columns

@@ -6,7 +6,6 @@ tests/e2e/test_authority.py."""
 
 from __future__ import annotations
 
-import sqlite3
 
 import anyio
 import pytest
@@ -26,6 +25,7 @@ from engine.sessions.models import SpawnRequest
 from engine.settings import Settings
 from runtimes import harness
 from runtimes.fake import FakeBackend
+from tests import peek
 
 pytestmark = pytest.mark.anyio
 ALL = PermissionPolicy(tools=["agent", "runs", "devices", "groups", "tasks", "profiles"], sandbox_profiles=["*"])
@@ -41,14 +41,12 @@ def profile(name: str, **kw) -> pm.ProfileCreate:
 
 
 def count(engine: Engine, sql: str) -> int:
-    with sqlite3.connect(engine.settings.db_path) as db:
-        return db.execute(sql).fetchone()[0]
+    return peek.count(engine.settings, sql)
 
 
 def device_row(engine: Engine, device_id: str) -> tuple[int, int]:
     """A device's network and memory as recorded, deleted or not (an ephemeral one goes with its run)."""
-    with sqlite3.connect(engine.settings.db_path) as db:
-        return db.execute("SELECT network, memory_mb FROM devices WHERE id = ?", (device_id,)).fetchone()
+    return peek.rows(engine.settings, "SELECT network, memory_mb FROM devices WHERE id = ?", (device_id,))[0]
 
 
 async def spawn(engine: Engine, caller, **kw):
@@ -372,8 +370,7 @@ async def test_sessions_spawned_before_limits_were_recorded_get_them_when_the_da
         child, c = await spawn(engine, ROOT, agent_runtime_profile_id=closed.id)
         grandchild, _ = await spawn(engine, c, skip_agent_runtime_profile=True)
         other, _ = await spawn(engine, ROOT, agent_runtime_profile_id=opened.id)
-    with sqlite3.connect(engine.settings.db_path) as db:  # as a database from before migration 0013 has them
-        db.execute("UPDATE sessions SET limits = NULL")
+    peek.rows(engine.settings, "UPDATE sessions SET limits = NULL")  # as a database from before migration 0013
     async with engine_for(tmp_path).running() as engine:
         rows = {r.id: r for r in await engine.store.sessions()}
         g = await engine.sessions.authenticate(grandchild.token)

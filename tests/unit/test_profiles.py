@@ -5,7 +5,6 @@ sandboxes) and every refusal naming its field with nothing written."""
 from __future__ import annotations
 
 import itertools
-import sqlite3
 
 import anyio
 import pytest
@@ -22,6 +21,7 @@ from engine.sessions.models import SpawnRequest
 from engine.settings import Settings
 from runtimes import adapters
 from runtimes.fake import FakeBackend
+from tests import peek
 
 pytestmark = pytest.mark.anyio
 
@@ -40,8 +40,7 @@ def run(**kw) -> rm.RunCreate:
 
 
 def rows(engine: Engine, table: str) -> int:
-    with sqlite3.connect(engine.settings.db_path) as db:
-        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return peek.count(engine.settings, f"SELECT count(*) FROM {table}")
 
 
 async def test_a_profile_gets_an_arp_id_and_reads_back_with_every_seed_field(tmp_path):

@@ -18,6 +18,7 @@ from engine.sessions.models import SpawnRequest
 from engine.settings import Settings
 from runtimes import harness
 from runtimes.fake import FakeBackend
+from tests import peek
 
 pytestmark = pytest.mark.anyio
 
@@ -49,8 +50,7 @@ async def test_a_spawned_child_has_its_lineage_and_a_token_that_stands_for_it(tm
     assert (me.lineage.parent_session_id, me.lineage.root_session_id, me.lineage.spawn_depth) == (
         "ses_root", "ses_root", 1)
     assert me.lineage.spawn_role == "reviewer" and me.lineage.permission_policy.tools == ["runs"]
-    assert child.token.startswith("adt_") and child.token not in (tmp_path / "agentdock.db").read_bytes().decode(
-        errors="replace")
+    assert child.token.startswith("adt_") and child.token not in peek.text_of(engine.settings, "sessions")
 
 
 async def test_a_child_can_never_be_given_more_than_its_parent_has(tmp_path):

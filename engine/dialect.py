@@ -1,0 +1,59 @@
+"""The store's SQL is written once, in SQLite's words; `postgres(sql)` says it in PostgreSQL's.
+
+What differs is small and mechanical: parameters (`?` and `:name` become psycopg's `%s` and
+`%(name)s`, a literal `%` doubles), `group_concat` is `string_agg`, and a text's size in bytes is
+`octet_length`. The rest is SQL both say alike (upserts are `ON CONFLICT`, subqueries are named): the
+PostgreSQL schema gives the tables SQLite's implicit `rowid` as a real column where a query orders
+by it, and a `json_extract` function for the paths the queries use. A test explains every named query
+on both.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+_BYTES = re.compile(r"length\(CAST\((.+?) AS BLOB\)\)")
+
+
+@lru_cache(maxsize=1024)
+def postgres(sql: str) -> str:
+    """`sql` (SQLite's words, `?` or `:name` parameters) in PostgreSQL's words with psycopg's parameters."""
+    sql = _BYTES.sub(r"octet_length(\1)", sql)
+    sql = re.sub(r"\bgroup_concat\(", "string_agg(", sql)
+    return _parameters(sql)
+
+
+def _parameters(sql: str) -> str:
+    """`?` -> `%s`, `:name` -> `%(name)s`, `%` -> `%%`, outside quoted strings and identifiers."""
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in "'\"":
+            end = i + 1
+            while end < n:
+                if sql[end] == c:
+                    if end + 1 < n and sql[end + 1] == c:  # a doubled quote inside the string
+                        end += 2
+                        continue
+                    break
+                end += 1
+            out.append(sql[i:end + 1].replace("%", "%%"))
+            i = end + 1
+        elif c == "?":
+            out.append("%s")
+            i += 1
+        elif c == ":" and i + 1 < n and (sql[i + 1].isalpha() or sql[i + 1] == "_") and (i == 0 or sql[i - 1] != ":"):
+            end = i + 1
+            while end < n and (sql[end].isalnum() or sql[end] == "_"):
+                end += 1
+            out.append(f"%({sql[i + 1:end]})s")
+            i = end
+        elif c == "%":
+            out.append("%%")
+            i += 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)

@@ -1,0 +1,279 @@
+"""The store on PostgreSQL (psycopg 3, async), for several daemons sharing one database.
+
+The same `Store` and `Tx`, the same areas' repositories and the same named SQL as on SQLite: the
+connections here take SQLite's words and say them in PostgreSQL's (`engine.dialect`), and give rows
+that read like sqlite3's (by position and by name). What differs is underneath:
+
+- one writer connection per daemon, its transactions serialized in the daemon as on SQLite; the
+  database serializes the daemons (row locks, and the compare-and-set in each UPDATE's WHERE);
+- the topics a transaction touched are NOTIFYed in it, so they reach the other daemons when it
+  commits; each daemon LISTENs and wakes its own waiters (a hint: every waiter looks again, bounded);
+- migrations are recorded in `schema_migrations`, applied under an advisory lock (two daemons
+  starting at once migrate once); the schema starts at the SQLite schema's version 18, in one step.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import anyio
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.adapt import Dumper, Loader
+from psycopg.rows import RowMaker
+
+from engine import errors, topics
+from engine.dialect import postgres
+from engine.store import Store, Tx
+
+CHANNEL = "agentdock"
+"""The NOTIFY channel: a payload is the committing daemon's origin, then the topics it touched."""
+NOTIFY_BYTES = 7_000
+"""Under PostgreSQL's 8,000-byte payload limit: more topics go in several notifications."""
+MIGRATION_LOCK = 0x61676E74
+"""The advisory lock that serializes migrations between daemons."""
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The PostgreSQL migrations, numbered like SQLite's: the first holds SQLite's 1-18 at once."""
+    found = []
+    for item in resources.files("engine.migrations.postgres").iterdir():
+        if item.name.endswith(".sql"):
+            found.append((int(item.name.split("_", 1)[0]), item.read_text()))
+    return sorted(found)
+
+
+class Record(tuple):  # type: ignore[type-arg]
+    """A row read by position or by name, with `keys()` (so `dict(row)` works), like `sqlite3.Row`."""
+
+    names: dict[str, int] = {}
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self.names[key])
+        return tuple.__getitem__(self, key)
+
+
+def _records(cursor: Any) -> RowMaker[Record]:
+    if cursor.description is None:
+        return tuple  # type: ignore[return-value]
+    return _record_of(tuple(c.name for c in cursor.description))  # type: ignore[return-value]
+
+
+@lru_cache(maxsize=512)
+def _record_of(names: tuple[str, ...]) -> type[Record]:
+    return type("Record", (Record,), {"names": {name: i for i, name in enumerate(names)}})
+
+
+class _FlagDumper(Dumper):
+    """Python's booleans are stored as SQLite stores them: 0 and 1 in an integer column."""
+
+    oid = psycopg.postgres.types["int8"].oid
+
+    def dump(self, obj: bool) -> bytes:
+        return b"1" if obj else b"0"
+
+
+class _NumberLoader(Loader):
+    """A `numeric` (what `sum` of integers gives) as the int or float SQLite would give."""
+
+    def load(self, data: Any) -> int | float:
+        value = Decimal(bytes(data).decode())
+        return int(value) if value == value.to_integral_value() else float(value)
+
+
+class _Cursor:
+    def __init__(self, cursor: psycopg.AsyncCursor[Any]) -> None:
+        self.rowcount = cursor.rowcount
+        self._cursor = cursor
+
+    async def fetchone(self) -> Any:
+        return await self._cursor.fetchone() if self._cursor.description else None
+
+    async def fetchall(self) -> list[Any]:
+        return await self._cursor.fetchall() if self._cursor.description else []
+
+    async def close(self) -> None:
+        await self._cursor.close()
+
+
+class PgConnection:
+    """One psycopg connection with the surface the store's SQLite connections have, taking their SQL."""
+
+    def __init__(self, raw: psycopg.AsyncConnection[Any]) -> None:
+        self.raw = raw
+
+    @classmethod
+    async def connect(cls, url: str) -> PgConnection:
+        raw = await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=_records,
+                                                    cursor_factory=psycopg.AsyncClientCursor)
+        raw.adapters.register_dumper(bool, _FlagDumper)
+        raw.adapters.register_loader("numeric", _NumberLoader)
+        return cls(raw)
+
+    async def execute(self, sql: str, params: Any = ()) -> _Cursor:
+        cursor = self.raw.cursor()
+        await cursor.execute(postgres(sql), _params(params))
+        return _Cursor(cursor)
+
+    async def executemany(self, sql: str, rows: Iterable[Any]) -> _Cursor:
+        cursor = self.raw.cursor()
+        await cursor.executemany(postgres(sql), [_params(r) for r in rows])
+        return _Cursor(cursor)
+
+    async def execute_fetchall(self, sql: str, params: Any = ()) -> list[Any]:
+        cursor = await self.execute(sql, params)
+        return await cursor.fetchall()
+
+    async def executescript(self, script: str) -> None:
+        await self.raw.execute(script.encode())  # type: ignore[arg-type]  # bytes: no parameters in it
+
+    async def begin(self) -> None:
+        await self.raw.execute("BEGIN")
+
+    async def commit(self) -> None:
+        await self.raw.execute("COMMIT")
+
+    async def rollback(self) -> None:
+        if self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            await self.raw.execute("ROLLBACK")
+
+    async def close(self) -> None:
+        await self.raw.close()
+
+
+def _params(params: Any) -> Any:
+    """Parameters as psycopg takes them: a mapping or a sequence (a tuple for sqlite3's lists too)."""
+    if params is None:
+        return ()
+    if isinstance(params, dict):
+        return params
+    return tuple(params) if not isinstance(params, Sequence) or isinstance(params, list) else params
+
+
+class PostgresStore(Store):
+    """`Store` on PostgreSQL at `url` (`AGENTDOCK_DATABASE_URL`)."""
+
+    driver_error = psycopg.Error
+
+    def __init__(self, url: str, notifier: topics.Topics | None = None) -> None:
+        super().__init__(path=None, notifier=notifier)  # type: ignore[arg-type]
+        self.url = url
+        self.origin = secrets.token_hex(6)
+        """Names this store's notifications, so it does not wake its own waiters twice."""
+        self._listener: PgConnection | None = None
+
+    async def open(self) -> None:
+        try:
+            self._writer = await PgConnection.connect(self.url)  # type: ignore[assignment]
+            await self.migrate()
+            self._reader = await PgConnection.connect(self.url)  # type: ignore[assignment]
+        except psycopg.OperationalError as exc:
+            await self.close()
+            raise errors.EngineError(
+                f"cannot reach the PostgreSQL database of AGENTDOCK_DATABASE_URL: {_first_line(exc)}",
+                suggested_command="psql \"$AGENTDOCK_DATABASE_URL\" -c 'select 1'") from None
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer, self._listener):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = self._listener = None
+
+    async def migrate(self) -> int:
+        """Apply every PostgreSQL migration not yet recorded, under a lock other daemons wait for."""
+        writer = self._writer
+        assert writer is not None
+        await writer.begin()
+        try:
+            await writer.raw.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+            await writer.raw.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at TEXT NOT NULL)")
+            rows = await (await writer.raw.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")).fetchall()
+            current = int(rows[0][0])
+            for version, script in migrations():
+                if version <= current:
+                    continue
+                await writer.executescript(script)
+                await writer.raw.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (%s, now()::text)", (version,))
+                current = version
+            await writer.commit()
+        except BaseException:
+            await writer.rollback()
+            raise
+        return current
+
+    async def before_commit(self, tx: Tx) -> None:
+        if not tx.touched:
+            return
+        chunk: list[str] = []
+        for topic in sorted(tx.touched):
+            if chunk and sum(len(t) + 1 for t in chunk) + len(topic) > NOTIFY_BYTES:
+                await self._notify(tx, chunk)
+                chunk = []
+            chunk.append(topic)
+        await self._notify(tx, chunk)
+
+    async def _notify(self, tx: Tx, chunk: list[str]) -> None:
+        await tx.conn.raw.execute("SELECT pg_notify(%s, %s)", (CHANNEL, " ".join([self.origin, *chunk])))
+
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Wake this daemon's waiters when another daemon's transaction touched their topics."""
+        self._listener = listener = await PgConnection.connect(self.url)
+        listener.raw.add_notify_handler(self._heard)
+        await listener.raw.execute(f"LISTEN {CHANNEL}")
+        task_status.started()
+        while True:
+            # Wait here, not in psycopg: a cancelled wait inside a query makes it give the connection up
+            # noisily. A readable socket holds notifications, which the next statement hands to `_heard`.
+            await anyio.wait_readable(listener.raw.fileno())
+            with anyio.CancelScope(shield=True):
+                await listener.raw.execute("SELECT 1")
+
+    def _heard(self, note: psycopg.Notify) -> None:
+        origin, _, touched = note.payload.partition(" ")
+        if origin != self.origin:
+            self.topics.publish(touched.split())
+
+    @staticmethod
+    def translated(exc: Exception) -> errors.EngineError:
+        text = _first_line(exc)
+        if isinstance(exc, pg_errors.UniqueViolation):
+            return errors.Conflict(f"already exists ({text})", evidence={"constraint": text})
+        if isinstance(exc, (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.LockNotAvailable,
+                            psycopg.OperationalError)):
+            return errors.Busy(f"the database is busy ({text}); retry", suggested_command="agentdock daemon status")
+        return errors.EngineError(f"database error: {text}")
+
+    async def checkpoint(self) -> None:
+        """PostgreSQL checkpoints by itself."""
+
+    async def _all(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+        """One query on the reader, shielded like a write: psycopg answers a cancelled query by closing
+        its connection, which is every reader's here (a read takes milliseconds)."""
+        assert self._reader is not None
+        with anyio.CancelScope(shield=True):
+            try:
+                return [dict(r) for r in await self._reader.execute_fetchall(sql, params)]
+            except psycopg.Error as exc:
+                raise self.translated(exc) from exc
+
+    async def schema(self) -> dict[str, str]:
+        rows = await self._all(
+            "SELECT table_name AS name, string_agg(column_name || ' ' || data_type, ', ' ORDER BY ordinal_position) "
+            "AS sql FROM information_schema.columns WHERE table_schema = current_schema() GROUP BY table_name")
+        return {r["name"]: r["sql"] for r in rows}
+
+
+def _first_line(exc: BaseException) -> str:
+    return re.sub(r"\s+", " ", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
