@@ -35,6 +35,7 @@ class Admission:
         self.clock = clock
         self.cap = cap
         self.groups = groups
+        self.daemon_id = runs.daemon_id
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -58,7 +59,8 @@ class Admission:
         budget = free + (pool.ready if pool else 0)
         if budget <= 0:
             return 0
-        picked = [q for q in await self.store.queued_runs(self.cap + budget) if not self.runs.supervised(q.id)]
+        picked = [q for q in await self.store.queued_runs(self.cap + budget, self.daemon_id)
+                  if not self.runs.supervised(q.id)]
         picked = picked[:budget]
         if not picked:
             return 0
@@ -82,8 +84,10 @@ class Admission:
                     else:
                         taken.append((run.shape, device_id))  # type: ignore[arg-type]
                     if not await tx.transition_run(run.id, [models.RunStatus.queued], status="running",
-                                                   started_at=now):
-                        continue  # canceled meanwhile
+                                                   started_at=now, daemon_id=self.daemon_id):
+                        continue  # canceled meanwhile, or started by another daemon
+                    if run.ephemeral:
+                        await tx.own_device(run.target_id, self.daemon_id)
                     payload: dict[str, Any] = {"target_id": run.target_id}
                     if device_id is not None:
                         if await tx.claim_device(device_id, run.id, run.created_by):

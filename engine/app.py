@@ -28,6 +28,7 @@ from engine.sessions.service import SessionService
 from engine.sessions.models import MAX_ACTIVE_TASK_LEASES
 from engine.secrets import SecretStore
 from engine.settings import Settings
+from engine.daemons.service import DaemonService
 from engine.souls.service import SoulService
 from engine.store import open_store
 from engine.tasks.service import TaskService
@@ -62,6 +63,7 @@ class Engine:
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups,
                                    pool=self.pool)
         self.souls = SoulService(self.store, self.clock, settings)
+        self.daemons = DaemonService(self.store, self.clock, settings)
         self.tasks = TaskService(self.store, self.clock, settings, max_active_leases=MAX_ACTIVE_TASK_LEASES,
                                  quotas=self.quotas, masks=self.masks)
         self.channels = ChannelService(self.store, self.clock, settings, self.quotas, self.masks)
@@ -82,6 +84,7 @@ class Engine:
         next starts), and stop them all on the way out."""
         async with self.store, anyio.create_task_group() as tg:
             await tg.start(self.store.serve)
+            await tg.start(self.daemons.serve)  # recorded before it resumes the runs it started
             if self.egress is not None:  # before runs resume: they need its address
                 await tg.start(self.egress.serve, self.gateway)
             await tg.start(self.runs.serve)

@@ -67,6 +67,8 @@ class DeviceStatus(StrEnum):
     running = "running"
     stopped = "stopped"
     missing = "missing"
+    remote = "remote"
+    """Held by another daemon sharing the database: only that daemon's Docker engine has its container."""
 
 
 def _secret_name(v: str) -> str:

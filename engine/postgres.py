@@ -4,8 +4,9 @@ The same `Store` and `Tx`, the same areas' repositories and the same named SQL a
 connections here take SQLite's words and say them in PostgreSQL's (`engine.dialect`), and give rows
 that read like sqlite3's (by position and by name). What differs is underneath:
 
-- one writer connection per daemon, its transactions serialized in the daemon as on SQLite; the
-  database serializes the daemons (row locks, and the compare-and-set in each UPDATE's WHERE);
+- one writer connection per daemon, its transactions serialized in the daemon as on SQLite, and
+  across daemons by one advisory lock each transaction holds: the same one-writer semantics as
+  SQLite's, which every area's read-then-write relies on (measured in bench/task_queue.py);
 - the topics a transaction touched are NOTIFYed in it, so they reach the other daemons when it
   commits; each daemon LISTENs and wakes its own waiters (a hint: every waiter looks again, bounded);
 - migrations are recorded in `schema_migrations`, applied under an advisory lock (two daemons
@@ -38,6 +39,8 @@ NOTIFY_BYTES = 7_000
 """Under PostgreSQL's 8,000-byte payload limit: more topics go in several notifications."""
 MIGRATION_LOCK = 0x61676E74
 """The advisory lock that serializes migrations between daemons."""
+WRITE_LOCK = 0x61676E75
+"""The advisory lock every write transaction holds until it ends."""
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -138,7 +141,11 @@ class PgConnection:
         await self.raw.execute(script.encode())  # type: ignore[arg-type]  # bytes: no parameters in it
 
     async def begin(self) -> None:
+        """BEGIN, then wait for the one write lock every daemon takes: transactions are serialized
+        across daemons as SQLite serializes writers, so what an area reads in a transaction still holds
+        when it writes (a group's free slots, a budget, a quota) without each area locking its rows."""
         await self.raw.execute("BEGIN")
+        await self.raw.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
 
     async def commit(self) -> None:
         await self.raw.execute("COMMIT")
@@ -168,6 +175,7 @@ class PostgresStore(Store):
     def __init__(self, url: str, notifier: topics.Topics | None = None) -> None:
         super().__init__(path=None, notifier=notifier)  # type: ignore[arg-type]
         self.url = url
+        self.shared = True
         self.origin = secrets.token_hex(6)
         """Names this store's notifications, so it does not wake its own waiters twice."""
         self._listener: PgConnection | None = None

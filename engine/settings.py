@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     """A PostgreSQL database (`postgresql://user@host/db`, or `postgresql:///db?host=/socket/dir`) shared by
     several daemons, each with its own home and Docker engine. Unset: the home's SQLite file."""
 
+    daemon_heartbeat_seconds: float = Field(default=2.0, gt=0, le=60)
+    """How often a daemon records that it is alive (and the leader looks for daemons that stopped)."""
+    daemon_lost_after_seconds: float = Field(default=15.0, gt=0, le=3600)
+    """How long a daemon sharing the database may stay silent before the leader settles its running runs
+    `process_lost` (its groups retry those entries elsewhere); also the leader's lease."""
+
     @classmethod
     def load(cls, **overrides: object) -> Settings:
         """Settings from the environment (and flags), a bad value refused as a diagnostic naming

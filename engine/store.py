@@ -14,7 +14,7 @@ Reads, which may carry a run's whole output, stay on the reader's own thread (ai
 
 This module is the core: the connections, the transaction, migrations, events and their streams, and
 the one compare-and-set. Each area keeps its SQL and operations in its package's `repository` module
-(runs, devices, sessions, souls, tasks, channels, profiles, groups, quotas, approvals), mixed into `Tx`
+(runs, devices, sessions, souls, tasks, channels, profiles, groups, quotas, approvals, daemons), mixed into `Tx`
 and `Store` here.
 """
 
@@ -35,6 +35,7 @@ import anyio
 from engine import errors, topics
 from engine.approvals import repository as approvals
 from engine.channels import repository as channels
+from engine.daemons import repository as daemons
 from engine.devices import repository as devices
 from engine.groups import repository as groups
 from engine.profiles import repository as profiles
@@ -76,7 +77,7 @@ SQL = {
 }
 
 
-AREAS = (runs, devices, sessions, souls, groups, tasks, channels, profiles, quotas, approvals)
+AREAS = (runs, devices, sessions, souls, groups, tasks, channels, profiles, quotas, approvals, daemons)
 for _area in AREAS:
     assert not set(_area.SQL) & set(SQL), f"{_area.__name__} names a query another area names"
     SQL.update(_area.SQL)
@@ -165,7 +166,8 @@ class InlineConnection:
 
 
 class Tx(runs.RunWrites, devices.DeviceWrites, sessions.SessionWrites, souls.SoulWrites, groups.GroupWrites,
-         tasks.TaskWrites, channels.ChannelWrites, profiles.ProfileWrites, quotas.QuotaWrites, approvals.ApprovalWrites):
+         tasks.TaskWrites, channels.ChannelWrites, profiles.ProfileWrites, quotas.QuotaWrites, approvals.ApprovalWrites,
+         daemons.DaemonWrites):
     """One open write transaction; `touched` are the topics to wake once it commits."""
 
     def __init__(self, conn: Any, now: datetime) -> None:
@@ -253,7 +255,8 @@ class Tx(runs.RunWrites, devices.DeviceWrites, sessions.SessionWrites, souls.Sou
 
 
 class Store(runs.RunReads, devices.DeviceReads, sessions.SessionReads, souls.SoulReads, groups.GroupReads,
-            tasks.TaskReads, channels.ChannelReads, profiles.ProfileReads, quotas.QuotaReads, approvals.ApprovalReads):
+            tasks.TaskReads, channels.ChannelReads, profiles.ProfileReads, quotas.QuotaReads, approvals.ApprovalReads,
+            daemons.DaemonReads):
     def __init__(self, path: Path, notifier: topics.Topics | None = None) -> None:
         self.path = path
         self.topics = notifier or topics.Topics()
@@ -262,6 +265,8 @@ class Store(runs.RunReads, devices.DeviceReads, sessions.SessionReads, souls.Sou
         self._lock = anyio.Lock(fast_acquire=True)
         self.commits = 0
         """Write transactions committed since this store was opened."""
+        self.shared = False
+        """Whether other daemons share this database (PostgreSQL): their commits reach this one's waiters."""
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -113,6 +113,8 @@ class DeviceRow(Row):
     updated_at: datetime
     pool: str | None = None
     """The pool (a `Shape.key`) a pooled device was started for: ready while `run_id` is None."""
+    daemon_id: str | None = None
+    """The daemon whose Docker engine holds it (None: made before daemons were recorded)."""
 
     def record(self, status: models.DeviceStatus) -> Device:
         return Device(

@@ -30,6 +30,7 @@ from anyio.abc import TaskGroup
 
 from engine import errors, models, topics
 from engine.callers import ROOT
+from engine.daemons.identity import identity
 from engine.devices.service import SIZES
 from engine.ports import Clock, DeviceSpec, SandboxBackend
 from engine.devices.models import Shape
@@ -54,6 +55,7 @@ class Pool:
         self.store = store
         self.backend = backend
         self.clock = clock
+        self.daemon_id = identity(settings.home)
         self.size = settings.pool_size
         self.cap = settings.max_active_runs
         self.idle_seconds = settings.pool_shape_idle_seconds
@@ -152,7 +154,7 @@ class Pool:
             while (len(self._ready.get(shape, ())) + self._starting.get(shape, 0) < self.size
                    and self.active() + self.held < self.cap
                    and self._retry_at.get(shape, 0.0) <= self.clock.monotonic()):
-                if await self.store.queued_runs(1):
+                if await self.store.queued_runs(1, self.daemon_id):
                     return None  # admission first: its commit wakes this service again
                 settling = self._claimed_at + REFILL_DELAY_SECONDS - self.clock.monotonic()
                 if settling > 0:
@@ -181,7 +183,8 @@ class Pool:
                         "memory_mb": shape.memory_mb, "pids_limit": shape.pids_limit,
                         "workspace_mb": shape.workspace_mb, "tmp_mb": shape.tmp_mb, "network": False, "env": {},
                         "metadata": {}, "ephemeral": True, "run_id": None, "pool": shape.key,
-                        "created_by": ROOT.session_id, "created_at": now, "updated_at": now})
+                        "created_by": ROOT.session_id, "created_at": now, "updated_at": now,
+                        "daemon_id": self.daemon_id})
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await self.backend.remove(device_id)

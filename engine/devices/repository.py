@@ -10,9 +10,9 @@ from engine.sqlvalues import Connected, Reading, encode
 SQL = {
     "device_insert": (
         "INSERT INTO devices (id, kind, name, image, cpus, memory_mb, pids_limit, workspace_mb, tmp_mb, network, "
-        "env, metadata, ephemeral, run_id, created_at, updated_at, created_by, pool) "
+        "env, metadata, ephemeral, run_id, created_at, updated_at, created_by, pool, daemon_id) "
         "VALUES (:id, :kind, :name, :image, :cpus, :memory_mb, :pids_limit, :workspace_mb, :tmp_mb, :network, "
-        ":env, :metadata, :ephemeral, :run_id, :created_at, :updated_at, :created_by, :pool)"
+        ":env, :metadata, :ephemeral, :run_id, :created_at, :updated_at, :created_by, :pool, :daemon_id)"
     ),
     "device_claim": (
         "UPDATE devices SET run_id = :run_id, created_by = :created_by, updated_at = :now "
@@ -24,6 +24,7 @@ SQL = {
         "SELECT * FROM devices WHERE deleted_at IS NULL AND ephemeral = 0 AND created_by = ? ORDER BY created_at, id"
     ),
     "device_list_live": "SELECT * FROM devices WHERE deleted_at IS NULL",
+    "device_own": "UPDATE devices SET daemon_id = :daemon_id, updated_at = :now WHERE id = :id",
     "device_delete": "UPDATE devices SET deleted_at = :now, updated_at = :now WHERE id = :id AND deleted_at IS NULL",
 }
 
@@ -32,7 +33,11 @@ class DeviceWrites(Connected):
     """Devices in a write transaction (`store.Tx`)."""
 
     async def insert_device(self, row: dict[str, Any]) -> None:
-        await self.conn.execute(SQL["device_insert"], encode({"pool": None, **row}))
+        await self.conn.execute(SQL["device_insert"], encode({"pool": None, "daemon_id": None, **row}))
+
+    async def own_device(self, device_id: str, daemon_id: str) -> None:
+        """Record the daemon whose Docker engine makes (an ephemeral run's) device."""
+        await self.conn.execute(SQL["device_own"], {"id": device_id, "daemon_id": daemon_id, "now": self.stamp})
 
     async def claim_device(self, device_id: str, run_id: str, created_by: str) -> bool:
         """Compare-and-set: give a ready pooled device to a run (counted from now on as its creator's);

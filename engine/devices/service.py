@@ -10,6 +10,7 @@ import anyio
 
 from engine import authority, errors, ids, masking, models
 from engine.devices import models as dm
+from engine.daemons.identity import identity
 from engine.approvals import models as approval_models
 from engine.approvals.service import ApprovalService
 from engine.callers import ROOT, Caller
@@ -41,6 +42,7 @@ class DeviceService:
         self.backend = backend
         self.clock = clock
         self.settings = settings
+        self.daemon_id = identity(settings.home)
         self._repairing: dict[str, anyio.Lock] = {}
 
     def bounded_spec(self, caller: Caller, req: dm.DeviceCreate, *, asked: frozenset[str] = frozenset(),
@@ -92,7 +94,7 @@ class DeviceService:
             "memory_mb": spec.memory_mb, "pids_limit": spec.pids_limit, "workspace_mb": spec.workspace_mb,
             "tmp_mb": spec.tmp_mb, "network": spec.network,
             "env": spec.env, "metadata": req.metadata, "ephemeral": spec.ephemeral, "run_id": spec.run_id,
-            "created_at": now, "updated_at": now,
+            "created_at": now, "updated_at": now, "daemon_id": self.daemon_id,
         }
 
     async def check_room(self, caller: Caller, *, extra: int = 1, tx: Any = None) -> None:
@@ -175,9 +177,19 @@ class DeviceService:
             **{k: getattr(req, k) or limits.get(k) for k in authority.RESOURCES},
             "network": req.network if "network" in given else bool(governing.get("network"))})
 
+    def here(self, row: dm.DeviceRow) -> bool:
+        """Whether this daemon's Docker engine holds the device (always, on one SQLite file)."""
+        return row.daemon_id is None or row.daemon_id == self.daemon_id
+
+    def _require_here(self, device: dm.Device) -> None:
+        if device.status is models.DeviceStatus.remote:
+            raise errors.Conflict(
+                f"{device.id} is held by another daemon sharing this database; only that daemon can change it",
+                evidence={"sandbox_id": device.id}, suggested_command="agentdock daemon status")
+
     async def restart(self, caller: Caller, device_id: str) -> None:
         """Start a device that stopped (its main process was ended under it); its files are kept."""
-        await self.get(caller, device_id)
+        self._require_here(await self.get(caller, device_id))
         await self.backend.start(device_id)
 
     async def get(self, caller: Caller, device_id: str) -> dm.Device:
@@ -186,6 +198,8 @@ class DeviceService:
         row = await self.store.device(device_id)
         if row is None or not caller.sees(row.created_by):
             raise errors.NotFound("sandbox", device_id)
+        if not self.here(row):
+            return row.record(models.DeviceStatus.remote)
         state = await self.backend.inspect(device_id)
         status = models.DeviceStatus.missing if state is None else (
             models.DeviceStatus.running if state.running else models.DeviceStatus.stopped)
@@ -197,7 +211,7 @@ class DeviceService:
         out = []
         for row in await self.store.devices(created_by=None if caller.is_root else caller.session_id):
             s = live.get(row.id)
-            status = models.DeviceStatus.missing if s is None else (
+            status = models.DeviceStatus.remote if not self.here(row) else models.DeviceStatus.missing if s is None else (
                 models.DeviceStatus.running if s.running else models.DeviceStatus.stopped)
             out.append(row.record(status))
         return dm.DeviceList(data=out)
@@ -205,6 +219,7 @@ class DeviceService:
     async def delete(self, caller: Caller, device_id: str) -> dm.Device:
         caller.require("devices", "sandbox_delete")
         device = await self.get(caller, device_id)
+        self._require_here(device)
         if device.ephemeral and device.run_id is None:
             raise errors.InvalidTransition(
                 f"{device_id} is a pooled sandbox kept ready for runs without a target; the daemon removes it "

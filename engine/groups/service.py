@@ -84,10 +84,14 @@ class GroupService:
         req = masking.masked(await self.masks.masker(caller), req, text=("name",), json=("metadata",),
                              ids=("workspace_id", "project_id", "idempotency_key"))
         cap = self.settings.max_active_runs
+        daemons = 1
+        if self.store.shared:  # several daemons on one database: their caps together
+            daemons = max(1, sum(1 for d in await self.store.daemons() if d.lost_at is None))
         limit = req.concurrency_limit if req.concurrency_limit is not None else min(gm.DEFAULT_CONCURRENCY, cap)
-        if limit > cap:
-            raise errors.InvalidInput("concurrency_limit", f"must be between 1 and {cap}, the daemon's cap on active "
-                                      "runs (AGENTDOCK_MAX_ACTIVE_RUNS)", evidence={"limit": cap})
+        if limit > cap * daemons:
+            whose = "the daemon's cap" if daemons == 1 else f"the {daemons} daemons' caps together"
+            raise errors.InvalidInput("concurrency_limit", f"must be between 1 and {cap * daemons}, {whose} on "
+                                      "active runs (AGENTDOCK_MAX_ACTIVE_RUNS)", evidence={"limit": cap * daemons})
         fingerprint = _hash(json.dumps({**req.model_dump(mode="json", exclude={"idempotency_key"}),
                                         "concurrency_limit": limit}, sort_keys=True))
         if req.idempotency_key:

@@ -360,6 +360,8 @@ class RunRow(Row):
     created_at: datetime
     updated_at: datetime
     created_by: str
+    daemon_id: str | None = None
+    """The daemon that started it (None: not started, or started before daemons were recorded)."""
     output_omitted: bool = False
     """Read in a list past its byte budget: output and stderr were not read."""
 

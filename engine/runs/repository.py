@@ -27,7 +27,7 @@ RUN_COLUMNS = (
     "agent_run_group_id, "
     "orchestration_role, parent_agent_run_id, profile_id, profile_snapshot, workspace_id, idempotency_key, "
     "request_hash, started_at, "
-    "finished_at, created_at, updated_at, created_by"
+    "finished_at, created_at, updated_at, created_by, daemon_id"
 )
 
 # A run list weighs each run of its page by its output and stderr (what can be a MiB each) and carries
@@ -52,7 +52,7 @@ assert _LISTED != RUN_COLUMNS and _SUMMARY != RUN_COLUMNS
 # Columns a run update may set (a guard against building SQL from arbitrary keys).
 RUN_UPDATABLE = frozenset(
     "status output stderr output_truncated stderr_truncated stdout_offset stderr_offset exit_code "
-    "failure_kind error cancel_requested started_at finished_at target_id pids_peak memory_peak_bytes".split()
+    "failure_kind error cancel_requested started_at finished_at target_id pids_peak memory_peak_bytes daemon_id".split()
 )
 
 class Queued(NamedTuple):
@@ -64,6 +64,7 @@ class Queued(NamedTuple):
     created_by: str = "ses_root"
     shape: Shape | None = None
     """The shape of its ephemeral sandbox when a pooled device could serve it (no network)."""
+    ephemeral: bool = False
 
 def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
     """`items` in pieces small enough for one `IN (...)` each."""
@@ -80,18 +81,25 @@ SQL = {
     ),
     "run_get": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE id = ?",
     "run_grant": "SELECT status, secrets, agent_run_group_id FROM agent_runs WHERE id = ?",
+    "run_cancel_state": "SELECT status, cancel_requested, daemon_id FROM agent_runs WHERE id = ?",
     "run_model_usage": (
         "UPDATE agent_runs SET model_requests = model_requests + 1, input_tokens = input_tokens + :input_tokens, "
         "output_tokens = output_tokens + :output_tokens, updated_at = :now WHERE id = :id"
     ),
     "run_by_idempotency_key": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE created_by = ? AND idempotency_key = ?",
-    "runs_unfinished": f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE status IN ('queued', 'running') ORDER BY rowid",
+    # A daemon resumes the runs it started (NULL: started before daemons were recorded, by the one daemon
+    # of a SQLite file).
+    "runs_unfinished": (
+        f"SELECT {RUN_COLUMNS} FROM agent_runs WHERE status IN ('queued', 'running') "
+        "AND (daemon_id IS NULL OR daemon_id = ?) ORDER BY rowid"
+    ),
     "runs_queued": (
-        "SELECT r.id, r.target_id, r.agent_run_group_id, r.created_by, d.image, d.cpus, d.memory_mb, d.pids_limit, "
+        "SELECT r.id, r.target_id, r.agent_run_group_id, r.created_by, r.ephemeral, d.image, d.cpus, d.memory_mb, d.pids_limit, "
         "d.workspace_mb, d.tmp_mb "
         "FROM agent_runs r LEFT JOIN devices d ON r.ephemeral = 1 AND d.id = r.target_id AND d.deleted_at IS NULL "
         "AND d.kind = 'sandbox' AND d.network = 0 AND d.pool IS NULL "
-        "WHERE r.status = 'queued' ORDER BY r.rowid LIMIT ?"
+        "WHERE r.status = 'queued' AND (r.ephemeral = 1 OR EXISTS (SELECT 1 FROM devices o WHERE o.id = r.target_id "
+        "AND (o.daemon_id IS NULL OR o.daemon_id = :me))) ORDER BY r.rowid LIMIT :limit"
     ),
     "runs_active_on_target": "SELECT id FROM agent_runs WHERE target_id = ? AND status IN ('queued', 'running')",
     "chunk_insert": (
@@ -179,19 +187,26 @@ class RunReads(Reading):
             return None
         return models.RunStatus(row["status"]), json.loads(row["secrets"] or "[]"), row["agent_run_group_id"]
 
+    async def run_cancel_state(self, run_id: str) -> tuple[str, bool, str | None] | None:
+        """A run's status, whether a cancel was asked, and the daemon that started it (a light read)."""
+        row = await self._one(SQL["run_cancel_state"], (run_id,))
+        return (row["status"], row["cancel_requested"] is not None, row["daemon_id"]) if row else None
+
     async def run_by_idempotency_key(self, created_by: str, key: str) -> RunRow | None:
         row = await self._one(SQL["run_by_idempotency_key"], (created_by, key))
         return RunRow.model_validate(row) if row else None
 
-    async def unfinished_runs(self) -> list[RunRow]:
-        return [RunRow.model_validate(r) for r in await self._all(SQL["runs_unfinished"])]
+    async def unfinished_runs(self, daemon_id: str) -> list[RunRow]:
+        """The runs not yet ended that this daemon started, and those queued."""
+        return [RunRow.model_validate(r) for r in await self._all(SQL["runs_unfinished"], (daemon_id,))]
 
-    async def queued_runs(self, limit: int) -> list[Queued]:
-        """The oldest queued runs, in the order they were created."""
+    async def queued_runs(self, limit: int, daemon_id: str) -> list[Queued]:
+        """The oldest queued runs this daemon can start (an ephemeral one anywhere; one in an existing
+        device only where that device is), in the order they were created."""
         return [Queued(r["id"], r["target_id"], r["agent_run_group_id"], r["created_by"],
                        Shape(r["image"], r["cpus"], r["memory_mb"], r["pids_limit"], r["workspace_mb"], r["tmp_mb"])
-                       if r["image"] and r["workspace_mb"] else None)
-                for r in await self._all(SQL["runs_queued"], (limit,))]
+                       if r["image"] and r["workspace_mb"] else None, bool(r["ephemeral"]))
+                for r in await self._all(SQL["runs_queued"], {"limit": limit, "me": daemon_id})]
 
     async def active_runs_on(self, target_id: str) -> list[str]:
         return [r["id"] for r in await self._all(SQL["runs_active_on_target"], (target_id,))]

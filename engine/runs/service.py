@@ -17,6 +17,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from engine import authority, errors, ids, masking, models, topics
+from engine.daemons.identity import identity
 from engine.devices import models as dm
 from engine.runs import models as rm
 from engine.callers import ROOT, Caller
@@ -65,6 +66,7 @@ class RunService:
         self.harnesses = harnesses
         self.clock = clock
         self.settings = settings
+        self.daemon_id = identity(settings.home)
         self._tg: TaskGroup | None = None
         self._cancel: dict[str, anyio.Event] = {}
         self._supervised: set[str] = set()
@@ -92,7 +94,7 @@ class RunService:
         for state in await self.backend.list_owned():
             if state.paused:  # frozen (by a sweep of an earlier version the daemon did not live to finish)
                 await self.devices.repair(state.device_id)
-        unfinished = {r.id: r for r in await self.store.unfinished_runs()}
+        unfinished = {r.id: r for r in await self.store.unfinished_runs(self.daemon_id)}
         for run in unfinished.values():
             if run.status is models.RunStatus.running:
                 self._resumed.add(run.id)
@@ -108,7 +110,8 @@ class RunService:
                 await self.backend.remove(state.device_id)
                 async with self.store.write(self.clock.now()) as tx:
                     await tx.delete_device(state.device_id)
-        idle = [r.id for r in rows.values() if r.pool is not None and r.run_id not in unfinished]
+        idle = [r.id for r in rows.values() if r.pool is not None and r.run_id not in unfinished
+                and r.daemon_id in (None, self.daemon_id)]
         if idle:
             async with self.store.write(self.clock.now()) as tx:
                 for device_id in idle:
@@ -137,9 +140,13 @@ class RunService:
                                   settings=self.settings, cancel=cancel, secrets=self.secrets,
                                   gateway=self.gateway, resumed=run_id in self._resumed)
         self._resumed.discard(run_id)
+        heeding = anyio.CancelScope()
+        if self.store.shared and self._tg is not None:
+            self._tg.start_soon(self._heed_cancel, run_id, cancel, heeding)
         try:
             await supervision.run()
         finally:
+            heeding.cancel()
             self._supervised.discard(run_id)
             self._cancel.pop(run_id, None)
             self.store.topics.publish([topics.ADMISSION, topics.run(run_id)])  # a slot is free
@@ -267,7 +274,8 @@ class RunService:
                                    else "target_id")
             if device.status == models.DeviceStatus.stopped:
                 await self.devices.restart(caller, target_id)  # it stopped under an earlier run: its files are intact
-            elif device.status != models.DeviceStatus.running:
+            elif device.status not in (models.DeviceStatus.running, models.DeviceStatus.remote):  # remote: its
+                # daemon starts it, or ends it `sandbox_lost` if the device is gone by then
                 raise errors.Conflict(
                     f"{target_id} is {device.status.value}; runs need a running device",
                     suggested_command="agentdock sandbox create",
@@ -372,6 +380,20 @@ class RunService:
             return await self.get(caller, run_id)
         return await self.wait(caller, run_id, self.settings.cancel_grace_seconds + 10)
 
+    async def _heed_cancel(self, run_id: str, cancel: anyio.Event, scope: anyio.CancelScope) -> None:
+        """A cancel asked through another daemon reaches the one running the run as a commit on the run's
+        topic (NOTIFY): pass it to the supervisor."""
+        with scope:
+            while True:
+                changed = self.store.topics.watch(topics.run(run_id))
+                state = await self.store.run_cancel_state(run_id)
+                if state is None or state[0] in {s.value for s in TERMINAL}:
+                    return
+                if state[1]:
+                    cancel.set()
+                    return
+                await changed.wait()
+
     async def request_cancel(self, run_id: str) -> bool:
         """Ask a run to stop without waiting: a queued one ends `canceled` now (False), a started one
         is told to end (True) and settles once its process is gone."""
@@ -381,6 +403,9 @@ class RunService:
         async with self.store.write(now) as tx:
             if not await tx.transition_run(run_id, [models.RunStatus.running], cancel_requested=now):
                 return False  # it ended meanwhile
+        state = await self.store.run_cancel_state(run_id)
+        if state is not None and state[2] not in (None, self.daemon_id):
+            return True  # started by another daemon: it sees the request when this commit reaches it
         self._cancel.setdefault(run_id, anyio.Event()).set()
         if not self.supervised(run_id):
             self.start(run_id)  # a started run whose supervisor is gone (it will see the request)

@@ -323,7 +323,7 @@ class PooledRunLifecycle(RunLifecycle):
     def one_sandbox_to_one_run(self) -> None:
         if getattr(self, "engine", None) is None:
             return
-        unfinished = [r for r in self.portal.call(self.store.unfinished_runs) if r.ephemeral]
+        unfinished = [r for r in self.portal.call(self.store.unfinished_runs, self.engine.runs.daemon_id) if r.ephemeral]
         assert len({r.target_id for r in unfinished}) == len(unfinished)
         for run in unfinished:
             device = self.portal.call(self.store.device, run.target_id)

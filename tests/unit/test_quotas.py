@@ -277,7 +277,9 @@ async def test_migrating_counts_what_trees_and_workspaces_wrote_before_from_the_
                           "bytes INTEGER NOT NULL) WITHOUT ROWID; ALTER TABLE tasks DROP COLUMN body_bytes; "
                           "ALTER TABLE agent_runs DROP COLUMN model_requests; "  # 0017
                           "ALTER TABLE agent_runs DROP COLUMN input_tokens; ALTER TABLE agent_runs DROP COLUMN output_tokens; "
-                          "ALTER TABLE devices DROP COLUMN workspace_mb; ALTER TABLE devices DROP COLUMN tmp_mb;")  # 0018
+                          "ALTER TABLE devices DROP COLUMN workspace_mb; ALTER TABLE devices DROP COLUMN tmp_mb; "  # 0018
+                          "DROP TABLE daemons; DROP TABLE leases; DROP INDEX agent_runs_live_by_daemon; "  # 0019
+                          "ALTER TABLE agent_runs DROP COLUMN daemon_id; ALTER TABLE devices DROP COLUMN daemon_id;")
         for sid, parent, ws in (("ses_a", "ses_root", "w1"), ("ses_a1", "ses_a", "w1"), ("ses_b", "ses_root", "w1")):
             raw.execute("INSERT INTO sessions (id, agent_name, token_hash, status, parent_session_id, root_session_id, "
                         "spawn_depth, auto_stop_on_parent, permissions, spawn_budget, ttl_expires_at, workspace_id, "
