@@ -7,9 +7,15 @@ IMAGES := agentdock-small:latest agentdock-full:latest agentdock-full-base:lates
 setup:
 	bash scripts/setup.sh
 
-# pytest exits 5 when it collected no tests: that is a failure too.
+# pytest exits 5 when it collected no tests: that is a failure too. The whole suite runs on SQLite
+# (the default store), then the engine's suite (tests/unit: every service on the fake backend) again on
+# PostgreSQL, in a throwaway cluster the tests start (tests/pgcluster.py).
 test: setup
 	@rc=0; $(PY) -m pytest -q || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
+	if [ $$rc -ne 0 ]; then exit $$rc; fi; \
+	echo "make test: tests/unit again on PostgreSQL (AGENTDOCK_TEST_STORE=postgres)"; \
+	AGENTDOCK_TEST_STORE=postgres $(PY) -m pytest -q tests/unit || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	exit $$rc
 

@@ -1,7 +1,9 @@
-"""Engine throughput: 1,000 runs created at once on the shipped fake backend and real SQLite, under
-daemon-wide caps of 10 and 100. Prints runs finished per second, event appends per second,
-create-to-start latency p50/p99 and peak memory, next to SQLite's own commit rate measured in the
-same run, so the ratio shows how much of the store's ceiling the engine uses. Never pass/fail.
+"""Engine throughput: 1,000 runs created at once on the shipped fake backend, under daemon-wide caps of
+10 and 100, on both stores side by side (the home's SQLite file; PostgreSQL in a throwaway cluster, also
+with the runs spread over three engines sharing the database). Prints runs finished per second, event
+appends per second, create-to-start latency p50/p99 and peak memory, next to the store's own commit
+rate measured in the same run, so the ratio shows how much of its ceiling the engine uses. Never
+pass/fail.
 
 Aim (issue "Engine core"): at least 500 runs a second, create-to-start p99 under 50 ms when a slot
 is free.
@@ -15,7 +17,9 @@ import sqlite3
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import Any
 
 import anyio
 
@@ -24,6 +28,7 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import sizing  # noqa: E402
+from bench.stores import stores  # noqa: E402
 from engine import models, topics  # noqa: E402
 from engine.runs import models as rm
 from engine.app import Engine  # noqa: E402
@@ -61,9 +66,8 @@ def sqlite_commit_rate(path: Path, n: int = 5000) -> float:
         db.close()
 
 
-async def burst(cap: int, home: Path) -> dict[str, float]:
-    settings = Settings(home=home, image="fake:latest", max_active_runs=cap, flush_interval_seconds=0.05)
-    backend = FakeBackend()
+async def burst(cap: int, home: Path, daemons: int = 1, **store: Any) -> dict[str, float]:
+    """N_RUNS created at once through the first of `daemons` engines sharing one store, each under `cap`."""
     stalls: list[float] = []
 
     done = anyio.Event()
@@ -75,10 +79,14 @@ async def burst(cap: int, home: Path) -> dict[str, float]:
             await anyio.sleep(0.001)
             stalls.append((time.perf_counter() - t - 0.001) * 1000)
 
-    async with Engine(settings, backend=backend, harnesses=harness.get).running() as engine, \
-            anyio.create_task_group() as watch:
+    async with AsyncExitStack() as stack:
+        engines = [await stack.enter_async_context(Engine(
+            Settings(home=home / f"d{d}", image="fake:latest", max_active_runs=cap, flush_interval_seconds=0.05,
+                     **store), backend=FakeBackend(), harnesses=harness.get).running()) for d in range(daemons)]
+        engine = engines[0]
+        watch = await stack.enter_async_context(anyio.create_task_group())
         watch.start_soon(loop_watch)
-        commits_before = engine.store.commits
+        commits_before = sum(e.store.commits for e in engines)
         start = time.perf_counter()
         runs: list[rm.Run] = []
 
@@ -95,7 +103,7 @@ async def burst(cap: int, home: Path) -> dict[str, float]:
             for run in runs:  # wait for each on its topic (no polling)
                 await engine.runs.wait(ROOT, run.id, 600)
         finished = time.perf_counter()
-        commits = engine.store.commits - commits_before
+        commits = sum(e.store.commits for e in engines) - commits_before
         done.set()
         rows = [await engine.store.run(r.id) for r in runs]
         events = 0
@@ -117,9 +125,9 @@ async def burst(cap: int, home: Path) -> dict[str, float]:
     }
 
 
-async def free_slot_latency(home: Path, n: int = N_ONE_AT_A_TIME) -> list[float]:
+async def free_slot_latency(home: Path, n: int = N_ONE_AT_A_TIME, **store: Any) -> list[float]:
     """Create-to-start of runs created one at a time while slots are free (ms, from the records)."""
-    settings = Settings(home=home, image="fake:latest", max_active_runs=10)
+    settings = Settings(home=home, image="fake:latest", max_active_runs=10, **store)
     async with Engine(settings, backend=FakeBackend(), harnesses=harness.get).running() as engine:
         out = []
         for _ in range(n):
@@ -131,23 +139,27 @@ async def free_slot_latency(home: Path, n: int = N_ONE_AT_A_TIME) -> list[float]
 
 
 async def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="ad-bench-") as tmp:
-        commits = sqlite_commit_rate(Path(tmp) / "raw.sqlite")
-        print(f"engine throughput: {N_RUNS} runs created at once, fake backend, real SQLite")
-        print(f"  SQLite alone: {commits:,.0f} commits/s (one-row transactions, WAL, synchronous=NORMAL)")
-        for cap in CAPS:
-            r = await burst(cap, Path(tmp) / f"cap{cap}")
-            print(f"  cap {cap:>4}: {r['runs_per_s']:7.0f} runs/s finished   {r['events_per_s']:7.0f} events/s "
-                  f"({r['events']} events)   creates {r['create_per_s']:6.0f}/s")
-            print(f"             create-to-start in the burst: first {cap} p50 {r['start_p50']:6.1f} ms  p99 "
-                  f"{r['start_p99']:6.1f} ms;  all p50 {r['queued_p50']:7.0f} ms  p99 {r['queued_p99']:7.0f} ms")
-            print(f"             {r['commits_per_run']:.1f} write transactions per run; the engine commits "
-                  f"{r['runs_per_s'] * r['commits_per_run']:,.0f}/s, {r['runs_per_s'] * r['commits_per_run'] / commits:.1%} "
-                  f"of SQLite's ceiling")
-            print(f"             event loop held by one step: p99 {r['stall_p99']:.1f} ms, longest {r['stall_max']:.1f} ms")
-        lat = await free_slot_latency(Path(tmp) / "free")
-        print(f"  create-to-start, one run at a time with a slot free: p50 {pct(lat, 50):.1f} ms  "
-              f"p99 {pct(lat, 99):.1f} ms")
+    with tempfile.TemporaryDirectory(prefix="ad-bench-") as tmp, stores() as kinds:
+        print(f"engine throughput: {N_RUNS} runs created at once, fake backend")
+        for kind in kinds:
+            commits = kind.ceiling(Path(tmp))
+            print(f"  {kind.name} alone: {commits:,.0f} commits/s (one-row transactions)")
+            rows = [(cap, 1) for cap in CAPS] + ([(CAPS[-1], 3)] if kind.name == "PostgreSQL" else [])
+            for cap, daemons in rows:
+                r = await burst(cap, Path(tmp) / f"{kind.name}-cap{cap}-d{daemons}", daemons, **kind.fresh())
+                where = "" if daemons == 1 else f" each, {daemons} engines"
+                print(f"  cap {cap:>4}{where}: {r['runs_per_s']:7.0f} runs/s finished   {r['events_per_s']:7.0f} "
+                      f"events/s ({r['events']} events)   creates {r['create_per_s']:6.0f}/s")
+                print(f"             create-to-start in the burst: first {cap} p50 {r['start_p50']:6.1f} ms  p99 "
+                      f"{r['start_p99']:6.1f} ms;  all p50 {r['queued_p50']:7.0f} ms  p99 {r['queued_p99']:7.0f} ms")
+                print(f"             {r['commits_per_run']:.1f} write transactions per run; the engine commits "
+                      f"{r['runs_per_s'] * r['commits_per_run']:,.0f}/s, "
+                      f"{r['runs_per_s'] * r['commits_per_run'] / commits:.1%} of {kind.name}'s ceiling")
+                print(f"             event loop held by one step: p99 {r['stall_p99']:.1f} ms, longest "
+                      f"{r['stall_max']:.1f} ms")
+            lat = await free_slot_latency(Path(tmp) / f"{kind.name}-free", **kind.fresh())
+            print(f"  create-to-start, one run at a time with a slot free: p50 {pct(lat, 50):.1f} ms  "
+                  f"p99 {pct(lat, 99):.1f} ms")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"  peak memory (max RSS of this process): {peak:.0f} MiB")
         print("  aim: >= 500 runs/s; create-to-start p99 < 50 ms when a slot is free")

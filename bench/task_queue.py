@@ -1,14 +1,17 @@
-"""Task queue throughput and channel wake-up latency on the embedded store (engine in-process, the
-shipped fake backend, real SQLite). Prints; never pass/fail.
+"""Task queue throughput and channel wake-up latency (engine in-process, the shipped fake backend) on
+both stores side by side: the home's SQLite file and PostgreSQL (a throwaway cluster). Prints; never
+pass/fail.
 
 - claim+complete pairs a second with 1, 4 and 16 concurrent workers (each a spawned session), next to
-  SQLite's own commit rate measured in the same run. Tasks are queued beforehand; each worker claims
-  the next one and completes it until the queue is empty.
+  the store's own commit rate measured in the same run. Tasks are queued beforehand; each worker claims
+  the next one and completes it until the queue is empty. On PostgreSQL also with the 16 workers split
+  over three engines sharing the database (three daemons, here in one process).
 - channel wake-up: 1 and 8 sessions wait in `channel_recv(wait=true)`; the time from the start of a
   `channel_send` to each waiting receiver holding the message (the send's commit wakes them through
   the topic notifier), next to a bare anyio.Event set-to-wake measured the same way.
 
-Aim (issue 9): at least 2,000 pairs a second; wake-up p99 under 20 ms.
+Aim (issue 9): at least 2,000 pairs a second; wake-up p99 under 20 ms. Aim (issue 19): 5,000 pairs a
+second on PostgreSQL with 16 workers across three daemons.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 # Run as a file (`python bench/X.py`, as `make bench` does), this folder is first on sys.path; the
 # repository root goes before it, so `bench.*` and this checkout's packages are found.
@@ -28,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import anyio  # noqa: E402
 
 from bench import sizing  # noqa: E402
-from bench.engine_throughput import sqlite_commit_rate  # noqa: E402
+from bench.stores import BenchStore, stores  # noqa: E402
 from engine.channels import models as cm  # noqa: E402
 from engine.tasks import models as tm  # noqa: E402
 from engine.app import Engine  # noqa: E402
@@ -47,9 +51,10 @@ RECEIVERS = [1, 2] if QUICK else [1, 8]
 
 
 @asynccontextmanager
-async def engine_with_sessions(home: Path, n: int) -> AsyncIterator[tuple[Engine, list[Caller]]]:
-    """A running engine (fake backend, real SQLite) and `n` sessions spawned by the local user."""
-    settings = Settings(home=home, image="fake:latest")
+async def engine_with_sessions(home: Path, n: int, **store: Any) -> AsyncIterator[tuple[Engine, list[Caller]]]:
+    """A running engine (fake backend, the store `store` names: SQLite by default) and `n` sessions spawned
+    by the local user."""
+    settings = Settings(home=home, image="fake:latest", **store)
     async with Engine(settings, backend=FakeBackend(), harnesses=harness.get).running() as engine:
         engine.sessions.root_budget = SpawnBudget(max_children=max(n, 8))
         callers = []
@@ -120,43 +125,55 @@ async def bare_event_latency(receivers: int) -> list[float]:
     return seen
 
 
-async def pairs_per_second(workers: int, home: Path) -> dict[str, float]:
-    async with engine_with_sessions(home, workers) as (engine, callers):
+async def pairs_per_second(workers: int, home: Path, daemons: int = 1, **store: Any) -> dict[str, float]:
+    """Claim+complete pairs a second: `workers` sessions, spread over `daemons` engines on one store."""
+    async with AsyncExitStack() as stack:
+        engines = [await stack.enter_async_context(engine_with_sessions(
+            home / f"d{d}", len(range(d, workers, daemons)), **store)) for d in range(daemons)]
+        engine = engines[0][0]
         for i in range(N_TASKS):
             await engine.tasks.create(ROOT, tm.TaskCreate(title=f"t{i}", priority=i % 3))
-        commits_before = engine.store.commits
+        commits_before = sum(e.store.commits for e, _ in engines)
         done = 0
 
-        async def work(caller) -> None:  # type: ignore[no-untyped-def]
+        async def work(on: Engine, caller) -> None:  # type: ignore[no-untyped-def]
             nonlocal done
             while True:
-                claim = (await engine.tasks.claim_next(caller, tm.ClaimNext())).claim
+                claim = (await on.tasks.claim_next(caller, tm.ClaimNext())).claim
                 if claim is None:
                     return
-                await engine.tasks.complete(caller, tm.Complete(task_run_id=claim.run.id, claim_token=claim.claim_token))
+                await on.tasks.complete(caller, tm.Complete(task_run_id=claim.run.id, claim_token=claim.claim_token))
                 done += 1
 
         start = time.perf_counter()
         async with anyio.create_task_group() as tg:
-            for caller in callers:
-                tg.start_soon(work, caller)
+            for on, callers in engines:
+                for caller in callers:
+                    tg.start_soon(work, on, caller)
         elapsed = time.perf_counter() - start
-        commits = engine.store.commits - commits_before
+        commits = sum(e.store.commits for e, _ in engines) - commits_before
         left = await engine.store.tasks(None, "queued", 10)
     assert done == N_TASKS and not left
     return {"pairs_per_s": done / elapsed, "commits_per_s": commits / elapsed}
 
 
+async def one_store(kind: BenchStore, tmp: Path) -> None:
+    ceiling = kind.ceiling(tmp)
+    print(f"{kind.name}: its own commit rate (one-row transactions, this run): {ceiling:,.0f} commits/s")
+    rows = [(n, 1) for n in WORKERS] + ([(max(WORKERS), 3)] if kind.name == "PostgreSQL" else [])
+    for n, daemons in rows:
+        got = await pairs_per_second(n, tmp / f"{kind.name}-w{n}-d{daemons}", daemons, **kind.fresh())
+        where = "" if daemons == 1 else f" over {daemons} engines"
+        print(f"  {n:>3} workers{where}: {got['pairs_per_s']:,.0f} claim+complete pairs/s "
+              f"({got['commits_per_s']:,.0f} commits/s, {got['commits_per_s'] / ceiling:.0%} of the store's own)")
+
+
 async def main() -> None:
-    with tempfile.TemporaryDirectory(prefix="adbq-") as tmp:
-        ceiling = sqlite_commit_rate(Path(tmp) / "ceiling.db")
-        print(f"SQLite commit rate (WAL, synchronous=NORMAL, this run): {ceiling:,.0f} commits/s")
+    with tempfile.TemporaryDirectory(prefix="adbq-") as tmp, stores() as kinds:
         print(f"{N_TASKS} tasks per round; each pair is two write transactions (claim, complete)")
-        for n in WORKERS:
-            got = await pairs_per_second(n, Path(tmp) / f"w{n}")
-            print(f"{n:>3} workers: {got['pairs_per_s']:,.0f} claim+complete pairs/s "
-                  f"({got['commits_per_s']:,.0f} commits/s, {got['commits_per_s'] / ceiling:.0%} of SQLite's)")
-        print(f"channel wake-up, send start to receiver holding the message ({ROUNDS} sends):")
+        for kind in kinds:
+            await one_store(kind, Path(tmp))
+        print(f"channel wake-up on SQLite, send start to receiver holding the message ({ROUNDS} sends):")
         for n in RECEIVERS:
             got = await wakeup_latency(n, Path(tmp) / f"r{n}")
             floor = await bare_event_latency(n)

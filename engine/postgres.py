@@ -144,11 +144,16 @@ class PgConnection:
         """BEGIN, then wait for the one write lock every daemon takes: transactions are serialized
         across daemons as SQLite serializes writers, so what an area reads in a transaction still holds
         when it writes (a group's free slots, a budget, a quota) without each area locking its rows."""
-        await self.raw.execute("BEGIN")
-        await self.raw.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        await self.raw.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})".encode())  # one round trip
 
-    async def commit(self) -> None:
-        await self.raw.execute("COMMIT")
+    async def commit(self, notify: str | None = None) -> None:
+        """COMMIT, after a NOTIFY of `notify` when given (one round trip)."""
+        if notify is None:
+            await self.raw.execute("COMMIT")
+        else:
+            cursor = self.raw.cursor()
+            said = cursor.mogrify("SELECT pg_notify(%s, %s); COMMIT", (CHANNEL, notify))
+            await self.raw.execute(said.encode())
 
     async def rollback(self) -> None:
         if self.raw.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
@@ -221,19 +226,20 @@ class PostgresStore(Store):
             raise
         return current
 
-    async def before_commit(self, tx: Tx) -> None:
-        if not tx.touched:
-            return
-        chunk: list[str] = []
+    async def commit(self, tx: Tx) -> None:
+        """NOTIFY the topics `tx` touched (delivered to the other daemons when it commits) and commit."""
+        payloads: list[str] = []
+        chunk: list[str] = [self.origin]
         for topic in sorted(tx.touched):
-            if chunk and sum(len(t) + 1 for t in chunk) + len(topic) > NOTIFY_BYTES:
-                await self._notify(tx, chunk)
-                chunk = []
+            if len(chunk) > 1 and sum(len(t) + 1 for t in chunk) + len(topic) > NOTIFY_BYTES:
+                payloads.append(" ".join(chunk))
+                chunk = [self.origin]
             chunk.append(topic)
-        await self._notify(tx, chunk)
-
-    async def _notify(self, tx: Tx, chunk: list[str]) -> None:
-        await tx.conn.raw.execute("SELECT pg_notify(%s, %s)", (CHANNEL, " ".join([self.origin, *chunk])))
+        if len(chunk) > 1:
+            payloads.append(" ".join(chunk))
+        for payload in payloads[:-1]:
+            await tx.conn.raw.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+        await tx.conn.commit(payloads[-1] if payloads else None)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Wake this daemon's waiters when another daemon's transaction touched their topics."""

@@ -326,8 +326,9 @@ class Store(runs.RunReads, devices.DeviceReads, sessions.SessionReads, souls.Sou
     def translated(exc: Exception) -> errors.EngineError:
         return _translated(exc)  # type: ignore[arg-type]
 
-    async def before_commit(self, tx: Tx) -> None:
-        """Said in the transaction just before it commits (PostgreSQL's notifies its topics)."""
+    async def commit(self, tx: Tx) -> None:
+        """Commit `tx` (PostgreSQL's store notifies its topics in the same round trip)."""
+        await self._writer.commit()  # type: ignore[union-attr]
 
     @asynccontextmanager
     async def write(self, now: datetime) -> AsyncIterator[Tx]:
@@ -343,7 +344,6 @@ class Store(runs.RunReads, devices.DeviceReads, sessions.SessionReads, souls.Sou
                 tx = Tx(self._writer, now)
                 try:
                     yield tx
-                    await self.before_commit(tx)
                 except BaseException as exc:
                     await self._writer.rollback()
                     if isinstance(exc, self.driver_error):
@@ -351,7 +351,7 @@ class Store(runs.RunReads, devices.DeviceReads, sessions.SessionReads, souls.Sou
                     raise
                 else:
                     try:
-                        await self._writer.commit()
+                        await self.commit(tx)
                     except self.driver_error as exc:
                         await self._writer.rollback()
                         raise self.translated(exc) from exc
