@@ -63,7 +63,7 @@ class Engine:
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups,
                                    pool=self.pool)
         self.souls = SoulService(self.store, self.clock, settings)
-        self.daemons = DaemonService(self.store, self.clock, settings)
+        self.daemons = DaemonService(self.store, self.clock, settings, on_lost=self.runs.abandon_settled)
         self.tasks = TaskService(self.store, self.clock, settings, max_active_leases=MAX_ACTIVE_TASK_LEASES,
                                  quotas=self.quotas, masks=self.masks)
         self.channels = ChannelService(self.store, self.clock, settings, self.quotas, self.masks)

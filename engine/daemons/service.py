@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from datetime import timedelta
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -30,8 +31,11 @@ LEADER = "leader"
 
 
 class DaemonService:
-    def __init__(self, store: Store, clock: Clock, settings: Settings) -> None:
+    def __init__(self, store: Store, clock: Clock, settings: Settings, *,
+                 on_lost: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.store = store
+        self.on_lost = on_lost
+        """Called when this daemon finds it was declared lost: stop what it still runs of runs settled without it."""
         self.clock = clock
         self.settings = settings
         self.id = identity(settings.home)
@@ -65,6 +69,8 @@ class DaemonService:
             self.leader = await tx.hold_lease(LEADER, self.id, lease_until)
         if not alive:
             log.warning("this daemon (%s) had been declared lost; its runs were settled by the leader", self.id)
+            if self.on_lost is not None:
+                await self.on_lost()
         if self.leader:
             await self.settle_lost()
 

@@ -380,6 +380,18 @@ class RunService:
             return await self.get(caller, run_id)
         return await self.wait(caller, run_id, self.settings.cancel_grace_seconds + 10)
 
+    async def abandon_settled(self) -> list[str]:
+        """Stop the processes of the runs this daemon still follows whose records were ended without it
+        (the leader settled them `process_lost` while this daemon was silent, and their groups retried
+        them elsewhere): their result could no longer be recorded. Returns those runs."""
+        ended = []
+        for run_id in list(self._supervised):
+            state = await self.store.run_cancel_state(run_id)
+            if state is not None and state[0] in {s.value for s in TERMINAL}:
+                self._cancel.setdefault(run_id, anyio.Event()).set()
+                ended.append(run_id)
+        return ended
+
     async def _heed_cancel(self, run_id: str, cancel: anyio.Event, scope: anyio.CancelScope) -> None:
         """A cancel asked through another daemon reaches the one running the run as a commit on the run's
         topic (NOTIFY): pass it to the supervisor."""

@@ -37,6 +37,11 @@ STUCK_ROUNDS = 6
 TERMINAL = {models.RunStatus.succeeded, models.RunStatus.failed, models.RunStatus.canceled}
 
 
+class EndedElsewhere(Exception):
+    """The run's record was ended by another hand (the leader settled it for a daemon it declared lost):
+    what this supervisor would write is rolled back."""
+
+
 class Supervision:
     """One pass of following a run to its end, with its collaborators passed in."""
 
@@ -210,10 +215,14 @@ class Supervision:
 
     async def _flush(self) -> None:
         folded = self.folder.drain()
-        async with self.store.write(self.clock.now()) as tx:
-            fields = await self._kept(tx, folded, direct=False)
-            await tx.append_events(self.run_id, folded.events, group_id=self.row.agent_run_group_id)
-            await tx.update_run(self.run_id, **fields)
+        try:
+            async with self.store.write(self.clock.now()) as tx:
+                fields = await self._kept(tx, folded, direct=False)
+                if not await tx.transition_run(self.run_id, [models.RunStatus.running], **fields):
+                    raise EndedElsewhere
+                await tx.append_events(self.run_id, folded.events, group_id=self.row.agent_run_group_id)
+        except EndedElsewhere:
+            self.cancel.set()  # nothing more of it can be recorded: stop its process
 
     async def _kept(self, tx: Tx, folded: Folded, *, direct: bool) -> dict[str, Any]:
         """The record's fields for what the folder drained (offsets, flags, a new answer). Newly
@@ -266,9 +275,11 @@ class Supervision:
             if self.chunked:
                 await tx.fold_output(self.run_id)
             if row.ephemeral and not self.pooled:
-                await tx.append_events(self.run_id, events, group_id=row.agent_run_group_id)
-                await tx.update_run(self.run_id, exit_code=code, failure_kind=kind, error=error, finished_at=now,
-                                    **fields)
+                # only while it is still running: a record ended elsewhere (the leader, for a daemon it
+                # declared lost) keeps its end, and `_publish` below just removes the sandbox
+                if await tx.transition_run(self.run_id, [models.RunStatus.running], exit_code=code,
+                                           failure_kind=kind, error=error, finished_at=now, **fields):
+                    await tx.append_events(self.run_id, events, group_id=row.agent_run_group_id)
             else:  # nothing to clean up before the end is published: record and publish in one step
                 await self._end(tx, row, events, code, kind, error, now, fields)
         if row.ephemeral and not self.pooled:
@@ -335,8 +346,8 @@ class Supervision:
                     log.warning("could not stop %s after its secret was removed", self.run_id)
         if row.finished_at is None:  # a result already recorded stands; only its publishing failed
             async with self.store.write(self.clock.now()) as tx:
-                await tx.update_run(self.run_id, failure_kind=kind, error=str(exc)[:2000],
-                                    finished_at=self.clock.now())
+                await tx.transition_run(self.run_id, [models.RunStatus.running, models.RunStatus.queued],
+                                        failure_kind=kind, error=str(exc)[:2000], finished_at=self.clock.now())
         await self._publish()
 
     def _classify(self, exit_: Exit | None, row: RunRow) -> tuple[str | None, str | None]:

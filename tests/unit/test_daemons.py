@@ -158,3 +158,28 @@ async def test_a_daemon_that_stops_beating_has_its_runs_settled_and_its_entries_
             row = await alive.store.run(e.payload["lost_run_id"])
             assert (row.status, row.failure_kind, row.daemon_id) == (  # type: ignore[union-attr]
                 models.RunStatus.failed, "process_lost", lost_id)
+
+
+async def test_a_daemon_that_finds_it_was_declared_lost_stops_the_runs_settled_without_it(tmp_path, pg_url):
+    async with daemons(tmp_path / "slow", pg_url, 1, daemon_heartbeat_seconds=60,
+                       daemon_lost_after_seconds=0.5) as (slow,):
+        run = await slow.runs.create(ROOT, rm.RunCreate(prompt="p", command="block"))
+        await until(slow, topics.run(run.id), lambda: _running(slow, run.id))
+        async with daemons(tmp_path / "leader", pg_url, 1, daemon_lost_after_seconds=0.5) as (leader,):
+            # silent past the limit (its next beat is a minute away): the leader, at one of its beats, ends
+            # the run; `slow` still follows it
+            async def settled() -> bool:
+                return (await leader.store.run(run.id)).status is models.RunStatus.failed  # type: ignore[union-attr]
+
+            await until(leader, topics.run(run.id), settled)
+            assert slow.runs.supervised(run.id)
+            await slow.daemons.beat()  # it learns it was declared lost, and stops the run
+
+            async def stopped() -> bool:
+                return not slow.runs.supervised(run.id)
+
+            await until(slow, topics.run(run.id), stopped)
+            row = await slow.store.run(run.id)
+            assert (row.status, row.failure_kind, row.daemon_id) == (  # type: ignore[union-attr]
+                models.RunStatus.failed, "process_lost", slow.daemons.id)
+            assert [d.lost_at for d in await slow.store.daemons() if d.id == slow.daemons.id] == [None]
