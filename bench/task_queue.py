@@ -56,7 +56,7 @@ async def engine_with_sessions(home: Path, n: int, **store: Any) -> AsyncIterato
     by the local user."""
     settings = Settings(home=home, image="fake:latest", **store)
     async with Engine(settings, backend=FakeBackend(), harnesses=harness.get).running() as engine:
-        engine.sessions.root_budget = SpawnBudget(max_children=max(n, 8))
+        engine.sessions.root_budget = SpawnBudget(max_children=64)  # the engines sharing a database count together
         callers = []
         for _ in range(n):
             spawned = await engine.sessions.spawn(ROOT, SpawnRequest(agent_name="worker"))

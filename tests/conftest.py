@@ -192,8 +192,11 @@ def daemon(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daem
     """A real daemon process for a fresh home (small image, short cancel grace)."""
     env = {**os.environ, "AGENTDOCK_HOME": str(settings.home), "AGENTDOCK_IMAGE": SMALL,
            "AGENTDOCK_CANCEL_GRACE_SECONDS": "1"}
-    for k in ("AGENTDOCK_HOME", "AGENTDOCK_IMAGE", "AGENTDOCK_CANCEL_GRACE_SECONDS"):
-        monkeypatch.setenv(k, env[k])
+    if pgcluster.HOMES is not None:  # the suite on PostgreSQL: the daemon process uses its home's schema
+        env["AGENTDOCK_DATABASE_URL"] = pgcluster.HOMES.url(settings.home)
+    for k in ("AGENTDOCK_HOME", "AGENTDOCK_IMAGE", "AGENTDOCK_CANCEL_GRACE_SECONDS", "AGENTDOCK_DATABASE_URL"):
+        if k in env:
+            monkeypatch.setenv(k, env[k])
     d = Daemon(settings, env)
     d.start()
     yield d
