@@ -25,6 +25,8 @@ FIGURES = {
     ],
     "bench/engine_throughput.py": [
         rf"SQLite alone: {NUM} commits/s",
+        rf"PostgreSQL alone: {NUM} commits/s",
+        rf"cap +\d+ each, 3 engines: +{NUM} runs/s finished",
         rf"cap +\d+: +{NUM} runs/s finished +{NUM} events/s",
         rf"one run at a time with a slot free: p50 {NUM} ms +p99 {NUM} ms",
         rf"peak memory \(max RSS of this process\): {NUM} MiB",
@@ -41,8 +43,10 @@ FIGURES = {
         rf"event delivery with one child at a time \(host mostly idle\): p50 {NUM} ms +p99 {NUM} ms",
     ],
     "bench/task_queue.py": [
-        rf"SQLite commit rate \(WAL, synchronous=NORMAL, this run\): {NUM} commits/s",
+        rf"SQLite: its own commit rate \(one-row transactions, this run\): {NUM} commits/s",
+        rf"PostgreSQL: its own commit rate \(one-row transactions, this run\): {NUM} commits/s",
         rf"workers: {NUM} claim\+complete pairs/s",
+        rf"workers over 3 engines: {NUM} claim\+complete pairs/s",
         rf"receivers: p50 {NUM} ms, p99 {NUM} ms",
     ],
     "bench/gateway.py": [
