@@ -1,7 +1,8 @@
 """The store's SQL is written once, in SQLite's words; `postgres(sql)` says it in PostgreSQL's.
 
 What differs is small and mechanical: parameters (`?` and `:name` become psycopg's `%s` and
-`%(name)s`, a literal `%` doubles), `group_concat` is `string_agg`, and a text's size in bytes is
+`%(name)s`, a literal `%` doubles; a parameter only tested for NULL is given a type, which the server,
+binding it, could not infer), `group_concat` is `string_agg`, and a text's size in bytes is
 `octet_length`. The rest is SQL both say alike (upserts are `ON CONFLICT`, subqueries are named): the
 PostgreSQL schema gives the tables SQLite's implicit `rowid` as a real column where a query orders
 by it, and a `json_extract` function for the paths the queries use. A test explains every named query
@@ -14,6 +15,7 @@ import re
 from functools import lru_cache
 
 _BYTES = re.compile(r"length\(CAST\((.+?) AS BLOB\)\)")
+_NULL_TEST = re.compile(r"\s+IS\s+(NOT\s+)?NULL\b", re.IGNORECASE)
 
 
 @lru_cache(maxsize=1024)
@@ -42,13 +44,13 @@ def _parameters(sql: str) -> str:
             out.append(sql[i:end + 1].replace("%", "%%"))
             i = end + 1
         elif c == "?":
-            out.append("%s")
+            out.append("%s" + _typed(sql, i + 1))
             i += 1
         elif c == ":" and i + 1 < n and (sql[i + 1].isalpha() or sql[i + 1] == "_") and (i == 0 or sql[i - 1] != ":"):
             end = i + 1
             while end < n and (sql[end].isalnum() or sql[end] == "_"):
                 end += 1
-            out.append(f"%({sql[i + 1:end]})s")
+            out.append(f"%({sql[i + 1:end]})s" + _typed(sql, end))
             i = end
         elif c == "%":
             out.append("%%")
@@ -57,3 +59,9 @@ def _parameters(sql: str) -> str:
             out.append(c)
             i += 1
     return "".join(out)
+
+
+def _typed(sql: str, after: int) -> str:
+    """A type for a parameter the server could not otherwise infer: one only tested for NULL (its
+    value's type is sent with it when it has one; text when it is None or a string)."""
+    return "::text" if _NULL_TEST.match(sql, after) else ""

@@ -9,6 +9,8 @@ that read like sqlite3's (by position and by name). What differs is underneath:
   SQLite's, which every area's read-then-write relies on (measured in bench/task_queue.py);
 - the topics a transaction touched are NOTIFYed in it, so they reach the other daemons when it
   commits; each daemon LISTENs and wakes its own waiters (a hint: every waiter looks again, bounded);
+- statements are bound on the server and prepared once used a few times (psycopg's default), and rows
+  are named from the result itself: each statement then costs its round trip and little Python;
 - migrations are recorded in `schema_migrations`, applied under an advisory lock (two daemons
   starting at once migrate once); the schema starts at the SQLite schema's version 18, in one step.
 """
@@ -67,14 +69,20 @@ class Record(tuple):  # type: ignore[type-arg]
 
 
 def _records(cursor: Any) -> RowMaker[Record]:
-    if cursor.description is None:
+    # The names straight from the result: `cursor.description` builds a Column object per column per
+    # statement, which cost more than the statement's round trip.
+    res = cursor.pgresult
+    if res is None or res.status not in _ROWS:
         return tuple  # type: ignore[return-value]
-    return _record_of(tuple(c.name for c in cursor.description))  # type: ignore[return-value]
+    return _record_of(tuple(res.fname(i) for i in range(res.nfields)))  # type: ignore[return-value]
+
+
+_ROWS = (psycopg.pq.ExecStatus.TUPLES_OK, psycopg.pq.ExecStatus.SINGLE_TUPLE)
 
 
 @lru_cache(maxsize=512)
-def _record_of(names: tuple[str, ...]) -> type[Record]:
-    return type("Record", (Record,), {"names": {name: i for i, name in enumerate(names)}})
+def _record_of(names: tuple[bytes, ...]) -> type[Record]:
+    return type("Record", (Record,), {"names": {name.decode(): i for i, name in enumerate(names)}})
 
 
 class _FlagDumper(Dumper):
@@ -98,12 +106,14 @@ class _Cursor:
     def __init__(self, cursor: psycopg.AsyncCursor[Any]) -> None:
         self.rowcount = cursor.rowcount
         self._cursor = cursor
+        res = cursor.pgresult
+        self._rows = res is not None and res.status in _ROWS
 
     async def fetchone(self) -> Any:
-        return await self._cursor.fetchone() if self._cursor.description else None
+        return await self._cursor.fetchone() if self._rows else None
 
     async def fetchall(self) -> list[Any]:
-        return await self._cursor.fetchall() if self._cursor.description else []
+        return await self._cursor.fetchall() if self._rows else []
 
     async def close(self) -> None:
         await self._cursor.close()
@@ -117,8 +127,7 @@ class PgConnection:
 
     @classmethod
     async def connect(cls, url: str) -> PgConnection:
-        raw = await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=_records,
-                                                    cursor_factory=psycopg.AsyncClientCursor)
+        raw = await psycopg.AsyncConnection.connect(url, autocommit=True, row_factory=_records)
         raw.adapters.register_dumper(bool, _FlagDumper)
         raw.adapters.register_loader("numeric", _NumberLoader)
         return cls(raw)
@@ -151,8 +160,7 @@ class PgConnection:
         if notify is None:
             await self.raw.execute("COMMIT")
         else:
-            cursor = self.raw.cursor()
-            said = cursor.mogrify("SELECT pg_notify(%s, %s); COMMIT", (CHANNEL, notify))
+            said = psycopg.AsyncClientCursor(self.raw).mogrify("SELECT pg_notify(%s, %s); COMMIT", (CHANNEL, notify))
             await self.raw.execute(said.encode())
 
     async def rollback(self) -> None:
@@ -244,19 +252,22 @@ class PostgresStore(Store):
     async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Wake this daemon's waiters when another daemon's transaction touched their topics."""
         self._listener = listener = await PgConnection.connect(self.url)
-        listener.raw.add_notify_handler(self._heard)
         await listener.raw.execute(f"LISTEN {CHANNEL}")
         task_status.started()
+        pgconn = listener.raw.pgconn
         while True:
             # Wait here, not in psycopg: a cancelled wait inside a query makes it give the connection up
-            # noisily. A readable socket holds notifications, which the next statement hands to `_heard`.
+            # noisily. A readable socket holds notifications: read them off it without a round trip.
             await anyio.wait_readable(listener.raw.fileno())
-            with anyio.CancelScope(shield=True):
-                await listener.raw.execute("SELECT 1")
+            pgconn.consume_input()
+            if pgconn.status != psycopg.pq.ConnStatus.OK:
+                raise psycopg.OperationalError("the listening connection to PostgreSQL was lost")
+            while (note := pgconn.notifies()) is not None:
+                self._heard(note.relname, note.extra)
 
-    def _heard(self, note: psycopg.Notify) -> None:
-        origin, _, touched = note.payload.partition(" ")
-        if origin != self.origin:
+    def _heard(self, channel: bytes, payload: bytes) -> None:
+        origin, _, touched = payload.decode().partition(" ")
+        if channel == CHANNEL.encode() and origin != self.origin:
             self.topics.publish(touched.split())
 
     @staticmethod

@@ -38,6 +38,9 @@ def test_sqlites_words_become_postgresqls():
     assert postgres("SELECT group_concat(text, '') FROM c") == "SELECT string_agg(text, '') FROM c"
     assert postgres("SELECT sum(length(CAST(x.payload AS BLOB)) + length(CAST(x.m AS BLOB)))") == (
         "SELECT sum(octet_length(x.payload) + octet_length(x.m))")
+    # a parameter the server binds but could not type from its use alone
+    assert postgres("SELECT * FROM t WHERE (:ws IS NULL OR ws = :ws) AND ? is not null") == (
+        "SELECT * FROM t WHERE (%(ws)s::text IS NULL OR ws = %(ws)s) AND %s::text is not null")
 
 
 async def test_the_postgresql_schema_is_at_sqlites_latest_version_with_the_same_columns(store, tmp_path):
