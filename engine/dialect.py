@@ -2,8 +2,9 @@
 
 What differs is small and mechanical: parameters (`?` and `:name` become psycopg's `%s` and
 `%(name)s`, a literal `%` doubles; a parameter only tested for NULL is given a type, which the server,
-binding it, could not infer), `group_concat` is `string_agg`, and a text's size in bytes is
-`octet_length`. The rest is SQL both say alike (upserts are `ON CONFLICT`, subqueries are named): the
+binding it, could not infer), `group_concat` is `string_agg`, a text's size in bytes is
+`octet_length`, and a row lock written as a comment (`/*FOR UPDATE SKIP LOCKED*/`, which SQLite, with its
+one writer, has no need of) is said. The rest is SQL both say alike (upserts are `ON CONFLICT`, subqueries are named): the
 PostgreSQL schema gives the tables SQLite's implicit `rowid` as a real column where a query orders
 by it, and a `json_extract` function for the paths the queries use. A test explains every named query
 on both.
@@ -15,6 +16,7 @@ import re
 from functools import lru_cache
 
 _BYTES = re.compile(r"length\(CAST\((.+?) AS BLOB\)\)")
+_LOCKING = re.compile(r"/\*(FOR UPDATE(?: SKIP LOCKED)?)\*/")
 _NULL_TEST = re.compile(r"\s+IS\s+(NOT\s+)?NULL\b", re.IGNORECASE)
 
 
@@ -22,6 +24,7 @@ _NULL_TEST = re.compile(r"\s+IS\s+(NOT\s+)?NULL\b", re.IGNORECASE)
 def postgres(sql: str) -> str:
     """`sql` (SQLite's words, `?` or `:name` parameters) in PostgreSQL's words with psycopg's parameters."""
     sql = _BYTES.sub(r"octet_length(\1)", sql)
+    sql = _LOCKING.sub(r"\1", sql)
     sql = re.sub(r"\bgroup_concat\(", "string_agg(", sql)
     return _parameters(sql)
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
 from decimal import Decimal
 from functools import lru_cache
 from importlib import resources
@@ -42,7 +44,11 @@ NOTIFY_BYTES = 7_000
 MIGRATION_LOCK = 0x61676E74
 """The advisory lock that serializes migrations between daemons."""
 WRITE_LOCK = 0x61676E75
-"""The advisory lock every write transaction holds until it ends."""
+"""The advisory lock every serialized write transaction holds until it ends."""
+HOLD_SPACE = 0x61676E76
+"""The first key of `Tx.hold`'s advisory locks (the second is the held name's hash)."""
+ROW_WRITERS = 4
+"""Connections of a daemon for transactions that lock only their rows (`Store.write(rows=True)`)."""
 
 
 def migrations() -> list[tuple[int, str]]:
@@ -149,11 +155,19 @@ class PgConnection:
     async def executescript(self, script: str) -> None:
         await self.raw.execute(script.encode())  # type: ignore[arg-type]  # bytes: no parameters in it
 
-    async def begin(self) -> None:
-        """BEGIN, then wait for the one write lock every daemon takes: transactions are serialized
-        across daemons as SQLite serializes writers, so what an area reads in a transaction still holds
-        when it writes (a group's free slots, a budget, a quota) without each area locking its rows."""
-        await self.raw.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})".encode())  # one round trip
+    async def begin(self, alone: bool = True) -> None:
+        """BEGIN; `alone`, then wait for the one write lock every daemon takes: those transactions are
+        serialized across daemons as SQLite serializes writers, so what an area reads in one still
+        holds when it writes (a group's free slots, a budget, a quota) without each area locking its
+        rows. The others (`Store.write(rows=True)`) lock only their rows."""
+        if alone:
+            await self.raw.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})".encode())  # one round trip
+        else:
+            await self.raw.execute(b"BEGIN")
+
+    async def hold(self, key: str) -> None:
+        """An advisory lock on `key` until the transaction ends (two-key form: apart from WRITE_LOCK's)."""
+        await self.raw.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (HOLD_SPACE, key))
 
     async def commit(self, notify: str | None = None) -> None:
         """COMMIT, after a NOTIFY of `notify` when given (one round trip)."""
@@ -192,6 +206,9 @@ class PostgresStore(Store):
         self.origin = secrets.token_hex(6)
         """Names this store's notifications, so it does not wake its own waiters twice."""
         self._listener: PgConnection | None = None
+        self._row_writers: list[PgConnection] = []
+        """Idle connections for `write(rows=True)`, made as needed up to ROW_WRITERS."""
+        self._row_slots = anyio.Semaphore(ROW_WRITERS)
 
     async def open(self) -> None:
         try:
@@ -205,10 +222,35 @@ class PostgresStore(Store):
                 suggested_command="psql \"$AGENTDOCK_DATABASE_URL\" -c 'select 1'") from None
 
     async def close(self) -> None:
-        for conn in (self._reader, self._writer, self._listener):
+        for conn in (self._reader, self._writer, self._listener, *self._row_writers):
             if conn is not None:
                 await conn.close()
         self._reader = self._writer = self._listener = None
+        self._row_writers = []
+
+    @asynccontextmanager
+    async def write(self, now: datetime, *, rows: bool = False) -> AsyncIterator[Tx]:
+        """As `Store.write`; with `rows=True`, on a connection of its own without the write lock, so the
+        task queue's claims and leases of several workers and daemons commit side by side."""
+        if not rows:
+            async with super().write(now) as tx:
+                yield tx
+            return
+        async with self._row_slots:
+            try:
+                conn = self._row_writers.pop() if self._row_writers else await PgConnection.connect(self.url)
+            except psycopg.Error as exc:
+                raise self.translated(exc) from exc
+            try:
+                async with self._transaction(conn, now, alone=False) as tx:
+                    yield tx
+            finally:
+                if conn.raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE and not conn.raw.closed:
+                    self._row_writers.append(conn)
+                else:  # broken midway: not given to the next transaction
+                    with anyio.CancelScope(shield=True):
+                        await conn.close()
+        await self._committed(tx)
 
     async def migrate(self) -> int:
         """Apply every PostgreSQL migration not yet recorded, under a lock other daemons wait for."""

@@ -140,8 +140,12 @@ class InlineConnection:
     async def executescript(self, script: str) -> None:
         self.raw.executescript(script)
 
-    async def begin(self) -> None:
-        """BEGIN IMMEDIATE, waiting for another process's write lock without blocking the loop."""
+    async def hold(self, key: str) -> None:
+        """Nothing to lock: this connection is the one writer."""
+
+    async def begin(self, alone: bool = True) -> None:
+        """BEGIN IMMEDIATE, waiting for another process's write lock without blocking the loop (every
+        transaction is alone on SQLite)."""
         delay, waited = 0.001, 0.0
         while True:
             try:
@@ -179,6 +183,11 @@ class Tx(runs.RunWrites, devices.DeviceWrites, sessions.SessionWrites, souls.Sou
 
     def touch(self, topic: str) -> None:
         self.touched.add(topic)
+
+    async def hold(self, key: str) -> None:
+        """Lock `key` (a name, such as a session's id) until this transaction ends, for what it reads and
+        then relies on that no row of its own stands for (PostgreSQL; SQLite's one writer holds all)."""
+        await self.conn.hold(key)
 
     async def append_events(self, run_id: str | None, events: Iterable[Draft], *,
                             group_id: str | None = None) -> list[int]:
@@ -328,33 +337,48 @@ class Store(runs.RunReads, devices.DeviceReads, sessions.SessionReads, souls.Sou
 
     async def commit(self, tx: Tx) -> None:
         """Commit `tx` (PostgreSQL's store notifies its topics in the same round trip)."""
-        await self._writer.commit()  # type: ignore[union-attr]
+        await tx.conn.commit()
 
     @asynccontextmanager
-    async def write(self, now: datetime) -> AsyncIterator[Tx]:
+    async def write(self, now: datetime, *, rows: bool = False) -> AsyncIterator[Tx]:
         """One serialized write transaction, shielded from cancellation once begun; its topics are
-        published after it commits."""
+        published after it commits.
+
+        `rows=True` says the transaction relies on no other's being serialized with it: each of its
+        writes is a compare-and-set or an insert of its own rows, and what it reads and then relies on
+        it has locked (`Tx.hold`, a claim's `FOR UPDATE SKIP LOCKED`). SQLite has one writer and serializes
+        it all the same; PostgreSQL runs it beside the others on a connection of its own."""
         assert self._writer is not None
         async with self._lock:
-            with anyio.CancelScope(shield=True):
-                try:
-                    await self._writer.begin()
-                except self.driver_error as exc:
+            async with self._transaction(self._writer, now) as tx:
+                yield tx
+        await self._committed(tx)
+
+    @asynccontextmanager
+    async def _transaction(self, conn: Any, now: datetime, *, alone: bool = True) -> AsyncIterator[Tx]:
+        """BEGIN on `conn` (`alone`: serialized with every other `alone` transaction), the body, then
+        COMMIT, or ROLLBACK on any error; shielded from cancellation once begun."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await conn.begin(alone)
+            except self.driver_error as exc:
+                raise self.translated(exc) from exc
+            tx = Tx(conn, now)
+            try:
+                yield tx
+            except BaseException as exc:
+                await conn.rollback()
+                if isinstance(exc, self.driver_error):
                     raise self.translated(exc) from exc
-                tx = Tx(self._writer, now)
+                raise
+            else:
                 try:
-                    yield tx
-                except BaseException as exc:
-                    await self._writer.rollback()
-                    if isinstance(exc, self.driver_error):
-                        raise self.translated(exc) from exc
-                    raise
-                else:
-                    try:
-                        await self.commit(tx)
-                    except self.driver_error as exc:
-                        await self._writer.rollback()
-                        raise self.translated(exc) from exc
+                    await self.commit(tx)
+                except self.driver_error as exc:
+                    await conn.rollback()
+                    raise self.translated(exc) from exc
+
+    async def _committed(self, tx: Tx) -> None:
         self.topics.publish(tx.touched)
         self.commits += 1
         if self.commits % CHECKPOINT_EVERY == 0:

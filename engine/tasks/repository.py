@@ -18,7 +18,9 @@ SUMMARY_COLUMNS = (
 
 # The task queue (issue 9). A claim picks the highest-priority, oldest claimable task of a workspace
 # (any workspace for the local user); every change to a run is a compare-and-set on its status, its
-# claim token's hash and its lease, so a stale holder's call applies to nothing.
+# claim token's hash and its lease, so a stale holder's call applies to nothing. A claim takes its task
+# with the row locked, skipping those other claims hold (PostgreSQL; a comment to SQLite): claims,
+# heartbeats and ends run side by side there (`Store.write(rows=True)`).
 SQL = {
     "task_insert": (
         "INSERT INTO tasks (id, title, identifier, priority, payload, max_attempts, workspace_id, scope, status, "
@@ -42,11 +44,11 @@ SQL = {
     ),
     "task_next_claimable": (
         "SELECT id FROM tasks WHERE status = 'queued' AND workspace_id = :ws AND paused = 0 AND available_at <= :now "
-        "ORDER BY priority DESC, created_at, rowid LIMIT 1"
+        "ORDER BY priority DESC, created_at, rowid LIMIT 1 /*FOR UPDATE SKIP LOCKED*/"
     ),
     "task_next_claimable_anywhere": (
         "SELECT id FROM tasks WHERE status = 'queued' AND paused = 0 AND available_at <= :now "
-        "ORDER BY priority DESC, created_at, rowid LIMIT 1"
+        "ORDER BY priority DESC, created_at, rowid LIMIT 1 /*FOR UPDATE SKIP LOCKED*/"
     ),
     "task_next_available": (
         "SELECT min(available_at) AS at FROM tasks WHERE status = 'queued' AND paused = 0 "

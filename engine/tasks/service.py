@@ -167,7 +167,8 @@ class TaskService:
         token = CLAIM_TOKEN_PREFIX + secrets.token_hex(24)
         run_id = new_id("trun")
         now = self.clock.now()
-        async with self.store.write(now) as tx:
+        async with self.store.write(now, rows=True) as tx:
+            await tx.hold(f"leases:{caller.session_id}")  # two claims of one session count one after the other
             held = await tx.leases_held(caller.session_id)
             if held >= self.max_active_leases:
                 raise errors.LimitExceeded(
@@ -180,7 +181,7 @@ class TaskService:
             run = await tx.claim_task(task_id, {
                 "id": run_id, "session_id": caller.session_id, "claim_token_hash": Tokens.digest(token),
                 "lease_seconds": lease_seconds, "lease_until": now + timedelta(seconds=lease_seconds)})
-            if run is None:  # unreachable under the one writer; kept so a claim is never invented
+            if run is None:  # unreachable: the task's row is locked (or the writer alone); never invent a claim
                 return None
             task = await tx.task_event(task_id, run_id, "task.claimed",
                                        f"claimed by {caller.session_id} (attempt {run.attempt})",
@@ -193,7 +194,7 @@ class TaskService:
     async def heartbeat(self, caller: Caller, req: tm.Heartbeat) -> tm.LeaseResult:
         caller.require("tasks", "task_heartbeat")
         now = self.clock.now()
-        async with self.store.write(now) as tx:
+        async with self.store.write(now, rows=True) as tx:
             run = await self._held(tx, caller, req)
             seconds = req.lease_seconds or run.lease_seconds
             beat = await tx.heartbeat_task_run(run.id, Tokens.digest(req.claim_token), caller.session_id, seconds,
@@ -212,7 +213,7 @@ class TaskService:
             req = req.model_copy(update={"result": mask.value(req.result)})
             size = self._bounded(req.result, "result", "task_result_max_bytes")
         now = self.clock.now()
-        async with self.store.write(now) as tx:
+        async with self.store.write(now, rows=True) as tx:
             run = await self._end(tx, caller, req, tm.TaskRunStatus.completed, result=req.result)
             if not await tx.finish_task(run.task_id, run.id, tm.TaskStatus.completed, result=req.result):
                 raise errors.Conflict("run_id: the task is no longer held by this run")
@@ -227,7 +228,7 @@ class TaskService:
         if mask:
             req = req.model_copy(update={"error": mask.line(req.error)})
         now = self.clock.now()
-        async with self.store.write(now) as tx:
+        async with self.store.write(now, rows=True) as tx:
             run = await self._end(tx, caller, req, tm.TaskRunStatus.failed, error=req.error,
                                   failure_kind=tm.FailureKind.error)
             task = await tx.task(run.task_id)
@@ -241,7 +242,7 @@ class TaskService:
         """Give the task back at once; a release does not count against max_attempts."""
         caller.require("tasks", "task_release")
         now = self.clock.now()
-        async with self.store.write(now) as tx:
+        async with self.store.write(now, rows=True) as tx:
             run = await self._end(tx, caller, req, tm.TaskRunStatus.released)
             if not await tx.requeue_task(run.task_id, run.id, failed=False, available_at=now):
                 raise errors.Conflict("run_id: the task is no longer held by this run")

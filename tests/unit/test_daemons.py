@@ -2,7 +2,7 @@
 and fake Docker engine): a group's entries spread over them and each ends once; a cancel asked through
 one daemon reaches the run on another; a run in a device waits for the daemon that holds the device;
 a daemon that stops beating has its runs settled `process_lost` by the leader and its entries retried
-elsewhere. The same with real daemon processes and SIGKILL: tests/integration/test_daemons.py."""
+elsewhere; task claims from several daemons at once take each task once. The same with real daemon processes and SIGKILL: tests/integration/test_daemons.py."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ from typing import Any
 import anyio
 import pytest
 
-from engine import models, topics
+from engine import errors, models, topics
 from engine.app import Engine
 from engine.callers import ROOT
 from engine.devices import models as dm
 from engine.groups import models as gm
+from engine.lineage import SpawnBudget
 from engine.runs import models as rm
+from engine.sessions.models import MAX_ACTIVE_TASK_LEASES, SpawnRequest
+from engine.tasks import models as tm
 from engine.settings import Settings
 from runtimes import harness
 from runtimes.fake import FakeBackend
@@ -183,3 +186,57 @@ async def test_a_daemon_that_finds_it_was_declared_lost_stops_the_runs_settled_w
             assert (row.status, row.failure_kind, row.daemon_id) == (  # type: ignore[union-attr]
                 models.RunStatus.failed, "process_lost", slow.daemons.id)
             assert [d.lost_at for d in await slow.store.daemons() if d.id == slow.daemons.id] == [None]
+
+
+async def test_task_claims_from_three_daemons_side_by_side_take_each_task_once(tmp_path, pg_url):
+    """Claims, heartbeats and ends commit side by side on PostgreSQL (each on a connection of its own,
+    the claim skipping rows other claims hold): still every task is claimed once, each task's events are
+    gapless, and one session's claims made at once stop at its lease limit."""
+    async with daemons(tmp_path, pg_url, 3) as engines:
+        for engine in engines:
+            engine.sessions.root_budget = SpawnBudget(max_children=16)  # the daemons' spawns count together
+        n = 120
+        for i in range(n):
+            await engines[0].tasks.create(ROOT, tm.TaskCreate(title=f"t{i}", priority=i % 3))
+        workers = [(engines[i % 3], await engines[i % 3].sessions.authenticate(
+            (await engines[i % 3].sessions.spawn(ROOT, SpawnRequest(agent_name="worker"))).token)) for i in range(12)]
+        claimed: list[str] = []
+
+        async def work(engine: Engine, caller: Any) -> None:
+            while (claim := (await engine.tasks.claim_next(caller, tm.ClaimNext())).claim) is not None:
+                claimed.append(claim.task.id)
+                await engine.tasks.heartbeat(caller, tm.Heartbeat(task_run_id=claim.run.id,
+                                                                  claim_token=claim.claim_token))
+                await engine.tasks.complete(caller, tm.Complete(task_run_id=claim.run.id,
+                                                                claim_token=claim.claim_token, result={"ok": 1}))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for engine, caller in workers:
+                    tg.start_soon(work, engine, caller)
+        assert len(claimed) == n and len(set(claimed)) == n
+        store = engines[1].store
+        assert not await store.tasks(None, "queued", 10)
+        for task_id in claimed[:30]:
+            assert [r.status.value for r in await store.task_runs(task_id)] == ["completed"]
+            seqs = [e["sequence"] for e in await store.task_events(task_id)]
+            assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) == 4  # created, claimed, heartbeat, completed
+
+        # one session's claims at once, through three daemons: no more than its lease limit are granted
+        for i in range(MAX_ACTIVE_TASK_LEASES * 3):
+            await engines[0].tasks.create(ROOT, tm.TaskCreate(title=f"more{i}"))
+        one = await engines[0].sessions.authenticate(
+            (await engines[0].sessions.spawn(ROOT, SpawnRequest(agent_name="greedy"))).token)
+        granted, refused = [], []
+
+        async def grab(engine: Engine) -> None:
+            try:
+                granted.append((await engine.tasks.claim_next(one, tm.ClaimNext())).claim)
+            except errors.LimitExceeded:
+                refused.append(1)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(MAX_ACTIVE_TASK_LEASES * 3):
+                tg.start_soon(grab, engines[i % 3])
+        assert len(granted) == MAX_ACTIVE_TASK_LEASES and all(c is not None for c in granted)
+        assert len(refused) == MAX_ACTIVE_TASK_LEASES * 2
