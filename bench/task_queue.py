@@ -5,7 +5,9 @@ pass/fail.
 - claim+complete pairs a second with 1, 4 and 16 concurrent workers (each a spawned session), next to
   the store's own commit rate measured in the same run. Tasks are queued beforehand; each worker claims
   the next one and completes it until the queue is empty. On PostgreSQL also with the 16 workers split
-  over three engines sharing the database (three daemons, here in one process).
+  over three engines in this process, and over one and over three daemon processes sharing the database
+  (the scaling from one daemon to three), next to raw PostgreSQL: the same pairs straight through
+  psycopg with nothing an engine adds (the ratio).
 - channel wake-up: 1 and 8 sessions wait in `channel_recv(wait=true)`; the time from the start of a
   `channel_send` to each waiting receiver holding the message (the send's commit wakes them through
   the topic notifier), next to a bare anyio.Event set-to-wake measured the same way.
@@ -16,7 +18,9 @@ second on PostgreSQL with 16 workers across three daemons.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -166,6 +170,101 @@ async def one_store(kind: BenchStore, tmp: Path) -> None:
         where = "" if daemons == 1 else f" over {daemons} engines"
         print(f"  {n:>3} workers{where}: {got['pairs_per_s']:,.0f} claim+complete pairs/s "
               f"({got['commits_per_s']:,.0f} commits/s, {got['commits_per_s'] / ceiling:.0%} of the store's own)")
+    if kind.name != "PostgreSQL":
+        return
+    n = max(WORKERS)
+    raw = await anyio.to_thread.run_sync(raw_pairs, kind.fresh()["database_url"], n)
+    print(f"  raw PostgreSQL, {n} connections, the least a pair can be (a SKIP LOCKED claim, an update; no "
+          f"lease, event or lock): {raw:,.0f} pairs/s")
+    for daemons in (1, 3):
+        got = await anyio.to_thread.run_sync(pairs_over_processes, kind.fresh()["database_url"], tmp, daemons, n)
+        print(f"  {n:>3} workers over {daemons} daemon process{'es' if daemons > 1 else ''}: {got:,.0f} "
+              f"claim+complete pairs/s ({got / raw:.0%} of raw)")
+
+
+def raw_pairs(url: str, connections: int) -> float:
+    """Claim+complete pairs a second straight through psycopg, with nothing an engine adds: the floor of
+    what a pair costs on this machine's PostgreSQL."""
+    import psycopg
+
+    async def run() -> float:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+            await db.execute("CREATE TABLE rq (id BIGSERIAL PRIMARY KEY, status TEXT NOT NULL, holder INT)")
+            await db.execute("INSERT INTO rq (status) SELECT 'queued' FROM generate_series(1, %s)", (N_TASKS,))
+        done = 0
+
+        async def worker(i: int) -> None:
+            nonlocal done
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as db:
+                while True:
+                    row = await (await db.execute(
+                        "UPDATE rq SET status = 'claimed', holder = %s WHERE id = (SELECT id FROM rq WHERE status = "
+                        "'queued' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING id", (i,))).fetchone()
+                    if row is None:
+                        return
+                    await db.execute("UPDATE rq SET status = 'done' WHERE id = %s AND holder = %s", (row[0], i))
+                    done += 1
+
+        start = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for i in range(connections):
+                tg.start_soon(worker, i)
+        return done / (time.perf_counter() - start)
+
+    return anyio.run(run)
+
+
+def pairs_over_processes(url: str, tmp: Path, daemons: int, workers: int) -> float:
+    """Claim+complete pairs a second with `workers` sessions spread over `daemons` daemon processes (each
+    this script in worker mode: an engine on the database at `url`), started together once all are ready."""
+    anyio.run(seed_tasks, url, tmp / f"seed-{daemons}")
+    procs = []
+    for d in range(daemons):
+        share = len(range(d, workers, daemons))
+        env = {**os.environ, "AGENTDOCK_BENCH_DAEMON": json.dumps([url, str(tmp / f"p{daemons}-{d}"), share])}
+        procs.append(subprocess.Popen([sys.executable, __file__], env=env, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True))
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        results = [json.loads(p.stdout.readline()) for p in procs]  # type: ignore[union-attr]
+    finally:
+        for p in procs:
+            p.wait(timeout=60)
+    assert sum(r["done"] for r in results) == N_TASKS
+    return N_TASKS / (max(r["end"] for r in results) - min(r["start"] for r in results))
+
+
+async def seed_tasks(url: str, home: Path) -> None:
+    async with engine_with_sessions(home, 0, database_url=url) as (engine, _):
+        for i in range(N_TASKS):
+            await engine.tasks.create(ROOT, tm.TaskCreate(title=f"t{i}", priority=i % 3))
+
+
+async def daemon_process(url: str, home: str, workers: int) -> None:
+    """Worker mode: an engine with `workers` sessions says ready, waits for go, claims and completes until
+    the queue is empty, and prints what it did and when (wall clock, comparable between processes)."""
+    async with engine_with_sessions(Path(home), workers, database_url=url) as (engine, callers):
+        print("ready", flush=True)
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+        done = 0
+
+        async def work(caller: Caller) -> None:
+            nonlocal done
+            while (claim := (await engine.tasks.claim_next(caller, tm.ClaimNext())).claim) is not None:
+                await engine.tasks.complete(caller, tm.Complete(task_run_id=claim.run.id,
+                                                                claim_token=claim.claim_token))
+                done += 1
+
+        start = time.time()
+        async with anyio.create_task_group() as tg:
+            for caller in callers:
+                tg.start_soon(work, caller)
+        print(json.dumps({"done": done, "start": start, "end": time.time()}), flush=True)
 
 
 async def main() -> None:
@@ -182,4 +281,7 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    if "AGENTDOCK_BENCH_DAEMON" in os.environ:  # a daemon process of pairs_over_processes
+        anyio.run(daemon_process, *json.loads(os.environ["AGENTDOCK_BENCH_DAEMON"]))
+    else:
+        anyio.run(main)

@@ -47,6 +47,9 @@ FIGURES = {
         rf"PostgreSQL: its own commit rate \(one-row transactions, this run\): {NUM} commits/s",
         rf"workers: {NUM} claim\+complete pairs/s",
         rf"workers over 3 engines: {NUM} claim\+complete pairs/s",
+        rf"raw PostgreSQL, {NUM} connections, .*: {NUM} pairs/s",
+        rf"workers over 1 daemon process: {NUM} claim\+complete pairs/s \({NUM}% of raw\)",
+        rf"workers over 3 daemon processes: {NUM} claim\+complete pairs/s \({NUM}% of raw\)",
         rf"receivers: p50 {NUM} ms, p99 {NUM} ms",
     ],
     "bench/gateway.py": [
