@@ -105,7 +105,7 @@ async def burst(cap: int, home: Path, daemons: int = 1, **store: Any) -> dict[st
         finished = time.perf_counter()
         commits = sum(e.store.commits for e in engines) - commits_before
         done.set()
-        rows = [await engine.store.run(r.id) for r in runs]
+        rows = [await engine.store.runs.run(r.id) for r in runs]
         events = 0
         for r in runs:
             events += len(await engine.store.events(topics.run(r.id), 0, 10_000))

@@ -156,7 +156,7 @@ async def pairs_per_second(workers: int, home: Path, daemons: int = 1, **store: 
                     tg.start_soon(work, on, caller)
         elapsed = time.perf_counter() - start
         commits = sum(e.store.commits for e, _ in engines) - commits_before
-        left = await engine.store.tasks(None, "queued", 10)
+        left = await engine.store.tasks.list(None, "queued", 10)
     assert done == N_TASKS and not left
     return {"pairs_per_s": done / elapsed, "commits_per_s": commits / elapsed}
 

@@ -59,7 +59,7 @@ class Admission:
         budget = free + (pool.ready if pool else 0)
         if budget <= 0:
             return 0
-        picked = [q for q in await self.store.queued_runs(self.cap + budget, self.daemon_id)
+        picked = [q for q in await self.store.runs.queued_runs(self.cap + budget, self.daemon_id)
                   if not self.runs.supervised(q.id)]
         picked = picked[:budget]
         if not picked:
@@ -83,17 +83,17 @@ class Admission:
                             break
                     else:
                         taken.append((run.shape, device_id))  # type: ignore[arg-type]
-                    if not await tx.transition_run(run.id, [models.RunStatus.queued], status="running",
+                    if not await tx.runs.transition_run(run.id, [models.RunStatus.queued], status="running",
                                                    started_at=now, daemon_id=self.daemon_id):
                         continue  # canceled meanwhile, or started by another daemon
                     if run.ephemeral:
-                        await tx.own_device(run.target_id, self.daemon_id)
+                        await tx.devices.own_device(run.target_id, self.daemon_id)
                     payload: dict[str, Any] = {"target_id": run.target_id}
                     if device_id is not None:
-                        if await tx.claim_device(device_id, run.id, run.created_by):
+                        if await tx.devices.claim_device(device_id, run.id, run.created_by):
                             claimed.add(device_id)
-                            await tx.update_run(run.id, target_id=device_id)
-                            await tx.delete_device(run.target_id)  # the sandbox it would have made
+                            await tx.runs.update_run(run.id, target_id=device_id)
+                            await tx.devices.delete_device(run.target_id)  # the sandbox it would have made
                             payload = {"target_id": device_id, "pooled": True}
                         else:  # not the ready device the pool took it for: the run makes its own
                             assert pool is not None

@@ -34,6 +34,7 @@ from engine.profiles import models as pm
 
 if TYPE_CHECKING:
     from engine.callers import Caller
+    from engine.store import Tx
 
 RESOURCES = ("cpus", "memory_mb", "pids_limit", "workspace_mb", "tmp_mb")
 DISKS = ("workspace_mb", "tmp_mb")
@@ -175,11 +176,11 @@ def check_target(limits: Limits, device_id: str, *, image: str, network: bool, f
             "leave the target out for a fresh sandbox", evidence={"field": field, "limit": "image"})
 
 
-async def require_active(tx: Any, caller: Caller) -> None:
+async def require_active(tx: Tx, caller: Caller) -> None:
     """Refuse, inside a writing transaction, a caller whose session has stopped or expired meanwhile
     (it was live when it authenticated): a stop and what its session does are serialized, so nothing
     is created under a session after the transaction that stopped it."""
-    if caller.is_root or await tx.session_active(caller.session_id):
+    if caller.is_root or await tx.sessions.session_active(caller.session_id):
         return
     raise errors.Unauthenticated(f"session {caller.session_id} has stopped; what it asked is not done",
                                  evidence={"field": "Authorization", "session_id": caller.session_id})

@@ -16,7 +16,7 @@ import re
 from functools import lru_cache
 
 _BYTES = re.compile(r"length\(CAST\((.+?) AS BLOB\)\)")
-_LOCKING = re.compile(r"/\*(FOR UPDATE(?: SKIP LOCKED)?)\*/")
+_LOCKING = re.compile(r"/\*(FOR (?:UPDATE|SHARE)(?: SKIP LOCKED)?)\*/")
 _NULL_TEST = re.compile(r"\s+IS\s+(NOT\s+)?NULL\b", re.IGNORECASE)
 
 

@@ -94,7 +94,7 @@ class Gateway:
                 key, self.tokens.placeholder(run_id, provider)):
             raise errors.Unauthenticated(f"the model gateway needs the run's {p.name} key, the placeholder in its "
                                          "environment; this request has none, or another")
-        found = await self.store.run_grant(run_id)
+        found = await self.store.runs.run_grant(run_id)
         if found is None:
             raise errors.Unauthenticated(f"no run {run_id}")
         status, secret_names, group_id = found
@@ -112,7 +112,7 @@ class Gateway:
     async def account(self, grant: Grant, usage: Usage) -> None:
         """Count one forwarded request on its run's record, with an event saying what it cost."""
         async with self.store.write(self.clock.now()) as tx:
-            await tx.add_model_usage(grant.run_id, usage.input_tokens or 0, usage.output_tokens or 0)
+            await tx.runs.add_model_usage(grant.run_id, usage.input_tokens or 0, usage.output_tokens or 0)
             await tx.append_events(grant.run_id, [("model_request", f"{grant.provider.name} answered {usage.status}", {
                 "provider": grant.provider.name, "status": usage.status, "input_tokens": usage.input_tokens,
                 "output_tokens": usage.output_tokens})], group_id=grant.group_id)

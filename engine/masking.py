@@ -48,7 +48,7 @@ class Masking:
         if caller.is_root:
             held: Iterable[str] = stored
         else:
-            held = await self.store.secrets_of_tree(await self._tree(caller.session_id))
+            held = await self.store.quotas.secrets_of_tree(await self._tree(caller.session_id))
         key = tuple(sorted((name, *stored[name]) for name in held if name in stored))
         if not key:
             return NOTHING
@@ -63,7 +63,7 @@ class Masking:
 
     async def _tree(self, session_id: str) -> str:
         if session_id not in self._trees:
-            found = await self.store.session_tree(session_id)
+            found = await self.store.quotas.session_tree(session_id)
             if found is None:  # a caller built in-process without a session row: a tree of its own
                 return session_id
             self._trees[session_id] = found.tree

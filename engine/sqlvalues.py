@@ -1,6 +1,6 @@
-"""How values go into SQLite (one sortable text form for timestamps, JSON columns, ids), and what the
-store's per-area mixins (each area's `repository`) may use of the
-transaction and the store they are mixed into."""
+"""How values go into SQLite (one sortable text form for timestamps, JSON columns, ids), and the two
+bases of each area's repository (its `repository` module): its writes over an open transaction, its
+reads over the store."""
 
 from __future__ import annotations
 
@@ -42,31 +42,37 @@ def encode(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class Connected:
-    """What a write mixin uses of `store.Tx`: the writer, the transaction's time, its topics, and its
-    compare-and-set."""
+    """An area's writes in one open transaction (`store.Tx`, where it is `tx.<area>`): its statements go
+    to the transaction's connection, at its time, waking its topics once it commits."""
 
-    conn: Any
-    """The writer (`store.InlineConnection`)."""
-    now: datetime
-    stamp: str
-    """`now` as stored."""
+    def __init__(self, tx: Any) -> None:
+        self.tx = tx
+        self.conn = tx.conn
+        """The writer (`store.InlineConnection`, or PostgreSQL's)."""
+        self.now: datetime = tx.now
+        self.stamp: str = tx.stamp
+        """`now` as stored."""
 
     def touch(self, topic: str) -> None:
-        raise NotImplementedError
+        self.tx.touch(topic)
 
     async def cas(self, sql: str, params: Any, *touched: str) -> dict[str, Any] | None:
-        raise NotImplementedError
+        return await self.tx.cas(sql, params, *touched)
 
     async def _cas(self, table: str, allowed: frozenset[str], id_: str, expected: list[str],
                    fields: dict[str, Any], topic: str) -> bool:
-        raise NotImplementedError
+        return await self.tx._cas(table, allowed, id_, expected, fields, topic)
 
 
 class Reading:
-    """What a read mixin uses of `store.Store`: one query on the reader, all rows or the first."""
+    """An area's reads (`store.Store`, where it is `store.<area>`): one query on the reader, all rows or
+    the first."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
 
     async def _all(self, sql: str, params: Any = ()) -> list[dict[str, Any]]:
-        raise NotImplementedError
+        return await self._store._all(sql, params)
 
     async def _one(self, sql: str, params: Any = ()) -> dict[str, Any] | None:
-        raise NotImplementedError
+        return await self._store._one(sql, params)

@@ -14,8 +14,9 @@ Reads, which may carry a run's whole output, stay on the reader's own thread (ai
 
 This module is the core: the connections, the transaction, migrations, events and their streams, and
 the one compare-and-set. Each area keeps its SQL and operations in its package's `repository` module
-(runs, devices, sessions, souls, tasks, channels, profiles, groups, quotas, approvals, daemons), mixed into `Tx`
-and `Store` here.
+(runs, devices, sessions, souls, tasks, channels, profiles, groups, quotas, approvals, daemons): its
+reads are `store.<area>` (`store.tasks.task(id)`), its writes `tx.<area>` in a transaction
+(`tx.tasks.claim_task(...)`), so each line says which area it touches.
 """
 
 from __future__ import annotations
@@ -169,9 +170,7 @@ class InlineConnection:
         self.raw.close()
 
 
-class Tx(runs.RunWrites, devices.DeviceWrites, sessions.SessionWrites, souls.SoulWrites, groups.GroupWrites,
-         tasks.TaskWrites, channels.ChannelWrites, profiles.ProfileWrites, quotas.QuotaWrites, approvals.ApprovalWrites,
-         daemons.DaemonWrites):
+class Tx:
     """One open write transaction; `touched` are the topics to wake once it commits."""
 
     def __init__(self, conn: Any, now: datetime) -> None:
@@ -180,6 +179,18 @@ class Tx(runs.RunWrites, devices.DeviceWrites, sessions.SessionWrites, souls.Sou
         self.stamp = ts(now)
         """`now` as stored (formatted once per transaction)."""
         self.touched: set[str] = set()
+        # each area's writes in this transaction
+        self.runs = runs.RunWrites(self)
+        self.devices = devices.DeviceWrites(self)
+        self.sessions = sessions.SessionWrites(self)
+        self.souls = souls.SoulWrites(self)
+        self.groups = groups.GroupWrites(self)
+        self.tasks = tasks.TaskWrites(self)
+        self.channels = channels.ChannelWrites(self)
+        self.profiles = profiles.ProfileWrites(self)
+        self.quotas = quotas.QuotaWrites(self)
+        self.approvals = approvals.ApprovalWrites(self)
+        self.daemons = daemons.DaemonWrites(self)
 
     def touch(self, topic: str) -> None:
         self.touched.add(topic)
@@ -263,9 +274,7 @@ class Tx(runs.RunWrites, devices.DeviceWrites, sessions.SessionWrites, souls.Sou
         return dict(rows[0])
 
 
-class Store(runs.RunReads, devices.DeviceReads, sessions.SessionReads, souls.SoulReads, groups.GroupReads,
-            tasks.TaskReads, channels.ChannelReads, profiles.ProfileReads, quotas.QuotaReads, approvals.ApprovalReads,
-            daemons.DaemonReads):
+class Store:
     def __init__(self, path: Path, notifier: topics.Topics | None = None) -> None:
         self.path = path
         self.topics = notifier or topics.Topics()
@@ -276,6 +285,18 @@ class Store(runs.RunReads, devices.DeviceReads, sessions.SessionReads, souls.Sou
         """Write transactions committed since this store was opened."""
         self.shared = False
         """Whether other daemons share this database (PostgreSQL): their commits reach this one's waiters."""
+        # each area's reads
+        self.runs = runs.RunReads(self)
+        self.devices = devices.DeviceReads(self)
+        self.sessions = sessions.SessionReads(self)
+        self.souls = souls.SoulReads(self)
+        self.groups = groups.GroupReads(self)
+        self.tasks = tasks.TaskReads(self)
+        self.channels = channels.ChannelReads(self)
+        self.profiles = profiles.ProfileReads(self)
+        self.quotas = quotas.QuotaReads(self)
+        self.approvals = approvals.ApprovalReads(self)
+        self.daemons = daemons.DaemonReads(self)
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,7 @@ class ApprovalReads(Reading):
         row = await self._one(SQL["approval_get"], (approval_id,))
         return ApprovalRow.model_validate(row) if row else None
 
-    async def approvals(self, *, session_id: str | None, status: str | None, limit: int,
+    async def list(self, *, session_id: str | None, status: str | None, limit: int,
                         now: datetime) -> list[ApprovalRow]:
         """Newest first: all of them (`session_id` None), or a session's and those of the sessions below it."""
         rows = await self._all(SQL["approvals_list"], {"me": session_id, "all": int(session_id is None),

@@ -32,7 +32,7 @@ from engine.callers import Caller
 from engine.clock import SystemClock
 from engine.ports import Clock
 from engine.settings import Settings
-from engine.store import Store, new_id
+from engine.store import Store, Tx, new_id
 
 
 class ApprovalService:
@@ -53,15 +53,15 @@ class ApprovalService:
         `ApprovalDenied`. Call it after every other check and right before acting."""
         if not profiles.asks_approval(caller):
             return
-        session = await self.store.session(caller.session_id)
+        session = await self.store.sessions.session(caller.session_id)
         if session is None:
             raise errors.Unauthenticated(f"no session {caller.session_id}")
         now = self.clock.now()
         async with self.store.write(now) as tx:
-            latest = await tx.latest_approval(caller.session_id, action.key)
+            latest = await tx.approvals.latest_approval(caller.session_id, action.key)
             status = latest.effective(now) if latest else None
             if latest is not None and status is am.ApprovalStatus.approved:
-                if await tx.use_approval(latest.id, caller.session_id, action.key):
+                if await tx.approvals.use_approval(latest.id, caller.session_id, action.key):
                     await self._event(tx, "approval_used", f"{caller.session_id} used approval {latest.id}: "
                                       f"{latest.summary}", latest.id, caller.session_id, action.key)
                     return
@@ -69,7 +69,7 @@ class ApprovalService:
                     status is am.ApprovalStatus.denied and latest.expires_at > now)):
                 found = latest
             else:
-                pending = await tx.pending_approvals_of(caller.session_id)
+                pending = await tx.approvals.pending_approvals_of(caller.session_id)
                 if pending >= am.MAX_PENDING_PER_SESSION:
                     raise errors.LimitExceeded(
                         f"approvals: session {caller.session_id} already has {pending} pending approvals; wait for "
@@ -77,13 +77,13 @@ class ApprovalService:
                         suggested_command="agentdock approvals list --status pending",
                         evidence={"field": "approvals", "limit": am.MAX_PENDING_PER_SESSION})
                 approval_id = new_id("apr")
-                await tx.insert_approval({
+                await tx.approvals.insert_approval({
                     "id": approval_id, "session_id": session.id, "workspace_id": session.workspace_id,
                     "profile_id": session.profile_id, "action": action.key, "summary": action.summary,
                     "detail": action.detail, "expires_at": now + self.ttl, "created_at": now})
                 await self._event(tx, "approval_requested", f"{session.id} asks to {action.summary}", approval_id,
                                   session.id, action.key)
-                found = await tx.approval(approval_id)
+                found = await tx.approvals.approval(approval_id)
                 assert found is not None
         if found.status is am.ApprovalStatus.denied:
             raise errors.ApprovalDenied(
@@ -127,7 +127,7 @@ class ApprovalService:
         permission, its own and those of the sessions below it."""
         caller.require("approvals", "approval_list")
         now = self.clock.now()
-        rows = await self.store.approvals(session_id=None if caller.is_root else caller.session_id,
+        rows = await self.store.approvals.list(session_id=None if caller.is_root else caller.session_id,
                                           status=q.status.value if q.status else None, limit=q.limit, now=now)
         return am.ApprovalList(data=[r.record(now) for r in rows])
 
@@ -169,12 +169,12 @@ class ApprovalService:
                 evidence={"field": "approval", "session_id": caller.session_id})
         now = self.clock.now()
         async with self.store.write(now) as tx:
-            if await tx.decide_approval(approval_id, outcome.value, caller.session_id, req.reason, now + self.ttl):
+            if await tx.approvals.decide_approval(approval_id, outcome.value, caller.session_id, req.reason, now + self.ttl):
                 who = "the local user" if caller.is_root else f"session {caller.session_id}"
                 await self._event(tx, f"approval_{outcome.value}", f"{who} {outcome.value} {row.session_id}'s "
                                   f"request to {row.summary}", approval_id, row.session_id, row.action,
                                   decided_by=caller.session_id, reason=req.reason)
-            current = await tx.approval(approval_id)
+            current = await tx.approvals.approval(approval_id)
         assert current is not None
         record = current.record(now)
         if record.status is outcome and current.decided_by == caller.session_id:
@@ -192,7 +192,7 @@ class ApprovalService:
         while True:
             changed = self.store.topics.watch(topics.APPROVALS)
             await self.expire_due()
-            nxt = await self.store.next_approval_expiry()
+            nxt = await self.store.approvals.next_approval_expiry()
             if nxt is None:  # nothing open: only a new approval gives it work (no sleeper on the clock)
                 await changed.wait()
             elif (delay := (nxt - self.clock.now()).total_seconds()) > 0:  # else one came due meanwhile: look
@@ -200,13 +200,13 @@ class ApprovalService:
 
     async def expire_due(self) -> int:
         now = self.clock.now()
-        due = await self.store.approvals_due(now)
+        due = await self.store.approvals.approvals_due(now)
         if not due:
             return 0
         expired = 0
         async with self.store.write(now) as tx:
             for row in due:
-                if await tx.expire_approval(row.id):
+                if await tx.approvals.expire_approval(row.id):
                     expired += 1
                     what = "nobody decided it" if row.status is am.ApprovalStatus.pending else "it was not used"
                     await self._event(tx, "approval_expired", f"approval {row.id} expired ({what}): {row.session_id}"
@@ -217,13 +217,13 @@ class ApprovalService:
     # ------------------------------------------------------------ helpers
 
     async def _visible(self, caller: Caller, approval_id: str) -> am.ApprovalRow:
-        row = await self.store.approval(approval_id)
+        row = await self.store.approvals.approval(approval_id)
         if row is None or not caller.sees(row.session_id):
             raise errors.NotFound("approval", approval_id, evidence={"field": "approval_id"})
         return row
 
     @staticmethod
-    async def _event(tx: Any, type_: str, message: str, approval_id: str, session_id: str, action: str,
+    async def _event(tx: Tx, type_: str, message: str, approval_id: str, session_id: str, action: str,
                      **more: Any) -> None:
         await tx.append_stream_events(topics.APPROVALS, [(type_, message, {
             "approval_id": approval_id, "session_id": session_id, "action": action, **more})])

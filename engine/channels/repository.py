@@ -145,7 +145,7 @@ class ChannelReads(Reading):
         row = await self._one(SQL["channel_get"], (channel_id,))
         return ChannelRow.model_validate(row) if row else None
 
-    async def channels(self, session_id: str | None, limit: int) -> list[ChannelRow]:
+    async def list(self, session_id: str | None, limit: int) -> list[ChannelRow]:
         """The channels `session_id` is a member of (None: every channel), most recently active first."""
         rows = await (self._all(SQL["channels_all"], (limit,)) if session_id is None
                       else self._all(SQL["channels_of"], (session_id, limit)))

@@ -67,7 +67,7 @@ async def still_active(store: Store, caller: Caller) -> None:
     """After a wait: refuse to go on for a session stopped (or expired) meanwhile."""
     if caller.is_root:
         return
-    row = await store.session(caller.session_id)
+    row = await store.sessions.session(caller.session_id)
     if row is None or row.status != "active":
         raise errors.Unauthenticated(f"session {caller.session_id} ended while it waited",
                                      evidence={"session_id": caller.session_id})
@@ -95,7 +95,7 @@ class ChannelService:
     async def visible(self, caller: Caller) -> list[cm.ChannelRow]:
         """The channels the caller may use: those it belongs to that its permissions name."""
         allowed = await self._network_channels(caller)
-        rows = await self.store.channels(None if caller.is_root else caller.session_id, LIST_LIMIT)
+        rows = await self.store.channels.list(None if caller.is_root else caller.session_id, LIST_LIMIT)
         return [r for r in rows if permitted(allowed, r)]
 
     async def send(self, caller: Caller, req: cm.Send) -> cm.MessageResult:
@@ -124,7 +124,7 @@ class ChannelService:
         req = await self._masked(caller, req)
         allowed = await self._network_channels(caller)
         async with self.store.write(self.clock.now()) as tx:
-            original = await tx.message(req.reply_to_message_id)
+            original = await tx.channels.message(req.reply_to_message_id)
             if original is None or original.to_session_id not in (None, caller.session_id):
                 raise errors.NotFound("message", req.reply_to_message_id, suggested_command="agentdock channels list",
                                       evidence={"field": "reply_to_message_id"})
@@ -163,7 +163,7 @@ class ChannelService:
             nonlocal looks
             async with self.store.write(self.clock.now()) as tx:
                 await self._open(tx, caller, req.channel_id, allowed)
-                rows = await tx.take_messages(req.channel_id, caller.session_id, req.limit, req.after_sequence,
+                rows = await tx.channels.take_messages(req.channel_id, caller.session_id, req.limit, req.after_sequence,
                                               self.settings.list_page_max_bytes)
             looks += 1
             return bool(rows), cm.Messages(messages=[r.record() for r in rows], waited=looks > 1)
@@ -176,18 +176,18 @@ class ChannelService:
         and how many there are."""
         allowed = await self._network_channels(caller)
         if allowed is None or "*" in allowed:
-            rows, count = await self.store.inbox(caller.session_id, limit)
+            rows, count = await self.store.channels.inbox(caller.session_id, limit)
             return [r.item() for r in rows], count
         mine = {c.id for c in await self.visible(caller)}
-        rows = [r for r in (await self.store.inbox(caller.session_id, 10 * LIST_LIMIT))[0] if r.channel_id in mine]
+        rows = [r for r in (await self.store.channels.inbox(caller.session_id, 10 * LIST_LIMIT))[0] if r.channel_id in mine]
         return [r.item() for r in rows[:limit]], len(rows)
 
     async def channel(self, caller: Caller, channel_id: str) -> cm.Channel | None:
         """One channel the caller may use, or None (for the context's sections)."""
-        row = await self.store.channel(channel_id)
+        row = await self.store.channels.channel(channel_id)
         if row is None or not permitted(await self._network_channels(caller), row):
             return None
-        if not caller.is_root and not await self.store.is_member(channel_id, caller.session_id):
+        if not caller.is_root and not await self.store.channels.is_member(channel_id, caller.session_id):
             return None
         return row.record()
 
@@ -198,8 +198,8 @@ class ChannelService:
         """The channel, if the caller may use it; else NotFound (not a member) or PermissionDenied.
         (Only the writer's own statements in here: a read on the reader's thread would hold the writer
         across a thread hop.)"""
-        channel = await tx.channel(channel_id)
-        if channel is None or not (caller.is_root or await tx.is_member(channel_id, caller.session_id)):
+        channel = await tx.channels.channel(channel_id)
+        if channel is None or not (caller.is_root or await tx.channels.is_member(channel_id, caller.session_id)):
             raise errors.NotFound("channel", channel_id, evidence={"field": "channel_id"})
         if not permitted(allowed, channel):
             raise errors.PermissionDenied(
@@ -226,7 +226,7 @@ class ChannelService:
         size = len(row["body"]) + len(json.dumps(row["metadata"]))
         await self.quotas.charge(tx, caller, channel.workspace_id, Usage(messages=1, message_bytes=size),
                                  field="body")
-        return await tx.append_message(row)
+        return await tx.channels.append_message(row)
 
     async def _masked(self, caller: Caller, req: cm.SendOrReply) -> cm.SendOrReply:
         """The message as it may be stored: its body and `ext` masked for the secrets the caller holds;
@@ -245,7 +245,7 @@ class ChannelService:
     async def _own_correlation(tx: Tx, caller: Caller, channel: cm.ChannelRow, correlation_id: str | None) -> None:
         """A send's correlation id is the sender's own: one another session's message on the channel carries
         (or is) belongs to that conversation, which only `channel_reply` joins."""
-        if correlation_id is not None and await tx.correlation_of_another(channel.id, correlation_id,
+        if correlation_id is not None and await tx.channels.correlation_of_another(channel.id, correlation_id,
                                                                           caller.session_id):
             raise errors.InvalidInput(
                 "metadata.correlation_id", f"{correlation_id} is another session's correlation on {channel.channel}; "
@@ -258,7 +258,7 @@ class ChannelService:
         """The message an earlier send with this idempotency key stored (None: send it now)."""
         if req.idempotency_key is None:
             return None
-        found = await tx.message_by_key(caller.session_id, req.idempotency_key)
+        found = await tx.channels.message_by_key(caller.session_id, req.idempotency_key)
         if found is not None and found.request_hash != req.fingerprint():
             raise errors.Conflict(f"idempotency_key: already used for another message ({found.id}); use a new key "
                                   "for a new message", evidence={"field": "idempotency_key", "message_id": found.id})
@@ -279,7 +279,7 @@ class ChannelService:
         if caller.is_root:
             return None
         if caller.session_id not in self._allowed:
-            row = await self.store.session(caller.session_id)
+            row = await self.store.sessions.session(caller.session_id)
             if row is None:
                 raise errors.Unauthenticated(f"no session {caller.session_id}")
             self._allowed[caller.session_id] = list(row.permissions.get("network_channels", []))

@@ -78,7 +78,7 @@ class DaemonWrites(Connected):
 
 
 class DaemonReads(Reading):
-    async def daemons(self) -> list[DaemonRow]:
+    async def list(self) -> list[DaemonRow]:
         return [DaemonRow.model_validate(r) for r in await self._all(SQL["daemons_all"])]
 
     async def silent_daemons(self, me: str, before: datetime) -> list[DaemonRow]:

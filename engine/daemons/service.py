@@ -44,7 +44,7 @@ class DaemonService:
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         async with self.store.write(self.clock.now()) as tx:
-            await tx.register_daemon(self.id, str(self.settings.home), socket.gethostname(), os.getpid())
+            await tx.daemons.register_daemon(self.id, str(self.settings.home), socket.gethostname(), os.getpid())
         task_status.started()
         if not self.store.shared:
             self.leader = True  # the one daemon of a SQLite file: nobody to beat for
@@ -63,10 +63,10 @@ class DaemonService:
         now = self.clock.now()
         lease_until = now + timedelta(seconds=self.settings.daemon_lost_after_seconds)
         async with self.store.write(now) as tx:
-            alive = await tx.beat(self.id)
+            alive = await tx.daemons.beat(self.id)
             if not alive:  # declared lost while it was away (paused, cut off): its runs were settled
-                await tx.register_daemon(self.id, str(self.settings.home), socket.gethostname(), os.getpid())
-            self.leader = await tx.hold_lease(LEADER, self.id, lease_until)
+                await tx.daemons.register_daemon(self.id, str(self.settings.home), socket.gethostname(), os.getpid())
+            self.leader = await tx.daemons.hold_lease(LEADER, self.id, lease_until)
         if not alive:
             log.warning("this daemon (%s) had been declared lost; its runs were settled by the leader", self.id)
             if self.on_lost is not None:
@@ -80,22 +80,22 @@ class DaemonService:
         now = self.clock.now()
         before = now - timedelta(seconds=self.settings.daemon_lost_after_seconds)
         settled: list[str] = []
-        for daemon in await self.store.silent_daemons(self.id, before):
+        for daemon in await self.store.daemons.silent_daemons(self.id, before):
             async with self.store.write(now) as tx:
-                if not await tx.declare_lost(daemon.id, before):
+                if not await tx.daemons.declare_lost(daemon.id, before):
                     continue  # it beat meanwhile
-                for run in await tx.running_on(daemon.id):
+                for run in await tx.daemons.running_on(daemon.id):
                     error = (f"its daemon {daemon.id} ({daemon.host}, {daemon.home}) stopped answering for "
                              f"{self.settings.daemon_lost_after_seconds:g} s")
-                    if not await tx.transition_run(run["id"], [models.RunStatus.running], status="failed",
+                    if not await tx.runs.transition_run(run["id"], [models.RunStatus.running], status="failed",
                                                    failure_kind="process_lost", error=error, finished_at=now):
                         continue
-                    await tx.fold_output(run["id"])
+                    await tx.runs.fold_output(run["id"])
                     await tx.append_events(run["id"], [("run_finished", "Run failed", {
                         "status": "failed", "exit_code": None, "failure_kind": "process_lost"})],
                         group_id=run["agent_run_group_id"])
                     if run["ephemeral"]:
-                        await tx.delete_device(run["target_id"])  # its container goes when that daemon returns
+                        await tx.devices.delete_device(run["target_id"])  # its container goes when that daemon returns
                     settled.append(run["id"])
             log.warning("daemon %s stopped answering; %d of its runs ended process_lost", daemon.id, len(settled))
         return settled

@@ -154,7 +154,7 @@ class Pool:
             while (len(self._ready.get(shape, ())) + self._starting.get(shape, 0) < self.size
                    and self.active() + self.held < self.cap
                    and self._retry_at.get(shape, 0.0) <= self.clock.monotonic()):
-                if await self.store.queued_runs(1, self.daemon_id):
+                if await self.store.runs.queued_runs(1, self.daemon_id):
                     return None  # admission first: its commit wakes this service again
                 settling = self._claimed_at + REFILL_DELAY_SECONDS - self.clock.monotonic()
                 if settling > 0:
@@ -178,7 +178,7 @@ class Pool:
             try:
                 now = self.clock.now()
                 async with self.store.write(now) as tx:
-                    await tx.insert_device({
+                    await tx.devices.insert_device({
                         "id": device_id, "kind": "sandbox", "name": None, "image": shape.image, "cpus": shape.cpus,
                         "memory_mb": shape.memory_mb, "pids_limit": shape.pids_limit,
                         "workspace_mb": shape.workspace_mb, "tmp_mb": shape.tmp_mb, "network": False, "env": {},
@@ -205,7 +205,7 @@ class Pool:
         try:
             await self.backend.remove(device_id)
             async with self.store.write(self.clock.now()) as tx:
-                await tx.delete_device(device_id)
+                await tx.devices.delete_device(device_id)
         except errors.EngineError as exc:
             log.warning("could not remove the pooled sandbox %s (the next start will): %s", device_id, exc.message)
 

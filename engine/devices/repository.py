@@ -56,7 +56,7 @@ class DeviceReads(Reading):
         row = await self._one(SQL["device_get"], (device_id,))
         return DeviceRow.model_validate(row) if row else None
 
-    async def devices(self, *, include_ephemeral: bool = False, created_by: str | None = None) -> list[DeviceRow]:
+    async def list(self, *, include_ephemeral: bool = False, created_by: str | None = None) -> list[DeviceRow]:
         if created_by is not None:
             rows = await self._all(SQL["device_list_by_creator"], (created_by,))
         else:

@@ -20,7 +20,7 @@ from engine.quotas.service import Quotas
 from engine.secrets import SecretStore
 from engine.ports import Clock, DeviceSpec, SandboxBackend
 from engine.settings import Settings
-from engine.store import Store, new_id
+from engine.store import Store, Tx, new_id
 
 SIZES = {
     models.TargetKind.sandbox: {"cpus": 1.0, "memory_mb": 512, "pids_limit": 256},
@@ -97,19 +97,19 @@ class DeviceService:
             "created_at": now, "updated_at": now, "daemon_id": self.daemon_id,
         }
 
-    async def check_room(self, caller: Caller, *, extra: int = 1, tx: Any = None) -> None:
+    async def check_room(self, caller: Caller, *, extra: int = 1, tx: Tx | None = None) -> None:
         """Refuse a new device when the caller's session, or a session above it, has effective limits
         whose `max_child_sandboxes` its tree of sessions has already reached, or when the caller's tree or
         workspace has its quota of live devices (`engine.quotas`)."""
         await self.quotas.check_devices(caller, extra=extra, tx=tx)
         session_id: str | None = caller.session_id
         while session_id and session_id != ROOT.session_id:
-            row = await self.store.session(session_id)
+            row = await self.store.sessions.session(session_id)
             if row is None:
                 return
             limit = row.effective_limits().max_child_sandboxes
             if limit is not None:
-                live = await (tx.live_devices_of_tree(row.id) if tx else self.store.live_devices_of_tree(row.id))
+                live = await (tx.profiles.live_devices_of_tree(row.id) if tx else self.store.profiles.live_devices_of_tree(row.id))
                 if live + extra > limit:
                     raise errors.LimitExceeded(
                         f"max_child_sandboxes: session {row.id}'s effective limits (its runtime profile's within its "
@@ -144,7 +144,7 @@ class DeviceService:
             async with self.store.write(self.clock.now()) as tx:
                 await authority.require_active(tx, caller)
                 await self.check_room(caller, tx=tx)  # again, counted in the transaction: no race past the limit
-                await tx.insert_device(self.row(caller, spec, req))
+                await tx.devices.insert_device(self.row(caller, spec, req))
         except BaseException:
             await self.backend.remove(state.device_id)
             raise
@@ -154,7 +154,7 @@ class DeviceService:
         """The request with what it leaves out (image, resources, network) taken from its
         profile: the one it names, else the caller session's, else the workspace's or tenant's default.
         (What the caller's effective limits allow is `bounded_spec`'s to decide.)"""
-        session = None if caller.is_root else await self.store.session(caller.session_id)
+        session = None if caller.is_root else await self.store.sessions.session(caller.session_id)
         governing = session.profile_snapshot if session else None
         if req.skip_agent_runtime_profile:
             return req
@@ -195,7 +195,7 @@ class DeviceService:
     async def get(self, caller: Caller, device_id: str) -> dm.Device:
         caller.require("devices")
         ids.DEVICE.check(device_id, "sandbox_id")  # the surfaces check it too; this is the last line
-        row = await self.store.device(device_id)
+        row = await self.store.devices.device(device_id)
         if row is None or not caller.sees(row.created_by):
             raise errors.NotFound("sandbox", device_id)
         if not self.here(row):
@@ -209,7 +209,7 @@ class DeviceService:
         caller.require("devices")
         live = {s.device_id: s for s in await self.backend.list_owned()}
         out = []
-        for row in await self.store.devices(created_by=None if caller.is_root else caller.session_id):
+        for row in await self.store.devices.list(created_by=None if caller.is_root else caller.session_id):
             s = live.get(row.id)
             status = models.DeviceStatus.remote if not self.here(row) else models.DeviceStatus.missing if s is None else (
                 models.DeviceStatus.running if s.running else models.DeviceStatus.stopped)
@@ -229,7 +229,7 @@ class DeviceService:
                 f"{device_id} is the ephemeral sandbox of run {device.run_id}; it is removed when the run ends",
                 suggested_command=f"agentdock runs cancel {device.run_id}",
             )
-        active = await self.store.active_runs_on(device_id)
+        active = await self.store.runs.active_runs_on(device_id)
         if active:
             raise errors.Conflict(
                 f"{device_id} has {len(active)} active run(s); cancel them before deleting it",
@@ -238,7 +238,7 @@ class DeviceService:
             )
         await self.approvals.require(caller, approval_models.delete_device(device_id))
         async with self.store.write(self.clock.now()) as tx:
-            await tx.delete_device(device_id)
+            await tx.devices.delete_device(device_id)
         await self.backend.remove(device_id)
         return device.model_copy(update={"status": models.DeviceStatus.missing})
 
@@ -264,7 +264,7 @@ class DeviceService:
         """Remove labelled containers whose device row is gone or deleted (a crash mid-create or mid-delete).
         Ephemeral containers are the run service's to settle."""
         removed = []
-        rows = {r.id for r in await self.store.devices(include_ephemeral=True)}
+        rows = {r.id for r in await self.store.devices.list(include_ephemeral=True)}
         for state in await self.backend.list_owned():
             if not state.ephemeral and state.device_id not in rows:
                 await self.backend.remove(state.device_id)

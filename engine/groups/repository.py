@@ -158,7 +158,7 @@ class GroupReads(Reading):
         row = await self._one(SQL["group_by_idempotency_key"], (created_by, key))
         return GroupRow.model_validate(row) if row else None
 
-    async def groups(self, *, status: str | None, workspace_id: str | None, project_id: str | None,
+    async def list(self, *, status: str | None, workspace_id: str | None, project_id: str | None,
                      cursor: str | None, limit: int, created_by: str | None) -> list[GroupRow]:
         """Newest first, keyset-paged by (created_at, id); one extra row says whether more follow."""
         where, params = [], []

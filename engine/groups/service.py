@@ -86,7 +86,7 @@ class GroupService:
         cap = self.settings.max_active_runs
         daemons = 1
         if self.store.shared:  # several daemons on one database: their caps together
-            daemons = max(1, sum(1 for d in await self.store.daemons() if d.lost_at is None))
+            daemons = max(1, sum(1 for d in await self.store.daemons.list() if d.lost_at is None))
         limit = req.concurrency_limit if req.concurrency_limit is not None else min(gm.DEFAULT_CONCURRENCY, cap)
         if limit > cap * daemons:
             whose = "the daemon's cap" if daemons == 1 else f"the {daemons} daemons' caps together"
@@ -107,7 +107,7 @@ class GroupService:
         try:
             async with self.store.write(now) as tx:
                 await authority.require_active(tx, caller)
-                await tx.insert_group(row)
+                await tx.groups.insert_group(row)
         except errors.Conflict:
             if req.idempotency_key:
                 existing = await self._same_group(caller, req.idempotency_key, fingerprint)
@@ -117,7 +117,7 @@ class GroupService:
         return await self.get(caller, group_id)
 
     async def _same_group(self, caller: Caller, key: str, fingerprint: str) -> gm.Group | None:
-        row = await self.store.group_by_idempotency_key(caller.session_id, key)
+        row = await self.store.groups.group_by_idempotency_key(caller.session_id, key)
         if row is None:
             return None
         if row.request_hash != fingerprint:
@@ -129,7 +129,7 @@ class GroupService:
     async def _row(self, caller: Caller, group_id: str) -> GroupRow:
         caller.require("groups")
         ids.GROUP.check(group_id, "group_id")
-        row = await self.store.group(group_id)
+        row = await self.store.groups.group(group_id)
         if row is None or not caller.sees(row.created_by):
             raise errors.NotFound("group", group_id)
         return row
@@ -139,9 +139,9 @@ class GroupService:
 
     async def list(self, caller: Caller, q: gm.GroupListQuery) -> gm.GroupList:
         caller.require("groups")
-        if q.cursor and await self.store.group(q.cursor) is None:
+        if q.cursor and await self.store.groups.group(q.cursor) is None:
             raise errors.InvalidInput("cursor", "unknown cursor; pass the next_cursor of a previous page")
-        rows = await self.store.groups(status=q.status.value if q.status else None, workspace_id=q.workspace_id,
+        rows = await self.store.groups.list(status=q.status.value if q.status else None, workspace_id=q.workspace_id,
                                        project_id=q.project_id, cursor=q.cursor, limit=q.limit,
                                        created_by=None if caller.is_root else caller.session_id)
         more = len(rows) > q.limit
@@ -149,8 +149,8 @@ class GroupService:
         return gm.GroupList(data=[await self._record(r) for r in rows], next_cursor=rows[-1].id if more else None)
 
     async def _record(self, row: GroupRow) -> gm.Group:
-        ec = await self.store.entry_counts(row.id)
-        rc = await self.store.group_run_counts(row.id)
+        ec = await self.store.groups.entry_counts(row.id)
+        rc = await self.store.groups.group_run_counts(row.id)
         entry_counts = gm.EntryCounts(total=sum(ec.values()), **ec)
         counts = gm.Counts(total=sum(rc.values()), **{k: v for k, v in rc.items() if k != "queued"})
         status = gm.GroupStatus(row.status)
@@ -231,13 +231,13 @@ class GroupService:
         """An earlier dispatch's entries and results once all have ended, or as they are when `wait` passes."""
         await self._row(caller, group_id)
         ids.DISPATCH.check(dispatch_id, "dispatch_id")
-        row = await self.store.dispatch(dispatch_id)
+        row = await self.store.groups.dispatch(dispatch_id)
         if row is None or row.group_id != group_id or not caller.sees(row.created_by):
             raise errors.NotFound("dispatch", dispatch_id)
         return await self._answer(caller, group_id, dispatch_id, wait, with_results=True)
 
     async def _same_dispatch(self, caller: Caller, key: str, group_id: str, fingerprint: str) -> str | None:
-        row = await self.store.dispatch_by_idempotency_key(caller.session_id, key)
+        row = await self.store.groups.dispatch_by_idempotency_key(caller.session_id, key)
         if row is None:
             return None
         if row.request_hash != fingerprint:
@@ -253,19 +253,19 @@ class GroupService:
         entry_ids = [new_id("agre") for _ in items]
         async with self.store.write(now) as tx:
             await authority.require_active(tx, caller)
-            if not await tx.open_group(group.id):
-                current = await tx.group(group.id)
+            if not await tx.groups.open_group(group.id):
+                current = await tx.groups.group(group.id)
                 state = "is being canceled" if current and current.status in ACTIVE else (
                     f"has ended {current.status}" if current else "is gone")
                 raise errors.InvalidTransition(
                     f"group {group.id} {state}; dispatch into a new group",
                     suggested_command="agentdock agent-run-groups create", evidence={"group_id": group.id})
-            first = await tx.next_entry_position(group.id)
-            await tx.insert_dispatch({"id": dispatch_id, "group_id": group.id, "first_index": first,
+            first = await tx.groups.next_entry_position(group.id)
+            await tx.groups.insert_dispatch({"id": dispatch_id, "group_id": group.id, "first_index": first,
                                       "count": len(items), "is_async": req.async_,
                                       "idempotency_key": req.idempotency_key, "request_hash": fingerprint,
                                       "created_at": now, "created_by": caller.session_id})
-            await tx.insert_entries(group.id, dispatch_id, first, items, entry_ids)
+            await tx.groups.insert_entries(group.id, dispatch_id, first, items, entry_ids)
             await tx.append_group_events(group.id, [
                 (None, "entry_queued", f"Entry {first + i} queued", {
                     "entry_id": entry_id, "index": first + i,
@@ -278,7 +278,7 @@ class GroupService:
 
         async def look() -> tuple[bool, tuple[bool, int, list[EntryRow]]]:
             cursor = await self.store.stream_last(stream)
-            rows = await self.store.dispatch_entries(dispatch_id)
+            rows = await self.store.groups.dispatch_entries(dispatch_id)
             done = all(gm.EntryStatus(e.status).terminal for e in rows)
             return done, (done, cursor, rows)
 
@@ -286,7 +286,7 @@ class GroupService:
         results = []
         if with_results:
             ended = [e for e in rows if gm.EntryStatus(e.status).terminal]
-            found = await self.store.runs_by_ids([e.run_id for e in ended if e.run_id],
+            found = await self.store.runs.runs_by_ids([e.run_id for e in ended if e.run_id],
                                                  budget=self.settings.list_page_max_bytes)
             results = [_result(e, found.get(e.run_id or "")) for e in ended]
         return gm.DispatchResult(group=await self.get(caller, group_id), results=results,
@@ -322,11 +322,11 @@ class GroupService:
     async def group_runs(self, caller: Caller, group_id: str, q: gm.GroupRunsQuery) -> gm.GroupRunList:
         """The group's entries in order, each with its latest run (input and output when asked)."""
         await self._row(caller, group_id)
-        rows = await self.store.group_entries(group_id, start=q.cursor or 0, limit=q.limit + 1,
+        rows = await self.store.groups.group_entries(group_id, start=q.cursor or 0, limit=q.limit + 1,
                                               status=q.status.value if q.status else None)
         more = len(rows) > q.limit
         rows = rows[: q.limit]
-        found = await self.store.runs_by_ids([e.run_id for e in rows if e.run_id],
+        found = await self.store.runs.runs_by_ids([e.run_id for e in rows if e.run_id],
                                              budget=self.settings.list_page_max_bytes if q.include_output else -1)
         data = [_group_run(e, found.get(e.run_id or ""), q) for e in rows]
         return gm.GroupRunList(data=data, next_cursor=rows[-1].position + 1 if more else None)
@@ -346,8 +346,8 @@ class GroupService:
         await self.approvals.require(caller, approval_models.cancel_group(group_id))
         now = self.clock.now()
         async with self.store.write(now) as tx:
-            if await tx.request_group_cancel(group_id):
-                canceled = await tx.cancel_queued_entries(group_id)
+            if await tx.groups.request_group_cancel(group_id):
+                canceled = await tx.groups.cancel_queued_entries(group_id)
                 await tx.append_group_events(group_id, [
                     (None, "group_cancel_requested", "Group cancel requested", {"queued_canceled": len(canceled)}),
                     *[(None, "entry_finished", f"Entry {pos} canceled", {
@@ -356,7 +356,7 @@ class GroupService:
                 await self._finish_if_done(tx, group_id)
         acting = await self._acting(row)
         async with anyio.create_task_group() as tg:
-            for run_id in await self.store.running_entry_runs(group_id):
+            for run_id in await self.store.groups.running_entry_runs(group_id):
                 tg.start_soon(self._cancel_run, acting, run_id)
         return await self.wait(caller, group_id, self.settings.cancel_grace_seconds + 10)
 
@@ -375,15 +375,15 @@ class GroupService:
 
     async def settle(self) -> int:
         settled = 0
-        while pending := await self.store.entries_to_settle(BATCH):
+        while pending := await self.store.groups.entries_to_settle(BATCH):
             async with self.store.write(self.clock.now()) as tx:
                 touched: set[str] = set()
                 for entry, run_status, kind in pending:
-                    group = await tx.group(entry.group_id)
+                    group = await tx.groups.group(entry.group_id)
                     assert group is not None
                     outcome = entry_outcome(run_status, kind, entry.attempts, self.settings.group_entry_max_attempts,
                                             group.cancel_requested is not None)
-                    if not await tx.transition_entry(entry.id, entry.group_id, ["running"], status=outcome.value):
+                    if not await tx.groups.transition_entry(entry.id, entry.group_id, ["running"], status=outcome.value):
                         continue
                     if outcome is gm.EntryStatus.queued:
                         event = ("entry_retried", f"Entry {entry.position} queued again: its run was lost ({kind})",
@@ -402,25 +402,25 @@ class GroupService:
 
     async def claim(self) -> int:
         claimed = 0
-        while rows := await self.store.claimable_entries(BATCH):
+        while rows := await self.store.groups.claimable_entries(BATCH):
             groups: dict[str, GroupRow] = {}
             acting: dict[str, Caller] = {}
             prepared: list[tuple[EntryRow, gm.ManifestItem | None, Prepared | None, errors.Diagnostic | None]] = []
             for entry in rows:
                 if entry.group_id not in groups:
-                    groups[entry.group_id] = await self.store.group(entry.group_id)  # type: ignore[assignment]
+                    groups[entry.group_id] = await self.store.groups.group(entry.group_id)  # type: ignore[assignment]
                     acting[entry.group_id] = await self._acting(groups[entry.group_id])
                 prepared.append(await self._prepare(groups[entry.group_id], entry, acting[entry.group_id]))
             async with self.store.write(self.clock.now()) as tx:
                 failed: set[str] = set()
                 for entry, item, run, diag in prepared:
                     gid = entry.group_id
-                    if run is not None and not (acting[gid].is_root or await tx.session_active(acting[gid].session_id)):
+                    if run is not None and not (acting[gid].is_root or await tx.sessions.session_active(acting[gid].session_id)):
                         run, diag = None, errors.Unauthenticated(  # stopped since: nothing starts under it any more
                             f"session {acting[gid].session_id}, which created group {gid}, has stopped; its queued "
                             "entries do not start", evidence={"session_id": acting[gid].session_id}).diagnostic()
                     if run is not None and item is not None:
-                        if not await tx.transition_entry(entry.id, gid, ["queued"], status="running",
+                        if not await tx.groups.transition_entry(entry.id, gid, ["queued"], status="running",
                                                          attempts=entry.attempts + 1, run_id=run.run_id):
                             continue
                         await tx.append_group_events(gid, [(run.run_id, "entry_started", (
@@ -428,12 +428,12 @@ class GroupService:
                             "entry_id": entry.id, "index": entry.position, "run_id": run.run_id,
                             "attempt": entry.attempts + 1, "orchestration_role": item.orchestration_role})])
                         await self.runs.record(tx, run, group_id=gid)
-                        await tx.set_run_group(run.run_id, gid, item.orchestration_role, item.parent_agent_run_id)
+                        await tx.groups.set_run_group(run.run_id, gid, item.orchestration_role, item.parent_agent_run_id)
                         claimed += 1
                     else:
                         assert diag is not None
                         body = diag.model_dump(mode="json")
-                        if not await tx.transition_entry(entry.id, gid, ["queued"], status="failed", diagnostic=body):
+                        if not await tx.groups.transition_entry(entry.id, gid, ["queued"], status="failed", diagnostic=body):
                             continue
                         await tx.append_group_events(gid, [(None, "entry_finished", (
                             f"Entry {entry.position} failed: {diag.message}"), {
@@ -451,7 +451,7 @@ class GroupService:
         try:
             item = gm.ManifestItem.model_validate(entry.request)
             if item.parent_agent_run_id:
-                parent = await self.store.run(item.parent_agent_run_id)
+                parent = await self.store.runs.run(item.parent_agent_run_id)
                 if parent is None or not acting.sees(parent.created_by):
                     raise errors.NotFound("run", item.parent_agent_run_id,
                                           evidence={"field": "parent_agent_run_id"})
@@ -463,14 +463,14 @@ class GroupService:
             return entry, None, None, errors.InvalidInput("runs", str(exc.errors()[0]["msg"])).diagnostic()
 
     async def _finish_if_done(self, tx: Tx, group_id: str) -> None:
-        group = await tx.group(group_id)
+        group = await tx.groups.group(group_id)
         if group is None or group.status not in ACTIVE:
             return
-        counts = await tx.entry_counts(group_id)
+        counts = await tx.groups.entry_counts(group_id)
         outcome = group_outcome(counts, group.expected_runs, group.cancel_requested is not None)
         if outcome is None:
             return
-        if await tx.transition_group(group_id, ACTIVE, status=outcome.value, finished_at=tx.now):
+        if await tx.groups.transition_group(group_id, ACTIVE, status=outcome.value, finished_at=tx.now):
             await tx.append_group_events(group_id, [(None, "group_finished", f"Group {outcome.value}", {
                 "status": outcome.value, "entry_counts": {**counts, "total": sum(counts.values())}})])
 
@@ -481,7 +481,7 @@ class GroupService:
         if group.created_by == ROOT.session_id:
             return ROOT
         toolsets = frozenset({"devices", "runs", "groups"})
-        row = await self.store.session(group.created_by)
+        row = await self.store.sessions.session(group.created_by)
         if row is None:  # cannot happen (sessions are never deleted); nothing is then allowed beyond the defaults
             return Caller(session_id=group.created_by, toolsets=toolsets,
                           limits=authority.Limits(network=False, tools=[]))

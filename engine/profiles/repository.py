@@ -113,7 +113,7 @@ class ProfileReads(Reading):
         row = await self._one(SQL["profile_get"], (profile_id,))
         return ProfileRow.model_validate(row) if row else None
 
-    async def profiles(self, *, workspace_id: str | None, own_workspace: str | None) -> list[ProfileRow]:
+    async def list(self, *, workspace_id: str | None, own_workspace: str | None) -> list[ProfileRow]:
         """Profiles by scope then name: all (or one workspace's) for the local user (`own_workspace` None);
         for a session, the tenant's and its own workspace's."""
         rows = await self._all(SQL["profile_list"], {"all_ws": int(own_workspace is None), "ws": workspace_id,

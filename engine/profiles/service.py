@@ -26,7 +26,7 @@ from engine.clock import SystemClock
 from engine.masking import Masking
 from engine.ports import Clock
 from engine.secrets import SecretStore
-from engine.store import Store, new_id
+from engine.store import Store, Tx, new_id
 
 
 
@@ -65,7 +65,7 @@ class ProfileService:
         profile_id = new_id("arp")
         async with self.store.write(now) as tx:
             await self._unique_name(tx, workspace, req.name, profile_id)
-            await tx.insert_profile({
+            await tx.profiles.insert_profile({
                 "id": profile_id, "workspace_id": workspace, "name": req.name, "runtime": req.runtime.value,
                 "description": req.description,
                 "applies_to": (req.applies_to or pm.AppliesTo()).model_dump(mode="json"),
@@ -76,7 +76,7 @@ class ProfileService:
                 "network": bool(req.network), "policy": (req.policy or pm.Policy()).model_dump(mode="json"),
                 "metadata": req.metadata or {}, "is_default": bool(req.is_default), "created_by": caller.session_id,
                 "created_at": now, "updated_at": now})
-            row = await tx.profile(profile_id)
+            row = await tx.profiles.profile(profile_id)
         assert row is not None
         return row.record()
 
@@ -96,7 +96,7 @@ class ProfileService:
     async def list(self, caller: Caller, q: pm.ProfileListQuery) -> pm.ProfileList:
         caller.require("profiles", "profile_list")
         own = None if caller.is_root else caller.workspace_id
-        rows = await self.store.profiles(workspace_id=q.workspace_id, own_workspace=own)
+        rows = await self.store.profiles.list(workspace_id=q.workspace_id, own_workspace=own)
         return pm.ProfileList(data=[r.record() for r in rows])
 
     async def update(self, caller: Caller, req: pm.ProfileUpdate) -> pm.Profile:
@@ -135,8 +135,8 @@ class ProfileService:
             if "name" in fields:
                 await self._unique_name(tx, current.workspace_id, fields["name"], current.id)
             if fields:
-                await tx.update_profile(current.id, current.workspace_id, **fields)
-            row = await tx.profile(current.id)
+                await tx.profiles.update_profile(current.id, current.workspace_id, **fields)
+            row = await tx.profiles.profile(current.id)
         assert row is not None
         return row.record()
 
@@ -146,7 +146,7 @@ class ProfileService:
         current = await self._visible(caller, profile_id)
         await self._writable_scope(caller, current.workspace_id)
         async with self.store.write(self.clock.now()) as tx:
-            users = await tx.profile_users(current.id)
+            users = await tx.profiles.profile_users(current.id)
             if users:
                 named = "; ".join(f"{kind}: {', '.join(found)}" for kind, found in users.items())
                 first = users.get("runs", [None])[0]
@@ -155,7 +155,7 @@ class ProfileService:
                     "cancel them, or stop those sessions, then delete it",
                     suggested_command=f"agentdock runs cancel {first}" if first else "agentdock sessions list",
                     evidence={"field": "profile_id", "in_use_by": users})
-            await tx.delete_profile(current.id)
+            await tx.profiles.delete_profile(current.id)
         return current.record()
 
     # ------------------------------------------------------------ resolution
@@ -169,7 +169,7 @@ class ProfileService:
         if skip:
             return None
         if explicit is not None:
-            row = await self.store.profile(explicit)
+            row = await self.store.profiles.profile(explicit)
             if row is not None and not caller.is_root and row.workspace_id not in (None, workspace):
                 row = None  # a session learns nothing of another workspace's profiles, not even that one exists
             if row is None:
@@ -186,10 +186,10 @@ class ProfileService:
             await self._allowed(caller, row, field, allowed)
             return Resolved(row, "explicit")
         if workspace is not None:
-            row = await self.store.default_profile(workspace)
+            row = await self.store.profiles.default_profile(workspace)
             if row is not None:
                 return Resolved(row, "workspace_default")
-        row = await self.store.default_profile(None)
+        row = await self.store.profiles.default_profile(None)
         return Resolved(row, "tenant_default") if row is not None else None
 
     async def _allowed(self, caller: Caller, row: pm.ProfileRow, field: str, allowed: list[str] | None) -> None:
@@ -197,7 +197,7 @@ class ProfileService:
         if allowed is None:
             if caller.is_root:
                 return
-            session = await self.store.session(caller.session_id)
+            session = await self.store.sessions.session(caller.session_id)
             allowed = (session.permissions.get("sandbox_profiles") if session else None) or []
         if "*" in allowed or row.id in allowed or row.name in allowed:
             return
@@ -218,8 +218,8 @@ class ProfileService:
                 raise errors.InvalidInput(f"env.{clash[0]}", "is also named in secrets; a secret reaches the run "
                                                              "as the variable of its name, so give it once")
 
-    async def _unique_name(self, tx: Any, workspace: str | None, name: str, profile_id: str) -> None:
-        other = await tx.profile_named(workspace, name, profile_id)
+    async def _unique_name(self, tx: Tx, workspace: str | None, name: str, profile_id: str) -> None:
+        other = await tx.profiles.profile_named(workspace, name, profile_id)
         if other is not None:
             scope = f"workspace {workspace!r}" if workspace else "the tenant"
             raise errors.Conflict(f"name: {scope} already has a profile named {name!r} ({other})",
@@ -228,7 +228,7 @@ class ProfileService:
 
     async def _visible(self, caller: Caller, profile_id: str) -> pm.ProfileRow:
         ids.PROFILE.check(profile_id, "profile_id")
-        row = await self.store.profile(profile_id)
+        row = await self.store.profiles.profile(profile_id)
         if row is not None and not caller.is_root and row.workspace_id not in (None, caller.workspace_id):
             row = None
         if row is None:

@@ -46,7 +46,7 @@ class Quotas:
         """The tree `session_id` belongs to (and its workspace)."""
         found = self._trees.get(session_id)
         if found is None:
-            found = await (tx.session_tree(session_id) if tx is not None else self.store.session_tree(session_id))
+            found = await (tx.quotas.session_tree(session_id) if tx is not None else self.store.quotas.session_tree(session_id))
             if found is None:  # a caller built in-process without a session row: a tree of its own
                 return Tree(session_id, DEFAULT_WORKSPACE)
             self._trees[session_id] = found
@@ -59,7 +59,7 @@ class Quotas:
             return
         tree = await self.tree(caller.session_id, tx)
         for scope, scope_id in (("tree", tree.tree), ("workspace", workspace_id)):
-            total = await tx.add_usage(f"{scope}:{scope_id}", added)
+            total = await tx.quotas.add_usage(f"{scope}:{scope_id}", added)
             for resource, amount in added._asdict().items():
                 setting = SETTING[resource][scope == "workspace"]
                 quota = getattr(self.settings, setting)
@@ -74,8 +74,8 @@ class Quotas:
             return
         tree = await self.tree(caller.session_id, tx)
         source: Any = tx if tx is not None else self.store
-        in_tree = await source.live_devices_of_tree(tree.tree)
-        in_workspace = await source.live_devices_of_workspace(tree.workspace_id)
+        in_tree = await source.profiles.live_devices_of_tree(tree.tree)
+        in_workspace = await source.quotas.live_devices_of_workspace(tree.workspace_id)
         for scope, scope_id, live, setting in (
                 ("tree", tree.tree, in_tree, "tree_max_live_sandboxes"),
                 ("workspace", tree.workspace_id, in_workspace, "workspace_max_live_sandboxes")):

@@ -211,7 +211,7 @@ class RunReads(Reading):
     async def active_runs_on(self, target_id: str) -> list[str]:
         return [r["id"] for r in await self._all(SQL["runs_active_on_target"], (target_id,))]
 
-    async def runs(self, q: rm.RunListQuery, *, created_by: str | None = None,
+    async def list(self, q: rm.RunListQuery, *, created_by: str | None = None,
                    budget: int = 1 << 62) -> list[RunRow]:
         """Newest first, keyset-paged by (created_at, id); fetches one extra row to know if more follow.
         Output and stderr only while the page's running total of them is within `budget` bytes; past it

@@ -94,7 +94,7 @@ class RunService:
         for state in await self.backend.list_owned():
             if state.paused:  # frozen (by a sweep of an earlier version the daemon did not live to finish)
                 await self.devices.repair(state.device_id)
-        unfinished = {r.id: r for r in await self.store.unfinished_runs(self.daemon_id)}
+        unfinished = {r.id: r for r in await self.store.runs.unfinished_runs(self.daemon_id)}
         for run in unfinished.values():
             if run.status is models.RunStatus.running:
                 self._resumed.add(run.id)
@@ -102,20 +102,20 @@ class RunService:
         # An ephemeral container goes unless an unfinished run holds it: its label names the run, or for a
         # pooled one its record does (none: never claimed, or its run's end is published). Pooled records
         # no run holds go too; the pool starts afresh.
-        rows = {r.id: r for r in await self.store.devices(include_ephemeral=True)}
+        rows = {r.id: r for r in await self.store.devices.list(include_ephemeral=True)}
         for state in await self.backend.list_owned():
             row = rows.get(state.device_id)
             holder = state.run_id or (row.run_id if row is not None else None)
             if state.ephemeral and holder not in unfinished:
                 await self.backend.remove(state.device_id)
                 async with self.store.write(self.clock.now()) as tx:
-                    await tx.delete_device(state.device_id)
+                    await tx.devices.delete_device(state.device_id)
         idle = [r.id for r in rows.values() if r.pool is not None and r.run_id not in unfinished
                 and r.daemon_id in (None, self.daemon_id)]
         if idle:
             async with self.store.write(self.clock.now()) as tx:
                 for device_id in idle:
-                    await tx.delete_device(device_id)
+                    await tx.devices.delete_device(device_id)
 
     @property
     def active(self) -> int:
@@ -306,14 +306,14 @@ class RunService:
         """Write a prepared run `queued` (and its ephemeral sandbox's record) with its first event."""
         row = prepared.row
         if prepared.device_row is not None:
-            await tx.insert_device(prepared.device_row)
-        await tx.insert_run(row)
+            await tx.devices.insert_device(prepared.device_row)
+        await tx.runs.insert_run(row)
         await tx.append_events(prepared.run_id, [("run_queued", "Run queued", {
             "provider": row["provider"], "target_id": row["target_id"], "runtime_binary": prepared.binary})],
             group_id=group_id)
 
     async def _same_request(self, caller: Caller, req: rm.RunCreate) -> rm.Run | None:
-        row = await self.store.run_by_idempotency_key(caller.session_id, req.idempotency_key)  # type: ignore[arg-type]
+        row = await self.store.runs.run_by_idempotency_key(caller.session_id, req.idempotency_key)  # type: ignore[arg-type]
         if row is None:
             return None
         if row.request_hash != _hash(req.fingerprint()):
@@ -327,7 +327,7 @@ class RunService:
     async def _row(self, caller: Caller, run_id: str) -> RunRow:
         caller.require("runs")
         ids.RUN.check(run_id, "run_id")  # the surfaces check it too; this is the last line
-        row = await self.store.run(run_id)
+        row = await self.store.runs.run(run_id)
         if row is None or not caller.sees(row.created_by):
             raise errors.NotFound("run", run_id)
         return row
@@ -338,9 +338,9 @@ class RunService:
 
     async def list(self, caller: Caller, q: rm.RunListQuery) -> rm.RunList:
         caller.require("runs", "agent_run_list")
-        if q.cursor and await self.store.run(q.cursor) is None:
+        if q.cursor and await self.store.runs.run(q.cursor) is None:
             raise errors.InvalidInput("cursor", "unknown cursor; pass the next_cursor of a previous page")
-        rows = await self.store.runs(q, created_by=None if caller.is_root else caller.session_id,
+        rows = await self.store.runs.list(q, created_by=None if caller.is_root else caller.session_id,
                                      budget=self.settings.list_page_max_bytes)
         more = len(rows) > q.limit
         rows = rows[: q.limit]
@@ -386,7 +386,7 @@ class RunService:
         them elsewhere): their result could no longer be recorded. Returns those runs."""
         ended = []
         for run_id in list(self._supervised):
-            state = await self.store.run_cancel_state(run_id)
+            state = await self.store.runs.run_cancel_state(run_id)
             if state is not None and state[0] in {s.value for s in TERMINAL}:
                 self._cancel.setdefault(run_id, anyio.Event()).set()
                 ended.append(run_id)
@@ -398,7 +398,7 @@ class RunService:
         with scope:
             while True:
                 changed = self.store.topics.watch(topics.run(run_id))
-                state = await self.store.run_cancel_state(run_id)
+                state = await self.store.runs.run_cancel_state(run_id)
                 if state is None or state[0] in {s.value for s in TERMINAL}:
                     return
                 if state[1]:
@@ -413,9 +413,9 @@ class RunService:
             return False
         now = self.clock.now()
         async with self.store.write(now) as tx:
-            if not await tx.transition_run(run_id, [models.RunStatus.running], cancel_requested=now):
+            if not await tx.runs.transition_run(run_id, [models.RunStatus.running], cancel_requested=now):
                 return False  # it ended meanwhile
-        state = await self.store.run_cancel_state(run_id)
+        state = await self.store.runs.run_cancel_state(run_id)
         if state is not None and state[2] not in (None, self.daemon_id):
             return True  # started by another daemon: it sees the request when this commit reaches it
         self._cancel.setdefault(run_id, anyio.Event()).set()
@@ -426,10 +426,10 @@ class RunService:
     async def _cancel_queued(self, run_id: str) -> bool:
         """End a run that was never admitted: nothing was started, so nothing needs stopping."""
         now = self.clock.now()
-        row = await self.store.run(run_id)
+        row = await self.store.runs.run(run_id)
         assert row is not None
         async with self.store.write(now) as tx:
-            if not await tx.transition_run(run_id, [models.RunStatus.queued], status="canceled",
+            if not await tx.runs.transition_run(run_id, [models.RunStatus.queued], status="canceled",
                                            cancel_requested=now, failure_kind="canceled",
                                            error="canceled by request before it started", finished_at=now):
                 return False
@@ -437,12 +437,12 @@ class RunService:
                 "status": "canceled", "exit_code": None, "failure_kind": "canceled"})],
                 group_id=row.agent_run_group_id)
             if row.ephemeral:
-                await tx.delete_device(row.target_id)
+                await tx.devices.delete_device(row.target_id)
         return True
 
     async def artifacts(self, caller: Caller, run_id: str) -> rm.ArtifactList:
         await self._row(caller, run_id)
-        return rm.ArtifactList(data=[a.record() for a in await self.store.artifacts(run_id)])
+        return rm.ArtifactList(data=[a.record() for a in await self.store.runs.artifacts(run_id)])
 
     async def artifact_bytes(self, caller: Caller, run_id: str, path: str) -> bytes:
         await self._row(caller, run_id)
@@ -450,7 +450,7 @@ class RunService:
             resolved = models.workspace_path(path)
         except ValueError as exc:
             raise errors.InvalidInput("path", str(exc)) from None
-        row = await self.store.artifact(run_id, resolved)
+        row = await self.store.runs.artifact(run_id, resolved)
         if row is None:
             raise errors.NotFound("artifact", f"{run_id}:{path}", suggested_command=f"agentdock runs artifacts {run_id}")
         return (self.settings.artifacts_dir / row.stored_as).read_bytes()
@@ -458,7 +458,7 @@ class RunService:
 
 async def require_profile(tx: Tx, profile_id: str | None) -> None:
     """Refuse, in the writing transaction, a record naming a profile deleted since it was resolved."""
-    if profile_id is not None and await tx.profile(profile_id) is None:
+    if profile_id is not None and await tx.profiles.profile(profile_id) is None:
         raise errors.Conflict(f"agent_runtime_profile_id: profile {profile_id} was deleted meanwhile; try again",
                               evidence={"field": "agent_runtime_profile_id", "profile_id": profile_id})
 

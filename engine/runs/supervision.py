@@ -87,7 +87,7 @@ class Supervision:
                 log.exception("could not settle %s; the next start of the daemon will", self.run_id)
 
     async def _run(self) -> None:
-        row = await self.store.run(self.run_id)
+        row = await self.store.runs.run(self.run_id)
         if row is None or row.status in TERMINAL:
             return
         if row.finished_at is not None:  # the result was recorded before a restart: publish it
@@ -96,7 +96,7 @@ class Supervision:
         if row.status is models.RunStatus.queued:
             now = self.clock.now()
             async with self.store.write(now) as tx:
-                if not await tx.transition_run(self.run_id, [models.RunStatus.queued], status="running",
+                if not await tx.runs.transition_run(self.run_id, [models.RunStatus.queued], status="running",
                                                started_at=now):
                     return  # canceled before it was started
                 await tx.append_events(self.run_id, [("run_started", "Run started", {"target_id": row.target_id})],
@@ -141,7 +141,7 @@ class Supervision:
 
     async def _launch(self) -> RunLaunch:
         row = self.row
-        device = await self.store.device(row.target_id)
+        device = await self.store.devices.device(row.target_id)
         if device is None:
             raise errors.SandboxUnavailable(f"device {row.target_id} no longer exists")
         spec = self.ephemeral_spec(device, self.run_id) if row.ephemeral else None
@@ -218,7 +218,7 @@ class Supervision:
         try:
             async with self.store.write(self.clock.now()) as tx:
                 fields = await self._kept(tx, folded, direct=False)
-                if not await tx.transition_run(self.run_id, [models.RunStatus.running], **fields):
+                if not await tx.runs.transition_run(self.run_id, [models.RunStatus.running], **fields):
                     raise EndedElsewhere
                 await tx.append_events(self.run_id, folded.events, group_id=self.row.agent_run_group_id)
         except EndedElsewhere:
@@ -238,7 +238,7 @@ class Supervision:
             if direct:
                 fields["output" if stream == "stdout" else "stderr"] = text
             else:
-                await tx.append_output(self.run_id, stream, text)
+                await tx.runs.append_output(self.run_id, stream, text)
                 self.chunked = True
         return fields
 
@@ -273,11 +273,11 @@ class Supervision:
                 fields.update(await self._kept(tx, last, direct=not self.chunked))
                 events = [*last.events, *exported]
             if self.chunked:
-                await tx.fold_output(self.run_id)
+                await tx.runs.fold_output(self.run_id)
             if row.ephemeral and not self.pooled:
                 # only while it is still running: a record ended elsewhere (the leader, for a daemon it
                 # declared lost) keeps its end, and `_publish` below just removes the sandbox
-                if await tx.transition_run(self.run_id, [models.RunStatus.running], exit_code=code,
+                if await tx.runs.transition_run(self.run_id, [models.RunStatus.running], exit_code=code,
                                            failure_kind=kind, error=error, finished_at=now, **fields):
                     await tx.append_events(self.run_id, events, group_id=row.agent_run_group_id)
             else:  # nothing to clean up before the end is published: record and publish in one step
@@ -298,23 +298,23 @@ class Supervision:
                    error: str | None, now: datetime, fields: dict[str, Any] | None = None) -> bool:
         """Publish the run's end (its result and `run_finished`) in `tx`; False if it already was."""
         status = status_of(kind)
-        if not await tx.transition_run(self.run_id, [models.RunStatus.running, models.RunStatus.queued],
+        if not await tx.runs.transition_run(self.run_id, [models.RunStatus.running, models.RunStatus.queued],
                                        status=status, exit_code=code, failure_kind=kind, error=error,
                                        finished_at=row.finished_at or now, **(fields or {})):
             return False
         await tx.append_events(self.run_id, [*events, ("run_finished", f"Run {status}", {
             "status": status, "exit_code": code, "failure_kind": kind})], group_id=row.agent_run_group_id)
         if row.ephemeral:
-            await tx.delete_device(row.target_id)
+            await tx.devices.delete_device(row.target_id)
         return True
 
     async def _publish(self, row: RunRow | None = None) -> None:
         """Publish a result already recorded (`row`, when the caller has just written it): remove the
         ephemeral sandbox first, then the end."""
-        row = row or await self.store.run(self.run_id)
+        row = row or await self.store.runs.run(self.run_id)
         assert row is not None
         if row.ephemeral and self.pooled is None:
-            device = await self.store.device(row.target_id)
+            device = await self.store.devices.device(row.target_id)
             self.pooled = device is not None and device.pool is not None
         if row.ephemeral and not self.pooled:
             try:
@@ -322,7 +322,7 @@ class Supervision:
             except errors.EngineError:  # Docker unreachable: the reconciler removes it on the next start
                 log.warning("could not remove the ephemeral sandbox %s of %s", row.target_id, self.run_id)
         async with self.store.write(self.clock.now()) as tx:
-            await tx.fold_output(self.run_id)
+            await tx.runs.fold_output(self.run_id)
             await self._end(tx, row, [], row.exit_code, row.failure_kind, row.error, self.clock.now())
         if self.pooled:
             self.leftover_device = row.target_id
@@ -330,7 +330,7 @@ class Supervision:
             self.leftover_files = row.target_id
 
     async def _settle_on_error(self, exc: Exception) -> None:
-        row = await self.store.run(self.run_id)
+        row = await self.store.runs.run(self.run_id)
         if row is None or row.status in TERMINAL:
             return
         exc = single(exc)  # type: ignore[assignment]
@@ -346,7 +346,7 @@ class Supervision:
                     log.warning("could not stop %s after its secret was removed", self.run_id)
         if row.finished_at is None:  # a result already recorded stands; only its publishing failed
             async with self.store.write(self.clock.now()) as tx:
-                await tx.transition_run(self.run_id, [models.RunStatus.running, models.RunStatus.queued],
+                await tx.runs.transition_run(self.run_id, [models.RunStatus.running, models.RunStatus.queued],
                                         failure_kind=kind, error=str(exc)[:2000], finished_at=self.clock.now())
         await self._publish()
 
@@ -401,7 +401,7 @@ class Supervision:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
             async with self.store.write(self.clock.now()) as tx:
-                await tx.upsert_artifact(self.run_id, path, len(data), digest, stored)
+                await tx.runs.upsert_artifact(self.run_id, path, len(data), digest, stored)
             events.append(("artifact_exported", f"Exported {path}", {"path": path, "ok": True, "size": len(data),
                                                                     "sha256": digest}))
         return events

@@ -29,7 +29,8 @@ SQL = {
         "WHERE id = :id AND status = 'active' RETURNING id"
     ),
     "session_set_run": "UPDATE sessions SET run_id = :run_id, updated_at = :now WHERE id = :id",
-    "session_active": "SELECT 1 FROM sessions WHERE id = ? AND status = 'active'",
+    # Locked while the transaction lasts (PostgreSQL): a stop waits for what it saw the session live for.
+    "session_active": "SELECT 1 FROM sessions WHERE id = ? AND status = 'active' /*FOR SHARE*/",
     "session_set_limits": "UPDATE sessions SET limits = :limits WHERE id = :id AND limits IS NULL",
     "sessions_without_limits": "SELECT * FROM sessions WHERE limits IS NULL ORDER BY spawn_depth, created_at",
     "sessions_live_children": "SELECT count(*) AS n FROM sessions WHERE parent_session_id = ? AND status = 'active'",
@@ -99,7 +100,7 @@ class SessionReads(Reading):
         row = await self._one(SQL["session_by_token"], (token_hash,))
         return SessionRow.model_validate(row) if row else None
 
-    async def sessions(self) -> list[SessionRow]:
+    async def list(self) -> list[SessionRow]:
         return [SessionRow.model_validate(r) for r in await self._all(SQL["sessions_all"])]
 
     async def descendants(self, session_id: str) -> list[SessionRow]:

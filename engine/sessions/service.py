@@ -65,7 +65,7 @@ class SessionService:
         while True:
             changed = self.store.topics.watch(topics.SESSIONS)
             await self.expire_due()
-            nxt = await self.store.next_session_expiry()
+            nxt = await self.store.sessions.next_session_expiry()
             wait = REAPER_IDLE_SECONDS if nxt is None else (nxt - self.clock.now()).total_seconds()
             await self.clock.wait(changed, wait)
 
@@ -73,21 +73,21 @@ class SessionService:
         """Record the effective limits of sessions spawned before they were recorded, parents first (each
         its profile's within its parent's; a profile pinning another image than its parent's keeps the
         parent's). Returns how many were filled in."""
-        rows = await self.store.sessions_without_limits()
+        rows = await self.store.sessions.sessions_without_limits()
         known: dict[str, authority.Limits] = {}
         for row in rows:
-            parent = await self.store.session(row.parent_session_id)
+            parent = await self.store.sessions.session(row.parent_session_id)
             above = authority.UNBOUNDED if parent is None else known.get(parent.id) or parent.effective_limits()
             own = authority.Limits.of_profile(row.profile_snapshot)
             if above.image is not None and own.image not in (None, above.image):
                 own = own.model_copy(update={"image": None})
             known[row.id] = authority.narrow(above, own)
             async with self.store.write(self.clock.now()) as tx:
-                await tx.set_session_limits(row.id, known[row.id].model_dump(mode="json"))
+                await tx.sessions.set_session_limits(row.id, known[row.id].model_dump(mode="json"))
         return len(rows)
 
     async def expire_due(self) -> int:
-        due = await self.store.expired_sessions(self.clock.now())
+        due = await self.store.sessions.expired_sessions(self.clock.now())
         for session_id in due:
             await self._end(session_id, "expired", "ttl_expired")
         return len(due)
@@ -100,12 +100,12 @@ class SessionService:
             raise errors.Unauthenticated(
                 "this socket needs a session token: send `Authorization: Bearer $AGENTDOCK_TOKEN`",
                 evidence={"field": "Authorization"})
-        row = await self.store.session_by_token_hash(self.tokens.digest(token))
+        row = await self.store.sessions.session_by_token_hash(self.tokens.digest(token))
         if row is None:
             raise errors.Unauthenticated("the session token is not valid", evidence={"field": "Authorization"})
         if row.status == "active" and row.ttl_expires_at <= self.clock.now():
             await self._end(row.id, "expired", "ttl_expired")
-            row = await self.store.session(row.id)
+            row = await self.store.sessions.session(row.id)
             assert row is not None
         if row.status != "active":
             raise errors.Unauthenticated(f"session {row.id} has {row.status} ({row.stop_reason}); its token no longer "
@@ -113,7 +113,7 @@ class SessionService:
         return await self.caller_of(row)
 
     async def caller_of(self, row: SessionRow) -> Caller:
-        below = await self.store.descendants(row.id)
+        below = await self.store.sessions.descendants(row.id)
         return row.caller(visible=frozenset(d.id for d in below))
 
     # ------------------------------------------------------------ requests
@@ -143,7 +143,7 @@ class SessionService:
         caller.require("agent", "agent_me")
         if session_id == ROOT.session_id and caller.is_root:
             return self._root()
-        row = await self.store.session(session_id) if ids.SESSION.matches(session_id) else None
+        row = await self.store.sessions.session(session_id) if ids.SESSION.matches(session_id) else None
         if row is None or not (caller.is_root or row.id == caller.session_id or row.id in caller.visible):
             raise errors.NotFound("session", session_id[:64], suggested_command="agentdock sessions list")
         return self._record(row)
@@ -151,14 +151,14 @@ class SessionService:
     async def list(self, caller: Caller) -> SessionList:
         caller.require("agent", "agent_me")
         if caller.is_root:
-            return SessionList(data=[self._root(), *(self._record(r) for r in await self.store.sessions())])
-        own = await self.store.session(caller.session_id)
-        below = await self.store.descendants(caller.session_id)
+            return SessionList(data=[self._root(), *(self._record(r) for r in await self.store.sessions.list())])
+        own = await self.store.sessions.session(caller.session_id)
+        below = await self.store.sessions.descendants(caller.session_id)
         return SessionList(data=[self._record(r) for r in ([own] if own else []) + below])
 
     async def list_all_live(self) -> list[Session]:
         """Every live session, the root first (for rosters; not filtered by caller)."""
-        return [self._root(), *(self._record(r) for r in await self.store.sessions() if r.status == "active")]
+        return [self._root(), *(self._record(r) for r in await self.store.sessions.list() if r.status == "active")]
 
     async def spawn(self, caller: Caller, req: SpawnRequest) -> Spawned:
         """A child session within the caller: its permissions, effective limits, workspace, budget and TTL
@@ -204,10 +204,10 @@ class SessionService:
         async with self.store.write(now) as tx:
             await authority.require_active(tx, caller)
             await require_profile(tx, resolved.profile.id if resolved else None)
-            lineage.check_room(depth=depth, children=await tx.live_children(parent.id),
-                               active_in_workspace=await tx.live_in_workspace(workspace), budget=budget)
-            await tx.insert_soul_snapshot(soul_row, soul_doc)
-            await tx.insert_session({
+            lineage.check_room(depth=depth, children=await tx.sessions.live_children(parent.id),
+                               active_in_workspace=await tx.sessions.live_in_workspace(workspace), budget=budget)
+            await tx.souls.insert_soul_snapshot(soul_row, soul_doc)
+            await tx.sessions.insert_session({
                 "id": child_id, "agent_name": req.agent_name, "name": None,
                 "token_hash": self.tokens.digest(self.tokens.token_for(child_id)),
                 "parent_session_id": parent.id, "root_session_id": parent.lineage.root_session_id,
@@ -219,7 +219,7 @@ class SessionService:
                 "created_at": now, "updated_at": now, "profile_id": resolved.profile.id if resolved else None,
                 "profile_snapshot": resolved.snapshot() if resolved else None,
                 "limits": limits.model_dump(mode="json")})
-            await tx.ensure_channel(channels.family_row(parent.id, parent.workspace_id), (parent.id, child_id))
+            await tx.channels.ensure_channel(channels.family_row(parent.id, parent.workspace_id), (parent.id, child_id))
         run = None
         if run_req is not None:
             try:
@@ -233,8 +233,8 @@ class SessionService:
                 await self._end(child_id, "stopped", "spawn_failed")
                 raise
             async with self.store.write(self.clock.now()) as tx:
-                await tx.set_session_run(child_id, run.id)
-        row = await self.store.session(child_id)
+                await tx.sessions.set_session_run(child_id, run.id)
+        row = await self.store.sessions.session(child_id)
         assert row is not None
         session = self._record(row)
         return Spawned(session=session, lineage=session.lineage, permissions=policy,
@@ -248,7 +248,7 @@ class SessionService:
             raise errors.InvalidInput("session_id", "the root session (the local user) cannot be stopped")
         await self.get(caller, session_id)  # visible to the caller, or NotFound
         await self._end(session_id, "stopped", "stopped")
-        row = await self.store.session(session_id)
+        row = await self.store.sessions.session(session_id)
         assert row is not None
         return self._record(row)
 
@@ -260,14 +260,14 @@ class SessionService:
         (and is found here) or after (and finds its parent stopped), never in between."""
         ended: list[str] = []
         async with self.store.write(self.clock.now()) as tx:
-            if await tx.end_session(session_id, status, reason):
+            if await tx.sessions.end_session(session_id, status, reason):
                 ended.append(session_id)
-            for child in await tx.descendants(session_id):
-                if child.status == SessionState.active and await tx.end_session(
+            for child in await tx.sessions.descendants(session_id):
+                if child.status == SessionState.active and await tx.sessions.end_session(
                         child.id, "stopped" if status == "stopped" else status, "parent_stopped"):
                     ended.append(child.id)
         for sid in ended:
-            for run_id in await self.store.unfinished_runs_of(sid):
+            for run_id in await self.store.sessions.unfinished_runs_of(sid):
                 try:
                     await self.runs.request_cancel(run_id)
                 except errors.EngineError as exc:  # it ended meanwhile
@@ -276,7 +276,7 @@ class SessionService:
     async def _session_of(self, caller: Caller) -> Session:
         if caller.is_root:
             return self._root()
-        row = await self.store.session(caller.session_id)
+        row = await self.store.sessions.session(caller.session_id)
         if row is None:
             raise errors.Unauthenticated(f"no session {caller.session_id}")
         return self._record(row)

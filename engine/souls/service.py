@@ -83,7 +83,7 @@ class SoulService:
     async def own(self, caller: Caller) -> souls.Soul:
         """The caller's own soul: a spawned session's is the one it took at spawn, the root's is its file.
         Who one is needs no `soul` toolset (the context bundle carries it)."""
-        session = None if caller.is_root else await self.store.session(caller.session_id)
+        session = None if caller.is_root else await self.store.sessions.session(caller.session_id)
         if session is not None and session.soul_snapshot_id is not None:
             return await self._from_snapshot(session.agent_name, session.soul_snapshot_id)
         soul, _ = await self._load(self._name(session.agent_name if session else None))
@@ -106,7 +106,7 @@ class SoulService:
         so it needs no `soul` toolset; an invalid soul is kept too (the returned soul says so)."""
         row, data, soul = await self.snapshot_row(caller, agent_name)
         async with self.store.write(self.clock.now()) as tx:
-            await tx.insert_soul_snapshot(row, data)
+            await tx.souls.insert_soul_snapshot(row, data)
         return row["id"], soul
 
     async def snapshot_row(self, caller: Caller, agent_name: str | None = None,
@@ -123,7 +123,7 @@ class SoulService:
 
     async def _from_snapshot(self, agent_name: str | None, snapshot_id: str) -> souls.Soul:
         souls.SNAPSHOT.check(snapshot_id, "snapshot_id")
-        row = await self.store.soul_snapshot(snapshot_id)
+        row = await self.store.souls.soul_snapshot(snapshot_id)
         if row is None or (agent_name is not None and row.agent_name != agent_name):
             raise errors.NotFound("soul snapshot", snapshot_id)
         common = {"limits": self.limits, "enabled": self.settings.soul_enabled, "source": souls.Source.snapshot,

@@ -203,7 +203,7 @@ class TaskReads(Reading):
         row = await self._one(SQL["task_get"], (task_id,))
         return TaskRow.model_validate(row) if row else None
 
-    async def tasks(self, workspace_id: str | None, status: str | None, limit: int,
+    async def list(self, workspace_id: str | None, status: str | None, limit: int,
                     budget: int = -1) -> list[TaskRow]:
         """Newest first; the bodies of those within `budget` bytes (-1: none), the rest as summaries."""
         rows = await self._all(SQL["task_list"], {"ws": workspace_id, "status": status, "limit": limit,

@@ -22,7 +22,7 @@ from typing import Any
 
 import anyio
 
-from engine import errors, ids, masking, topics
+from engine import authority, errors, ids, masking, topics
 from engine.channels import service as channels
 from engine.tasks import models as tm
 from engine.callers import Caller
@@ -33,7 +33,7 @@ from engine.quotas.repository import Usage
 from engine.quotas.service import Quotas, env_name
 from engine.secrets import SecretStore
 from engine.settings import Settings
-from engine.store import Store, new_id
+from engine.store import Store, Tx, new_id
 from engine.tokens import Tokens
 
 log = logging.getLogger("agentdock.tasks")
@@ -68,7 +68,7 @@ class TaskService:
         while True:
             self._reaper_due, self._granted = None, NEVER  # looking: claims meanwhile are kept in _granted
             await self.reap_due()
-            nxt = await self.store.next_lease_expiry()
+            nxt = await self.store.tasks.next_lease_expiry()
             self._reaper_due = min(nxt or NEVER, self._granted)
             while True:
                 self._reaper_wake = anyio.Event()
@@ -91,12 +91,12 @@ class TaskService:
     async def reap_due(self) -> int:
         """Expire every lease that has passed; returns how many were."""
         reaped = 0
-        for run in await self.store.expired_task_runs(self.clock.now()):
+        for run in await self.store.tasks.expired_task_runs(self.clock.now()):
             now = self.clock.now()
             async with self.store.write(now) as tx:
-                if not await tx.expire_task_run(run.id):
+                if not await tx.tasks.expire_task_run(run.id):
                     continue  # heartbeated or ended meanwhile
-                task = await tx.task(run.task_id)
+                task = await tx.tasks.task(run.task_id)
                 assert task is not None
                 await self._after_failure(tx, task, run.id, tm.FailureKind.lease_expired,
                                           "the lease ran out without a heartbeat", now)
@@ -118,28 +118,28 @@ class TaskService:
         now = self.clock.now()
         task_id = new_id("tsk")
         async with self.store.write(now) as tx:
-            await tx.insert_task({
+            await tx.tasks.insert_task({
                 "id": task_id, "title": req.title, "identifier": req.identifier, "priority": req.priority,
                 "payload": req.payload, "max_attempts": req.max_attempts, "workspace_id": workspace,
                 "scope": req.scope, "paused": req.paused, "available_at": now, "created_by": caller.session_id,
                 "created_at": now, "updated_at": now, "body_bytes": size})
             await self.quotas.charge(tx, caller, workspace, Usage(tasks=1, task_bytes=len(req.title.encode()) + size),
                                      field="payload")
-            await tx.task_event(task_id, None, "task.created", f"task created: {req.title[:80]}",
+            await tx.tasks.task_event(task_id, None, "task.created", f"task created: {req.title[:80]}",
                                 {"priority": req.priority, "max_attempts": req.max_attempts})
-            row = await tx.task(task_id)
+            row = await tx.tasks.task(task_id)
         assert row is not None
         return row.record()
 
     async def get(self, caller: Caller, task_id: str) -> tm.Task:
         caller.require("tasks", "task_get")
         row = await self._visible_task(caller, ids.TASK.check(task_id, "task_id"))
-        return row.record(await self.store.task_runs(row.id))
+        return row.record(await self.store.tasks.task_runs(row.id))
 
     async def list(self, caller: Caller, q: tm.TaskListQuery) -> tm.TaskList:
         caller.require("tasks", "task_list")
         budget = self.settings.list_page_max_bytes if q.include_payload else -1
-        rows = await self.store.tasks(await self._workspace_of(caller), q.status.value if q.status else None, q.limit,
+        rows = await self.store.tasks.list(await self._workspace_of(caller), q.status.value if q.status else None, q.limit,
                                       budget)
         return tm.TaskList(data=[r.record() for r in rows])
 
@@ -156,7 +156,7 @@ class TaskService:
             return claim is not None, claim
 
         async def due() -> float | None:  # a task in backoff becomes claimable without any commit
-            nxt = await self.store.next_task_available(workspace)
+            nxt = await self.store.tasks.next_task_available(workspace)
             return None if nxt is None else (nxt - self.clock.now()).total_seconds()
 
         claim = await topics.until(self.store.topics, self.clock, topics.TASKS, req.wait_seconds, look, due=due,
@@ -168,25 +168,26 @@ class TaskService:
         run_id = new_id("trun")
         now = self.clock.now()
         async with self.store.write(now, rows=True) as tx:
+            await authority.require_active(tx, caller)  # no lease for a session stopped meanwhile
             await tx.hold(f"leases:{caller.session_id}")  # two claims of one session count one after the other
-            held = await tx.leases_held(caller.session_id)
+            held = await tx.tasks.leases_held(caller.session_id)
             if held >= self.max_active_leases:
                 raise errors.LimitExceeded(
                     f"max_active_task_leases: this session already holds {held} task leases; complete, fail or "
                     f"release one first", evidence={"field": "max_active_task_leases",
                                                     "limit": self.max_active_leases})
-            task_id = await tx.next_claimable_task(workspace)
+            task_id = await tx.tasks.next_claimable_task(workspace)
             if task_id is None:
                 return None
-            run = await tx.claim_task(task_id, {
+            run = await tx.tasks.claim_task(task_id, {
                 "id": run_id, "session_id": caller.session_id, "claim_token_hash": Tokens.digest(token),
                 "lease_seconds": lease_seconds, "lease_until": now + timedelta(seconds=lease_seconds)})
             if run is None:  # unreachable: the task's row is locked (or the writer alone); never invent a claim
                 return None
-            task = await tx.task_event(task_id, run_id, "task.claimed",
+            task = await tx.tasks.task_event(task_id, run_id, "task.claimed",
                                        f"claimed by {caller.session_id} (attempt {run.attempt})",
                                        {"session_id": caller.session_id, "attempt": run.attempt})
-            await tx.ensure_channel(channels.task_row(task.id, task.title, task.workspace_id, task.created_by),
+            await tx.channels.ensure_channel(channels.task_row(task.id, task.title, task.workspace_id, task.created_by),
                                     (task.created_by, caller.session_id))
         self._lease_granted(run.lease_until)
         return tm.Claim(lease=run.lease(), run=run.record(), task=task.record(), claim_token=token)
@@ -197,11 +198,11 @@ class TaskService:
         async with self.store.write(now, rows=True) as tx:
             run = await self._held(tx, caller, req)
             seconds = req.lease_seconds or run.lease_seconds
-            beat = await tx.heartbeat_task_run(run.id, Tokens.digest(req.claim_token), caller.session_id, seconds,
+            beat = await tx.tasks.heartbeat_task_run(run.id, Tokens.digest(req.claim_token), caller.session_id, seconds,
                                                now + timedelta(seconds=seconds))
             if beat is None:
                 raise errors.Conflict("run_id: the lease changed meanwhile; claim again")
-            task = await tx.task_event(run.task_id, run.id, "task.heartbeat", "lease extended",
+            task = await tx.tasks.task_event(run.task_id, run.id, "task.heartbeat", "lease extended",
                                        {"lease_seconds": seconds})
             return tm.LeaseResult(lease=beat.lease(), run=beat.record(), task=task.record())
 
@@ -215,9 +216,9 @@ class TaskService:
         now = self.clock.now()
         async with self.store.write(now, rows=True) as tx:
             run = await self._end(tx, caller, req, tm.TaskRunStatus.completed, result=req.result)
-            if not await tx.finish_task(run.task_id, run.id, tm.TaskStatus.completed, result=req.result):
+            if not await tx.tasks.finish_task(run.task_id, run.id, tm.TaskStatus.completed, result=req.result):
                 raise errors.Conflict("run_id: the task is no longer held by this run")
-            task = await tx.task_event(run.task_id, run.id, "task.completed", f"completed (attempt {run.attempt})", {})
+            task = await tx.tasks.task_event(run.task_id, run.id, "task.completed", f"completed (attempt {run.attempt})", {})
             if size:
                 await self.quotas.charge(tx, caller, task.workspace_id, Usage(task_bytes=size), field="result")
             return tm.LeaseResult(lease=run.lease(), run=run.record(), task=task.record())
@@ -231,7 +232,7 @@ class TaskService:
         async with self.store.write(now, rows=True) as tx:
             run = await self._end(tx, caller, req, tm.TaskRunStatus.failed, error=req.error,
                                   failure_kind=tm.FailureKind.error)
-            task = await tx.task(run.task_id)
+            task = await tx.tasks.task(run.task_id)
             assert task is not None
             await self._after_failure(tx, task, run.id, tm.FailureKind.error, req.error, now)
             await self.quotas.charge(tx, caller, task.workspace_id, Usage(task_bytes=len(req.error.encode())),
@@ -244,21 +245,21 @@ class TaskService:
         now = self.clock.now()
         async with self.store.write(now, rows=True) as tx:
             run = await self._end(tx, caller, req, tm.TaskRunStatus.released)
-            if not await tx.requeue_task(run.task_id, run.id, failed=False, available_at=now):
+            if not await tx.tasks.requeue_task(run.task_id, run.id, failed=False, available_at=now):
                 raise errors.Conflict("run_id: the task is no longer held by this run")
-            await tx.task_event(run.task_id, run.id, "task.released", "released to the queue", {})
+            await tx.tasks.task_event(run.task_id, run.id, "task.released", "released to the queue", {})
             return await self._answer(tx, run.id)
 
     async def bundle(self, caller: Caller, recent: int) -> dict[str, Any] | None:
         """The task the caller holds through its newest live lease, for its context (None: none held)."""
-        live = await self.store.live_task_runs_of(caller.session_id, self.clock.now())
+        live = await self.store.tasks.live_task_runs_of(caller.session_id, self.clock.now())
         if not live:
             return None
         current = live[-1]
-        task = await self.store.task(current.task_id)
+        task = await self.store.tasks.task(current.task_id)
         assert task is not None
-        prior = [r for r in await self.store.task_runs(task.id) if r.id != current.id]
-        events = (await self.store.task_events(task.id))[-recent:]
+        prior = [r for r in await self.store.tasks.task_runs(task.id) if r.id != current.id]
+        events = (await self.store.tasks.task_events(task.id))[-recent:]
         handoff = "; ".join(f"attempt {r.attempt} {r.status}" + (f": {r.error}" if r.error else "") for r in prior)
         return tm.TaskBundle(
             task=task.record(), current_run=current.record(), prior_attempts=[r.record() for r in prior],
@@ -268,35 +269,35 @@ class TaskService:
             latest_event_seq=task.latest_event_seq, handoff_summary=handoff).model_dump(mode="json")
 
     async def active_leases(self, caller: Caller) -> list[tm.Lease]:
-        return [r.lease() for r in await self.store.live_task_runs_of(caller.session_id, self.clock.now())]
+        return [r.lease() for r in await self.store.tasks.live_task_runs_of(caller.session_id, self.clock.now())]
 
     # ------------------------------------------------------------ helpers
 
-    async def _after_failure(self, tx: Any, task: tm.TaskRow, run_id: str, kind: tm.FailureKind, error: str,
+    async def _after_failure(self, tx: Tx, task: tm.TaskRow, run_id: str, kind: tm.FailureKind, error: str,
                              now: datetime) -> None:
         """A failed or expired attempt: back to the queue after a backoff, or, at max_attempts, failed."""
         failures = task.failures + 1
         if failures >= task.max_attempts:
-            await tx.finish_task(task.id, run_id, tm.TaskStatus.failed, failed=True, failure_kind=kind, error=error)
-            await tx.task_event(task.id, run_id, "task.failed", f"failed after {failures} attempts ({kind})",
+            await tx.tasks.finish_task(task.id, run_id, tm.TaskStatus.failed, failed=True, failure_kind=kind, error=error)
+            await tx.tasks.task_event(task.id, run_id, "task.failed", f"failed after {failures} attempts ({kind})",
                                 {"failure_kind": kind, "failures": failures})
             return
         delay = tm.backoff(failures)
-        await tx.requeue_task(task.id, run_id, failed=True, available_at=now + timedelta(seconds=delay))
-        await tx.task_event(task.id, run_id, "task.retry", f"attempt failed ({kind}); claimable again in {delay:g} s",
+        await tx.tasks.requeue_task(task.id, run_id, failed=True, available_at=now + timedelta(seconds=delay))
+        await tx.tasks.task_event(task.id, run_id, "task.retry", f"attempt failed ({kind}); claimable again in {delay:g} s",
                             {"failure_kind": kind, "failures": failures, "backoff_seconds": delay})
 
-    async def _end(self, tx: Any, caller: Caller, req: tm.Holding, status: tm.TaskRunStatus, **fields: Any,
+    async def _end(self, tx: Tx, caller: Caller, req: tm.Holding, status: tm.TaskRunStatus, **fields: Any,
                    ) -> tm.TaskRunRow:
-        run = await tx.end_task_run(req.task_run_id, Tokens.digest(req.claim_token), caller.session_id, status, **fields)
+        run = await tx.tasks.end_task_run(req.task_run_id, Tokens.digest(req.claim_token), caller.session_id, status, **fields)
         if run is None:  # not the live holder's: the read says why (and raises)
             await self._held(tx, caller, req)
             raise errors.Conflict("run_id: the lease changed meanwhile; claim again")
         return run
 
-    async def _held(self, tx: Any, caller: Caller, req: tm.Holding) -> tm.TaskRunRow:
+    async def _held(self, tx: Tx, caller: Caller, req: tm.Holding) -> tm.TaskRunRow:
         """The run, if the caller is its current holder with a live lease; else a diagnostic saying why not."""
-        run = await tx.task_run(req.task_run_id)
+        run = await tx.tasks.task_run(req.task_run_id)
         if run is None:
             raise errors.NotFound("task run", req.task_run_id, suggested_command="agentdock tasks list")
         if run.session_id != caller.session_id:
@@ -307,7 +308,7 @@ class TaskService:
             raise errors.PermissionDenied("claim_token: not the claim token of this task run",
                                           evidence={"field": "claim_token", "task_run_id": run.id})
         if run.status is not tm.TaskRunStatus.running:
-            task = await tx.task(run.task_id)
+            task = await tx.tasks.task(run.task_id)
             raise errors.InvalidTransition(
                 f"run_id: task run {run.id} has already ended ({run.status}); the task is {task.status}"
                 + (f", now held by run {task.current_run_id}" if task.current_run_id else ""),
@@ -331,13 +332,13 @@ class TaskService:
                                       evidence={"limit": limit, "bytes": size})
         return size
 
-    async def _answer(self, tx: Any, run_id: str) -> tm.LeaseResult:
-        run = await tx.task_run(run_id)
-        task = await tx.task(run.task_id)
+    async def _answer(self, tx: Tx, run_id: str) -> tm.LeaseResult:
+        run = await tx.tasks.task_run(run_id)
+        task = await tx.tasks.task(run.task_id)
         return tm.LeaseResult(lease=run.lease(), run=run.record(), task=task.record())
 
     async def _visible_task(self, caller: Caller, task_id: str) -> tm.TaskRow:
-        row = await self.store.task(task_id)
+        row = await self.store.tasks.task(task_id)
         workspace = await self._workspace_of(caller)
         if row is None or (workspace is not None and row.workspace_id != workspace):
             raise errors.NotFound("task", task_id, suggested_command="agentdock tasks list")
@@ -347,7 +348,7 @@ class TaskService:
         """The workspace a session's tasks live in; None for the local user (every workspace)."""
         if caller.is_root:
             return None
-        ws = self._workspaces.get(caller.session_id) or await self.store.session_workspace(caller.session_id)
+        ws = self._workspaces.get(caller.session_id) or await self.store.sessions.session_workspace(caller.session_id)
         if ws is None:
             raise errors.Unauthenticated(f"no session {caller.session_id}")
         self._workspaces[caller.session_id] = ws

@@ -81,6 +81,6 @@ async def test_bad_run_request_is_refused_with_a_diagnostic_and_creates_nothing(
     advice = f"{diagnostic.message}\n{diagnostic.suggested_command or ''}"
     assert re.search(hint, advice), diagnostic
     assert "Traceback" not in diagnostic.message and "pydantic" not in diagnostic.message.lower()
-    assert await engine.store.runs(rm.RunListQuery()) == []
+    assert await engine.store.runs.list(rm.RunListQuery()) == []
     assert sorted(c.id for c in owned_containers(home)) == containers_before
-    assert await engine.store.devices(include_ephemeral=True) == []
+    assert await engine.store.devices.list(include_ephemeral=True) == []

@@ -219,7 +219,7 @@ async def test_creating_with_a_missing_image_names_image_and_leaves_nothing(engi
 
     assert caught.value.diagnostic().evidence["field"] == "image"
     assert "build" in caught.value.message or caught.value.suggested_command
-    assert await engine.store.devices(include_ephemeral=True) == []
+    assert await engine.store.devices.list(include_ephemeral=True) == []
     assert (await engine.devices.list(ROOT)).data == []
     assert owned_containers(home) == []
     assert disks.owned(home) == []

@@ -176,7 +176,7 @@ async def test_a_long_poll_that_reads_just_before_the_run_ends_still_returns_whe
             held.append(rows)
             while True:
                 notified[0] = anyio.Event()
-                if (await engine.store.run(run.id)).status.terminal:
+                if (await engine.store.runs.run(run.id)).status.terminal:
                     break
                 await notified[0].wait()
         return rows
@@ -490,7 +490,7 @@ async def test_same_idempotency_key_and_body_returns_the_same_run(engine):
     second = await engine.runs.create(ROOT, models.parse(rm.RunCreate, dict(body)))
 
     assert second.id == first.id
-    assert [r.id for r in await engine.store.runs(rm.RunListQuery())] == [first.id]
+    assert [r.id for r in await engine.store.runs.list(rm.RunListQuery())] == [first.id]
     run = await finish(engine, first.id)
     assert run.output == "once\n"
 
@@ -505,7 +505,7 @@ async def test_same_idempotency_key_with_a_different_body_is_a_conflict_naming_t
 
     assert caught.value.diagnostic().evidence["run_id"] == first.id
     assert first.id in caught.value.message
-    assert [r.id for r in await engine.store.runs(rm.RunListQuery())] == [first.id]
+    assert [r.id for r in await engine.store.runs.list(rm.RunListQuery())] == [first.id]
 
 
 async def test_concurrent_creates_with_one_idempotency_key_make_one_run(engine, home):
@@ -523,7 +523,7 @@ async def test_concurrent_creates_with_one_idempotency_key_make_one_run(engine, 
                 tg.start_soon(create)
 
     assert len(got) == 5 and len(set(got)) == 1
-    assert [r.id for r in await engine.store.runs(rm.RunListQuery())] == got[:1]
+    assert [r.id for r in await engine.store.runs.list(rm.RunListQuery())] == got[:1]
     await finish(engine, got[0])
     assert len(await all_events(engine, got[0])) > 0
     assert [e.type for e in await all_events(engine, got[0])].count("run_queued") == 1
@@ -541,8 +541,8 @@ async def test_concurrent_ephemeral_creates_with_one_idempotency_key_make_one_ru
                 tg.start_soon(create)
 
     assert len({r.id for r in got}) == 1 and len({r.target_id for r in got}) == 1
-    assert [r.id for r in await engine.store.runs(rm.RunListQuery())] == [got[0].id]
-    assert [d.id for d in await engine.store.devices(include_ephemeral=True)] == [got[0].target_id]
+    assert [r.id for r in await engine.store.runs.list(rm.RunListQuery())] == [got[0].id]
+    assert [d.id for d in await engine.store.devices.list(include_ephemeral=True)] == [got[0].target_id]
     run = await finish(engine, got[0].id)
     assert run.status is models.RunStatus.succeeded
 

@@ -72,7 +72,7 @@ async def test_a_queued_run_canceled_before_admission_ends_canceled_without_ever
 
         assert (canceled.status, canceled.failure_kind, canceled.started_at) == ("canceled", "canceled", None)
         assert queued.id not in backend.starts
-        assert await engine.store.device(queued.target_id) is None  # its ephemeral sandbox was never made
+        assert await engine.store.devices.device(queued.target_id) is None  # its ephemeral sandbox was never made
         types = [e.type for e in (await engine.runs.events(ROOT, queued.id, rm.EventsQuery())).data]
         assert types == ["run_queued", "run_finished"]
         backend.end(first.id)
@@ -115,10 +115,10 @@ async def test_a_transition_applies_only_from_the_expected_status_and_says_so(tm
         run = await engine.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=x"))
         now = engine.clock.now()
         async with engine.store.write(now) as tx:
-            assert not await tx.transition_run(run.id, [models.RunStatus.running], status="failed")
-            assert await tx.transition_run(run.id, [models.RunStatus.queued], status="canceled",
+            assert not await tx.runs.transition_run(run.id, [models.RunStatus.running], status="failed")
+            assert await tx.runs.transition_run(run.id, [models.RunStatus.queued], status="canceled",
                                            failure_kind="canceled", finished_at=now)
-            assert not await tx.transition_run(run.id, [models.RunStatus.queued], status="running")
+            assert not await tx.runs.transition_run(run.id, [models.RunStatus.queued], status="running")
         assert (await engine.runs.get(ROOT, run.id)).status is models.RunStatus.canceled
         backend.end(blocker.id)
 

@@ -299,7 +299,7 @@ async def test_a_spawn_whose_parent_stops_between_its_checks_and_its_write_is_re
         engine.sessions.souls.snapshot_row = stop_meanwhile  # type: ignore[method-assign]
         with pytest.raises(errors.Unauthenticated) as refused:
             await engine.sessions.spawn(p, SpawnRequest(agent_name="w"))
-        rows = await engine.store.sessions()
+        rows = await engine.store.sessions.list()
     assert refused.value.evidence["session_id"] == parent.session.id
     assert [(r.id, r.status) for r in rows] == [(parent.session.id, "stopped")]
 
@@ -372,7 +372,7 @@ async def test_sessions_spawned_before_limits_were_recorded_get_them_when_the_da
         other, _ = await spawn(engine, ROOT, agent_runtime_profile_id=opened.id)
     peek.rows(engine.settings, "UPDATE sessions SET limits = NULL")  # as a database from before migration 0013
     async with engine_for(tmp_path).running() as engine:
-        rows = {r.id: r for r in await engine.store.sessions()}
+        rows = {r.id: r for r in await engine.store.sessions.list()}
         g = await engine.sessions.authenticate(grandchild.token)
     recorded = child.session.effective_limits.model_dump(mode="json")
     assert rows[grandchild.session.id].limits == rows[child.session.id].limits == recorded

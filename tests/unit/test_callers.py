@@ -59,7 +59,7 @@ async def test_records_remember_their_creator_and_a_session_sees_only_its_own(en
     with pytest.raises(errors.NotFound):
         await engine.runs.get(AGENT, theirs.id)
     assert {r.id for r in (await engine.runs.list(ROOT, rm.RunListQuery())).data} == {mine.id, theirs.id}
-    row = await engine.store.run(mine.id)
+    row = await engine.store.runs.run(mine.id)
     assert row.created_by == AGENT.session_id
 
 

@@ -201,7 +201,7 @@ async def test_bad_messages_are_refused_naming_the_field_and_write_nothing(tmp_p
             with pytest.raises(errors.InvalidInput, match=field):
                 await engine.channels.send(ROOT, cm.models.parse(cm.Send, data))
         assert (await engine.channels.list(ROOT)).channels[0].id == ch
-        assert (await engine.store.channel(ch)).last_sequence == 0
+        assert (await engine.store.channels.channel(ch)).last_sequence == 0
 
 
 async def test_the_context_shows_the_unread_inbox_the_coordination_channel_and_the_held_task(tmp_path):
@@ -244,7 +244,7 @@ async def test_a_send_repeated_with_its_idempotency_key_returns_the_first_messag
         theirs = await engine.channels.send(a, cm.Send(channel_id=ch, body={"n": 1}, idempotency_key="k-1"))
         assert again.message == first.message and theirs.message.message_id != first.message.message_id
         assert [m.message_id for m in await recv(engine, a, ch)] == [first.message.message_id]
-        assert (await engine.store.channel(ch)).last_sequence == 2  # the root's one message and a's
+        assert (await engine.store.channels.channel(ch)).last_sequence == 2  # the root's one message and a's
 
 
 async def test_a_session_stopped_while_it_waits_neither_receives_nor_claims(tmp_path):

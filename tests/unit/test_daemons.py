@@ -81,7 +81,7 @@ async def test_a_groups_entries_spread_over_three_daemons_and_each_ends_once(tmp
         assert final.status.value == "succeeded" and final.entry_counts.succeeded == 90
         runs = (await b.groups.group_runs(ROOT, group.id, gm.GroupRunsQuery(limit=200))).data
         assert len(runs) == 90 and {r.status for r in runs} == {"succeeded"}
-        by = Counter([(await a.store.run(r.run_id)).daemon_id for r in runs])  # type: ignore[union-attr]
+        by = Counter([(await a.store.runs.run(r.run_id)).daemon_id for r in runs])  # type: ignore[union-attr]
         assert set(by) <= {a.daemons.id, b.daemons.id, c.daemons.id} and len(by) >= 2, by
         for r in runs:
             started = [e for e in (await a.runs.events(ROOT, r.run_id, rm.EventsQuery(limit=100))).data
@@ -102,11 +102,11 @@ async def test_a_cancel_asked_through_one_daemon_ends_the_run_on_another(tmp_pat
             with anyio.fail_after(30):
                 ended = await b.runs.cancel(ROOT, run.id)
         assert ended.status.value == "canceled", ended
-        assert (await a.store.run(run.id)).daemon_id == a.daemons.id  # type: ignore[union-attr]
+        assert (await a.store.runs.run(run.id)).daemon_id == a.daemons.id  # type: ignore[union-attr]
 
 
 async def _running(engine: Engine, run_id: str) -> bool:
-    row = await engine.store.run(run_id)
+    row = await engine.store.runs.run(run_id)
     return row is not None and row.status is models.RunStatus.running
 
 
@@ -118,10 +118,10 @@ async def test_a_run_in_a_device_waits_for_the_daemon_that_holds_the_device(tmp_
     async with daemons(tmp_path / "b", pg_url, 1) as (b,):
         run = await b.runs.create(ROOT, rm.RunCreate(prompt="p", command="out=ok", target_id=device.id))
         await anyio.sleep(1)  # b's admission has had its passes: the run is not b's to start
-        assert (await b.store.run(run.id)).status is models.RunStatus.queued  # type: ignore[union-attr]
+        assert (await b.store.runs.run(run.id)).status is models.RunStatus.queued  # type: ignore[union-attr]
         async with Engine(settings_for(home_a, pg_url), backend=backend_a, harnesses=harness.get).running() as a:
             got = await a.runs.wait(ROOT, run.id, 30)
-        assert got.status.value == "succeeded" and (await b.store.run(run.id)).daemon_id == a.daemons.id  # type: ignore[union-attr]
+        assert got.status.value == "succeeded" and (await b.store.runs.run(run.id)).daemon_id == a.daemons.id  # type: ignore[union-attr]
 
 
 async def test_a_daemon_that_stops_beating_has_its_runs_settled_and_its_entries_retried_elsewhere(tmp_path, pg_url):
@@ -152,13 +152,13 @@ async def test_a_daemon_that_stops_beating_has_its_runs_settled_and_its_entries_
 
         final = await until(alive, topics.group(group.id), done)
         assert final.status.value == "succeeded" and final.entry_counts.succeeded == 6
-        lost = [d for d in await alive.store.daemons() if d.id == lost_id]
+        lost = [d for d in await alive.store.daemons.list() if d.id == lost_id]
         assert lost and lost[0].lost_at is not None
         events = await group_events(alive, group.id)
         retries = [e for e in events if e.type == "entry_retried"]
         assert len(retries) == 6 and {e.payload["failure_kind"] for e in retries} == {"process_lost"}
         for e in retries:
-            row = await alive.store.run(e.payload["lost_run_id"])
+            row = await alive.store.runs.run(e.payload["lost_run_id"])
             assert (row.status, row.failure_kind, row.daemon_id) == (  # type: ignore[union-attr]
                 models.RunStatus.failed, "process_lost", lost_id)
 
@@ -172,7 +172,7 @@ async def test_a_daemon_that_finds_it_was_declared_lost_stops_the_runs_settled_w
             # silent past the limit (its next beat is a minute away): the leader, at one of its beats, ends
             # the run; `slow` still follows it
             async def settled() -> bool:
-                return (await leader.store.run(run.id)).status is models.RunStatus.failed  # type: ignore[union-attr]
+                return (await leader.store.runs.run(run.id)).status is models.RunStatus.failed  # type: ignore[union-attr]
 
             await until(leader, topics.run(run.id), settled)
             assert slow.runs.supervised(run.id)
@@ -182,10 +182,10 @@ async def test_a_daemon_that_finds_it_was_declared_lost_stops_the_runs_settled_w
                 return not slow.runs.supervised(run.id)
 
             await until(slow, topics.run(run.id), stopped)
-            row = await slow.store.run(run.id)
+            row = await slow.store.runs.run(run.id)
             assert (row.status, row.failure_kind, row.daemon_id) == (  # type: ignore[union-attr]
                 models.RunStatus.failed, "process_lost", slow.daemons.id)
-            assert [d.lost_at for d in await slow.store.daemons() if d.id == slow.daemons.id] == [None]
+            assert [d.lost_at for d in await slow.store.daemons.list() if d.id == slow.daemons.id] == [None]
 
 
 async def test_task_claims_from_three_daemons_side_by_side_take_each_task_once(tmp_path, pg_url):
@@ -216,10 +216,10 @@ async def test_task_claims_from_three_daemons_side_by_side_take_each_task_once(t
                     tg.start_soon(work, engine, caller)
         assert len(claimed) == n and len(set(claimed)) == n
         store = engines[1].store
-        assert not await store.tasks(None, "queued", 10)
+        assert not await store.tasks.list(None, "queued", 10)
         for task_id in claimed[:30]:
-            assert [r.status.value for r in await store.task_runs(task_id)] == ["completed"]
-            seqs = [e["sequence"] for e in await store.task_events(task_id)]
+            assert [r.status.value for r in await store.tasks.task_runs(task_id)] == ["completed"]
+            seqs = [e["sequence"] for e in await store.tasks.task_events(task_id)]
             assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) == 4  # created, claimed, heartbeat, completed
 
         # one session's claims at once, through three daemons: no more than its lease limit are granted

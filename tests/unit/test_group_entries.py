@@ -106,10 +106,10 @@ class GroupEntries(RuleBasedStateMachine):
                                 gm.GroupRunsQuery(limit=1000)).data
 
     def group_status(self) -> str:
-        return self.portal.call(self.engine.store.group, self.group.id).status
+        return self.portal.call(self.engine.store.groups.group, self.group.id).status
 
     def cancel_requested(self) -> bool:
-        return self.portal.call(self.engine.store.group, self.group.id).cancel_requested is not None
+        return self.portal.call(self.engine.store.groups.group, self.group.id).cancel_requested is not None
 
     def snapshot(self) -> tuple[list[gm.GroupRun], list[Any], str]:
         """Entries, group events and group status as of one moment (the scheduler works while we read)."""
@@ -128,7 +128,7 @@ class GroupEntries(RuleBasedStateMachine):
         entries, events, status = self.snapshot()
         assert [e.sequence for e in events] == list(range(1, len(events) + 1)), "a gap or a duplicate"
         assert sum(e.status == "running" for e in entries) <= LIMIT
-        runs = self.portal.call(self.engine.store.runs_by_ids, [e.run_id for e in entries if e.run_id])
+        runs = self.portal.call(self.engine.store.runs.runs_by_ids, [e.run_id for e in entries if e.run_id])
         assert sum(r.status == "running" for r in runs.values()) <= LIMIT
         for e in entries:
             before = self.seen.get(e.entry_id)

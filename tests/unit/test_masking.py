@@ -97,7 +97,7 @@ async def test_every_record_a_session_holding_a_secret_writes_is_masked_before_i
         assert (await engine.tasks.get(ROOT, second.task.id)).runs[0].error == MASK
         assert (group.name, group.metadata) == (MASK, {"m": "a?k=" + MASK})
         assert (device.name, device.metadata) == (MASK, {"d": MASK})
-        assert (await engine.store.device(device.id)).env == {"TOKEN": MASK}
+        assert (await engine.store.devices.device(device.id)).env == {"TOKEN": MASK}
         assert (spawned.run.prompt, spawned.run.command) == (f"my key is {MASK}!", f"echo {MASK}")
         assert (run.prompt, run.metadata, run.env_keys) == ("0x" + MASK, {"m": Masker([VALUE]).line(said["urlsafe"])},
                                                             ["K"])
@@ -130,7 +130,7 @@ async def test_an_id_holding_a_secret_is_refused_naming_it_and_nothing_is_writte
                 await call
             assert caught.value.field == field
             assert VALUE not in caught.value.message and VALUE.upper() not in caught.value.message
-        assert (await engine.store.channel(ch)).last_sequence == 0
+        assert (await engine.store.channels.channel(ch)).last_sequence == 0
         assert (await engine.tasks.list(ROOT, tm.TaskListQuery())).data == []
         assert [s.id for s in (await engine.sessions.list(ROOT)).data] == ["ses_root", holder.session_id]
 

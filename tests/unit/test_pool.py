@@ -111,7 +111,7 @@ async def test_a_run_without_a_target_claims_a_ready_sandbox_given_its_env_and_s
         assert (run.status, run.output) == ("succeeded", "hi\n")
         assert run.target_id in ready and run.target_id != created.target_id  # claimed, not made
         assert (await started_event(engine, run.id)).payload == {"target_id": run.target_id, "pooled": True}
-        assert await engine.store.device(created.target_id) is None  # the sandbox it would have made is not
+        assert await engine.store.devices.device(created.target_id) is None  # the sandbox it would have made is not
         spec = backend.specs[run.target_id]
         assert (spec.env, spec.network, spec.run_id, spec.pool) == ({}, False, None, engine.pool.default.key)
         launch = backend.followed[run.id]
@@ -120,7 +120,7 @@ async def test_a_run_without_a_target_claims_a_ready_sandbox_given_its_env_and_s
         assert backend.swept[run.id] == 1  # what it left running is swept, as in any device
         with anyio.fail_after(10):
             await backend.gone(run.target_id).wait()  # removed once its end was published
-        assert await engine.store.device(run.target_id) is None
+        assert await engine.store.devices.device(run.target_id) is None
         await until_ready(engine, 2)  # and topped up again
         assert run.target_id not in {d.device_id for d in pooled(backend)}
 
@@ -146,7 +146,7 @@ async def test_runs_created_together_never_share_a_pooled_sandbox(tmp_path):
         assert claims and set(claims.values()) <= ready
         assert {r.id for r in runs if r.target_id in ready} == set(claims)
         for run_id, device_id in claims.items():
-            assert (await engine.store.device(device_id)).run_id == run_id  # type: ignore[union-attr]
+            assert (await engine.store.devices.device(device_id)).run_id == run_id  # type: ignore[union-attr]
         for run in runs:
             backend.end(run.id)
             assert (await settled(engine, run.id)).status is models.RunStatus.succeeded
@@ -278,7 +278,7 @@ async def test_after_a_crash_unused_pooled_sandboxes_go_and_one_claimed_by_a_run
         assert (run.status, run.output, run.target_id) == ("succeeded", "once\n", claimed)
         assert backend.starts[created.id] == 1
         for device_id in before - {claimed}:  # unused: removed by the reconciler, records too
-            assert backend.gone(device_id).is_set() and await engine.store.device(device_id) is None
+            assert backend.gone(device_id).is_set() and await engine.store.devices.device(device_id) is None
         with anyio.fail_after(10):
             await backend.gone(claimed).wait()
         await until_ready(engine, 2)
@@ -323,10 +323,10 @@ class PooledRunLifecycle(RunLifecycle):
     def one_sandbox_to_one_run(self) -> None:
         if getattr(self, "engine", None) is None:
             return
-        unfinished = [r for r in self.portal.call(self.store.unfinished_runs, self.engine.runs.daemon_id) if r.ephemeral]
+        unfinished = [r for r in self.portal.call(self.store.runs.unfinished_runs, self.engine.runs.daemon_id) if r.ephemeral]
         assert len({r.target_id for r in unfinished}) == len(unfinished)
         for run in unfinished:
-            device = self.portal.call(self.store.device, run.target_id)
+            device = self.portal.call(self.store.devices.device, run.target_id)
             if device is not None and device.pool is not None:
                 assert device.run_id == run.id, (run.id, device)
 

@@ -38,6 +38,10 @@ def test_sqlites_words_become_postgresqls():
     assert postgres("SELECT group_concat(text, '') FROM c") == "SELECT string_agg(text, '') FROM c"
     assert postgres("SELECT sum(length(CAST(x.payload AS BLOB)) + length(CAST(x.m AS BLOB)))") == (
         "SELECT sum(octet_length(x.payload) + octet_length(x.m))")
+    # row locks SQLite has no need of (its one writer), written as comments
+    assert postgres("SELECT id FROM t ORDER BY id LIMIT 1 /*FOR UPDATE SKIP LOCKED*/") == (
+        "SELECT id FROM t ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED")
+    assert postgres("SELECT 1 FROM s WHERE id = ? /*FOR SHARE*/") == "SELECT 1 FROM s WHERE id = %s FOR SHARE"
     # a parameter the server binds but could not type from its use alone
     assert postgres("SELECT * FROM t WHERE (:ws IS NULL OR ws = :ws) AND ? is not null") == (
         "SELECT * FROM t WHERE (%(ws)s::text IS NULL OR ws = %(ws)s) AND %s::text is not null")
@@ -83,15 +87,15 @@ async def test_two_daemons_starting_at_once_migrate_once_and_reopening_applies_n
 
 async def test_rows_read_like_sqlites_and_a_taken_key_is_a_conflict(store):
     async with store.write(NOW) as tx:
-        await tx.insert_run(run_row("run_a", idempotency_key="k"))
+        await tx.runs.insert_run(run_row("run_a", idempotency_key="k"))
         assert await tx.append_events("run_a", [("run_queued", "queued", {"n": 1})]) == [1]
-    row = await store.run("run_a")
+    row = await store.runs.run("run_a")
     assert (row.status, row.ephemeral, row.timeout, row.created_at) == ("queued", False, 60, NOW)
     assert [(e.sequence, e.payload) for e in await store.events("run:run_a", 0, 10, budget=10_000)] == [(1, {"n": 1})]
     with pytest.raises(errors.Conflict):
         async with store.write(NOW) as tx:
-            await tx.insert_run(run_row("run_b", idempotency_key="k"))
-    assert await store.run("run_b") is None, "the refused transaction left nothing"
+            await tx.runs.insert_run(run_row("run_b", idempotency_key="k"))
+    assert await store.runs.run("run_b") is None, "the refused transaction left nothing"
 
 
 async def test_a_commit_in_one_daemons_store_wakes_a_waiter_in_anothers(pg_url):
@@ -100,7 +104,7 @@ async def test_a_commit_in_one_daemons_store_wakes_a_waiter_in_anothers(pg_url):
             await tg.start(second.serve)
             woken = second.topics.watch(topics.run("run_a"))
             async with first.write(NOW) as tx:
-                await tx.insert_run(run_row("run_a"))
+                await tx.runs.insert_run(run_row("run_a"))
                 await tx.append_events("run_a", [("run_queued", "queued", {})])
             with anyio.fail_after(10):
                 await woken.wait()

@@ -157,7 +157,7 @@ async def test_run_env_overrides_profile_env_and_the_snapshot_survives_a_later_u
                                                        model="m-1", is_default=True))
         created = await engine.runs.create(ROOT, run(env={"B": "from-run"}))
         await engine.profiles.update(ROOT, pm.ProfileUpdate(profile_id=p.id, model="m-2", env={"A": "changed"}))
-        row = await engine.store.run(created.id)
+        row = await engine.store.runs.run(created.id)
         later = await engine.runs.get(ROOT, created.id)
     assert row.env == {"A": "from-profile", "B": "from-run"}
     assert row.model == "m-1" and later.profile_snapshot["model"] == "m-1"
@@ -182,7 +182,7 @@ async def test_a_profile_image_resources_and_network_shape_the_ephemeral_sandbox
                                                    network=True, is_default=True))
         with_profile = await engine.runs.create(ROOT, run())
         without = await engine.runs.create(ROOT, run(skip_agent_runtime_profile=True))
-        a, b = await engine.store.device(with_profile.target_id), await engine.store.device(without.target_id)
+        a, b = await engine.store.devices.device(with_profile.target_id), await engine.store.devices.device(without.target_id)
     assert (a.image, a.cpus, a.memory_mb, a.pids_limit, a.network) == ("other:1", 0.5, 256, 64, True)
     assert (b.image, b.network) == ("fake:latest", False)
 

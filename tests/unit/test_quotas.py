@@ -47,7 +47,7 @@ async def test_a_parent_that_spawns_fresh_children_gives_them_no_fresh_channel_q
         await send(engine, ROOT, ch, "the local user has none")
         got = await recv(engine, ROOT, ch, limit=500)
         assert [m.body for m in got] == [1, 2, 3]  # the refused sends wrote nothing
-        assert (await engine.store.usage(f"tree:{parent.session_id}")).messages == 3
+        assert (await engine.store.quotas.usage(f"tree:{parent.session_id}")).messages == 3
 
 
 async def test_trees_of_one_workspace_share_its_quota_of_messages_and_bytes(tmp_path):
@@ -62,7 +62,7 @@ async def test_trees_of_one_workspace_share_its_quota_of_messages_and_bytes(tmp_
             await send(engine, b, ch, "b again")
         assert (caught.value.evidence["scope"], caught.value.evidence["scope_id"]) == ("workspace", "default")
         assert caught.value.evidence["resource"] == "messages" and caught.value.evidence["used"] == 4
-        assert (await engine.store.usage("workspace:default")).messages == 4
+        assert (await engine.store.quotas.usage("workspace:default")).messages == 4
 
     async with engine_for(tmp_path / "bytes", workspace_channel_quota_bytes=100_000).running() as engine:
         a, b = await child(engine, permissions=TALKERS), await child(engine, permissions=TALKERS)
@@ -108,7 +108,7 @@ async def test_task_bytes_count_payloads_results_and_errors_of_the_tree(tmp_path
         done = await engine.tasks.complete(worker, tm.Complete(task_run_id=claim.run.id, claim_token=claim.claim_token,
                                                                result={"r": "small"}))
         assert done.task.status == "completed"
-        used = await engine.store.usage(f"tree:{worker.session_id}")
+        used = await engine.store.quotas.usage(f"tree:{worker.session_id}")
         assert used.tasks == 1 and used.task_bytes == len("t") + len(json.dumps({"p": "x" * 50_000})) + len(
             json.dumps({"r": "small"}))
 
@@ -236,7 +236,7 @@ async def test_sandboxes_are_bounded_per_tree_and_per_workspace_and_a_deleted_on
         with pytest.raises(errors.LimitExceeded) as caught:
             await engine.devices.create(other, dm.DeviceCreate())
         assert (caught.value.evidence["scope"], caught.value.evidence["live"]) == ("workspace", 3)
-        assert len(await engine.store.devices(include_ephemeral=True)) == 3  # nothing written by the refusals
+        assert len(await engine.store.devices.list(include_ephemeral=True)) == 3  # nothing written by the refusals
         await engine.devices.delete(parent, made[0].id)
         await engine.devices.create(kid, dm.DeviceCreate())
         await engine.devices.create(ROOT, dm.DeviceCreate())  # the local user has no quota
@@ -299,9 +299,9 @@ async def test_migrating_counts_what_trees_and_workspaces_wrote_before_from_the_
         assert await store.migrate() == migrations()[-1][0]
         message = len('"12345"') + len("{}")
         task = len("abc") + len('{"k": 1}')
-        assert await store.usage("tree:ses_a") == Usage(2, 2 * message, 1, task + len('"done"'))
-        assert await store.usage("tree:ses_b") == Usage(1, message, 1, task)
-        assert await store.usage("workspace:w1") == Usage(3, 3 * message, 2, 2 * task + len('"done"'))
-        assert await store.usage("tree:ses_root") == Usage()
-        rows = {r.id: r.body_bytes for r in await store.tasks(None, None, 10)}
+        assert await store.quotas.usage("tree:ses_a") == Usage(2, 2 * message, 1, task + len('"done"'))
+        assert await store.quotas.usage("tree:ses_b") == Usage(1, message, 1, task)
+        assert await store.quotas.usage("workspace:w1") == Usage(3, 3 * message, 2, 2 * task + len('"done"'))
+        assert await store.quotas.usage("tree:ses_root") == Usage()
+        rows = {r.id: r.body_bytes for r in await store.tasks.list(None, None, 10)}
         assert rows == {"tsk_0": len('{"k": 1}') + len('"done"'), "tsk_1": len('{"k": 1}'), "tsk_2": len('{"k": 1}')}

@@ -53,7 +53,7 @@ async def run_once(tmp_path, backend: FakeBackend) -> tuple[rm.Run, list[str], d
         with anyio.fail_after(10):
             await runs.wait(ROOT, ok.id, 10)
         events = [e.type for e in await store.events(f"run:{run.id}", 0, 100)]
-        device = await store.device(run.target_id)
+        device = await store.devices.device(run.target_id)
     return run, events, device
 
 

@@ -106,7 +106,7 @@ class RunLifecycle(RuleBasedStateMachine):
 
     @rule(run_id=runs)
     def cancel(self, run_id: str) -> None:
-        before = self.portal.call(self.store.run, run_id)
+        before = self.portal.call(self.store.runs.run, run_id)
         try:
             run = self.portal.call(self.service.cancel, ROOT, run_id)  # type: ignore[union-attr]
         except errors.InvalidTransition:
@@ -132,14 +132,14 @@ class RunLifecycle(RuleBasedStateMachine):
     def snapshot(self, run_id: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The run and its events as of one moment: supervisors keep working while we read."""
         while True:
-            row = self.portal.call(self.store.run, run_id)
+            row = self.portal.call(self.store.runs.run, run_id)
             events = self.portal.call(self.store.events, f"run:{run_id}", 0, 10_000)
-            again = self.portal.call(self.store.run, run_id)
+            again = self.portal.call(self.store.runs.run, run_id)
             if (row.status, row.updated_at) == (again.status, again.updated_at) and len(events) == len(self.portal.call(self.store.events, f"run:{run_id}", 0, 10_000)):
                 return row, events
 
     def status(self, run_id: str) -> str:
-        return self.portal.call(self.store.run, run_id).status
+        return self.portal.call(self.store.runs.run, run_id).status
 
     @invariant()
     def every_run_keeps_its_invariants(self) -> None:

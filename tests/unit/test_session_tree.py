@@ -152,7 +152,7 @@ class SessionTree(RuleBasedStateMachine):
         parent_id = self.pick(parent)
         if parent_id == ROOT.session_id:
             return
-        rows = {r.id: r for r in self.call(self.engine.store.sessions)}
+        rows = {r.id: r for r in self.call(self.engine.store.sessions.list)}
         stopped = parent_id  # the parent itself, or one of its ancestors
         for _ in range(up):
             above = rows[stopped].parent_session_id
@@ -198,7 +198,7 @@ class SessionTree(RuleBasedStateMachine):
     def no_live_session_under_a_stopped_one_and_no_limit_wider_than_its_parents(self) -> None:
         if not hasattr(self, "portal"):
             return
-        rows = {r.id: r for r in self.call(self.engine.store.sessions)}
+        rows = {r.id: r for r in self.call(self.engine.store.sessions.list)}
         for row in rows.values():
             parent = rows.get(row.parent_session_id)
             above = authority.UNBOUNDED if parent is None else parent.effective_limits()

@@ -74,7 +74,7 @@ async def test_a_session_without_the_agent_toolset_cannot_spawn(tmp_path):
         with pytest.raises(errors.PermissionDenied, match="agent_spawn"):
             await spawn(engine, caller)
         assert (await engine.sessions.me(caller)).session.id == child.session.id  # agent_me is always allowed
-        assert len(await engine.store.sessions()) == 1
+        assert len(await engine.store.sessions.list()) == 1
 
 
 async def test_spawning_three_levels_deep_works_and_the_fourth_is_refused(tmp_path):
@@ -86,7 +86,7 @@ async def test_spawning_three_levels_deep_works_and_the_fourth_is_refused(tmp_pa
             caller = await engine.sessions.authenticate(child.token)
         with pytest.raises(errors.LimitExceeded, match="max_depth"):
             await spawn(engine, caller)
-        assert len(await engine.store.sessions()) == 3
+        assert len(await engine.store.sessions.list()) == 3
 
 
 async def test_max_children_counts_live_children_only(tmp_path):
@@ -165,7 +165,7 @@ async def test_a_ttl_above_the_budget_and_bad_run_fields_are_refused_with_nothin
             await spawn(engine, ROOT, command="echo no prompt")
         with pytest.raises(errors.InvalidInput):
             await spawn(engine, ROOT, prompt="p", target_id="../etc")
-        assert await engine.store.sessions() == []
+        assert await engine.store.sessions.list() == []
 
 
 async def test_a_session_sees_its_own_and_its_childrens_runs_and_no_others(tmp_path):
@@ -213,7 +213,7 @@ async def test_any_sequence_of_spawns_stops_and_time_keeps_every_budget(tmp_path
             elif op == "tick":
                 clock.advance(pick)
                 await engine.sessions.expire_due()
-            rows = {r.id: r for r in await engine.store.sessions()}
+            rows = {r.id: r for r in await engine.store.sessions.list()}
             now = clock.now()
             for row in rows.values():
                 parent = rows.get(row.parent_session_id)

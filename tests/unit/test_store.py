@@ -61,8 +61,8 @@ async def test_migrated_schema_has_the_columns_the_run_record_needs(store):
 
 async def test_events_get_gapless_sequences_per_run_even_when_appended_concurrently(store):
     async with store.write(NOW) as tx:
-        await tx.insert_run(run_row("run_a"))
-        await tx.insert_run(run_row("run_b"))
+        await tx.runs.insert_run(run_row("run_a"))
+        await tx.runs.insert_run(run_row("run_b"))
 
     async def append(run_id: str) -> None:
         for i in range(20):
@@ -82,10 +82,10 @@ async def test_events_get_gapless_sequences_per_run_even_when_appended_concurren
 async def test_a_failed_transaction_leaves_nothing_behind(store):
     with pytest.raises(RuntimeError):
         async with store.write(NOW) as tx:
-            await tx.insert_run(run_row("run_x"))
+            await tx.runs.insert_run(run_row("run_x"))
             await tx.append_events("run_x", [("run_queued", "", {})])
             raise RuntimeError("boom")
-    assert await store.run("run_x") is None
+    assert await store.runs.run("run_x") is None
     assert await store.events("run:run_x", 0, 10) == []
 
 
@@ -93,30 +93,30 @@ async def test_a_cancelled_writer_still_commits_what_it_began(store):
     with anyio.CancelScope() as scope:
         async with store.write(NOW) as tx:
             scope.cancel()
-            await tx.insert_run(run_row("run_c"))
+            await tx.runs.insert_run(run_row("run_c"))
             await anyio.sleep(0)  # a checkpoint inside the shielded transaction
-    assert (await store.run("run_c")).id == "run_c"
+    assert (await store.runs.run("run_c")).id == "run_c"
 
 
 async def test_an_idempotency_key_holds_one_run_per_caller_and_each_caller_has_its_own(store):
     async with store.write(NOW) as tx:
-        await tx.insert_run(run_row("run_1", idempotency_key="k"))
+        await tx.runs.insert_run(run_row("run_1", idempotency_key="k"))
     with pytest.raises(Exception, match="UNIQUE"):
         async with store.write(NOW) as tx:
-            await tx.insert_run(run_row("run_2", idempotency_key="k"))
+            await tx.runs.insert_run(run_row("run_2", idempotency_key="k"))
     async with store.write(NOW) as tx:
-        await tx.insert_run(run_row("run_3", idempotency_key="k", created_by="ses_other"))
-    assert (await store.run_by_idempotency_key("ses_root", "k")).id == "run_1"
-    assert (await store.run_by_idempotency_key("ses_other", "k")).id == "run_3"
+        await tx.runs.insert_run(run_row("run_3", idempotency_key="k", created_by="ses_other"))
+    assert (await store.runs.run_by_idempotency_key("ses_root", "k")).id == "run_1"
+    assert (await store.runs.run_by_idempotency_key("ses_other", "k")).id == "run_3"
 
 
 async def test_run_list_pages_newest_first_without_repeats(store):
     async with store.write(NOW) as tx:
         for i in range(7):
-            await tx.insert_run(run_row(f"run_{i:020x}", created_at=NOW.replace(minute=i)))
+            await tx.runs.insert_run(run_row(f"run_{i:020x}", created_at=NOW.replace(minute=i)))
     seen, cursor = [], None
     while True:
-        rows = await store.runs(rm.RunListQuery(limit=3, cursor=cursor))
+        rows = await store.runs.list(rm.RunListQuery(limit=3, cursor=cursor))
         page = rows[:3]
         seen += [r.id for r in page]
         if len(rows) <= 3:
@@ -131,15 +131,15 @@ async def test_a_read_right_after_a_write_sees_it_while_other_reads_run(store):
 
     async def busy_reader() -> None:
         while not stop.is_set():
-            await store.runs(rm.RunListQuery(limit=200))
+            await store.runs.list(rm.RunListQuery(limit=200))
 
     async with anyio.create_task_group() as tg:
         for _ in range(4):
             tg.start_soon(busy_reader)
         for i in range(150):
             async with store.write(NOW) as tx:
-                await tx.insert_run(run_row(f"run_{i}"))
-            assert await store.run(f"run_{i}") is not None, f"run_{i} was committed but not read back"
+                await tx.runs.insert_run(run_row(f"run_{i}"))
+            assert await store.runs.run(f"run_{i}") is not None, f"run_{i} was committed but not read back"
         stop.set()
 
 
@@ -158,18 +158,18 @@ async def test_migrating_a_version_1_database_keeps_its_runs_and_events_and_scop
         await db.commit()
 
     async with Store(path) as s:
-        row = await s.run("run_old")
+        row = await s.runs.run("run_old")
         assert (row.status, row.created_by) == ("succeeded", "ses_root")
         assert [e.type for e in await s.events("run:run_old", 0, 10)] == ["run_queued"]
-        assert (await s.run_by_idempotency_key("ses_root", "k")).id == "run_old"
+        assert (await s.runs.run_by_idempotency_key("ses_root", "k")).id == "run_old"
         fks = await s._writer.execute_fetchall("PRAGMA foreign_keys")
         assert list(fks)[0][0] == 1
 
 
 async def test_an_event_in_a_run_and_its_group_gets_a_gapless_sequence_in_each_stream(store):
     async with store.write(NOW) as tx:
-        await tx.insert_run(run_row("run_a"))
-        await tx.insert_run(run_row("run_b"))
+        await tx.runs.insert_run(run_row("run_a"))
+        await tx.runs.insert_run(run_row("run_b"))
 
     async def append(run_id: str) -> None:
         for i in range(10):
@@ -198,7 +198,7 @@ async def test_a_write_waits_for_another_process_lock_without_holding_up_the_eve
 
     async def writer() -> None:
         async with store.write(NOW) as tx:
-            await tx.insert_run(run_row("run_w"))
+            await tx.runs.insert_run(run_row("run_w"))
         committed.set()
 
     try:
@@ -212,7 +212,7 @@ async def test_a_write_waits_for_another_process_lock_without_holding_up_the_eve
                 await committed.wait()
     finally:
         other.close()
-    assert (await store.run("run_w")).id == "run_w"
+    assert (await store.runs.run("run_w")).id == "run_w"
 
 
 async def test_a_write_blocked_past_the_busy_wait_is_refused_as_busy(store, monkeypatch):
@@ -226,11 +226,11 @@ async def test_a_write_blocked_past_the_busy_wait_is_refused_as_busy(store, monk
     try:
         with pytest.raises(errors.Busy):
             async with store.write(NOW) as tx:
-                await tx.insert_run(run_row("run_b"))
+                await tx.runs.insert_run(run_row("run_b"))
     finally:
         other.execute("ROLLBACK")
         other.close()
-    assert await store.run("run_b") is None
+    assert await store.runs.run("run_b") is None
 
 
 async def test_the_wal_is_checkpointed_into_the_database_file_as_commits_go(tmp_path, monkeypatch):
@@ -244,7 +244,7 @@ async def test_the_wal_is_checkpointed_into_the_database_file_as_commits_go(tmp_
     async with Store(tmp_path / "db.sqlite") as s:
         for i in range(5):
             async with s.write(NOW) as tx:
-                await tx.insert_run(run_row(f"run_{i}"))
+                await tx.runs.insert_run(run_row(f"run_{i}"))
         shutil.copy(tmp_path / "db.sqlite", tmp_path / "copy.sqlite")  # the main file alone, no WAL
     copy = sqlite3.connect(tmp_path / "copy.sqlite")
     try:

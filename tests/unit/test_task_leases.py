@@ -57,7 +57,7 @@ class TaskLeases(RuleBasedStateMachine):
 
     def live(self, run_id: str) -> bool:
         """Whether the run holds a live lease right now (what the store says, before the call)."""
-        run = self.call(self.engine.store.task_run, run_id)
+        run = self.call(self.engine.store.tasks.task_run, run_id)
         return run.status == "running" and run.lease_until > self.clock.now()
 
     @rule(priority=st.integers(0, 3), max_attempts=st.integers(1, 3))
@@ -129,10 +129,10 @@ class TaskLeases(RuleBasedStateMachine):
         if not hasattr(self, "portal"):
             return
         now = self.clock.now()
-        rows = self.call(self.engine.store.tasks, None, None, 500)
+        rows = self.call(self.engine.store.tasks.list, None, None, 500)
         assert sorted(r.id for r in rows) == sorted(self.created)  # nothing lost, nothing invented
         for task in rows:
-            runs = self.call(self.engine.store.task_runs, task.id)
+            runs = self.call(self.engine.store.tasks.task_runs, task.id)
             live = [r for r in runs if r.status == "running" and r.lease_until > now]
             assert len(live) <= 1, task.id
             assert len([r for r in runs if r.status == "running"]) <= 1, task.id

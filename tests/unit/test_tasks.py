@@ -72,6 +72,16 @@ async def test_a_session_holds_at_most_max_active_task_leases(tmp_path):
         assert (await claim(engine, worker)).task.status == tm.TaskStatus.claimed
 
 
+async def test_a_session_stopped_after_it_authenticated_claims_nothing(tmp_path):
+    async with engine_for(tmp_path).running() as engine:
+        worker = await session(engine)
+        task = await create(engine)
+        await engine.sessions.stop(ROOT, worker.session_id)
+        with pytest.raises(errors.Unauthenticated, match="has stopped"):
+            await engine.tasks.claim_next(worker, tm.ClaimNext())
+        assert (await engine.tasks.get(ROOT, task.id)).status == tm.TaskStatus.queued
+
+
 async def test_a_stale_holder_is_fenced_off_once_its_task_is_claimed_again(tmp_path):
     clock = FakeClock()
     async with engine_for(tmp_path, clock).running() as engine:
@@ -122,7 +132,7 @@ async def test_the_reaper_requeues_after_a_backoff_and_fails_the_task_at_max_att
         clock.advance(5)
         await engine.tasks.reap_due()
         final = await engine.tasks.get(ROOT, task.id)
-        events = await engine.store.task_events(task.id)
+        events = await engine.store.tasks.task_events(task.id)
     assert (final.status, final.failure_kind, final.failures, final.attempts) == ("failed", "lease_expired", 2, 2)
     assert [r.status for r in final.runs] == ["expired", "expired"]
     assert [e["type"] for e in events] == ["task.created", "task.claimed", "task.retry", "task.claimed",
