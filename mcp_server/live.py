@@ -74,14 +74,14 @@ def _view(group: gm.Group, latest: deque[str]) -> Group:
 
 async def watch(source: Source, *, as_json: bool = False, after: int = 0, show_events: bool = False) -> gm.Group:
     """Follow the group until it has ended; returns its final record."""
-    group = await source.groups.group()
+    group = await source.group()
     if sys.stdout.isatty() and not as_json:
         latest: deque[str] = deque(maxlen=LATEST)
         console = Console()
         with Live(_view(group, latest), console=console, refresh_per_second=8) as live:
             async for page in pages(source, after):
                 latest.extend(line(ev) for ev in page.data)
-                group = await source.groups.group()
+                group = await source.group()
                 live.update(_view(group, latest))
         return group
     status = None
@@ -89,7 +89,7 @@ async def watch(source: Source, *, as_json: bool = False, after: int = 0, show_e
         for ev in page.data:
             if show_events or as_json:
                 print(ev.model_dump_json() if as_json else line(ev), flush=True)
-        group = await source.groups.group()
+        group = await source.group()
         if not as_json and not show_events and group.status_message != status:
             status = group.status_message
             print(commands.safe(f"{group.id}  {group.status.value}  {status}"), flush=True)
@@ -110,7 +110,7 @@ async def dispatch(source: Source, result: gm.DispatchResult) -> gm.DispatchResu
         while not result.done:
             page = await source.events(after, PROGRESS_WAIT_SECONDS)
             after = page.next_after_sequence
-            result = await source.groups.dispatch(result.dispatch_id)
+            result = await source.dispatch(result.dispatch_id)
             if tty:
                 latest.extend(line(ev) for ev in page.data)
                 bar.update(task, completed=len(result.results))
