@@ -28,6 +28,7 @@ from engine.sessions.service import SessionService
 from engine.sessions.models import MAX_ACTIVE_TASK_LEASES
 from engine.secrets import SecretStore
 from engine.settings import Settings
+from engine.daemons.leadership import Leadership
 from engine.daemons.service import DaemonService
 from engine.souls.service import SoulService
 from engine.store import open_store
@@ -51,7 +52,9 @@ class Engine:
         self.quotas = Quotas(self.store, settings)
         self.masks = Masking(self.store, self.secrets)
         self.profiles = ProfileService(self.store, self.secrets, self.clock, masks=self.masks)
-        self.approvals = ApprovalService(self.store, self.clock, settings)
+        self.leadership = Leadership()
+        """Whether this daemon leads (always on SQLite): the reapers work while it does."""
+        self.approvals = ApprovalService(self.store, self.clock, settings, leadership=self.leadership)
         self.devices = DeviceService(self.store, backend, self.clock, settings, self.profiles, self.approvals,
                                      quotas=self.quotas, masks=self.masks)
         self.tokens = Tokens(settings.home)
@@ -63,13 +66,14 @@ class Engine:
         self.admission = Admission(self.store, self.runs, self.clock, settings.max_active_runs, groups=self.groups,
                                    pool=self.pool)
         self.souls = SoulService(self.store, self.clock, settings)
-        self.daemons = DaemonService(self.store, self.clock, settings, on_lost=self.runs.abandon_settled)
+        self.daemons = DaemonService(self.store, self.clock, settings, on_lost=self.runs.abandon_settled,
+                                     leadership=self.leadership)
         self.tasks = TaskService(self.store, self.clock, settings, max_active_leases=MAX_ACTIVE_TASK_LEASES,
-                                 quotas=self.quotas, masks=self.masks)
+                                 quotas=self.quotas, masks=self.masks, leadership=self.leadership)
         self.channels = ChannelService(self.store, self.clock, settings, self.quotas, self.masks)
         self.sessions = SessionService(self.store, self.runs, self.souls, self.tokens, self.clock, settings,
                                        leases=self.tasks.active_leases, channels=self.channels.list_records,
-                                       profiles=self.profiles)
+                                       profiles=self.profiles, leadership=self.leadership)
         self.context = ContextService(self.sessions, self.souls, self.channels, self.tasks, self.clock)
 
     async def serve(self, *, task_status: anyio.abc.TaskStatus[Engine] = anyio.TASK_STATUS_IGNORED) -> None:

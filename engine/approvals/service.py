@@ -25,6 +25,7 @@ from typing import Any
 
 import anyio
 
+from engine.daemons.leadership import Leadership
 from engine.approvals import models as am
 from engine import errors, ids, topics
 from engine.profiles import service as profiles
@@ -36,8 +37,10 @@ from engine.store import Store, Tx, new_id
 
 
 class ApprovalService:
-    def __init__(self, store: Store, clock: Clock | None, settings: Settings) -> None:
+    def __init__(self, store: Store, clock: Clock | None, settings: Settings, *,
+                 leadership: Leadership | None = None) -> None:
         self.store = store
+        self.leadership = leadership or Leadership()
         self.clock = clock or SystemClock()
         self.settings = settings
 
@@ -190,6 +193,7 @@ class ApprovalService:
         """Expire approvals as their time runs out (woken early by any change to an approval)."""
         task_status.started()
         while True:
+            await self.leadership.wait_held()  # one daemon reaps for all
             changed = self.store.topics.watch(topics.APPROVALS)
             await self.expire_due()
             nxt = await self.store.approvals.next_approval_expiry()

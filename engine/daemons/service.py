@@ -20,6 +20,7 @@ import anyio
 
 from engine import models
 from engine.daemons.identity import identity
+from engine.daemons.leadership import Leadership
 from engine.ports import Clock
 from engine.settings import Settings
 from engine.store import Store
@@ -32,8 +33,10 @@ LEADER = "leader"
 
 class DaemonService:
     def __init__(self, store: Store, clock: Clock, settings: Settings, *,
-                 on_lost: Callable[[], Awaitable[Any]] | None = None) -> None:
+                 on_lost: Callable[[], Awaitable[Any]] | None = None, leadership: Leadership | None = None) -> None:
         self.store = store
+        self.leadership = leadership or Leadership()
+        """Set at each beat: the reapers work while this daemon leads."""
         self.on_lost = on_lost
         """Called when this daemon finds it was declared lost: stop what it still runs of runs settled without it."""
         self.clock = clock
@@ -45,18 +48,20 @@ class DaemonService:
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         async with self.store.write(self.clock.now()) as tx:
             await tx.daemons.register_daemon(self.id, str(self.settings.home), socket.gethostname(), os.getpid())
-        task_status.started()
         if not self.store.shared:
             self.leader = True  # the one daemon of a SQLite file: nobody to beat for
+            task_status.started()
             return
+        await self.beat()  # whether it leads is known before the reapers start
+        task_status.started()
         while True:
+            # Real time, not the engine's clock (a test's fake clock moves only when told): the beat is
+            # what other processes see. Its stamps are the engine's clock, which tests move to lose it.
+            await anyio.sleep(self.settings.daemon_heartbeat_seconds)
             try:
                 await self.beat()
             except Exception:  # a database hiccup must not end the daemon's beat; the next one retries
                 log.exception("daemon heartbeat failed")
-            # Real time, not the engine's clock (a test's fake clock moves only when told): the beat is
-            # what other processes see. Its stamps are the engine's clock, which tests move to lose it.
-            await anyio.sleep(self.settings.daemon_heartbeat_seconds)
 
     async def beat(self) -> None:
         """Say this daemon is alive, take or renew the leader's lease, and as leader settle the lost."""
@@ -67,6 +72,7 @@ class DaemonService:
             if not alive:  # declared lost while it was away (paused, cut off): its runs were settled
                 await tx.daemons.register_daemon(self.id, str(self.settings.home), socket.gethostname(), os.getpid())
             self.leader = await tx.daemons.hold_lease(LEADER, self.id, lease_until)
+        self.leadership.set(self.leader)
         if not alive:
             log.warning("this daemon (%s) had been declared lost; its runs were settled by the leader", self.id)
             if self.on_lost is not None:

@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 from engine import authority, errors, ids, lineage, masking, models, topics
+from engine.daemons.leadership import Leadership
 from engine.runs import models as rm
 from engine.channels import service as channels
 from engine.callers import DEFAULT_WORKSPACE, ROOT, Caller
@@ -41,8 +42,9 @@ class SessionService:
     def __init__(self, store: Store, runs: RunService, souls: SoulService, tokens: Tokens, clock: Clock | None,
                  settings: Settings, *, leases: Callable[[Caller], Awaitable[list[Any]]] | None = None,
                  channels: Callable[[Caller], Awaitable[list[Any]]] | None = None,
-                 profiles: ProfileService | None = None) -> None:
+                 profiles: ProfileService | None = None, leadership: Leadership | None = None) -> None:
         self.store = store
+        self.leadership = leadership or Leadership()
         self.profiles = profiles or runs.profiles
         self.leases = leases
         """The caller's live task leases (the task queue's), for `me`."""
@@ -63,6 +65,7 @@ class SessionService:
         await self.fill_limits()
         task_status.started()
         while True:
+            await self.leadership.wait_held()  # one daemon reaps for all
             changed = self.store.topics.watch(topics.SESSIONS)
             await self.expire_due()
             nxt = await self.store.sessions.next_session_expiry()

@@ -18,6 +18,7 @@ from engine.records import Row
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_PAYLOAD_KEYS = 256
 DEFAULT_LEASE_SECONDS = 60.0
+MIN_LEASE_SECONDS = 1.0
 MAX_LEASE_SECONDS = 3600.0
 MAX_BACKOFF_SECONDS = 60.0
 
@@ -87,7 +88,7 @@ class TaskListQuery(models.Input):
 
 
 class ClaimNext(models.Input):
-    lease_seconds: float = Field(default=DEFAULT_LEASE_SECONDS, ge=1, le=MAX_LEASE_SECONDS, allow_inf_nan=False)
+    lease_seconds: float = Field(default=DEFAULT_LEASE_SECONDS, ge=MIN_LEASE_SECONDS, le=MAX_LEASE_SECONDS, allow_inf_nan=False)
     """How long the lease lasts without a heartbeat."""
     wait_seconds: float = Field(default=0, ge=0, allow_inf_nan=False)
     """Wait up to this long for a task to become claimable (at most the server's bound, 45 s by default)."""
@@ -103,7 +104,7 @@ class Holding(models.Input):
 
 
 class Heartbeat(Holding):
-    lease_seconds: float | None = Field(default=None, ge=1, le=MAX_LEASE_SECONDS, allow_inf_nan=False)
+    lease_seconds: float | None = Field(default=None, ge=MIN_LEASE_SECONDS, le=MAX_LEASE_SECONDS, allow_inf_nan=False)
     """Extend the lease this long from now (default: the claim's lease_seconds)."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import anyio
 
 from engine import authority, errors, ids, masking, topics
+from engine.daemons.leadership import Leadership
 from engine.channels import service as channels
 from engine.tasks import models as tm
 from engine.callers import Caller
@@ -44,8 +45,10 @@ NEVER = datetime.max.replace(tzinfo=UTC)
 
 class TaskService:
     def __init__(self, store: Store, clock: Clock | None, settings: Settings, *, max_active_leases: int,
-                 quotas: Quotas | None = None, masks: Masking | None = None) -> None:
+                 quotas: Quotas | None = None, masks: Masking | None = None,
+                 leadership: Leadership | None = None) -> None:
         self.store = store
+        self.leadership = leadership or Leadership()
         self.clock = clock or SystemClock()
         self.settings = settings
         self.quotas = quotas or Quotas(store, settings)
@@ -62,26 +65,37 @@ class TaskService:
     # ------------------------------------------------------------ the lease reaper
 
     async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        """Return expired leases to the queue as they pass. It reads the store only when a lease may
-        have passed: a claim whose lease ends sooner than it would next look just moves its deadline."""
+        """Return expired leases to the queue as they pass, on the leading daemon only. It reads the
+        store only when a lease may have passed: a claim whose lease ends sooner than it would next look
+        just moves its deadline. A claim through another daemon sharing the database is known only by
+        the topic it touched: the soonest it can end is the shortest lease from now, so that is when
+        it looks (at most once a MIN_LEASE_SECONDS under a stream of claims)."""
         task_status.started()
+        shortest = timedelta(seconds=tm.MIN_LEASE_SECONDS)
         while True:
+            await self.leadership.wait_held()  # one daemon reaps for all
+            # shared database: any task change wakes it, its claims included (watched before the look)
+            changed = self.store.topics.watch(topics.TASKS) if self.store.shared else None
             self._reaper_due, self._granted = None, NEVER  # looking: claims meanwhile are kept in _granted
             await self.reap_due()
             nxt = await self.store.tasks.next_lease_expiry()
             self._reaper_due = min(nxt or NEVER, self._granted)
             while True:
-                self._reaper_wake = anyio.Event()
+                self._reaper_wake = changed or anyio.Event()
                 if self._reaper_due == NEVER:  # no lease held: only a claim gives it work (no sleeper on the clock)
                     await self._reaper_wake.wait()
-                    continue
-                if not await self.clock.wait(self._reaper_wake,
-                                             (self._reaper_due - self.clock.now()).total_seconds()):
+                elif not await self.clock.wait(self._reaper_wake,
+                                               (self._reaper_due - self.clock.now()).total_seconds()):
                     break  # the deadline came: look
+                if changed is not None:  # a lease granted since ends no sooner than the shortest one from now
+                    changed = self.store.topics.watch(topics.TASKS)
+                    self._reaper_due = min(self._reaper_due, self.clock.now() + shortest)
 
     def _lease_granted(self, lease_until: datetime) -> None:
         """Bring the reaper's deadline forward if this new lease ends sooner (a heartbeat or an end
         never makes the next expiry sooner; a deadline left by a lease that ended only costs a look)."""
+        if self.store.shared:  # the claim's commit woke the reaper through its topic
+            return
         if self._reaper_due is None:  # it is looking, and its read may have missed this claim's commit
             self._granted = min(self._granted, lease_until)
         elif lease_until < self._reaper_due:

@@ -240,3 +240,48 @@ async def test_task_claims_from_three_daemons_side_by_side_take_each_task_once(t
                 tg.start_soon(grab, engines[i % 3])
         assert len(granted) == MAX_ACTIVE_TASK_LEASES and all(c is not None for c in granted)
         assert len(refused) == MAX_ACTIVE_TASK_LEASES * 2
+
+
+async def test_one_daemon_reaps_for_all_and_another_takes_over_when_it_stops(tmp_path, pg_url):
+    """The reapers (here the task lease reaper) work only on the daemon holding the leader's lease; when
+    it stops, another takes the lease once it runs out and reaps from then on."""
+    engines = [Engine(settings_for(tmp_path / f"d{i}", pg_url, daemon_lost_after_seconds=1), backend=FakeBackend(),
+                      harnesses=harness.get) for i in range(2)]
+    scopes = [anyio.CancelScope() for _ in engines]
+
+    async def serve(i: int, *, task_status: Any) -> None:
+        with scopes[i]:
+            await engines[i].serve(task_status=task_status)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(2):
+            await tg.start(serve, i)
+        assert sorted(e.leadership.held for e in engines) == [False, True]
+        lead = 0 if engines[0].leadership.held else 1
+        other = engines[1 - lead]
+        reaped = [0, 0]
+        for i, engine in enumerate(engines):
+            def counted(i: int = i, real: Any = engine.tasks.reap_due) -> Any:
+                reaped[i] += 1
+                return real()
+            engine.tasks.reap_due = counted  # type: ignore[method-assign]
+
+        async def a_lease_runs_out() -> None:
+            task = await other.tasks.create(ROOT, tm.TaskCreate(title="short"))
+            worker = await other.sessions.authenticate(
+                (await other.sessions.spawn(ROOT, SpawnRequest(agent_name="w"))).token)
+            await other.tasks.claim_next(worker, tm.ClaimNext(lease_seconds=1))
+
+            async def requeued() -> bool:
+                return (await other.tasks.get(ROOT, task.id)).status is tm.TaskStatus.queued
+            await until(other, topics.TASKS, requeued)
+
+        await a_lease_runs_out()  # claimed through the daemon that does not lead
+        assert reaped[lead] >= 1 and reaped[1 - lead] == 0
+        scopes[lead].cancel()  # the leader stops: the other takes the lease once it runs out
+        with anyio.fail_after(30):
+            while not other.leadership.held:
+                await anyio.sleep(0.1)
+        await a_lease_runs_out()
+        assert reaped[1 - lead] >= 1
+        tg.cancel_scope.cancel()
