@@ -120,6 +120,14 @@ class Settings(BaseSettings):
     """A PostgreSQL database (`postgresql://user@host/db`, or `postgresql:///db?host=/socket/dir`) shared by
     several daemons, each with its own home and Docker engine. Unset: the home's SQLite file."""
 
+    listen: str | None = Field(default=None, pattern=r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$", max_length=300)
+    """`host:port` where the daemon also serves over TCP (the HTTP API and MCP at /mcp), behind the bearer
+    token in `home/http.token`. Unset (the default): nothing listens on TCP. `127.0.0.1:8765` keeps it on
+    this machine; another address opens it to the network."""
+    allowed_origins: str = Field(default="", max_length=4096)
+    """Browser origins the TCP listener accepts besides its own (`http://host:port`), comma-separated; a
+    request from any other Origin is refused (403). Requests without an Origin (CLIs, agents) pass."""
+
     daemon_heartbeat_seconds: float = Field(default=2.0, gt=0, le=60)
     """How often a daemon records that it is alive (and the leader looks for daemons that stopped)."""
     daemon_lost_after_seconds: float = Field(default=15.0, gt=0, le=3600)
@@ -152,6 +160,11 @@ class Settings(BaseSettings):
     @property
     def souls_dir(self) -> Path:
         return self.home / "souls"
+
+    @property
+    def http_token_path(self) -> Path:
+        """The TCP listener's bearer token (mode 0600), made on first use."""
+        return self.home / "http.token"
 
     @property
     def control_socket(self) -> Path:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from engine import errors, models
 from engine.settings import Settings
-from mcp_server import areas, commands, daemon
+from mcp_server import areas, commands, daemon, network
 from mcp_server.client import DaemonClient
 from mcp_server.http import VERSION
 from runtimes import adapters
@@ -38,10 +38,15 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         pid = daemon.stop(settings)
         commands.show({"status": "stopped" if pid else "not running", "pid": pid}, args.json)
         return 0
+    if args.action == "token":  # the TCP listener's bearer token, made on first use
+        daemon.private_home(settings)
+        print(network.token(settings))
+        return 0
     pid = daemon.running_pid(settings)
     healthy = daemon.healthy(settings)
     commands.show({"status": "running" if healthy else ("starting or stuck" if pid else "not running"), "pid": pid,
-                   "home": str(settings.home), "socket": str(settings.control_socket)}, args.json)
+                   "home": str(settings.home), "socket": str(settings.control_socket), **network.describe(settings)},
+                  args.json)
     return 0 if healthy else 3
 
 
@@ -136,8 +141,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("daemon", parents=[common], help="run, start, stop or inspect the daemon")
-    d.add_argument("action", choices=["run", "start", "stop", "status"],
-                   help="run in the foreground, start in the background, stop, or report its status")
+    d.add_argument("action", choices=["run", "start", "stop", "status", "token"],
+                   help="run in the foreground, start in the background, stop, report its status, or print the "
+                        "bearer token of its TCP listener (AGENTDOCK_LISTEN; made on first use)")
     d.set_defaults(fn=cmd_daemon)
 
     s = sub.add_parser("serve", parents=[common], help="MCP server on stdio (starts the daemon if needed)")

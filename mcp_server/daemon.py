@@ -23,7 +23,7 @@ import uvicorn
 
 from engine import errors
 from engine.settings import Settings
-from mcp_server import areas, http
+from mcp_server import areas, http, network
 from runtimes.wiring import docker_engine
 
 log = logging.getLogger("agentdock.daemon")
@@ -119,13 +119,20 @@ async def serve(settings: Settings) -> None:
             control_listener = bind_private(settings.control_socket)
             agent_listener = bind_agent_socket(settings.agent_socket)
             log.info("daemon %s serving on %s and %s", os.getpid(), settings.control_socket, settings.agent_socket)
-            async with anyio.create_task_group() as tg:
-                async def serve_one(server: _Server, listener: socket.socket) -> None:
-                    await server.serve(sockets=[listener])
-                    control.should_exit = agent.should_exit = True  # one stops, both stop
+            async with contextlib.AsyncExitStack() as stack:
+                servers = [(control, control_listener), (agent, agent_listener)]
+                if settings.listen is not None:  # off unless asked: the HTTP API and /mcp on TCP, behind a token
+                    app = await stack.enter_async_context(network.listener_app(engine, settings))
+                    servers.append((_Server(_config(app)), bind_tcp(settings)))
+                    log.info("daemon %s also serving on %s (HTTP API, MCP at /mcp)", os.getpid(), network.url(settings))
+                async with anyio.create_task_group() as tg:
+                    async def serve_one(server: _Server, listener: socket.socket) -> None:
+                        await server.serve(sockets=[listener])
+                        for other, _ in servers:  # one stops, all stop
+                            other.should_exit = True
 
-                tg.start_soon(serve_one, control, control_listener)
-                tg.start_soon(serve_one, agent, agent_listener)
+                    for server, listener in servers:
+                        tg.start_soon(serve_one, server, listener)
     finally:
         settings.control_socket.unlink(missing_ok=True)
         settings.agent_socket.unlink(missing_ok=True)
@@ -134,6 +141,16 @@ async def serve(settings: Settings) -> None:
 
 def _config(app: Any) -> uvicorn.Config:
     return uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False, timeout_graceful_shutdown=3)
+
+
+def bind_tcp(settings: Settings) -> socket.socket:
+    """The TCP listener's socket (`AGENTDOCK_LISTEN`); an address in use or not this machine's is refused."""
+    host, port = network.address(settings)
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+    except OSError as exc:
+        raise errors.InvalidInput("AGENTDOCK_LISTEN", f"cannot listen on {settings.listen}: {exc.strerror}",
+                                  suggested_command="ss -ltn") from None
 
 
 def bind_agent_socket(path: Path) -> socket.socket:

@@ -2,7 +2,8 @@
 # Idempotent setup for agentdock on Debian (fresh machine, developer box or CI).
 #
 #   * installs missing system packages with apt (one `apt-get update` at most):
-#     python3/python3-venv, docker.io, busybox-static, debootstrap, postgresql (for the suite's second store)
+#     python3/python3-venv, docker.io, busybox-static, debootstrap, postgresql (for the suite's second store),
+#     chromium (for the dashboard's browser tests)
 #   * starts the Docker engine when `docker info` fails
 #   * creates .venv and `pip install -e '.[dev]'` (skipped while pyproject.toml is unchanged)
 #   * builds the agentdock images (skipped while their inputs are unchanged)
@@ -61,6 +62,10 @@ fi
 # the suite's PostgreSQL pass starts its own throwaway cluster with initdb and pg_ctl (tests/pgcluster.py)
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
   apt_pkgs+=(postgresql)
+fi
+# the dashboard's tests drive Debian's chromium, headless, with Playwright (which downloads no browser)
+if ! command -v chromium >/dev/null 2>&1; then
+  apt_pkgs+=(chromium fonts-liberation)
 fi
 
 if [ ${#apt_pkgs[@]} -gt 0 ]; then

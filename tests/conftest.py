@@ -7,6 +7,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -201,6 +202,46 @@ def daemon(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daem
     d.start()
     yield d
     daemon_mod.stop(settings)
+
+
+@dataclass
+class Listening:
+    """A daemon serving on TCP too (AGENTDOCK_LISTEN): its listener's URL and bearer token."""
+
+    daemon: Daemon
+    url: str
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def listening(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Listening]:
+    """A real daemon process for a fresh home with its TCP listener on a free loopback port; its log must
+    show no error once it has stopped."""
+    listen = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "AGENTDOCK_HOME": str(settings.home), "AGENTDOCK_IMAGE": SMALL,
+           "AGENTDOCK_CANCEL_GRACE_SECONDS": "1", "AGENTDOCK_LISTEN": listen}
+    if pgcluster.HOMES is not None:
+        env["AGENTDOCK_DATABASE_URL"] = pgcluster.HOMES.url(settings.home)
+    for k in ("AGENTDOCK_HOME", "AGENTDOCK_IMAGE", "AGENTDOCK_CANCEL_GRACE_SECONDS", "AGENTDOCK_DATABASE_URL",
+              "AGENTDOCK_LISTEN"):
+        if k in env:
+            monkeypatch.setenv(k, env[k])
+    d = Daemon(settings.model_copy(update={"listen": listen}), env)
+    d.start()
+    token = d.cli("daemon", "token").stdout.strip()
+    yield Listening(d, f"http://{listen}", token)
+    daemon_mod.stop(settings)
+    assert d.logged_errors() == []
 
 
 @pytest.fixture
