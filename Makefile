@@ -30,6 +30,7 @@ bench: setup
 	$(PY) bench/group_fanout.py $(BENCH_FLAGS)
 	$(PY) bench/task_queue.py $(BENCH_FLAGS)
 	$(PY) bench/gateway.py $(BENCH_FLAGS)
+	$(PY) bench/dashboard.py $(BENCH_FLAGS)
 
 # Removes the images only; the debootstrap rootfs cache under $$AGENTDOCK_HOME/cache
 # stays, so the next build of the full image takes seconds, not a minute.

@@ -52,6 +52,10 @@ FIGURES = {
         rf"workers over 3 daemon processes: {NUM} claim\+complete pairs/s \({NUM}% of raw\)",
         rf"receivers: p50 {NUM} ms, p99 {NUM} ms",
     ],
+    "bench/dashboard.py": [
+        rf"commit to the page showing it \(headless Chromium, htmx SSE\): p50 {NUM} ms p99 {NUM} ms",
+        rf"commit to a plain SSE client holding it \(the wire\): +p50 {NUM} ms p99 {NUM} ms",
+    ],
     "bench/gateway.py": [
         rf"direct to the upstream +p50 {NUM} ms +p99 {NUM} ms",
         rf"through the gateway +p50 {NUM} ms +p99 {NUM} ms",
