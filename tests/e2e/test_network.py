@@ -108,6 +108,12 @@ async def test_no_token_a_wrong_token_and_a_foreign_origin_are_refused(listening
         assert foreign.status_code == 403 and foreign.json()["diagnostic"]["evidence"]["field"] == "Origin"
     twice = httpx.get(url + "/api/v1/health", headers=[("Authorization", f"Bearer {token}")] * 2)
     assert twice.status_code == 401
+    # a session's token (a child's, of another workspace) is not the listener's: it opens nothing here
+    child = httpx.post(url + "/api/agent/spawn", headers=right, json={"agent_name": "c", "workspace_id": "ws_other"})
+    assert child.status_code == 201, child.text
+    as_child = {"Authorization": f"Bearer {child.json()['spawn']['token']}"}
+    for path in ("/api/v1/health", "/mcp", "/ui"):
+        assert httpx.get(url + path, headers=as_child).status_code == 401
     own = httpx.get(url + "/api/v1/health", headers={**right, "Origin": url})
     assert own.status_code == 200 and own.json()["data"]["status"] == "ok"
     runs: Any = httpx.get(url + "/api/v1/agent-runs", headers=right).json()
