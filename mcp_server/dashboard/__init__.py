@@ -72,8 +72,8 @@ templates.filters["when"] = _when
 templates.filters["ago"] = _ago
 
 
-def page(name: str, status: int = 200, **values: Any) -> HTMLResponse:
-    return HTMLResponse(templates.get_template(name).render(**values), status_code=status)
+def page(name: str, http_status: int = 200, **values: Any) -> HTMLResponse:
+    return HTMLResponse(templates.get_template(name).render(**values), status_code=http_status)
 
 
 def fragment(name: str, **values: Any) -> str:
@@ -212,7 +212,7 @@ def routes(engine: Engine) -> list[Route]:
         nxt = _local_path(str(form.get("next") or "/ui"))
         given = str(form.get("token") or "").strip()
         if not request.app.state.token_ok(given):
-            return page("login.html", 401, next=nxt, refused=True)
+            return page("login.html", next=nxt, refused=True)  # the form again, saying so
         response = RedirectResponse(nxt, status_code=303)
         response.set_cookie(COOKIE, given, httponly=True, samesite="strict", path="/")
         return response

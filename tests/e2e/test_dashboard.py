@@ -124,7 +124,7 @@ async def test_a_pending_approval_is_approved_from_the_page(listening: Listening
             "name": "careful", "runtime": "custom", "policy": {"approval": "confirm-risky"}})).json()["data"]
         child = (await root.post("/api/agent/spawn", json={
             "agent_name": "careful", "agent_runtime_profile_id": profile["id"],
-            "permissions": {"tools": ["groups"]}})).json()["spawn"]
+            "permissions": {"tools": ["groups"], "sandbox_profiles": ["*"]}})).json()["spawn"]
         async with agent(listening.daemon, child["token"]) as as_child:
             group = (await as_child.post("/api/v1/agent-run-groups", json={"name": "g"})).json()["data"]
             refused = await as_child.post(f"/api/v1/agent-run-groups/{group['id']}/cancel")
