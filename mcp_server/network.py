@@ -19,7 +19,6 @@ from urllib.parse import parse_qs, urlencode
 import anyio
 import anyio.abc
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import errors
@@ -187,7 +186,7 @@ def _paths(mcp: ASGIApp, pages: ASGIApp, rest: ASGIApp) -> ASGIApp:
 async def listener_app(engine: Engine, settings: Settings) -> AsyncIterator[ASGIApp]:
     """The app the TCP listener serves while this is entered (the MCP sessions' managers run meanwhile)."""
     api = http.create_app(areas.endpoints(engine))  # as control.sock: the token stands for its owner
-    pages = Starlette(routes=dashboard.routes(engine))
+    pages = dashboard.app(engine)
     async with anyio.create_task_group() as tg:
         gate = Gate(_paths(McpServers(engine, settings, tg), pages, api), token(settings), origins(settings))
         pages.state.token_ok = gate.token_ok  # the login form checks what it is given against the same token

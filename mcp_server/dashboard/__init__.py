@@ -23,6 +23,7 @@ import anyio
 from jinja2 import Environment, PackageLoader, select_autoescape
 from pydantic import ValidationError
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -34,7 +35,7 @@ from engine.callers import ROOT
 from engine.groups import models as gm
 from engine.runs import models as rm
 from engine.tasks import models as tm
-from mcp_server import sse
+from mcp_server import http, sse
 
 log = logging.getLogger("agentdock.dashboard")
 
@@ -43,6 +44,8 @@ COOKIE = "agentdock_token"
 PUBLIC = ("/ui/login", "/static/")
 """Paths served without the token: the login form and the vendored files."""
 STATIC = {"htmx.min.js": "text/javascript", "sse.min.js": "text/javascript", "dashboard.css": "text/css"}
+FORM_MAX_BYTES = 8_192
+"""The largest form body (a login, an approval's reason)."""
 ENTRIES_SHOWN = 500
 """Entries a group's page lists (its counts cover them all)."""
 LIVE_EVERY = 0.2
@@ -191,7 +194,7 @@ def routes(engine: Engine) -> list[Route]:
     async def decide(request: Request) -> Response:
         approval_id = request.path_params["approval_id"]
         outcome = request.path_params["outcome"]
-        form = await request.form()
+        form = await _form(request)
         reason = str(form.get("reason") or "").strip() or None
         decision = am.Decision(reason=reason)
         if outcome == "approve":
@@ -208,7 +211,7 @@ def routes(engine: Engine) -> list[Route]:
         nxt = _local_path(request.query_params.get("next", "/ui"))
         if request.method == "GET":
             return page("login.html", next=nxt, refused=False)
-        form = await request.form()
+        form = await _form(request)
         nxt = _local_path(str(form.get("next") or "/ui"))
         given = str(form.get("token") or "").strip()
         if not request.app.state.token_ok(given):
@@ -242,6 +245,31 @@ def routes(engine: Engine) -> list[Route]:
 
 
 TERMINAL = {"succeeded", "failed", "canceled"}
+
+
+def app(engine: Engine) -> Starlette:
+    """The dashboard as an app of its own (an unknown page or method is a page with the diagnostic)."""
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        return page("error.html", 404, diagnostic=errors.NotFound("page", request.url.path[:200]).diagnostic())
+
+    async def not_allowed(request: Request, exc: Exception) -> Response:
+        bad = errors.InvalidInput("method", f"{request.method} is not allowed on {request.url.path[:200]}")
+        return page("error.html", 405, diagnostic=bad.diagnostic())
+
+    return Starlette(routes=routes(engine), exception_handlers={404: not_found, 405: not_allowed})
+
+
+async def _form(request: Request) -> Any:
+    """A form's fields, its body refused past FORM_MAX_BYTES before it is buffered (the login form is
+    served to anyone who reaches the listener)."""
+    length = request.headers.get("content-length")
+    if length is not None and (len(length) > 18 or int(length) > FORM_MAX_BYTES):
+        raise errors.InvalidInput("body", f"a form is at most {FORM_MAX_BYTES} bytes")
+    try:
+        return await Request(request.scope, http.limited(request.receive, FORM_MAX_BYTES)).form()
+    except errors.EngineError:
+        raise errors.InvalidInput("body", f"a form is at most {FORM_MAX_BYTES} bytes") from None
 
 
 def _local_path(path: str) -> str:
