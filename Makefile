@@ -4,18 +4,25 @@ IMAGES := agentdock-small:latest agentdock-full:latest agentdock-full-base:lates
 
 .PHONY: setup test demo bench clean-images
 
+PG_LEFT_OUT := --ignore=tests/integration/test_group_load.py --ignore=tests/integration/test_bench_smoke.py \
+	--ignore=tests/integration/test_daemons.py --ignore=tests/integration/test_real_clis.py \
+	--ignore=tests/integration/test_real_cli_tasks_anthropic.py --ignore=tests/integration/test_real_cli_tasks_openai.py
+
 setup:
 	bash scripts/setup.sh
 
 # pytest exits 5 when it collected no tests: that is a failure too. The whole suite runs on SQLite
-# (the default store), then the engine's suite (tests/unit: every service on the fake backend) again on
-# PostgreSQL, in a throwaway cluster the tests start (tests/pgcluster.py).
+# (the default store), then the engine's suite (tests/unit: every service on the fake backend) and the
+# Docker integration suite again on PostgreSQL, in a throwaway cluster the tests start
+# (tests/pgcluster.py). Left out of the second pass: the load tests (test_group_load, six minutes; the
+# 1,000-entry group over three daemons is PostgreSQL's in test_daemons), the benches (they print both
+# stores) and the real CLIs' provider tests (no store in them).
 test: setup
 	@rc=0; $(PY) -m pytest -q || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	if [ $$rc -ne 0 ]; then exit $$rc; fi; \
-	echo "make test: tests/unit again on PostgreSQL (AGENTDOCK_TEST_STORE=postgres)"; \
-	AGENTDOCK_TEST_STORE=postgres $(PY) -m pytest -q tests/unit || rc=$$?; \
+	echo "make test: tests/unit and tests/integration again on PostgreSQL (AGENTDOCK_TEST_STORE=postgres)"; \
+	AGENTDOCK_TEST_STORE=postgres $(PY) -m pytest -q tests/unit tests/integration $(PG_LEFT_OUT) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected" >&2; exit 1; fi; \
 	exit $$rc
 

@@ -34,7 +34,6 @@ from engine.profiles import models as pm
 
 if TYPE_CHECKING:
     from engine.callers import Caller
-    from engine.store import Tx
 
 RESOURCES = ("cpus", "memory_mb", "pids_limit", "workspace_mb", "tmp_mb")
 DISKS = ("workspace_mb", "tmp_mb")
@@ -176,7 +175,7 @@ def check_target(limits: Limits, device_id: str, *, image: str, network: bool, f
             "leave the target out for a fresh sandbox", evidence={"field": field, "limit": "image"})
 
 
-async def require_active(tx: Tx, caller: Caller) -> None:
+async def require_active(tx: Any, caller: Caller) -> None:
     """Refuse, inside a writing transaction, a caller whose session has stopped or expired meanwhile
     (it was live when it authenticated): a stop and what its session does are serialized, so nothing
     is created under a session after the transaction that stopped it."""

@@ -16,6 +16,9 @@ from engine.ports import Chunk, Failure, Harness
 from engine.secrets import Masker
 
 Draft = tuple[str, str, dict[str, Any]]
+NUL_SHOWN = "\ufffd"
+"""What a NUL byte of a run's output is kept as: PostgreSQL's text cannot hold NUL (a run printing one
+failed its flushes there), and no reader of the record wants one; the same on both stores."""
 STDERR_TAIL_CHARS = 4096
 """How much of the end of stderr the runtime's adapter reads to classify a failure."""
 
@@ -73,7 +76,7 @@ class OutputFolder:
                 self._parse(line)
             return
         self.offsets[chunk.stream] += len(chunk.data)
-        text = self._decoders[chunk.stream].decode(chunk.data)
+        text = self._decoders[chunk.stream].decode(chunk.data).replace("\x00", NUL_SHOWN)
         if self.mask:
             text = self.mask.stream(chunk.stream, text)
         self._kept_text(chunk.stream, text)
@@ -112,7 +115,7 @@ class OutputFolder:
         return folded
 
     def _parse(self, line: bytes) -> None:
-        text = line.decode("utf-8", "replace").rstrip("\r")
+        text = line.decode("utf-8", "replace").rstrip("\r").replace("\x00", NUL_SHOWN)
         if not text.strip():
             return
         mask = self.mask

@@ -14,7 +14,8 @@ CAP = 64
 
 chunks = st.lists(
     st.tuples(st.sampled_from(["stdout", "stderr"]),
-              st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=30)),
+              st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="\x00"),
+                      max_size=30)),
     max_size=40,
 )
 
@@ -86,3 +87,17 @@ def test_structured_output_advances_offsets_only_past_complete_lines(lines):
     assert folder.offsets["stdout"] == (data.rfind(b"\n") + 1)
     folder.end()
     assert folder.offsets["stdout"] == len(data)
+
+
+def test_a_nul_byte_is_kept_as_the_replacement_character_on_every_path():
+    """PostgreSQL's text cannot hold NUL: a run printing one is kept the same way on both stores."""
+    plain = OutputFolder(harness.get("custom"), CAP)
+    plain.take(Chunk(stream="stdout", data=b"a\x00b\n"))
+    plain.take(Chunk(stream="stderr", data=b"\x00"))
+    folded = plain.drain()
+    assert folded.kept == {"stdout": "a\ufffdb\n", "stderr": "\ufffd"}
+    assert all("\x00" not in p["text"] for _, _, p in folded.events if "text" in p)
+    structured = OutputFolder(harness.get("codex"), CAP)
+    structured.take(Chunk(stream="stdout", data=b"not json \x00 here\n"))
+    structured.end()
+    assert "\x00" not in repr(structured.drain())
