@@ -12,7 +12,6 @@ import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
@@ -98,8 +97,7 @@ class Gate:
         given = [v for k, v in headers if k == "authorization"]
         scheme, _, presented = (given[0] if len(given) == 1 else "").partition(" ")
         if not given:  # a browser: the dashboard's cookie
-            cookies = SimpleCookie("; ".join(v for k, v in headers if k == "cookie"))
-            scheme, presented = ("bearer", cookies[dashboard.COOKIE].value) if dashboard.COOKIE in cookies else ("", "")
+            scheme, presented = ("bearer", found) if (found := _cookie(headers, dashboard.COOKIE)) else ("", "")
         if scheme.lower() != "bearer" or not self.token_ok(presented):
             if scope["method"] == "GET" and (path == "/" or path.startswith("/ui")) and not given:
                 target = "/ui/login?" + urlencode({"next": path + ("?" + scope["query_string"].decode("latin-1")
@@ -112,6 +110,17 @@ class Gate:
                 suggested_command="agentdock daemon token", evidence={"field": "Authorization"}))
             return
         await self.app(scope, receive, send)
+
+
+def _cookie(headers: list[tuple[str, str]], name: str) -> str | None:
+    """One cookie's value, read by hand: the host's other web apps put their cookies in the same header
+    (cookies are not bound to a port), and the standard parser gives up on the first it cannot read."""
+    for header in (v for k, v in headers if k == "cookie"):
+        for part in header.split(";"):
+            key, sep, value = part.strip().partition("=")
+            if sep and key == name:
+                return value.strip().strip('"')
+    return None
 
 
 async def _refuse(send: Send, exc: errors.EngineError) -> None:

@@ -114,6 +114,10 @@ async def test_no_token_a_wrong_token_and_a_foreign_origin_are_refused(listening
     as_child = {"Authorization": f"Bearer {child.json()['spawn']['token']}"}
     for path in ("/api/v1/health", "/mcp", "/ui"):
         assert httpx.get(url + path, headers=as_child).status_code == 401
+    # the host's other web apps' cookies (cookies are not bound to a port) do not hide the dashboard's
+    crowded = {"Cookie": f'other="\\x; $$bad; agentdock_token={token}; last=1'}
+    assert httpx.get(url + "/api/v1/health", headers=crowded).status_code == 200
+    assert httpx.get(url + "/api/v1/health", headers={"Cookie": "agentdock_token=nope"}).status_code == 401
     own = httpx.get(url + "/api/v1/health", headers={**right, "Origin": url})
     assert own.status_code == 200 and own.json()["data"]["status"] == "ok"
     runs: Any = httpx.get(url + "/api/v1/agent-runs", headers=right).json()
