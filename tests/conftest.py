@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,13 +135,25 @@ def settings(home: Path) -> Settings:
 
 def remove_owned_containers(home: Path) -> None:
     client = docker.from_env()
-    for c in client.containers.list(all=True, filters={"label": f"agentdock.home={home}"}):
-        c.remove(force=True, v=True)
+    for attempt in range(10):
+        # a daemon killed at the end of its grace may have had a container created a moment before: look
+        # again until the network has no one left on it
+        for c in client.containers.list(all=True, filters={"label": f"agentdock.home={home}"}):
+            try:
+                c.remove(force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+        try:
+            gateway.remove_egress(str(home))  # the model gateway's network, once no device is on it
+            break
+        except docker.errors.APIError:
+            if attempt == 9:
+                raise
+            time.sleep(0.5)
     for v in client.volumes.list(filters={"label": f"agentdock.home={home}"}):
         v.remove(force=True)
     for device_id in disks.owned(home):  # the workspaces' mounts outlive the daemon
         disks.DeviceDisks.of(home, device_id).remove()
-    gateway.remove_egress(str(home))  # the model gateway's network, once no device is on it
 
 
 def owned_containers(home: Path) -> list[docker.models.containers.Container]:
