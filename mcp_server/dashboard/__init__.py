@@ -161,8 +161,10 @@ def routes(engine: Engine) -> list[Route]:
     async def run_live(request: Request) -> Response:
         run_id = request.path_params["run_id"]
         await engine.runs.get(ROOT, run_id)
-        after = sse.resume_from(request, int(request.query_params.get("after", "0") or 0)
-                                if request.query_params.get("after", "0").isdigit() else 0)
+        given = request.query_params.get("after", "0")
+        if not given.isdigit() or len(given) > 16 or int(given) > models.MAX_SEQUENCE:
+            raise errors.InvalidInput("after", "an event sequence number (digits) of this run's stream")
+        after = sse.resume_from(request, int(given))
         return EventSourceResponse(_run_updates(engine, run_id, after), ping=15)
 
     # ------------------------------------------------------------ sessions

@@ -101,6 +101,9 @@ async def test_a_runs_output_appears_on_the_page_as_it_is_written(listening: Lis
             assert text == "".join(f"<i>line {i}</i>\n" for i in range(1, 5))  # once each, in order, as text
             assert await page.evaluate("performance.timeOrigin") == loaded
             await shot(page, "run-done")
+        for junk in ("abc", "-1", "9" * 17):
+            got = await root.get(f"/ui/runs/{run['id']}/live", params={"after": junk})
+            assert got.status_code == 400 and 'class="diagnostic"' in got.text, junk
 
 
 async def test_the_spawn_tree_nests_children_under_their_parents(listening: Listening) -> None:
